@@ -1,0 +1,73 @@
+"""`bilevel exec FILE`: run one Python file in the sandbox and print its result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from controller.sandbox.executor import ExecutorConfig, SandboxExecutor, SandboxUnavailable
+from controller.sandbox.spec import JobResult, Limits, SpecError, Status
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("exec", help="run a Python file in a sandbox container")
+    cmd.add_argument("file", type=Path)
+    cmd.add_argument("--runtime", choices=("runc", "runsc"), default="runc")
+    cmd.add_argument("--timeout", type=float, default=60.0, help="wall-time limit, seconds")
+    cmd.add_argument("--memory-mb", type=int, default=1024)
+    cmd.add_argument("--cpus", type=float, default=1.0)
+    cmd.add_argument("--json", action="store_true", help="print the result as JSON")
+    cmd.set_defaults(func=cmd_exec)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from controller.sandbox.spec import JobSpec
+
+    spec = JobSpec(
+        files={args.file.name: args.file.read_bytes()},
+        command=("python3", args.file.name),
+        limits=Limits(wall_seconds=args.timeout, memory_bytes=args.memory_mb << 20,
+                      cpus=args.cpus),
+        runtime=args.runtime,
+    )
+    try:
+        executor = SandboxExecutor(ExecutorConfig(slots=1))
+        result = executor.run(spec, on_output=_echo if not args.json else None)
+    except (SandboxUnavailable, SpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result_to_dict(result), indent=2))
+    else:
+        print(f"\nstatus: {result.status.value}  exit_code: {result.exit_code}  "
+              f"run: {result.timings.run_s:.2f}s", file=sys.stderr)
+        if result.detail:
+            print(f"detail: {result.detail}", file=sys.stderr)
+        if result.metrics:
+            print(f"metrics: {json.dumps(result.metrics)}", file=sys.stderr)
+    return 0 if result.status is Status.OK else 1
+
+
+def _echo(stream: str, chunk: bytes) -> None:
+    target = sys.stdout if stream == "stdout" else sys.stderr
+    target.write(chunk.decode("utf-8", errors="replace"))
+    target.flush()
+
+
+def result_to_dict(result: JobResult) -> dict[str, object]:
+    exc = result.exception
+    return {
+        "status": result.status.value,
+        "exit_code": result.exit_code,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "metrics": result.metrics,
+        "files": sorted(result.files),
+        "exception": None if exc is None else {
+            "type": exc.type, "message": exc.message,
+            "frames": [vars(f) for f in exc.frames]},
+        "timings": vars(result.timings),
+        "detail": result.detail,
+    }

@@ -1,0 +1,141 @@
+"""Tar archives in and out of a job's volume.
+
+In: the job's files, owned by the sandbox user. Out: only regular files with safe
+relative paths, within a byte budget. Links, devices, absolute paths and `..` are
+refused, because what a job returns is untrusted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import tarfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.sandbox.hardening import SANDBOX_UID
+
+
+def _info(name: str, *, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.uid = info.gid = SANDBOX_UID
+    info.mtime = int(time.time())
+    if directory:
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+    else:
+        info.size = size
+        info.mode = 0o644
+    return info
+
+
+def pack_job(files: dict[str, bytes], job: dict[str, Any]) -> bytes:
+    """A tar to extract at /job: work/<files>, out/, and .bilevel/job.json."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        dirs = {"work", "out", ".bilevel"}
+        for path in files:
+            parent = posixpath.dirname(path)
+            while parent:
+                dirs.add(f"work/{parent}")
+                parent = posixpath.dirname(parent)
+        for directory in sorted(dirs):
+            tar.addfile(_info(directory, directory=True))
+        for path, data in sorted(files.items()):
+            tar.addfile(_info(f"work/{path}", size=len(data)), io.BytesIO(data))
+        payload = json.dumps(job).encode()
+        tar.addfile(_info(".bilevel/job.json", size=len(payload)), io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+@dataclass
+class Unpacked:
+    files: dict[str, bytes] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+    over_budget: bool = False
+
+
+class _ChunkReader(io.RawIOBase):
+    """File-like view over the chunk iterator docker's get_archive returns."""
+
+    def __init__(self, chunks: Iterable[bytes], max_bytes: int) -> None:
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self._buffer = b""
+        self.read_total = 0
+        self._max = max_bytes
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        self.read_total += size
+        if self.read_total > self._max:
+            raise OverflowError("archive larger than its budget")
+        return size
+
+
+def unpack_returned(chunks: Iterable[bytes], *, root: str, max_bytes: int) -> Unpacked:
+    """Read the regular files of a get_archive stream of `root` (e.g. "out/")."""
+    result = Unpacked()
+    # Tar headers and padding add overhead; the content budget is enforced per file.
+    reader = _ChunkReader(chunks, max_bytes + (1 << 20) + max_bytes // 8)
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(reader), mode="r|") as tar:
+            for member in tar:
+                name = posixpath.normpath(member.name)
+                if name == root.rstrip("/"):
+                    continue
+                inside = name.startswith(root.rstrip("/") + "/")
+                rel = name[len(root.rstrip("/")) + 1:] if inside else name
+                if member.isdir():
+                    continue
+                if (not member.isfile() or not inside or member.name.startswith("/")
+                        or ".." in member.name.split("/")):
+                    result.refused.append(f"{member.name} ({_kind(member)})")
+                    continue
+                used = sum(len(v) for v in result.files.values())
+                if used + member.size > max_bytes:
+                    result.over_budget = True
+                    result.refused.append(f"{rel} (over the returned-file budget)")
+                    continue
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    result.files[rel] = handle.read()
+    except OverflowError:
+        result.over_budget = True
+    return result
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"symlink to {member.linkname}"
+    if member.islnk():
+        return f"hard link to {member.linkname}"
+    if member.isfile():
+        return "path outside the output folder"
+    return "not a regular file"
+
+
+def read_single(chunks: Iterable[bytes], max_bytes: int) -> bytes | None:
+    """The content of the one regular file in a get_archive stream, if small enough."""
+    reader = _ChunkReader(chunks, max_bytes + (64 << 10))
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(reader), mode="r|") as tar:
+            for member in tar:
+                if member.isfile() and member.size <= max_bytes:
+                    handle = tar.extractfile(member)
+                    return handle.read() if handle else None
+    except (OverflowError, tarfile.TarError):
+        return None
+    return None

@@ -1,0 +1,353 @@
+"""Run a JobSpec in a hardened Docker container and return a JobResult.
+
+The executor owns classification: a timeout, an output flood and a cancel are kills it
+made itself and records before killing, so the status never depends on guessing from
+exit code 137. It never runs anything on the host: without a reachable engine it raises
+SandboxUnavailable.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+import structlog
+
+from controller.sandbox import archive
+from controller.sandbox.hardening import container_kwargs
+from controller.sandbox.image import ImageRecipe, image_tag
+from controller.sandbox.output import OutputCapture
+from controller.sandbox.reaper import ownership_labels, reap
+from controller.sandbox.spec import (
+    ExceptionInfo,
+    Frame,
+    JobResult,
+    JobSpec,
+    SpecError,
+    Status,
+    Timings,
+)
+
+log = structlog.get_logger(__name__)
+
+OutputCallback = Callable[[str, bytes], None]
+
+
+class SandboxUnavailable(RuntimeError):
+    """The Docker engine (or the sandbox image) is not usable. Nothing ran."""
+
+
+class SandboxBusy(RuntimeError):
+    """Every slot is taken and the caller did not want to wait."""
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How this controller uses the engine. `image` None means the image built from
+    this checkout's sandbox_image/ (see `bilevel image build`)."""
+
+    image: str | None = None
+    slots: int = 2
+    namespace: str = "default"
+    docker_url: str | None = None
+    reap_interval_seconds: float = 60.0
+    allowed_images: tuple[str, ...] = ()
+    kill_grace_seconds: float = 5.0
+
+
+@dataclass
+class _Kill:
+    """Why the executor killed a job; first reason wins."""
+
+    reason: Status | None = None
+    detail: str = ""
+
+    def set(self, reason: Status, detail: str) -> bool:
+        if self.reason is None:
+            self.reason, self.detail = reason, detail
+            return True
+        return False
+
+
+class SandboxExecutor:
+    """Thread-safe: at most `config.slots` jobs run at once."""
+
+    def __init__(self, config: ExecutorConfig | None = None) -> None:
+        self.config = config or ExecutorConfig()
+        try:
+            self.client = (docker.DockerClient(base_url=self.config.docker_url, timeout=60)
+                           if self.config.docker_url else docker.from_env(timeout=60))
+            self.client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise SandboxUnavailable(
+                f"cannot reach the Docker engine ({exc}); start it (see README#docker) — "
+                "bilevel never runs jobs on the host"
+            ) from exc
+        self.image = self.config.image or self._default_image()
+        self._allowed = {self.image, *self.config.allowed_images}
+        self._slots = threading.BoundedSemaphore(self.config.slots)
+        self._stop = threading.Event()
+        reap(self.client, self.config.namespace)
+        self._reaper = threading.Thread(target=self._reap_forever, name="sandbox-reaper",
+                                        daemon=True)
+        self._reaper.start()
+
+    def _default_image(self) -> str:
+        tag, _ = image_tag(self.client, ImageRecipe())
+        try:
+            self.client.images.get(tag)
+        except docker.errors.ImageNotFound as exc:
+            raise SandboxUnavailable(
+                f"sandbox image {tag} is not built for this checkout: run `bilevel image build`"
+            ) from exc
+        return tag
+
+    def _reap_forever(self) -> None:
+        while not self._stop.wait(self.config.reap_interval_seconds):
+            try:
+                reap(self.client, self.config.namespace)
+            except docker.errors.DockerException as exc:  # engine hiccup; try next tick
+                log.warning("reaper sweep failed", error=str(exc))
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def try_acquire(self) -> bool:
+        """Take a slot without waiting (callers that refuse work when full)."""
+        return self._slots.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def run(self, spec: JobSpec, *, on_output: OutputCallback | None = None,
+            on_started: Callable[[], None] | None = None,
+            cancel: threading.Event | None = None, slot_held: bool = False,
+            slot_timeout: float | None = None) -> JobResult:
+        """Run one job to completion. Raises SpecError for an invalid spec, SandboxBusy
+        when no slot frees within `slot_timeout`; every other outcome is a JobResult."""
+        spec.validate()
+        image = spec.image or self.image
+        if image not in self._allowed:
+            raise SpecError("image", f"{image!r} is not an allowed sandbox image")
+        if not slot_held and not self._slots.acquire(timeout=slot_timeout):
+            raise SandboxBusy(f"all {self.config.slots} sandbox slots are busy")
+        try:
+            return _Job(self, spec, image, on_output, on_started, cancel).run()
+        finally:
+            self._slots.release()
+
+
+class _Job:
+    """One job's lifecycle: volume, container, stream, wait, collect, teardown."""
+
+    def __init__(self, executor: SandboxExecutor, spec: JobSpec, image: str,
+                 on_output: OutputCallback | None, on_started: Callable[[], None] | None,
+                 cancel: threading.Event | None) -> None:
+        self.ex = executor
+        self.client = executor.client
+        self.spec = spec
+        self.image = image
+        self.on_output = on_output
+        self.on_started = on_started
+        self.cancel = cancel
+        self.name = f"bilevel-job-{uuid.uuid4().hex[:12]}"
+        self.kill = _Kill()
+        self.stdout = OutputCapture()
+        self.stderr = OutputCapture()
+        self.container: Any = None
+        self.volume: Any = None
+        self.log = log.bind(job=self.name)
+
+    def run(self) -> JobResult:
+        t0 = time.monotonic()
+        timings: dict[str, float] = {}
+        try:
+            self._create()
+            timings["create_s"] = time.monotonic() - t0
+            t1 = time.monotonic()
+            self.container.start()
+            timings["start_s"] = time.monotonic() - t1
+            if self.on_started:
+                self.on_started()
+            t2 = time.monotonic()
+            exit_code = self._wait()
+            timings["run_s"] = time.monotonic() - t2
+            result = self._collect(exit_code)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            self.log.error("sandbox failure", error=str(exc))
+            result = JobResult(status=Status.SANDBOX_ERROR, exit_code=None,
+                               detail=f"sandbox failure: {exc}")
+        finally:
+            t3 = time.monotonic()
+            self._teardown()
+            timings["teardown_s"] = time.monotonic() - t3
+        return replace(result, timings=Timings(**timings))
+
+    def _teardown(self) -> None:
+        for obj in (self.container, self.volume):
+            if obj is not None:
+                _teardown_quietly(obj)
+
+    def _create(self) -> None:
+        limits = self.spec.limits
+        deadline = time.time() + limits.wall_seconds + self.ex.config.kill_grace_seconds + 60
+        labels = {**self.spec.labels,
+                  **ownership_labels(self.ex.config.namespace, deadline)}
+        self.volume = self.client.volumes.create(name=self.name, labels=labels)
+        self.container = self.client.containers.create(
+            **container_kwargs(self.spec, image=self.image, name=self.name,
+                               volume=self.volume.name, labels=labels))
+        job = {"command": list(self.spec.command), "env": self.spec.env,
+               "disk_bytes": limits.disk_bytes}
+        if not self.container.put_archive("/job", archive.pack_job(self.spec.files, job)):
+            raise docker.errors.DockerException("could not place the job's files")
+
+    def _stream(self) -> None:
+        """Copy output into the captures; kill the job when it floods."""
+        cap = self.spec.limits.output_bytes
+        try:
+            stream = self.client.api.attach(self.container.id, stdout=True, stderr=True,
+                                            stream=True, logs=True, demux=True)
+            for out, err in stream:
+                for name, chunk, capture in (("stdout", out, self.stdout),
+                                             ("stderr", err, self.stderr)):
+                    if not chunk:
+                        continue
+                    capture.feed(chunk)
+                    if self.on_output:
+                        self.on_output(name, chunk)
+                if self.stdout.total + self.stderr.total > cap:
+                    self._kill(Status.OUTPUT_LIMIT, f"output exceeded {cap} bytes")
+                    return
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return  # the container went away; _wait reports what happened
+
+    def _kill(self, reason: Status, detail: str) -> None:
+        if self.kill.set(reason, detail):
+            self.log.info("killing job", reason=reason.value, detail=detail)
+        try:
+            self.container.kill()
+        except docker.errors.APIError:
+            pass  # already stopped
+
+    def _wait(self) -> int | None:
+        streamer = threading.Thread(target=self._stream, name=f"{self.name}-out", daemon=True)
+        streamer.start()
+        deadline = time.monotonic() + self.spec.limits.wall_seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._kill(Status.TIMEOUT,
+                           f"exceeded wall time of {self.spec.limits.wall_seconds:g} s")
+                break
+            if self.cancel is not None and self.cancel.is_set():
+                self._kill(Status.KILLED, "cancelled")
+                break
+            try:
+                self.container.wait(timeout=min(remaining, 0.5))
+                break
+            except requests.exceptions.ConnectionError:
+                continue  # wait's read timed out; check the deadline and cancel again
+        state = self.container.wait(timeout=30 + self.ex.config.kill_grace_seconds)
+        streamer.join(timeout=5)
+        code = state.get("StatusCode")
+        return int(code) if code is not None else None
+
+    def _collect(self, exit_code: int | None) -> JobResult:
+        self.container.reload()
+        oom_flag = bool(self.container.attrs["State"].get("OOMKilled"))
+        runner = self._runner_result()
+        limits = self.spec.limits
+        files = archive.Unpacked()
+        if self.kill.reason is None:
+            chunks, _ = self.container.get_archive("/job/out")
+            files = archive.unpack_returned(chunks, root="out",
+                                            max_bytes=limits.returned_file_bytes)
+        status, detail = self._classify(exit_code, oom_flag, runner, files)
+        exception = _exception(runner.get("exception"))
+        metrics = runner.get("metrics")
+        return JobResult(
+            status=status,
+            exit_code=runner.get("exit_code", exit_code) if runner else exit_code,
+            stdout_head=self.stdout.head(), stdout_tail=self.stdout.tail(),
+            stderr_head=self.stderr.head(), stderr_tail=self.stderr.tail(),
+            output_bytes=self.stdout.total + self.stderr.total,
+            exception=exception,
+            metrics=metrics if isinstance(metrics, dict) and "__error__" not in metrics else {},
+            files=files.files,
+            detail=detail,
+        )
+
+    def _runner_result(self) -> dict[str, Any]:
+        try:
+            chunks, _ = self.container.get_archive("/job/.bilevel/result.json")
+        except docker.errors.NotFound:
+            return {}
+        raw = archive.read_single(chunks, max_bytes=4 << 20)
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+
+    def _classify(self, exit_code: int | None, oom_flag: bool, runner: dict[str, Any],
+                  files: archive.Unpacked) -> tuple[Status, str]:
+        limits = self.spec.limits
+        if self.kill.reason is not None:
+            return self.kill.reason, self.kill.detail
+        if oom_flag:
+            return Status.OOM, f"killed for exceeding memory of {limits.memory_bytes} bytes"
+        if not runner:
+            # The runner itself died: only a kill of the whole container does that.
+            if exit_code == 137:
+                return Status.OOM if _looks_like_oom(self) else Status.KILLED, \
+                    "the container was killed before the runner could report"
+            return Status.ERROR, f"the sandbox runner exited {exit_code} without a result"
+        raw = str(runner.get("status", ""))
+        detail = str(runner.get("detail", ""))
+        if runner.get("signal") == 9 and _looks_like_oom(self):
+            return Status.OOM, f"killed for exceeding memory of {limits.memory_bytes} bytes"
+        if files.over_budget:
+            return Status.OUTPUT_LIMIT, (f"returned files exceed {limits.returned_file_bytes}"
+                                         " bytes")
+        if files.refused:
+            detail = (detail + "; " if detail else "") + "refused returned files: " + \
+                ", ".join(files.refused)
+        mapping = {"ok": Status.OK, "error": Status.ERROR, "output_limit": Status.OUTPUT_LIMIT}
+        return mapping.get(raw, Status.ERROR), detail
+
+
+def _looks_like_oom(job: _Job) -> bool:
+    """gVisor does not always set OOMKilled; a SIGKILL we did not send, with the
+    kernel's OOM message in the output, is the memory limit."""
+    text = job.stderr.tail() + job.stdout.tail()
+    return "Out of memory" in text or "MemoryError" in text
+
+
+def _exception(raw: Any) -> ExceptionInfo | None:
+    if not isinstance(raw, dict) or "type" not in raw:
+        return None
+    frames = tuple(
+        Frame(filename=str(f.get("filename", "")), lineno=int(f.get("lineno", 0) or 0),
+              name=str(f.get("name", "")), line=str(f.get("line", "")))
+        for f in raw.get("frames", []) if isinstance(f, dict)
+    )
+    return ExceptionInfo(type=str(raw["type"]), message=str(raw.get("message", "")),
+                         frames=frames)
+
+
+def _teardown_quietly(obj: Any) -> None:
+    try:
+        obj.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        log.warning("teardown failed; the reaper will retry", error=str(exc))

@@ -1,0 +1,213 @@
+"""What a sandbox job asks for (JobSpec) and what it returns (JobResult).
+
+These are plain, validated dataclasses: the gRPC layer maps its messages onto them and
+the executor never sees a dict. Nothing in a JobSpec can weaken the container's
+hardening; a request only chooses among bounded limits and the two vetted runtimes.
+"""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+RUNTIMES = ("runc", "runsc")
+
+# Where things live inside every sandbox container (see sandbox_image/runner.py).
+JOB_ROOT = "/job"
+WORK_DIR = "/job/work"
+OUT_DIR = "/job/out"
+RESULT_FILE = "/job/.bilevel/result.json"
+METRICS_FILE = "/job/.bilevel/metrics.json"
+
+
+class SpecError(ValueError):
+    """A JobSpec field is invalid. `field` names it so the API can report it."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.reason = message
+
+
+class Status(str, enum.Enum):
+    """The closed set of outcomes of a job. Only `sandbox_error` is our fault."""
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    OUTPUT_LIMIT = "output_limit"
+    KILLED = "killed"
+    SANDBOX_ERROR = "sandbox_error"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource bounds of one job. Defaults suit a small CPU job."""
+
+    wall_seconds: float = 60.0
+    memory_bytes: int = 1 << 30
+    cpus: float = 1.0
+    pids: int = 128
+    output_bytes: int = 1 << 20
+    returned_file_bytes: int = 8 << 20
+    tmp_bytes: int = 64 << 20
+    disk_bytes: int = 256 << 20
+
+    # Upper bounds a request may not exceed: a guard against typos and abuse, not tuning.
+    MAX_WALL_SECONDS = 24 * 3600.0
+    MAX_MEMORY_BYTES = 512 << 30
+
+    def validate(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("limits.wall_seconds", 0 < self.wall_seconds <= self.MAX_WALL_SECONDS,
+             f"must be in (0, {self.MAX_WALL_SECONDS}]"),
+            ("limits.memory_bytes", (16 << 20) <= self.memory_bytes <= self.MAX_MEMORY_BYTES,
+             "must be between 16 MiB and 512 GiB"),
+            ("limits.cpus", 0.01 <= self.cpus <= 256, "must be between 0.01 and 256"),
+            ("limits.pids", 8 <= self.pids <= 65536, "must be between 8 and 65536"),
+            ("limits.output_bytes", 1024 <= self.output_bytes <= 1 << 30,
+             "must be between 1 KiB and 1 GiB"),
+            ("limits.returned_file_bytes", 0 <= self.returned_file_bytes <= 4 << 30,
+             "must be between 0 and 4 GiB"),
+            ("limits.tmp_bytes", (1 << 20) <= self.tmp_bytes <= self.memory_bytes,
+             "must be at least 1 MiB and at most limits.memory_bytes (tmpfs counts as memory)"),
+            ("limits.disk_bytes", (1 << 20) <= self.disk_bytes <= 1 << 40,
+             "must be between 1 MiB and 1 TiB"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise SpecError(name, f"{why}, got {getattr(self, name.split('.')[1])!r}")
+
+
+@dataclass(frozen=True)
+class DataMount:
+    """A named Docker volume mounted read-only into the job (e.g. prepared token shards)."""
+
+    volume: str
+    target: str
+
+    def validate(self, index: int) -> None:
+        where = f"data_mounts[{index}]"
+        if not self.volume or "/" in self.volume:
+            raise SpecError(f"{where}.volume", f"must be a Docker volume name, got {self.volume!r}")
+        _check_abs_target(f"{where}.target", self.target)
+
+
+def _check_abs_target(name: str, target: str) -> None:
+    norm = posixpath.normpath(target)
+    if not target.startswith("/") or norm != target.rstrip("/") or norm in ("/", JOB_ROOT):
+        raise SpecError(name, f"must be a normalized absolute path, got {target!r}")
+    for reserved in (JOB_ROOT, "/tmp", "/proc", "/sys", "/dev", "/opt/bilevel", "/usr", "/etc"):
+        if norm == reserved or norm.startswith(reserved + "/"):
+            raise SpecError(name, f"{target!r} is inside reserved path {reserved}")
+
+
+def check_relative_path(name: str, path: str) -> str:
+    """Return `path` normalized, or raise if it is absolute or climbs out with '..'."""
+    norm = posixpath.normpath(path)
+    if not path or path.startswith("/") or norm == "." or norm.startswith("../") or norm == "..":
+        raise SpecError(name, f"must be a relative path inside the job, got {path!r}")
+    return norm
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job: files placed in the work dir, a command, limits and where it runs.
+
+    `command` is an argv run from /job/work by the in-container runner; a plain Python
+    file is `["python", "main.py"]`. Files written under /job/out are returned.
+    """
+
+    files: dict[str, bytes]
+    command: tuple[str, ...]
+    limits: Limits = field(default_factory=Limits)
+    runtime: str = "runc"
+    gpu_ids: tuple[str, ...] = ()
+    data_mounts: tuple[DataMount, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    image: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.command or not all(isinstance(a, str) and a for a in self.command):
+            raise SpecError("command", "must be a non-empty list of non-empty strings")
+        if self.runtime not in RUNTIMES:
+            raise SpecError("runtime", f"must be one of {RUNTIMES}, got {self.runtime!r}")
+        self.limits.validate()
+        total = 0
+        for path, data in self.files.items():
+            check_relative_path(f"files[{path!r}]", path)
+            total += len(data)
+        if total > 256 << 20:
+            raise SpecError("files", f"total size {total} exceeds 256 MiB")
+        for gid in self.gpu_ids:
+            if not gid or not all(c.isalnum() or c in "-:." for c in gid):
+                raise SpecError("gpu_ids", f"invalid GPU id {gid!r} (use an index or a UUID)")
+        targets = set()
+        for i, mount in enumerate(self.data_mounts):
+            mount.validate(i)
+            if mount.target in targets:
+                raise SpecError(f"data_mounts[{i}].target", f"duplicate target {mount.target!r}")
+            targets.add(mount.target)
+        for key in self.env:
+            if not key.isidentifier() or key.startswith("BILEVEL_"):
+                raise SpecError(f"env[{key!r}]", "must be an identifier not starting BILEVEL_")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One traceback frame, innermost last (Python's order)."""
+
+    filename: str
+    lineno: int
+    name: str
+    line: str
+
+
+@dataclass(frozen=True)
+class ExceptionInfo:
+    type: str
+    message: str
+    frames: tuple[Frame, ...]
+
+
+@dataclass(frozen=True)
+class Timings:
+    create_s: float = 0.0
+    start_s: float = 0.0
+    run_s: float = 0.0
+    teardown_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """Outcome of one job. User-code failure is a normal result, not an exception."""
+
+    status: Status
+    exit_code: int | None
+    stdout_head: str = ""
+    stdout_tail: str = ""
+    stderr_head: str = ""
+    stderr_tail: str = ""
+    output_bytes: int = 0
+    exception: ExceptionInfo | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
+    detail: str = ""
+
+    @property
+    def stdout(self) -> str:
+        """Head and tail joined; the middle of a long output is elided."""
+        return _join(self.stdout_head, self.stdout_tail)
+
+    @property
+    def stderr(self) -> str:
+        return _join(self.stderr_head, self.stderr_tail)
+
+
+def _join(head: str, tail: str) -> str:
+    return head + tail if not tail else f"{head}\n[... output elided ...]\n{tail}"
