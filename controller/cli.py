@@ -14,6 +14,12 @@ from controller.logging import configure_logging
 COMMAND_MODULES = (
     "controller.commands.image",
     "controller.commands.exec",
+    "controller.commands.serve",
+    "controller.commands.run",
+    "controller.commands.runs",
+    "controller.commands.watch",
+    "controller.commands.cancel",
+    "controller.commands.artifact",
 )
 
 

@@ -1,17 +1,22 @@
 """In-container runner: runs one job's command and always writes one result file.
 
-Runs as the container's main process (under docker's init). It starts the job as a child
-in its own process group, watches the disk it writes, and when the child ends writes
+Runs as the container's PID 1. It starts the job as a child in its own process group,
+reaps every orphan (the init's duty), watches the disk the job writes, and when the
+child ends writes
 /job/.bilevel/result.json with the exit status, the uncaught Python exception as
 structured frames (recorded by sitecustomize.py in the child) and the metrics JSON the
-job wrote to $BILEVEL_METRICS. Everything here is untrusted by the controller: it parses
-the result as size-capped JSON and classifies timeouts, OOM and floods itself.
+job wrote to $BILEVEL_METRICS. As PID 1 it ignores signals from inside the container,
+and it makes itself non-dumpable so the job can neither kill nor ptrace it. Its result
+is still untrusted by the controller: parsed as size-capped JSON; timeouts, OOM and
+floods are classified by the controller itself.
 
 Standard library only, so it runs in any image with Python 3.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -50,10 +55,8 @@ def _disk_usage(root: str) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(root, onerror=lambda _e: None):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                pass
     return total
 
 
@@ -67,6 +70,31 @@ def _exception_file(pid: int) -> str:
     except OSError:
         return own
     return max(entries, key=os.path.getmtime) if entries else own
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _reap_until(pid: int | None) -> int | None:
+    """Reap every finished process; return `pid`'s exit code once it is among them."""
+    while True:
+        try:
+            done, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done == 0:
+            return None
+        if done == pid:
+            return os.waitstatus_to_exitcode(wait_status)
+
+
+def _protect_self() -> None:
+    """Make this process non-dumpable: same-uid jobs can then not ptrace it or read
+    its /proc entries (PR_SET_DUMPABLE = 4)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
 
 
 def _child_env(job: dict[str, Any]) -> dict[str, str]:
@@ -92,13 +120,16 @@ def _child_env(job: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def _limit_child(disk_bytes: int) -> None:
+def _limit_child(disk_bytes: int, nproc: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (disk_bytes, disk_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if nproc:  # only under gVisor, where the count is per sandbox (see hardening.py)
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     disk_bytes = int(job["disk_bytes"])
+    nproc = int(job["nproc"]) if job.get("nproc") else None
     os.makedirs(EXCEPTION_DIR, exist_ok=True)
     started = time.monotonic()
     try:
@@ -107,32 +138,32 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             cwd=WORK_DIR,
             env=_child_env(job),
             start_new_session=True,
-            preexec_fn=lambda: _limit_child(disk_bytes),
+            preexec_fn=lambda: _limit_child(disk_bytes, nproc),
         )
     except OSError as exc:
         return {"status": "error", "exit_code": 127, "signal": None,
                 "detail": f"cannot start command {job['command'][0]!r}: {exc}"}
 
     # Forward a polite stop to the job; the controller follows up with SIGKILL.
-    signal.signal(signal.SIGTERM, lambda *_: os.killpg(child.pid, signal.SIGTERM))
+    signal.signal(signal.SIGTERM, lambda *_: _kill_group(child.pid, signal.SIGTERM))
     status, detail = "", ""
     next_disk_check = 0.0
-    while child.poll() is None:
+    code: int | None = None
+    while code is None:
+        code = _reap_until(child.pid)
         now = time.monotonic()
-        if now >= next_disk_check:
+        if code is None and now >= next_disk_check:
             used = _disk_usage("/job")
             if used > disk_bytes:
                 status, detail = "output_limit", f"job wrote {used} bytes, over disk_bytes"
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-                break
+                _kill_group(child.pid, signal.SIGKILL)
             next_disk_check = now + DISK_POLL_SECONDS
-        time.sleep(0.05)
-    code = child.returncode
-    try:  # Reap whatever the job left in its process group (daemons, stray workers).
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        if code is None:
+            time.sleep(0.05)
+    # Whatever the job left in its process group (daemons, stray workers) goes too.
+    _kill_group(child.pid, signal.SIGKILL)
+    _reap_until(None)
+    child.returncode = code
 
     sig = -code if code < 0 else None
     if not status:
@@ -151,6 +182,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    _protect_self()
     job = _read_json(JOB_FILE)
     if not isinstance(job, dict) or "command" not in job:
         result: dict[str, Any] = {"status": "error", "exit_code": 2, "detail": "bad job file"}

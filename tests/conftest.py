@@ -46,3 +46,25 @@ def executor(sandbox_image: str) -> Iterator[SandboxExecutor]:
     ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest"))
     yield ex
     ex.close()
+
+
+@pytest.fixture(scope="session")
+def setuid_image(docker_client: docker.DockerClient, sandbox_image: str) -> str:
+    """The sandbox image plus a setuid-root copy of `id`: bait for escalation tests."""
+    import io
+
+    tag = f"bilevel-test-setuid:{sandbox_image.split(':')[1]}"
+    dockerfile = (f"FROM {sandbox_image}\nUSER root\n"
+                  "RUN cp /usr/bin/id /usr/local/bin/suid-id && chmod 4755 /usr/local/bin/suid-id\n"
+                  "USER 10001:10001\n")
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True,
+                               network_mode="none")
+    return tag
+
+
+@pytest.fixture(scope="session")
+def setuid_executor(sandbox_image: str, setuid_image: str) -> Iterator[SandboxExecutor]:
+    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=1, namespace="pytest",
+                                        allowed_images=(setuid_image,)))
+    yield ex
+    ex.close()

@@ -8,6 +8,7 @@ SandboxUnavailable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -22,7 +23,7 @@ import requests.exceptions
 import structlog
 
 from controller.sandbox import archive
-from controller.sandbox.hardening import container_kwargs
+from controller.sandbox.hardening import container_kwargs, in_sandbox_nproc
 from controller.sandbox.image import ImageRecipe, image_tag
 from controller.sandbox.output import OutputCapture
 from controller.sandbox.reaper import ownership_labels, reap
@@ -82,9 +83,11 @@ class SandboxExecutor:
 
     def __init__(self, config: ExecutorConfig | None = None) -> None:
         self.config = config or ExecutorConfig()
+        self.client_kwargs: dict[str, Any] = (
+            {"base_url": self.config.docker_url} if self.config.docker_url
+            else docker.utils.kwargs_from_env())
         try:
-            self.client = (docker.DockerClient(base_url=self.config.docker_url, timeout=60)
-                           if self.config.docker_url else docker.from_env(timeout=60))
+            self.client = docker.DockerClient(**self.client_kwargs, timeout=60)
             self.client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise SandboxUnavailable(
@@ -206,17 +209,23 @@ class _Job:
             **container_kwargs(self.spec, image=self.image, name=self.name,
                                volume=self.volume.name, labels=labels))
         job = {"command": list(self.spec.command), "env": self.spec.env,
-               "disk_bytes": limits.disk_bytes}
+               "disk_bytes": limits.disk_bytes, "nproc": in_sandbox_nproc(self.spec)}
         if not self.container.put_archive("/job", archive.pack_job(self.spec.files, job)):
             raise docker.errors.DockerException("could not place the job's files")
 
     def _stream(self) -> None:
         """Copy output into the captures; kill the job when it floods."""
         cap = self.spec.limits.output_bytes
+        # A hijacked attach connection must never go back to the shared pool: give the
+        # stream a client of its own and close it when the job ends.
+        api = docker.APIClient(**self.ex.client_kwargs, timeout=None)
         try:
-            stream = self.client.api.attach(self.container.id, stdout=True, stderr=True,
-                                            stream=True, logs=True, demux=True)
+            stream = api.attach(self.container.id, stdout=True, stderr=True,
+                                stream=True, logs=True, demux=True)
+            flooded = False
             for out, err in stream:
+                if flooded:
+                    continue  # keep draining: a blocked stream keeps the container alive
                 for name, chunk, capture in (("stdout", out, self.stdout),
                                              ("stderr", err, self.stderr)):
                     if not chunk:
@@ -225,18 +234,21 @@ class _Job:
                     if self.on_output:
                         self.on_output(name, chunk)
                 if self.stdout.total + self.stderr.total > cap:
-                    self._kill(Status.OUTPUT_LIMIT, f"output exceeded {cap} bytes")
-                    return
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
+                    flooded = True
+                    # Kill from another thread: this one must keep reading, or the
+                    # engine cannot finish the kill while the stream is blocked.
+                    threading.Thread(target=self._kill, daemon=True, args=(
+                        Status.OUTPUT_LIMIT, f"output exceeded {cap} bytes")).start()
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
             return  # the container went away; _wait reports what happened
+        finally:
+            api.close()
 
     def _kill(self, reason: Status, detail: str) -> None:
         if self.kill.set(reason, detail):
             self.log.info("killing job", reason=reason.value, detail=detail)
-        try:
+        with contextlib.suppress(docker.errors.APIError):  # already stopped
             self.container.kill()
-        except docker.errors.APIError:
-            pass  # already stopped
 
     def _wait(self) -> int | None:
         streamer = threading.Thread(target=self._stream, name=f"{self.name}-out", daemon=True)
@@ -254,7 +266,7 @@ class _Job:
             try:
                 self.container.wait(timeout=min(remaining, 0.5))
                 break
-            except requests.exceptions.ConnectionError:
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
                 continue  # wait's read timed out; check the deadline and cancel again
         state = self.container.wait(timeout=30 + self.ex.config.kill_grace_seconds)
         streamer.join(timeout=5)

@@ -24,6 +24,22 @@ def gpu_device_requests(gpu_ids: tuple[str, ...]) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=list(gpu_ids), capabilities=[["gpu"]])]
 
 
+def host_pids_limit(spec: JobSpec) -> int:
+    """Under runc the job's processes are host tasks, so the cgroup limit is the job's.
+    gVisor's sentry needs host threads of its own for every task it runs (and dies when
+    the cgroup refuses one), so there the job's limit is enforced inside the sandbox as
+    RLIMIT_NPROC by the runner, and the host cgroup gets headroom for the sentry."""
+    if spec.runtime == "runsc":
+        return spec.limits.pids * 8 + 256
+    return spec.limits.pids
+
+
+def in_sandbox_nproc(spec: JobSpec) -> int | None:
+    """RLIMIT_NPROC for the job, only where it is per-sandbox (gVisor's own kernel);
+    under runc it would count every container's processes of the same host uid."""
+    return spec.limits.pids if spec.runtime == "runsc" else None
+
+
 def container_kwargs(spec: JobSpec, *, image: str, name: str, volume: str,
                      labels: dict[str, str]) -> dict[str, Any]:
     """Keyword arguments for `client.containers.create` of one hardened job."""
@@ -50,14 +66,16 @@ def container_kwargs(spec: JobSpec, *, image: str, name: str, volume: str,
         "read_only": True,
         "privileged": False,
         "ipc_mode": "private",
-        "init": True,
+        # The runner is the init: it reaps orphans and, as a non-dumpable PID 1, can be
+        # neither killed nor traced by the job (sandbox_image/runner.py).
+        "init": False,
         "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmp_bytes}"},
         "mounts": mounts,
         "mem_limit": limits.memory_bytes,
         "memswap_limit": limits.memory_bytes,
         "shm_size": min(limits.memory_bytes // 4, 1 << 30),
         "nano_cpus": int(limits.cpus * 1e9),
-        "pids_limit": limits.pids,
+        "pids_limit": host_pids_limit(spec),
         "ulimits": [Ulimit(name="core", soft=0, hard=0),
                     Ulimit(name="nofile", soft=1024, hard=1024)],
         "log_config": LogConfig(type="json-file",

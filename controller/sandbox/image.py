@@ -79,7 +79,8 @@ def recipe_digest(recipe: ImageRecipe, base_id: str) -> str:
 
 def _local_base_tag() -> str:
     recipe = f"{LOCAL_BASE_SUITE}:{','.join(LOCAL_BASE_PACKAGES)}"
-    return f"{LOCAL_BASE_REPO}:{LOCAL_BASE_SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    return f"{LOCAL_BASE_REPO}:{LOCAL_BASE_SUITE}-{digest}"
 
 
 def build_local_base(client: docker.DockerClient) -> str:

@@ -31,7 +31,7 @@ class SpecError(ValueError):
         self.reason = message
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """The closed set of outcomes of a job. Only `sandbox_error` is our fault."""
 
     OK = "ok"

@@ -1,0 +1,170 @@
+"""Map bilevel.v1 messages to domain objects and back. No decisions are made here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
+from controller.research.errors import FieldError
+from controller.research.settings import (
+    Budgets,
+    ProposerSettings,
+    RunSettings,
+    SearchSettings,
+    TaskSettings,
+)
+from controller.sandbox.spec import DataMount, JobResult, JobSpec, Limits, Status
+from controller.store.records import EventKind, EventRecord, RunRecord, RunState, TrialStatus
+
+_LIMIT_FIELDS = ("wall_seconds", "memory_bytes", "cpus", "pids", "output_bytes",
+                 "returned_file_bytes", "tmp_bytes", "disk_bytes")
+
+
+# Sandbox
+
+
+def job_spec(request: spb.ExecuteRequest, defaults: Limits) -> JobSpec:
+    """The request as a validated JobSpec; zero limits take the server's defaults."""
+    limits = Limits(**{name: getattr(request.limits, name) or getattr(defaults, name)
+                       for name in _LIMIT_FIELDS})
+    spec = JobSpec(
+        files=dict(request.files), command=tuple(request.command), limits=limits,
+        runtime=request.runtime or "runc", gpu_ids=tuple(request.gpu_ids),
+        data_mounts=tuple(DataMount(volume=m.volume, target=m.target)
+                          for m in request.data_mounts),
+        env=dict(request.env))
+    spec.validate()
+    return spec
+
+
+def job_status(status: Status) -> spb.JobStatus:
+    return cast(spb.JobStatus, spb.JobStatus.Value(f"JOB_STATUS_{status.name}"))
+
+
+def job_status_name(value: str) -> spb.JobStatus:
+    """A stored job status ("ok", "timeout", ...) as the enum; unknown -> UNSPECIFIED."""
+    try:
+        return job_status(Status(value))
+    except ValueError:
+        return spb.JOB_STATUS_UNSPECIFIED
+
+
+def exception_info(raw: dict[str, Any] | None) -> spb.ExceptionInfo | None:
+    if not raw:
+        return None
+    return spb.ExceptionInfo(type=str(raw.get("type", "")), message=str(raw.get("message", "")),
+                             frames=[spb.Frame(**f) for f in raw.get("frames", [])])
+
+
+def job_result(result: JobResult) -> spb.JobResult:
+    exc = result.exception
+    return spb.JobResult(
+        status=job_status(result.status), exit_code=result.exit_code,
+        stdout_head=result.stdout_head, stdout_tail=result.stdout_tail,
+        stderr_head=result.stderr_head, stderr_tail=result.stderr_tail,
+        output_bytes=result.output_bytes,
+        exception=None if exc is None else spb.ExceptionInfo(
+            type=exc.type, message=exc.message,
+            frames=[spb.Frame(filename=f.filename, lineno=f.lineno, name=f.name, line=f.line)
+                    for f in exc.frames]),
+        metrics_json=json.dumps(result.metrics), files=result.files,
+        timings=spb.Timings(**vars(result.timings)), detail=result.detail)
+
+
+# Runs
+
+
+def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
+    """Zero values mean defaults; validation happens in RunSettings.validate()."""
+    train_py: str | None = None
+    if request.task.train_py:
+        try:
+            train_py = request.task.train_py.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FieldError("task.train_py", "must be UTF-8 text") from None
+    proposer = request.proposer
+    return RunSettings(
+        task=TaskSettings(preset=request.task.preset, train_py=train_py,
+                          data_ref=request.task.data_ref),
+        search=SearchSettings(seed=request.search.seed,
+                              frozen_knobs=tuple(request.search.frozen_knobs),
+                              min_improvement=request.search.min_improvement),
+        proposer=ProposerSettings(kind=proposer.kind or "random",
+                                  max_changes=proposer.max_changes or 2,
+                                  step=proposer.step or 0.5),
+        budgets=Budgets(max_trials=request.budgets.max_trials,
+                        max_wall_seconds=request.budgets.max_wall_seconds,
+                        max_llm_tokens=request.budgets.max_llm_tokens))
+
+
+def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
+    t, s, p, b = settings.task, settings.search, settings.proposer, settings.budgets
+    return rpb.CreateRunRequest(
+        task=rpb.TaskSpec(preset=t.preset, train_py=(t.train_py or "").encode(),
+                          data_ref=t.data_ref),
+        search=rpb.SearchSettings(seed=s.seed, frozen_knobs=s.frozen_knobs,
+                                  min_improvement=s.min_improvement),
+        proposer=rpb.ProposerSettings(kind=p.kind, max_changes=p.max_changes, step=p.step),
+        budgets=rpb.Budgets(max_trials=b.max_trials, max_wall_seconds=b.max_wall_seconds,
+                            max_llm_tokens=b.max_llm_tokens))
+
+
+def _ts(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def run_state(state: RunState | str) -> rpb.RunState:
+    return cast(rpb.RunState, rpb.RunState.Value(f"RUN_STATE_{RunState(state).name}"))
+
+
+def trial_status(status: TrialStatus | str | None) -> rpb.TrialStatus:
+    if status is None:
+        return rpb.TRIAL_STATUS_UNSPECIFIED
+    return cast(rpb.TrialStatus,
+                rpb.TrialStatus.Value(f"TRIAL_STATUS_{TrialStatus(status).name}"))
+
+
+def run(record: RunRecord) -> rpb.Run:
+    settings = create_request(RunSettings.from_dict(record.settings))
+    settings.task.ClearField("train_py")  # large; fetch it with GetArtifact
+    return rpb.Run(
+        id=record.id, state=run_state(record.state), request=settings,
+        created_at=_ts(record.created_at), updated_at=_ts(record.updated_at),
+        trials_done=record.trials_done, baseline_val_bpb=record.baseline_val_bpb,
+        best_val_bpb=record.best_val_bpb,
+        best_trial=record.best_trial if record.best_trial is not None else 0,
+        last_status=trial_status(record.last_status), stop_reason=record.stop_reason,
+        elapsed_seconds=record.elapsed_seconds, llm_tokens_used=record.llm_tokens_used,
+        summary=record.summary)
+
+
+def event(record: EventRecord) -> rpb.RunEvent:
+    p = record.payload
+    out = rpb.RunEvent(seq=record.seq, run_id=record.run_id, time=_ts(record.time))
+    if record.kind is EventKind.RUN_STARTED:
+        out.run_started.CopyFrom(rpb.RunEvent.RunStarted(**p))
+    elif record.kind is EventKind.TRIAL_PROPOSED:
+        out.trial_proposed.CopyFrom(rpb.RunEvent.TrialProposed(**p))
+    elif record.kind is EventKind.TRIAL_STARTED:
+        out.trial_started.CopyFrom(rpb.RunEvent.TrialStarted(**p))
+    elif record.kind is EventKind.TRIAL_FINISHED:
+        out.trial_finished.CopyFrom(rpb.RunEvent.TrialFinished(
+            trial=p["trial"], status=trial_status(p["status"]), val_bpb=p["val_bpb"],
+            memory_gb=p["memory_gb"], metrics_json=p["metrics_json"],
+            job_status=job_status_name(p["job_status"]),
+            exception=exception_info(p.get("exception")), seconds=p["seconds"],
+            description=p["description"]))
+    elif record.kind is EventKind.NEW_BEST:
+        out.new_best.CopyFrom(rpb.RunEvent.NewBest(**p))
+    elif record.kind is EventKind.RUN_FINISHED:
+        out.run_finished.CopyFrom(rpb.RunEvent.RunFinished(
+            state=run_state(p["state"]), reason=p["reason"],
+            baseline_val_bpb=p.get("baseline_val_bpb"), best_val_bpb=p.get("best_val_bpb"),
+            improved=bool(p.get("improved")), summary=p.get("summary", "")))
+    return out

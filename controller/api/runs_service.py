@@ -1,0 +1,114 @@
+"""RunService: thin mapping from bilevel.v1 run messages to the run manager and store."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from controller.api import convert
+from controller.api.errors import rpc_errors
+from controller.api.events import EventHub
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.api.gen.bilevel.v1 import runs_pb2_grpc
+from controller.research.errors import FieldError
+from controller.research.manager import RunManager
+from controller.store.artifacts import ArtifactStore, content_type
+from controller.store.records import EventKind
+from controller.store.runs import RunStore
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+POLL_SECONDS = 5.0  # a watcher re-reads the store at least this often
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise FieldError(field, "is required")
+    return value
+
+
+def _decode_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        return int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("rowid:"))
+    except ValueError:
+        raise FieldError("page_token", "is not a token from a previous ListRuns") from None
+
+
+class RunServicer(runs_pb2_grpc.RunServiceServicer):
+    def __init__(self, manager: RunManager, store: RunStore, artifacts: ArtifactStore,
+                 hub: EventHub) -> None:
+        self.manager = manager
+        self.store = store
+        self.artifacts = artifacts
+        self.hub = hub
+
+    @rpc_errors
+    async def CreateRun(self, request: rpb.CreateRunRequest,
+                        context: grpc.aio.ServicerContext) -> rpb.Run:
+        settings = convert.run_settings(request)
+        return convert.run(await asyncio.to_thread(self.manager.create, settings))
+
+    @rpc_errors
+    async def GetRun(self, request: rpb.GetRunRequest,
+                     context: grpc.aio.ServicerContext) -> rpb.Run:
+        run_id = _required(request.run_id, "run_id")
+        return convert.run(await asyncio.to_thread(self.store.get_run, run_id))
+
+    @rpc_errors
+    async def ListRuns(self, request: rpb.ListRunsRequest,
+                       context: grpc.aio.ServicerContext) -> rpb.ListRunsResponse:
+        if not 0 <= request.page_size <= MAX_PAGE:
+            raise FieldError("page_size", f"must be in [0, {MAX_PAGE}] (0: {DEFAULT_PAGE})")
+        before = _decode_page_token(request.page_token)
+        runs, cursor = await asyncio.to_thread(self.store.list_runs,
+                                               request.page_size or DEFAULT_PAGE, before)
+        token = "" if cursor is None else base64.urlsafe_b64encode(
+            f"rowid:{cursor}".encode()).decode()
+        return rpb.ListRunsResponse(runs=[convert.run(r) for r in runs], next_page_token=token)
+
+    @rpc_errors
+    async def CancelRun(self, request: rpb.CancelRunRequest,
+                        context: grpc.aio.ServicerContext) -> rpb.Run:
+        run_id = _required(request.run_id, "run_id")
+        return convert.run(await asyncio.to_thread(self.manager.cancel, run_id))
+
+    @rpc_errors
+    async def WatchRun(self, request: rpb.WatchRunRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.RunEvent]:
+        run_id = _required(request.run_id, "run_id")
+        if request.after_seq < 0:
+            raise FieldError("after_seq", "must be >= 0")
+        await asyncio.to_thread(self.store.get_run, run_id)  # NOT_FOUND early
+        seq = request.after_seq
+        with self.hub.subscribe(run_id) as wake:
+            while True:
+                wake.clear()
+                # State first: once it is terminal, every event of the run is committed.
+                run = await asyncio.to_thread(self.store.get_run, run_id)
+                events = await asyncio.to_thread(self.store.events_after, run_id, seq)
+                for record in events:
+                    yield convert.event(record)
+                    seq = record.seq
+                    if record.kind is EventKind.RUN_FINISHED:
+                        return
+                if events:
+                    continue
+                if run.state.terminal:
+                    return  # after_seq is already past run_finished
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+
+    @rpc_errors
+    async def GetArtifact(self, request: rpb.GetArtifactRequest,
+                          context: grpc.aio.ServicerContext) -> rpb.Artifact:
+        run_id = _required(request.run_id, "run_id")
+        name = _required(request.name, "name")
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        data = await asyncio.to_thread(self.artifacts.read, run_id, name, run.best_trial)
+        return rpb.Artifact(name=name, content_type=content_type(name), content=data)

@@ -1,0 +1,110 @@
+"""SandboxService: one job per Execute call, streamed as accepted/started/output/finished.
+
+Admission is bounded: at most `slots + queue` calls are in flight; the next one gets
+RESOURCE_EXHAUSTED at once instead of waiting without limit. A client that goes away
+cancels its job (the executor kills and removes the container).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import structlog
+
+from controller.api import convert
+from controller.api.errors import rpc_errors
+from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
+from controller.api.gen.bilevel.v1 import sandbox_pb2_grpc
+from controller.research.engine import LazyExecutor
+from controller.research.errors import CapacityError
+from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.spec import JobResult, JobSpec, Limits
+
+log = structlog.get_logger(__name__)
+_STREAMS = {"stdout": spb.ExecuteEvent.Output.STREAM_STDOUT,
+            "stderr": spb.ExecuteEvent.Output.STREAM_STDERR}
+
+
+class Admission:
+    """Counts Execute calls in flight (running or queued for a slot). Event-loop only."""
+
+    def __init__(self, slots: int, queue: int) -> None:
+        self.slots = slots
+        self.capacity = slots + queue
+        self.in_flight = 0
+
+    def enter(self) -> int:
+        """Admit one call and return its queue position (0: a slot should be free)."""
+        if self.in_flight >= self.capacity:
+            raise CapacityError(
+                "execute_queue", f"all {self.slots} sandbox slots and "
+                f"{self.capacity - self.slots} queue places are taken; retry later")
+        self.in_flight += 1
+        return max(0, self.in_flight - self.slots)
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
+    def __init__(self, engine: LazyExecutor, defaults: Limits, queue: int) -> None:
+        self.engine = engine
+        self.defaults = defaults
+        self.admission = Admission(engine.config.slots, queue)
+        self.pool = ThreadPoolExecutor(max_workers=self.admission.capacity,
+                                       thread_name_prefix="execute")
+
+    @rpc_errors
+    async def Execute(self, request: spb.ExecuteRequest,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[spb.ExecuteEvent]:
+        spec = convert.job_spec(request, self.defaults)
+        executor = await asyncio.to_thread(self.engine.get)
+        position = self.admission.enter()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[spb.ExecuteEvent] = asyncio.Queue()
+        cancel = threading.Event()
+        job = loop.run_in_executor(self.pool, self._run, executor, spec, events, loop, cancel)
+        job.add_done_callback(lambda _: self.admission.leave())
+        try:
+            yield spb.ExecuteEvent(accepted=spb.ExecuteEvent.Accepted(queue_position=position))
+            while not job.done():
+                getter = asyncio.ensure_future(events.get())
+                waiting: set[asyncio.Future[Any]] = {getter, job}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            while not events.empty():  # callbacks queued before the job finished
+                yield events.get_nowait()
+            result: JobResult = job.result()
+            yield spb.ExecuteEvent(finished=spb.ExecuteEvent.Finished(
+                result=convert.job_result(result)))
+        finally:
+            if not job.done():  # the client left or the server is stopping: kill the job
+                log.info("execute call ended early; cancelling its job")
+                cancel.set()
+
+    @staticmethod
+    def _run(executor: SandboxExecutor, spec: JobSpec,
+             events: asyncio.Queue[spb.ExecuteEvent], loop: asyncio.AbstractEventLoop,
+             cancel: threading.Event) -> JobResult:
+        def emit(event: spb.ExecuteEvent) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def on_output(stream: str, chunk: bytes) -> None:
+            emit(spb.ExecuteEvent(output=spb.ExecuteEvent.Output(stream=_STREAMS[stream],
+                                                                 data=chunk)))
+
+        return executor.run(spec, on_output=on_output, cancel=cancel,
+                            on_started=lambda: emit(spb.ExecuteEvent(
+                                started=spb.ExecuteEvent.Started())))
+
+    def close(self) -> None:
+        """Wait for jobs still running (cancelled ones tear down within seconds)."""
+        self.pool.shutdown(wait=True)

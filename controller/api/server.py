@@ -1,0 +1,170 @@
+"""The controller's grpc.aio server: services, health, reflection, auth, TLS, shutdown.
+
+Blocking work (Docker, SQLite) runs in threads; the event loop only moves messages.
+Runs a previous controller left running resume as soon as the Docker engine answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controller.api.auth import BearerTokenInterceptor
+from controller.api.events import EventHub
+from controller.api.gen.bilevel.v1 import runs_pb2, runs_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
+from controller.api.runs_service import RunServicer
+from controller.api.sandbox_service import SandboxServicer
+from controller.config import ConfigError, ServerConfig, TlsConfig
+from controller.research.engine import LazyExecutor
+from controller.research.manager import ManagerConfig, RunManager
+from controller.sandbox.executor import SandboxUnavailable
+from controller.store.artifacts import ArtifactStore
+from controller.store.runs import RunStore
+
+log = structlog.get_logger(__name__)
+
+SANDBOX_SERVICE = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
+RUN_SERVICE = runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
+ENGINE_RETRY_SECONDS = 5.0
+MAX_MESSAGE_BYTES = 300 << 20
+DEFAULT_THREADS = 32  # an Execute request may carry up to 256 MiB of files
+
+
+def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=ca, require_client_auth=ca is not None)
+
+
+class ControllerServer:
+    def __init__(self, config: ServerConfig) -> None:
+        config.validate()
+        self.config = config
+        self._lock_fd = _lock_state_dir(config.state_dir)
+        self.store = RunStore(config.state_dir / "bilevel.sqlite3")
+        self.artifacts = ArtifactStore(config.state_dir / "runs")
+        self.engine = LazyExecutor(config.executor)
+        self.manager = RunManager(self.store, self.artifacts, self.engine,
+                                  ManagerConfig(max_active_runs=config.max_active_runs))
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._sandbox: SandboxServicer | None = None
+        self._engine_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the port (useful with --listen HOST:0)."""
+        loop = asyncio.get_running_loop()
+        # asyncio.to_thread's pool: store reads, run creation and cancels (which wait for
+        # the loop thread). The default (cores + 4) is too small on a 2-core host.
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=DEFAULT_THREADS,
+                                                     thread_name_prefix="controller"))
+        hub = EventHub(loop)
+        self.store.subscribe(hub.notify)
+        interceptors = [BearerTokenInterceptor(self.config.tokens)] if self.config.tokens \
+            else []
+        server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self._sandbox = SandboxServicer(self.engine, self.config.default_limits,
+                                        self.config.execute_queue)
+        sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self._sandbox, server)
+        runs_pb2_grpc.add_RunServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            RunServicer(self.manager, self.store, self.artifacts, hub), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SANDBOX_SERVICE, RUN_SERVICE, health_pb2.DESCRIPTOR.services_by_name[
+                "Health"].full_name, reflection.SERVICE_NAME), server)
+        address, warning = self.config.bind_address()
+        if warning:
+            log.warning(warning)
+        if self.config.tls is not None:
+            self.port = server.add_secure_port(address, _credentials(self.config.tls))
+        else:
+            self.port = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(RUN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SANDBOX_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._engine_task = asyncio.create_task(self._connect_engine())
+        log.info("controller listening", address=address.rsplit(":", 1)[0],
+                 port=self.port, tls=self.config.tls is not None,
+                 mtls=bool(self.config.tls and self.config.tls.client_ca_file),
+                 auth="token" if self.config.tokens else "none (localhost only)",
+                 state_dir=str(self.config.state_dir))
+        return self.port
+
+    async def _connect_engine(self) -> None:
+        """Reach Docker (reaping orphans), then resume unfinished runs; retry while down."""
+        while True:
+            try:
+                await asyncio.to_thread(self.engine.get)
+                break
+            except SandboxUnavailable as exc:
+                log.warning("sandbox unavailable; retrying", error=str(exc),
+                            retry_seconds=ENGINE_RETRY_SECONDS)
+                await asyncio.sleep(ENGINE_RETRY_SECONDS)
+        await self.health.set(SANDBOX_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        resumed = await asyncio.to_thread(self.manager.resume_all)
+        if resumed:
+            log.info("resumed runs", runs=resumed)
+
+    async def stop(self) -> None:
+        """Graceful: refuse new work, pause runs (they resume on restart), let calls in
+        flight finish within the grace period, then kill and remove what is left."""
+        log.info("shutting down", grace_seconds=self.config.shutdown_grace_seconds)
+        await self.health.enter_graceful_shutdown()
+        if self._engine_task is not None:
+            self._engine_task.cancel()
+        await asyncio.to_thread(self.manager.shutdown)
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_seconds)
+        if self._sandbox is not None:
+            await asyncio.to_thread(self._sandbox.close)
+        self.engine.close()
+        self.store.close()
+        os.close(self._lock_fd)
+        log.info("stopped")
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    """One controller per state dir: two would both resume the same runs."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "controller.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise ConfigError(f"state dir {state_dir} is in use by another controller "
+                          f"(pid {holder or '?'}); connect to it with --server, or pass "
+                          "another --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    server = ControllerServer(config)
+    port = await server.start()
+    if port_file is not None:
+        port_file.write_text(f"{port}\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()

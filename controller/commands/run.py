@@ -1,0 +1,164 @@
+"""`bilevel run`: start a run and follow it live (rich on a terminal, lines otherwise)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from controller.api.client import Client, add_client_arguments, connect
+from controller.api.errors import describe
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.commands.serve import add_controller_arguments, server_config
+from controller.config import ConfigError
+
+RECONNECT_ATTEMPTS = 30
+_STATUS = {rpb.TRIAL_STATUS_KEEP: "keep", rpb.TRIAL_STATUS_DISCARD: "discard",
+           rpb.TRIAL_STATUS_CRASH: "crash"}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("run", help="start a research run and follow it")
+    cmd.add_argument("--preset", default="cpu-tiny",
+                     help="task: surrogate (seconds, no training), cpu-tiny, gpu-5min")
+    cmd.add_argument("--train-py", type=Path, help="baseline train.py instead of the preset's")
+    cmd.add_argument("--data-ref", default="", help="prepared data volume instead of the preset's")
+    cmd.add_argument("--trials", type=int, default=10, help="trials after the baseline")
+    cmd.add_argument("--max-minutes", type=float, default=0.0, help="wall-time budget (0: none)")
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument("--freeze", action="append", default=[], metavar="KNOB",
+                     help="a knob the proposer must not change (repeatable)")
+    cmd.add_argument("--min-improvement", type=float, default=0.0,
+                     help="keep only if val_bpb drops by more than this")
+    cmd.add_argument("--proposer", default="random",
+                     help="random: offline seeded random perturbation (a non-LLM baseline)")
+    cmd.add_argument("--detach", action="store_true", help="print the run id and return")
+    add_client_arguments(cmd)
+    add_controller_arguments(cmd)
+    cmd.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        request = rpb.CreateRunRequest(
+            task=rpb.TaskSpec(preset=args.preset, data_ref=args.data_ref,
+                              train_py=args.train_py.read_bytes() if args.train_py else b""),
+            search=rpb.SearchSettings(seed=args.seed, frozen_knobs=args.freeze,
+                                      min_improvement=args.min_improvement),
+            proposer=rpb.ProposerSettings(kind=args.proposer),
+            budgets=rpb.Budgets(max_trials=args.trials,
+                                max_wall_seconds=args.max_minutes * 60))
+        return asyncio.run(_create_and_follow(args, request))
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _create_and_follow(args: argparse.Namespace, request: rpb.CreateRunRequest) -> int:
+    async with connect(args, lambda: server_config(args)) as client:
+        try:
+            run = await client.runs.CreateRun(request, metadata=client.metadata)
+        except grpc.aio.AioRpcError as exc:
+            print(f"error: {describe(exc)}", file=sys.stderr)
+            return 2
+        if args.detach:
+            print(run.id)
+            return 0
+        if not args.server:
+            print(f"run {run.id} (in-process controller; Ctrl-C pauses it, and it resumes "
+                  "when a controller next starts on this state dir)", file=sys.stderr)
+        return await follow(client, run, reconnect=bool(args.server))
+
+
+async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
+                 reconnect: bool = True) -> int:
+    """Show a run's events until it finishes; reconnects with after_seq if the stream
+    drops. Returns 0 when the run succeeded."""
+    view = _View(run, Console(stderr=True))
+    seq, attempts = after_seq, 0
+    with view.live():
+        while True:
+            try:
+                request = rpb.WatchRunRequest(run_id=run.id, after_seq=seq)
+                async for event in client.runs.WatchRun(request, metadata=client.metadata):
+                    seq, attempts = event.seq, 0
+                    view.update(event)
+                break
+            except grpc.aio.AioRpcError as exc:
+                retry = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                if not (reconnect and retry) or attempts >= RECONNECT_ATTEMPTS:
+                    view.console.print(f"error: {describe(exc)}")
+                    return 2
+                attempts += 1
+                view.console.print(f"connection lost ({exc.code().name}); reconnecting "
+                                   f"after event {seq}")
+                await asyncio.sleep(min(0.5 * attempts, 5.0))
+    final = await client.runs.GetRun(rpb.GetRunRequest(run_id=run.id), metadata=client.metadata)
+    print(f"{final.id}: {rpb.RunState.Name(final.state).removeprefix('RUN_STATE_').lower()}"
+          f" - {final.summary}")
+    return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1
+
+
+class _View:
+    """Trials done, best val_bpb, last status: a live table on a terminal, one line per
+    trial elsewhere (CI logs)."""
+
+    def __init__(self, run: rpb.Run, console: Console) -> None:
+        self.run_id = run.id
+        self.budget = run.request.budgets.max_trials
+        self.console = console
+        self.done = run.trials_done
+        self.baseline = run.baseline_val_bpb if run.HasField("baseline_val_bpb") else None
+        self.best = run.best_val_bpb if run.HasField("best_val_bpb") else None
+        self.last = "-"
+        self.current = ""
+        self._live: Live | None = None
+
+    def live(self) -> AbstractContextManager[object]:
+        if not self.console.is_terminal:
+            return nullcontext()
+        self._live = Live(self._table(), console=self.console, refresh_per_second=4)
+        return self._live
+
+    def _table(self) -> Table:
+        table = Table(title=f"run {self.run_id}", show_header=False)
+        table.add_row("trials done", f"{max(self.done - 1, 0)} / {self.budget} (+ baseline)")
+        table.add_row("baseline val_bpb", _fmt(self.baseline))
+        table.add_row("best val_bpb", _fmt(self.best))
+        table.add_row("last status", self.last)
+        table.add_row("now", self.current or "-")
+        return table
+
+    def update(self, event: rpb.RunEvent) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "trial_started":
+            self.current = f"trial {event.trial_started.trial} running"
+        elif kind == "trial_finished":
+            t = event.trial_finished
+            self.done += 1
+            self.last = _STATUS.get(t.status, "?")
+            if t.trial == 0 and t.HasField("val_bpb"):
+                self.baseline = t.val_bpb
+            val = _fmt(t.val_bpb if t.HasField("val_bpb") else None)
+            self.current = ""
+            if self._live is None:
+                self.console.print(f"trial {t.trial:>3}  {self.last:<7} val_bpb {val}  "
+                                   f"best {_fmt(self.best)}  {t.description}",
+                                   highlight=False, markup=False, soft_wrap=True)
+        elif kind == "new_best":
+            self.best = event.new_best.val_bpb
+        elif kind == "run_finished":
+            self.current = "finished"
+        if self._live is not None:
+            self._live.update(self._table())
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"

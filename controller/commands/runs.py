@@ -1,0 +1,62 @@
+"""`bilevel runs`: list runs, newest first."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from controller.api.client import add_client_arguments, connect
+from controller.api.errors import describe
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.commands.serve import add_controller_arguments, server_config
+from controller.config import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("runs", help="list runs, newest first")
+    cmd.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
+    add_client_arguments(cmd)
+    add_controller_arguments(cmd)
+    cmd.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_list(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _list(args: argparse.Namespace) -> int:
+    runs: list[rpb.Run] = []
+    async with connect(args, lambda: server_config(args)) as client:
+        token = ""
+        try:
+            while True:
+                page = await client.runs.ListRuns(
+                    rpb.ListRunsRequest(page_size=100, page_token=token),
+                    metadata=client.metadata)
+                runs.extend(page.runs)
+                token = page.next_page_token
+                if not token or (args.limit and len(runs) >= args.limit):
+                    break
+        except grpc.aio.AioRpcError as exc:
+            print(f"error: {describe(exc)}", file=sys.stderr)
+            return 2
+    table = Table("run", "state", "preset", "trials", "baseline", "best", "created")
+    for run in runs[:args.limit or None]:
+        table.add_row(
+            run.id, rpb.RunState.Name(run.state).removeprefix("RUN_STATE_").lower(),
+            run.request.task.preset, f"{max(run.trials_done - 1, 0)}/"
+            f"{run.request.budgets.max_trials}",
+            f"{run.baseline_val_bpb:.6f}" if run.HasField("baseline_val_bpb") else "-",
+            f"{run.best_val_bpb:.6f}" if run.HasField("best_val_bpb") else "-",
+            run.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
+    Console(width=140).print(table)
+    return 0

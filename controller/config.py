@@ -1,0 +1,110 @@
+"""Controller settings as typed dataclasses, built and validated once at the edge (CLI).
+
+The single source of configuration: flags and environment variables are read in
+controller/commands/serve.py into a ServerConfig; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.sandbox.executor import ExecutorConfig
+from controller.sandbox.spec import Limits
+
+TOKEN_ENV = "BILEVEL_TOKEN"
+STATE_DIR_ENV = "BILEVEL_STATE_DIR"
+DEFAULT_PORT = 50051
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the flag and what would be valid."""
+
+
+def default_state_dir() -> Path:
+    """$BILEVEL_STATE_DIR, else ./.bilevel if it exists, else ~/.local/share/bilevel."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV])
+    local = Path.cwd() / ".bilevel"
+    if local.is_dir():
+        return local
+    return Path.home() / ".local" / "share" / "bilevel"
+
+
+def read_tokens(path: Path | None) -> tuple[str, ...]:
+    """Tokens from a file (one per line, # comments) or else from $BILEVEL_TOKEN."""
+    if path is not None:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"--token-file {path}: {exc.strerror}") from None
+        tokens = tuple(t.strip() for t in lines if t.strip() and not t.startswith("#"))
+        if not tokens:
+            raise ConfigError(f"--token-file {path} holds no token")
+        return tokens
+    env = os.environ.get(TOKEN_ENV, "").strip()
+    return (env,) if env else ()
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # set: mutual TLS, clients must present a cert
+
+    def validate(self) -> None:
+        for flag, path in (("--tls-cert", self.cert_file), ("--tls-key", self.key_file),
+                           ("--tls-client-ca", self.client_ca_file)):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{flag} {path}: no such file")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    state_dir: Path = field(default_factory=default_state_dir)
+    tokens: tuple[str, ...] = ()
+    tls: TlsConfig | None = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    execute_queue: int = 8  # Execute calls that may wait for a slot
+    max_active_runs: int = 4
+    default_limits: Limits = field(default_factory=Limits)
+    shutdown_grace_seconds: float = 10.0
+
+    def validate(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"--listen {self.listen!r}: use HOST:PORT (port 0: any free)")
+        if self.execute_queue < 0:
+            raise ConfigError("--execute-queue must be >= 0")
+        if self.max_active_runs < 1:
+            raise ConfigError("--max-runs must be >= 1")
+        if self.executor.slots < 1:
+            raise ConfigError("--slots must be >= 1")
+        if any(len(t) < 16 for t in self.tokens):
+            raise ConfigError("tokens must be at least 16 characters (use `openssl rand "
+                              "-hex 32`)")
+        if self.tls is not None:
+            self.tls.validate()
+        self.default_limits.validate()
+
+    def bind_address(self) -> tuple[str, str | None]:
+        """Where to listen, and a warning when no token forces localhost."""
+        host, _, port = self.listen.rpartition(":")
+        if self.tokens or _is_loopback(host):
+            return self.listen, None
+        return (f"127.0.0.1:{port}",
+                f"no token configured: listening on 127.0.0.1:{port} only, not {self.listen}; "
+                f"set {TOKEN_ENV} or --token-file to serve other hosts")
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

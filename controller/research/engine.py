@@ -1,0 +1,35 @@
+"""One SandboxExecutor per controller, created on first use.
+
+The server starts (and answers health checks) while the Docker engine is down; each use
+retries the connection and raises SandboxUnavailable until the engine is back.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+
+
+class LazyExecutor:
+    def __init__(self, config: ExecutorConfig) -> None:
+        self.config = config
+        self._executor: SandboxExecutor | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> SandboxExecutor:
+        """The executor; raises SandboxUnavailable when the engine or image is missing."""
+        with self._lock:
+            if self._executor is None:
+                # The constructor pings the engine and reaps this namespace's orphans.
+                self._executor = SandboxExecutor(self.config)
+            return self._executor
+
+    @property
+    def ready(self) -> bool:
+        return self._executor is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.close()

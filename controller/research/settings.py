@@ -1,0 +1,97 @@
+"""A run's settings as typed dataclasses, validated once at the edge (CreateRun)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from controller.research.errors import FieldError
+
+PROPOSERS = ("random",)
+MAX_TRIALS = 100_000
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    preset: str = "surrogate"
+    train_py: str | None = None  # a baseline to start from instead of the preset's
+    data_ref: str = ""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    seed: int = 0
+    frozen_knobs: tuple[str, ...] = ()
+    min_improvement: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProposerSettings:
+    kind: str = "random"
+    max_changes: int = 2
+    step: float = 0.5
+
+
+@dataclass(frozen=True)
+class Budgets:
+    max_trials: int = 10  # trials after the baseline
+    max_wall_seconds: float = 0.0  # 0: unlimited
+    max_llm_tokens: int = 0  # 0: unlimited
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    task: TaskSettings = field(default_factory=TaskSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    proposer: ProposerSettings = field(default_factory=ProposerSettings)
+    budgets: Budgets = field(default_factory=Budgets)
+
+    def validate(self) -> None:
+        """Raise FieldError naming the first invalid field. Preset and knob names are
+        checked against the task by the run manager."""
+        t, s, p, b = self.task, self.search, self.proposer, self.budgets
+        if not t.preset:
+            raise FieldError("task.preset", "is required (e.g. surrogate, cpu-tiny)")
+        if t.train_py is not None:
+            if len(t.train_py.encode()) > 1 << 20:
+                raise FieldError("task.train_py", "must be at most 1 MiB")
+            try:
+                compile(t.train_py, "train.py", "exec", dont_inherit=True)
+            except SyntaxError as exc:
+                raise FieldError("task.train_py", f"does not compile: {exc}") from None
+        if t.data_ref and not t.data_ref.replace("-", "").replace("_", "").replace(
+                ".", "").isalnum():
+            raise FieldError("task.data_ref", f"must be a Docker volume name, got {t.data_ref!r}")
+        if not 0 <= s.seed < 2**63:
+            raise FieldError("search.seed", "must be in [0, 2^63)")
+        if not (math.isfinite(s.min_improvement) and 0 <= s.min_improvement < 1):
+            raise FieldError("search.min_improvement", "must be in [0, 1)")
+        if len(set(s.frozen_knobs)) != len(s.frozen_knobs):
+            raise FieldError("search.frozen_knobs", "lists a knob twice")
+        if p.kind not in PROPOSERS:
+            raise FieldError("proposer.kind", f"must be one of {PROPOSERS}, got {p.kind!r}")
+        if not 1 <= p.max_changes <= 16:
+            raise FieldError("proposer.max_changes", f"must be in [1, 16], got {p.max_changes}")
+        if not (math.isfinite(p.step) and 0 < p.step <= 4):
+            raise FieldError("proposer.step", f"must be in (0, 4], got {p.step}")
+        if not 1 <= b.max_trials <= MAX_TRIALS:
+            raise FieldError("budgets.max_trials",
+                             f"must be in [1, {MAX_TRIALS}], got {b.max_trials}")
+        if not (math.isfinite(b.max_wall_seconds) and b.max_wall_seconds >= 0):
+            raise FieldError("budgets.max_wall_seconds",
+                             f"must be >= 0 (0: unlimited), got {b.max_wall_seconds}")
+        if b.max_llm_tokens < 0:
+            raise FieldError("budgets.max_llm_tokens", "must be >= 0 (0: unlimited)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunSettings:
+        search = dict(raw.get("search", {}))
+        search["frozen_knobs"] = tuple(search.get("frozen_knobs", ()))
+        return cls(task=TaskSettings(**raw.get("task", {})),
+                   search=SearchSettings(**search),
+                   proposer=ProposerSettings(**raw.get("proposer", {})),
+                   budgets=Budgets(**raw.get("budgets", {})))

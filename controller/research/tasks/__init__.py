@@ -1,0 +1,1 @@
+"""Task implementations and the preset registry (controller.research.tasks.registry)."""

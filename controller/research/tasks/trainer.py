@@ -1,0 +1,93 @@
+"""Adapter from the real trainer (trainer/presets.py, knobs.py, run.py) to the Task
+protocol: the preset's train.py, its typed knob ranges, and the two-phase sandboxed
+evaluation (train with the train split, then the trusted evaluator computes val_bpb)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from controller.research.errors import FieldError
+from controller.research.settings import TaskSettings
+from controller.research.space import Knob, KnobValue, SearchSpace
+from controller.research.task import TrialOutcome, outcome_from_job
+from controller.sandbox.executor import SandboxExecutor
+from trainer import knobs as trainer_knobs
+from trainer.presets import PRESETS, Preset
+
+SEED_KNOB = "SEED"
+
+
+def preset_names() -> tuple[str, ...]:
+    return tuple(PRESETS)
+
+
+def _knob(r: trainer_knobs.Range) -> Knob:
+    if r.kind == "choice":
+        return Knob(r.name, "choice", choices=tuple(r.choices))
+    if r.kind == "int":
+        return Knob(r.name, "int", r.low, r.high, log=r.log)
+    return Knob(r.name, "float", r.low, r.high, log=r.log)
+
+
+class TrainerTask:
+    def __init__(self, settings: TaskSettings, executor: SandboxExecutor) -> None:
+        if settings.data_ref:
+            raise FieldError("task.data_ref", "trainer presets prepare their own data; a "
+                             "data reference is not supported yet")
+        self.preset: Preset = PRESETS[settings.preset]
+        self.name = self.preset.name
+        self.executor = executor
+        self._baseline = settings.train_py or self.preset.train_source()
+        try:
+            ranges = trainer_knobs.search_space(self._baseline)
+        except SyntaxError as exc:
+            raise FieldError("task.train_py", f"does not parse: {exc}") from None
+        self._space = SearchSpace(tuple(_knob(r) for r in ranges.values()))
+        self._data: Any = None
+        self._data_lock = threading.Lock()
+
+    def baseline_source(self) -> str:
+        return self._baseline
+
+    def search_space(self) -> SearchSpace:
+        return self._space
+
+    def read_knobs(self, source: str) -> dict[str, Any]:
+        return {name: k.value for name, k in trainer_knobs.read_knobs(source).items()}
+
+    def apply(self, source: str, changes: dict[str, KnobValue]) -> str:
+        return trainer_knobs.write_knobs(source, changes)
+
+    def _prepared(self) -> Any:
+        from trainer.data import prepare
+
+        with self._data_lock:  # tokenizing is slow: once per task, on first use
+            if self._data is None:
+                self._data = prepare(self.preset.data)
+            return self._data
+
+    def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
+        # trainer.run does not take a cancel event yet: a cancel takes effect when the
+        # trial's current phase ends (see the report on trainer/run.py).
+        from trainer.run import run_in_sandbox
+
+        if SEED_KNOB in trainer_knobs.read_knobs(source):
+            source = trainer_knobs.write_knobs(source, {SEED_KNOB: seed})
+        outcome = run_in_sandbox(self.executor, source, self.preset, data=self._prepared())
+        metrics = dict(outcome.metrics)
+        peak_mb = metrics.get("peak_vram_mb") or metrics.get("peak_rss_mb") or 0.0
+        metrics["memory_gb"] = float(peak_mb) / 1024
+        phase = outcome.eval if outcome.eval is not None and not outcome.ok else None
+        job = phase or (outcome.train if not outcome.ok else outcome.eval)
+        result = outcome_from_job(job, metrics)
+        log = outcome_from_job(outcome.train, {}).log if outcome.train is not None else ""
+        if outcome.eval is not None:
+            log += "\n=== trusted evaluation ===\n" + outcome_from_job(outcome.eval, {}).log
+        detail = outcome.error or result.detail
+        return TrialOutcome(job_status=result.job_status if not outcome.ok else "ok",
+                            val_bpb=result.val_bpb if outcome.ok else None,
+                            memory_gb=metrics["memory_gb"], metrics=metrics,
+                            exception=result.exception, log=log,
+                            seconds=metrics.get("total_seconds", result.seconds),
+                            detail=detail)

@@ -1,0 +1,1 @@
+"""Durable state: runs, trials and events in SQLite (WAL); artifacts as files."""

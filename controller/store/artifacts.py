@@ -1,0 +1,95 @@
+"""Run artifacts as plain files under the state dir, written atomically and fsynced.
+
+Layout: runs/<run_id>/results.tsv and runs/<run_id>/trials/<n>/{train.py,diff,log}.
+"best/train.py" is not a file of its own: it names the incumbent trial's train.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from controller.store.records import NotFoundError
+
+TRIAL_FILES = ("train.py", "diff", "log")
+NAME_PATTERN = re.compile(r"^(best/train\.py|results\.tsv|trials/(0|[1-9]\d{0,6})/"
+                          r"(train\.py|diff|log))$")
+CONTENT_TYPES = {"train.py": "text/x-python", "diff": "text/x-diff", "log": "text/plain",
+                 "results.tsv": "text/tab-separated-values"}
+
+
+class BadArtifactName(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"unknown artifact name {name!r}: use best/train.py, results.tsv or "
+            f"trials/<n>/{{{','.join(TRIAL_FILES)}}}")
+        self.name = name
+
+
+def content_type(name: str) -> str:
+    return CONTENT_TYPES.get(name.rsplit("/", 1)[-1], "application/octet-stream")
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _run_dir(self, run_id: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+            raise NotFoundError("run", run_id)
+        return self.root / run_id
+
+    def trial_path(self, run_id: str, index: int, name: str) -> Path:
+        assert name in TRIAL_FILES
+        return self._run_dir(run_id) / "trials" / str(index) / name
+
+    def write_trial(self, run_id: str, index: int, name: str, data: bytes) -> None:
+        _atomic_write(self.trial_path(run_id, index, name), data)
+
+    def write_results(self, run_id: str, tsv: str) -> None:
+        _atomic_write(self._run_dir(run_id) / "results.tsv", tsv.encode())
+
+    def read_trial(self, run_id: str, index: int, name: str) -> bytes:
+        path = self.trial_path(run_id, index, name)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError("artifact", f"trials/{index}/{name}",
+                                f"run {run_id} has no such trial file yet") from None
+
+    def read(self, run_id: str, name: str, best_trial: int | None) -> bytes:
+        """Read a named artifact; raises BadArtifactName or NotFoundError."""
+        match = NAME_PATTERN.match(name)
+        if match is None:
+            raise BadArtifactName(name)
+        if name == "best/train.py":
+            if best_trial is None:
+                raise NotFoundError("artifact", name, "the baseline has not finished yet")
+            return self.read_trial(run_id, best_trial, "train.py")
+        if name == "results.tsv":
+            try:
+                return (self._run_dir(run_id) / "results.tsv").read_bytes()
+            except FileNotFoundError:
+                raise NotFoundError("artifact", name, "no trial has finished yet") from None
+        return self.read_trial(run_id, int(match.group(2)), match.group(3))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

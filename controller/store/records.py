@@ -1,0 +1,108 @@
+"""Plain records the store reads and writes: runs, trials and run events."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RunState(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not RunState.RUNNING
+
+
+class TrialStatus(enum.StrEnum):
+    """Karpathy's results.tsv statuses."""
+
+    KEEP = "keep"
+    DISCARD = "discard"
+    CRASH = "crash"
+
+
+class EventKind(enum.StrEnum):
+    RUN_STARTED = "run_started"
+    TRIAL_PROPOSED = "trial_proposed"
+    TRIAL_STARTED = "trial_started"
+    TRIAL_FINISHED = "trial_finished"
+    NEW_BEST = "new_best"
+    RUN_FINISHED = "run_finished"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    state: RunState
+    settings: dict[str, Any]
+    created_at: float
+    updated_at: float
+    trials_done: int = 0
+    baseline_val_bpb: float | None = None
+    best_val_bpb: float | None = None
+    best_trial: int | None = None
+    last_status: TrialStatus | None = None
+    stop_reason: str = ""
+    elapsed_seconds: float = 0.0
+    llm_tokens_used: int = 0
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    run_id: str
+    index: int
+    finished: bool
+    attempt: int
+    description: str
+    changes: dict[str, Any]
+    status: TrialStatus | None = None
+    val_bpb: float | None = None
+    memory_gb: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    job_status: str = ""
+    exception: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialFinish:
+    """What the loop learned from one trial, written in one transaction with its events."""
+
+    index: int
+    status: TrialStatus
+    val_bpb: float | None
+    memory_gb: float
+    metrics: dict[str, Any]
+    job_status: str
+    exception: dict[str, Any] | None
+    seconds: float
+    new_best: bool
+    tokens_used: int = 0
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    run_id: str
+    seq: int
+    time: float
+    kind: EventKind
+    payload: dict[str, Any]
+
+
+class NotFoundError(KeyError):
+    """A run, trial or artifact does not exist. `resource` says which."""
+
+    def __init__(self, resource: str, name: str, hint: str = "") -> None:
+        super().__init__(f"{resource} {name!r} not found" + (f"; {hint}" if hint else ""))
+        self.resource = resource
+        self.name = name
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -1,0 +1,283 @@
+"""SQLite (WAL) store of runs, trials and run events. Thread-safe; durable on commit.
+
+Every write that produces events appends them in the same transaction, then tells the
+listeners (after the commit), so a client never sees an event whose state is not on
+disk. Events carry a gap-free per-run sequence number.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from controller.store.records import (
+    EventKind,
+    EventRecord,
+    NotFoundError,
+    RunRecord,
+    RunState,
+    TrialFinish,
+    TrialRecord,
+    TrialStatus,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    settings_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    trials_done INTEGER NOT NULL DEFAULT 0,
+    baseline_val_bpb REAL,
+    best_val_bpb REAL,
+    best_trial INTEGER,
+    last_status TEXT,
+    stop_reason TEXT NOT NULL DEFAULT '',
+    elapsed_seconds REAL NOT NULL DEFAULT 0,
+    llm_tokens_used INTEGER NOT NULL DEFAULT 0,
+    summary TEXT NOT NULL DEFAULT '',
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS trials (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    idx INTEGER NOT NULL,
+    finished INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    description TEXT NOT NULL,
+    changes_json TEXT NOT NULL,
+    status TEXT,
+    val_bpb REAL,
+    memory_gb REAL NOT NULL DEFAULT 0,
+    metrics_json TEXT NOT NULL DEFAULT '{}',
+    job_status TEXT NOT NULL DEFAULT '',
+    exception_json TEXT,
+    seconds REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, idx)
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    seq INTEGER NOT NULL,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+"""
+
+Listener = Callable[[str], None]
+
+
+class RunStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(run_id)` is called after each commit that appended events."""
+        self._listeners.append(listener)
+
+    @contextmanager
+    def _tx(self, run_id: str | None = None) -> Iterator[_Tx]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            tx = _Tx(self._db)
+            try:
+                yield tx
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        if tx.appended and run_id is not None:
+            for listener in self._listeners:
+                listener(run_id)
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # Runs
+
+    def create_run(self, run_id: str, settings: dict[str, Any]) -> RunRecord:
+        now = time.time()
+        with self._tx() as tx:
+            tx.db.execute("INSERT INTO runs (id, state, settings_json, created_at, updated_at)"
+                          " VALUES (?, ?, ?, ?, ?)",
+                          (run_id, RunState.RUNNING.value, json.dumps(settings), now, now))
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise NotFoundError("run", run_id, "list runs with `bilevel runs`")
+        return _run(rows[0])
+
+    def list_runs(self, limit: int, before: int | None) -> tuple[list[RunRecord], int | None]:
+        """Newest first; returns the page and the cursor of the next page (None: last)."""
+        rows = self._query(
+            "SELECT rowid AS cursor, * FROM runs WHERE rowid < ? ORDER BY rowid DESC LIMIT ?",
+            (before if before is not None else 2**62, limit + 1))
+        page = rows[:limit]
+        more = len(rows) > limit
+        return [_run(r) for r in page], (int(page[-1]["cursor"]) if more and page else None)
+
+    def running_runs(self) -> list[RunRecord]:
+        rows = self._query("SELECT * FROM runs WHERE state = ? ORDER BY rowid",
+                           (RunState.RUNNING.value,))
+        return [_run(r) for r in rows]
+
+    def append_event(self, run_id: str, kind: EventKind, payload: dict[str, Any]) -> None:
+        with self._tx(run_id) as tx:
+            tx.event(run_id, kind, payload)
+
+    def finish_run(self, run_id: str, state: RunState, reason: str, summary: str,
+                   payload: dict[str, Any]) -> bool:
+        """Move a running run to a terminal state with its run_finished event; False if
+        it had already finished (the first caller wins)."""
+        with self._tx(run_id) as tx:
+            row = tx.db.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise NotFoundError("run", run_id)
+            if RunState(row["state"]).terminal:
+                return False
+            tx.db.execute("UPDATE runs SET state = ?, stop_reason = ?, summary = ?, "
+                          "updated_at = ? WHERE id = ?",
+                          (state.value, reason, summary, time.time(), run_id))
+            tx.db.execute("UPDATE trials SET finished = -1 WHERE run_id = ? AND finished = 0",
+                          (run_id,))
+            tx.event(run_id, EventKind.RUN_FINISHED, payload)
+        return True
+
+    # Trials
+
+    def begin_trial(self, run_id: str, index: int, description: str,
+                    changes: dict[str, Any]) -> int:
+        """Record a trial about to run; returns its attempt (2+ when a restart re-runs a
+        trial that never finished). Emits trial_proposed once and trial_started always."""
+        with self._tx(run_id) as tx:
+            row = tx.db.execute("SELECT finished, attempt FROM trials WHERE run_id = ? AND "
+                                "idx = ?", (run_id, index)).fetchone()
+            if row is not None and row["finished"] == 1:
+                raise ValueError(f"trial {index} of run {run_id} has already finished")
+            if row is None:
+                attempt = 1
+                tx.db.execute("INSERT INTO trials (run_id, idx, description, changes_json) "
+                              "VALUES (?, ?, ?, ?)",
+                              (run_id, index, description, json.dumps(changes)))
+                tx.event(run_id, EventKind.TRIAL_PROPOSED,
+                         {"trial": index, "description": description,
+                          "changes_json": json.dumps(changes)})
+            else:
+                attempt = int(row["attempt"]) + 1
+                tx.db.execute("UPDATE trials SET attempt = ?, finished = 0, description = ?,"
+                              " changes_json = ? WHERE run_id = ? AND idx = ?",
+                              (attempt, description, json.dumps(changes), run_id, index))
+            tx.event(run_id, EventKind.TRIAL_STARTED, {"trial": index, "attempt": attempt})
+        return attempt
+
+    def finish_trial(self, run_id: str, done: TrialFinish, elapsed_seconds: float) -> None:
+        """The trial's result, the run's counters and incumbent, and the trial_finished
+        (and new_best) events, in one transaction."""
+        with self._tx(run_id) as tx:
+            run = _run(tx.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+            cur = tx.db.execute(
+                "UPDATE trials SET finished = 1, status = ?, val_bpb = ?, memory_gb = ?, "
+                "metrics_json = ?, job_status = ?, exception_json = ?, seconds = ? "
+                "WHERE run_id = ? AND idx = ? AND finished = 0",
+                (done.status.value, done.val_bpb, done.memory_gb, json.dumps(done.metrics),
+                 done.job_status, json.dumps(done.exception) if done.exception else None,
+                 done.seconds, run_id, done.index))
+            if cur.rowcount != 1:
+                raise ValueError(f"trial {done.index} of run {run_id} is not running")
+            best, best_trial = run.best_val_bpb, run.best_trial
+            if done.new_best:
+                best, best_trial = done.val_bpb, done.index
+            baseline = run.baseline_val_bpb
+            if done.index == 0:
+                baseline = done.val_bpb
+            tx.db.execute(
+                "UPDATE runs SET trials_done = trials_done + 1, last_status = ?, "
+                "best_val_bpb = ?, best_trial = ?, baseline_val_bpb = ?, elapsed_seconds = ?,"
+                " llm_tokens_used = llm_tokens_used + ?, updated_at = ? WHERE id = ?",
+                (done.status.value, best, best_trial, baseline, elapsed_seconds,
+                 done.tokens_used, time.time(), run_id))
+            description = tx.db.execute("SELECT description FROM trials WHERE run_id = ? AND "
+                                        "idx = ?", (run_id, done.index)).fetchone()[0]
+            tx.event(run_id, EventKind.TRIAL_FINISHED, {
+                "trial": done.index, "status": done.status.value, "val_bpb": done.val_bpb,
+                "memory_gb": done.memory_gb, "metrics_json": json.dumps(done.metrics),
+                "job_status": done.job_status, "exception": done.exception,
+                "seconds": done.seconds, "description": description})
+            if done.new_best:
+                tx.event(run_id, EventKind.NEW_BEST, {
+                    "trial": done.index, "val_bpb": done.val_bpb,
+                    "previous_val_bpb": run.best_val_bpb})
+
+    def trials(self, run_id: str) -> list[TrialRecord]:
+        rows = self._query("SELECT * FROM trials WHERE run_id = ? ORDER BY idx", (run_id,))
+        return [_trial(r) for r in rows]
+
+    def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
+        rows = self._query("SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq "
+                           "LIMIT ?", (run_id, after_seq, limit))
+        return [EventRecord(run_id=r["run_id"], seq=r["seq"], time=r["time"],
+                            kind=EventKind(r["kind"]), payload=json.loads(r["payload_json"]))
+                for r in rows]
+
+
+class _Tx:
+    """One open transaction; `event` appends with the next sequence number."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.appended = False
+
+    def event(self, run_id: str, kind: EventKind, payload: dict[str, Any]) -> None:
+        row = self.db.execute("UPDATE runs SET last_seq = last_seq + 1 WHERE id = ? "
+                              "RETURNING last_seq", (run_id,)).fetchone()
+        if row is None:
+            raise NotFoundError("run", run_id)
+        self.db.execute("INSERT INTO events (run_id, seq, time, kind, payload_json) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (run_id, row[0], time.time(), kind.value, json.dumps(payload)))
+        self.appended = True
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"], state=RunState(row["state"]), settings=json.loads(row["settings_json"]),
+        created_at=row["created_at"], updated_at=row["updated_at"],
+        trials_done=row["trials_done"], baseline_val_bpb=row["baseline_val_bpb"],
+        best_val_bpb=row["best_val_bpb"], best_trial=row["best_trial"],
+        last_status=TrialStatus(row["last_status"]) if row["last_status"] else None,
+        stop_reason=row["stop_reason"], elapsed_seconds=row["elapsed_seconds"],
+        llm_tokens_used=row["llm_tokens_used"], summary=row["summary"])
+
+
+def _trial(row: sqlite3.Row) -> TrialRecord:
+    return TrialRecord(
+        run_id=row["run_id"], index=row["idx"], finished=row["finished"] == 1,
+        attempt=row["attempt"], description=row["description"],
+        changes=json.loads(row["changes_json"]),
+        status=TrialStatus(row["status"]) if row["status"] else None,
+        val_bpb=row["val_bpb"], memory_gb=row["memory_gb"],
+        metrics=json.loads(row["metrics_json"]), job_status=row["job_status"],
+        exception=json.loads(row["exception_json"]) if row["exception_json"] else None,
+        seconds=row["seconds"])

@@ -1,0 +1,85 @@
+"""`bilevel train`: prepare data, train a train.py in the sandbox, print the summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainer.data import prepare
+from trainer.presets import PRESETS, get_preset
+
+
+def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `train` on an argparse subparsers object; sets `func=cmd_train`."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "train", help="train and evaluate a train.py (sandboxed)",
+        description="Train a train.py in the sandbox, then compute val_bpb with the "
+                    "trusted evaluator, and print the summary block.")
+    parser.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS))
+    parser.add_argument("--train-py", type=Path, default=None,
+                        help="candidate train.py (default: the preset applied to trainer/train.py)")
+    parser.add_argument("--runtime", default="runc", choices=("runc", "runsc"))
+    parser.add_argument("--data", default=None,
+                        help="text source: 'shakespeare', a folder of .txt, or parquet shards")
+    parser.add_argument("--gpu", action="append", default=[], metavar="ID",
+                        help="GPU id to give the job (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON too")
+    parser.add_argument("--direct", action="store_true",
+                        help="run on the host without a sandbox (trusted code only)")
+    parser.set_defaults(func=cmd_train)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from trainer.run import run_direct, run_in_sandbox
+
+    preset = get_preset(args.preset)
+    if args.data:
+        preset = replace(preset, data=replace(preset.data, source=args.data))
+    # A candidate file runs as written; otherwise the preset's knobs go into train.py.
+    source = (args.train_py.read_text(encoding="utf-8") if args.train_py
+              else preset.train_source())
+    data = prepare(preset.data)
+    print(f"data: {data.path} (tokenizer {data.meta['tokenizer']}, vocab "
+          f"{data.meta['vocab_size']})", file=sys.stderr)
+    if args.direct:
+        outcome = run_direct(source, preset, data)
+    else:
+        import docker
+
+        from controller.sandbox.executor import SandboxExecutor
+        from controller.sandbox.image import ensure_image
+
+        ensure_image(docker.from_env())  # builds once per checkout; reused afterwards
+        executor = SandboxExecutor()
+        try:
+            outcome = run_in_sandbox(executor, source, preset, data, runtime=args.runtime,
+                                     gpu_ids=tuple(args.gpu))
+        finally:
+            executor.close()
+    print(outcome.summary())
+    if args.json:
+        print(json.dumps(outcome.metrics, sort_keys=True))
+    if not outcome.ok:
+        print(f"error: {outcome.error}", file=sys.stderr)
+        stderr = str(getattr(outcome.train, "stderr", "") or "")
+        if stderr:
+            print(stderr[-4000:], file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bilevel")
+    add_train_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Run a candidate train.py end to end: train in one sandbox, evaluate in another.
+
+Phase 1 runs the candidate with only the train split mounted (read-only) and returns
+the archived model from /job/out. Phase 2 runs the trusted `trainer.evaluate` with only
+the validation split mounted and the archive as its single input file. val_bpb is
+taken from phase 2 alone; phase 1's numbers (time, steps, MFU) are reported as the
+candidate stated them, after type checks.
+
+`run_direct` does the same with host subprocesses, for benchmarks on machines without
+Docker (a GPU box) and for fast tests. It isolates nothing: never use it for LLM code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.data import PreparedData, prepare
+from trainer.harness import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, format_summary
+from trainer.presets import PhaseLimits, Preset
+from trainer.shards import DATA_DIR_ENV
+
+if TYPE_CHECKING:
+    from controller.sandbox.executor import SandboxExecutor
+    from controller.sandbox.spec import JobResult, Limits
+
+TRAIN_TARGET = "/data/train"
+VAL_TARGET = "/data/val"
+EVAL_COMMAND = ("python", "-P", "-m", "trainer.evaluate", "--model", MODEL_FILE,
+                "--data", VAL_TARGET)
+# Keys copied from the training job's self-reported metrics, with their types.
+TRAIN_KEYS: dict[str, tuple[type, ...]] = {
+    "training_seconds": (int, float), "total_seconds": (int, float),
+    "peak_vram_mb": (int, float), "peak_rss_mb": (int, float),
+    "mfu_percent": (int, float, type(None)), "total_tokens": (int,),
+    "total_tokens_M": (int, float), "tokens_per_second": (int, float, type(None)),
+    "num_steps": (int,), "num_params": (int,), "num_params_M": (int, float),
+    "depth": (int,), "final_train_loss": (int, float, type(None)), "device": (str,),
+}
+EVAL_KEYS = ("val_bpb", "nats", "target_bytes", "target_tokens", "eval_seconds",
+             "probe_max_diff", "probe_mean_gain", "eval_num_params", "eval_device")
+
+
+@dataclass
+class RunOutcome:
+    """Combined metrics (val_bpb from the trusted phase only) and both job results."""
+
+    ok: bool
+    metrics: dict[str, Any]
+    error: str = ""
+    train: Any = None  # JobResult (or a direct-run record)
+    eval: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return format_summary(self.metrics)
+
+
+def combine(train_metrics: Any, eval_metrics: Any) -> dict[str, Any]:
+    """Trusted val_bpb plus the type-checked training figures; nothing else passes."""
+    out: dict[str, Any] = {}
+    if isinstance(train_metrics, dict):
+        for key, types in TRAIN_KEYS.items():
+            value = train_metrics.get(key)
+            if isinstance(value, types) and not isinstance(value, bool):
+                out[key] = value
+    if isinstance(eval_metrics, dict):
+        for key in EVAL_KEYS:
+            if key in eval_metrics:
+                out[key] = eval_metrics[key]
+    out.setdefault("val_bpb", None)
+    return out
+
+
+def _limits(phase: PhaseLimits) -> Limits:
+    from controller.sandbox.spec import Limits
+
+    return Limits(wall_seconds=phase.wall_seconds, memory_bytes=phase.memory_bytes,
+                  cpus=phase.cpus, pids=phase.pids, returned_file_bytes=phase.returned_file_bytes,
+                  tmp_bytes=phase.tmp_bytes, disk_bytes=phase.disk_bytes,
+                  output_bytes=4 << 20)
+
+
+def _describe(result: JobResult, phase: str) -> str:
+    text = f"{phase} phase ended with status {result.status.value}"
+    if result.exception is not None:
+        text += f": {result.exception.type}: {result.exception.message}"
+    elif result.detail:
+        text += f": {result.detail}"
+    return text
+
+
+def data_volumes(executor: SandboxExecutor, data: PreparedData) -> tuple[str, str]:
+    """Docker volumes holding the train and val splits (created once per data hash)."""
+    from controller.sandbox.volumes import ensure_data_volume
+
+    names = []
+    for split, path in (("train", data.train_dir), ("val", data.val_dir)):
+        name = f"bilevel-data-{data.digest}-{split}"
+        names.append(ensure_data_volume(executor.client, name, path, executor.image))
+    return names[0], names[1]
+
+
+def run_in_sandbox(executor: SandboxExecutor, train_py: str, preset: Preset,
+                   data: PreparedData | None = None, runtime: str = "runc",
+                   gpu_ids: tuple[str, ...] = ()) -> RunOutcome:
+    """Train `train_py` (any source) and evaluate it, each phase in its own sandbox."""
+    from controller.sandbox.spec import DataMount, JobSpec, Status
+
+    data = data or prepare(preset.data)
+    train_volume, val_volume = data_volumes(executor, data)
+    train = executor.run(JobSpec(
+        files={"train.py": train_py.encode()}, command=("python", "train.py"),
+        limits=_limits(preset.train_limits), runtime=runtime, gpu_ids=gpu_ids,
+        data_mounts=(DataMount(volume=train_volume, target=TRAIN_TARGET),),
+        labels={"io.bilevel.phase": "train"}))
+    model = train.files.get(MODEL_FILE)
+    if train.status is not Status.OK or model is None:
+        why = _describe(train, "training") if train.status is not Status.OK else (
+            f"training finished but returned no {MODEL_FILE} (did train.py call "
+            "harness.save_model?)")
+        return RunOutcome(False, combine(train.metrics, None), why, train, None)
+    evaluation = executor.run(JobSpec(
+        files={MODEL_FILE: model}, command=EVAL_COMMAND,
+        limits=_limits(preset.eval_limits), runtime=runtime, gpu_ids=gpu_ids,
+        data_mounts=(DataMount(volume=val_volume, target=VAL_TARGET),),
+        labels={"io.bilevel.phase": "eval"}))
+    metrics = combine(train.metrics, evaluation.metrics)
+    metrics["total_seconds"] = train.timings.run_s  # measured by the sandbox, not the job
+    if evaluation.status is not Status.OK or not isinstance(metrics.get("val_bpb"), float):
+        return RunOutcome(False, metrics, _describe(evaluation, "evaluation"), train, evaluation)
+    return RunOutcome(True, metrics, "", train, evaluation)
+
+
+@dataclass
+class DirectPhase:
+    """What a host subprocess phase produced (the direct-mode stand-in for JobResult)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def _run_phase(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> DirectPhase:
+    metrics_file = cwd / ".metrics.json"
+    metrics_file.unlink(missing_ok=True)
+    started = time.monotonic()
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**env, METRICS_ENV: str(metrics_file)}, check=False)
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return DirectPhase(proc.returncode, proc.stdout, proc.stderr, metrics,
+                       time.monotonic() - started)
+
+
+def run_direct(train_py: str, preset: Preset, data: PreparedData | None = None,
+               workdir: Path | None = None) -> RunOutcome:
+    """Both phases as host subprocesses (no isolation: trusted code and benchmarks only).
+
+    The training process sees a data folder holding only the train split, like the
+    sandbox; the evaluator gets only the archive and the val split.
+    """
+    data = data or prepare(preset.data)
+    root = Path(workdir or tempfile.mkdtemp(prefix="bilevel-run-"))
+    train_dir, eval_dir, train_data = root / "train", root / "eval", root / "data"
+    for folder in (train_dir, eval_dir, train_data):
+        folder.mkdir(parents=True, exist_ok=True)
+    if not (train_data / "train").exists():
+        (train_data / "train").symlink_to(data.train_dir.resolve())
+    (train_dir / "train.py").write_text(train_py, encoding="utf-8")
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILEVEL_")}
+    env.update(PYTHONPATH=package_root, PYTHONUNBUFFERED="1")
+    train = _run_phase([sys.executable, "train.py"], train_dir,
+                       {**env, DATA_DIR_ENV: str(train_data), OUT_DIR_ENV: str(train_dir / "out")},
+                       preset.train_limits.wall_seconds)
+    model = train_dir / "out" / MODEL_FILE
+    if train.returncode != 0 or not model.exists():
+        tail = train.stderr.strip().splitlines()[-1:] or ["no model archive written"]
+        return RunOutcome(False, combine(train.metrics, None),
+                          f"training failed: {tail[0]}", train, None)
+    (eval_dir / MODEL_FILE).write_bytes(model.read_bytes())
+    evaluation = _run_phase([sys.executable, "-P", "-m", "trainer.evaluate", "--model",
+                             MODEL_FILE, "--data", str(data.val_dir)], eval_dir, env,
+                            preset.eval_limits.wall_seconds)
+    metrics = combine(train.metrics, evaluation.metrics)
+    if evaluation.returncode != 0:
+        tail = evaluation.stderr.strip().splitlines()[-1:] or ["evaluation failed"]
+        return RunOutcome(False, metrics, f"evaluation failed: {tail[0]}", train, evaluation)
+    return RunOutcome(True, metrics, "", train, evaluation)
