@@ -14,6 +14,7 @@ from controller.logging import configure_logging
 COMMAND_MODULES = (
     "controller.commands.image",
     "controller.commands.exec",
+    "controller.commands.train",
     "controller.commands.serve",
     "controller.commands.run",
     "controller.commands.runs",

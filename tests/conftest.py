@@ -7,7 +7,10 @@ without ever running a container.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
+import threading
 from collections.abc import Iterator
 
 import docker
@@ -68,3 +71,41 @@ def setuid_executor(sandbox_image: str, setuid_image: str) -> Iterator[SandboxEx
                                         allowed_images=(setuid_image,)))
     yield ex
     ex.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[str]]]:
+    """A TCP listener on every local address; records whether anyone connected."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = server.accept()
+            except TimeoutError:
+                continue
+            accepted.append(peer[0])
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def bridge_gateway(docker_client: docker.DockerClient) -> str:
+    """The Docker bridge's address on this machine (a local listener target)."""
+    config = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    if "Gateway" in config:
+        return str(config["Gateway"])
+    subnet = ipaddress.ip_network(config["Subnet"])
+    return str(next(subnet.hosts()))  # the engine gives the bridge the first address
