@@ -16,7 +16,7 @@ pytestmark = pytest.mark.docker
 
 
 def weaken(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> None:
-    original = executor_module.container_kwargs
+    original = executor_module.container_kwargs  # type: ignore[attr-defined]
 
     def patched(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return {**original(*args, **kwargs), **overrides}

@@ -61,7 +61,8 @@ def test_job_volume_is_the_only_writable_mount() -> None:
 
 def test_gpu_ids_become_one_device_request_naming_them() -> None:
     kw = kwargs_for(gpu_ids=("2", "GPU-1c2d"))
-    (request,) = kw["device_requests"]  # type: ignore[misc]
+    requests: list[dict[str, object]] = kw["device_requests"]  # type: ignore[assignment]
+    (request,) = requests
     assert request["DeviceIDs"] == ["2", "GPU-1c2d"]
     assert request["Capabilities"] == [["gpu"]]
     assert request["Count"] == 0  # only the named devices, never "all"
