@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +111,10 @@ def data_volumes(executor: SandboxExecutor, data: PreparedData) -> tuple[str, st
 
 def run_in_sandbox(executor: SandboxExecutor, train_py: str, preset: Preset,
                    data: PreparedData | None = None, runtime: str = "runc",
-                   gpu_ids: tuple[str, ...] = ()) -> RunOutcome:
-    """Train `train_py` (any source) and evaluate it, each phase in its own sandbox."""
+                   gpu_ids: tuple[str, ...] = (),
+                   cancel: threading.Event | None = None) -> RunOutcome:
+    """Train `train_py` (any source) and evaluate it, each phase in its own sandbox.
+    Setting `cancel` kills the phase in flight (status killed)."""
     from controller.sandbox.spec import DataMount, JobSpec, Status
 
     data = data or prepare(preset.data)
@@ -120,7 +123,7 @@ def run_in_sandbox(executor: SandboxExecutor, train_py: str, preset: Preset,
         files={"train.py": train_py.encode()}, command=("python", "train.py"),
         limits=_limits(preset.train_limits), runtime=runtime, gpu_ids=gpu_ids,
         data_mounts=(DataMount(volume=train_volume, target=TRAIN_TARGET),),
-        labels={"io.bilevel.phase": "train"}))
+        labels={"io.bilevel.phase": "train"}), cancel=cancel)
     model = train.files.get(MODEL_FILE)
     if train.status is not Status.OK or model is None:
         why = _describe(train, "training") if train.status is not Status.OK else (
@@ -131,7 +134,7 @@ def run_in_sandbox(executor: SandboxExecutor, train_py: str, preset: Preset,
         files={MODEL_FILE: model}, command=EVAL_COMMAND,
         limits=_limits(preset.eval_limits), runtime=runtime, gpu_ids=gpu_ids,
         data_mounts=(DataMount(volume=val_volume, target=VAL_TARGET),),
-        labels={"io.bilevel.phase": "eval"}))
+        labels={"io.bilevel.phase": "eval"}), cancel=cancel)
     metrics = combine(train.metrics, evaluation.metrics)
     metrics["total_seconds"] = train.timings.run_s  # measured by the sandbox, not the job
     if evaluation.status is not Status.OK or not isinstance(metrics.get("val_bpb"), float):

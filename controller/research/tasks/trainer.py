@@ -68,13 +68,12 @@ class TrainerTask:
             return self._data
 
     def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
-        # trainer.run does not take a cancel event yet: a cancel takes effect when the
-        # trial's current phase ends (see the report on trainer/run.py).
         from trainer.run import run_in_sandbox
 
         if SEED_KNOB in trainer_knobs.read_knobs(source):
             source = trainer_knobs.write_knobs(source, {SEED_KNOB: seed})
-        outcome = run_in_sandbox(self.executor, source, self.preset, data=self._prepared())
+        outcome = run_in_sandbox(self.executor, source, self.preset, data=self._prepared(),
+                                 cancel=cancel)
         metrics = dict(outcome.metrics)
         peak_mb = metrics.get("peak_vram_mb") or metrics.get("peak_rss_mb") or 0.0
         metrics["memory_gb"] = float(peak_mb) / 1024
