@@ -54,8 +54,10 @@ class ImageRecipe:
 
 
 def _source_files() -> Iterable[tuple[str, Path]]:
-    """(name in build context, path) for the runner, hook and trusted packages."""
+    """(name in build context, path) for the runner, the mechanism host, hook and trusted
+    packages."""
     yield "runner.py", RECIPE_DIR / "runner.py"
+    yield "mechanism_host.py", RECIPE_DIR / "mechanism_host.py"
     for path in sorted((RECIPE_DIR / "hook").rglob("*.py")):
         yield f"hook/{path.relative_to(RECIPE_DIR / 'hook')}", path
     for package in TRUSTED_PACKAGES:

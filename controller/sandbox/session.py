@@ -1,0 +1,321 @@
+"""A long-lived hardened container spoken to with JSON lines over its stdio.
+
+One-shot jobs (executor.py) suit trials; a search mechanism is called a few times per
+trial for the whole run, so it gets a session: the same hardened container config
+(`container_kwargs`), the same job-volume layout and in-container runner as PID 1, plus
+an open stdin. Requests go in on stdin, one JSON line each; the container answers one
+JSON line on stdout; stderr is captured (head and tail, capped) for failure reports.
+
+Why docker attach rather than a FIFO in the job volume: attach needs no host path and
+no second process in the container, works the same under runc and gVisor (a FIFO in a
+volume is shared through gVisor's gofer, which does not carry FIFO semantics to the
+host), and works when the controller itself runs in a container. The attach connection
+is hijacked, so it gets a dedicated APIClient and is never returned to the pool. It is
+opened BEFORE the container starts, so no byte of output can be missed or left in the
+HTTP response buffer. With tty=False the engine multiplexes stdout and stderr into
+frames with an 8-byte header (stream, 0, 0, 0, big-endian length); `_Frames` parses
+them. JSON lines never contain raw control bytes, so docker's detach keys (ctrl-p
+ctrl-q) can never appear in a request.
+
+Every failure of the container - a call past its time limit, death (OOM or otherwise),
+a flood of output, a reply that is not the protocol - kills the session and raises
+`SessionDead`; nothing is retried. A failure *reported* by the code inside (an
+exception it raised) is a normal `Reply` with `ok=False`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import select
+import socket
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import docker
+import docker.errors
+import requests.exceptions
+import structlog
+
+from controller.sandbox import archive
+from controller.sandbox.executor import SandboxExecutor, SandboxUnavailable
+from controller.sandbox.hardening import container_kwargs, in_sandbox_nproc
+from controller.sandbox.output import OutputCapture
+from controller.sandbox.reaper import ownership_labels
+from controller.sandbox.spec import ExceptionInfo, Frame, JobSpec, SpecError
+
+log = structlog.get_logger(__name__)
+
+MAX_LINE_BYTES = 1 << 20
+_HEADER = struct.Struct(">BxxxL")
+_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+class DeathReason(enum.StrEnum):
+    """Why a session ended against its will."""
+
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    DIED = "died"
+    OUTPUT_LIMIT = "output_limit"
+    PROTOCOL = "protocol"
+    SANDBOX_ERROR = "sandbox_error"
+
+
+class SessionDead(RuntimeError):
+    """The session is gone; `reason` says why and `stderr` holds what it last printed."""
+
+    def __init__(self, reason: DeathReason, detail: str, stderr: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.stderr = stderr
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer. `ok=False` carries the exception the code inside reported."""
+
+    ok: bool
+    result: Any
+    error: ExceptionInfo | None
+    seconds: float  # round trip seen by the controller
+
+
+class _Frames:
+    """Reads the multiplexed attach stream: stdout as lines, stderr into a capture."""
+
+    def __init__(self, sock: socket.socket, output_cap: int) -> None:
+        self.sock = sock
+        self.cap = output_cap
+        self.raw = b""
+        self.stdout = b""
+        self.stderr = OutputCapture()
+        self.total = 0
+
+    def line(self, deadline: float) -> bytes | None:
+        """The next stdout line (without newline); None at end of stream."""
+        while b"\n" not in self.stdout:
+            if len(self.stdout) > MAX_LINE_BYTES:
+                raise SessionDead(DeathReason.PROTOCOL, f"a reply line exceeds {MAX_LINE_BYTES}")
+            if not self._fill(deadline):
+                return None
+        line, self.stdout = self.stdout.split(b"\n", 1)
+        return line
+
+    def drain(self, seconds: float) -> None:
+        """Read what arrives within `seconds` (stderr written just before a reply may
+        arrive after it: the engine copies the two pipes independently)."""
+        deadline = time.monotonic() + seconds
+        with contextlib.suppress(TimeoutError, OSError, SessionDead):
+            while self._fill(deadline):
+                pass
+
+    def _fill(self, deadline: float) -> bool:
+        while len(self.raw) < _HEADER.size or \
+                len(self.raw) < _HEADER.size + _HEADER.unpack_from(self.raw)[1]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            readable, _, _ = select.select([self.sock], [], [], remaining)
+            if not readable:
+                raise TimeoutError
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return False
+            self.raw += chunk
+        kind, size = _HEADER.unpack_from(self.raw)
+        payload = self.raw[_HEADER.size:_HEADER.size + size]
+        self.raw = self.raw[_HEADER.size + size:]
+        self.total += size
+        if kind == 1:
+            self.stdout += payload
+        else:
+            self.stderr.feed(payload)
+        if self.total > self.cap:
+            raise SessionDead(DeathReason.OUTPUT_LIMIT, f"output exceeded {self.cap} bytes")
+        return True
+
+
+class SandboxSession:
+    """One interactive container. Not thread-safe: one call at a time."""
+
+    def __init__(self, executor: SandboxExecutor, spec: JobSpec) -> None:
+        spec.validate()
+        self.ex = executor
+        self.spec = spec
+        self.image = spec.image or executor.image
+        if self.image != executor.image and self.image not in executor.config.allowed_images:
+            raise SpecError("image", f"{self.image!r} is not an allowed sandbox image")
+        self.name = f"bilevel-session-{uuid.uuid4().hex[:12]}"
+        self.container: Any = None
+        self.volume: Any = None
+        self._api: docker.APIClient | None = None
+        self._sock: socket.socket | None = None
+        self._frames: _Frames | None = None
+        self._next_id = 0
+        self.dead: SessionDead | None = None
+        self.start_seconds = 0.0
+        self.log = log.bind(session=self.name)
+
+    def start(self) -> float:
+        """Create, attach and start the container; return the seconds it took."""
+        started = time.monotonic()
+        client = self.ex.client
+        labels = {**self.spec.labels, **ownership_labels(
+            self.ex.config.namespace, time.time() + self.spec.limits.wall_seconds)}
+        try:
+            self.volume = client.volumes.create(name=self.name, labels=labels)
+            kwargs = container_kwargs(self.spec, image=self.image, name=self.name,
+                                      volume=self.volume.name, labels=labels)
+            self.container = client.containers.create(**{**kwargs, "stdin_open": True})
+            job = {"command": list(self.spec.command), "env": self.spec.env,
+                   "disk_bytes": self.spec.limits.disk_bytes,
+                   "nproc": in_sandbox_nproc(self.spec)}
+            if not self.container.put_archive("/job", archive.pack_job(self.spec.files, job)):
+                raise docker.errors.DockerException("could not place the session's files")
+            self._api = docker.APIClient(**self.ex.client_kwargs, timeout=None)
+            raw = self._api.attach_socket(self.container.id, params={
+                "stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            self._sock = getattr(raw, "_sock", raw)
+            self._frames = _Frames(self._sock, self.spec.limits.output_bytes)
+            self.container.start()
+        except _DOCKER_ERRORS as exc:
+            self.close()
+            raise SandboxUnavailable(f"could not start sandbox session: {exc}") from exc
+        self.start_seconds = time.monotonic() - started
+        return self.start_seconds
+
+    def call(self, hook: str, args: list[Any], timeout: float) -> Reply:
+        """Send one request and wait at most `timeout` seconds for its reply."""
+        if self.dead is not None:
+            raise self.dead
+        if self._sock is None or self._frames is None:
+            raise RuntimeError("call() before start()")
+        self._next_id += 1
+        rid = self._next_id
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            line = json.dumps({"id": rid, "hook": hook, "args": args}, allow_nan=False)
+            self._sock.settimeout(timeout)
+            self._sock.sendall(line.encode() + b"\n")
+            raw = self._frames.line(deadline)
+        except SessionDead as exc:
+            self._die(exc)
+        except TimeoutError:
+            self._die(SessionDead(DeathReason.TIMEOUT, f"{hook} took longer than {timeout:g} s"))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"request arguments are not JSON: {exc}") from exc
+        except OSError as exc:
+            raw = None
+            self.log.info("session stream broke", error=str(exc))
+        if raw is None:
+            self._die(self._classify_exit())
+        return self._parse(raw, rid, time.monotonic() - started)
+
+    def _parse(self, raw: bytes, rid: int, seconds: float) -> Reply:
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            self._die(SessionDead(DeathReason.PROTOCOL, f"reply is not JSON: {raw[:200]!r}"))
+        if not isinstance(reply, dict) or reply.get("id") != rid or \
+                not isinstance(reply.get("ok"), bool):
+            self._die(SessionDead(DeathReason.PROTOCOL, f"malformed reply: {raw[:200]!r}"))
+        if reply["ok"]:
+            return Reply(ok=True, result=reply.get("result"), error=None, seconds=seconds)
+        return Reply(ok=False, result=None, error=_exception(reply.get("error")),
+                     seconds=seconds)
+
+    def _classify_exit(self) -> SessionDead:
+        try:
+            state = self.container.wait(timeout=10)
+            self.container.reload()
+            oom = bool(self.container.attrs["State"].get("OOMKilled"))
+        except _DOCKER_ERRORS as exc:
+            return SessionDead(DeathReason.SANDBOX_ERROR, f"session vanished: {exc}")
+        code = state.get("StatusCode")
+        text = self.stderr()
+        if oom or (code == 137 and ("MemoryError" in text or "Out of memory" in text)):
+            return SessionDead(DeathReason.OOM,
+                               f"killed for exceeding memory of {self.spec.limits.memory_bytes}"
+                               " bytes", text)
+        return SessionDead(DeathReason.DIED, f"the session exited with status {code}", text)
+
+    def _die(self, exc: SessionDead) -> NoReturn:
+        """Record the death, kill the container, raise."""
+        if not exc.stderr:
+            exc.stderr = self.stderr()
+        self.dead = exc
+        self.log.info("session killed", reason=exc.reason.value, detail=exc.detail)
+        self.close()
+        raise exc
+
+    def stderr(self, settle_seconds: float = 0.0) -> str:
+        """What the container printed to stderr (head and tail), after waiting up to
+        `settle_seconds` for output still in flight."""
+        if self._frames is None:
+            return ""
+        if settle_seconds > 0 and self._sock is not None and self.dead is None:
+            self._frames.drain(settle_seconds)
+        head, tail = self._frames.stderr.head(), self._frames.stderr.tail()
+        return head + tail if not tail else f"{head}\n[...]\n{tail}"
+
+    @property
+    def alive(self) -> bool:
+        return self.dead is None and self.container is not None
+
+    def close(self) -> None:
+        """Tear everything down; safe to call twice. The reaper covers what fails here."""
+        if self.container is not None:
+            # Kill before dropping the stream: removing a container whose output is
+            # blocked on a closed attach takes the engine seconds.
+            with contextlib.suppress(*_DOCKER_ERRORS):
+                self.container.kill()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+        for obj in (self.container, self.volume):
+            if obj is None:
+                continue
+            try:
+                obj.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except _DOCKER_ERRORS as exc:
+                self.log.warning("session teardown failed; the reaper will retry",
+                                 error=str(exc))
+        self.container = self.volume = None
+        if self.dead is None:
+            self.dead = SessionDead(DeathReason.DIED, "the session was closed")
+
+    def __enter__(self) -> SandboxSession:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _exception(raw: Any) -> ExceptionInfo:
+    if not isinstance(raw, dict):
+        return ExceptionInfo(type="Unknown", message=repr(raw)[:2000], frames=())
+    frames = raw.get("frames")
+    return ExceptionInfo(
+        type=str(raw.get("type", "Unknown"))[:200], message=str(raw.get("message", ""))[:4000],
+        frames=tuple(Frame(filename=str(f.get("filename", ""))[:500],
+                           lineno=_int(f.get("lineno")), name=str(f.get("name", ""))[:200],
+                           line=str(f.get("line", ""))[:500])
+                     for f in (frames if isinstance(frames, list) else [])[-50:]
+                     if isinstance(f, dict)))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
