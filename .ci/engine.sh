@@ -9,6 +9,8 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 [ -x /usr/bin/runsc ] || need_pkgs+=(runsc)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   apt-get update -qq

@@ -1,7 +1,8 @@
 """Controller settings as typed dataclasses, built and validated once at the edge (CLI).
 
-The single source of configuration: flags and environment variables are read in
-controller/commands/serve.py into a ServerConfig; nothing else reads the environment.
+The single source of configuration: the TOML file, BILEVEL_<SECTION>__<KEY> environment
+variables and flags are merged by controller/config_file.py into a ServerConfig;
+nothing else reads the environment.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.llm.settings import LLMAccess
 from controller.sandbox.executor import ExecutorConfig
-from controller.sandbox.spec import Limits
+from controller.sandbox.spec import RUNTIMES, Limits, SpecError
 
 TOKEN_ENV = "BILEVEL_TOKEN"
 STATE_DIR_ENV = "BILEVEL_STATE_DIR"
@@ -53,12 +55,22 @@ class TlsConfig:
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None = None  # set: mutual TLS, clients must present a cert
+    # For the local health check (`bilevel serve --check`): the CA that signed cert_file
+    # (default: cert_file itself, i.e. self-signed) and the name the certificate holds.
+    ca_file: Path | None = None
+    server_name: str = "localhost"
 
     def validate(self) -> None:
         for flag, path in (("--tls-cert", self.cert_file), ("--tls-key", self.key_file),
-                           ("--tls-client-ca", self.client_ca_file)):
-            if path is not None and not path.is_file():
+                           ("--tls-client-ca", self.client_ca_file),
+                           ("server.tls.ca_file", self.ca_file)):
+            if path is None:
+                continue
+            if not path.is_file():
                 raise ConfigError(f"{flag} {path}: no such file")
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"{flag} {path}: not readable by uid {os.getuid()}; give "
+                                  "the controller's user or group read access")
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class ServerConfig:
     max_active_runs: int = 4
     default_limits: Limits = field(default_factory=Limits)
     shutdown_grace_seconds: float = 10.0
+    llm: LLMAccess = field(default_factory=LLMAccess)  # API key files, allowed base URLs
 
     def validate(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -83,12 +96,23 @@ class ServerConfig:
             raise ConfigError("--max-runs must be >= 1")
         if self.executor.slots < 1:
             raise ConfigError("--slots must be >= 1")
+        if self.executor.runtime not in RUNTIMES:
+            raise ConfigError(f"sandbox.runtime {self.executor.runtime!r}: use one of "
+                              f"{', '.join(RUNTIMES)}")
+        gpu_slots = self.executor.gpu_slots
+        if gpu_slots and self.executor.slots != len(gpu_slots):
+            raise ConfigError(f"sandbox.slots = {self.executor.slots} but sandbox.gpus gives "
+                              f"{len(gpu_slots)} GPU slots: with GPUs there is one job slot "
+                              "per GPU slot; leave sandbox.slots unset")
         if any(len(t) < 16 for t in self.tokens):
             raise ConfigError("tokens must be at least 16 characters (use `openssl rand "
                               "-hex 32`)")
         if self.tls is not None:
             self.tls.validate()
-        self.default_limits.validate()
+        try:
+            self.default_limits.validate()
+        except SpecError as exc:
+            raise ConfigError(f"default {exc} (config section [limits])") from None
 
     def bind_address(self) -> tuple[str, str | None]:
         """Where to listen, and a warning when no token forces localhost."""

@@ -163,10 +163,11 @@ def test_unavailable_engine_fails_loudly_and_runs_nothing() -> None:
 
 def test_leftover_containers_are_removed(executor: SandboxExecutor,
                                         docker_client: docker.DockerClient) -> None:
-    before = {c.id for c in docker_client.containers.list(all=True)}
+    marker = {"io.bilevel.test": uuid.uuid4().hex}
     for source in ("print(1)", "raise SystemExit(3)", "import time; time.sleep(30)"):
         spec = JobSpec(files={"main.py": source.encode()}, command=("python3", "main.py"),
-                       limits=Limits(wall_seconds=2))
+                       limits=Limits(wall_seconds=2), labels=marker)
         executor.run(spec)
-    after = {c.id for c in docker_client.containers.list(all=True)}
-    assert after - before == set()
+    selector = {"label": [f"io.bilevel.test={marker['io.bilevel.test']}"]}
+    assert docker_client.containers.list(all=True, filters=selector) == []
+    assert docker_client.volumes.list(filters=selector) == []

@@ -1,58 +1,62 @@
-"""`bilevel serve`: run the controller (gRPC) until SIGINT/SIGTERM."""
+"""`bilevel serve`: run the controller (gRPC) until SIGINT/SIGTERM; `--check` asks a
+running one on this host whether it serves (the container health check)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from controller.config import (
-    DEFAULT_PORT,
-    ConfigError,
-    ServerConfig,
-    TlsConfig,
-    default_state_dir,
-    read_tokens,
-)
-from controller.sandbox.executor import ExecutorConfig
+from controller.config import DEFAULT_PORT, ConfigError, ServerConfig
+from controller.config_file import CONFIG_ENV, load
+from controller.llm.access import add_llm_access_arguments, llm_access
+
+# Flag dest -> configuration key (controller/config_file.py). A flag left at None is
+# not given, so the file and the environment decide.
+FLAG_KEYS = {
+    "listen": "server.listen", "state_dir": "server.state_dir",
+    "server_token_file": "server.token_file", "tls_cert": "server.tls.cert_file",
+    "tls_key": "server.tls.key_file", "tls_client_ca": "server.tls.client_ca_file",
+    "execute_queue": "server.execute_queue", "max_runs": "server.max_runs",
+    "image": "sandbox.image", "slots": "sandbox.slots", "namespace": "sandbox.namespace",
+    "docker_url": "sandbox.docker_url", "gpus": "sandbox.gpus", "runtime": "sandbox.runtime",
+}
+CHECK_SERVICE = "bilevel.v1.SandboxService"
 
 
 def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of a controller, shared by `serve` and the in-process one other commands
-    start when no --server is given."""
+    start when no --server is given. Each overrides the same key of the config file."""
     group = parser.add_argument_group("controller")
+    group.add_argument("--config", type=Path, default=None,
+                       help=f"TOML config file (default: ${CONFIG_ENV}); see "
+                            "deploy/bilevel.toml. Env BILEVEL_<SECTION>__<KEY> overrides it")
     group.add_argument("--state-dir", type=Path, default=None,
                        help="runs, trials, events and artifacts (default: $BILEVEL_STATE_DIR,"
                             " ./.bilevel if present, else ~/.local/share/bilevel)")
     group.add_argument("--image", help="sandbox image (default: the one built for this "
                                        "checkout by `bilevel image build`)")
-    group.add_argument("--slots", type=int, default=2, help="sandbox jobs at once")
-    group.add_argument("--namespace", default="default",
-                       help="label of this controller's containers; its orphans are reaped")
+    group.add_argument("--slots", type=int, help="sandbox jobs at once (default 2; with GPUs "
+                                                 "one per GPU slot)")
+    group.add_argument("--gpus", help="'none' (default), 'auto' (every GPU or MIG slice "
+                                      "nvidia-smi lists), or ids: '0,1', 'MIG-…', '0+1'")
+    group.add_argument("--runtime", choices=("runc", "runsc"),
+                       help="the least isolation a job gets: runsc runs every job under "
+                            "gVisor (default runc; a job may still ask for runsc)")
+    group.add_argument("--namespace", help="label of this controller's containers; its "
+                                           "orphans are reaped (default: default)")
     group.add_argument("--docker-url", help="Docker engine URL (default: from environment)")
-    group.add_argument("--max-runs", type=int, default=4, help="runs active at once")
+    group.add_argument("--max-runs", type=int, help="runs active at once (default 4)")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
-    tls = None
-    if args_get(args, "tls_cert") or args_get(args, "tls_key"):
-        if not (args.tls_cert and args.tls_key):
-            raise ConfigError("--tls-cert and --tls-key go together")
-        tls = TlsConfig(args.tls_cert, args.tls_key, args_get(args, "tls_client_ca"))
-    elif args_get(args, "tls_client_ca"):
-        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-    config = ServerConfig(
-        listen=args_get(args, "listen") or f"127.0.0.1:{DEFAULT_PORT}",
-        state_dir=args.state_dir or default_state_dir(),
-        tokens=read_tokens(args_get(args, "server_token_file")), tls=tls,
-        executor=ExecutorConfig(image=args.image, slots=args.slots, namespace=args.namespace,
-                                docker_url=args.docker_url),
-        execute_queue=args_get(args, "execute_queue") or 0,
-        max_active_runs=args.max_runs)
-    config.validate()
-    return config
+    """The validated config: defaults < file < environment < flags. Raises ConfigError."""
+    flags = {key: args_get(args, dest) for dest, key in FLAG_KEYS.items()}
+    return load(args_get(args, "config"), os.environ, flags)
 
 
 def args_get(args: argparse.Namespace, name: str) -> Any:
@@ -62,28 +66,72 @@ def args_get(args: argparse.Namespace, name: str) -> Any:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser("serve", help="run the controller's gRPC service")
-    cmd.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}",
-                     help="HOST:PORT; without a token only loopback is served (port 0: any)")
+    cmd.add_argument("--listen", help=f"HOST:PORT (default 127.0.0.1:{DEFAULT_PORT}); without"
+                                      " a token only loopback is served (port 0: any)")
     cmd.add_argument("--token-file", dest="server_token_file", type=Path,
                      help="accepted bearer tokens, one per line (default: $BILEVEL_TOKEN)")
     cmd.add_argument("--tls-cert", type=Path, help="server certificate (PEM): serve TLS")
     cmd.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     cmd.add_argument("--tls-client-ca", type=Path,
                      help="CA of client certificates: require mutual TLS")
-    cmd.add_argument("--execute-queue", type=int, default=8,
-                     help="Execute calls that may wait for a slot before RESOURCE_EXHAUSTED")
+    cmd.add_argument("--execute-queue", type=int,
+                     help="Execute calls that may wait for a slot before RESOURCE_EXHAUSTED "
+                          "(default 8)")
     cmd.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    cmd.add_argument("--check", action="store_true",
+                     help="do not serve: exit 0 if the controller this config describes "
+                          "answers SERVING for the sandbox service on this host, else 1")
     add_controller_arguments(cmd)
+    add_llm_access_arguments(cmd)
     cmd.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from controller.api.server import serve
-
     try:
-        config = server_config(args)
+        if args.check:
+            config = load(args.config, os.environ,
+                          {k: args_get(args, d) for d, k in FLAG_KEYS.items()},
+                          discover_gpus=lambda _url, _image: ())
+            return check(config)
+        config = replace(server_config(args), llm=llm_access(args))
+        from controller.api.server import serve
+
         asyncio.run(serve(config, port_file=args.port_file))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def check(config: ServerConfig, timeout: float = 5.0) -> int:
+    """Ask the local controller's health service (no token needed) over the configured
+    transport; the sandbox service is SERVING once the engine and image are usable."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = config.listen.rpartition(":")[2]
+    if port == "0":
+        raise ConfigError("--check needs a fixed port in server.listen")
+    address = f"127.0.0.1:{port}"
+    tls = config.tls
+    if tls is not None:
+        key_pair = (tls.key_file.read_bytes(), tls.cert_file.read_bytes()) \
+            if tls.client_ca_file else (None, None)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=(tls.ca_file or tls.cert_file).read_bytes(),
+            private_key=key_pair[0], certificate_chain=key_pair[1])
+        channel = grpc.secure_channel(address, creds, options=[
+            ("grpc.ssl_target_name_override", tls.server_name)])
+    else:
+        channel = grpc.insecure_channel(address)
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=CHECK_SERVICE),
+                               timeout=timeout)
+        except grpc.RpcError as exc:
+            print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{CHECK_SERVICE}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1

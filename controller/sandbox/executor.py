@@ -23,6 +23,7 @@ import requests.exceptions
 import structlog
 
 from controller.sandbox import archive
+from controller.sandbox.gpus import GpuSlots
 from controller.sandbox.hardening import container_kwargs, in_sandbox_nproc
 from controller.sandbox.image import ImageRecipe, image_tag
 from controller.sandbox.output import OutputCapture
@@ -53,7 +54,10 @@ class SandboxBusy(RuntimeError):
 @dataclass(frozen=True)
 class ExecutorConfig:
     """How this controller uses the engine. `image` None means the image built from
-    this checkout's sandbox_image/ (see `bilevel image build`)."""
+    this checkout's sandbox_image/ (see `bilevel image build`). `runtime` is the
+    deployment's floor: "runsc" runs every job under gVisor, whatever it asks for.
+    With `gpu_slots`, there is one job slot per GPU slot and each job gets its slot's
+    GPUs; without, a job's own `gpu_ids` are used as given (single-tenant use)."""
 
     image: str | None = None
     slots: int = 2
@@ -62,6 +66,8 @@ class ExecutorConfig:
     reap_interval_seconds: float = 60.0
     allowed_images: tuple[str, ...] = ()
     kill_grace_seconds: float = 5.0
+    runtime: str = "runc"
+    gpu_slots: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -94,9 +100,12 @@ class SandboxExecutor:
                 f"cannot reach the Docker engine ({exc}); start it (see README#docker) — "
                 "bilevel never runs jobs on the host"
             ) from exc
+        if self.config.runtime == "runsc":
+            self._require_runsc()
         self.image = self.config.image or self._default_image()
         self._allowed = {self.image, *self.config.allowed_images}
-        self._slots = threading.BoundedSemaphore(self.config.slots)
+        self._gpus = GpuSlots(self.config.gpu_slots)
+        self._slots = threading.BoundedSemaphore(len(self._gpus) or self.config.slots)
         self._stop = threading.Event()
         reap(self.client, self.config.namespace)
         self._reaper = threading.Thread(target=self._reap_forever, name="sandbox-reaper",
@@ -112,6 +121,14 @@ class SandboxExecutor:
                 f"sandbox image {tag} is not built for this checkout: run `bilevel image build`"
             ) from exc
         return tag
+
+    def _require_runsc(self) -> None:
+        runtimes = self.client.info().get("Runtimes") or {}
+        if "runsc" not in runtimes:
+            raise SandboxUnavailable(
+                "this deployment runs jobs under gVisor, but runsc is not registered with "
+                "the Docker daemon: add it to /etc/docker/daemon.json (see README#security), "
+                "or set sandbox.runtime = \"runc\" to accept weaker isolation")
 
     def _reap_forever(self) -> None:
         while not self._stop.wait(self.config.reap_interval_seconds):
@@ -140,11 +157,21 @@ class SandboxExecutor:
         image = spec.image or self.image
         if image not in self._allowed:
             raise SpecError("image", f"{image!r} is not an allowed sandbox image")
+        if self._gpus.slots and spec.gpu_ids:
+            raise SpecError("gpu_ids", "GPUs are assigned by the controller, one slot per "
+                                       "job: leave gpu_ids empty")
+        if self.config.runtime == "runsc" and spec.runtime != "runsc":
+            spec = replace(spec, runtime="runsc")
         if not slot_held and not self._slots.acquire(timeout=slot_timeout):
             raise SandboxBusy(f"all {self.config.slots} sandbox slots are busy")
+        gpus: tuple[str, ...] = ()
         try:
+            gpus = self._gpus.take()
+            if gpus:
+                spec = replace(spec, gpu_ids=gpus)
             return _Job(self, spec, image, on_output, on_started, cancel).run()
         finally:
+            self._gpus.give(gpus)
             self._slots.release()
 
 

@@ -1,0 +1,281 @@
+"""One configuration file (TOML) with environment overrides, merged into a ServerConfig.
+
+Precedence, lowest first: built-in defaults, the file (--config or $BILEVEL_CONFIG),
+environment variables BILEVEL_<SECTION>__<KEY> (BILEVEL_SANDBOX__GPUS=0,1;
+BILEVEL_SERVER__TLS__CERT_FILE=...), then flags given on the command line. Every key is
+known and typed: a typo or a wrong type stops the controller at start, naming the key,
+where the value came from and what would be valid. deploy/bilevel.toml documents them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.config import (
+    DEFAULT_PORT,
+    STATE_DIR_ENV,
+    ConfigError,
+    ServerConfig,
+    TlsConfig,
+    default_state_dir,
+    read_tokens,
+)
+from controller.sandbox.executor import ExecutorConfig
+from controller.sandbox.gpus import GpuConfigError, GpuSlot, discover, parse_slot_list
+from controller.sandbox.spec import Limits
+
+CONFIG_ENV = "BILEVEL_CONFIG"
+ENV_PREFIX = "BILEVEL_"
+
+# key -> kind. Kinds: str, int, float, path, bytes (an int or "512MiB"), list (of str),
+# gpus ("none", "auto" or a list of slots).
+KEYS: dict[str, str] = {
+    "server.listen": "str",
+    "server.state_dir": "path",
+    "server.token_file": "path",
+    "server.max_runs": "int",
+    "server.execute_queue": "int",
+    "server.shutdown_grace_seconds": "float",
+    "server.tls.cert_file": "path",
+    "server.tls.key_file": "path",
+    "server.tls.client_ca_file": "path",
+    "server.tls.ca_file": "path",
+    "server.tls.server_name": "str",
+    "sandbox.image": "str",
+    "sandbox.runtime": "str",
+    "sandbox.slots": "int",
+    "sandbox.gpus": "gpus",
+    "sandbox.namespace": "str",
+    "sandbox.docker_url": "str",
+    "sandbox.allowed_images": "list",
+    "limits.wall_seconds": "float",
+    "limits.memory_bytes": "bytes",
+    "limits.cpus": "float",
+    "limits.pids": "int",
+    "limits.output_bytes": "bytes",
+    "limits.returned_file_bytes": "bytes",
+    "limits.tmp_bytes": "bytes",
+    "limits.disk_bytes": "bytes",
+}
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
+          "mb": 1000**2, "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30,
+          "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+Discover = Callable[[str | None, str | None], tuple[GpuSlot, ...]]
+
+
+@dataclass(frozen=True)
+class Value:
+    value: Any
+    origin: str  # where it came from, for error messages
+
+
+def _unknown(key: str, origin: str) -> ConfigError:
+    close = difflib.get_close_matches(key, KEYS, n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(KEYS)}"
+    return ConfigError(f"{origin}: unknown setting {key}{hint}")
+
+
+def _coerce(key: str, raw: Any, origin: str) -> Any:
+    """The typed value of `raw` for `key`; env values arrive as strings."""
+    kind = KEYS[key]
+    where = f"{key} (from {origin})"
+    if isinstance(raw, str) and kind not in ("str", "gpus", "list") and raw.strip() == "":
+        return None  # an empty env value or "" in the file unsets an optional setting
+    try:
+        if kind == "str":
+            if not isinstance(raw, str):
+                raise TypeError
+            return raw
+        if kind == "path":
+            if not isinstance(raw, str):
+                raise TypeError
+            return Path(raw)
+        if kind == "int":
+            if isinstance(raw, bool) or not isinstance(raw, int | str):
+                raise TypeError
+            return int(raw)
+        if kind == "float":
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+                raise TypeError
+            return float(raw)
+        if kind == "bytes":
+            return _size(raw)
+        if kind == "list":
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise TypeError
+            return tuple(i.strip() for i in items if i.strip())
+        return _gpus(raw, where)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {raw!r} is not a valid {_KIND_HELP[kind]}") from None
+
+
+_KIND_HELP = {"str": "string", "path": "path (string)", "int": "integer",
+              "float": "number", "bytes": "size (bytes, or e.g. \"512MiB\", \"2GiB\")",
+              "list": "list of strings (env: comma-separated)",
+              "gpus": "GPU setting (\"none\", \"auto\" or a list like [\"0\", \"1\"])"}
+
+
+def _size(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise TypeError
+    if isinstance(raw, int):
+        return raw
+    match = _SIZE.match(str(raw))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def _gpus(raw: Any, where: str) -> str | tuple[GpuSlot, ...]:
+    if isinstance(raw, str) and raw.strip().lower() in ("none", "auto"):
+        return raw.strip().lower()
+    entries = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(entries, list) or not all(isinstance(e, str | int) for e in entries):
+        raise TypeError
+    try:
+        return parse_slot_list((str(e) for e in entries), where)
+    except GpuConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and key not in KEYS:
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def read_file(path: Path) -> dict[str, Value]:
+    try:
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file (set --config or "
+                          f"${CONFIG_ENV}, or start from deploy/bilevel.toml)") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values = {}
+    for key, raw in _flatten(table).items():
+        if key not in KEYS:
+            raise _unknown(key, str(path))
+        values[key] = Value(_coerce(key, raw, str(path)), str(path))
+    return values
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Value]:
+    values = {}
+    if environ.get(STATE_DIR_ENV):  # the older, shorter name of server.state_dir
+        values["server.state_dir"] = Value(Path(environ[STATE_DIR_ENV]), STATE_DIR_ENV)
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        if key not in KEYS:
+            raise _unknown(key, f"environment variable {name}")
+        values[key] = Value(_coerce(key, raw, name), name)
+    return values
+
+
+def flag_values(flags: Mapping[str, Any]) -> dict[str, Value]:
+    """Flags given on the command line ({key: value}, None meaning not given)."""
+    return {key: Value(_coerce(key, value, "command line") if isinstance(value, str)
+                       else value, "command line")
+            for key, value in flags.items() if value is not None}
+
+
+def load(config_path: Path | None, environ: Mapping[str, str],
+         flags: Mapping[str, Any], discover_gpus: Discover | None = None) -> ServerConfig:
+    """The validated ServerConfig from file, environment and flags (see module doc)."""
+    if config_path is None and environ.get(CONFIG_ENV):
+        config_path = Path(environ[CONFIG_ENV])
+    merged: dict[str, Value] = {}
+    if config_path is not None:
+        merged.update(read_file(config_path))
+    merged.update(read_env(environ))
+    merged.update(flag_values(flags))
+    config = build(merged, environ, discover_gpus or _discover)
+    config.validate()
+    return config
+
+
+def _discover(docker_url: str | None, image: str | None) -> tuple[GpuSlot, ...]:
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
+    except docker.errors.DockerException:
+        client = None
+    return discover(client, image)
+
+
+def build(values: Mapping[str, Value], environ: Mapping[str, str],
+          discover_gpus: Discover) -> ServerConfig:
+    def get(key: str, default: Any = None) -> Any:
+        found = values.get(key)
+        return default if found is None or found.value is None else found.value
+
+    tls = None
+    cert, key = get("server.tls.cert_file"), get("server.tls.key_file")
+    if cert or key:
+        if not (cert and key):
+            raise ConfigError("server.tls.cert_file (--tls-cert) and server.tls.key_file "
+                              "(--tls-key) go together")
+        tls = TlsConfig(cert, key, get("server.tls.client_ca_file"),
+                        ca_file=get("server.tls.ca_file"),
+                        server_name=get("server.tls.server_name", "localhost"))
+    elif get("server.tls.client_ca_file"):
+        raise ConfigError("server.tls.client_ca_file (--tls-client-ca) needs "
+                          "server.tls.cert_file and server.tls.key_file")
+    token_file = get("server.token_file")
+    tokens = read_tokens(token_file) if token_file else read_tokens(None)
+    gpu_slots = _gpu_slots(values, get("sandbox.docker_url"), get("sandbox.image"),
+                           discover_gpus)
+    slots = get("sandbox.slots", len(gpu_slots) if gpu_slots else 2)
+    executor = ExecutorConfig(
+        image=get("sandbox.image"), slots=slots, namespace=get("sandbox.namespace", "default"),
+        docker_url=get("sandbox.docker_url"), allowed_images=get("sandbox.allowed_images", ()),
+        runtime=get("sandbox.runtime", "runc"), gpu_slots=gpu_slots)
+    limit_fields = {name.split(".")[1]: found.value for name, found in values.items()
+                    if name.startswith("limits.") and found.value is not None}
+    return ServerConfig(
+        listen=get("server.listen", f"127.0.0.1:{DEFAULT_PORT}"),
+        state_dir=get("server.state_dir") or default_state_dir(),
+        tokens=tokens, tls=tls, executor=executor,
+        execute_queue=get("server.execute_queue", 8),
+        max_active_runs=get("server.max_runs", 4),
+        default_limits=Limits(**limit_fields),
+        shutdown_grace_seconds=get("server.shutdown_grace_seconds", 10.0))
+
+
+def _gpu_slots(values: Mapping[str, Value], docker_url: str | None, image: str | None,
+               discover_gpus: Discover) -> tuple[GpuSlot, ...]:
+    found = values.get("sandbox.gpus")
+    setting = found.value if found is not None and found.value is not None else "none"
+    if setting == "none":
+        return ()
+    if setting == "auto":
+        try:
+            return discover_gpus(docker_url, image)
+        except GpuConfigError as exc:
+            origin = found.origin if found is not None else "default"
+            raise ConfigError(f"sandbox.gpus = \"auto\" (from {origin}): {exc}") from None
+    if not isinstance(setting, tuple):
+        raise ConfigError(f"sandbox.gpus: unexpected value {setting!r}")
+    return setting
