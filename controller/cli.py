@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "controller.commands.watch",
     "controller.commands.cancel",
     "controller.commands.artifact",
+    "controller.commands.resume",
+    "controller.commands.memory",
 )
 
 

@@ -70,6 +70,8 @@ class Client:
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {config.token}"),) if config.token else ())
         self.runs = runs_pb2_grpc.RunServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.memory = runs_pb2_grpc.MemoryServiceStub(  # type: ignore[no-untyped-call]
+            self.channel)
         self.sandbox = sandbox_pb2_grpc.SandboxServiceStub(  # type: ignore[no-untyped-call]
             self.channel)
 
@@ -97,7 +99,10 @@ async def connect(args: argparse.Namespace,
         raise ConfigError("--server is required")
     from controller.api.server import ControllerServer
 
-    server = ControllerServer(replace(embedded(), listen="127.0.0.1:0", tokens=(), tls=None))
+    config = embedded()
+    # Only this process talks to it: it trusts the LLM base URL its own user passes.
+    server = ControllerServer(replace(config, listen="127.0.0.1:0", tokens=(), tls=None,
+                                      llm=replace(config.llm, allow_any_base_url=True)))
     port = await server.start()
     try:
         async with Client(ClientConfig(address=f"127.0.0.1:{port}")) as client:

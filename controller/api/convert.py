@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
+from controller.llm.settings import LLMSettings
 from controller.research.errors import FieldError
 from controller.research.settings import (
     Budgets,
@@ -18,6 +19,7 @@ from controller.research.settings import (
     TaskSettings,
 )
 from controller.sandbox.spec import DataMount, JobResult, JobSpec, Limits, Status
+from controller.store.memory import Lesson
 from controller.store.records import EventKind, EventRecord, RunRecord, RunState, TrialStatus
 
 _LIMIT_FIELDS = ("wall_seconds", "memory_bytes", "cpus", "pids", "output_bytes",
@@ -86,31 +88,73 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
             train_py = request.task.train_py.decode("utf-8")
         except UnicodeDecodeError:
             raise FieldError("task.train_py", "must be UTF-8 text") from None
-    proposer = request.proposer
+    proposer, search, llm = request.proposer, request.search, request.llm
+    defaults, llm_defaults = ProposerSettings(), LLMSettings()
     return RunSettings(
         task=TaskSettings(preset=request.task.preset, train_py=train_py,
                           data_ref=request.task.data_ref),
-        search=SearchSettings(seed=request.search.seed,
-                              frozen_knobs=tuple(request.search.frozen_knobs),
-                              min_improvement=request.search.min_improvement),
-        proposer=ProposerSettings(kind=proposer.kind or "random",
-                                  max_changes=proposer.max_changes or 2,
-                                  step=proposer.step or 0.5),
+        search=SearchSettings(seed=search.seed, frozen_knobs=tuple(search.frozen_knobs),
+                              min_improvement=search.min_improvement,
+                              keep_rule=search.keep_rule or "greedy",
+                              noise_seeds=search.noise_seeds or 3,
+                              noise_margin=search.noise_margin or 2.0,
+                              batch_size=search.batch_size or 1, pipeline=search.pipeline),
+        proposer=ProposerSettings(
+            kind=proposer.kind or "random", max_changes=proposer.max_changes or 2,
+            step=proposer.step or 0.5, mode=proposer.mode or "params",
+            max_invalid_retries=_opt(proposer, "max_invalid_retries",
+                                     defaults.max_invalid_retries),
+            max_fix_attempts=_opt(proposer, "max_fix_attempts", defaults.max_fix_attempts),
+            history_trials=proposer.history_trials or defaults.history_trials,
+            use_memory=not proposer.no_memory),
         budgets=Budgets(max_trials=request.budgets.max_trials,
                         max_wall_seconds=request.budgets.max_wall_seconds,
-                        max_llm_tokens=request.budgets.max_llm_tokens))
+                        max_llm_tokens=request.budgets.max_llm_tokens,
+                        max_llm_cost_usd=request.budgets.max_llm_cost_usd),
+        llm=LLMSettings(
+            provider=llm.provider or "anthropic", model=llm.model, base_url=llm.base_url,
+            max_tokens=llm.max_tokens or llm_defaults.max_tokens,
+            temperature=_opt(llm, "temperature", -1.0),
+            timeout_seconds=llm.timeout_seconds or llm_defaults.timeout_seconds,
+            max_attempts=llm.max_attempts or llm_defaults.max_attempts,
+            backoff_seconds=_opt(llm, "backoff_seconds", llm_defaults.backoff_seconds),
+            replay_run=llm.replay_run,
+            price_input_per_mtok=_opt(llm, "price_input_per_mtok", -1.0),
+            price_output_per_mtok=_opt(llm, "price_output_per_mtok", -1.0)))
+
+
+def _opt(message: Any, name: str, default: Any) -> Any:
+    """An `optional` proto field's value, or the default when it is unset."""
+    return getattr(message, name) if message.HasField(name) else default
 
 
 def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
-    t, s, p, b = settings.task, settings.search, settings.proposer, settings.budgets
+    t, s, p, b, llm = (settings.task, settings.search, settings.proposer, settings.budgets,
+                       settings.llm)
     return rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset=t.preset, train_py=(t.train_py or "").encode(),
                           data_ref=t.data_ref),
         search=rpb.SearchSettings(seed=s.seed, frozen_knobs=s.frozen_knobs,
-                                  min_improvement=s.min_improvement),
-        proposer=rpb.ProposerSettings(kind=p.kind, max_changes=p.max_changes, step=p.step),
+                                  min_improvement=s.min_improvement, keep_rule=s.keep_rule,
+                                  noise_seeds=s.noise_seeds, noise_margin=s.noise_margin,
+                                  batch_size=s.batch_size, pipeline=s.pipeline),
+        proposer=rpb.ProposerSettings(
+            kind=p.kind, max_changes=p.max_changes, step=p.step, mode=p.mode,
+            max_invalid_retries=p.max_invalid_retries, max_fix_attempts=p.max_fix_attempts,
+            history_trials=p.history_trials, no_memory=not p.use_memory),
         budgets=rpb.Budgets(max_trials=b.max_trials, max_wall_seconds=b.max_wall_seconds,
-                            max_llm_tokens=b.max_llm_tokens))
+                            max_llm_tokens=b.max_llm_tokens,
+                            max_llm_cost_usd=b.max_llm_cost_usd),
+        llm=rpb.LlmSettings(
+            provider=llm.provider, model=llm.model, base_url=llm.base_url,
+            max_tokens=llm.max_tokens,
+            temperature=llm.temperature if llm.temperature >= 0 else None,
+            timeout_seconds=llm.timeout_seconds, max_attempts=llm.max_attempts,
+            backoff_seconds=llm.backoff_seconds, replay_run=llm.replay_run,
+            price_input_per_mtok=(llm.price_input_per_mtok
+                                  if llm.price_input_per_mtok >= 0 else None),
+            price_output_per_mtok=(llm.price_output_per_mtok
+                                   if llm.price_output_per_mtok >= 0 else None)))
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -141,7 +185,8 @@ def run(record: RunRecord) -> rpb.Run:
         best_trial=record.best_trial if record.best_trial is not None else 0,
         last_status=trial_status(record.last_status), stop_reason=record.stop_reason,
         elapsed_seconds=record.elapsed_seconds, llm_tokens_used=record.llm_tokens_used,
-        summary=record.summary)
+        summary=record.summary, noise_sigma=record.noise_sigma,
+        llm_cost_usd=record.llm_cost_usd)
 
 
 def event(record: EventRecord) -> rpb.RunEvent:
@@ -159,7 +204,9 @@ def event(record: EventRecord) -> rpb.RunEvent:
             memory_gb=p["memory_gb"], metrics_json=p["metrics_json"],
             job_status=job_status_name(p["job_status"]),
             exception=exception_info(p.get("exception")), seconds=p["seconds"],
-            description=p["description"]))
+            description=p["description"], hypothesis=p.get("hypothesis", ""),
+            started_at=_ts(p.get("started_at", 0.0)), ended_at=_ts(p.get("ended_at", 0.0)),
+            llm_tokens=p.get("llm_tokens", 0), llm_cost_usd=p.get("llm_cost_usd", 0.0)))
     elif record.kind is EventKind.NEW_BEST:
         out.new_best.CopyFrom(rpb.RunEvent.NewBest(**p))
     elif record.kind is EventKind.RUN_FINISHED:
@@ -167,4 +214,12 @@ def event(record: EventRecord) -> rpb.RunEvent:
             state=run_state(p["state"]), reason=p["reason"],
             baseline_val_bpb=p.get("baseline_val_bpb"), best_val_bpb=p.get("best_val_bpb"),
             improved=bool(p.get("improved")), summary=p.get("summary", "")))
+    elif record.kind is EventKind.RUN_PAUSED:
+        out.run_paused.CopyFrom(rpb.RunEvent.RunPaused(reason=p["reason"]))
     return out
+
+
+def lesson(record: Lesson) -> rpb.Lesson:
+    return rpb.Lesson(id=record.id, task=record.task, run_id=record.run_id, kind=record.kind,
+                      text=record.text, delta=record.delta,
+                      created_at=_ts(record.created_at))

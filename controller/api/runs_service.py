@@ -17,7 +17,7 @@ from controller.api.gen.bilevel.v1 import runs_pb2_grpc
 from controller.research.errors import FieldError
 from controller.research.manager import RunManager
 from controller.store.artifacts import ArtifactStore, content_type
-from controller.store.records import EventKind
+from controller.store.records import EventKind, RunState
 from controller.store.runs import RunStore
 
 DEFAULT_PAGE = 50
@@ -97,12 +97,20 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                     seq = record.seq
                     if record.kind is EventKind.RUN_FINISHED:
                         return
+                    if record.kind is EventKind.RUN_PAUSED and await self._still_paused(
+                            run_id, record.seq):
+                        return  # an earlier pause of a resumed run does not end the stream
                 if events:
                     continue
-                if run.state.terminal:
-                    return  # after_seq is already past run_finished
+                if run.state is not RunState.RUNNING:
+                    return  # after_seq is already past run_finished / run_paused
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+
+    async def _still_paused(self, run_id: str, seq: int) -> bool:
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        later = await asyncio.to_thread(self.store.events_after, run_id, seq, 1)
+        return run.state is RunState.PAUSED and not later
 
     @rpc_errors
     async def GetArtifact(self, request: rpb.GetArtifactRequest,
@@ -112,3 +120,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run = await asyncio.to_thread(self.store.get_run, run_id)
         data = await asyncio.to_thread(self.artifacts.read, run_id, name, run.best_trial)
         return rpb.Artifact(name=name, content_type=content_type(name), content=data)
+
+    @rpc_errors
+    async def ResumeRun(self, request: rpb.ResumeRunRequest,
+                        context: grpc.aio.ServicerContext) -> rpb.Run:
+        run_id = _required(request.run_id, "run_id")
+        return convert.run(await asyncio.to_thread(self.manager.resume, run_id))

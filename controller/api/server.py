@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from controller.api.auth import BearerTokenInterceptor
 from controller.api.events import EventHub
 from controller.api.gen.bilevel.v1 import runs_pb2, runs_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
+from controller.api.memory_service import MemoryServicer
 from controller.api.runs_service import RunServicer
 from controller.api.sandbox_service import SandboxServicer
 from controller.config import ConfigError, ServerConfig, TlsConfig
@@ -28,12 +29,14 @@ from controller.research.engine import LazyExecutor
 from controller.research.manager import ManagerConfig, RunManager
 from controller.sandbox.executor import SandboxUnavailable
 from controller.store.artifacts import ArtifactStore
+from controller.store.memory import MemoryStore
 from controller.store.runs import RunStore
 
 log = structlog.get_logger(__name__)
 
 SANDBOX_SERVICE = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
 RUN_SERVICE = runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
+MEMORY_SERVICE = runs_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
 ENGINE_RETRY_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 300 << 20
 DEFAULT_THREADS = 32  # an Execute request may carry up to 256 MiB of files
@@ -55,7 +58,8 @@ class ControllerServer:
         self.artifacts = ArtifactStore(config.state_dir / "runs")
         self.engine = LazyExecutor(config.executor)
         self.manager = RunManager(self.store, self.artifacts, self.engine,
-                                  ManagerConfig(max_active_runs=config.max_active_runs))
+                                  ManagerConfig(max_active_runs=config.max_active_runs,
+                                                llm=config.llm))
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -82,9 +86,11 @@ class ControllerServer:
             self._sandbox, server)
         runs_pb2_grpc.add_RunServiceServicer_to_server(  # type: ignore[no-untyped-call]
             RunServicer(self.manager, self.store, self.artifacts, hub), server)
+        runs_pb2_grpc.add_MemoryServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            MemoryServicer(MemoryStore(self.store)), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SANDBOX_SERVICE, RUN_SERVICE, health_pb2.DESCRIPTOR.services_by_name[
+            (SANDBOX_SERVICE, RUN_SERVICE, MEMORY_SERVICE, health_pb2.DESCRIPTOR.services_by_name[
                 "Health"].full_name, reflection.SERVICE_NAME), server)
         address, warning = self.config.bind_address()
         if warning:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -17,9 +18,11 @@ from controller.api.client import Client, add_client_arguments, connect
 from controller.api.errors import describe
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.serve import add_controller_arguments, server_config
-from controller.config import ConfigError
+from controller.config import ConfigError, ServerConfig
+from controller.llm.access import add_llm_access_arguments, llm_access
 
 RECONNECT_ATTEMPTS = 30
+EXIT_PAUSED = 3
 _STATUS = {rpb.TRIAL_STATUS_KEEP: "keep", rpb.TRIAL_STATUS_DISCARD: "discard",
            rpb.TRIAL_STATUS_CRASH: "crash"}
 
@@ -37,32 +40,86 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="a knob the proposer must not change (repeatable)")
     cmd.add_argument("--min-improvement", type=float, default=0.0,
                      help="keep only if val_bpb drops by more than this")
-    cmd.add_argument("--proposer", default="random",
-                     help="random: offline seeded random perturbation (a non-LLM baseline)")
+    cmd.add_argument("--keep-rule", choices=("greedy", "noise"), default="greedy",
+                     help="greedy: keep any improvement; noise: measure the noise on "
+                          "--noise-seeds baseline seeds, keep gains > --noise-margin sigma, "
+                          "confirmed by a re-run")
+    cmd.add_argument("--noise-seeds", type=int, default=3)
+    cmd.add_argument("--noise-margin", type=float, default=2.0, help="in units of sigma")
+    cmd.add_argument("--batch", type=int, default=1,
+                     help="trials in flight at once (give the controller as many --slots)")
+    cmd.add_argument("--pipeline", action="store_true",
+                     help="prepare the next proposals while trials run")
+    llm = cmd.add_argument_group("proposer")
+    llm.add_argument("--proposer", choices=("random", "llm"), default=None,
+                     help="random: offline seeded random perturbation (a non-LLM baseline; "
+                          "the default without --provider); llm: an LLM proposes")
+    llm.add_argument("--provider", choices=("anthropic", "openai", "replay"),
+                     help="LLM provider (implies --proposer llm); openai means any "
+                          "OpenAI-compatible endpoint (DeepSeek, vLLM, Ollama) with --base-url")
+    llm.add_argument("--model", default="", help="model name (anthropic default: "
+                                                 "claude-sonnet-5-5; openai: required)")
+    llm.add_argument("--base-url", default="", help="API endpoint, e.g. "
+                                                    "https://api.deepseek.com")
+    llm.add_argument("--mode", choices=("params", "code"), default="params",
+                     help="params: JSON knob changes; code: search/replace edits of train.py")
+    llm.add_argument("--replay", metavar="RUN", default="",
+                     help="re-run RUN with its stored LLM answers (same settings)")
+    llm.add_argument("--no-memory", action="store_true",
+                     help="leave lessons of earlier runs out of the prompts")
+    llm.add_argument("--max-llm-tokens", type=int, default=0, help="run budget (0: none)")
+    llm.add_argument("--max-llm-cost", type=float, default=0.0,
+                     help="run budget in USD, estimated (0: none)")
+    llm.add_argument("--llm-timeout", type=float, default=0.0,
+                     help="seconds per HTTP attempt (0: 120)")
+    llm.add_argument("--llm-attempts", type=int, default=0,
+                     help="attempts per call before the run pauses (0: 6)")
+    llm.add_argument("--llm-backoff", type=float, default=None,
+                     help="first retry delay in seconds, doubling (default 2)")
     cmd.add_argument("--detach", action="store_true", help="print the run id and return")
     add_client_arguments(cmd)
     add_controller_arguments(cmd)
+    add_llm_access_arguments(cmd)
     cmd.set_defaults(func=cmd_run)
+
+
+def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
+    """The CreateRun request the flags describe (validation happens in the controller)."""
+    provider = "replay" if args.replay else args.provider
+    kind = args.proposer or ("llm" if provider else "random")
+    return rpb.CreateRunRequest(
+        task=rpb.TaskSpec(preset=args.preset, data_ref=args.data_ref,
+                          train_py=args.train_py.read_bytes() if args.train_py else b""),
+        search=rpb.SearchSettings(seed=args.seed, frozen_knobs=args.freeze,
+                                  min_improvement=args.min_improvement,
+                                  keep_rule=args.keep_rule, noise_seeds=args.noise_seeds,
+                                  noise_margin=args.noise_margin, batch_size=args.batch,
+                                  pipeline=args.pipeline),
+        proposer=rpb.ProposerSettings(kind=kind, mode=args.mode, no_memory=args.no_memory),
+        budgets=rpb.Budgets(max_trials=args.trials, max_wall_seconds=args.max_minutes * 60,
+                            max_llm_tokens=args.max_llm_tokens,
+                            max_llm_cost_usd=args.max_llm_cost),
+        llm=rpb.LlmSettings(provider=provider or "anthropic", model=args.model,
+                            base_url=args.base_url, timeout_seconds=args.llm_timeout,
+                            max_attempts=args.llm_attempts,
+                            backoff_seconds=args.llm_backoff, replay_run=args.replay))
+
+
+def embedded_config(args: argparse.Namespace) -> ServerConfig:
+    """The in-process controller's config, with this command's LLM key files."""
+    return replace(server_config(args), llm=llm_access(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        request = rpb.CreateRunRequest(
-            task=rpb.TaskSpec(preset=args.preset, data_ref=args.data_ref,
-                              train_py=args.train_py.read_bytes() if args.train_py else b""),
-            search=rpb.SearchSettings(seed=args.seed, frozen_knobs=args.freeze,
-                                      min_improvement=args.min_improvement),
-            proposer=rpb.ProposerSettings(kind=args.proposer),
-            budgets=rpb.Budgets(max_trials=args.trials,
-                                max_wall_seconds=args.max_minutes * 60))
-        return asyncio.run(_create_and_follow(args, request))
+        return asyncio.run(_create_and_follow(args, run_request(args)))
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 async def _create_and_follow(args: argparse.Namespace, request: rpb.CreateRunRequest) -> int:
-    async with connect(args, lambda: server_config(args)) as client:
+    async with connect(args, lambda: embedded_config(args)) as client:
         try:
             run = await client.runs.CreateRun(request, metadata=client.metadata)
         except grpc.aio.AioRpcError as exc:
@@ -79,8 +136,8 @@ async def _create_and_follow(args: argparse.Namespace, request: rpb.CreateRunReq
 
 async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
                  reconnect: bool = True) -> int:
-    """Show a run's events until it finishes; reconnects with after_seq if the stream
-    drops. Returns 0 when the run succeeded."""
+    """Show a run's events until it finishes or pauses; reconnects with after_seq if the
+    stream drops. Returns 0 when the run succeeded, 3 when it paused."""
     view = _View(run, Console(stderr=True))
     seq, attempts = after_seq, 0
     with view.live():
@@ -101,8 +158,12 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
                                    f"after event {seq}")
                 await asyncio.sleep(min(0.5 * attempts, 5.0))
     final = await client.runs.GetRun(rpb.GetRunRequest(run_id=run.id), metadata=client.metadata)
-    print(f"{final.id}: {rpb.RunState.Name(final.state).removeprefix('RUN_STATE_').lower()}"
-          f" - {final.summary}")
+    state = rpb.RunState.Name(final.state).removeprefix("RUN_STATE_").lower()
+    if final.state == rpb.RUN_STATE_PAUSED:
+        print(f"{final.id}: paused - {final.stop_reason}\nresume it with `bilevel resume "
+              f"{final.id}`")
+        return EXIT_PAUSED
+    print(f"{final.id}: {state} - {final.summary}")
     return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1
 
 
@@ -156,6 +217,11 @@ class _View:
             self.best = event.new_best.val_bpb
         elif kind == "run_finished":
             self.current = "finished"
+        elif kind == "run_paused":
+            self.current = "paused"
+            if self._live is None:
+                self.console.print(f"paused: {event.run_paused.reason}", highlight=False,
+                                   markup=False, soft_wrap=True)
         if self._live is not None:
             self._live.update(self._table())
 

@@ -1,34 +1,61 @@
 """Level 1, the inner loop: baseline, then propose -> validate -> sandbox -> keep/discard.
 
-State lives in the store, not in this object: a loop built on a run that a killed
-controller left behind continues from its last finished trial with the same incumbent.
-A trial that never finished is re-run under the same index (its proposal is a function
-of the seed, the index and the incumbent, so it is the same proposal); a finished trial
-is never run or counted twice. Proposals always start from the incumbent best.
+Up to `batch_size` trials run at once, each on its own sandbox slot; with `pipeline`
+the next proposals are prepared while trials run, so a slot that frees finds its next
+trial ready instead of waiting for the LLM. Results are judged in trial order, whatever
+order they finish in, so decisions do not depend on timing.
 
-Later levels hook in at `_propose` (mechanism filters and suggestions) and after
-`_finish` (observers); the loop itself stays this small.
+State lives in the store, not in this object. Finished trials form a prefix; a loop
+built on a run that a killed controller left behind re-runs the trials that had begun
+but not finished (their stored train.py, under the same index) and never runs or counts
+a finished one twice. Proposals always start from the incumbent best (or, for a crash
+fix, from the crashed candidate). An LLM that fails for good pauses the run.
+
+Later levels hook in through `context_hooks` (text for the proposer's prompt); the
+mechanism filters and observers of the next issue go around `_propose` and `_judge`.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import structlog
 
-from controller.research.proposer import Proposal, Proposer, ProposerContext
+from controller.llm.errors import LLMBudgetSpent, LLMUnavailable
+from controller.research import evaluation
+from controller.research.evaluation import Evaluation
+from controller.research.keep import Incumbent, make_rule
+from controller.research.lessons import distill
+from controller.research.planner import ContextHook, Planned, Planner
+from controller.research.proposer import Proposal, Proposer
 from controller.research.results import results_tsv
-from controller.research.settings import RunSettings
+from controller.research.settings import Budgets, RunSettings
 from controller.research.space import ProposalError, SearchSpace
 from controller.research.task import Task, TrialOutcome
+from controller.research.validate import Validator, knob_changes
 from controller.store.artifacts import ArtifactStore
-from controller.store.records import EventKind, RunRecord, RunState, TrialFinish, TrialStatus
+from controller.store.llm_calls import CallLog
+from controller.store.memory import MemoryStore
+from controller.store.records import (
+    EventKind,
+    RunRecord,
+    RunState,
+    TrialFinish,
+    TrialMeta,
+    TrialRecord,
+    TrialStatus,
+)
 from controller.store.runs import RunStore
 
 log = structlog.get_logger(__name__)
+POLL_SECONDS = 0.5  # how often the coordinator looks at the stop signal while waiting
 
 
 class StopSignal:
@@ -45,9 +72,19 @@ class StopSignal:
         self.event.set()
 
 
+def llm_budget_reason(run: RunRecord, budgets: Budgets) -> str:
+    """Why no further LLM call may be made, or "" while the budget lasts."""
+    if budgets.max_llm_tokens and run.llm_tokens_used >= budgets.max_llm_tokens:
+        return f"LLM token budget of {budgets.max_llm_tokens} spent"
+    if budgets.max_llm_cost_usd and run.llm_cost_usd >= budgets.max_llm_cost_usd:
+        return f"LLM cost budget of ${budgets.max_llm_cost_usd:g} spent"
+    return ""
+
+
 class InnerLoop:
     def __init__(self, run_id: str, settings: RunSettings, task: Task, proposer: Proposer,
-                 store: RunStore, artifacts: ArtifactStore, stop: StopSignal) -> None:
+                 store: RunStore, artifacts: ArtifactStore, stop: StopSignal,
+                 lessons: Sequence[str] = (), memory: MemoryStore | None = None) -> None:
         self.run_id = run_id
         self.settings = settings
         self.task = task
@@ -55,110 +92,245 @@ class InnerLoop:
         self.store = store
         self.artifacts = artifacts
         self.stop = stop
+        self.lessons = tuple(lessons)  # memory of earlier runs, for the prompt only
+        self.memory = memory  # where this run's lessons go when it finishes (None: nowhere)
         self.space: SearchSpace = task.search_space().without(settings.search.frozen_knobs)
+        self.validator = Validator(task, self.space)
+        self.rule = make_rule(settings.search)
+        self.calls = CallLog(store)
+        self.planner = Planner(run_id, settings, task, proposer, store, artifacts,
+                               self.space, self.validator, self.lessons)
+        # Text for the proposer's prompt; the mechanism level (issue 6) adds its hooks.
+        self.context_hooks: list[ContextHook] = self.planner.context_hooks
         self._segment_start = time.monotonic()
         self._elapsed_before = 0.0
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, str] = {}  # launched, not judged: index -> description
+        self._proposal_ids: dict[int, str] = {}
+        self._next_judge = 0
 
     def run(self) -> None:
         with structlog.contextvars.bound_contextvars(run_id=self.run_id):
             run = self.store.get_run(self.run_id)
             self._elapsed_before = run.elapsed_seconds
             trials = self.store.trials(self.run_id)
-            next_index = sum(1 for t in trials if t.finished)
+            finished = sum(1 for t in trials if t.finished)
             self.store.append_event(self.run_id, EventKind.RUN_STARTED,
-                                    {"resumed": bool(trials), "next_trial": next_index})
-            log.info("run started", resumed=bool(trials), next_trial=next_index,
-                     proposer=self.proposer.label)
+                                    {"resumed": bool(trials), "next_trial": finished})
+            log.info("run started", resumed=bool(trials), next_trial=finished,
+                     proposer=self.proposer.label, batch=self.settings.search.batch_size,
+                     keep_rule=self.settings.search.keep_rule)
             self._write_results()
-            if next_index == 0:
-                source = self.task.baseline_source()
-                outcome = self._trial(0, source, source, {}, "baseline", None)
-                if outcome is None:
-                    return self._stopped()
-                if outcome.crashed:
-                    return self._finish(RunState.FAILED, "the baseline crashed: " + (
-                        _crash_text(outcome)))
-                next_index = 1
-            while True:
-                run = self.store.get_run(self.run_id)
-                reason = self._budget_spent(run)
-                if reason:
-                    return self._finish(RunState.SUCCEEDED, reason)
-                if self.stop.event.is_set():
-                    return self._stopped()
-                if self._step(run, next_index) is None:
-                    return self._stopped()
-                next_index += 1
+            if finished == 0 and not self._baseline():
+                return
+            self._search()
 
-    def _step(self, run: RunRecord, index: int) -> TrialOutcome | None:
-        assert run.best_trial is not None
-        incumbent = self.artifacts.read_trial(self.run_id, run.best_trial, "train.py").decode()
-        proposal = self._propose(index, incumbent)
+    # The baseline
+
+    def _baseline(self) -> bool:
+        """Run (or re-run) trial 0 on the keep rule's seeds; False if the run ended."""
+        source = self.task.baseline_source()
+        self._prepare(0, source, source, {}, "baseline", TrialMeta(), None)
+        result = evaluation.evaluate(self.task, source, self._seeds(self.rule.baseline_seeds),
+                                     self.stop.event)
+        if result is None:
+            self._stopped()
+            return False
+        self._judge(0, result)
+        if result.outcome.crashed:
+            self._finish(RunState.FAILED, "the baseline crashed: " + _crash_text(
+                result.outcome))
+            return False
+        return True
+
+    # The search: propose, launch, judge in order
+
+    def _search(self) -> None:
+        search, budgets = self.settings.search, self.settings.budgets
+        width = search.batch_size
+        lookahead = width if search.pipeline else 0
+        pool = ThreadPoolExecutor(max_workers=2 * width + 1,
+                                  thread_name_prefix=f"loop-{self.run_id}")
+        running: dict[Future[Evaluation | None], int] = {}
+        done: dict[int, Evaluation] = {}
+        pending: deque[Future[Planned]] = deque()
+        trials = self.store.trials(self.run_id)
+        self._next_judge = sum(1 for t in trials if t.finished)
+        next_index = max((t.index for t in trials), default=0) + 1
+        for t in trials:
+            if not t.finished:
+                self._relaunch(t, running, pool)
+        halt: tuple[str, str] | None = None  # ("finish" or "pause", reason): drop pending
+        spent = ""  # the LLM budget: no new proposals, but those already paid for still run
+        clean = False
         try:
-            self.space.check(proposal.changes)
-            candidate = self.task.apply(incumbent, proposal.changes)
-            compile(candidate, "train.py", "exec", dont_inherit=True)
-        except (ProposalError, SyntaxError, ValueError) as exc:
-            invalid = TrialOutcome(job_status="invalid", val_bpb=None, exception={
-                "type": type(exc).__name__, "message": str(exc), "frames": []},
-                detail="the proposal failed validation; nothing ran")
-            return self._trial(index, incumbent, incumbent, proposal.changes,
-                               proposal.description, run.best_val_bpb, invalid)
-        return self._trial(index, incumbent, candidate, proposal.changes,
-                           proposal.description, run.best_val_bpb,
-                           tokens=proposal.tokens_used)
+            while True:
+                self._judge_ready(done)
+                if self.stop.event.is_set():
+                    self._stopped()
+                    clean = True
+                    return
+                if halt is None and (reason := self._wall_spent()):
+                    halt = ("finish", reason)
+                spent = spent or llm_budget_reason(self.store.get_run(self.run_id), budgets)
+                while halt is None and not spent \
+                        and len(pending) < width - len(running) + lookahead \
+                        and next_index <= budgets.max_trials:
+                    pending.append(pool.submit(self.planner.propose, next_index,
+                                               self.planner.fix_target(), self._in_flight_now()))
+                    next_index += 1
+                while halt is None and pending and len(running) < width and pending[0].done():
+                    try:
+                        planned = pending.popleft().result()
+                    except LLMBudgetSpent as exc:
+                        halt = ("finish", str(exc))
+                    except LLMUnavailable as exc:
+                        halt = ("pause", str(exc))
+                    else:
+                        self._launch(planned, running, done, pool)
+                if halt is not None:
+                    pending.clear()  # abandoned; their calls are in the call log already
+                if not running and not pending and not done:
+                    if halt is not None and halt[0] == "pause":
+                        self._pause(halt[1])
+                    else:
+                        self._finish(RunState.SUCCEEDED, halt[1] if halt else spent or
+                                     f"trial budget of {budgets.max_trials} spent")
+                    clean = True
+                    return
+                waitables: set[Future[object]] = set(running)  # type: ignore[arg-type]
+                if pending and len(running) < width:
+                    waitables.add(pending[0])  # type: ignore[arg-type]
+                wait(waitables, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                for future in [f for f in running if f.done()]:
+                    index = running.pop(future)
+                    result = future.result()
+                    if result is not None:
+                        done[index] = result
+        finally:
+            if not clean:
+                self.stop.event.set()  # an error: stop the trials still in flight
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    def _propose(self, index: int, incumbent: str) -> Proposal:
-        ctx = ProposerContext(trial_index=index, incumbent=self.task.read_knobs(incumbent),
-                              space=self.space, history=self.store.trials(self.run_id))
-        return self.proposer.propose(ctx)
+    def _seeds(self, count: int) -> list[int]:
+        return [self.settings.search.seed + r for r in range(count)]
 
-    def _trial(self, index: int, incumbent: str, source: str, changes: dict[str, Any],
-               description: str, best: float | None, precomputed: TrialOutcome | None = None,
-               tokens: int = 0) -> TrialOutcome | None:
-        """Run one trial; None when a stop interrupted it (it stays unfinished)."""
-        with structlog.contextvars.bound_contextvars(trial=index):
-            diff = "".join(difflib.unified_diff(
-                incumbent.splitlines(keepends=True), source.splitlines(keepends=True),
-                "a/train.py", "b/train.py"))
-            self.artifacts.write_trial(self.run_id, index, "train.py", source.encode())
-            self.artifacts.write_trial(self.run_id, index, "diff", diff.encode())
-            attempt = self.store.begin_trial(self.run_id, index, description, changes)
-            log.info("trial started", attempt=attempt, description=description)
-            outcome = precomputed or self.task.evaluate(source, self.settings.search.seed,
-                                                        self.stop.event)
-            if self.stop.event.is_set() and precomputed is None:
-                log.info("trial interrupted", reason=self.stop.reason)
-                return None
-            self.artifacts.write_trial(self.run_id, index, "log", outcome.log.encode())
-            status = self._judge(index, outcome, best)
-            self.store.finish_trial(self.run_id, TrialFinish(
-                index=index, status=status, val_bpb=outcome.val_bpb,
-                memory_gb=outcome.memory_gb, metrics=outcome.metrics,
-                job_status=outcome.job_status, exception=outcome.exception,
-                seconds=outcome.seconds, new_best=status is TrialStatus.KEEP,
-                tokens_used=tokens), self._elapsed())
-            log.info("trial finished", status=status.value, val_bpb=outcome.val_bpb,
-                     job_status=outcome.job_status)
-            self._write_results()
-            return outcome
+    def _incumbent(self) -> Incumbent:
+        run = self.store.get_run(self.run_id)
+        assert run.best_val_bpb is not None
+        # Under the noise rule the baseline is a mean over its seeds and every kept
+        # candidate a mean over its two runs.
+        runs = self.rule.baseline_seeds if run.best_trial == 0 else (
+            2 if self.settings.search.keep_rule == "noise" else 1)
+        return Incumbent(run.best_val_bpb, run.noise_sigma, runs)
 
-    def _judge(self, index: int, outcome: TrialOutcome, best: float | None) -> TrialStatus:
-        if outcome.crashed or outcome.val_bpb is None:
-            return TrialStatus.CRASH
-        if index == 0 or best is None:
-            return TrialStatus.KEEP
-        margin = self.settings.search.min_improvement
-        return TrialStatus.KEEP if outcome.val_bpb < best - margin else TrialStatus.DISCARD
+    def _evaluate(self, source: str) -> Evaluation | None:
+        if self.settings.search.keep_rule == "greedy":
+            return evaluation.evaluate(self.task, source, self._seeds(1), self.stop.event)
+        return evaluation.evaluate(
+            self.task, source, self._seeds(2), self.stop.event,
+            confirm=lambda value: self.rule.wants_confirmation(value, self._incumbent()))
 
-    def _budget_spent(self, run: RunRecord) -> str:
+    def _in_flight_now(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(f"trial {i}: {d}" for i, d in sorted(self._in_flight.items()))
+
+    def _launch(self, planned: Planned, running: dict[Future[Evaluation | None], int],
+                done: dict[int, Evaluation], pool: ThreadPoolExecutor) -> None:
+        p, index = planned.proposal, planned.index
+        run = self.store.get_run(self.run_id)
+        assert run.best_trial is not None
+        best_source = self.artifacts.read_trial(self.run_id, run.best_trial, "train.py").decode()
+        result: Evaluation | None = None
+        parent, parent_source, candidate = planned.base_trial, planned.base_source, \
+            planned.base_source
+        if p.invalid:
+            result = evaluation.invalid(p.invalid)
+        else:
+            try:
+                candidate, parent, parent_source = self.planner.candidate(
+                    planned, run.best_trial, best_source)
+            except ProposalError as exc:
+                result = evaluation.invalid(str(exc))
+        changes = p.changes if result is not None else knob_changes(self.task, best_source,
+                                                                    candidate)
+        meta = TrialMeta(hypothesis=p.hypothesis, parent=parent, fix_of=planned.fix_of,
+                         proposal_id=p.proposal_id)
+        self._prepare(index, parent_source, candidate, changes, p.description, meta, p)
+        if result is not None:
+            done[index] = result
+        else:
+            running[pool.submit(self._evaluate, candidate)] = index
+
+    def _relaunch(self, t: TrialRecord, running: dict[Future[Evaluation | None], int],
+                  pool: ThreadPoolExecutor) -> None:
+        """Re-run a trial that began but never finished, from its stored train.py."""
+        source = self.artifacts.read_trial(self.run_id, t.index, "train.py").decode()
+        meta = TrialMeta(t.hypothesis, t.parent, t.fix_of, t.proposal_id)
+        attempt = self.store.begin_trial(self.run_id, t.index, t.description, t.changes, meta)
+        log.info("trial restarted", trial=t.index, attempt=attempt)
+        with self._lock:
+            self._in_flight[t.index] = t.description
+        self._proposal_ids[t.index] = t.proposal_id
+        running[pool.submit(self._evaluate, source)] = t.index
+
+    def _prepare(self, index: int, parent_source: str, source: str, changes: dict[str, Any],
+                 description: str, meta: TrialMeta, proposal: Proposal | None) -> None:
+        """Store the candidate, its diff and its LLM transcript, then begin the trial."""
+        diff = "".join(difflib.unified_diff(
+            parent_source.splitlines(keepends=True), source.splitlines(keepends=True),
+            "a/train.py", "b/train.py"))
+        self.artifacts.write_trial(self.run_id, index, "train.py", source.encode())
+        self.artifacts.write_trial(self.run_id, index, "diff", diff.encode())
+        if proposal is not None and proposal.proposal_id:
+            self.artifacts.write_trial(self.run_id, index, "llm.json", json.dumps({
+                "proposal_id": proposal.proposal_id, "llm_tokens": proposal.llm_tokens,
+                "cost_usd": proposal.cost_usd, "transcript": list(proposal.transcript),
+                "calls": self.calls.calls(self.run_id, proposal.proposal_id)},
+                indent=1).encode())
+        attempt = self.store.begin_trial(self.run_id, index, description, changes, meta)
+        with self._lock:
+            self._in_flight[index] = description
+        self._proposal_ids[index] = meta.proposal_id
+        log.info("trial started", trial=index, attempt=attempt, description=description)
+
+    def _judge_ready(self, done: dict[int, Evaluation]) -> None:
+        while self._next_judge in done:
+            self._judge(self._next_judge, done.pop(self._next_judge))
+            self._next_judge += 1
+
+    def _judge(self, index: int, result: Evaluation) -> None:
+        outcome, sigma = result.outcome, None
+        if outcome.crashed:
+            status, reason = TrialStatus.CRASH, _crash_text(outcome)
+        elif index == 0:
+            status, reason = TrialStatus.KEEP, "the baseline"
+            sigma = self.rule.sigma(result.values)
+        else:
+            verdict = self.rule.judge(result.values, self._incumbent())
+            status, reason = verdict.status, verdict.reason
+        proposal_id = self._proposal_ids.pop(index, "")
+        calls = self.calls.calls(self.run_id, proposal_id) if proposal_id else []
+        self.artifacts.write_trial(self.run_id, index, "log", outcome.log.encode())
+        self.store.finish_trial(self.run_id, TrialFinish(
+            index=index, status=status, val_bpb=outcome.val_bpb, memory_gb=outcome.memory_gb,
+            metrics={**outcome.metrics, "decision": reason}, job_status=outcome.job_status,
+            exception=outcome.exception, seconds=outcome.seconds,
+            new_best=status is TrialStatus.KEEP, started_at=result.started_at,
+            ended_at=result.ended_at,
+            llm_tokens=sum(c["input_tokens"] + c["output_tokens"] for c in calls),
+            llm_cost_usd=sum(c["cost_usd"] for c in calls), noise_sigma=sigma),
+            self._elapsed())
+        with self._lock:
+            self._in_flight.pop(index, None)
+        log.info("trial finished", trial=index, status=status.value, val_bpb=outcome.val_bpb,
+                 job_status=outcome.job_status, decision=reason)
+        self._write_results()
+
+    def _wall_spent(self) -> str:
         b = self.settings.budgets
-        if run.trials_done - 1 >= b.max_trials:
-            return f"trial budget of {b.max_trials} spent"
         if b.max_wall_seconds and self._elapsed() >= b.max_wall_seconds:
             return f"wall-time budget of {b.max_wall_seconds:g} s spent"
-        if b.max_llm_tokens and run.llm_tokens_used >= b.max_llm_tokens:
-            return f"LLM token budget of {b.max_llm_tokens} spent"
         return ""
 
     def _elapsed(self) -> float:
@@ -173,14 +345,22 @@ class InnerLoop:
         else:
             log.info("run paused for shutdown; it resumes when the controller restarts")
 
+    def _pause(self, reason: str) -> None:
+        self.store.pause_run(self.run_id, reason)
+        log.warning("run paused: the LLM is unavailable", reason=reason)
+
     def _finish(self, state: RunState, reason: str) -> None:
         run = self.store.get_run(self.run_id)
         summary = summarize(run, reason)
         improved = (run.best_val_bpb is not None and run.baseline_val_bpb is not None
                     and run.best_val_bpb < run.baseline_val_bpb)
-        self.store.finish_run(self.run_id, state, reason, summary, {
-            "state": state.value, "reason": reason, "baseline_val_bpb": run.baseline_val_bpb,
-            "best_val_bpb": run.best_val_bpb, "improved": improved, "summary": summary})
+        if self.store.finish_run(self.run_id, state, reason, summary, {
+                "state": state.value, "reason": reason, "baseline_val_bpb": run.baseline_val_bpb,
+                "best_val_bpb": run.best_val_bpb, "improved": improved, "summary": summary}) \
+                and self.memory is not None:
+            lessons = distill(self.task.name, self.run_id, self.store.trials(self.run_id))
+            self.memory.add(lessons)
+            log.info("lessons stored", count=len(lessons), task=self.task.name)
         log.info("run finished", state=state.value, summary=summary)
 
 
@@ -199,3 +379,5 @@ def _crash_text(outcome: TrialOutcome) -> str:
     if outcome.exception:
         return f"{outcome.exception.get('type')}: {outcome.exception.get('message')}"
     return outcome.detail or f"job status {outcome.job_status}"
+
+

@@ -1,35 +1,41 @@
-"""Runs as resources: create, cancel, resume after a restart, stop on shutdown.
+"""Runs as resources: create, cancel, pause/resume, resume after a restart, stop on
+shutdown.
 
-Each active run is one InnerLoop in its own thread (its trials block on the sandbox);
-the store is the only shared state.
+Each active run is one InnerLoop in its own thread (its trials run on worker threads
+that block on the sandbox); the store is the only shared state.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import structlog
 
+from controller.llm.errors import LLMConfigError
+from controller.llm.settings import LLMAccess
 from controller.research.engine import LazyExecutor
 from controller.research.errors import CapacityError, FieldError, StateConflict
 from controller.research.loop import InnerLoop, StopSignal
-from controller.research.proposer import Proposer, make_proposer
+from controller.research.proposers import build_proposer
 from controller.research.settings import RunSettings
 from controller.research.space import ProposalError
 from controller.research.task import Task
 from controller.research.tasks.registry import make_task
 from controller.store.artifacts import ArtifactStore
+from controller.store.memory import MemoryStore
 from controller.store.records import RunRecord, RunState
 from controller.store.runs import RunStore
 
 log = structlog.get_logger(__name__)
+MEMORY_IN_PROMPT = 20  # newest lessons of the task offered to a proposer
 
 
 @dataclass(frozen=True)
 class ManagerConfig:
     max_active_runs: int = 4
+    llm: LLMAccess = field(default_factory=LLMAccess)
 
 
 @dataclass
@@ -52,6 +58,7 @@ class RunManager:
 
     def create(self, settings: RunSettings) -> RunRecord:
         """Validate and start a run. Raises FieldError, CapacityError, SandboxUnavailable."""
+        settings = self._replay_settings(settings)
         settings.validate()
         with self._lock:
             if self._closing:
@@ -59,29 +66,55 @@ class RunManager:
             if len(self._active) >= self.config.max_active_runs:
                 raise CapacityError("runs", f"{self.config.max_active_runs} runs are active "
                                     "(the server's --max-runs); wait for one or cancel one")
-        loop_parts = self._build(settings)
+        task = self._task(settings)
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
         with self._starting:  # so resume_all never takes a new run for an orphan
-            run = self.store.create_run(f"run-{uuid.uuid4().hex[:12]}", settings.to_dict())
-            self._start(run.id, settings, loop_parts)
+            loop = self._loop(run_id, settings, task)  # checks the LLM settings and key
+            run = self.store.create_run(run_id, settings.to_dict())
+            self._start(run.id, loop)
         return run
 
-    def _build(self, settings: RunSettings) -> tuple[Task, Proposer]:
+    def _replay_settings(self, settings: RunSettings) -> RunSettings:
+        """A replay re-runs the stored run's own settings with its stored answers."""
+        if settings.proposer.kind != "llm" or settings.llm.provider != "replay":
+            return settings
+        if not settings.llm.replay_run:
+            raise FieldError("llm.replay_run", "names the run to replay")
+        original = RunSettings.from_dict(self.store.get_run(settings.llm.replay_run).settings)
+        if original.proposer.kind != "llm":
+            raise FieldError("llm.replay_run", f"run {settings.llm.replay_run} did not use an "
+                             "LLM proposer; there is nothing to replay")
+        return replace(original, llm=replace(original.llm, provider="replay",
+                                             replay_run=settings.llm.replay_run))
+
+    def _task(self, settings: RunSettings) -> Task:
         executor = self.engine.get()
         task = make_task(settings.task, executor)
         try:
             task.search_space().without(settings.search.frozen_knobs)
         except ProposalError as exc:
             raise FieldError("search.frozen_knobs", str(exc)) from None
-        return task, make_proposer(settings.proposer, settings.search.seed)
+        return task
 
-    def _start(self, run_id: str, settings: RunSettings, parts: tuple[Task, Proposer]) -> None:
-        task, proposer = parts
+    def _loop(self, run_id: str, settings: RunSettings, task: Task) -> InnerLoop:
         stop = StopSignal()
-        loop = InnerLoop(run_id, settings, task, proposer, self.store, self.artifacts, stop)
+        try:
+            proposer = build_proposer(run_id, settings, task, self.store, self.config.llm,
+                                      stop.event)
+        except LLMConfigError as exc:
+            raise FieldError("llm.provider", str(exc)) from None
+        replaying = settings.llm.provider == "replay" and settings.proposer.kind == "llm"
+        memory = MemoryStore(self.store)
+        lessons = [m.text for m in memory.list(task.name, MEMORY_IN_PROMPT)] \
+            if settings.proposer.use_memory and settings.proposer.kind == "llm" else []
+        return InnerLoop(run_id, settings, task, proposer, self.store, self.artifacts, stop,
+                         lessons=lessons, memory=None if replaying else memory)
+
+    def _start(self, run_id: str, loop: InnerLoop) -> None:
         thread = threading.Thread(target=self._run_loop, args=(run_id, loop),
                                   name=f"loop-{run_id}", daemon=True)
         with self._lock:
-            self._active[run_id] = _Active(thread, stop)
+            self._active[run_id] = _Active(thread, loop.stop)
         thread.start()
 
     def _run_loop(self, run_id: str, loop: InnerLoop) -> None:
@@ -105,16 +138,41 @@ class RunManager:
         for run in runs:
             settings = RunSettings.from_dict(run.settings)
             try:
-                parts = self._build(settings)
+                loop = self._loop(run.id, settings, self._task(settings))
             except FieldError as exc:
+                if settings.proposer.kind == "llm" and exc.field.startswith("llm."):
+                    # e.g. the key is missing in this controller: keep the run for later
+                    self.store.pause_run(run.id, f"cannot resume: {exc}")
+                    continue
                 self.store.finish_run(run.id, RunState.FAILED, f"cannot resume: {exc}", str(exc),
                                       {"state": RunState.FAILED.value,
                                        "reason": f"cannot resume: {exc}"})
                 continue
             log.info("resuming run", run_id=run.id, trials_done=run.trials_done)
-            self._start(run.id, settings, parts)
+            self._start(run.id, loop)
             resumed.append(run.id)
         return resumed
+
+    def resume(self, run_id: str) -> RunRecord:
+        """Continue a paused run (after an LLM outage, or a missing key now provided).
+        Raises NotFoundError, StateConflict (not paused), FieldError, CapacityError."""
+        run = self.store.get_run(run_id)
+        if run.state is not RunState.PAUSED:
+            raise StateConflict(f"run {run_id}", f"run {run_id} is {run.state.value}, not "
+                                "paused; only a paused run can be resumed")
+        with self._lock:
+            if self._closing:
+                raise CapacityError("controller", "the controller is shutting down")
+            if len(self._active) >= self.config.max_active_runs:
+                raise CapacityError("runs", f"{self.config.max_active_runs} runs are active")
+        settings = RunSettings.from_dict(run.settings)
+        loop = self._loop(run_id, settings, self._task(settings))
+        with self._starting:
+            if not self.store.unpause_run(run_id):
+                raise StateConflict(f"run {run_id}", f"run {run_id} is no longer paused")
+            self._start(run_id, loop)
+        log.info("resumed paused run", run_id=run_id)
+        return self.store.get_run(run_id)
 
     def cancel(self, run_id: str, wait_seconds: float = 30.0) -> RunRecord:
         """Stop a run; the trial in flight is killed and not counted. Raises NotFoundError

@@ -12,37 +12,73 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.research.settings import ProposerSettings
 from controller.research.space import Knob, KnobValue, SearchSpace
 from controller.store.records import TrialRecord
 
+if TYPE_CHECKING:
+    from controller.research.validate import Validator
+
 
 @dataclass(frozen=True)
 class Proposal:
+    """A change to try. `source` is the full candidate when the proposer built it (LLM
+    proposers); otherwise the loop applies `changes` to the base. `invalid` holds the
+    reason when no valid proposal came out of the allowed retries."""
+
     changes: dict[str, KnobValue]
     description: str
     tokens_used: int = 0
+    source: str | None = None
+    hypothesis: str = ""
+    invalid: str = ""
+    proposal_id: str = ""
+    transcript: tuple[dict[str, Any], ...] = ()  # the calls that made it (for llm.json)
+    llm_tokens: int = 0  # usage of those calls (metered into the run's total already)
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CrashInfo:
+    """A crashed trial a proposal should fix (its source is the context's base_source)."""
+
+    trial: int
+    error: str
+    log_tail: str
 
 
 @dataclass(frozen=True)
 class ProposerContext:
     trial_index: int
-    incumbent: dict[str, Any]  # knob values of the incumbent best train.py
+    incumbent: dict[str, Any]  # knob values of the base train.py (the incumbent best)
     space: SearchSpace  # without the frozen knobs
     history: Sequence[TrialRecord]
+    base_source: str = ""  # the train.py a proposal edits (the incumbent, or a crash)
+    base_trial: int | None = None
+    best_val_bpb: float | None = None
+    baseline_val_bpb: float | None = None
+    noise_sigma: float | None = None
+    crash: CrashInfo | None = None  # set: propose a fix of this crashed trial
+    in_flight: tuple[str, ...] = ()  # trials running or proposed but not judged yet
+    lessons: tuple[str, ...] = ()  # memory of earlier runs on this task
+    # Text the search mechanisms add to the prompt (filled by Level 2, issue 6).
+    mechanism_context: tuple[str, ...] = ()
+    validator: Validator | None = field(default=None, compare=False)
 
 
 class Proposer(Protocol):
     label: str
+    fixes_crashes: bool  # whether it can use ctx.crash
 
     def propose(self, ctx: ProposerContext) -> Proposal: ...
 
 
 class RandomPerturbation:
     label = "random-perturbation (offline baseline, no LLM)"
+    fixes_crashes = False
 
     def __init__(self, seed: int, settings: ProposerSettings) -> None:
         self.seed = seed
@@ -90,8 +126,3 @@ def _perturb(knob: Knob, current: Any, step: float, rng: random.Random) -> KnobV
         return round(new)
     return float(f"{new:.4g}")
 
-
-def make_proposer(settings: ProposerSettings, seed: int) -> Proposer:
-    if settings.kind == "random":
-        return RandomPerturbation(seed, settings)
-    raise ValueError(f"unknown proposer {settings.kind!r}")

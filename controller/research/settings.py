@@ -6,10 +6,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from controller.llm.settings import LLMSettings
 from controller.research.errors import FieldError
 
-PROPOSERS = ("random",)
+PROPOSERS = ("random", "llm")
+MODES = ("params", "code")
+KEEP_RULES = ("greedy", "noise")
 MAX_TRIALS = 100_000
+MAX_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -23,14 +27,27 @@ class TaskSettings:
 class SearchSettings:
     seed: int = 0
     frozen_knobs: tuple[str, ...] = ()
-    min_improvement: float = 0.0
+    min_improvement: float = 0.0  # greedy rule: keep if val_bpb < best - this
+    # "greedy": keep any strict improvement (the paper's group A). "noise": run the
+    # baseline with `noise_seeds` seeds to measure sigma, keep only gains larger than
+    # noise_margin * sigma, confirmed by a re-run with another seed.
+    keep_rule: str = "greedy"
+    noise_seeds: int = 3
+    noise_margin: float = 2.0
+    batch_size: int = 1  # trials in flight at once (each takes a sandbox slot)
+    pipeline: bool = False  # propose the next trials while trials run
 
 
 @dataclass(frozen=True)
 class ProposerSettings:
-    kind: str = "random"
+    kind: str = "random"  # "random" (offline baseline) or "llm"
     max_changes: int = 2
     step: float = 0.5
+    mode: str = "params"  # llm: "params" (JSON knob changes) or "code" (edits of train.py)
+    max_invalid_retries: int = 3  # rejected answers fed back before a trial is "invalid"
+    max_fix_attempts: int = 2  # follow-up proposals that try to fix one crash
+    history_trials: int = 12  # recent trials shown in the prompt
+    use_memory: bool = True  # lessons of earlier runs on the task go into the prompt
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,7 @@ class Budgets:
     max_trials: int = 10  # trials after the baseline
     max_wall_seconds: float = 0.0  # 0: unlimited
     max_llm_tokens: int = 0  # 0: unlimited
+    max_llm_cost_usd: float = 0.0  # 0: unlimited
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,7 @@ class RunSettings:
     search: SearchSettings = field(default_factory=SearchSettings)
     proposer: ProposerSettings = field(default_factory=ProposerSettings)
     budgets: Budgets = field(default_factory=Budgets)
+    llm: LLMSettings = field(default_factory=LLMSettings)
 
     def validate(self) -> None:
         """Raise FieldError naming the first invalid field. Preset and knob names are
@@ -71,6 +90,26 @@ class RunSettings:
             raise FieldError("search.frozen_knobs", "lists a knob twice")
         if p.kind not in PROPOSERS:
             raise FieldError("proposer.kind", f"must be one of {PROPOSERS}, got {p.kind!r}")
+        if s.keep_rule not in KEEP_RULES:
+            raise FieldError("search.keep_rule", f"must be one of {KEEP_RULES}")
+        if not 2 <= s.noise_seeds <= 32:
+            raise FieldError("search.noise_seeds", f"must be in [2, 32], got {s.noise_seeds}")
+        if not (math.isfinite(s.noise_margin) and 0 <= s.noise_margin <= 20):
+            raise FieldError("search.noise_margin", "must be in [0, 20] (units of sigma)")
+        if not 1 <= s.batch_size <= MAX_BATCH:
+            raise FieldError("search.batch_size", f"must be in [1, {MAX_BATCH}]")
+        if p.mode not in MODES:
+            raise FieldError("proposer.mode", f"must be one of {MODES}, got {p.mode!r}")
+        if p.mode == "code" and p.kind != "llm":
+            raise FieldError("proposer.mode", "code edits need the llm proposer")
+        if not 0 <= p.max_invalid_retries <= 10:
+            raise FieldError("proposer.max_invalid_retries", "must be in [0, 10]")
+        if not 0 <= p.max_fix_attempts <= 10:
+            raise FieldError("proposer.max_fix_attempts", "must be in [0, 10]")
+        if not 0 <= p.history_trials <= 200:
+            raise FieldError("proposer.history_trials", "must be in [0, 200]")
+        if p.kind == "llm":
+            self.llm.validate()
         if not 1 <= p.max_changes <= 16:
             raise FieldError("proposer.max_changes", f"must be in [1, 16], got {p.max_changes}")
         if not (math.isfinite(p.step) and 0 < p.step <= 4):
@@ -83,6 +122,8 @@ class RunSettings:
                              f"must be >= 0 (0: unlimited), got {b.max_wall_seconds}")
         if b.max_llm_tokens < 0:
             raise FieldError("budgets.max_llm_tokens", "must be >= 0 (0: unlimited)")
+        if not (math.isfinite(b.max_llm_cost_usd) and b.max_llm_cost_usd >= 0):
+            raise FieldError("budgets.max_llm_cost_usd", "must be >= 0 (0: unlimited)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,4 +135,5 @@ class RunSettings:
         return cls(task=TaskSettings(**raw.get("task", {})),
                    search=SearchSettings(**search),
                    proposer=ProposerSettings(**raw.get("proposer", {})),
-                   budgets=Budgets(**raw.get("budgets", {})))
+                   budgets=Budgets(**raw.get("budgets", {})),
+                   llm=LLMSettings(**raw.get("llm", {})))

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from controller.research.protect import Protected
 from controller.research.space import KnobValue, SearchSpace
 from controller.sandbox.spec import JobResult, Status
 
@@ -31,6 +32,8 @@ class TrialOutcome:
 
 class Task(Protocol):
     name: str
+    description: str  # what the proposer is told the task is
+    protected: Protected  # what a code edit must leave alone
 
     def baseline_source(self) -> str: ...
 

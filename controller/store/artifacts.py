@@ -1,6 +1,7 @@
 """Run artifacts as plain files under the state dir, written atomically and fsynced.
 
-Layout: runs/<run_id>/results.tsv and runs/<run_id>/trials/<n>/{train.py,diff,log}.
+Layout: runs/<run_id>/results.tsv and runs/<run_id>/trials/<n>/{train.py,diff,log,llm.json}
+(llm.json: every prompt and answer that made the trial's proposal).
 "best/train.py" is not a file of its own: it names the incumbent trial's train.py.
 """
 
@@ -13,11 +14,11 @@ from pathlib import Path
 
 from controller.store.records import NotFoundError
 
-TRIAL_FILES = ("train.py", "diff", "log")
+TRIAL_FILES = ("train.py", "diff", "log", "llm.json")
 NAME_PATTERN = re.compile(r"^(best/train\.py|results\.tsv|trials/(0|[1-9]\d{0,6})/"
-                          r"(train\.py|diff|log))$")
+                          r"(train\.py|diff|log|llm\.json))$")
 CONTENT_TYPES = {"train.py": "text/x-python", "diff": "text/x-diff", "log": "text/plain",
-                 "results.tsv": "text/tab-separated-values"}
+                 "results.tsv": "text/tab-separated-values", "llm.json": "application/json"}
 
 
 class BadArtifactName(ValueError):

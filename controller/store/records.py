@@ -9,13 +9,14 @@ from typing import Any
 
 class RunState(enum.StrEnum):
     RUNNING = "running"
+    PAUSED = "paused"  # the LLM failed for good; state kept, `bilevel resume` continues
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self is not RunState.RUNNING
+        return self not in (RunState.RUNNING, RunState.PAUSED)
 
 
 class TrialStatus(enum.StrEnum):
@@ -33,6 +34,7 @@ class EventKind(enum.StrEnum):
     TRIAL_FINISHED = "trial_finished"
     NEW_BEST = "new_best"
     RUN_FINISHED = "run_finished"
+    RUN_PAUSED = "run_paused"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class RunRecord:
     elapsed_seconds: float = 0.0
     llm_tokens_used: int = 0
     summary: str = ""
+    noise_sigma: float | None = None  # std of val_bpb over the baseline's seeds
+    llm_cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,24 @@ class TrialRecord:
     job_status: str = ""
     exception: dict[str, Any] | None = None
     seconds: float = 0.0
+    hypothesis: str = ""
+    parent: int | None = None  # the trial whose train.py this candidate edits
+    fix_of: int | None = None  # set when this trial is an attempt to fix a crashed one
+    proposal_id: str = ""  # links the trial to its LLM calls
+    started_at: float = 0.0  # evaluation start and end (unix time)
+    ended_at: float = 0.0
+    llm_tokens: int = 0  # tokens of the calls that made this trial's proposal
+    llm_cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialMeta:
+    """Where a trial came from, recorded when it begins."""
+
+    hypothesis: str = ""
+    parent: int | None = None
+    fix_of: int | None = None
+    proposal_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,7 +105,12 @@ class TrialFinish:
     exception: dict[str, Any] | None
     seconds: float
     new_best: bool
-    tokens_used: int = 0
+    tokens_used: int = 0  # added to the run's total (proposers that do not meter calls)
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    llm_tokens: int = 0  # the proposal's own usage (already in the run's total)
+    llm_cost_usd: float = 0.0
+    noise_sigma: float | None = None  # set by the baseline under the noise-aware rule
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from controller.store.llm_calls import SCHEMA as LLM_CALLS_SCHEMA
+from controller.store.memory import SCHEMA as MEMORY_SCHEMA
 from controller.store.records import (
     EventKind,
     EventRecord,
@@ -23,6 +25,7 @@ from controller.store.records import (
     RunRecord,
     RunState,
     TrialFinish,
+    TrialMeta,
     TrialRecord,
     TrialStatus,
 )
@@ -70,6 +73,19 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 );
 """
+# Columns added after the first release; a store created before gets them on open.
+MIGRATIONS = (
+    ("runs", "noise_sigma", "REAL"),
+    ("runs", "llm_cost_usd", "REAL NOT NULL DEFAULT 0"),
+    ("trials", "hypothesis", "TEXT NOT NULL DEFAULT ''"),
+    ("trials", "parent", "INTEGER"),
+    ("trials", "fix_of", "INTEGER"),
+    ("trials", "proposal_id", "TEXT NOT NULL DEFAULT ''"),
+    ("trials", "started_at", "REAL NOT NULL DEFAULT 0"),
+    ("trials", "ended_at", "REAL NOT NULL DEFAULT 0"),
+    ("trials", "llm_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("trials", "llm_cost_usd", "REAL NOT NULL DEFAULT 0"),
+)
 
 Listener = Callable[[str], None]
 
@@ -82,7 +98,11 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA + LLM_CALLS_SCHEMA + MEMORY_SCHEMA)
+        for table, column, kind in MIGRATIONS:
+            present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
 
@@ -112,6 +132,10 @@ class RunStore:
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    # For the store's sibling modules (llm_calls, memory): one connection, one lock.
+    transaction = _tx
+    query = _query
 
     # Runs
 
@@ -165,10 +189,31 @@ class RunStore:
             tx.event(run_id, EventKind.RUN_FINISHED, payload)
         return True
 
+    def pause_run(self, run_id: str, reason: str) -> bool:
+        """Running -> paused with a run_paused event; False if it was not running."""
+        with self._tx(run_id) as tx:
+            cur = tx.db.execute("UPDATE runs SET state = ?, stop_reason = ?, updated_at = ? "
+                                "WHERE id = ? AND state = ?",
+                                (RunState.PAUSED.value, reason, time.time(), run_id,
+                                 RunState.RUNNING.value))
+            if cur.rowcount != 1:
+                return False
+            tx.event(run_id, EventKind.RUN_PAUSED, {"reason": reason})
+        return True
+
+    def unpause_run(self, run_id: str) -> bool:
+        """Paused -> running (the loop's run_started event follows); False if not paused."""
+        with self._tx() as tx:
+            cur = tx.db.execute("UPDATE runs SET state = ?, stop_reason = '', updated_at = ? "
+                                "WHERE id = ? AND state = ?",
+                                (RunState.RUNNING.value, time.time(), run_id,
+                                 RunState.PAUSED.value))
+            return cur.rowcount == 1
+
     # Trials
 
     def begin_trial(self, run_id: str, index: int, description: str,
-                    changes: dict[str, Any]) -> int:
+                    changes: dict[str, Any], meta: TrialMeta | None = None) -> int:
         """Record a trial about to run; returns its attempt (2+ when a restart re-runs a
         trial that never finished). Emits trial_proposed once and trial_started always."""
         with self._tx(run_id) as tx:
@@ -176,19 +221,30 @@ class RunStore:
                                 "idx = ?", (run_id, index)).fetchone()
             if row is not None and row["finished"] == 1:
                 raise ValueError(f"trial {index} of run {run_id} has already finished")
+            meta = meta or TrialMeta()
             if row is None:
                 attempt = 1
-                tx.db.execute("INSERT INTO trials (run_id, idx, description, changes_json) "
-                              "VALUES (?, ?, ?, ?)",
-                              (run_id, index, description, json.dumps(changes)))
-                tx.event(run_id, EventKind.TRIAL_PROPOSED,
-                         {"trial": index, "description": description,
-                          "changes_json": json.dumps(changes)})
+                tx.db.execute("INSERT INTO trials (run_id, idx, description, changes_json, "
+                              "hypothesis, parent, fix_of, proposal_id) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (run_id, index, description, json.dumps(changes),
+                               meta.hypothesis, meta.parent, meta.fix_of, meta.proposal_id))
+                payload: dict[str, Any] = {"trial": index, "description": description,
+                                           "changes_json": json.dumps(changes)}
+                if meta.hypothesis:
+                    payload["hypothesis"] = meta.hypothesis
+                if meta.parent is not None:
+                    payload["parent"] = meta.parent
+                if meta.fix_of is not None:
+                    payload["fix_of"] = meta.fix_of
+                tx.event(run_id, EventKind.TRIAL_PROPOSED, payload)
             else:
                 attempt = int(row["attempt"]) + 1
                 tx.db.execute("UPDATE trials SET attempt = ?, finished = 0, description = ?,"
-                              " changes_json = ? WHERE run_id = ? AND idx = ?",
-                              (attempt, description, json.dumps(changes), run_id, index))
+                              " changes_json = ?, hypothesis = ?, parent = ?, fix_of = ?, "
+                              "proposal_id = ? WHERE run_id = ? AND idx = ?",
+                              (attempt, description, json.dumps(changes), meta.hypothesis,
+                               meta.parent, meta.fix_of, meta.proposal_id, run_id, index))
             tx.event(run_id, EventKind.TRIAL_STARTED, {"trial": index, "attempt": attempt})
         return attempt
 
@@ -199,32 +255,39 @@ class RunStore:
             run = _run(tx.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
             cur = tx.db.execute(
                 "UPDATE trials SET finished = 1, status = ?, val_bpb = ?, memory_gb = ?, "
-                "metrics_json = ?, job_status = ?, exception_json = ?, seconds = ? "
+                "metrics_json = ?, job_status = ?, exception_json = ?, seconds = ?, "
+                "started_at = ?, ended_at = ?, llm_tokens = ?, llm_cost_usd = ? "
                 "WHERE run_id = ? AND idx = ? AND finished = 0",
                 (done.status.value, done.val_bpb, done.memory_gb, json.dumps(done.metrics),
                  done.job_status, json.dumps(done.exception) if done.exception else None,
-                 done.seconds, run_id, done.index))
+                 done.seconds, done.started_at, done.ended_at, done.llm_tokens,
+                 done.llm_cost_usd, run_id, done.index))
             if cur.rowcount != 1:
                 raise ValueError(f"trial {done.index} of run {run_id} is not running")
             best, best_trial = run.best_val_bpb, run.best_trial
             if done.new_best:
                 best, best_trial = done.val_bpb, done.index
-            baseline = run.baseline_val_bpb
+            baseline, sigma = run.baseline_val_bpb, run.noise_sigma
             if done.index == 0:
                 baseline = done.val_bpb
+                sigma = done.noise_sigma
             tx.db.execute(
                 "UPDATE runs SET trials_done = trials_done + 1, last_status = ?, "
                 "best_val_bpb = ?, best_trial = ?, baseline_val_bpb = ?, elapsed_seconds = ?,"
-                " llm_tokens_used = llm_tokens_used + ?, updated_at = ? WHERE id = ?",
+                " llm_tokens_used = llm_tokens_used + ?, noise_sigma = ?, updated_at = ? "
+                "WHERE id = ?",
                 (done.status.value, best, best_trial, baseline, elapsed_seconds,
-                 done.tokens_used, time.time(), run_id))
-            description = tx.db.execute("SELECT description FROM trials WHERE run_id = ? AND "
-                                        "idx = ?", (run_id, done.index)).fetchone()[0]
+                 done.tokens_used, sigma, time.time(), run_id))
+            row = tx.db.execute("SELECT description, hypothesis FROM trials WHERE run_id = ? "
+                                "AND idx = ?", (run_id, done.index)).fetchone()
             tx.event(run_id, EventKind.TRIAL_FINISHED, {
                 "trial": done.index, "status": done.status.value, "val_bpb": done.val_bpb,
                 "memory_gb": done.memory_gb, "metrics_json": json.dumps(done.metrics),
                 "job_status": done.job_status, "exception": done.exception,
-                "seconds": done.seconds, "description": description})
+                "seconds": done.seconds, "description": row["description"],
+                "hypothesis": row["hypothesis"], "started_at": done.started_at,
+                "ended_at": done.ended_at, "llm_tokens": done.llm_tokens,
+                "llm_cost_usd": done.llm_cost_usd})
             if done.new_best:
                 tx.event(run_id, EventKind.NEW_BEST, {
                     "trial": done.index, "val_bpb": done.val_bpb,
@@ -268,7 +331,8 @@ def _run(row: sqlite3.Row) -> RunRecord:
         best_val_bpb=row["best_val_bpb"], best_trial=row["best_trial"],
         last_status=TrialStatus(row["last_status"]) if row["last_status"] else None,
         stop_reason=row["stop_reason"], elapsed_seconds=row["elapsed_seconds"],
-        llm_tokens_used=row["llm_tokens_used"], summary=row["summary"])
+        llm_tokens_used=row["llm_tokens_used"], summary=row["summary"],
+        noise_sigma=row["noise_sigma"], llm_cost_usd=row["llm_cost_usd"])
 
 
 def _trial(row: sqlite3.Row) -> TrialRecord:
@@ -280,4 +344,7 @@ def _trial(row: sqlite3.Row) -> TrialRecord:
         val_bpb=row["val_bpb"], memory_gb=row["memory_gb"],
         metrics=json.loads(row["metrics_json"]), job_status=row["job_status"],
         exception=json.loads(row["exception_json"]) if row["exception_json"] else None,
-        seconds=row["seconds"])
+        seconds=row["seconds"], hypothesis=row["hypothesis"], parent=row["parent"],
+        fix_of=row["fix_of"], proposal_id=row["proposal_id"], started_at=row["started_at"],
+        ended_at=row["ended_at"], llm_tokens=row["llm_tokens"],
+        llm_cost_usd=row["llm_cost_usd"])

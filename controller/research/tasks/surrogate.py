@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.research import knobs
+from controller.research.protect import SURROGATE, Protected
 from controller.research.space import Knob, KnobValue, SearchSpace
 from controller.research.task import TrialOutcome, outcome_from_job
 from controller.sandbox.executor import SandboxExecutor
@@ -36,6 +37,11 @@ SPACE = SearchSpace((
 
 class SurrogateTask:
     name = "surrogate"
+    description = (
+        "Lower val_bpb (validation bits per byte; lower is better) of a small GPT language "
+        "model trained for a fixed time budget. train.py holds the model shape, batch and "
+        "optimizer knobs as top-level constants. val_bpb varies by about 3e-4 between seeds.")
+    protected: Protected = SURROGATE
 
     def __init__(self, executor: SandboxExecutor, baseline: str | None = None,
                  limits: Limits | None = None) -> None:

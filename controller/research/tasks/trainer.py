@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from controller.research.errors import FieldError
+from controller.research.protect import TRAINER, Protected
 from controller.research.settings import TaskSettings
 from controller.research.space import Knob, KnobValue, SearchSpace
 from controller.research.task import TrialOutcome, outcome_from_job
@@ -31,12 +32,20 @@ def _knob(r: trainer_knobs.Range) -> Knob:
 
 
 class TrainerTask:
+    protected: Protected = TRAINER
+
     def __init__(self, settings: TaskSettings, executor: SandboxExecutor) -> None:
         if settings.data_ref:
             raise FieldError("task.data_ref", "trainer presets prepare their own data; a "
                              "data reference is not supported yet")
         self.preset: Preset = PRESETS[settings.preset]
         self.name = self.preset.name
+        self.description = (
+            "Lower val_bpb (validation bits per byte of held-out text; lower is better) of "
+            "the small GPT that train.py trains for a fixed wall-clock budget "
+            f"(preset {self.preset.name}). Knobs are the top-level constants; the model, "
+            "optimizer (Muon + AdamW) and loop follow. val_bpb is computed afterwards by a "
+            "trusted evaluator that train.py cannot see or change.")
         self.executor = executor
         self._baseline = settings.train_py or self.preset.train_source()
         try:

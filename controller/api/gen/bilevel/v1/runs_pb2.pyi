@@ -20,6 +20,7 @@ class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATE_SUCCEEDED: _ClassVar[RunState]
     RUN_STATE_FAILED: _ClassVar[RunState]
     RUN_STATE_CANCELLED: _ClassVar[RunState]
+    RUN_STATE_PAUSED: _ClassVar[RunState]
 
 class TrialStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ RUN_STATE_RUNNING: RunState
 RUN_STATE_SUCCEEDED: RunState
 RUN_STATE_FAILED: RunState
 RUN_STATE_CANCELLED: RunState
+RUN_STATE_PAUSED: RunState
 TRIAL_STATUS_UNSPECIFIED: TrialStatus
 TRIAL_STATUS_KEEP: TrialStatus
 TRIAL_STATUS_DISCARD: TrialStatus
@@ -48,49 +50,99 @@ class TaskSpec(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ...) -> None: ...
 
 class SearchSettings(_message.Message):
-    __slots__ = ("seed", "frozen_knobs", "min_improvement")
+    __slots__ = ("seed", "frozen_knobs", "min_improvement", "keep_rule", "noise_seeds", "noise_margin", "batch_size", "pipeline")
     SEED_FIELD_NUMBER: _ClassVar[int]
     FROZEN_KNOBS_FIELD_NUMBER: _ClassVar[int]
     MIN_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
+    KEEP_RULE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_SEEDS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
     seed: int
     frozen_knobs: _containers.RepeatedScalarFieldContainer[str]
     min_improvement: float
-    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement: _Optional[float] = ...) -> None: ...
+    keep_rule: str
+    noise_seeds: int
+    noise_margin: float
+    batch_size: int
+    pipeline: bool
+    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement: _Optional[float] = ..., keep_rule: _Optional[str] = ..., noise_seeds: _Optional[int] = ..., noise_margin: _Optional[float] = ..., batch_size: _Optional[int] = ..., pipeline: _Optional[bool] = ...) -> None: ...
 
 class ProposerSettings(_message.Message):
-    __slots__ = ("kind", "max_changes", "step")
+    __slots__ = ("kind", "max_changes", "step", "mode", "max_invalid_retries", "max_fix_attempts", "history_trials", "no_memory")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MAX_CHANGES_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_INVALID_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    NO_MEMORY_FIELD_NUMBER: _ClassVar[int]
     kind: str
     max_changes: int
     step: float
-    def __init__(self, kind: _Optional[str] = ..., max_changes: _Optional[int] = ..., step: _Optional[float] = ...) -> None: ...
+    mode: str
+    max_invalid_retries: int
+    max_fix_attempts: int
+    history_trials: int
+    no_memory: bool
+    def __init__(self, kind: _Optional[str] = ..., max_changes: _Optional[int] = ..., step: _Optional[float] = ..., mode: _Optional[str] = ..., max_invalid_retries: _Optional[int] = ..., max_fix_attempts: _Optional[int] = ..., history_trials: _Optional[int] = ..., no_memory: _Optional[bool] = ...) -> None: ...
+
+class LlmSettings(_message.Message):
+    __slots__ = ("provider", "model", "base_url", "max_tokens", "temperature", "timeout_seconds", "max_attempts", "backoff_seconds", "replay_run", "price_input_per_mtok", "price_output_per_mtok")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_RUN_FIELD_NUMBER: _ClassVar[int]
+    PRICE_INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    PRICE_OUTPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    model: str
+    base_url: str
+    max_tokens: int
+    temperature: float
+    timeout_seconds: float
+    max_attempts: int
+    backoff_seconds: float
+    replay_run: str
+    price_input_per_mtok: float
+    price_output_per_mtok: float
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., base_url: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., timeout_seconds: _Optional[float] = ..., max_attempts: _Optional[int] = ..., backoff_seconds: _Optional[float] = ..., replay_run: _Optional[str] = ..., price_input_per_mtok: _Optional[float] = ..., price_output_per_mtok: _Optional[float] = ...) -> None: ...
 
 class Budgets(_message.Message):
-    __slots__ = ("max_trials", "max_wall_seconds", "max_llm_tokens")
+    __slots__ = ("max_trials", "max_wall_seconds", "max_llm_tokens", "max_llm_cost_usd")
     MAX_TRIALS_FIELD_NUMBER: _ClassVar[int]
     MAX_WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_LLM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LLM_COST_USD_FIELD_NUMBER: _ClassVar[int]
     max_trials: int
     max_wall_seconds: float
     max_llm_tokens: int
-    def __init__(self, max_trials: _Optional[int] = ..., max_wall_seconds: _Optional[float] = ..., max_llm_tokens: _Optional[int] = ...) -> None: ...
+    max_llm_cost_usd: float
+    def __init__(self, max_trials: _Optional[int] = ..., max_wall_seconds: _Optional[float] = ..., max_llm_tokens: _Optional[int] = ..., max_llm_cost_usd: _Optional[float] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("task", "search", "proposer", "budgets")
+    __slots__ = ("task", "search", "proposer", "budgets", "llm")
     TASK_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     PROPOSER_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    LLM_FIELD_NUMBER: _ClassVar[int]
     task: TaskSpec
     search: SearchSettings
     proposer: ProposerSettings
     budgets: Budgets
-    def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ..., search: _Optional[_Union[SearchSettings, _Mapping]] = ..., proposer: _Optional[_Union[ProposerSettings, _Mapping]] = ..., budgets: _Optional[_Union[Budgets, _Mapping]] = ...) -> None: ...
+    llm: LlmSettings
+    def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ..., search: _Optional[_Union[SearchSettings, _Mapping]] = ..., proposer: _Optional[_Union[ProposerSettings, _Mapping]] = ..., budgets: _Optional[_Union[Budgets, _Mapping]] = ..., llm: _Optional[_Union[LlmSettings, _Mapping]] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary")
+    __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary", "noise_sigma", "llm_cost_usd")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +157,8 @@ class Run(_message.Message):
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LLM_TOKENS_USED_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    NOISE_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    LLM_COST_USD_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: RunState
     request: CreateRunRequest
@@ -119,9 +173,17 @@ class Run(_message.Message):
     elapsed_seconds: float
     llm_tokens_used: int
     summary: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., request: _Optional[_Union[CreateRunRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_done: _Optional[int] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., best_trial: _Optional[int] = ..., last_status: _Optional[_Union[TrialStatus, str]] = ..., stop_reason: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., llm_tokens_used: _Optional[int] = ..., summary: _Optional[str] = ...) -> None: ...
+    noise_sigma: float
+    llm_cost_usd: float
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., request: _Optional[_Union[CreateRunRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_done: _Optional[int] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., best_trial: _Optional[int] = ..., last_status: _Optional[_Union[TrialStatus, str]] = ..., stop_reason: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., llm_tokens_used: _Optional[int] = ..., summary: _Optional[str] = ..., noise_sigma: _Optional[float] = ..., llm_cost_usd: _Optional[float] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class ResumeRunRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
@@ -158,7 +220,7 @@ class WatchRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("seq", "run_id", "time", "run_started", "trial_proposed", "trial_started", "trial_finished", "new_best", "run_finished")
+    __slots__ = ("seq", "run_id", "time", "run_started", "trial_proposed", "trial_started", "trial_finished", "new_best", "run_finished", "run_paused")
     class RunStarted(_message.Message):
         __slots__ = ("resumed", "next_trial")
         RESUMED_FIELD_NUMBER: _ClassVar[int]
@@ -167,14 +229,20 @@ class RunEvent(_message.Message):
         next_trial: int
         def __init__(self, resumed: _Optional[bool] = ..., next_trial: _Optional[int] = ...) -> None: ...
     class TrialProposed(_message.Message):
-        __slots__ = ("trial", "description", "changes_json")
+        __slots__ = ("trial", "description", "changes_json", "hypothesis", "parent", "fix_of")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
         DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
         CHANGES_JSON_FIELD_NUMBER: _ClassVar[int]
+        HYPOTHESIS_FIELD_NUMBER: _ClassVar[int]
+        PARENT_FIELD_NUMBER: _ClassVar[int]
+        FIX_OF_FIELD_NUMBER: _ClassVar[int]
         trial: int
         description: str
         changes_json: str
-        def __init__(self, trial: _Optional[int] = ..., description: _Optional[str] = ..., changes_json: _Optional[str] = ...) -> None: ...
+        hypothesis: str
+        parent: int
+        fix_of: int
+        def __init__(self, trial: _Optional[int] = ..., description: _Optional[str] = ..., changes_json: _Optional[str] = ..., hypothesis: _Optional[str] = ..., parent: _Optional[int] = ..., fix_of: _Optional[int] = ...) -> None: ...
     class TrialStarted(_message.Message):
         __slots__ = ("trial", "attempt")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
@@ -183,7 +251,7 @@ class RunEvent(_message.Message):
         attempt: int
         def __init__(self, trial: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
     class TrialFinished(_message.Message):
-        __slots__ = ("trial", "status", "val_bpb", "memory_gb", "metrics_json", "job_status", "exception", "seconds", "description")
+        __slots__ = ("trial", "status", "val_bpb", "memory_gb", "metrics_json", "job_status", "exception", "seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
         STATUS_FIELD_NUMBER: _ClassVar[int]
         VAL_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +261,11 @@ class RunEvent(_message.Message):
         EXCEPTION_FIELD_NUMBER: _ClassVar[int]
         SECONDS_FIELD_NUMBER: _ClassVar[int]
         DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+        HYPOTHESIS_FIELD_NUMBER: _ClassVar[int]
+        STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+        ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+        LLM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+        LLM_COST_USD_FIELD_NUMBER: _ClassVar[int]
         trial: int
         status: TrialStatus
         val_bpb: float
@@ -202,7 +275,12 @@ class RunEvent(_message.Message):
         exception: _sandbox_pb2.ExceptionInfo
         seconds: float
         description: str
-        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gb: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., seconds: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...
+        hypothesis: str
+        started_at: _timestamp_pb2.Timestamp
+        ended_at: _timestamp_pb2.Timestamp
+        llm_tokens: int
+        llm_cost_usd: float
+        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gb: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ...) -> None: ...
     class NewBest(_message.Message):
         __slots__ = ("trial", "val_bpb", "previous_val_bpb")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +305,11 @@ class RunEvent(_message.Message):
         improved: bool
         summary: str
         def __init__(self, state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[str] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., improved: _Optional[bool] = ..., summary: _Optional[str] = ...) -> None: ...
+    class RunPaused(_message.Message):
+        __slots__ = ("reason",)
+        REASON_FIELD_NUMBER: _ClassVar[int]
+        reason: str
+        def __init__(self, reason: _Optional[str] = ...) -> None: ...
     SEQ_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +319,7 @@ class RunEvent(_message.Message):
     TRIAL_FINISHED_FIELD_NUMBER: _ClassVar[int]
     NEW_BEST_FIELD_NUMBER: _ClassVar[int]
     RUN_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    RUN_PAUSED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     run_id: str
     time: _timestamp_pb2.Timestamp
@@ -245,7 +329,8 @@ class RunEvent(_message.Message):
     trial_finished: RunEvent.TrialFinished
     new_best: RunEvent.NewBest
     run_finished: RunEvent.RunFinished
-    def __init__(self, seq: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., trial_proposed: _Optional[_Union[RunEvent.TrialProposed, _Mapping]] = ..., trial_started: _Optional[_Union[RunEvent.TrialStarted, _Mapping]] = ..., trial_finished: _Optional[_Union[RunEvent.TrialFinished, _Mapping]] = ..., new_best: _Optional[_Union[RunEvent.NewBest, _Mapping]] = ..., run_finished: _Optional[_Union[RunEvent.RunFinished, _Mapping]] = ...) -> None: ...
+    run_paused: RunEvent.RunPaused
+    def __init__(self, seq: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., trial_proposed: _Optional[_Union[RunEvent.TrialProposed, _Mapping]] = ..., trial_started: _Optional[_Union[RunEvent.TrialStarted, _Mapping]] = ..., trial_finished: _Optional[_Union[RunEvent.TrialFinished, _Mapping]] = ..., new_best: _Optional[_Union[RunEvent.NewBest, _Mapping]] = ..., run_finished: _Optional[_Union[RunEvent.RunFinished, _Mapping]] = ..., run_paused: _Optional[_Union[RunEvent.RunPaused, _Mapping]] = ...) -> None: ...
 
 class GetArtifactRequest(_message.Message):
     __slots__ = ("run_id", "name")
@@ -264,3 +349,49 @@ class Artifact(_message.Message):
     content_type: str
     content: bytes
     def __init__(self, name: _Optional[str] = ..., content_type: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class Lesson(_message.Message):
+    __slots__ = ("id", "task", "run_id", "kind", "text", "delta", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    task: str
+    run_id: str
+    kind: str
+    text: str
+    delta: float
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., task: _Optional[str] = ..., run_id: _Optional[str] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ..., delta: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListLessonsRequest(_message.Message):
+    __slots__ = ("task", "limit")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    limit: int
+    def __init__(self, task: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListLessonsResponse(_message.Message):
+    __slots__ = ("lessons",)
+    LESSONS_FIELD_NUMBER: _ClassVar[int]
+    lessons: _containers.RepeatedCompositeFieldContainer[Lesson]
+    def __init__(self, lessons: _Optional[_Iterable[_Union[Lesson, _Mapping]]] = ...) -> None: ...
+
+class ClearLessonsRequest(_message.Message):
+    __slots__ = ("task", "all")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    all: bool
+    def __init__(self, task: _Optional[str] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class ClearLessonsResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...

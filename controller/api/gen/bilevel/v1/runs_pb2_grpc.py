@@ -66,6 +66,11 @@ class RunServiceStub:
                 request_serializer=bilevel_dot_v1_dot_runs__pb2.GetArtifactRequest.SerializeToString,
                 response_deserializer=bilevel_dot_v1_dot_runs__pb2.Artifact.FromString,
                 _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/bilevel.v1.RunService/ResumeRun',
+                request_serializer=bilevel_dot_v1_dot_runs__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=bilevel_dot_v1_dot_runs__pb2.Run.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -110,6 +115,15 @@ class RunServiceServicer:
     def GetArtifact(self, request, context):
         """Names: "best/train.py", "results.tsv", "trials/<n>/train.py", "trials/<n>/diff",
         "trials/<n>/log".
+        "trials/<n>/llm.json" (every prompt and answer behind trial n's proposal).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """Continue a run paused because its LLM failed for good (retries spent, bad key).
+        FAILED_PRECONDITION when the run is not paused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +161,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.GetArtifact,
                     request_deserializer=bilevel_dot_v1_dot_runs__pb2.GetArtifactRequest.FromString,
                     response_serializer=bilevel_dot_v1_dot_runs__pb2.Artifact.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=bilevel_dot_v1_dot_runs__pb2.ResumeRunRequest.FromString,
+                    response_serializer=bilevel_dot_v1_dot_runs__pb2.Run.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +330,154 @@ class RunService:
             '/bilevel.v1.RunService/GetArtifact',
             bilevel_dot_v1_dot_runs__pb2.GetArtifactRequest.SerializeToString,
             bilevel_dot_v1_dot_runs__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bilevel.v1.RunService/ResumeRun',
+            bilevel_dot_v1_dot_runs__pb2.ResumeRunRequest.SerializeToString,
+            bilevel_dot_v1_dot_runs__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class MemoryServiceStub:
+    """Lessons distilled from finished runs, offered to LLM proposers of later runs on the
+    same task (never to the evaluator).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListLessons = channel.unary_unary(
+                '/bilevel.v1.MemoryService/ListLessons',
+                request_serializer=bilevel_dot_v1_dot_runs__pb2.ListLessonsRequest.SerializeToString,
+                response_deserializer=bilevel_dot_v1_dot_runs__pb2.ListLessonsResponse.FromString,
+                _registered_method=True)
+        self.ClearLessons = channel.unary_unary(
+                '/bilevel.v1.MemoryService/ClearLessons',
+                request_serializer=bilevel_dot_v1_dot_runs__pb2.ClearLessonsRequest.SerializeToString,
+                response_deserializer=bilevel_dot_v1_dot_runs__pb2.ClearLessonsResponse.FromString,
+                _registered_method=True)
+
+
+class MemoryServiceServicer:
+    """Lessons distilled from finished runs, offered to LLM proposers of later runs on the
+    same task (never to the evaluator).
+    """
+
+    def ListLessons(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearLessons(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MemoryServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListLessons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLessons,
+                    request_deserializer=bilevel_dot_v1_dot_runs__pb2.ListLessonsRequest.FromString,
+                    response_serializer=bilevel_dot_v1_dot_runs__pb2.ListLessonsResponse.SerializeToString,
+            ),
+            'ClearLessons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearLessons,
+                    request_deserializer=bilevel_dot_v1_dot_runs__pb2.ClearLessonsRequest.FromString,
+                    response_serializer=bilevel_dot_v1_dot_runs__pb2.ClearLessonsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'bilevel.v1.MemoryService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('bilevel.v1.MemoryService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class MemoryService:
+    """Lessons distilled from finished runs, offered to LLM proposers of later runs on the
+    same task (never to the evaluator).
+    """
+
+    @staticmethod
+    def ListLessons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bilevel.v1.MemoryService/ListLessons',
+            bilevel_dot_v1_dot_runs__pb2.ListLessonsRequest.SerializeToString,
+            bilevel_dot_v1_dot_runs__pb2.ListLessonsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearLessons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bilevel.v1.MemoryService/ClearLessons',
+            bilevel_dot_v1_dot_runs__pb2.ClearLessonsRequest.SerializeToString,
+            bilevel_dot_v1_dot_runs__pb2.ClearLessonsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,104 @@
+"""Tokens and cost of every call, recorded with the run as it happens, and the run's LLM
+budget checked before each call. Prices are estimates (USD per million tokens) that a
+run's settings may override."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.llm.errors import LLMBudgetSpent, LLMError
+from controller.llm.settings import LLMSettings
+from controller.llm.types import CallTag, LLMRequest, LLMResponse, Provider
+
+# (input, output) USD per million tokens, by model-name prefix; longest prefix wins.
+PRICES: dict[str, tuple[float, float]] = {
+    "claude-opus": (5.0, 25.0),
+    "claude-opus-4-1": (15.0, 75.0),
+    "claude-sonnet": (3.0, 15.0),
+    "claude-haiku": (1.0, 5.0),
+    "deepseek-chat": (0.27, 1.10),
+    "deepseek-reasoner": (0.55, 2.19),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.5, 10.0),
+}
+
+
+@dataclass(frozen=True)
+class Pricing:
+    input_per_mtok: float
+    output_per_mtok: float
+
+    @classmethod
+    def for_settings(cls, settings: LLMSettings) -> Pricing:
+        table = next((PRICES[p] for p in sorted(PRICES, key=len, reverse=True)
+                      if settings.model_name.startswith(p)), (0.0, 0.0))
+        return cls(settings.price_input_per_mtok if settings.price_input_per_mtok >= 0
+                   else table[0],
+                   settings.price_output_per_mtok if settings.price_output_per_mtok >= 0
+                   else table[1])
+
+    def cost(self, response: LLMResponse) -> float:
+        return (response.input_tokens * self.input_per_mtok
+                + response.output_tokens * self.output_per_mtok) / 1e6
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One attempt at one call: the full prompt, the answer or the error, the usage."""
+
+    tag: CallTag
+    provider: str
+    model: str
+    system: str
+    messages: tuple[dict[str, str], ...]
+    response: str
+    error: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_seconds: float
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial": self.tag.trial, "call": self.tag.call, "purpose": self.tag.purpose,
+                "proposal_id": self.tag.proposal_id, "provider": self.provider,
+                "model": self.model, "system": self.system, "messages": list(self.messages),
+                "response": self.response, "error": self.error,
+                "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cost_usd": self.cost_usd, "latency_seconds": self.latency_seconds,
+                "time": self.time}
+
+
+class MeteredProvider:
+    """Checks the budget, calls, records the attempt (success or failure)."""
+
+    def __init__(self, inner: Provider, pricing: Pricing, record: Callable[[CallRecord], None],
+                 budget_spent: Callable[[], str]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.model = inner.model
+        self.pricing = pricing
+        self.record = record
+        self.budget_spent = budget_spent
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        reason = self.budget_spent()
+        if reason:
+            raise LLMBudgetSpent(reason)
+        start = time.monotonic()
+        messages = tuple({"role": m.role, "content": m.content} for m in request.messages)
+        try:
+            response = self.inner.complete(request)
+        except LLMError as exc:
+            self.record(CallRecord(request.tag, self.name, self.model, request.system,
+                                   messages, "", str(exc), 0, 0, 0.0,
+                                   time.monotonic() - start))
+            raise
+        self.record(CallRecord(request.tag, self.name, response.model, request.system,
+                               messages, response.text, "", response.input_tokens,
+                               response.output_tokens, self.pricing.cost(response),
+                               time.monotonic() - start))
+        return response

@@ -1,0 +1,213 @@
+"""A scripted fake LLM server on 127.0.0.1 that speaks Anthropic's Messages API
+(POST /v1/messages) and OpenAI's chat completions (POST /v1/chat/completions).
+
+For tests and benchmarks: the real SDKs talk HTTP to it through `base_url`. Answers come
+from a queue of scripted items (replies, HTTP errors, malformed bodies, slow answers),
+then from an optional responder function; every request is recorded.
+
+    with FakeLLMServer() as server:
+        server.push(Fail(429), Reply('{"changes": {"DEPTH": 9}, "hypothesis": "deeper"}'))
+        client = anthropic.Anthropic(api_key="test", base_url=server.anthropic_url)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    input_tokens: int = 120
+    output_tokens: int = 40
+    delay: float = 0.0  # seconds before answering (a slow response)
+
+
+@dataclass(frozen=True)
+class Fail:
+    status: int  # 429, 500, 529, 401, ...
+    message: str = "scripted failure"
+    retry_after: float | None = None
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Malformed:
+    body: bytes = b'{"id": "broken", "content": ['  # a 200 whose JSON does not parse
+    delay: float = 0.0
+
+
+Script = Reply | Fail | Malformed
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    api: str  # "anthropic" or "openai"
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    time: float
+
+    @property
+    def system(self) -> str:
+        if self.api == "anthropic":
+            system = self.body.get("system", "")
+            return system if isinstance(system, str) else json.dumps(system)
+        return "\n".join(m["content"] for m in self.body.get("messages", [])
+                         if m.get("role") == "system")
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [m for m in self.body.get("messages", []) if m.get("role") != "system"]
+
+    @property
+    def text(self) -> str:
+        """System prompt and every message, joined: what the model was shown."""
+        return "\n".join([self.system, *(str(m.get("content", "")) for m in self.messages)])
+
+
+Responder = Callable[[RecordedRequest], Script]
+_ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error",
+                     403: "permission_error", 429: "rate_limit_error", 500: "api_error",
+                     529: "overloaded_error"}
+
+
+class FakeLLMServer:
+    def __init__(self, responder: Responder | None = None, latency: float = 0.0) -> None:
+        self.responder = responder
+        self.latency = latency  # added to every answer
+        self.requests: list[RecordedRequest] = []
+        self._queue: deque[Script] = deque()
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
+                                        name="fake-llm")
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def anthropic_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def push(self, *items: Script) -> None:
+        with self._lock:
+            self._queue.extend(items)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def start(self) -> FakeLLMServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _next(self, request: RecordedRequest) -> Script:
+        with self._lock:
+            self.requests.append(request)
+            if self._queue:
+                return self._queue.popleft()
+        if self.responder is not None:
+            return self.responder(request)
+        return Fail(500, "the fake server has no scripted response left")
+
+
+def _handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # quiet
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length)
+            if self.path.rstrip("/").endswith("/v1/messages"):
+                api = "anthropic"
+            elif self.path.rstrip("/").endswith("/chat/completions"):
+                api = "openai"
+            else:
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            try:
+                body = json.loads(raw or b"{}")
+            except json.JSONDecodeError:
+                self._send(400, {"error": {"message": "request body is not JSON"}})
+                return
+            request = RecordedRequest(api, self.path, {k.lower(): v for k, v in
+                                                       self.headers.items()}, body, time.time())
+            item = server._next(request)
+            time.sleep(server.latency + item.delay)
+            if isinstance(item, Malformed):
+                self._send_raw(200, item.body)
+            elif isinstance(item, Fail):
+                self._send(item.status, _error(api, item), item.retry_after)
+            else:
+                self._send(200, _reply(api, item, str(body.get("model", "fake-model"))))
+
+        def _send(self, status: int, payload: dict[str, Any],
+                  retry_after: float | None = None) -> None:
+            self._send_raw(status, json.dumps(payload).encode(), retry_after)
+
+        def _send_raw(self, status: int, data: bytes, retry_after: float | None = None) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                if retry_after is not None:
+                    self.send_header("retry-after", f"{retry_after:g}")
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout test)
+
+    return Handler
+
+
+def _reply(api: str, item: Reply, model: str) -> dict[str, Any]:
+    if api == "anthropic":
+        return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": item.text}], "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": item.input_tokens,
+                          "output_tokens": item.output_tokens}}
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": item.text}}],
+            "usage": {"prompt_tokens": item.input_tokens,
+                      "completion_tokens": item.output_tokens,
+                      "total_tokens": item.input_tokens + item.output_tokens}}
+
+
+def _error(api: str, item: Fail) -> dict[str, Any]:
+    if api == "anthropic":
+        kind = _ANTHROPIC_ERRORS.get(item.status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": item.message}}
+    return {"error": {"message": item.message, "type": "server_error", "code": item.status}}

@@ -1,0 +1,55 @@
+"""Provider-neutral chat requests and responses; every provider maps to and from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class CallTag:
+    """Who asked: the replay provider finds a stored answer by (trial, call); the store
+    files the call under the proposal that made it."""
+
+    run_id: str = ""
+    trial: int = 0
+    call: int = 0  # 0, 1, ... within one proposal (validation retries count up)
+    purpose: str = "propose"  # "propose" or "fix"
+    proposal_id: str = ""
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    system: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int = 2048
+    temperature: float | None = None
+    tag: CallTag = field(default_factory=CallTag)
+
+
+@dataclass(frozen=True)
+class LLMResponse:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    model: str
+    stop_reason: str = ""
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Provider(Protocol):
+    """One chat completion. Raises LLMError (retryable or not); never retries itself."""
+
+    name: str
+    model: str
+
+    def complete(self, request: LLMRequest) -> LLMResponse: ...

@@ -1,0 +1,130 @@
+"""The proposer's prompt: the task, the incumbent (knobs or code), the recent trials with
+their actual changes and outcomes, crash tracebacks, lessons of earlier runs, and the
+text search mechanisms add. One function per section, so a reader sees what the LLM saw."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from controller.research.proposer import ProposerContext
+from controller.research.space import SearchSpace
+from controller.store.records import TrialRecord, TrialStatus
+
+SYSTEM = (
+    "You are a careful machine-learning researcher improving a training script by "
+    "experiment. Each experiment changes train.py, trains it for the same fixed time "
+    "budget in an isolated sandbox, and measures val_bpb (lower is better). Propose ONE "
+    "experiment at a time: a concrete change with a short, testable hypothesis. Learn from "
+    "the trials shown: do not repeat a change that was already tried, and avoid changes "
+    "that crashed. Answer in exactly the format asked for.")
+
+PARAMS_FORMAT = (
+    "Answer with one JSON object and nothing else:\n"
+    '{"changes": {"KNOB_NAME": new_value, ...}, "hypothesis": "why this should lower '
+    'val_bpb"}\n'
+    "Change 1 to 3 knobs from the list above, each within its range and of its type.")
+
+CODE_FORMAT = (
+    "Answer with one line `HYPOTHESIS: why this should lower val_bpb`, then one or more "
+    "edit blocks of train.py:\n"
+    "<<<<<<< SEARCH\n(exact lines of the current train.py)\n=======\n(replacement lines)\n"
+    ">>>>>>> REPLACE\n"
+    "Each SEARCH text must match the current file exactly once. Protected (do not touch): "
+    "{protected}.")
+
+
+def build(ctx: ProposerContext, mode: str, task_description: str, protected: str,
+          history_trials: int) -> tuple[str, str]:
+    """(system, user) prompts for one proposal."""
+    sections = [
+        "# Task\n" + task_description,
+        _incumbent(ctx),
+        _knobs(ctx.incumbent, ctx.space) if mode == "params" else _code(ctx),
+        _history(ctx.history, history_trials),
+        _lines("# In flight (already proposed, results pending; do not repeat them)",
+               ctx.in_flight),
+        _lines("# Lessons from earlier runs on this task (they may not transfer)",
+               ctx.lessons),
+        _lines("# Notes from the search mechanisms", ctx.mechanism_context),
+        _crash(ctx, mode),
+        "# Your answer\n" + (PARAMS_FORMAT if mode == "params"
+                             else CODE_FORMAT.format(protected=protected)),
+    ]
+    return SYSTEM, "\n\n".join(s for s in sections if s)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
+def _incumbent(ctx: ProposerContext) -> str:
+    text = (f"# Incumbent\nBest val_bpb so far {_fmt(ctx.best_val_bpb)} (baseline "
+            f"{_fmt(ctx.baseline_val_bpb)})")
+    if ctx.noise_sigma is not None:
+        text += (f"; the seed-to-seed noise of val_bpb is sigma = {ctx.noise_sigma:.2e}, and a "
+                 "change is kept only if its gain clearly exceeds it")
+    return text + "."
+
+
+def _knobs(values: dict[str, object], space: SearchSpace) -> str:
+    lines = ["# Knobs you may change (current value; allowed values)"]
+    for knob in space.knobs:
+        if knob.name not in values:
+            continue
+        if knob.kind == "choice":
+            allowed = "one of " + ", ".join(json.dumps(c) for c in knob.choices)
+        else:
+            allowed = f"{knob.kind} in [{knob.low:g}, {knob.high:g}]"
+            if knob.power_of_two:
+                allowed += ", a power of two"
+        lines.append(f"- {knob.name} = {json.dumps(values[knob.name])}  ({allowed})")
+    return "\n".join(lines)
+
+
+def _code(ctx: ProposerContext) -> str:
+    which = "the crashed candidate" if ctx.crash else "the incumbent"
+    return f"# train.py ({which}; your edits apply to this file)\n```python\n" \
+           f"{ctx.base_source}```"
+
+
+def _outcome(t: TrialRecord) -> str:
+    if t.status is TrialStatus.CRASH:
+        exc = t.exception or {}
+        error = f"{exc.get('type', '')}: {exc.get('message', '')}".strip(": ")
+        return f"crash ({t.job_status}{': ' + error[:300] if error else ''})"
+    status = t.status.value if t.status else "?"
+    return f"{status}, val_bpb {_fmt(t.val_bpb)}"
+
+
+def _history(history: Sequence[TrialRecord], limit: int) -> str:
+    finished = [t for t in history if t.finished and t.status is not None]
+    if not finished or limit == 0:
+        return ""
+    lines = [f"# Recent trials (last {min(limit, len(finished))} of {len(finished)}, oldest "
+             "first)"]
+    for t in finished[-limit:]:
+        changes = json.dumps(t.changes, sort_keys=True)[:400] if t.changes else "{}"
+        line = f"- trial {t.index}: {_outcome(t)}; changes {changes}"
+        if t.hypothesis:
+            line += f"; hypothesis: {t.hypothesis[:200]}"
+        elif t.index == 0:
+            line += " (baseline)"
+        if t.fix_of is not None:
+            line += f"; an attempt to fix trial {t.fix_of}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _lines(title: str, items: Sequence[str]) -> str:
+    return "\n".join([title, *(f"- {i}" for i in items)]) if items else ""
+
+
+def _crash(ctx: ProposerContext, mode: str) -> str:
+    if ctx.crash is None:
+        return ""
+    c = ctx.crash
+    where = ("Edit the crashed train.py shown above" if mode == "code"
+             else "Give knob changes that, applied to the crashed candidate, avoid the crash")
+    return (f"# Fix request\nTrial {c.trial} crashed: {c.error}\nLast lines of its log:\n"
+            f"```\n{c.log_tail}\n```\n{where}; keep the idea if you can.")

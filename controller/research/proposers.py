@@ -1,0 +1,34 @@
+"""Build a run's proposer from its settings: the offline random baseline, or an LLM
+proposer on a provider stack whose every call is recorded with the run."""
+
+from __future__ import annotations
+
+import threading
+
+from controller.llm.accounting import Pricing
+from controller.llm.factory import build_provider
+from controller.llm.settings import LLMAccess
+from controller.research.llm_proposer import LLMProposer
+from controller.research.loop import llm_budget_reason
+from controller.research.proposer import Proposer, RandomPerturbation
+from controller.research.settings import RunSettings
+from controller.research.task import Task
+from controller.store.llm_calls import CallLog
+from controller.store.runs import RunStore
+
+
+def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunStore,
+                   access: LLMAccess, stop: threading.Event) -> Proposer:
+    """Raises LLMConfigError (no key) or FieldError (bad LLM settings)."""
+    if settings.proposer.kind == "random":
+        return RandomPerturbation(settings.search.seed, settings.proposer)
+    calls = CallLog(store)
+    provider = build_provider(
+        settings.llm, access, record=lambda call: calls.record(run_id, call),
+        budget_spent=lambda: llm_budget_reason(store.get_run(run_id), settings.budgets),
+        replay_answers=calls.replay_answers, stop=stop)
+    protected = task.protected.describe() if settings.proposer.mode == "code" else ""
+    llm = settings.llm
+    return LLMProposer(provider, settings.proposer, Pricing.for_settings(llm), run_id,
+                       task.description, protected, llm.max_tokens,
+                       llm.temperature if llm.temperature >= 0 else None)

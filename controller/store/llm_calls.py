@@ -1,0 +1,80 @@
+"""Every LLM call of a run, prompt and answer in full, with its usage: the audit trail,
+the per-call/per-trial/per-run accounting, and the source a replay reads."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from controller.llm.accounting import CallRecord
+from controller.llm.types import LLMResponse
+
+if TYPE_CHECKING:
+    from controller.store.runs import RunStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS llm_calls (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    seq INTEGER NOT NULL,
+    trial INTEGER NOT NULL,
+    call INTEGER NOT NULL,
+    purpose TEXT NOT NULL,
+    proposal_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    record_json TEXT NOT NULL,
+    error TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+"""
+
+
+class CallLog:
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def record(self, run_id: str, call: CallRecord) -> None:
+        """Store the call and add its usage to the run's totals, in one transaction."""
+        with self.store.transaction() as tx:
+            seq = tx.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM llm_calls WHERE "
+                                "run_id = ?", (run_id,)).fetchone()[0]
+            tx.db.execute(
+                "INSERT INTO llm_calls (run_id, seq, trial, call, purpose, proposal_id, "
+                "provider, model, record_json, error, input_tokens, output_tokens, cost_usd,"
+                " time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, seq, call.tag.trial, call.tag.call, call.tag.purpose,
+                 call.tag.proposal_id, call.provider, call.model, json.dumps(call.to_dict()),
+                 call.error, call.input_tokens, call.output_tokens, call.cost_usd, call.time))
+            tx.db.execute("UPDATE runs SET llm_tokens_used = llm_tokens_used + ?, "
+                          "llm_cost_usd = llm_cost_usd + ? WHERE id = ?",
+                          (call.input_tokens + call.output_tokens, call.cost_usd, run_id))
+
+    def calls(self, run_id: str, proposal_id: str | None = None) -> list[dict[str, Any]]:
+        """The stored calls in order, each as CallRecord.to_dict() plus its seq."""
+        sql = "SELECT seq, record_json FROM llm_calls WHERE run_id = ?"
+        args: tuple[Any, ...] = (run_id,)
+        if proposal_id is not None:
+            sql += " AND proposal_id = ?"
+            args += (proposal_id,)
+        rows = self.store.query(sql + " ORDER BY seq", args)
+        return [{"seq": r["seq"], **json.loads(r["record_json"])} for r in rows]
+
+    def replay_answers(self, run_id: str) -> dict[tuple[int, int], LLMResponse]:
+        """(trial, call) -> the answer the run's trials were built from: successful calls
+        of each begun trial's own proposal (not of proposals a stop threw away)."""
+        self.store.get_run(run_id)  # NotFoundError for an unknown run
+        rows = self.store.query(
+            "SELECT c.trial, c.call, c.record_json FROM llm_calls c JOIN trials t ON "
+            "t.run_id = c.run_id AND t.idx = c.trial AND t.proposal_id = c.proposal_id "
+            "WHERE c.run_id = ? AND c.error = '' ORDER BY c.seq", (run_id,))
+        out: dict[tuple[int, int], LLMResponse] = {}
+        for row in rows:
+            rec = json.loads(row["record_json"])
+            out[(row["trial"], row["call"])] = LLMResponse(
+                text=rec["response"], input_tokens=rec["input_tokens"],
+                output_tokens=rec["output_tokens"], model=rec["model"])
+        return out
