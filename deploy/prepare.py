@@ -95,7 +95,7 @@ def _link_tree(source: Path, target: Path) -> None:
 def stage_sandbox_cpu(out: Path) -> Path:
     """sandbox_image/'s context, byte for byte what `bilevel image build` sends."""
     recipe = image.ImageRecipe()
-    context = image._build_context(recipe, image._wheelhouse(recipe))
+    context = image.build_context(recipe, image.wheelhouse_for(recipe))
     target = _fresh(out / "sandbox-cpu")
     with tarfile.open(fileobj=context) as tar:
         tar.extractall(target, filter="data")
@@ -105,7 +105,7 @@ def stage_sandbox_cpu(out: Path) -> Path:
 def stage_sandbox_gpu(out: Path, python: str = GPU_PYTHON) -> Path:
     target = _fresh(out / "sandbox-gpu")
     shutil.copy2(ROOT / "Dockerfile.gpu", target / "Dockerfile")
-    for name, path in image._source_files():
+    for name, path in image.source_files():
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target / name)
     others = [r for r in image.DEFAULT_REQUIREMENTS if not r.startswith("torch")]

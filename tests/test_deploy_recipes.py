@@ -49,7 +49,7 @@ def test_the_staged_cpu_context_is_what_bilevel_image_build_sends(tmp_path: Path
     alike (and the content-hash tag and the compose tag name the same image)."""
     recipe = image.ImageRecipe()
     expected = {}
-    with tarfile.open(fileobj=image._build_context(recipe, image._wheelhouse(recipe))) as tar:
+    with tarfile.open(fileobj=image.build_context(recipe, image.wheelhouse_for(recipe))) as tar:
         for member in tar.getmembers():
             if member.isfile():
                 handle = tar.extractfile(member)
@@ -63,7 +63,7 @@ def test_the_staged_cpu_context_is_what_bilevel_image_build_sends(tmp_path: Path
 
 def test_the_staged_gpu_context_has_the_same_sources(tmp_path: Path) -> None:
     staged = prepare.stage_sandbox_gpu(tmp_path, python="3.11")
-    for name, path in image._source_files():
+    for name, path in image.source_files():
         assert (staged / name).read_bytes() == path.read_bytes()
     assert (staged / "Dockerfile").read_bytes() == (REPO / "Dockerfile.gpu").read_bytes()
     requirements = (staged / "wheelhouse" / "requirements.txt").read_text().split()

@@ -53,7 +53,7 @@ class ImageRecipe:
     extra_files: dict[str, bytes] = field(default_factory=dict)
 
 
-def _source_files() -> Iterable[tuple[str, Path]]:
+def source_files() -> Iterable[tuple[str, Path]]:
     """(name in build context, path) for the runner, the mechanism host, hook and trusted
     packages."""
     yield "runner.py", RECIPE_DIR / "runner.py"
@@ -72,7 +72,7 @@ def recipe_digest(recipe: ImageRecipe, base_id: str) -> str:
     digest.update(recipe.dockerfile.read_bytes())
     digest.update(base_id.encode())
     digest.update("\n".join(recipe.requirements + recipe.pip_args).encode())
-    for name, path in _source_files():
+    for name, path in source_files():
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     for name, data in sorted(recipe.extra_files.items()):
         digest.update(name.encode() + b"\0" + data + b"\0")
@@ -133,7 +133,7 @@ def resolve_base(client: docker.DockerClient, base: str) -> str:
     return base  # docker build pulls it if the engine can reach a registry
 
 
-def _wheelhouse(recipe: ImageRecipe) -> Path:
+def wheelhouse_for(recipe: ImageRecipe) -> Path:
     """Download the wheels once per requirement set, on the host, for Python 3.11."""
     key = hashlib.sha256("\n".join(recipe.requirements + recipe.pip_args).encode()).hexdigest()
     folder = CACHE_DIR / f"wheelhouse-{key[:16]}"
@@ -155,11 +155,11 @@ def _wheelhouse(recipe: ImageRecipe) -> Path:
     return folder
 
 
-def _build_context(recipe: ImageRecipe, wheelhouse: Path) -> io.BytesIO:
+def build_context(recipe: ImageRecipe, wheelhouse: Path) -> io.BytesIO:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         tar.add(recipe.dockerfile, arcname="Dockerfile")
-        for name, path in _source_files():
+        for name, path in source_files():
             tar.add(path, arcname=name)
         tar.add(wheelhouse, arcname="wheelhouse")
         for name, data in recipe.extra_files.items():
@@ -192,9 +192,9 @@ def ensure_image(client: docker.DockerClient, recipe: ImageRecipe | None = None,
             return tag
         except docker.errors.ImageNotFound:
             pass
-    wheelhouse = _wheelhouse(recipe)
+    wheelhouse = wheelhouse_for(recipe)
     log.info("building sandbox image", tag=tag, base=base)
-    context = _build_context(recipe, wheelhouse)
+    context = build_context(recipe, wheelhouse)
     try:
         client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True,
                             forcerm=True, buildargs={"BASE": base}, network_mode="none")
