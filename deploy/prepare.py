@@ -41,9 +41,9 @@ from controller.sandbox import image  # noqa: E402
 
 OUT = ROOT / "build" / "deploy"
 CONTROLLER_PACKAGES = ("controller", "trainer", "sandbox_image", "mechanisms")
-# The controller imports torch through trainer.run -> trainer.harness (trainer presets
-# run there), so its image has the CPU build too; drop it here once that import is gone.
-CONTROLLER_SKIP: tuple[str, ...] = ()
+# Torch runs only inside sandboxes; the controller's imports of trainer/ are torch-free
+# (tests/test_deploy_compose.py runs a controller image built without it).
+CONTROLLER_SKIP: tuple[str, ...] = ("torch",)
 GPU_PYTHON = "3.12"  # the Python of Dockerfile.gpu's default base (Ubuntu 24.04)
 CONTROLLER_PYTHON = "3.11"
 SOCKET = Path("/var/run/docker.sock")

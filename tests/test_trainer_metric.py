@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from trainer import flops
 from trainer.archive import ArchiveError, export_model, load_archive
 from trainer.evaluate import CausalityViolation, evaluate_bpb
-from trainer.harness import format_summary
 from trainer.shards import load_split, write_split
+from trainer.summary import format_summary
 
 VOCAB = 6
 # id -> UTF-8 bytes it decodes to; id 5 is a special token (0 bytes, never scored).

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from trainer import harness
 from trainer.archive import load_archive
 from trainer.shards import Split, data_dir, load_split
+from trainer.summary import MODEL_FILE
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 PROBE_MAX_DIFF_NATS = 1e-2  # per-position log-prob change allowed by numerics
@@ -147,7 +148,7 @@ def _probe(model: Model, x: torch.Tensor, y: torch.Tensor, logp: torch.Tensor,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=Path(harness.MODEL_FILE))
+    parser.add_argument("--model", type=Path, default=Path(MODEL_FILE))
     parser.add_argument("--data", type=Path, default=None, help="validation split folder")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args(argv)

@@ -21,13 +21,9 @@ import torch
 
 from trainer import archive, flops
 from trainer.shards import Split, data_dir, load_split
+from trainer.summary import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, format_summary
 
 PROCESS_START = time.time()
-OUT_DIR_ENV = "BILEVEL_OUT_DIR"
-METRICS_ENV = "BILEVEL_METRICS"
-MODEL_FILE = "model.bilevel"
-SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                "total_tokens_M", "num_steps", "num_params_M", "depth")
 
 
 class TrainingDiverged(RuntimeError):
@@ -139,22 +135,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"
-
-
-def format_summary(metrics: dict[str, Any]) -> str:
-    """Karpathy's grep-able block: one `key: value` per line, in a fixed order."""
-    lines = ["---"]
-    for key in SUMMARY_KEYS:
-        value = metrics.get(key)
-        if key == "val_bpb" and value is None:
-            continue  # not known to the training job: the evaluator prints it
-        if isinstance(value, float):
-            digits = 6 if key == "val_bpb" else 2 if key != "peak_vram_mb" else 1
-            text = f"{value:.{digits}f}"
-        else:
-            text = "n/a" if value is None else str(value)
-        lines.append(f"{key + ':':<18}{text}")
-    return "\n".join(lines)
 
 
 def write_metrics(metrics: dict[str, Any]) -> None:

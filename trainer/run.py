@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.data import PreparedData, prepare
-from trainer.harness import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, format_summary
 from trainer.presets import PhaseLimits, Preset
 from trainer.shards import DATA_DIR_ENV
+from trainer.summary import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, format_summary
 
 if TYPE_CHECKING:
     from controller.sandbox.executor import SandboxExecutor
