@@ -1,0 +1,214 @@
+"""An ablation: arms x repeats on one task, at equal trial and LLM budgets.
+
+The definition (arms, seeds, budgets) and the run id of every (arm, repeat) cell live
+in one JSON file, `<state>/ablations/<id>/ablation.json`, rewritten atomically after
+each change, so a killed driver resumes where it was (runner.py).
+
+Arms (REFERENCE.md §2, §6): A = L1, B = L1+1.5, C = L1+1.5+2, D = L1+2, and controls:
+`random` (the offline random proposer), `A-sched` (A on C's batch schedule, no
+mechanisms) and `C-noop` (C's levels with the library's no-op mechanism instead of
+Level 2). Repeat r of every arm uses the same seed (paired design); the final bests
+are re-evaluated on fresh seeds that no search saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+
+ALL_ARMS = ("A", "B", "C", "D", "random", "A-sched", "C-noop")
+CONTROL = "A"
+FRESH_SEED_BASE = 1_000_000_000  # re-evaluation seeds: far from every search seed
+SEED_STRIDE = 1000  # search seed of repeat r: seed + r * SEED_STRIDE
+
+
+class ArmUnavailable(Exception):
+    """An arm this controller or configuration cannot run; the message says why."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    title: str
+    levels: tuple[str, ...]
+    proposer: str  # "llm" or "random"
+    batch_size: int = 1
+    mechanisms: tuple[str, ...] = ()  # library mechanisms it starts with
+    llm_outer: bool = False  # with an LLM: L1.5 and L2 ask it (else rule / library)
+
+    @property
+    def outer(self) -> bool:
+        return self.levels != ("1",) or bool(self.mechanisms)
+
+
+def catalogue(llm: bool, schedule_batch: int) -> tuple[dict[str, Arm], dict[str, str]]:
+    """The arms and the reasons some are skipped. Without an LLM every level runs its
+    offline form (random proposer, rule-based L1.5, library mechanisms); then the
+    random control is A itself and is skipped rather than run twice."""
+    p = "llm" if llm else "random"
+    off = "" if llm else "offline: random proposer"
+    l15 = "" if llm else ", rule-based L1.5"
+    l2 = "" if llm else ", library L2"
+
+    def note(text: str) -> str:
+        return f" ({text})" if text else ""
+
+    arms = {
+        "A": Arm("A", "L1" + note(off), ("1",), p),
+        "B": Arm("B", "L1 + L1.5" + note(off + l15), ("1", "1.5"), p, llm_outer=llm),
+        "C": Arm("C", "L1 + L1.5 + L2" + note(off + l15 + l2), ("1", "1.5", "2"), p,
+                 schedule_batch, llm_outer=llm),
+        "D": Arm("D", "L1 + L2" + note(off + l2), ("1", "2"), p, schedule_batch,
+                 llm_outer=llm),
+        "random": Arm("random", "control: random search (offline proposer)", ("1",),
+                      "random"),
+        "A-sched": Arm("A-sched", "control: A on C's batch schedule, no mechanisms",
+                       ("1",), p, schedule_batch),
+        "C-noop": Arm("C-noop", "control: C's levels with the no-op mechanism",
+                      ("1", "1.5"), p, schedule_batch, mechanisms=("noop",), llm_outer=llm),
+    }
+    skipped = {} if llm else {
+        "random": "identical to A when no LLM is configured (both use the offline random "
+                  "proposer); give --provider to compare an LLM search against it"}
+    return arms, skipped
+
+
+@dataclass
+class Cell:
+    """One run of the ablation: an arm's repeat, or a re-evaluation."""
+
+    run_id: str = ""
+    state: str = ""  # the run's last seen state
+    value: float | None = None  # re-evaluations: mean val_bpb over the fresh seeds
+    sigma: float | None = None  # re-evaluations: std over the fresh seeds
+    source_sha: str = ""  # re-evaluations: which train.py was evaluated
+
+
+@dataclass
+class AblationSpec:
+    id: str
+    task: str
+    repeats: int
+    trials: int
+    seed: int = 0
+    fresh_seeds: int = 3
+    max_llm_tokens: int = 0
+    llm: dict[str, str] | None = None  # provider, model, base_url; None: offline
+    schedule_batch: int = 2
+    arms: list[Arm] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    cells: dict[str, Cell] = field(default_factory=dict)  # "A/3" -> run
+    reeval: dict[str, Cell] = field(default_factory=dict)  # "A/3", "baseline/3"
+    created_at: float = 0.0
+    finished_at: float = 0.0
+
+    def seed_of(self, repeat: int) -> int:
+        return self.seed + repeat * SEED_STRIDE
+
+    def fresh_seed_of(self, repeat: int) -> int:
+        """First of the `fresh_seeds` consecutive seeds repeat r is re-evaluated on."""
+        return FRESH_SEED_BASE + self.seed + repeat * SEED_STRIDE
+
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> AblationSpec:
+        d = dict(raw)
+        d["arms"] = [Arm(**{**a, "levels": tuple(a["levels"]),
+                            "mechanisms": tuple(a.get("mechanisms", ()))})
+                     for a in d.get("arms", [])]
+        d["cells"] = {k: Cell(**v) for k, v in d.get("cells", {}).items()}
+        d["reeval"] = {k: Cell(**v) for k, v in d.get("reeval", {}).items()}
+        return cls(**d)
+
+
+def new_id() -> str:
+    return f"abl-{time.strftime('%Y%m%d')}-{secrets.token_hex(3)}"
+
+
+def folder(state_dir: Path, ablation_id: str) -> Path:
+    if not ablation_id.replace("-", "").isalnum():
+        raise ValueError(f"not an ablation id: {ablation_id!r}")
+    return state_dir / "ablations" / ablation_id
+
+
+def save(state_dir: Path, spec: AblationSpec) -> None:
+    """Atomic and fsynced: a kill leaves the previous or the new file, never half."""
+    path = folder(state_dir, spec.id) / "ablation.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ablation.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(spec.to_json(), handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load(state_dir: Path, ablation_id: str) -> AblationSpec:
+    path = folder(state_dir, ablation_id) / "ablation.json"
+    try:
+        return AblationSpec.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no ablation {ablation_id} under {state_dir}/ablations "
+                                "(pass the --state-dir it was made with)") from None
+
+
+def _outer_supported() -> bool:
+    return "outer" in rpb.CreateRunRequest.DESCRIPTOR.fields_by_name
+
+
+def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunRequest:
+    """The CreateRun request of one cell. Raises ArmUnavailable."""
+    if arm.proposer == "llm" and spec.llm is None:
+        raise ArmUnavailable(f"arm {arm.name} needs an LLM proposer; none is configured")
+    raw: dict[str, Any] = {
+        "task": {"preset": spec.task},
+        "search": {"seed": str(spec.seed_of(repeat)), "batchSize": arm.batch_size},
+        # No lessons from earlier runs: repeats must be independent.
+        "proposer": {"kind": arm.proposer, "noMemory": True},
+        "budgets": {"maxTrials": spec.trials, "maxLlmTokens": str(spec.max_llm_tokens)},
+    }
+    if spec.llm is not None:
+        raw["llm"] = {k: v for k, v in {"provider": spec.llm.get("provider", ""),
+                                        "model": spec.llm.get("model", ""),
+                                        "baseUrl": spec.llm.get("base_url", "")}.items() if v}
+    if arm.outer:
+        if not _outer_supported():
+            raise ArmUnavailable(f"arm {arm.name} needs levels {'+'.join(arm.levels)}, "
+                                 "which this controller's API does not offer yet")
+        raw["outer"] = {"levels": list(arm.levels),
+                        "mechanisms": [{"name": m} for m in arm.mechanisms],
+                        "configController": "llm" if arm.llm_outer else "rule",
+                        "mechanismSource": "llm" if arm.llm_outer else "library"}
+    try:
+        request = rpb.CreateRunRequest()
+        json_format.ParseDict(raw, request)
+        return request
+    except json_format.ParseError as exc:
+        raise ArmUnavailable(f"arm {arm.name}: this controller's API cannot express it "
+                             f"({exc})") from None
+
+
+def reeval_request(spec: AblationSpec, source: str, repeat: int) -> rpb.CreateRunRequest:
+    """A run whose baseline is `source`, measured on the repeat's fresh seeds (the noise
+    rule runs the baseline on `fresh_seeds` seeds) and that stops right after it."""
+    return rpb.CreateRunRequest(
+        task=rpb.TaskSpec(preset=spec.task, train_py=source.encode()),
+        search=rpb.SearchSettings(seed=spec.fresh_seed_of(repeat), keep_rule="noise",
+                                  noise_seeds=max(spec.fresh_seeds, 2)),
+        proposer=rpb.ProposerSettings(kind="random", no_memory=True),
+        budgets=rpb.Budgets(max_trials=1, max_wall_seconds=1e-3))

@@ -1,0 +1,106 @@
+"""What a report reads about one run, loaded from the controller's state dir.
+
+Read-only: the report never changes a run. Mechanism hook calls and the mechanisms a
+run tried come from the store's mechanism read API (controller/store/mechanisms.py).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.store.artifacts import ArtifactStore
+from controller.store.records import NotFoundError, RunRecord, TrialRecord
+from controller.store.runs import RunStore
+
+SURROGATE_NOTE = (
+    "Surrogate task: a noisy closed-form response surface over the trainer's knobs "
+    "(trainer/surrogate.py), evaluated in milliseconds in the sandbox. It is a test bed "
+    "for the search machinery; its numbers are not evidence about real training.")
+
+
+@dataclass(frozen=True)
+class MechanismStats:
+    """Hook calls of one mechanism in one run (mechanisms/records.py `summarize`)."""
+
+    mechanism: str
+    calls: int
+    effective: int
+    failures: int
+    effects: dict[str, int] = field(default_factory=dict)
+    origin: str = ""  # "initial", "library" or "llm"
+    status: str = ""  # active, kept, reverted, disabled, gate_rejected, ...
+
+
+@dataclass(frozen=True)
+class RunData:
+    run: RunRecord
+    trials: list[TrialRecord]
+    best_diff: str  # baseline train.py -> best train.py
+    mechanisms: list[MechanismStats]  # every mechanism tried or called, in order
+
+    @property
+    def preset(self) -> str:
+        return str(self.run.settings.get("task", {}).get("preset", ""))
+
+    @property
+    def budget(self) -> int:
+        return int(self.run.settings.get("budgets", {}).get("max_trials", 0))
+
+    @property
+    def llm_calls(self) -> int:
+        return sum(1 for t in self.trials if t.llm_tokens)
+
+
+class StateDir:
+    """The store and artifacts of a state dir, opened for reading."""
+
+    def __init__(self, state_dir: Path) -> None:
+        db = state_dir / "bilevel.sqlite3"
+        if not db.exists():
+            raise NotFoundError("state dir", str(state_dir),
+                                "pass the --state-dir the runs were made with")
+        self.root = state_dir
+        self.store = RunStore(db)
+        self.artifacts = ArtifactStore(state_dir / "runs")
+
+    def close(self) -> None:
+        self.store.close()
+
+    def load(self, run_id: str) -> RunData:
+        run = self.store.get_run(run_id)
+        trials = self.store.trials(run_id)
+        return RunData(run, trials, self._best_diff(run), self._mechanisms(run_id))
+
+    def _best_diff(self, run: RunRecord) -> str:
+        if run.best_trial is None or run.best_trial == 0:
+            return ""
+        try:
+            base = self.artifacts.read_trial(run.id, 0, "train.py").decode()
+            best = self.artifacts.read_trial(run.id, run.best_trial, "train.py").decode()
+        except NotFoundError:
+            return ""
+        return "".join(difflib.unified_diff(
+            base.splitlines(keepends=True), best.splitlines(keepends=True),
+            "baseline/train.py", f"trial-{run.best_trial}/train.py"))
+
+    def _mechanisms(self, run_id: str) -> list[MechanismStats]:
+        """Calls, effective calls and failures per mechanism; a mechanism that was tried
+        but never called shows with zero calls (it was not injected)."""
+        rows = {m.name: m for m in self.store.mechanisms(run_id)}
+        calls: dict[str, list[str]] = {name: [] for name in rows}
+        effective: dict[str, int] = {}
+        for call in self.store.mechanism_records(run_id):
+            calls.setdefault(call.mechanism, []).append(call.effect)
+            effective[call.mechanism] = effective.get(call.mechanism, 0) + call.effective
+        out = []
+        for name, effects in calls.items():
+            counts: dict[str, int] = {}
+            for e in effects:
+                counts[e] = counts.get(e, 0) + 1
+            row = rows.get(name)
+            out.append(MechanismStats(name, len(effects), effective.get(name, 0),
+                                      counts.get("failed", 0), counts,
+                                      row.origin if row else "", row.status if row else ""))
+        return out

@@ -1,0 +1,193 @@
+"""Drives an ablation through the controller's gRPC API, the path `bilevel run` uses,
+so every run is an ordinary, resumable run of the controller.
+
+Resuming: a cell whose run finished is never redone; a cell whose run is still
+running (a restarted controller resumes it by itself) is waited for; only cells with
+no run are created. The JSON file is rewritten after every change (ablation.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from controller.analysis import ablation
+from controller.analysis.ablation import AblationSpec, Arm, ArmUnavailable, Cell
+from controller.api.client import Client
+from controller.api.errors import describe
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+
+POLL_SECONDS = 0.5
+TERMINAL = {rpb.RUN_STATE_SUCCEEDED: "succeeded", rpb.RUN_STATE_FAILED: "failed",
+            rpb.RUN_STATE_CANCELLED: "cancelled"}
+Say = Callable[[str], None]
+
+
+class AblationStalled(Exception):
+    """Runs paused (their LLM failed for good) or could not be created."""
+
+
+def state_name(state: int) -> str:
+    return str(rpb.RunState.Name(state)).removeprefix("RUN_STATE_").lower()
+
+
+class Runner:
+    def __init__(self, client: Client, state_dir: Path, spec: AblationSpec, parallel: int,
+                 say: Say) -> None:
+        self.client = client
+        self.state_dir = state_dir
+        self.spec = spec
+        self.parallel = max(1, parallel)
+        self.say = say
+
+    def _save(self) -> None:
+        ablation.save(self.state_dir, self.spec)
+
+    async def run(self) -> None:
+        """Search cells, then re-evaluations; raises AblationStalled."""
+        jobs = [(f"{arm.name}/{r}", _search_maker(self.spec, arm, r))
+                for r in range(self.spec.repeats) for arm in self.spec.arms]
+        await self._drive(self.spec.cells, jobs, "search")
+        await self._reevaluate()
+        self.spec.finished_at = self.spec.finished_at or time.time()
+        self._save()
+
+    async def _drive(self, cells: dict[str, Cell],
+                     jobs: list[tuple[str, Callable[[], rpb.CreateRunRequest]]],
+                     phase: str) -> None:
+        todo = [(key, make) for key, make in jobs
+                if cells.get(key, Cell()).state not in TERMINAL.values()]
+        active: dict[str, str] = {}  # key -> run id
+        for key, _ in todo:
+            cell = cells.get(key)
+            if cell is not None and cell.run_id:
+                active[key] = cell.run_id
+        waiting = [(k, m) for k, m in todo if k not in active]
+        done = len(jobs) - len(todo)
+        if done:
+            self.say(f"{phase}: {done} of {len(jobs)} runs already finished; not redone")
+        paused: list[str] = []
+        while active or waiting:
+            while waiting and len(active) < self.parallel:
+                key, make = waiting[0]
+                try:
+                    run = await self.client.runs.CreateRun(make(), metadata=self.client.metadata)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and active:
+                        break  # the controller's run limit: wait for one to finish
+                    raise AblationStalled(f"{key}: {describe(exc)}") from None
+                waiting.pop(0)
+                cells[key] = Cell(run_id=run.id, state="running")
+                active[key] = run.id
+                self._save()
+            await asyncio.sleep(POLL_SECONDS)
+            for key, run_id in list(active.items()):
+                run = await self.client.runs.GetRun(rpb.GetRunRequest(run_id=run_id),
+                                                    metadata=self.client.metadata)
+                if run.state in TERMINAL:
+                    cells[key] = self._finished(cells[key], run, phase != "search")
+                    del active[key]
+                    done += 1
+                    self._save()
+                    self.say(f"{phase} {done}/{len(jobs)}: {key} {run.id} "
+                             f"{TERMINAL[run.state]} - {run.summary}")
+                elif run.state == rpb.RUN_STATE_PAUSED:
+                    del active[key]
+                    paused.append(f"{key} ({run_id}: {run.stop_reason})")
+        if paused:
+            raise AblationStalled("runs paused: " + "; ".join(paused) + ". Resume them "
+                                  "with `bilevel resume RUN`, then rerun the ablation")
+
+    @staticmethod
+    def _finished(cell: Cell, run: rpb.Run, reevaluation: bool) -> Cell:
+        cell.state = TERMINAL[run.state]
+        if not reevaluation:
+            return cell
+        if run.HasField("baseline_val_bpb"):
+            cell.value = run.baseline_val_bpb  # for a re-evaluation: the fresh-seed mean
+        if run.HasField("noise_sigma"):
+            cell.sigma = run.noise_sigma
+        return cell
+
+    async def _best_source(self, run_id: str) -> str:
+        art = await self.client.runs.GetArtifact(
+            rpb.GetArtifactRequest(run_id=run_id, name="best/train.py"),
+            metadata=self.client.metadata)
+        return bytes(art.content).decode()
+
+    async def _baseline_source(self, run_id: str) -> str:
+        art = await self.client.runs.GetArtifact(
+            rpb.GetArtifactRequest(run_id=run_id, name="trials/0/train.py"),
+            metadata=self.client.metadata)
+        return bytes(art.content).decode()
+
+    async def _reevaluate(self) -> None:
+        """Each repeat's baseline and each cell's final best on the repeat's fresh seeds.
+        The same source on the same seeds gives the same values, so a best that is the
+        baseline (no improvement) reuses the baseline's re-evaluation."""
+        spec = self.spec
+        jobs: list[tuple[str, Callable[[], rpb.CreateRunRequest]]] = []
+        copies: list[tuple[str, str]] = []  # (key, key of the identical evaluation)
+        for r in range(spec.repeats):
+            finished = [(a.name, spec.cells[f"{a.name}/{r}"]) for a in spec.arms
+                        if spec.cells.get(f"{a.name}/{r}", Cell()).state == "succeeded"]
+            if not finished:
+                continue
+            base = await self._baseline_source(finished[0][1].run_id)
+            seen = {_sha(base): f"baseline/{r}"}
+            jobs.append((f"baseline/{r}", _maker(spec, base, r)))
+            spec.reeval.setdefault(f"baseline/{r}", Cell()).source_sha = _sha(base)
+            for name, cell in finished:
+                source = await self._best_source(cell.run_id)
+                key, sha = f"{name}/{r}", _sha(source)
+                if sha in seen:
+                    copies.append((key, seen[sha]))
+                    continue
+                seen[sha] = key
+                spec.reeval.setdefault(key, Cell()).source_sha = sha
+                jobs.append((key, _maker(spec, source, r)))
+        await self._drive(spec.reeval, jobs, "re-evaluation")
+        for key, same in copies:
+            src = spec.reeval[same]
+            spec.reeval[key] = Cell(src.run_id, src.state, src.value, src.sigma, src.source_sha)
+        self._save()
+
+
+def _sha(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _search_maker(spec: AblationSpec, arm: Arm,
+                  repeat: int) -> Callable[[], rpb.CreateRunRequest]:
+    return lambda: ablation.run_request(spec, arm, repeat)
+
+
+def _maker(spec: AblationSpec, source: str, repeat: int) -> Callable[[], rpb.CreateRunRequest]:
+    return lambda: ablation.reeval_request(spec, source, repeat)
+
+
+def plan(spec: AblationSpec, requested: list[str], llm: bool, say: Say) -> None:
+    """Fill in the arms: those requested that this controller and configuration can
+    run; the others are recorded in `skipped` with the reason, and said aloud."""
+    arms, skipped = ablation.catalogue(llm, spec.schedule_batch)
+    for name in requested:
+        if name not in arms:
+            raise ValueError(f"unknown arm {name!r}; choose from {', '.join(arms)}")
+        if name in skipped:
+            spec.skipped[name] = skipped[name]
+            continue
+        try:
+            ablation.run_request(spec, arms[name], 0)
+        except ArmUnavailable as exc:
+            spec.skipped[name] = str(exc)
+            continue
+        spec.arms.append(arms[name])
+    for name, why in spec.skipped.items():
+        say(f"arm {name} skipped: {why}")
+    if not spec.arms:
+        raise ValueError("no arm can run: " + "; ".join(spec.skipped.values()))
