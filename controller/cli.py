@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "controller.commands.artifact",
     "controller.commands.resume",
     "controller.commands.memory",
+    "controller.commands.ablate",
+    "controller.commands.report",
 )
 
 

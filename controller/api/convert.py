@@ -11,8 +11,11 @@ from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.llm.settings import LLMSettings
 from controller.research.errors import FieldError
+from controller.research.mechanism_report import Summary
 from controller.research.settings import (
     Budgets,
+    InitialMechanism,
+    OuterSettings,
     ProposerSettings,
     RunSettings,
     SearchSettings,
@@ -120,7 +123,20 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
             backoff_seconds=_opt(llm, "backoff_seconds", llm_defaults.backoff_seconds),
             replay_run=llm.replay_run,
             price_input_per_mtok=_opt(llm, "price_input_per_mtok", -1.0),
-            price_output_per_mtok=_opt(llm, "price_output_per_mtok", -1.0)))
+            price_output_per_mtok=_opt(llm, "price_output_per_mtok", -1.0)),
+        outer=outer_settings(request.outer))
+
+
+def outer_settings(o: rpb.OuterSettings) -> OuterSettings:
+    d = OuterSettings()
+    return OuterSettings(
+        levels=tuple(o.levels) or d.levels,
+        mechanism_source=o.mechanism_source or d.mechanism_source,
+        config_controller=o.config_controller or d.config_controller,
+        l15_every=o.l15_every or d.l15_every, l2_every=o.l2_every or d.l2_every,
+        l2_window=o.l2_window, max_l2_rounds=o.max_l2_rounds,
+        mechanisms=tuple(InitialMechanism(m.name, m.source) for m in o.mechanisms),
+        explore_domains=tuple(o.explore_domains))
 
 
 def _opt(message: Any, name: str, default: Any) -> Any:
@@ -154,7 +170,15 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
             price_input_per_mtok=(llm.price_input_per_mtok
                                   if llm.price_input_per_mtok >= 0 else None),
             price_output_per_mtok=(llm.price_output_per_mtok
-                                   if llm.price_output_per_mtok >= 0 else None)))
+                                   if llm.price_output_per_mtok >= 0 else None)),
+        outer=rpb.OuterSettings(
+            levels=settings.outer.levels, mechanism_source=settings.outer.mechanism_source,
+            config_controller=settings.outer.config_controller,
+            l15_every=settings.outer.l15_every, l2_every=settings.outer.l2_every,
+            l2_window=settings.outer.l2_window, max_l2_rounds=settings.outer.max_l2_rounds,
+            mechanisms=[rpb.InitialMechanism(name=m.name, source=m.source)
+                        for m in settings.outer.mechanisms],
+            explore_domains=settings.outer.explore_domains))
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -174,7 +198,13 @@ def trial_status(status: TrialStatus | str | None) -> rpb.TrialStatus:
                 rpb.TrialStatus.Value(f"TRIAL_STATUS_{TrialStatus(status).name}"))
 
 
-def run(record: RunRecord) -> rpb.Run:
+def mechanism(s: Summary) -> rpb.MechanismSummary:
+    return rpb.MechanismSummary(name=s.row.name, origin=s.row.origin, field=s.row.field,
+                                status=s.row.status, calls=s.calls, effective=s.effective,
+                                failures=s.failures, injected=s.injected, reason=s.row.reason)
+
+
+def run(record: RunRecord, mechanisms: list[Summary] | None = None) -> rpb.Run:
     settings = create_request(RunSettings.from_dict(record.settings))
     settings.task.ClearField("train_py")  # large; fetch it with GetArtifact
     return rpb.Run(
@@ -186,7 +216,8 @@ def run(record: RunRecord) -> rpb.Run:
         last_status=trial_status(record.last_status), stop_reason=record.stop_reason,
         elapsed_seconds=record.elapsed_seconds, llm_tokens_used=record.llm_tokens_used,
         summary=record.summary, noise_sigma=record.noise_sigma,
-        llm_cost_usd=record.llm_cost_usd)
+        llm_cost_usd=record.llm_cost_usd,
+        mechanisms=[mechanism(s) for s in mechanisms or []])
 
 
 def event(record: EventRecord) -> rpb.RunEvent:
@@ -206,7 +237,9 @@ def event(record: EventRecord) -> rpb.RunEvent:
             exception=exception_info(p.get("exception")), seconds=p["seconds"],
             description=p["description"], hypothesis=p.get("hypothesis", ""),
             started_at=_ts(p.get("started_at", 0.0)), ended_at=_ts(p.get("ended_at", 0.0)),
-            llm_tokens=p.get("llm_tokens", 0), llm_cost_usd=p.get("llm_cost_usd", 0.0)))
+            llm_tokens=p.get("llm_tokens", 0), llm_cost_usd=p.get("llm_cost_usd", 0.0),
+            mechanisms_json=p.get("mechanisms_json", ""),
+            proposal_source=p.get("proposal_source", "")))
     elif record.kind is EventKind.NEW_BEST:
         out.new_best.CopyFrom(rpb.RunEvent.NewBest(**p))
     elif record.kind is EventKind.RUN_FINISHED:
@@ -216,6 +249,15 @@ def event(record: EventRecord) -> rpb.RunEvent:
             improved=bool(p.get("improved")), summary=p.get("summary", "")))
     elif record.kind is EventKind.RUN_PAUSED:
         out.run_paused.CopyFrom(rpb.RunEvent.RunPaused(reason=p["reason"]))
+    elif record.kind is EventKind.CONFIG_ADJUSTED:
+        out.config_adjusted.CopyFrom(rpb.RunEvent.ConfigAdjusted(
+            trial=p["trial"], controller=p["controller"], applied=p["applied"],
+            freeze=p.get("freeze", []), unfreeze=p.get("unfreeze", []),
+            frozen=p.get("frozen", []), strategy=p.get("strategy", ""),
+            guidance=p.get("guidance", ""), restart_from_trial=p.get("restart_from_trial"),
+            rejected=p.get("rejected", []), error=p.get("error", "")))
+    elif record.kind is EventKind.MECHANISM:
+        out.mechanism.CopyFrom(rpb.RunEvent.Mechanism(**p))
     return out
 
 

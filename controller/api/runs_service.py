@@ -14,6 +14,7 @@ from controller.api.errors import rpc_errors
 from controller.api.events import EventHub
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import runs_pb2_grpc
+from controller.research import mechanism_report
 from controller.research.errors import FieldError
 from controller.research.manager import RunManager
 from controller.store.artifacts import ArtifactStore, content_type
@@ -58,7 +59,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def GetRun(self, request: rpb.GetRunRequest,
                      context: grpc.aio.ServicerContext) -> rpb.Run:
         run_id = _required(request.run_id, "run_id")
-        return convert.run(await asyncio.to_thread(self.store.get_run, run_id))
+        record = await asyncio.to_thread(self.store.get_run, run_id)
+        mechanisms = await asyncio.to_thread(mechanism_report.summaries, self.store, run_id)
+        return convert.run(record, mechanisms)
 
     @rpc_errors
     async def ListRuns(self, request: rpb.ListRunsRequest,
@@ -118,7 +121,9 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _required(request.run_id, "run_id")
         name = _required(request.name, "name")
         run = await asyncio.to_thread(self.store.get_run, run_id)
-        data = await asyncio.to_thread(self.artifacts.read, run_id, name, run.best_trial)
+        data = await asyncio.to_thread(mechanism_report.artifact, self.store, run_id, name)
+        if data is None:
+            data = await asyncio.to_thread(self.artifacts.read, run_id, name, run.best_trial)
         return rpb.Artifact(name=name, content_type=content_type(name), content=data)
 
     @rpc_errors

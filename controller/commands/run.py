@@ -76,6 +76,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="attempts per call before the run pauses (0: 6)")
     llm.add_argument("--llm-backoff", type=float, default=None,
                      help="first retry delay in seconds, doubling (default 2)")
+    outer = cmd.add_argument_group("outer levels")
+    outer.add_argument("--levels", default="1",
+                       help="levels to run, e.g. 1,1.5,2 (1: inner loop; 1.5: config loop; "
+                            "2: mechanism loop)")
+    outer.add_argument("--mechanism-source", choices=("library", "llm"), default=None,
+                       help="where Level 2 gets mechanisms: llm (the default; needs "
+                            "--provider) or library (offline built-ins)")
+    outer.add_argument("--config-controller", choices=("rule", "llm"), default=None,
+                       help="Level 1.5: llm (the default with --provider) or rule (offline, "
+                            "deterministic; the default without one)")
+    outer.add_argument("--l15-every", type=int, default=5, help="trials between L1.5 cycles")
+    outer.add_argument("--l2-every", type=int, default=10, help="trials between L2 rounds")
+    outer.add_argument("--l2-window", type=int, default=0,
+                       help="trials a new mechanism is scored over (0: --l2-every)")
+    outer.add_argument("--mechanisms", default="", metavar="NAME|FILE,...",
+                       help="starting mechanisms: built-in names or .py files (e.g. one "
+                            "exported with `bilevel artifact RUN mechanisms/NAME.py`)")
+    outer.add_argument("--explore-domain", action="append", default=[], metavar="FIELD",
+                       help="a field the L2 explore prompt may name (repeatable; default: "
+                            "none, so the LLM picks fields itself)")
     cmd.add_argument("--detach", action="store_true", help="print the run id and return")
     add_client_arguments(cmd)
     add_controller_arguments(cmd)
@@ -102,7 +122,22 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
         llm=rpb.LlmSettings(provider=provider or "anthropic", model=args.model,
                             base_url=args.base_url, timeout_seconds=args.llm_timeout,
                             max_attempts=args.llm_attempts,
-                            backoff_seconds=args.llm_backoff, replay_run=args.replay))
+                            backoff_seconds=args.llm_backoff, replay_run=args.replay),
+        outer=rpb.OuterSettings(
+            levels=[lv.strip() for lv in args.levels.split(",") if lv.strip()],
+            mechanism_source=args.mechanism_source or "llm",
+            config_controller=args.config_controller or ("llm" if provider else "rule"),
+            l15_every=args.l15_every, l2_every=args.l2_every, l2_window=args.l2_window,
+            mechanisms=[_mechanism(m) for m in args.mechanisms.split(",") if m.strip()],
+            explore_domains=args.explore_domain))
+
+
+def _mechanism(spec: str) -> rpb.InitialMechanism:
+    """A built-in name, or a .py file whose stem names it."""
+    path = Path(spec.strip())
+    if path.suffix == ".py":
+        return rpb.InitialMechanism(name=path.stem, source=path.read_text())
+    return rpb.InitialMechanism(name=spec.strip())
 
 
 def embedded_config(args: argparse.Namespace) -> ServerConfig:
@@ -164,6 +199,11 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
               f"{final.id}`")
         return EXIT_PAUSED
     print(f"{final.id}: {state} - {final.summary}")
+    for m in final.mechanisms:
+        print(f"  mechanism {m.name} ({m.origin}): {m.status}; {m.calls} calls, "
+              f"{m.effective} effective{'' if m.injected else ' - NOT injected'}")
+    if final.mechanisms:
+        print(f"  report: bilevel artifact {final.id} mechanisms.md")
     return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1
 
 
@@ -217,6 +257,18 @@ class _View:
             self.best = event.new_best.val_bpb
         elif kind == "run_finished":
             self.current = "finished"
+        elif kind == "mechanism" and self._live is None:
+            m = event.mechanism
+            where = f" at trial {m.trial}" if m.trial >= 0 else ""
+            self.console.print(f"L2 {m.action:<13} {m.mechanism}{where}: {m.detail[:200]}",
+                               highlight=False, markup=False, soft_wrap=True)
+        elif kind == "config_adjusted" and self._live is None:
+            c = event.config_adjusted
+            text = (f"strategy {c.strategy}; freeze {list(c.freeze)}; unfreeze "
+                    f"{list(c.unfreeze)}" if c.applied else f"refused: {list(c.rejected)} "
+                    f"{c.error}")
+            self.console.print(f"L1.5 trial {c.trial}: {text}", highlight=False,
+                               markup=False, soft_wrap=True)
         elif kind == "run_paused":
             self.current = "paused"
             if self._live is None:

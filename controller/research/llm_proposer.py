@@ -54,6 +54,7 @@ def parse_code_hypothesis(text: str) -> str:
 
 class LLMProposer:
     fixes_crashes = True
+    reads_context = True  # whether mechanism context text reaches it
 
     def __init__(self, provider: Provider, settings: ProposerSettings, pricing: Pricing,
                  run_id: str, task_description: str, protected: str, max_tokens: int,

@@ -11,8 +11,10 @@ but not finished (their stored train.py, under the same index) and never runs or
 a finished one twice. Proposals always start from the incumbent best (or, for a crash
 fix, from the crashed candidate). An LLM that fails for good pauses the run.
 
-Later levels hook in through `context_hooks` (text for the proposer's prompt); the
-mechanism filters and observers of the next issue go around `_propose` and `_judge`.
+Later levels hook in here: `context_hooks` (text for the proposer's prompt),
+`mechanisms` (research/mechanism_wiring.py: suggest/filter around the proposer, observe
+in `_judge`), `after_trial` (Levels 1.5 and 2, after each judged trial), `set_frozen`
+(Level 1.5), and `start_hooks` / `exit_hooks` around `run`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -53,6 +55,9 @@ from controller.store.records import (
     TrialStatus,
 )
 from controller.store.runs import RunStore
+
+if TYPE_CHECKING:
+    from controller.research.mechanism_wiring import MechanismWiring
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 0.5  # how often the coordinator looks at the stop signal while waiting
@@ -102,6 +107,10 @@ class InnerLoop:
                                self.space, self.validator, self.lessons)
         # Text for the proposer's prompt; the mechanism level (issue 6) adds its hooks.
         self.context_hooks: list[ContextHook] = self.planner.context_hooks
+        self.mechanisms: MechanismWiring | None = None
+        self.after_trial: list[Callable[[int], None]] = []  # called with each judged index
+        self.start_hooks: list[Callable[[], None]] = []
+        self.exit_hooks: list[Callable[[], None]] = []
         self._segment_start = time.monotonic()
         self._elapsed_before = 0.0
         self._lock = threading.Lock()
@@ -111,19 +120,37 @@ class InnerLoop:
 
     def run(self) -> None:
         with structlog.contextvars.bound_contextvars(run_id=self.run_id):
-            run = self.store.get_run(self.run_id)
-            self._elapsed_before = run.elapsed_seconds
-            trials = self.store.trials(self.run_id)
-            finished = sum(1 for t in trials if t.finished)
-            self.store.append_event(self.run_id, EventKind.RUN_STARTED,
-                                    {"resumed": bool(trials), "next_trial": finished})
-            log.info("run started", resumed=bool(trials), next_trial=finished,
-                     proposer=self.proposer.label, batch=self.settings.search.batch_size,
-                     keep_rule=self.settings.search.keep_rule)
-            self._write_results()
-            if finished == 0 and not self._baseline():
-                return
-            self._search()
+            try:
+                for hook in self.start_hooks:
+                    hook()
+                self._run()
+            finally:
+                for hook in self.exit_hooks:
+                    hook()
+
+    def set_frozen(self, frozen: Sequence[str]) -> SearchSpace:
+        """Freeze these knobs on top of the run's own frozen ones (Level 1.5)."""
+        names = tuple(dict.fromkeys((*self.settings.search.frozen_knobs, *frozen)))
+        self.space = self.task.search_space().without(names)
+        self.validator.space = self.planner.space = self.space
+        if self.mechanisms is not None:
+            self.mechanisms.set_space(self.space)
+        return self.space
+
+    def _run(self) -> None:
+        run = self.store.get_run(self.run_id)
+        self._elapsed_before = run.elapsed_seconds
+        trials = self.store.trials(self.run_id)
+        finished = sum(1 for t in trials if t.finished)
+        self.store.append_event(self.run_id, EventKind.RUN_STARTED,
+                                {"resumed": bool(trials), "next_trial": finished})
+        log.info("run started", resumed=bool(trials), next_trial=finished,
+                 proposer=self.proposer.label, batch=self.settings.search.batch_size,
+                 keep_rule=self.settings.search.keep_rule)
+        self._write_results()
+        if finished == 0 and not self._baseline():
+            return
+        self._search()
 
     # The baseline
 
@@ -311,6 +338,12 @@ class InnerLoop:
             status, reason = verdict.status, verdict.reason
         proposal_id = self._proposal_ids.pop(index, "")
         calls = self.calls.calls(self.run_id, proposal_id) if proposal_id else []
+        hooks: tuple[dict[str, Any], ...] = ()
+        states: dict[str, Any] | None = None
+        source = "baseline" if index == 0 else "proposer"
+        if self.mechanisms is not None:
+            hooks, states, source = self.mechanisms.finish(
+                index, status, outcome.val_bpb, reason if outcome.crashed else "")
         self.artifacts.write_trial(self.run_id, index, "log", outcome.log.encode())
         self.store.finish_trial(self.run_id, TrialFinish(
             index=index, status=status, val_bpb=outcome.val_bpb, memory_gb=outcome.memory_gb,
@@ -319,13 +352,17 @@ class InnerLoop:
             new_best=status is TrialStatus.KEEP, started_at=result.started_at,
             ended_at=result.ended_at,
             llm_tokens=sum(c["input_tokens"] + c["output_tokens"] for c in calls),
-            llm_cost_usd=sum(c["cost_usd"] for c in calls), noise_sigma=sigma),
+            llm_cost_usd=sum(c["cost_usd"] for c in calls), noise_sigma=sigma,
+            mechanism_calls=hooks, mechanism_states=states, proposal_source=source),
             self._elapsed())
         with self._lock:
             self._in_flight.pop(index, None)
         log.info("trial finished", trial=index, status=status.value, val_bpb=outcome.val_bpb,
                  job_status=outcome.job_status, decision=reason)
         self._write_results()
+        if index > 0:
+            for hook in self.after_trial:
+                hook(index)
 
     def _wall_spent(self) -> str:
         b = self.settings.budgets

@@ -15,10 +15,12 @@ import structlog
 
 from controller.llm.errors import LLMConfigError
 from controller.llm.settings import LLMAccess
+from controller.llm.types import Provider
 from controller.research.engine import LazyExecutor
 from controller.research.errors import CapacityError, FieldError, StateConflict
 from controller.research.loop import InnerLoop, StopSignal
-from controller.research.proposers import build_proposer
+from controller.research.outer import attach_outer_levels
+from controller.research.proposers import build_proposer, build_run_provider
 from controller.research.settings import RunSettings
 from controller.research.space import ProposalError
 from controller.research.task import Task
@@ -27,6 +29,7 @@ from controller.store.artifacts import ArtifactStore
 from controller.store.memory import MemoryStore
 from controller.store.records import RunRecord, RunState
 from controller.store.runs import RunStore
+from mechanisms import library
 
 log = structlog.get_logger(__name__)
 MEMORY_IN_PROMPT = 20  # newest lessons of the task offered to a proposer
@@ -94,6 +97,10 @@ class RunManager:
             task.search_space().without(settings.search.frozen_knobs)
         except ProposalError as exc:
             raise FieldError("search.frozen_knobs", str(exc)) from None
+        for m in settings.outer.mechanisms:
+            if not m.source and m.name not in library.names():
+                raise FieldError("outer.mechanisms", f"no built-in mechanism {m.name!r} "
+                                 f"(built-ins: {', '.join(library.names())}); pass a file")
         return task
 
     def _loop(self, run_id: str, settings: RunSettings, task: Task) -> InnerLoop:
@@ -107,8 +114,22 @@ class RunManager:
         memory = MemoryStore(self.store)
         lessons = [m.text for m in memory.list(task.name, MEMORY_IN_PROMPT)] \
             if settings.proposer.use_memory and settings.proposer.kind == "llm" else []
-        return InnerLoop(run_id, settings, task, proposer, self.store, self.artifacts, stop,
+        loop = InnerLoop(run_id, settings, task, proposer, self.store, self.artifacts, stop,
                          lessons=lessons, memory=None if replaying else memory)
+        built: list[Provider] = []
+
+        def provider() -> Provider:  # one provider stack for Levels 1.5 and 2
+            if not built:
+                built.append(build_run_provider(run_id, settings, self.store,
+                                                self.config.llm, stop.event))
+            return built[0]
+
+        try:
+            attach_outer_levels(loop, self.engine.get(), provider)
+        except LLMConfigError as exc:
+            raise FieldError("llm.provider", f"{exc}; to run levels 1.5 and 2 offline use "
+                             "--config-controller rule --mechanism-source library") from None
+        return loop
 
     def _start(self, run_id: str, loop: InnerLoop) -> None:
         thread = threading.Thread(target=self._run_loop, args=(run_id, loop),

@@ -47,6 +47,8 @@ def build(ctx: ProposerContext, mode: str, task_description: str, protected: str
         _lines("# Lessons from earlier runs on this task (they may not transfer)",
                ctx.lessons),
         _lines("# Notes from the search mechanisms", ctx.mechanism_context),
+        _lines("# Rejected by the search mechanisms (propose something different)",
+               ctx.rejections),
         _crash(ctx, mode),
         "# Your answer\n" + (PARAMS_FORMAT if mode == "params"
                              else CODE_FORMAT.format(protected=protected)),

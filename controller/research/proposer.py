@@ -66,6 +66,8 @@ class ProposerContext:
     lessons: tuple[str, ...] = ()  # memory of earlier runs on this task
     # Text the search mechanisms add to the prompt (filled by Level 2, issue 6).
     mechanism_context: tuple[str, ...] = ()
+    # Reasons search mechanisms rejected this trial's earlier proposals (ask again).
+    rejections: tuple[str, ...] = ()
     validator: Validator | None = field(default=None, compare=False)
 
 
@@ -79,6 +81,7 @@ class Proposer(Protocol):
 class RandomPerturbation:
     label = "random-perturbation (offline baseline, no LLM)"
     fixes_crashes = False
+    reads_context = False  # whether mechanism context text reaches it
 
     def __init__(self, seed: int, settings: ProposerSettings) -> None:
         self.seed = seed
@@ -86,7 +89,8 @@ class RandomPerturbation:
         self.step = settings.step
 
     def propose(self, ctx: ProposerContext) -> Proposal:
-        rng = random.Random(f"{self.seed}:{ctx.trial_index}")
+        salt = f":{len(ctx.rejections)}" if ctx.rejections else ""  # a new draw per retry
+        rng = random.Random(f"{self.seed}:{ctx.trial_index}{salt}")
         candidates = [k for k in ctx.space.knobs if k.name in ctx.incumbent]
         if not candidates:
             raise ValueError("no knob of the search space is present in train.py")

@@ -8,6 +8,7 @@ import threading
 from controller.llm.accounting import Pricing
 from controller.llm.factory import build_provider
 from controller.llm.settings import LLMAccess
+from controller.llm.types import Provider
 from controller.research.llm_proposer import LLMProposer
 from controller.research.loop import llm_budget_reason
 from controller.research.proposer import Proposer, RandomPerturbation
@@ -17,16 +18,23 @@ from controller.store.llm_calls import CallLog
 from controller.store.runs import RunStore
 
 
+def build_run_provider(run_id: str, settings: RunSettings, store: RunStore,
+                       access: LLMAccess, stop: threading.Event) -> Provider:
+    """The run's provider stack; every call is recorded with the run and counts against
+    its budget. Raises LLMConfigError (no key) or FieldError (bad LLM settings)."""
+    calls = CallLog(store)
+    return build_provider(
+        settings.llm, access, record=lambda call: calls.record(run_id, call),
+        budget_spent=lambda: llm_budget_reason(store.get_run(run_id), settings.budgets),
+        replay_answers=calls.replay_answers, stop=stop)
+
+
 def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunStore,
                    access: LLMAccess, stop: threading.Event) -> Proposer:
     """Raises LLMConfigError (no key) or FieldError (bad LLM settings)."""
     if settings.proposer.kind == "random":
         return RandomPerturbation(settings.search.seed, settings.proposer)
-    calls = CallLog(store)
-    provider = build_provider(
-        settings.llm, access, record=lambda call: calls.record(run_id, call),
-        budget_spent=lambda: llm_budget_reason(store.get_run(run_id), settings.budgets),
-        replay_answers=calls.replay_answers, stop=stop)
+    provider = build_run_provider(run_id, settings, store, access, stop)
     protected = task.protected.describe() if settings.proposer.mode == "code" else ""
     llm = settings.llm
     return LLMProposer(provider, settings.proposer, Pricing.for_settings(llm), run_id,

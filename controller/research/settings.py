@@ -58,6 +58,92 @@ class Budgets:
     max_llm_cost_usd: float = 0.0  # 0: unlimited
 
 
+LEVELS = ("1", "1.5", "2")
+MECHANISM_SOURCES = ("library", "llm")
+CONFIG_CONTROLLERS = ("rule", "llm")
+
+
+@dataclass(frozen=True)
+class InitialMechanism:
+    """A mechanism the run starts with: a built-in by name (source "") or a module's
+    source (e.g. one exported from an earlier run). It passes the same gates."""
+
+    name: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class OuterSettings:
+    """Levels 1.5 and 2 and the mechanism wiring (research/level15.py, level2.py)."""
+
+    levels: tuple[str, ...] = ("1",)
+    mechanisms: tuple[InitialMechanism, ...] = ()  # the starting set
+    suggest_every: int = 2  # on every n-th trial a mechanism suggestion may replace the
+    #                         proposer's proposal (suggest is called on those trials)
+    filter_retries: int = 2  # proposals re-asked after a mechanism rejected one
+    # Level 1.5: "rule" is the offline, deterministic controller; "llm" asks the LLM.
+    config_controller: str = "rule"
+    l15_every: int = 5  # trials between config cycles
+    max_freeze: int = 2  # knobs frozen per cycle
+    max_unfreeze: int = 2  # knobs unfrozen per cycle
+    max_frozen: int = 6  # knobs frozen at once (Level 1.5's own; the run's stay frozen)
+    l15_retries: int = 2  # invalid LLM answers fed back before the cycle is skipped
+    # Level 2: where mechanisms come from, how often, and how long each is judged.
+    mechanism_source: str = "llm"
+    l2_every: int = 10  # trials between rounds (a stall - no keep for that long - too)
+    l2_window: int = 0  # trials a new mechanism is scored over; 0: l2_every
+    max_l2_rounds: int = 0  # 0: unlimited
+    code_retries: int = 2  # code answers that fail the static gate, fed back
+    explore_domains: tuple[str, ...] = ()  # fields named in the explore prompt; () : none
+
+    @property
+    def window(self) -> int:
+        return self.l2_window or self.l2_every
+
+    def validate(self, proposer_kind: str) -> None:
+        if not self.levels or any(lv not in LEVELS for lv in self.levels) or \
+                "1" not in self.levels or len(set(self.levels)) != len(self.levels):
+            raise FieldError("outer.levels", f"must list distinct levels of {LEVELS} "
+                             f"including 1, got {self.levels}")
+        if self.mechanism_source not in MECHANISM_SOURCES:
+            raise FieldError("outer.mechanism_source", f"must be one of {MECHANISM_SOURCES}")
+        if self.config_controller not in CONFIG_CONTROLLERS:
+            raise FieldError("outer.config_controller",
+                             f"must be one of {CONFIG_CONTROLLERS}")
+        for name, value, low, high in (
+                ("suggest_every", self.suggest_every, 0, 1000),
+                ("filter_retries", self.filter_retries, 0, 10),
+                ("l15_every", self.l15_every, 1, 10_000),
+                ("max_freeze", self.max_freeze, 0, 16),
+                ("max_unfreeze", self.max_unfreeze, 0, 16),
+                ("max_frozen", self.max_frozen, 0, 64),
+                ("l15_retries", self.l15_retries, 0, 10),
+                ("l2_every", self.l2_every, 1, 10_000),
+                ("l2_window", self.l2_window, 0, 10_000),
+                ("max_l2_rounds", self.max_l2_rounds, 0, 10_000),
+                ("code_retries", self.code_retries, 0, 5)):
+            if not low <= value <= high:
+                raise FieldError(f"outer.{name}", f"must be in [{low}, {high}], got {value}")
+        names = [m.name for m in self.mechanisms]
+        if len(set(names)) != len(names):
+            raise FieldError("outer.mechanisms", f"names a mechanism twice: {names}")
+        for m in self.mechanisms:
+            if not m.name.isidentifier():
+                raise FieldError("outer.mechanisms", f"{m.name!r} is not a valid name")
+            if len(m.source.encode()) > 64 << 10:
+                raise FieldError("outer.mechanisms", f"{m.name}: source over 64 KiB")
+        if any(not d.strip() or len(d) > 200 for d in self.explore_domains):
+            raise FieldError("outer.explore_domains", "each must be 1-200 characters")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> OuterSettings:
+        d = dict(raw)
+        d["levels"] = tuple(d.get("levels", ("1",)))
+        d["mechanisms"] = tuple(InitialMechanism(**m) for m in d.get("mechanisms", ()))
+        d["explore_domains"] = tuple(d.get("explore_domains", ()))
+        return cls(**d)
+
+
 @dataclass(frozen=True)
 class RunSettings:
     task: TaskSettings = field(default_factory=TaskSettings)
@@ -65,6 +151,14 @@ class RunSettings:
     proposer: ProposerSettings = field(default_factory=ProposerSettings)
     budgets: Budgets = field(default_factory=Budgets)
     llm: LLMSettings = field(default_factory=LLMSettings)
+    outer: OuterSettings = field(default_factory=OuterSettings)
+
+    def uses_llm(self) -> bool:
+        """Whether any level of this run calls the LLM (and so needs a provider)."""
+        o = self.outer
+        return (self.proposer.kind == "llm"
+                or ("1.5" in o.levels and o.config_controller == "llm")
+                or ("2" in o.levels and o.mechanism_source == "llm"))
 
     def validate(self) -> None:
         """Raise FieldError naming the first invalid field. Preset and knob names are
@@ -108,8 +202,11 @@ class RunSettings:
             raise FieldError("proposer.max_fix_attempts", "must be in [0, 10]")
         if not 0 <= p.history_trials <= 200:
             raise FieldError("proposer.history_trials", "must be in [0, 200]")
-        if p.kind == "llm":
+        self.outer.validate(p.kind)
+        if self.uses_llm():
             self.llm.validate()
+        if self.uses_llm() and self.llm.provider == "replay" and self.outer.levels != ("1",):
+            raise FieldError("outer.levels", "a replay re-runs level 1 only")
         if not 1 <= p.max_changes <= 16:
             raise FieldError("proposer.max_changes", f"must be in [1, 16], got {p.max_changes}")
         if not (math.isfinite(p.step) and 0 < p.step <= 4):
@@ -136,4 +233,5 @@ class RunSettings:
                    search=SearchSettings(**search),
                    proposer=ProposerSettings(**raw.get("proposer", {})),
                    budgets=Budgets(**raw.get("budgets", {})),
-                   llm=LLMSettings(**raw.get("llm", {})))
+                   llm=LLMSettings(**raw.get("llm", {})),
+                   outer=OuterSettings.from_dict(raw.get("outer", {})))

@@ -30,7 +30,12 @@ class BadArtifactName(ValueError):
 
 
 def content_type(name: str) -> str:
-    return CONTENT_TYPES.get(name.rsplit("/", 1)[-1], "application/octet-stream")
+    base = name.rsplit("/", 1)[-1]
+    if base in CONTENT_TYPES:
+        return CONTENT_TYPES[base]
+    # mechanisms.md and mechanisms/<name>.py (served from the store, see mechanism_report)
+    return {".md": "text/markdown", ".py": "text/x-python"}.get(
+        Path(base).suffix, "application/octet-stream")
 
 
 class ArtifactStore:

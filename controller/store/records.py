@@ -35,6 +35,8 @@ class EventKind(enum.StrEnum):
     NEW_BEST = "new_best"
     RUN_FINISHED = "run_finished"
     RUN_PAUSED = "run_paused"
+    CONFIG_ADJUSTED = "config_adjusted"  # Level 1.5 applied (or refused) an adjustment
+    MECHANISM = "mechanism"  # Level 2: proposed, gated, activated, kept, reverted, ...
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,11 @@ class TrialFinish:
     llm_tokens: int = 0  # the proposal's own usage (already in the run's total)
     llm_cost_usd: float = 0.0
     noise_sigma: float | None = None  # set by the baseline under the noise-aware rule
+    # Mechanism hook calls behind this trial (HookRecord.to_json()) and the states the
+    # mechanisms saved after observing it; stored in the same transaction.
+    mechanism_calls: tuple[dict[str, Any], ...] = ()
+    mechanism_states: dict[str, Any] | None = None
+    proposal_source: str = ""  # "proposer", or "mechanism:<name>" for a used suggestion
 
 
 @dataclass(frozen=True)

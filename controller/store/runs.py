@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.store.llm_calls import SCHEMA as LLM_CALLS_SCHEMA
+from controller.store.mechanisms import SCHEMA as MECHANISMS_SCHEMA
+from controller.store.mechanisms import HookCall, MechanismLog, MechanismRow
 from controller.store.memory import SCHEMA as MEMORY_SCHEMA
 from controller.store.records import (
     EventKind,
@@ -98,7 +100,7 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA + LLM_CALLS_SCHEMA + MEMORY_SCHEMA)
+        self._db.executescript(SCHEMA + LLM_CALLS_SCHEMA + MEMORY_SCHEMA + MECHANISMS_SCHEMA)
         for table, column, kind in MIGRATIONS:
             present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
@@ -264,6 +266,9 @@ class RunStore:
                  done.llm_cost_usd, run_id, done.index))
             if cur.rowcount != 1:
                 raise ValueError(f"trial {done.index} of run {run_id} is not running")
+            if done.mechanism_calls or done.mechanism_states:
+                MechanismLog.write_calls(tx, run_id, done.index, list(done.mechanism_calls),
+                                         done.mechanism_states)
             best, best_trial = run.best_val_bpb, run.best_trial
             if done.new_best:
                 best, best_trial = done.val_bpb, done.index
@@ -287,7 +292,9 @@ class RunStore:
                 "seconds": done.seconds, "description": row["description"],
                 "hypothesis": row["hypothesis"], "started_at": done.started_at,
                 "ended_at": done.ended_at, "llm_tokens": done.llm_tokens,
-                "llm_cost_usd": done.llm_cost_usd})
+                "llm_cost_usd": done.llm_cost_usd,
+                "mechanisms_json": json.dumps(_per_mechanism(done.mechanism_calls)),
+                "proposal_source": done.proposal_source})
             if done.new_best:
                 tx.event(run_id, EventKind.NEW_BEST, {
                     "trial": done.index, "val_bpb": done.val_bpb,
@@ -296,6 +303,14 @@ class RunStore:
     def trials(self, run_id: str) -> list[TrialRecord]:
         rows = self._query("SELECT * FROM trials WHERE run_id = ? ORDER BY idx", (run_id,))
         return [_trial(r) for r in rows]
+
+    def mechanism_records(self, run_id: str, trial: int | None = None) -> list[HookCall]:
+        """Every mechanism hook call of the run (or of one trial), in order."""
+        return MechanismLog(self).calls(run_id, trial)
+
+    def mechanisms(self, run_id: str) -> list[MechanismRow]:
+        """Every mechanism the run tried, with origin, field, gates, status and scores."""
+        return MechanismLog(self).mechanisms(run_id)
 
     def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
         rows = self._query("SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq "
@@ -321,6 +336,17 @@ class _Tx:
                         "VALUES (?, ?, ?, ?, ?)",
                         (run_id, row[0], time.time(), kind.value, json.dumps(payload)))
         self.appended = True
+
+
+def _per_mechanism(records: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """A trial's hook calls per mechanism: calls, effective calls, effects."""
+    out: dict[str, Any] = {}
+    for rec in records:
+        s = out.setdefault(rec["mechanism"], {"calls": 0, "effective": 0, "effects": {}})
+        s["calls"] += 1
+        s["effective"] += int(rec["effective"])
+        s["effects"][rec["effect"]] = s["effects"].get(rec["effect"], 0) + 1
+    return out
 
 
 def _run(row: sqlite3.Row) -> RunRecord:

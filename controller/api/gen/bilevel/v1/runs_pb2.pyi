@@ -127,22 +127,76 @@ class Budgets(_message.Message):
     max_llm_cost_usd: float
     def __init__(self, max_trials: _Optional[int] = ..., max_wall_seconds: _Optional[float] = ..., max_llm_tokens: _Optional[int] = ..., max_llm_cost_usd: _Optional[float] = ...) -> None: ...
 
+class InitialMechanism(_message.Message):
+    __slots__ = ("name", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class OuterSettings(_message.Message):
+    __slots__ = ("levels", "mechanism_source", "config_controller", "l15_every", "l2_every", "l2_window", "mechanisms", "explore_domains", "max_l2_rounds")
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_CONTROLLER_FIELD_NUMBER: _ClassVar[int]
+    L15_EVERY_FIELD_NUMBER: _ClassVar[int]
+    L2_EVERY_FIELD_NUMBER: _ClassVar[int]
+    L2_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MECHANISMS_FIELD_NUMBER: _ClassVar[int]
+    EXPLORE_DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    MAX_L2_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    levels: _containers.RepeatedScalarFieldContainer[str]
+    mechanism_source: str
+    config_controller: str
+    l15_every: int
+    l2_every: int
+    l2_window: int
+    mechanisms: _containers.RepeatedCompositeFieldContainer[InitialMechanism]
+    explore_domains: _containers.RepeatedScalarFieldContainer[str]
+    max_l2_rounds: int
+    def __init__(self, levels: _Optional[_Iterable[str]] = ..., mechanism_source: _Optional[str] = ..., config_controller: _Optional[str] = ..., l15_every: _Optional[int] = ..., l2_every: _Optional[int] = ..., l2_window: _Optional[int] = ..., mechanisms: _Optional[_Iterable[_Union[InitialMechanism, _Mapping]]] = ..., explore_domains: _Optional[_Iterable[str]] = ..., max_l2_rounds: _Optional[int] = ...) -> None: ...
+
 class CreateRunRequest(_message.Message):
-    __slots__ = ("task", "search", "proposer", "budgets", "llm")
+    __slots__ = ("task", "search", "proposer", "budgets", "llm", "outer")
     TASK_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     PROPOSER_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
     LLM_FIELD_NUMBER: _ClassVar[int]
+    OUTER_FIELD_NUMBER: _ClassVar[int]
     task: TaskSpec
     search: SearchSettings
     proposer: ProposerSettings
     budgets: Budgets
     llm: LlmSettings
-    def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ..., search: _Optional[_Union[SearchSettings, _Mapping]] = ..., proposer: _Optional[_Union[ProposerSettings, _Mapping]] = ..., budgets: _Optional[_Union[Budgets, _Mapping]] = ..., llm: _Optional[_Union[LlmSettings, _Mapping]] = ...) -> None: ...
+    outer: OuterSettings
+    def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ..., search: _Optional[_Union[SearchSettings, _Mapping]] = ..., proposer: _Optional[_Union[ProposerSettings, _Mapping]] = ..., budgets: _Optional[_Union[Budgets, _Mapping]] = ..., llm: _Optional[_Union[LlmSettings, _Mapping]] = ..., outer: _Optional[_Union[OuterSettings, _Mapping]] = ...) -> None: ...
+
+class MechanismSummary(_message.Message):
+    __slots__ = ("name", "origin", "field", "status", "calls", "effective", "failures", "injected", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    INJECTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    origin: str
+    field: str
+    status: str
+    calls: int
+    effective: int
+    failures: int
+    injected: bool
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., origin: _Optional[str] = ..., field: _Optional[str] = ..., status: _Optional[str] = ..., calls: _Optional[int] = ..., effective: _Optional[int] = ..., failures: _Optional[int] = ..., injected: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary", "noise_sigma", "llm_cost_usd")
+    __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary", "noise_sigma", "llm_cost_usd", "mechanisms")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +213,7 @@ class Run(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     NOISE_SIGMA_FIELD_NUMBER: _ClassVar[int]
     LLM_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    MECHANISMS_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: RunState
     request: CreateRunRequest
@@ -175,7 +230,8 @@ class Run(_message.Message):
     summary: str
     noise_sigma: float
     llm_cost_usd: float
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., request: _Optional[_Union[CreateRunRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_done: _Optional[int] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., best_trial: _Optional[int] = ..., last_status: _Optional[_Union[TrialStatus, str]] = ..., stop_reason: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., llm_tokens_used: _Optional[int] = ..., summary: _Optional[str] = ..., noise_sigma: _Optional[float] = ..., llm_cost_usd: _Optional[float] = ...) -> None: ...
+    mechanisms: _containers.RepeatedCompositeFieldContainer[MechanismSummary]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., request: _Optional[_Union[CreateRunRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_done: _Optional[int] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., best_trial: _Optional[int] = ..., last_status: _Optional[_Union[TrialStatus, str]] = ..., stop_reason: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., llm_tokens_used: _Optional[int] = ..., summary: _Optional[str] = ..., noise_sigma: _Optional[float] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms: _Optional[_Iterable[_Union[MechanismSummary, _Mapping]]] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -220,7 +276,7 @@ class WatchRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("seq", "run_id", "time", "run_started", "trial_proposed", "trial_started", "trial_finished", "new_best", "run_finished", "run_paused")
+    __slots__ = ("seq", "run_id", "time", "run_started", "trial_proposed", "trial_started", "trial_finished", "new_best", "run_finished", "run_paused", "config_adjusted", "mechanism")
     class RunStarted(_message.Message):
         __slots__ = ("resumed", "next_trial")
         RESUMED_FIELD_NUMBER: _ClassVar[int]
@@ -251,7 +307,7 @@ class RunEvent(_message.Message):
         attempt: int
         def __init__(self, trial: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
     class TrialFinished(_message.Message):
-        __slots__ = ("trial", "status", "val_bpb", "memory_gb", "metrics_json", "job_status", "exception", "seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd")
+        __slots__ = ("trial", "status", "val_bpb", "memory_gb", "metrics_json", "job_status", "exception", "seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
         STATUS_FIELD_NUMBER: _ClassVar[int]
         VAL_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +322,8 @@ class RunEvent(_message.Message):
         ENDED_AT_FIELD_NUMBER: _ClassVar[int]
         LLM_TOKENS_FIELD_NUMBER: _ClassVar[int]
         LLM_COST_USD_FIELD_NUMBER: _ClassVar[int]
+        MECHANISMS_JSON_FIELD_NUMBER: _ClassVar[int]
+        PROPOSAL_SOURCE_FIELD_NUMBER: _ClassVar[int]
         trial: int
         status: TrialStatus
         val_bpb: float
@@ -280,7 +338,51 @@ class RunEvent(_message.Message):
         ended_at: _timestamp_pb2.Timestamp
         llm_tokens: int
         llm_cost_usd: float
-        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gb: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ...) -> None: ...
+        mechanisms_json: str
+        proposal_source: str
+        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gb: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ...) -> None: ...
+    class ConfigAdjusted(_message.Message):
+        __slots__ = ("trial", "controller", "applied", "freeze", "unfreeze", "frozen", "strategy", "guidance", "restart_from_trial", "rejected", "error")
+        TRIAL_FIELD_NUMBER: _ClassVar[int]
+        CONTROLLER_FIELD_NUMBER: _ClassVar[int]
+        APPLIED_FIELD_NUMBER: _ClassVar[int]
+        FREEZE_FIELD_NUMBER: _ClassVar[int]
+        UNFREEZE_FIELD_NUMBER: _ClassVar[int]
+        FROZEN_FIELD_NUMBER: _ClassVar[int]
+        STRATEGY_FIELD_NUMBER: _ClassVar[int]
+        GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+        RESTART_FROM_TRIAL_FIELD_NUMBER: _ClassVar[int]
+        REJECTED_FIELD_NUMBER: _ClassVar[int]
+        ERROR_FIELD_NUMBER: _ClassVar[int]
+        trial: int
+        controller: str
+        applied: bool
+        freeze: _containers.RepeatedScalarFieldContainer[str]
+        unfreeze: _containers.RepeatedScalarFieldContainer[str]
+        frozen: _containers.RepeatedScalarFieldContainer[str]
+        strategy: str
+        guidance: str
+        restart_from_trial: int
+        rejected: _containers.RepeatedScalarFieldContainer[str]
+        error: str
+        def __init__(self, trial: _Optional[int] = ..., controller: _Optional[str] = ..., applied: _Optional[bool] = ..., freeze: _Optional[_Iterable[str]] = ..., unfreeze: _Optional[_Iterable[str]] = ..., frozen: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., guidance: _Optional[str] = ..., restart_from_trial: _Optional[int] = ..., rejected: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
+    class Mechanism(_message.Message):
+        __slots__ = ("mechanism", "action", "trial", "origin", "field", "detail", "traceback")
+        MECHANISM_FIELD_NUMBER: _ClassVar[int]
+        ACTION_FIELD_NUMBER: _ClassVar[int]
+        TRIAL_FIELD_NUMBER: _ClassVar[int]
+        ORIGIN_FIELD_NUMBER: _ClassVar[int]
+        FIELD_FIELD_NUMBER: _ClassVar[int]
+        DETAIL_FIELD_NUMBER: _ClassVar[int]
+        TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+        mechanism: str
+        action: str
+        trial: int
+        origin: str
+        field: str
+        detail: str
+        traceback: str
+        def __init__(self, mechanism: _Optional[str] = ..., action: _Optional[str] = ..., trial: _Optional[int] = ..., origin: _Optional[str] = ..., field: _Optional[str] = ..., detail: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
     class NewBest(_message.Message):
         __slots__ = ("trial", "val_bpb", "previous_val_bpb")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
@@ -320,6 +422,8 @@ class RunEvent(_message.Message):
     NEW_BEST_FIELD_NUMBER: _ClassVar[int]
     RUN_FINISHED_FIELD_NUMBER: _ClassVar[int]
     RUN_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_ADJUSTED_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
     seq: int
     run_id: str
     time: _timestamp_pb2.Timestamp
@@ -330,7 +434,9 @@ class RunEvent(_message.Message):
     new_best: RunEvent.NewBest
     run_finished: RunEvent.RunFinished
     run_paused: RunEvent.RunPaused
-    def __init__(self, seq: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., trial_proposed: _Optional[_Union[RunEvent.TrialProposed, _Mapping]] = ..., trial_started: _Optional[_Union[RunEvent.TrialStarted, _Mapping]] = ..., trial_finished: _Optional[_Union[RunEvent.TrialFinished, _Mapping]] = ..., new_best: _Optional[_Union[RunEvent.NewBest, _Mapping]] = ..., run_finished: _Optional[_Union[RunEvent.RunFinished, _Mapping]] = ..., run_paused: _Optional[_Union[RunEvent.RunPaused, _Mapping]] = ...) -> None: ...
+    config_adjusted: RunEvent.ConfigAdjusted
+    mechanism: RunEvent.Mechanism
+    def __init__(self, seq: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., trial_proposed: _Optional[_Union[RunEvent.TrialProposed, _Mapping]] = ..., trial_started: _Optional[_Union[RunEvent.TrialStarted, _Mapping]] = ..., trial_finished: _Optional[_Union[RunEvent.TrialFinished, _Mapping]] = ..., new_best: _Optional[_Union[RunEvent.NewBest, _Mapping]] = ..., run_finished: _Optional[_Union[RunEvent.RunFinished, _Mapping]] = ..., run_paused: _Optional[_Union[RunEvent.RunPaused, _Mapping]] = ..., config_adjusted: _Optional[_Union[RunEvent.ConfigAdjusted, _Mapping]] = ..., mechanism: _Optional[_Union[RunEvent.Mechanism, _Mapping]] = ...) -> None: ...
 
 class GetArtifactRequest(_message.Message):
     __slots__ = ("run_id", "name")

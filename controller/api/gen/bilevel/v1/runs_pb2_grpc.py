@@ -116,6 +116,8 @@ class RunServiceServicer:
         """Names: "best/train.py", "results.tsv", "trials/<n>/train.py", "trials/<n>/diff",
         "trials/<n>/log".
         "trials/<n>/llm.json" (every prompt and answer behind trial n's proposal).
+        "mechanisms.md" (each mechanism's calls, effects, gates and status),
+        "mechanisms/<name>.py" (a mechanism's source, to promote into another run).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,230 @@
+"""Level 2 inside real runs on the surrogate task: mechanisms run in sandboxes, their
+hook calls are stored with the trials, bad ones are stopped at the right gate or
+disabled at runtime while the run goes on, and hurting or idle ones are reverted."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply, Script
+from controller.llm.settings import LLMAccess
+from controller.research import mechanism_report
+from controller.research.loop import InnerLoop, StopSignal
+from controller.research.outer import attach_outer_levels
+from controller.research.proposer import RandomPerturbation
+from controller.research.proposers import build_run_provider
+from controller.research.settings import Budgets, OuterSettings, RunSettings
+from controller.research.tasks.surrogate import SurrogateTask
+from controller.sandbox.executor import SandboxExecutor
+from controller.store.artifacts import ArtifactStore
+from controller.store.mechanisms import DISABLED, GATE_REJECTED, KEPT, REVERTED
+from controller.store.records import EventKind, RunState
+from controller.store.runs import RunStore
+from tests.test_loop_harness import TEST_KEY, llm_settings
+
+pytestmark = pytest.mark.docker
+
+
+def surrogate_loop(tmp_path: Path, executor: SandboxExecutor, settings: RunSettings,
+                   access: LLMAccess | None = None) -> tuple[InnerLoop, RunStore]:
+    settings.validate()
+    store = RunStore(tmp_path / "db.sqlite3")
+    store.create_run("run-l2", settings.to_dict())
+    stop = StopSignal()
+    loop = InnerLoop("run-l2", settings, SurrogateTask(executor),
+                     RandomPerturbation(settings.search.seed, settings.proposer), store,
+                     ArtifactStore(tmp_path / "runs"), stop)
+    attach_outer_levels(loop, executor, lambda: build_run_provider(
+        "run-l2", settings, store, access or LLMAccess(allow_any_base_url=True), stop.event))
+    return loop, store
+
+
+def test_library_mechanisms_change_proposals_and_idle_ones_are_reverted(
+        tmp_path: Path, executor: SandboxExecutor) -> None:
+    settings = RunSettings(budgets=Budgets(max_trials=16), outer=OuterSettings(
+        levels=("1", "2"), mechanism_source="library", l2_every=4))
+    loop, store = surrogate_loop(tmp_path, executor, settings)
+    loop.run()
+    run = store.get_run("run-l2")
+    assert run.state is RunState.SUCCEEDED and run.trials_done == 17
+    rows = {r.name: r for r in store.mechanisms("run-l2")}
+    assert list(rows) == ["tabu", "crash_memory", "step_bandit", "latin_hypercube"]
+    calls = store.mechanism_records("run-l2")
+    effects = Counter((c.mechanism, c.effect) for c in calls)
+    assert effects[("step_bandit", "suggested")] > 0
+    trials = store.trials("run-l2")
+    used = [t for t in trials if t.description.endswith("[suggested by step_bandit]")]
+    assert used, "a suggestion took the place of a proposal"
+    # Every trial after the first activation carries its hook records.
+    assert {c.trial for c in calls} >= set(range(5, 17))
+    for row in rows.values():
+        if row.status == REVERTED:
+            assert row.reason.startswith(("not injected", "hurt")), row
+            assert row.score["window"] and row.ended_at is not None
+        if row.status == KEPT:
+            assert row.score["effective"] > 0
+    # Random proposals never came near a tried config, nor repeated a crash: the tabu
+    # list and the crash memory ran on every trial and never acted.
+    for name in ("tabu", "crash_memory"):
+        assert rows[name].status == REVERTED
+        assert rows[name].reason.startswith("not injected"), rows[name].reason
+    report = mechanism_report.render(store, "run-l2")
+    assert "| crash_memory | library |" in report and "| NO |" in report
+    kinds = Counter(e.payload["action"] for e in store.events_after("run-l2", 0)
+                    if e.kind is EventKind.MECHANISM)
+    assert kinds["activated"] == 4 and kinds["reverted"] >= 1
+
+
+def _mechanism(body: str) -> str:
+    return textwrap.dedent(body)
+
+
+RAISES = _mechanism('''
+    from mechanisms import sdk
+
+    class Raiser:
+        def filter(self, proposal, state):
+            return sdk.accept()
+
+        def observe(self, trial, state):
+            if state["trial_index"] >= 8:
+                raise RuntimeError("raiser exploded on purpose")
+''')
+HANGS = _mechanism('''
+    class Hanger:
+        def filter(self, proposal, state):
+            while state["trial_index"] >= 8:
+                pass
+            return {"action": "accept"}
+''')
+HOGS = _mechanism('''
+    class Hog:
+        def filter(self, proposal, state):
+            hoard = []
+            while state["trial_index"] >= 8:
+                hoard.append(bytearray(16 << 20))
+            return {"action": "accept"}
+''')
+GOOD = _mechanism('''
+    from mechanisms import sdk
+
+    class LowerLr:
+        def filter(self, proposal, state):
+            changes = dict(proposal["changes"])
+            if changes.get("MATRIX_LR") == 0.03:
+                return sdk.accept()
+            changes["MATRIX_LR"] = 0.03
+            return sdk.replace(sdk.proposal(changes, "MATRIX_LR pinned to 0.03"), "pin lr")
+''')
+HURTS = _mechanism('''
+    from mechanisms import sdk
+
+    class Giant:
+        def filter(self, proposal, state):
+            giant = {"DEPTH": 16, "ASPECT_RATIO": 128}
+            if proposal["changes"] == giant:
+                return sdk.accept()
+            return sdk.replace(sdk.proposal(giant, "as big as it gets"), "bigger is better")
+''')
+
+
+def network(port: int) -> str:
+    return _mechanism(f'''
+        import socket
+
+        class Caller:
+            def filter(self, proposal, state):
+                socket.create_connection(("172.17.0.1", {port}), timeout=1).close()
+                return {{"action": "accept"}}
+    ''')
+
+
+FILES = _mechanism('''
+    class Reader:
+        def context(self, state):
+            return open("/etc/passwd").read()[:50]
+''')
+
+
+def designer(codes: list[tuple[str, str, str]]) -> tuple[
+        list[RecordedRequest], object]:
+    """A responder for the four Level-2 steps; round n answers with codes[n]."""
+    explores: list[RecordedRequest] = []
+    state = {"round": -1}
+
+    def answer(request: RecordedRequest) -> Script:
+        last = request.messages[-1]["content"]
+        if "Step 1: explore" in last:
+            state["round"] += 1
+            explores.append(request)
+            return Reply("1. an idea\n2. another\n3. a third")
+        name, field, code = codes[state["round"]]
+        if "Step 2: critique" in last:
+            return Reply(f"the first is best\nSELECTED: 1\nFIELD: {field}")
+        if "Step 3: specification" in last:
+            return Reply(json.dumps({"name": name, "field": field, "hooks": ["filter"],
+                                     "description": f"test mechanism {name}"}))
+        return Reply(f"```python\n{code}```")
+
+    return explores, answer
+
+
+def test_bad_mechanisms_are_stopped_or_disabled_and_the_run_goes_on(
+        tmp_path: Path, executor: SandboxExecutor, listener: tuple[int, list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
+    port, accepted = listener
+    codes = [("not_python", "typos", "class Broken(:\n    pass\n"),
+             ("caller", "networking", network(port)),
+             ("reader", "file systems", FILES),
+             ("raiser", "software faults", RAISES),
+             ("hanger", "halting problems", HANGS),
+             ("hog", "memory management", HOGS),
+             ("lower_lr", "optimisation", GOOD),
+             ("giant", "scaling laws", HURTS)]
+    explores, responder = designer(codes)
+    with FakeLLMServer(responder=responder) as server:  # type: ignore[arg-type]
+        settings = RunSettings(
+            budgets=Budgets(max_trials=26), llm=llm_settings(server.anthropic_url),
+            outer=OuterSettings(levels=("1", "2"), mechanism_source="llm", l2_every=2,
+                                code_retries=0, max_l2_rounds=len(codes)))
+        loop, store = surrogate_loop(tmp_path, executor, settings)
+        loop.run()
+    run = store.get_run("run-l2")
+    assert run.state is RunState.SUCCEEDED and run.trials_done == 27, run.stop_reason
+    rows = {r.name: r for r in store.mechanisms("run-l2")}
+    assert list(rows) == [c[0] for c in codes]
+    for name in ("not_python", "caller", "reader"):
+        assert rows[name].status == GATE_REJECTED
+        assert [g["gate"] for g in rows[name].gates] == ["static"], rows[name].gates
+    assert "not valid Python" in rows["not_python"].reason
+    assert "'socket' is not allowed" in rows["caller"].reason
+    assert "'open' is not allowed" in rows["reader"].reason
+    assert accepted == []
+    for name, reason in (("raiser", "raised"), ("hanger", "timeout"), ("hog", "oom")):
+        row = rows[name]
+        assert row.status == DISABLED, row
+        assert [g["gate"] for g in row.gates] == ["static", "contract", "activation"]
+        assert row.failure is not None and row.failure["reason"] == reason, row.failure
+    assert "RuntimeError: raiser exploded on purpose" in rows["raiser"].traceback
+    # The next round's explore prompt shows the failure and its traceback.
+    later = explores[codes.index(codes[4])].messages[-1]["content"]
+    assert "raiser exploded on purpose" in later and "Traceback" in later
+    # No field is named by default; the field the LLM stated is recorded.
+    assert "Fields you might draw from" not in explores[0].messages[-1]["content"]
+    assert rows["lower_lr"].field == "optimisation"
+    assert [s["step"] for s in rows["lower_lr"].steps] == ["explore", "critique", "spec",
+                                                            "code"]
+    # The good one changed proposals in the run; the hurting one was reverted.
+    good = [c for c in store.mechanism_records("run-l2") if c.mechanism == "lower_lr"]
+    assert any(c.effect == "replaced" for c in good)
+    replaced = [t for t in store.trials("run-l2") if "MATRIX_LR pinned" in t.description]
+    assert replaced and all(t.changes.get("MATRIX_LR") == 0.03 for t in replaced)
+    giant = rows["giant"]
+    assert giant.status == REVERTED and giant.reason.startswith("hurt"), giant
+    assert giant.score["after"] < giant.score["before"]
