@@ -3,52 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 
-import grpc
 from rich.console import Console
 from rich.table import Table
 
-from controller.api.client import add_client_arguments, connect
-from controller.api.errors import describe
+from controller.api.client import Client
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
-from controller.commands.serve import add_controller_arguments, server_config
-from controller.config import ConfigError
+from controller.commands.client_command import add_connection_arguments, run_client_command
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser("runs", help="list runs, newest first")
     cmd.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
-    add_client_arguments(cmd)
-    add_controller_arguments(cmd)
+    add_connection_arguments(cmd)
     cmd.set_defaults(func=cmd_runs)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_list(args))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_client_command(args, lambda client: _list(client, args))
 
 
-async def _list(args: argparse.Namespace) -> int:
+async def _list(client: Client, args: argparse.Namespace) -> int:
     runs: list[rpb.Run] = []
-    async with connect(args, lambda: server_config(args)) as client:
-        token = ""
-        try:
-            while True:
-                page = await client.runs.ListRuns(
-                    rpb.ListRunsRequest(page_size=100, page_token=token),
-                    metadata=client.metadata)
-                runs.extend(page.runs)
-                token = page.next_page_token
-                if not token or (args.limit and len(runs) >= args.limit):
-                    break
-        except grpc.aio.AioRpcError as exc:
-            print(f"error: {describe(exc)}", file=sys.stderr)
-            return 2
+    token = ""
+    while True:
+        page = await client.runs.ListRuns(
+            rpb.ListRunsRequest(page_size=100, page_token=token), metadata=client.metadata)
+        runs.extend(page.runs)
+        token = page.next_page_token
+        if not token or (args.limit and len(runs) >= args.limit):
+            break
     table = Table("run", "state", "preset", "trials", "baseline", "best", "created")
     for run in runs[:args.limit or None]:
         table.add_row(

@@ -1,0 +1,45 @@
+"""What every client subcommand shares: its connection flags, a client for `--server`
+(or an in-process controller), and one way to report a bad configuration or a failed
+RPC — `error: ...` on stderr and exit status 2 — so each command keeps only its own
+request and output."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from controller.api.client import Client, add_client_arguments, connect
+from controller.api.errors import describe
+from controller.commands.serve import add_controller_arguments, server_config
+from controller.config import ConfigError, ServerConfig
+
+Body = Callable[[Client], Awaitable[int]]
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    add_client_arguments(parser)
+    add_controller_arguments(parser)
+
+
+def run_client_command(args: argparse.Namespace, body: Body,
+                       embedded: Callable[[], ServerConfig] | None = None) -> int:
+    """Run `body` with a connected client; its return value is the exit status."""
+    make_config = embedded or (lambda: server_config(args))
+
+    async def main() -> int:
+        async with connect(args, make_config) as client:
+            try:
+                return await body(client)
+            except grpc.aio.AioRpcError as exc:
+                print(f"error: {describe(exc)}", file=sys.stderr)
+                return 2
+
+    try:
+        return asyncio.run(main())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
