@@ -95,7 +95,8 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
     defaults, llm_defaults = ProposerSettings(), LLMSettings()
     return RunSettings(
         task=TaskSettings(preset=request.task.preset, train_py=train_py,
-                          data_ref=request.task.data_ref),
+                          data_ref=request.task.data_ref,
+                          runtime=request.task.runtime or "runc"),
         search=SearchSettings(seed=search.seed, frozen_knobs=tuple(search.frozen_knobs),
                               min_improvement=search.min_improvement,
                               keep_rule=search.keep_rule or "greedy",
@@ -149,7 +150,7 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
                        settings.llm)
     return rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset=t.preset, train_py=(t.train_py or "").encode(),
-                          data_ref=t.data_ref),
+                          data_ref=t.data_ref, runtime=t.runtime),
         search=rpb.SearchSettings(seed=s.seed, frozen_knobs=s.frozen_knobs,
                                   min_improvement=s.min_improvement, keep_rule=s.keep_rule,
                                   noise_seeds=s.noise_seeds, noise_margin=s.noise_margin,

@@ -109,7 +109,8 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
     kind = args.proposer or ("llm" if provider else "random")
     return rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset=args.preset, data_ref=args.data_ref,
-                          train_py=args.train_py.read_bytes() if args.train_py else b""),
+                          train_py=args.train_py.read_bytes() if args.train_py else b"",
+                          runtime=args.runtime or "runc"),
         search=rpb.SearchSettings(seed=args.seed, frozen_knobs=args.freeze,
                                   min_improvement=args.min_improvement,
                                   keep_rule=args.keep_rule, noise_seeds=args.noise_seeds,

@@ -8,6 +8,7 @@ from typing import Any
 
 from controller.llm.settings import LLMSettings
 from controller.research.errors import FieldError
+from controller.sandbox.spec import RUNTIMES
 
 PROPOSERS = ("random", "llm")
 MODES = ("params", "code")
@@ -21,6 +22,7 @@ class TaskSettings:
     preset: str = "surrogate"
     train_py: str | None = None  # a baseline to start from instead of the preset's
     data_ref: str = ""
+    runtime: str = "runc"  # sandbox runtime of the run's jobs: "runc" or "runsc" (gVisor)
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,9 @@ class RunSettings:
         if t.data_ref and not t.data_ref.replace("-", "").replace("_", "").replace(
                 ".", "").isalnum():
             raise FieldError("task.data_ref", f"must be a Docker volume name, got {t.data_ref!r}")
+        if t.runtime not in RUNTIMES:
+            raise FieldError("task.runtime", f"must be one of {', '.join(RUNTIMES)}, got "
+                                             f"{t.runtime!r}")
         if not 0 <= s.seed < 2**63:
             raise FieldError("search.seed", "must be in [0, 2^63)")
         if not (math.isfinite(s.min_improvement) and 0 <= s.min_improvement < 1):

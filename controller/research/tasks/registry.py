@@ -20,7 +20,7 @@ def make_task(settings: TaskSettings, executor: SandboxExecutor) -> Task:
     if settings.preset == "surrogate":
         if settings.data_ref:
             raise FieldError("task.data_ref", "the surrogate task reads no data")
-        return SurrogateTask(executor, baseline=settings.train_py)
+        return SurrogateTask(executor, baseline=settings.train_py, runtime=settings.runtime)
     if settings.preset in trainer.preset_names():
         return trainer.TrainerTask(settings, executor)
     raise FieldError("task.preset", f"unknown preset {settings.preset!r}; "

@@ -44,8 +44,9 @@ class SurrogateTask:
     protected: Protected = SURROGATE
 
     def __init__(self, executor: SandboxExecutor, baseline: str | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, runtime: str = "runc") -> None:
         self.executor = executor
+        self.runtime = runtime
         self._baseline = baseline if baseline is not None else SOURCE.read_text()
         self.limits = limits or Limits(wall_seconds=60, memory_bytes=256 << 20, cpus=1.0)
 
@@ -63,5 +64,6 @@ class SurrogateTask:
 
     def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
         spec = JobSpec(files={"train.py": source.encode()}, command=("python3", "train.py"),
-                       limits=self.limits, env={"TRIAL_SEED": str(seed)})
+                       limits=self.limits, env={"TRIAL_SEED": str(seed)},
+                       runtime=self.runtime)
         return outcome_from_job(self.executor.run(spec, cancel=cancel))

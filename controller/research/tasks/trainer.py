@@ -47,6 +47,7 @@ class TrainerTask:
             "optimizer (Muon + AdamW) and loop follow. val_bpb is computed afterwards by a "
             "trusted evaluator that train.py cannot see or change.")
         self.executor = executor
+        self.runtime = settings.runtime
         self._baseline = settings.train_py or self.preset.train_source()
         try:
             ranges = trainer_knobs.search_space(self._baseline)
@@ -82,7 +83,7 @@ class TrainerTask:
         if SEED_KNOB in trainer_knobs.read_knobs(source):
             source = trainer_knobs.write_knobs(source, {SEED_KNOB: seed})
         outcome = run_in_sandbox(self.executor, source, self.preset, data=self._prepared(),
-                                 cancel=cancel)
+                                 runtime=self.runtime, cancel=cancel)
         metrics = dict(outcome.metrics)
         peak_mb = metrics.get("peak_vram_mb") or metrics.get("peak_rss_mb") or 0.0
         metrics["memory_gb"] = float(peak_mb) / 1024

@@ -40,14 +40,16 @@ TRIAL_STATUS_DISCARD: TrialStatus
 TRIAL_STATUS_CRASH: TrialStatus
 
 class TaskSpec(_message.Message):
-    __slots__ = ("preset", "train_py", "data_ref")
+    __slots__ = ("preset", "train_py", "data_ref", "runtime")
     PRESET_FIELD_NUMBER: _ClassVar[int]
     TRAIN_PY_FIELD_NUMBER: _ClassVar[int]
     DATA_REF_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     preset: str
     train_py: bytes
     data_ref: str
-    def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ...) -> None: ...
+    runtime: str
+    def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class SearchSettings(_message.Message):
     __slots__ = ("seed", "frozen_knobs", "min_improvement", "keep_rule", "noise_seeds", "noise_margin", "batch_size", "pipeline")
