@@ -25,7 +25,7 @@ import structlog
 from controller.sandbox import archive
 from controller.sandbox.gpus import GpuSlots
 from controller.sandbox.hardening import container_kwargs, in_sandbox_nproc
-from controller.sandbox.image import ImageRecipe, image_tag
+from controller.sandbox.image import ImageBuildError, ImageRecipe, image_tag
 from controller.sandbox.output import OutputCapture
 from controller.sandbox.reaper import ownership_labels, reap
 from controller.sandbox.spec import (
@@ -113,13 +113,14 @@ class SandboxExecutor:
         self._reaper.start()
 
     def _default_image(self) -> str:
-        tag, _ = image_tag(self.client, ImageRecipe())
+        # Only look: starting a controller must never run debootstrap or a build.
         try:
+            tag, _ = image_tag(self.client, ImageRecipe(), build_base=False)
             self.client.images.get(tag)
-        except docker.errors.ImageNotFound as exc:
+        except (ImageBuildError, docker.errors.ImageNotFound) as exc:
             raise SandboxUnavailable(
-                f"sandbox image {tag} is not built for this checkout: run `bilevel image build`"
-            ) from exc
+                f"the sandbox image for this checkout is not built ({exc}): run "
+                "`bilevel image build`") from exc
         return tag
 
     def _require_runsc(self) -> None:
@@ -163,7 +164,7 @@ class SandboxExecutor:
         if self.config.runtime == "runsc" and spec.runtime != "runsc":
             spec = replace(spec, runtime="runsc")
         if not slot_held and not self._slots.acquire(timeout=slot_timeout):
-            raise SandboxBusy(f"all {self.config.slots} sandbox slots are busy")
+            raise SandboxBusy("all sandbox slots are busy")
         gpus: tuple[str, ...] = ()
         try:
             gpus = self._gpus.take()

@@ -34,6 +34,7 @@ LOCAL_BASE_REPO = "bilevel-base"
 LOCAL_BASE_SUITE = "bookworm"
 LOCAL_BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
 DEFAULT_REQUIREMENTS = ("torch==2.13.0", "numpy==2.4.6")
+DEFAULT_BASE = "python:3.11-slim-bookworm"
 CACHE_DIR = Path(os.environ.get("BILEVEL_CACHE", Path.home() / ".cache" / "bilevel"))
 
 
@@ -119,17 +120,24 @@ def build_local_base(client: docker.DockerClient) -> str:
     return tag
 
 
-def resolve_base(client: docker.DockerClient, base: str) -> str:
-    """Turn "auto"/"local"/an image reference into an image present on the engine."""
-    if base == "local":
-        return build_local_base(client)
+def resolve_base(client: docker.DockerClient, base: str, *, build: bool = True) -> str:
+    """Turn "auto"/"local"/an image reference into an image present on the engine.
+    With build=False a missing local base raises instead of running debootstrap."""
     if base == "auto":
-        default = "python:3.11-slim-bookworm"
         try:
-            client.images.get(default)
-            return default
+            client.images.get(DEFAULT_BASE)
+            return DEFAULT_BASE
         except docker.errors.ImageNotFound:
+            base = "local"
+    if base == "local":
+        if build:
             return build_local_base(client)
+        tag = _local_base_tag()
+        try:
+            client.images.get(tag)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageBuildError(f"base image {tag} is not built") from exc
+        return tag
     return base  # docker build pulls it if the engine can reach a registry
 
 
@@ -170,9 +178,11 @@ def build_context(recipe: ImageRecipe, wheelhouse: Path) -> io.BytesIO:
     return buffer
 
 
-def image_tag(client: docker.DockerClient, recipe: ImageRecipe) -> tuple[str, str]:
-    """(tag the recipe builds to, resolved base). Builds the local base if needed."""
-    base = resolve_base(client, recipe.base)
+def image_tag(client: docker.DockerClient, recipe: ImageRecipe, *,
+              build_base: bool = True) -> tuple[str, str]:
+    """(tag the recipe builds to, resolved base). Builds the local base if needed, unless
+    `build_base` is False (then a missing local base raises ImageBuildError)."""
+    base = resolve_base(client, recipe.base, build=build_base)
     try:
         base_id = client.images.get(base).id
     except docker.errors.ImageNotFound:
