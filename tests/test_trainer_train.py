@@ -37,7 +37,10 @@ def test_same_seed_gives_the_same_val_bpb_on_cpu(tiny_data: PreparedData,  # noq
     second = run_direct(source, PRESET, tiny_data, tmp_path / "b")
     assert first.ok and second.ok, (first.error, second.error)
     assert first.metrics["num_steps"] == second.metrics["num_steps"] == 3
-    assert first.metrics["val_bpb"] == second.metrics["val_bpb"]
+    # CPU kernels may pick other SIMD paths for differently aligned buffers, which moves
+    # the last float digits (seen once: 4.9328803594 vs 4.9328804749); 1e-6 is still
+    # 300x below val_bpb's noise floor of ~3e-4.
+    assert first.metrics["val_bpb"] == pytest.approx(second.metrics["val_bpb"], abs=1e-6)
 
 
 def test_diverging_loss_fails_fast_with_a_clear_message(tiny_data: PreparedData,  # noqa: F811
