@@ -8,11 +8,12 @@ class LLMError(RuntimeError):
     """One failed call. `status` is the HTTP status when there was one."""
 
     def __init__(self, message: str, *, retryable: bool, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, timed_out: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        self.timed_out = timed_out  # the server sent nothing for the whole timeout
 
 
 class LLMUnavailable(RuntimeError):

@@ -30,4 +30,5 @@ def build_provider(settings: LLMSettings, access: LLMAccess, *,
         raw = (AnthropicProvider(settings, key) if settings.provider == "anthropic"
                else OpenAIProvider(settings, key))
     metered = MeteredProvider(raw, Pricing.for_settings(settings), record, budget_spent)
-    return RetryingProvider(metered, settings.max_attempts, settings.backoff_seconds, stop)
+    return RetryingProvider(metered, settings.max_attempts, settings.backoff_seconds, stop,
+                            timeout_seconds=settings.timeout_seconds)

@@ -29,6 +29,9 @@ class Reply:
     input_tokens: int = 120
     output_tokens: int = 40
     delay: float = 0.0  # seconds before answering (a slow response)
+    # When the client streams: seconds between chunks of about four characters each, so a
+    # slow model (a small one under llama.cpp on a CPU) can be played back at its pace.
+    chunk_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,15 @@ _ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error",
 
 
 class FakeLLMServer:
-    def __init__(self, responder: Responder | None = None, latency: float = 0.0) -> None:
+    """`reject_response_format` plays a server without structured output: a request that
+    carries `response_format` gets HTTP 400 naming it, as older OpenAI-compatible servers
+    answer."""
+
+    def __init__(self, responder: Responder | None = None, latency: float = 0.0,
+                 reject_response_format: bool = False) -> None:
         self.responder = responder
         self.latency = latency  # added to every answer
+        self.reject_response_format = reject_response_format
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Script] = deque()
         self._lock = threading.Lock()
@@ -162,14 +171,42 @@ def _handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 return
             request = RecordedRequest(api, self.path, {k.lower(): v for k, v in
                                                        self.headers.items()}, body, time.time())
+            if server.reject_response_format and "response_format" in body:
+                with server._lock:
+                    server.requests.append(request)
+                self._send(400, _error(api, Fail(400, "Unrecognized request argument "
+                                                 "supplied: response_format")))
+                return
             item = server._next(request)
             time.sleep(server.latency + item.delay)
+            model = str(body.get("model", "fake-model"))
             if isinstance(item, Malformed):
                 self._send_raw(200, item.body)
             elif isinstance(item, Fail):
                 self._send(item.status, _error(api, item), item.retry_after)
+            elif body.get("stream"):
+                self._stream(_events(api, item, model), item.chunk_delay)
             else:
-                self._send(200, _reply(api, item, str(body.get("model", "fake-model"))))
+                self._send(200, _reply(api, item, model))
+
+        def _stream(self, events: list[dict[str, Any]], chunk_delay: float) -> None:
+            """Server-sent events, one write per event, then the connection closes."""
+            self.close_connection = True
+            try:
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("connection", "close")
+                self.end_headers()
+                for i, event in enumerate(events):
+                    if i and chunk_delay:
+                        time.sleep(chunk_delay)
+                    name = event.pop("__event__", None)
+                    head = f"event: {name}\n" if name else ""
+                    data = "[DONE]" if event.get("__done__") else json.dumps(event)
+                    self.wfile.write(f"{head}data: {data}\n\n".encode())
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up
 
         def _send(self, status: int, payload: dict[str, Any],
                   retry_after: float | None = None) -> None:
@@ -204,6 +241,43 @@ def _reply(api: str, item: Reply, model: str) -> dict[str, Any]:
             "usage": {"prompt_tokens": item.input_tokens,
                       "completion_tokens": item.output_tokens,
                       "total_tokens": item.input_tokens + item.output_tokens}}
+
+
+def _pieces(text: str, size: int = 4) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _events(api: str, item: Reply, model: str) -> list[dict[str, Any]]:
+    """The streamed form of `_reply`, as each API's SDK expects it."""
+    if api == "anthropic":
+        events: list[dict[str, Any]] = [
+            {"__event__": "message_start", "type": "message_start", "message": {
+                "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": item.input_tokens, "output_tokens": 1}}},
+            {"__event__": "content_block_start", "type": "content_block_start", "index": 0,
+             "content_block": {"type": "text", "text": ""}}]
+        events += [{"__event__": "content_block_delta", "type": "content_block_delta",
+                    "index": 0, "delta": {"type": "text_delta", "text": piece}}
+                   for piece in _pieces(item.text)]
+        events += [{"__event__": "content_block_stop", "type": "content_block_stop",
+                    "index": 0},
+                   {"__event__": "message_delta", "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": item.output_tokens}},
+                   {"__event__": "message_stop", "type": "message_stop"}]
+        return events
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": model}
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                          "content": piece},
+                                    "finish_reason": None}]} for piece in _pieces(item.text)]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    chunks.append({**base, "choices": [], "usage": {
+        "prompt_tokens": item.input_tokens, "completion_tokens": item.output_tokens,
+        "total_tokens": item.input_tokens + item.output_tokens}})
+    chunks.append({"__done__": True})
+    return chunks
 
 
 def _error(api: str, item: Fail) -> dict[str, Any]:

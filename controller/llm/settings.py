@@ -21,7 +21,7 @@ class LLMSettings:
     provider: str = "anthropic"
     model: str = ""  # "" -> the provider's default (anthropic: claude-sonnet-5-5)
     base_url: str = ""  # "" -> the SDK's default endpoint
-    max_tokens: int = 2048  # per response
+    max_tokens: int = 4096  # cap per response; each call kind asks for less (llm/limits.py)
     temperature: float = -1.0  # < 0: the provider's default
     timeout_seconds: float = 120.0  # per HTTP attempt
     max_attempts: int = 6  # per call, the first try included

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,18 @@ class CallTag:
 
 @dataclass(frozen=True)
 class LLMRequest:
+    """`max_tokens` is already bounded for the call's kind (controller/llm/limits.py).
+    `response_schema`, a JSON schema, asks servers that support structured output to
+    constrain the answer to it; the answer is validated on our side either way.
+    `timeout_seconds` overrides the provider's silence timeout for this attempt."""
+
     system: str
     messages: tuple[ChatMessage, ...]
-    max_tokens: int = 2048
+    max_tokens: int = 1024
     temperature: float | None = None
     tag: CallTag = field(default_factory=CallTag)
+    response_schema: dict[str, Any] | None = None
+    timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True)

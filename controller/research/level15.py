@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from controller.llm.errors import LLMBudgetSpent, LLMError, LLMUnavailable
+from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
 from controller.research.llm_proposer import FENCE
 from controller.research.proposer import ProposerContext
@@ -152,7 +153,7 @@ class LLMController:
     def __init__(self, provider: Provider, run_id: str, max_tokens: int) -> None:
         self.provider = provider
         self.run_id = run_id
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens_for("config", max_tokens)
         self.transcript: list[dict[str, Any]] = []
 
     def decide(self, trace: list[TrialRecord], state: ConfigState, knobs: Sequence[str],

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
 from controller.research.llm_proposer import FENCE
 from controller.research.settings import OuterSettings
@@ -111,7 +112,7 @@ class LLMDesigner:
         self.provider = provider
         self.run_id = run_id
         self.outer = outer
-        self.max_tokens = max(max_tokens, 4096)
+        self.max_tokens = max_tokens_for("mechanism", max_tokens)
 
     def _ask(self, design: Design, step: str, prompt: str, trial: int, round_: int,
              history: list[ChatMessage] | None = None) -> str:

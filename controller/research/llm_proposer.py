@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from controller.llm.accounting import Pricing
+from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
 from controller.research import prompt
 from controller.research.edits import apply_edits, parse_edits
@@ -78,10 +79,14 @@ class LLMProposer:
         messages = [ChatMessage("user", user)]
         transcript: list[dict[str, Any]] = []
         tokens, cost, reason = 0, 0.0, ""
+        schema = (prompt.params_schema(ctx.space, tuple(ctx.incumbent),
+                                       self.settings.max_changes)
+                  if self.settings.mode == "params" else None)
+        max_tokens = max_tokens_for(self.settings.mode, self.max_tokens)
         for call in range(1 + self.settings.max_invalid_retries):
-            request = LLMRequest(system, tuple(messages), self.max_tokens, self.temperature,
+            request = LLMRequest(system, tuple(messages), max_tokens, self.temperature,
                                  CallTag(self.run_id, ctx.trial_index, call, purpose,
-                                         proposal_id))
+                                         proposal_id), response_schema=schema)
             response = self.provider.complete(request)
             tokens += response.tokens
             cost += self.pricing.cost(response)

@@ -1,11 +1,14 @@
-"""The proposer's prompt: the task, the incumbent (knobs or code), the recent trials with
-their actual changes and outcomes, crash tracebacks, lessons of earlier runs, and the
-text search mechanisms add. One function per section, so a reader sees what the LLM saw."""
+"""The proposer's prompt: the task, the hardware, the incumbent (knobs or code), the
+recent trials with their actual changes, outcomes and training facts (steps, tokens,
+parameters, training seconds, peak memory — Karpathy's summary block), crash tracebacks,
+lessons of earlier runs, and the text search mechanisms add. One function per section,
+so a reader sees what the LLM saw."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from controller.research.proposer import ProposerContext
 from controller.research.space import SearchSpace
@@ -39,6 +42,7 @@ def build(ctx: ProposerContext, mode: str, task_description: str, protected: str
     """(system, user) prompts for one proposal."""
     sections = [
         "# Task\n" + task_description,
+        _hardware(ctx.history),
         _incumbent(ctx),
         _knobs(ctx.incumbent, ctx.space) if mode == "params" else _code(ctx),
         _history(ctx.history, history_trials),
@@ -58,6 +62,58 @@ def build(ctx: ProposerContext, mode: str, task_description: str, protected: str
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.6f}"
+
+
+def params_schema(space: SearchSpace, knobs: Sequence[str], max_changes: int) -> dict[str, Any]:
+    """The JSON schema of a params-mode answer, for servers with structured output: only
+    the knobs offered, each with its type and range. Validation on our side still
+    decides; this only keeps a constrained decoder from wandering."""
+    properties: dict[str, Any] = {}
+    for knob in space.knobs:
+        if knob.name not in knobs:
+            continue
+        if knob.kind == "choice":
+            properties[knob.name] = {"enum": list(knob.choices)}
+        else:
+            properties[knob.name] = {"type": "integer" if knob.kind == "int" else "number",
+                                     "minimum": knob.low, "maximum": knob.high}
+    return {"type": "object", "additionalProperties": False,
+            "required": ["changes", "hypothesis"],
+            "properties": {
+                "changes": {"type": "object", "properties": properties,
+                            "additionalProperties": False, "minProperties": 1,
+                            "maxProperties": max_changes},
+                "hypothesis": {"type": "string", "minLength": 1, "maxLength": 400}}}
+
+
+# Training facts from the trainer's summary, shown per trial (key, label, format).
+FACTS: tuple[tuple[str, str, str], ...] = (
+    ("num_steps", "steps", "{:d}"), ("total_tokens_M", "tokens", "{:.1f}M"),
+    ("num_params_M", "params", "{:.1f}M"), ("training_seconds", "train", "{:.0f}s"),
+    ("memory_gb", "peak mem", "{:.2f}GB"), ("mfu_percent", "MFU", "{:.1f}%"),
+)
+
+
+def _facts(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key, label, fmt in FACTS:
+        value = metrics.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        try:
+            parts.append(f"{label} {fmt.format(value)}")
+        except ValueError:  # an int format given a float
+            parts.append(f"{label} {value:g}")
+    return ", ".join(parts)
+
+
+def _hardware(history: Sequence[TrialRecord]) -> str:
+    """Where the trials run, as the trainer reported it (the device it trained on)."""
+    for t in reversed(history):
+        device = t.metrics.get("device") if t.metrics else None
+        if isinstance(device, str) and device:
+            return f"# Hardware\nTrials train on {device[:120]}, one trial at a time per slot."
+    return ""
 
 
 def _incumbent(ctx: ProposerContext) -> str:
@@ -108,6 +164,10 @@ def _history(history: Sequence[TrialRecord], limit: int) -> str:
     for t in finished[-limit:]:
         changes = json.dumps(t.changes, sort_keys=True)[:400] if t.changes else "{}"
         line = f"- trial {t.index}: {_outcome(t)}; changes {changes}"
+        facts = _facts({**t.metrics, "memory_gb": t.memory_gb} if t.memory_gb
+                       else dict(t.metrics))
+        if facts:
+            line += f"; {facts}"
         if t.hypothesis:
             line += f"; hypothesis: {t.hypothesis[:200]}"
         elif t.index == 0:
