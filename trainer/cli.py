@@ -52,14 +52,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         import docker
 
-        from controller.sandbox.executor import SandboxExecutor
+        from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
         from controller.sandbox.image import ensure_image
 
         ensure_image(docker.from_env())  # builds once per checkout; reused afterwards
-        executor = SandboxExecutor()
+        # --gpu makes one GPU slot of those ids: the executor hands GPUs out, jobs never
+        # name their own (issue 11, finding 11).
+        executor = SandboxExecutor(ExecutorConfig(gpu_slots=(tuple(args.gpu),))
+                                   if args.gpu else None)
         try:
-            outcome = run_in_sandbox(executor, source, preset, data, runtime=args.runtime,
-                                     gpu_ids=tuple(args.gpu))
+            outcome = run_in_sandbox(executor, source, preset, data, runtime=args.runtime)
         finally:
             executor.close()
     print(outcome.summary())

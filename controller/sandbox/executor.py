@@ -57,7 +57,8 @@ class ExecutorConfig:
     this checkout's sandbox_image/ (see `bilevel image build`). `runtime` is the
     deployment's floor: "runsc" runs every job under gVisor, whatever it asks for.
     With `gpu_slots`, there is one job slot per GPU slot and each job gets its slot's
-    GPUs; without, a job's own `gpu_ids` are used as given (single-tenant use)."""
+    GPUs; without, jobs get no GPU. A job never chooses its GPUs: `gpu_ids` in a spec
+    is refused (see GpuSlots.check_request)."""
 
     image: str | None = None
     slots: int = 2
@@ -107,7 +108,7 @@ class SandboxExecutor:
         self._gpus = GpuSlots(self.config.gpu_slots)
         self._slots = threading.BoundedSemaphore(len(self._gpus) or self.config.slots)
         self._stop = threading.Event()
-        reap(self.client, self.config.namespace)
+        self._reap_once()  # a failed start-up sweep must not stop the controller
         self._reaper = threading.Thread(target=self._reap_forever, name="sandbox-reaper",
                                         daemon=True)
         self._reaper.start()
@@ -133,10 +134,13 @@ class SandboxExecutor:
 
     def _reap_forever(self) -> None:
         while not self._stop.wait(self.config.reap_interval_seconds):
-            try:
-                reap(self.client, self.config.namespace)
-            except docker.errors.DockerException as exc:  # engine hiccup; try next tick
-                log.warning("reaper sweep failed", error=str(exc))
+            self._reap_once()
+
+    def _reap_once(self) -> None:
+        try:
+            reap(self.client, self.config.namespace)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.warning("reaper sweep failed; the next one retries", error=str(exc))
 
     def close(self) -> None:
         self._stop.set()
@@ -158,9 +162,7 @@ class SandboxExecutor:
         image = spec.image or self.image
         if image not in self._allowed:
             raise SpecError("image", f"{image!r} is not an allowed sandbox image")
-        if self._gpus.slots and spec.gpu_ids:
-            raise SpecError("gpu_ids", "GPUs are assigned by the controller, one slot per "
-                                       "job: leave gpu_ids empty")
+        self._gpus.check_request(spec.gpu_ids)
         if self.config.runtime == "runsc" and spec.runtime != "runsc":
             spec = replace(spec, runtime="runsc")
         if not slot_held and not self._slots.acquire(timeout=slot_timeout):

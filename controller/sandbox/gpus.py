@@ -22,6 +22,8 @@ import docker.errors
 import requests.exceptions
 from docker.types import DeviceRequest
 
+from controller.sandbox.spec import SpecError
+
 GpuSlot = tuple[str, ...]
 
 # `nvidia-smi -L` lines: "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-5d5b...)" and, under a
@@ -141,6 +143,19 @@ class GpuSlots:
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    def check_request(self, gpu_ids: Sequence[str]) -> None:
+        """Refuse GPUs a job names itself: the controller hands out its slots, and with
+        none configured there are no GPUs to give (a client must never pick one of the
+        host's GPUs). Raises SpecError naming `gpu_ids`."""
+        if not gpu_ids:
+            return
+        if self.slots:
+            raise SpecError("gpu_ids", "GPUs are assigned by the controller, one slot per "
+                                       "job: leave gpu_ids empty")
+        raise SpecError("gpu_ids", f"this controller has no GPU slots, so no job may use "
+                                   f"a GPU (got {list(gpu_ids)!r}); configure sandbox.gpus "
+                                   "(\"auto\" or a list of ids) on the controller")
 
     def take(self) -> GpuSlot:
         """A free slot, or () when this executor has no GPU slots."""
