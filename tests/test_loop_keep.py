@@ -87,14 +87,18 @@ def test_a_seed_only_change_is_never_run_or_kept(tmp_path: Path) -> None:
 
 
 def test_judgements_in_units_of_the_noise_of_the_difference() -> None:
+    """Thresholds are t quantiles (df = seeds - 1) of the tails of z > 1 and z > 2:
+    1.32 and 4.53 with 3 baseline seeds."""
     incumbent = Incumbent(1.0, sigma=0.001, evaluations=3)
     rule = NoiseAwareRule(seeds=3, margin=2.0)
-    one_run = 0.001 * math.sqrt(1 + 1 / 3)
+    assert rule.confirm_threshold == pytest.approx(1.3213, abs=1e-4)
+    assert rule.keep_threshold == pytest.approx(4.5265, abs=1e-4)
+    one_run = 0.001 * math.sqrt(1 + 1 / 3) * rule.confirm_threshold
     assert rule.wants_confirmation(1.0 - 1.01 * one_run, incumbent)
     assert not rule.wants_confirmation(1.0 - 0.99 * one_run, incumbent)
-    two_runs = 0.001 * math.sqrt(1 / 2 + 1 / 3)
-    assert rule.judge([1.0 - 2.01 * two_runs] * 2, incumbent).status is TrialStatus.KEEP
-    assert rule.judge([1.0 - 1.99 * two_runs] * 2, incumbent).status is TrialStatus.DISCARD
+    two_runs = 0.001 * math.sqrt(1 / 2 + 1 / 3) * rule.keep_threshold
+    assert rule.judge([1.0 - 1.01 * two_runs] * 2, incumbent).status is TrialStatus.KEEP
+    assert rule.judge([1.0 - 0.99 * two_runs] * 2, incumbent).status is TrialStatus.DISCARD
     assert rule.judge([0.9], incumbent).status is TrialStatus.DISCARD  # never unconfirmed
     assert GreedyRule().judge([0.9999], incumbent).status is TrialStatus.KEEP
     assert GreedyRule(min_improvement=0.001).judge([0.9999], incumbent).status \
