@@ -164,6 +164,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     _kill_group(child.pid, signal.SIGKILL)
     _reap_until(None)
     child.returncode = code
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     sig = -code if code < 0 else None
     if not status:
@@ -178,6 +179,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "metrics": metrics,
         "detail": detail,
         "run_seconds": time.monotonic() - started,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
     }
 
 

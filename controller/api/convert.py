@@ -77,7 +77,8 @@ def job_result(result: JobResult) -> spb.JobResult:
             frames=[spb.Frame(filename=f.filename, lineno=f.lineno, name=f.name, line=f.line)
                     for f in exc.frames]),
         metrics_json=json.dumps(result.metrics), files=result.files,
-        timings=spb.Timings(**vars(result.timings)), detail=result.detail)
+        timings=spb.Timings(**vars(result.timings)), detail=result.detail,
+        cpu_seconds=result.cpu_seconds)
 
 
 # Runs

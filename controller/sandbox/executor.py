@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
 import time
 import uuid
@@ -326,6 +327,7 @@ class _Job:
             metrics=metrics if isinstance(metrics, dict) and "__error__" not in metrics else {},
             files=files.files,
             detail=detail,
+            cpu_seconds=_cpu_seconds(runner),
         )
 
     def _runner_result(self) -> dict[str, Any]:
@@ -365,6 +367,15 @@ class _Job:
                 ", ".join(files.refused)
         mapping = {"ok": Status.OK, "error": Status.ERROR, "output_limit": Status.OUTPUT_LIMIT}
         return mapping.get(raw, Status.ERROR), detail
+
+
+def _cpu_seconds(runner: dict[str, Any]) -> float | None:
+    """The runner's CPU measurement, if it is a finite non-negative number."""
+    raw = runner.get("cpu_seconds")
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    value = float(raw)
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _looks_like_oom(job: _Job) -> bool:

@@ -198,6 +198,10 @@ class JobResult:
     files: dict[str, bytes] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
     detail: str = ""
+    # User+system CPU seconds of all the job's processes, measured by the trusted
+    # runner (getrusage(RUSAGE_CHILDREN) after every process is reaped); None when the
+    # runner could not report (killed container, sandbox failure).
+    cpu_seconds: float | None = None
 
     @property
     def stdout(self) -> str:

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ilevel/v1/sandbox.proto\x12\nbilevel.v1\"\xaa\x01\n\x06Limits\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x01\x12\x0c\n\x04pids\x18\x04 \x01(\x05\x12\x14\n\x0coutput_bytes\x18\x05 \x01(\x03\x12\x1b\n\x13returned_file_bytes\x18\x06 \x01(\x03\x12\x11\n\ttmp_bytes\x18\x07 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x08 \x01(\x03\"+\n\tDataMount\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"\xd5\x02\n\x0e\x45xecuteRequest\x12\x34\n\x05\x66iles\x18\x01 \x03(\x0b\x32%.bilevel.v1.ExecuteRequest.FilesEntry\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\"\n\x06limits\x18\x03 \x01(\x0b\x32\x12.bilevel.v1.Limits\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\x0f\n\x07gpu_ids\x18\x05 \x03(\t\x12*\n\x0b\x64\x61ta_mounts\x18\x06 \x03(\x0b\x32\x15.bilevel.v1.DataMount\x12\x30\n\x03\x65nv\x18\x07 \x03(\x0b\x32#.bilevel.v1.ExecuteRequest.EnvEntry\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x05\x46rame\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0e\n\x06lineno\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\t\"Q\n\rExceptionInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12!\n\x06\x66rames\x18\x03 \x03(\x0b\x32\x11.bilevel.v1.Frame\"O\n\x07Timings\x12\x10\n\x08\x63reate_s\x18\x01 \x01(\x01\x12\x0f\n\x07start_s\x18\x02 \x01(\x01\x12\r\n\x05run_s\x18\x03 \x01(\x01\x12\x12\n\nteardown_s\x18\x04 \x01(\x01\"\x9b\x03\n\tJobResult\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.bilevel.v1.JobStatus\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bstdout_head\x18\x03 \x01(\t\x12\x13\n\x0bstdout_tail\x18\x04 \x01(\t\x12\x13\n\x0bstderr_head\x18\x05 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x06 \x01(\t\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x03\x12,\n\texception\x18\x08 \x01(\x0b\x32\x19.bilevel.v1.ExceptionInfo\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12/\n\x05\x66iles\x18\n \x03(\x0b\x32 .bilevel.v1.JobResult.FilesEntry\x12$\n\x07timings\x18\x0b \x01(\x0b\x32\x13.bilevel.v1.Timings\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x0c\n\n_exit_code\"\xe8\x03\n\x0c\x45xecuteEvent\x12\x35\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32!.bilevel.v1.ExecuteEvent.AcceptedH\x00\x12\x33\n\x07started\x18\x02 \x01(\x0b\x32 .bilevel.v1.ExecuteEvent.StartedH\x00\x12\x31\n\x06output\x18\x03 \x01(\x0b\x32\x1f.bilevel.v1.ExecuteEvent.OutputH\x00\x12\x35\n\x08\x66inished\x18\x04 \x01(\x0b\x32!.bilevel.v1.ExecuteEvent.FinishedH\x00\x1a\"\n\x08\x41\x63\x63\x65pted\x12\x16\n\x0equeue_position\x18\x01 \x01(\x05\x1a\t\n\x07Started\x1a\x96\x01\n\x06Output\x12\x36\n\x06stream\x18\x01 \x01(\x0e\x32&.bilevel.v1.ExecuteEvent.Output.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x1a\x31\n\x08\x46inished\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.bilevel.v1.JobResultB\x07\n\x05\x65vent*\xce\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rJOB_STATUS_OK\x10\x01\x12\x14\n\x10JOB_STATUS_ERROR\x10\x02\x12\x16\n\x12JOB_STATUS_TIMEOUT\x10\x03\x12\x12\n\x0eJOB_STATUS_OOM\x10\x04\x12\x1b\n\x17JOB_STATUS_OUTPUT_LIMIT\x10\x05\x12\x15\n\x11JOB_STATUS_KILLED\x10\x06\x12\x1c\n\x18JOB_STATUS_SANDBOX_ERROR\x10\x07\x32S\n\x0eSandboxService\x12\x41\n\x07\x45xecute\x12\x1a.bilevel.v1.ExecuteRequest\x1a\x18.bilevel.v1.ExecuteEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ilevel/v1/sandbox.proto\x12\nbilevel.v1\"\xaa\x01\n\x06Limits\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x01\x12\x0c\n\x04pids\x18\x04 \x01(\x05\x12\x14\n\x0coutput_bytes\x18\x05 \x01(\x03\x12\x1b\n\x13returned_file_bytes\x18\x06 \x01(\x03\x12\x11\n\ttmp_bytes\x18\x07 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x08 \x01(\x03\"+\n\tDataMount\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"\xd5\x02\n\x0e\x45xecuteRequest\x12\x34\n\x05\x66iles\x18\x01 \x03(\x0b\x32%.bilevel.v1.ExecuteRequest.FilesEntry\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\"\n\x06limits\x18\x03 \x01(\x0b\x32\x12.bilevel.v1.Limits\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\x0f\n\x07gpu_ids\x18\x05 \x03(\t\x12*\n\x0b\x64\x61ta_mounts\x18\x06 \x03(\x0b\x32\x15.bilevel.v1.DataMount\x12\x30\n\x03\x65nv\x18\x07 \x03(\x0b\x32#.bilevel.v1.ExecuteRequest.EnvEntry\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x05\x46rame\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0e\n\x06lineno\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\t\"Q\n\rExceptionInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12!\n\x06\x66rames\x18\x03 \x03(\x0b\x32\x11.bilevel.v1.Frame\"O\n\x07Timings\x12\x10\n\x08\x63reate_s\x18\x01 \x01(\x01\x12\x0f\n\x07start_s\x18\x02 \x01(\x01\x12\r\n\x05run_s\x18\x03 \x01(\x01\x12\x12\n\nteardown_s\x18\x04 \x01(\x01\"\xc5\x03\n\tJobResult\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.bilevel.v1.JobStatus\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bstdout_head\x18\x03 \x01(\t\x12\x13\n\x0bstdout_tail\x18\x04 \x01(\t\x12\x13\n\x0bstderr_head\x18\x05 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x06 \x01(\t\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x03\x12,\n\texception\x18\x08 \x01(\x0b\x32\x19.bilevel.v1.ExceptionInfo\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12/\n\x05\x66iles\x18\n \x03(\x0b\x32 .bilevel.v1.JobResult.FilesEntry\x12$\n\x07timings\x18\x0b \x01(\x0b\x32\x13.bilevel.v1.Timings\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x12\x18\n\x0b\x63pu_seconds\x18\r \x01(\x01H\x01\x88\x01\x01\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x0c\n\n_exit_codeB\x0e\n\x0c_cpu_seconds\"\xe8\x03\n\x0c\x45xecuteEvent\x12\x35\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32!.bilevel.v1.ExecuteEvent.AcceptedH\x00\x12\x33\n\x07started\x18\x02 \x01(\x0b\x32 .bilevel.v1.ExecuteEvent.StartedH\x00\x12\x31\n\x06output\x18\x03 \x01(\x0b\x32\x1f.bilevel.v1.ExecuteEvent.OutputH\x00\x12\x35\n\x08\x66inished\x18\x04 \x01(\x0b\x32!.bilevel.v1.ExecuteEvent.FinishedH\x00\x1a\"\n\x08\x41\x63\x63\x65pted\x12\x16\n\x0equeue_position\x18\x01 \x01(\x05\x1a\t\n\x07Started\x1a\x96\x01\n\x06Output\x12\x36\n\x06stream\x18\x01 \x01(\x0e\x32&.bilevel.v1.ExecuteEvent.Output.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x1a\x31\n\x08\x46inished\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.bilevel.v1.JobResultB\x07\n\x05\x65vent*\xce\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rJOB_STATUS_OK\x10\x01\x12\x14\n\x10JOB_STATUS_ERROR\x10\x02\x12\x16\n\x12JOB_STATUS_TIMEOUT\x10\x03\x12\x12\n\x0eJOB_STATUS_OOM\x10\x04\x12\x1b\n\x17JOB_STATUS_OUTPUT_LIMIT\x10\x05\x12\x15\n\x11JOB_STATUS_KILLED\x10\x06\x12\x1c\n\x18JOB_STATUS_SANDBOX_ERROR\x10\x07\x32S\n\x0eSandboxService\x12\x41\n\x07\x45xecute\x12\x1a.bilevel.v1.ExecuteRequest\x1a\x18.bilevel.v1.ExecuteEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_options = b'8\001'
   _globals['_JOBRESULT_FILESENTRY']._loaded_options = None
   _globals['_JOBRESULT_FILESENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATUS']._serialized_start=1743
-  _globals['_JOBSTATUS']._serialized_end=1949
+  _globals['_JOBSTATUS']._serialized_start=1785
+  _globals['_JOBSTATUS']._serialized_end=1991
   _globals['_LIMITS']._serialized_start=41
   _globals['_LIMITS']._serialized_end=211
   _globals['_DATAMOUNT']._serialized_start=213
@@ -58,21 +58,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMINGS']._serialized_start=756
   _globals['_TIMINGS']._serialized_end=835
   _globals['_JOBRESULT']._serialized_start=838
-  _globals['_JOBRESULT']._serialized_end=1249
+  _globals['_JOBRESULT']._serialized_end=1291
   _globals['_JOBRESULT_FILESENTRY']._serialized_start=512
   _globals['_JOBRESULT_FILESENTRY']._serialized_end=556
-  _globals['_EXECUTEEVENT']._serialized_start=1252
-  _globals['_EXECUTEEVENT']._serialized_end=1740
-  _globals['_EXECUTEEVENT_ACCEPTED']._serialized_start=1482
-  _globals['_EXECUTEEVENT_ACCEPTED']._serialized_end=1516
-  _globals['_EXECUTEEVENT_STARTED']._serialized_start=1518
-  _globals['_EXECUTEEVENT_STARTED']._serialized_end=1527
-  _globals['_EXECUTEEVENT_OUTPUT']._serialized_start=1530
-  _globals['_EXECUTEEVENT_OUTPUT']._serialized_end=1680
-  _globals['_EXECUTEEVENT_OUTPUT_STREAM']._serialized_start=1610
-  _globals['_EXECUTEEVENT_OUTPUT_STREAM']._serialized_end=1680
-  _globals['_EXECUTEEVENT_FINISHED']._serialized_start=1682
-  _globals['_EXECUTEEVENT_FINISHED']._serialized_end=1731
-  _globals['_SANDBOXSERVICE']._serialized_start=1951
-  _globals['_SANDBOXSERVICE']._serialized_end=2034
+  _globals['_EXECUTEEVENT']._serialized_start=1294
+  _globals['_EXECUTEEVENT']._serialized_end=1782
+  _globals['_EXECUTEEVENT_ACCEPTED']._serialized_start=1524
+  _globals['_EXECUTEEVENT_ACCEPTED']._serialized_end=1558
+  _globals['_EXECUTEEVENT_STARTED']._serialized_start=1560
+  _globals['_EXECUTEEVENT_STARTED']._serialized_end=1569
+  _globals['_EXECUTEEVENT_OUTPUT']._serialized_start=1572
+  _globals['_EXECUTEEVENT_OUTPUT']._serialized_end=1722
+  _globals['_EXECUTEEVENT_OUTPUT_STREAM']._serialized_start=1652
+  _globals['_EXECUTEEVENT_OUTPUT_STREAM']._serialized_end=1722
+  _globals['_EXECUTEEVENT_FINISHED']._serialized_start=1724
+  _globals['_EXECUTEEVENT_FINISHED']._serialized_end=1773
+  _globals['_SANDBOXSERVICE']._serialized_start=1993
+  _globals['_SANDBOXSERVICE']._serialized_end=2076
 # @@protoc_insertion_point(module_scope)

@@ -123,7 +123,7 @@ class Timings(_message.Message):
     def __init__(self, create_s: _Optional[float] = ..., start_s: _Optional[float] = ..., run_s: _Optional[float] = ..., teardown_s: _Optional[float] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("status", "exit_code", "stdout_head", "stdout_tail", "stderr_head", "stderr_tail", "output_bytes", "exception", "metrics_json", "files", "timings", "detail")
+    __slots__ = ("status", "exit_code", "stdout_head", "stdout_tail", "stderr_head", "stderr_tail", "output_bytes", "exception", "metrics_json", "files", "timings", "detail", "cpu_seconds")
     class FilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class JobResult(_message.Message):
     FILES_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     status: JobStatus
     exit_code: int
     stdout_head: str
@@ -155,7 +156,8 @@ class JobResult(_message.Message):
     files: _containers.ScalarMap[str, bytes]
     timings: Timings
     detail: str
-    def __init__(self, status: _Optional[_Union[JobStatus, str]] = ..., exit_code: _Optional[int] = ..., stdout_head: _Optional[str] = ..., stdout_tail: _Optional[str] = ..., stderr_head: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., output_bytes: _Optional[int] = ..., exception: _Optional[_Union[ExceptionInfo, _Mapping]] = ..., metrics_json: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
+    cpu_seconds: float
+    def __init__(self, status: _Optional[_Union[JobStatus, str]] = ..., exit_code: _Optional[int] = ..., stdout_head: _Optional[str] = ..., stdout_tail: _Optional[str] = ..., stderr_head: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., output_bytes: _Optional[int] = ..., exception: _Optional[_Union[ExceptionInfo, _Mapping]] = ..., metrics_json: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., detail: _Optional[str] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class ExecuteEvent(_message.Message):
     __slots__ = ("accepted", "started", "output", "finished")
