@@ -101,7 +101,7 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
         search=SearchSettings(seed=search.seed, frozen_knobs=tuple(search.frozen_knobs),
                               min_improvement=search.min_improvement,
                               keep_rule=search.keep_rule or "greedy",
-                              noise_seeds=search.noise_seeds or 3,
+                              noise_seeds=search.noise_seeds or SearchSettings().noise_seeds,
                               noise_margin=search.noise_margin or 2.0,
                               batch_size=search.batch_size or 1, pipeline=search.pipeline),
         proposer=ProposerSettings(

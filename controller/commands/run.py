@@ -42,10 +42,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="keep only if val_bpb drops by more than this")
     cmd.add_argument("--keep-rule", choices=("greedy", "noise"), default="greedy",
                      help="greedy: keep any improvement; noise: measure the noise on "
-                          "--noise-seeds baseline seeds, keep gains > --noise-margin sigma, "
-                          "confirmed by a re-run")
-    cmd.add_argument("--noise-seeds", type=int, default=3)
-    cmd.add_argument("--noise-margin", type=float, default=2.0, help="in units of sigma")
+                          "--noise-seeds baseline seeds, keep gains that pass a t test at "
+                          "the tail of z > --noise-margin, confirmed by a re-run")
+    cmd.add_argument("--noise-seeds", type=int, default=8,
+                     help="baseline seeds that measure sigma (default 8; with 3 the "
+                          "t threshold for a keep is 4.5 sigma)")
+    cmd.add_argument("--noise-margin", type=float, default=2.0,
+                     help="in units of sigma, as if sigma were known (the t quantile of "
+                          "the same tail is used)")
     cmd.add_argument("--batch", type=int, default=1,
                      help="trials in flight at once (give the controller as many --slots)")
     cmd.add_argument("--pipeline", action="store_true",
