@@ -1,5 +1,10 @@
 """The `bilevel` command line. Each subcommand lives in its own module under
-controller/commands/ and registers itself with `add_parser(subparsers)`."""
+controller/commands/ and registers itself with `add_parser(subparsers)`.
+
+Only the module of the command being run is imported: `bilevel --help` and a typo need
+none of them (some import scipy and matplotlib, seconds on a small machine), so the
+other commands appear in the parser as one-line stubs.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +13,62 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from controller.logging import configure_logging
+# Command name -> (module providing `add_parser(subparsers)`, one-line summary).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "image": ("controller.commands.image", "manage the sandbox image"),
+    "exec": ("controller.commands.exec", "run a Python file in a sandbox container"),
+    "train": ("controller.commands.train", "train one candidate train.py (no search)"),
+    "serve": ("controller.commands.serve", "run the gRPC controller"),
+    "run": ("controller.commands.run", "start a research run and follow it"),
+    "runs": ("controller.commands.runs", "list runs"),
+    "watch": ("controller.commands.watch", "follow a run's events"),
+    "cancel": ("controller.commands.cancel", "cancel a run"),
+    "artifact": ("controller.commands.artifact", "fetch a run artifact (best/train.py, "
+                 "results.tsv, trials/N/...)"),
+    "resume": ("controller.commands.resume", "resume a paused run and follow it"),
+    "memory": ("controller.commands.memory", "list or clear lessons kept for later runs"),
+    "ablate": ("controller.commands.ablate", "compare search strategies: arms x repeats"),
+    "report": ("controller.commands.report", "write an HTML and Markdown report of a run "
+               "or an ablation"),
+}
+GLOBAL_OPTIONS_WITH_VALUE = ("--log-format", "--log-level")
 
-# Modules providing `add_parser(subparsers)`; each sets `func(args) -> int`.
-COMMAND_MODULES = (
-    "controller.commands.image",
-    "controller.commands.exec",
-    "controller.commands.train",
-    "controller.commands.serve",
-    "controller.commands.run",
-    "controller.commands.runs",
-    "controller.commands.watch",
-    "controller.commands.cancel",
-    "controller.commands.artifact",
-    "controller.commands.resume",
-    "controller.commands.memory",
-    "controller.commands.ablate",
-    "controller.commands.report",
-)
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv: the first word that is not a global option."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in GLOBAL_OPTIONS_WITH_VALUE:
+            skip = True
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser of the command in `argv` (every command's when argv is None)."""
     parser = argparse.ArgumentParser(
         prog="bilevel",
         description="Autoresearch that improves its own search, in sandboxed containers.")
     parser.add_argument("--log-format", choices=("console", "json"), default="console")
     parser.add_argument("--log-level", default="info")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = _command_in(argv) if argv is not None else None
+    for name, (module, summary) in COMMANDS.items():
+        if argv is None or name == wanted:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(words).parse_args(words)
+    from controller.logging import configure_logging
+
     configure_logging(args.log_format, args.log_level)
     code: int = args.func(args)
     return code
