@@ -42,6 +42,16 @@ def bad_request(field: str, reason: str) -> status_pb2.Status:
                    error_details_pb2.BadRequest(field_violations=[violation]))
 
 
+def too_large(method: str, size: int, cap: int) -> status_pb2.Status:
+    """A request body over its method's cap (controller/api/edge.py)."""
+    text = (f"request of {size} bytes exceeds the {cap} byte cap of {method}; only "
+            "Execute takes large requests")
+    violation = error_details_pb2.QuotaFailure.Violation(subject="request_bytes",
+                                                         description=text)
+    return _status(code_pb2.RESOURCE_EXHAUSTED, text,
+                   error_details_pb2.QuotaFailure(violations=[violation]))
+
+
 def status_for(exc: BaseException) -> status_pb2.Status | None:
     """The status for a known domain error; None for anything else (a bug: INTERNAL)."""
     if isinstance(exc, FieldError):

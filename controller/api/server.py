@@ -18,7 +18,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controller.api.auth import BearerTokenInterceptor
+from controller.api.edge import MAX_CONCURRENT_RPCS, EdgeInterceptor, server_options
 from controller.api.events import EventHub
 from controller.api.gen.bilevel.v1 import runs_pb2, runs_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
 from controller.api.memory_service import MemoryServicer
@@ -38,7 +38,6 @@ SANDBOX_SERVICE = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full
 RUN_SERVICE = runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
 MEMORY_SERVICE = runs_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
 ENGINE_RETRY_SECONDS = 5.0
-MAX_MESSAGE_BYTES = 300 << 20
 DEFAULT_THREADS = 32  # an Execute request may carry up to 256 MiB of files
 
 
@@ -75,11 +74,10 @@ class ControllerServer:
                                                      thread_name_prefix="controller"))
         hub = EventHub(loop)
         self.store.subscribe(hub.notify)
-        interceptors = [BearerTokenInterceptor(self.config.tokens)] if self.config.tokens \
-            else []
-        server = grpc.aio.server(interceptors=interceptors, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        # The edge checks tokens before reading a body, then size caps and parsing.
+        server = grpc.aio.server(interceptors=[EdgeInterceptor(self.config.tokens)],
+                                 options=server_options(),
+                                 maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         self._sandbox = SandboxServicer(self.engine, self.config.default_limits,
                                         self.config.execute_queue)
         sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(  # type: ignore[no-untyped-call]
