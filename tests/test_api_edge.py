@@ -1,6 +1,6 @@
-"""The API edge over a real socket (issue 11, findings 9 and 11): tokenless bodies are
-refused unread, every method's size is capped, malformed bytes are INVALID_ARGUMENT, and
-a client cannot pick a GPU.
+"""The API edge over a real socket (issue 11, findings 9-11): tokenless bodies are
+refused unread, every method's size is capped, malformed bytes are INVALID_ARGUMENT, a
+client cannot pick a GPU, and it mounts only data volumes published to it.
 
 The memory tests run the controller in a subprocess and read its peak RSS (VmHWM) from
 /proc, so the client's own buffers do not count.
@@ -8,23 +8,29 @@ The memory tests run the controller in a subprocess and read its peak RSS (VmHWM
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import docker
+import docker.errors
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
+from controller.api import sandbox_service
 from controller.api.edge import DEFAULT_CAP_BYTES
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
+from controller.sandbox.volumes import ensure_data_volume, publish_data_volume
 from tests.test_api_harness import Stubs, field_violations, serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,3 +224,81 @@ def test_deny_execute_choosing_a_gpu_on_a_controller_without_gpu_slots(
         list(Stubs(server.address).sandbox.Execute(request, timeout=60))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "no GPU slots" in field_violations(info.value)["gpu_ids"]
+
+
+# -- data_mounts: only volumes published to this controller's clients (finding 10) --------
+
+SECRET = "validation-split-secret"
+
+
+def _read_request(volume: str, runtime: str = "runc") -> spb.ExecuteRequest:
+    return spb.ExecuteRequest(
+        files={"main.py": b"print(open('/data/in/val.bin').read())"},
+        command=["python3", "main.py"], runtime=runtime,
+        data_mounts=[spb.DataMount(volume=volume, target="/data/in")])
+
+
+@pytest.fixture
+def data_volumes(docker_client: docker.DockerClient, sandbox_image: str,
+                 tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A stand-in validation split (made the way trainer/run.py makes it), a plain Docker
+    volume, and one published volume in this test's namespace and one in another."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "val.bin").write_text(SECRET)
+    tag = uuid.uuid4().hex[:8]
+    namespace = f"pytest-api-{tag}"
+    made = {
+        "namespace": namespace,
+        "val_split": ensure_data_volume(docker_client, f"bilevel-data-test{tag}-val",
+                                        folder, sandbox_image),
+        "plain": docker_client.volumes.create(f"bilevel-test-plain-{tag}").name,
+        "foreign": publish_data_volume(docker_client, f"other-{tag}", folder, sandbox_image),
+        "own": publish_data_volume(docker_client, namespace, folder, sandbox_image),
+    }
+    try:
+        yield made
+    finally:
+        for key in ("val_split", "plain", "foreign", "own"):
+            name = made[key]
+            name = name if not name.startswith("data-") else f"bilevel-{name}"
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                docker_client.volumes.get(name).remove(force=True)
+
+
+@pytest.mark.docker
+def test_deny_data_mounts_of_volumes_not_published_to_clients(
+        tmp_path: Path, sandbox_image: str, data_volumes: dict[str, str]) -> None:
+    refused = [data_volumes["val_split"], data_volumes["plain"], data_volumes["foreign"],
+               "data-" + "0" * 20, f"bilevel-{data_volumes['own']}"]
+    with serving(tmp_path / "state", sandbox_image,
+                 namespace=data_volumes["namespace"]) as server:
+        stubs = Stubs(server.address)
+        for volume in refused:
+            with pytest.raises(grpc.RpcError) as info:
+                list(stubs.sandbox.Execute(_read_request(volume), timeout=60))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, volume
+            why = field_violations(info.value)["data_mounts[0].volume"]
+            assert "not a data volume published to clients" in why, why
+        # The id this controller's namespace published is mounted, read-only.
+        events = list(stubs.sandbox.Execute(_read_request(data_volumes["own"], "runsc"),
+                                            timeout=120))
+    result = events[-1].finished.result
+    assert result.status == spb.JOB_STATUS_OK, result
+    assert SECRET in result.stdout_head
+
+
+@pytest.mark.docker
+def test_sensitivity_unchecked_data_mounts_read_the_validation_split(
+        tmp_path: Path, sandbox_image: str, data_volumes: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twin: with the resolution switched off, a request mounts the validation split by
+    its Docker name and reads it (the attack of finding 10)."""
+    monkeypatch.setattr(sandbox_service, "_RESOLVE_DATA_MOUNTS", False)
+    with serving(tmp_path / "state", sandbox_image,
+                 namespace=data_volumes["namespace"]) as server:
+        events = list(Stubs(server.address).sandbox.Execute(
+            _read_request(data_volumes["val_split"]), timeout=120))
+    result = events[-1].finished.result
+    assert result.status == spb.JOB_STATUS_OK, result
+    assert SECRET in result.stdout_head

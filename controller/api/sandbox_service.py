@@ -2,7 +2,9 @@
 
 Admission is bounded: at most `slots + queue` calls are in flight; the next one gets
 RESOURCE_EXHAUSTED at once instead of waiting without limit. A client that goes away
-cancels its job (the executor kills and removes the container).
+cancels its job (the executor kills and removes the container). A request mounts data
+only by the id of a volume published to this controller's clients (see
+controller/sandbox/volumes.py); GPUs are the executor's to hand out.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.api.gen.bilevel.v1 import sandbox_pb2_grpc
 from controller.research.engine import LazyExecutor
 from controller.research.errors import CapacityError
+from controller.sandbox import volumes
 from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.spec import JobResult, JobSpec, Limits
 
 log = structlog.get_logger(__name__)
+# Test-only switch (tests/test_api_edge.py's sensitivity twin): False passes a request's
+# data_mounts volume names to Docker unchecked, as before. Never set from configuration.
+_RESOLVE_DATA_MOUNTS = True
 _STREAMS = {"stdout": spb.ExecuteEvent.Output.STREAM_STDOUT,
             "stderr": spb.ExecuteEvent.Output.STREAM_STDERR}
 
@@ -63,7 +69,13 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
     async def Execute(self, request: spb.ExecuteRequest,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[spb.ExecuteEvent]:
         spec = convert.job_spec(request, self.defaults)
+        del request  # the spec holds the files now; do not keep the message twice
+        if _RESOLVE_DATA_MOUNTS:
+            volumes.check_data_ids(spec)
         executor = await asyncio.to_thread(self.engine.get)
+        if _RESOLVE_DATA_MOUNTS and spec.data_mounts:
+            spec = await asyncio.to_thread(volumes.resolve_data_mounts, executor.client,
+                                           executor.config.namespace, spec)
         position = self.admission.enter()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[spb.ExecuteEvent] = asyncio.Queue()
