@@ -124,6 +124,24 @@ def replace(new: Json, reason: str) -> Json:
     return {"action": "replace", "proposal": new, "reason": reason}
 
 
+def unseen(state: Json, after: int) -> list[Json]:
+    """History trials with an index above `after`, oldest first. A mechanism activated
+    mid-run (or resumed) learns from these first, so it acts on the trials before it
+    rather than starting blind."""
+    return sorted((t for t in state["history"] if t["index"] > after), key=lambda t: t["index"])
+
+
+def ran(trial: Json) -> bool:
+    """Whether the trial's configuration ran: a proposal refused by validation is recorded
+    as a crash (ProposalError) although its configuration never ran."""
+    return not str(trial["crash"]).startswith("ProposalError")
+
+
+def step_size(state: Json, config: Config) -> float:
+    """How far `config` moves from the incumbent: the scale this proposal searches at."""
+    return distance(state, config, state["incumbent"])
+
+
 def top_trials(state: Json, k: int) -> list[Json]:
     """The k best finished trials of the history by val_bpb (lower is better)."""
     done = [t for t in state["history"] if t["status"] != "crash" and t["val_bpb"] is not None]

@@ -86,13 +86,33 @@ def test_step_moves_powers_of_two_by_at_least_one_octave() -> None:
 # -- each built-in mechanism --------------------------------------------------------------
 
 def test_tabu_rejects_a_near_repeat_and_accepts_a_real_move() -> None:
-    tabu = TabuSearch(radius=0.03)
+    tabu = TabuSearch()
     s = state()
     tabu.observe(trial(1, {"LR": 0.02}), s)
     verdict = tabu.filter(proposal(LR=0.0205), s)
     assert verdict["action"] == "reject" and "trial 1" in verdict["reason"]
     assert tabu.filter(proposal(LR=0.2), s) == sdk.accept()
     assert "trials 1" in tabu.context(s)
+
+
+def test_tabu_seeded_from_history_rejects_a_revisit_at_the_proposers_step() -> None:
+    """Activated mid-run, it knows the trials before it; the radius follows each
+    proposal's step, so both a careful and a bold proposer's revisits are caught."""
+    tabu = TabuSearch()
+    s = state([trial(1, {"LR": 0.0104}), trial(2, {"LR": 0.1}), trial(3, {"WD": 0.3})],
+              index=4)
+    small = tabu.filter(proposal(LR=0.0105), s)  # a 0.5 % step next to trial 1
+    assert small["action"] == "reject" and "trial 1" in small["reason"]
+    bold = tabu.filter(proposal(LR=0.09), s)  # a quarter of the range, next to trial 2
+    assert bold["action"] == "reject" and "trial 2" in bold["reason"]
+    assert tabu.filter(proposal(LR=0.001), s) == sdk.accept()  # the other way
+    # The bandit's smallest step (0.02 of a range) from the incumbent is no revisit;
+    # the old fixed radius of 0.03 rejected it against the incumbent's own trial.
+    lr = sdk.knobs(s)["LR"]
+    step = sdk.step(lr, INCUMBENT["LR"], SCALES[0], 1.0)
+    assert tabu.filter(proposal(LR=step), state([trial(0, {})], index=1)) == sdk.accept()
+    assert tabu.filter(proposal(), s)["action"] == "reject"  # the incumbent again
+    assert tabu.seen == 3 and len(tabu.tabu) == 3
 
 
 def test_tabu_forgets_after_its_tenure() -> None:
@@ -105,7 +125,7 @@ def test_tabu_forgets_after_its_tenure() -> None:
 
 
 def test_crash_memory_rejects_only_near_crashed_configs() -> None:
-    memory = CrashMemory(radius=0.05)
+    memory = CrashMemory()
     s = state()
     memory.observe(trial(1, {"DEPTH": 16}, status="crash"), s)
     memory.observe(trial(2, {"DEPTH": 3}, status="discard"), s)
@@ -113,6 +133,19 @@ def test_crash_memory_rejects_only_near_crashed_configs() -> None:
     assert verdict["action"] == "reject" and "RuntimeError: boom" in verdict["reason"]
     assert memory.filter(proposal(DEPTH=3), s)["action"] == "accept"
     assert "DEPTH" in memory.context(s)
+
+
+def test_crash_memory_seeded_from_history_rejects_the_crash_side_only() -> None:
+    """No radius: rejected when the nearest known configuration crashed. A proposal the
+    validator refused (ProposalError) never ran, so it is no crash."""
+    memory = CrashMemory()
+    refused = {**trial(3, {"DEPTH": 9}, status="crash"), "crash": "ProposalError: bad"}
+    s = state([trial(1, {"DEPTH": 14}, status="crash"), trial(2, {"DEPTH": 11}), refused],
+              index=4)
+    assert memory.filter(proposal(DEPTH=13), s)["action"] == "reject"  # nearer 14 than 11
+    assert memory.filter(proposal(DEPTH=12), s)["action"] == "accept"  # nearer 11
+    assert memory.filter(proposal(DEPTH=9), s)["action"] == "accept"
+    assert [c["index"] for c in memory.crashes] == [1]
 
 
 def test_bandit_tries_every_scale_then_prefers_the_rewarded_one() -> None:
@@ -168,18 +201,44 @@ def test_plateau_restarts_from_the_incumbent_after_patience() -> None:
     assert plateau.since_keep == 0
 
 
-def test_elite_crossover_mixes_the_best_trials_only() -> None:
-    cross = EliteCrossover(k=2, children=2)
-    history = [trial(1, {"DEPTH": 10, "WD": 0.5}, val=0.95),
-               trial(2, {"LR": 0.05, "PATTERN": "L"}, val=0.96),
-               trial(3, {"DEPTH": 3}, val=1.2)]
-    children = cross.suggest(state(history, index=4))
-    assert children
+def test_plateau_fires_within_a_level2_window_of_four() -> None:
+    """Seeded from the history it is shown: a stall before activation counts, and the
+    patience follows the gaps between keeps (here every 2 trials -> patience 2)."""
+    keeps = [trial(i, {"WD": 0.1 * i}, status="keep" if i % 2 == 0 else "discard",
+                   val=1.0 - 0.01 * i) for i in range(7)]
+    fresh = PlateauRestart()
+    assert fresh.suggest(state(keeps, index=7)) == []  # trial 6 was a keep
+    plateau = PlateauRestart()
+    stalled = [*keeps, trial(7, {"WD": 0.9}), trial(8, {"WD": 0.8})]
+    [restart] = plateau.suggest(state(stalled, index=9))
+    assert plateau.patience() == 2 and "restart 1" in restart["description"]
+    # With no keep gaps known, a stall of 3 (less than a window of 4) fires.
+    quiet = PlateauRestart()
+    window = [trial(0, {}, status="keep", val=1.0)] + [trial(i, {"WD": 0.1 * i})
+                                                       for i in range(1, 4)]
+    assert quiet.patience() == 3 and quiet.suggest(state(window, index=4))
+
+
+def test_elite_crossover_crosses_two_distinct_elites_never_one_chain() -> None:
+    cross = EliteCrossover(children=2)
+    chain = [trial(0, {}, status="keep", val=1.0),
+             trial(1, {"DEPTH": 10}, status="keep", val=0.99),
+             trial(2, {"DEPTH": 10, "WD": 0.5}, status="keep", val=0.98)]
+    assert cross.pairs(state(chain, index=3)) == []  # the kept trials are one chain
+    assert cross.suggest(state(chain, index=3)) == []
+    assert cross.context(state(chain, index=3)) == ""
+    side = trial(3, {"LR": 0.05, "PATTERN": "L"}, val=0.985)  # a near miss, other knobs
+    s = state([*chain, side, trial(4, {"DEPTH": 3}, val=1.2)], index=5,
+              incumbent={**INCUMBENT, "DEPTH": 10, "WD": 0.5})
+    children = cross.suggest(s)
+    assert children and all("(discard)" in c["description"] for c in children)
+    parents = {json.dumps({**INCUMBENT, **t["changes"]}, sort_keys=True)
+               for t in [*chain, side]}
     for child in children:
-        config = {**INCUMBENT, **child["changes"]}
-        assert config["DEPTH"] in (8, 10)  # never trial 3's value
-        assert "trials 1 and 2" in child["description"]
-    assert cross.suggest(state(history[:1])) == []
+        config = {**s["incumbent"], **child["changes"]}
+        assert json.dumps(config, sort_keys=True) not in parents  # a new point
+        assert config["DEPTH"] in (8, 10)  # never the bad trial 4's value
+    assert "3" in cross.context(s)
 
 
 def test_noop_runs_every_hook_and_changes_nothing() -> None:
