@@ -1,8 +1,9 @@
 """Gates a mechanism passes before it may touch a run, cheapest first.
 
 1. `static_check`: parses; one class defining hooks (one that can act); imports only
-   from an allowed list; no dynamic-execution names or dunder/private-attribute tricks.
-   Defense in depth only - the sandbox is the boundary.
+   from an allowed list; no dynamic-execution names or dunder/private-attribute tricks;
+   none of numpy's ways to files, raw memory or C (DENIED_ATTRIBUTES). A best-effort
+   filter only - the sandbox is the boundary (see mechanisms/interface.py).
 2. `contract_check`: in the sandbox, every hook it defines answers well-formed within
    its limit on synthetic states, save/load round-trips, and two fresh sessions given
    the same calls answer identically (deterministic for a seed).
@@ -35,6 +36,22 @@ BANNED_NAMES = frozenset({
     "getattr", "setattr", "delattr", "breakpoint", "input", "memoryview", "exit", "quit",
     "help", "__builtins__", "__loader__", "__spec__"})
 SELF_NAMES = frozenset({"self", "cls"})
+# numpy (and typing) names that reach files, raw memory, C or eval (issue 11 #13): refused
+# as attributes of anything but self/cls, as imported names and as submodules. A
+# best-effort list: the sandbox, not this gate, is what contains a mechanism.
+DENIED_ATTRIBUTES = frozenset({
+    "ctypeslib", "ctypes", "cffi", "fromfile", "tofile", "memmap", "open_memmap", "load",
+    "save", "savez", "savez_compressed", "loadtxt", "savetxt", "genfromtxt", "fromregex",
+    "dump", "lib", "core", "f2py", "distutils", "testing", "DataSource", "get_type_hints",
+    "ForwardRef", "evaluate_forward_ref", "make_dataclass"})
+DENIED_MODULES = ("numpy.ctypeslib", "numpy.lib", "numpy.core", "numpy._core", "numpy.f2py",
+                  "numpy.distutils", "numpy.testing", "ctypes")
+# Special methods a mechanism may define; others (e.g. __array_interface__, which hands
+# numpy a raw address) are refused.
+ALLOWED_DUNDER_METHODS = frozenset({
+    "__init__", "__post_init__", "__repr__", "__str__", "__eq__", "__ne__", "__lt__",
+    "__le__", "__gt__", "__ge__", "__hash__", "__len__", "__iter__", "__next__",
+    "__contains__", "__getitem__", "__bool__"})
 
 
 @dataclass(frozen=True)
@@ -69,8 +86,13 @@ class Admission:
         return next((v.gate for v in self.verdicts if not v.passed), None)
 
 
+def _under(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in packages)
+
+
 def _import_allowed(module: str, allowed: tuple[str, ...]) -> bool:
-    return any(module == a or module.startswith(a + ".") for a in allowed)
+    return _under(module, allowed) and not _under(module, DENIED_MODULES) and not any(
+        part in DENIED_ATTRIBUTES for part in module.split(".")[1:])
 
 
 def _problems(tree: ast.Module, settings: GateSettings) -> list[str]:
@@ -86,6 +108,8 @@ def _problems(tree: ast.Module, settings: GateSettings) -> list[str]:
                     _import_allowed(f"{module}.{a.name}", settings.allowed_imports)
                     for a in node.names)):
                 found.append(f"{where}: import from {'.' * node.level + module!r} is not allowed")
+            found += [f"{where}: import of {a.name!r} from {module!r} is not allowed"
+                      for a in node.names if a.name in DENIED_ATTRIBUTES or a.name == "*"]
         elif isinstance(node, ast.Name) and (node.id in BANNED_NAMES or _dunder(node.id)):
             found.append(f"{where}: use of {node.id!r} is not allowed")
         elif isinstance(node, ast.Attribute) and node.attr != "__init__" and (
@@ -95,7 +119,24 @@ def _problems(tree: ast.Module, settings: GateSettings) -> list[str]:
                          "(private attributes only on self)")
         elif isinstance(node, ast.Global | ast.Nonlocal):
             found.append(f"{where}: global/nonlocal state is not allowed")
+        found += _more_problems(node, where)
     return found
+
+
+def _more_problems(node: ast.AST, where: str) -> list[str]:
+    """The numpy escape hatches and the cheap ways of reaching them by a computed name."""
+    if isinstance(node, ast.Attribute) and node.attr in DENIED_ATTRIBUTES and not (
+            isinstance(node.value, ast.Name) and node.value.id in SELF_NAMES):
+        return [f"{where}: access to {node.attr!r} is not allowed (files, raw memory or C)"]
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _dunder(node.name) \
+            and node.name not in ALLOWED_DUNDER_METHODS:
+        return [f"{where}: defining {node.name!r} is not allowed"]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and _dunder(node.value):
+        return [f"{where}: the string {node.value!r} is not allowed (a name by string)"]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+            node.func.id == "type" and len(node.args) > 1:
+        return [f"{where}: creating a class with type() is not allowed"]
+    return []
 
 
 def _dunder(name: str) -> bool:

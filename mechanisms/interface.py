@@ -25,6 +25,18 @@ only the modules of `GateSettings.allowed_imports`, including `mechanisms.sdk`.
 
 It runs in its own sandbox container (no network, read-only root, small memory, few
 pids, a per-call time limit); anything it prints goes to a captured stderr.
+
+What the static gate (mechanisms/gates.py) is and is not. It is a cheap first filter
+that reads the source without running it: imports only from the allowed list, no
+eval/exec/open/getattr-style names, no dunder or private attributes, none of numpy's
+ways to files, raw memory or C (`numpy.ctypeslib`, `ndarray.ctypes`, `fromfile`,
+`memmap`, `load`/`save`/`tofile`, `numpy.lib`, ...), no `__array_interface__`-style
+special methods. It gives a Level-2 proposer a clear reason early. It is NOT a security
+boundary: Python offers more indirections than a syntax check can list, and a mechanism
+that slips past it is contained by the sandbox alone - its container (no network, no
+host files, read-only root, an unprivileged uid, limits) and the host's validation of every
+reply (a forged or malformed line on the protocol fd disables the mechanism; see
+tests/test_mechanism_deny.py, which runs such code past the gate under runc and runsc).
 """
 
 from __future__ import annotations
