@@ -12,6 +12,7 @@ import json
 import posixpath
 import tarfile
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,10 @@ def pack_job(files: dict[str, bytes], job: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+MAX_REFUSED = 20  # refused entries listed by name; the rest are counted
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
 @dataclass
 class Unpacked:
     files: dict[str, bytes] = field(default_factory=dict)
@@ -63,7 +68,8 @@ class _ChunkReader(io.RawIOBase):
 
     def __init__(self, chunks: Iterable[bytes], max_bytes: int) -> None:
         self._chunks: Iterator[bytes] = iter(chunks)
-        self._buffer = b""
+        self._buffer = memoryview(b"")
+        self._offset = 0
         self.read_total = 0
         self._max = max_bytes
 
@@ -71,14 +77,16 @@ class _ChunkReader(io.RawIOBase):
         return True
 
     def readinto(self, target: Any) -> int:
-        while not self._buffer:
+        # An offset into the current chunk, not a slice of it: slicing copies the rest
+        # of a (2 MiB) chunk on every small read.
+        while self._offset >= len(self._buffer):
             try:
-                self._buffer = next(self._chunks)
+                self._buffer, self._offset = memoryview(next(self._chunks)), 0
             except StopIteration:
                 return 0
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
+        size = min(len(target), len(self._buffer) - self._offset)
+        target[:size] = self._buffer[self._offset:self._offset + size]
+        self._offset += size
         self.read_total += size
         if self.read_total > self._max:
             raise OverflowError("archive larger than its budget")
@@ -86,8 +94,13 @@ class _ChunkReader(io.RawIOBase):
 
 
 def unpack_returned(chunks: Iterable[bytes], *, root: str, max_bytes: int) -> Unpacked:
-    """Read the regular files of a get_archive stream of `root` (e.g. "out/")."""
+    """Read the regular files of a get_archive stream of `root` (e.g. "out/").
+
+    Linear in the archive: one pass, a running byte count. Refused entries are listed
+    with their names escaped (`ascii`), at most MAX_REFUSED of them."""
     result = Unpacked()
+    used = 0
+    refused = 0
     # Tar headers and padding add overhead; the content budget is enforced per file.
     reader = _ChunkReader(chunks, max_bytes + (1 << 20) + max_bytes // 8)
     try:
@@ -100,28 +113,48 @@ def unpack_returned(chunks: Iterable[bytes], *, root: str, max_bytes: int) -> Un
                 rel = name[len(root.rstrip("/")) + 1:] if inside else name
                 if member.isdir():
                     continue
+                why = ""
                 if (not member.isfile() or not inside or member.name.startswith("/")
                         or ".." in member.name.split("/")):
-                    result.refused.append(f"{member.name} ({_kind(member)})")
-                    continue
-                used = sum(len(v) for v in result.files.values())
-                if used + member.size > max_bytes:
+                    why = _kind(member)
+                elif unsafe_name(rel):
+                    why = "name has control, format or non-UTF-8 characters"
+                elif used - len(result.files.get(rel, b"")) + member.size > max_bytes:
                     result.over_budget = True
-                    result.refused.append(f"{rel} (over the returned-file budget)")
+                    why = "over the returned-file budget"
+                if why:
+                    refused += 1
+                    if refused <= MAX_REFUSED:
+                        result.refused.append(f"{ascii(member.name)[:200]} ({why})")
                     continue
                 handle = tar.extractfile(member)
                 if handle is not None:
+                    used -= len(result.files.get(rel, b""))
                     result.files[rel] = handle.read()
+                    used += len(result.files[rel])
     except OverflowError:
         result.over_budget = True
+    except tarfile.TarError as exc:  # a truncated or corrupt stream: keep what was read
+        result.refused.append(f"the rest of the archive ({ascii(str(exc))[:200]})")
+    if refused > MAX_REFUSED:
+        result.refused.append(f"and {refused - MAX_REFUSED} more")
     return result
+
+
+def unsafe_name(name: str) -> bool:
+    """True for a path a person could be misled by or a client could not take: control
+    characters (newlines, escapes), Unicode format characters (bidi overrides,
+    zero-width), line separators, and undecodable bytes (surrogate escapes)."""
+    if name.isascii():
+        return not name.isprintable()
+    return any(unicodedata.category(ch) in _UNSAFE_CATEGORIES for ch in name)
 
 
 def _kind(member: tarfile.TarInfo) -> str:
     if member.issym():
-        return f"symlink to {member.linkname}"
+        return f"symlink to {ascii(member.linkname)[:200]}"
     if member.islnk():
-        return f"hard link to {member.linkname}"
+        return f"hard link to {ascii(member.linkname)[:200]}"
     if member.isfile():
         return "path outside the output folder"
     return "not a regular file"

@@ -9,7 +9,6 @@ SandboxUnavailable.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import threading
 import time
@@ -23,15 +22,13 @@ import docker.errors
 import requests.exceptions
 import structlog
 
-from controller.sandbox import archive
+from controller.sandbox import archive, job_output
 from controller.sandbox.gpus import GpuSlots
 from controller.sandbox.hardening import container_kwargs, in_sandbox_nproc
 from controller.sandbox.image import ImageBuildError, ImageRecipe, image_tag
 from controller.sandbox.output import OutputCapture
 from controller.sandbox.reaper import ownership_labels, reap
 from controller.sandbox.spec import (
-    ExceptionInfo,
-    Frame,
     JobResult,
     JobSpec,
     SpecError,
@@ -199,6 +196,7 @@ class _Job:
         self.container: Any = None
         self.volume: Any = None
         self.log = log.bind(job=self.name)
+        self.report = job_output.RunnerResult()  # set by _runner_result
 
     def run(self) -> JobResult:
         t0 = time.monotonic()
@@ -315,32 +313,32 @@ class _Job:
             files = archive.unpack_returned(chunks, root="out",
                                             max_bytes=limits.returned_file_bytes)
         status, detail = self._classify(exit_code, oom_flag, runner, files)
-        exception = _exception(runner.get("exception"))
-        metrics = runner.get("metrics")
+        report = self.report
+        notes = [n for n in (report.problem, report.metrics_error and
+                             f"metrics dropped: {report.metrics_error}") if n]
+        detail = "; ".join([detail, *notes] if detail else notes)
         return JobResult(
             status=status,
-            exit_code=runner.get("exit_code", exit_code) if runner else exit_code,
+            exit_code=report.exit_code if report.exit_code is not None else exit_code,
             stdout_head=self.stdout.head(), stdout_tail=self.stdout.tail(),
             stderr_head=self.stderr.head(), stderr_tail=self.stderr.tail(),
             output_bytes=self.stdout.total + self.stderr.total,
-            exception=exception,
-            metrics=metrics if isinstance(metrics, dict) and "__error__" not in metrics else {},
+            exception=report.exception,
+            metrics=report.metrics,
             files=files.files,
             detail=detail,
             cpu_seconds=_cpu_seconds(runner),
         )
 
     def _runner_result(self) -> dict[str, Any]:
+        """The runner's report, every field checked (job_output.py); {} if unusable."""
         try:
             chunks, _ = self.container.get_archive("/job/.bilevel/result.json")
         except docker.errors.NotFound:
             return {}
-        raw = archive.read_single(chunks, max_bytes=4 << 20)
-        try:
-            parsed = json.loads(raw) if raw else {}
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
+        self.report = job_output.runner_result(
+            archive.read_single(chunks, max_bytes=job_output.RESULT_BYTES))
+        return self.report.fields()
 
     def _classify(self, exit_code: int | None, oom_flag: bool, runner: dict[str, Any],
                   files: archive.Unpacked) -> tuple[Status, str]:
@@ -383,18 +381,6 @@ def _looks_like_oom(job: _Job) -> bool:
     kernel's OOM message in the output, is the memory limit."""
     text = job.stderr.tail() + job.stdout.tail()
     return "Out of memory" in text or "MemoryError" in text
-
-
-def _exception(raw: Any) -> ExceptionInfo | None:
-    if not isinstance(raw, dict) or "type" not in raw:
-        return None
-    frames = tuple(
-        Frame(filename=str(f.get("filename", "")), lineno=int(f.get("lineno", 0) or 0),
-              name=str(f.get("name", "")), line=str(f.get("line", "")))
-        for f in raw.get("frames", []) if isinstance(f, dict)
-    )
-    return ExceptionInfo(type=str(raw["type"]), message=str(raw.get("message", "")),
-                         frames=frames)
 
 
 def _teardown_quietly(obj: Any) -> None:

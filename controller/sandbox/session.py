@@ -31,9 +31,10 @@ import json
 import select
 import socket
 import struct
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 import docker
@@ -41,16 +42,20 @@ import docker.errors
 import requests.exceptions
 import structlog
 
-from controller.sandbox import archive
+from controller.sandbox import archive, bounded_json, job_output
+from controller.sandbox.bounded_json import Caps, JSONLimitError
 from controller.sandbox.executor import SandboxExecutor, SandboxUnavailable
 from controller.sandbox.hardening import container_kwargs, in_sandbox_nproc
 from controller.sandbox.output import OutputCapture
 from controller.sandbox.reaper import ownership_labels
-from controller.sandbox.spec import ExceptionInfo, Frame, JobSpec, SpecError
+from controller.sandbox.spec import ExceptionInfo, JobSpec, SpecError
 
 log = structlog.get_logger(__name__)
 
 MAX_LINE_BYTES = 1 << 20
+# A reply is state, history or proposals: deep nesting or huge strings are an attack.
+REPLY_CAPS = Caps(max_bytes=MAX_LINE_BYTES, max_depth=32, max_str=256 << 10,
+                  max_items=100_000)
 _HEADER = struct.Struct(">BxxxL")
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
@@ -87,25 +92,38 @@ class Reply:
 
 
 class _Frames:
-    """Reads the multiplexed attach stream: stdout as lines, stderr into a capture."""
+    """Reads the multiplexed attach stream: stdout as lines, stderr into a capture.
+
+    Frames are routed as their bytes arrive, not once complete: one write of 100 MB is
+    one frame, and waiting for it whole would buffer all of it before any cap applies.
+    The output cap and the line cap are checked after every read of the socket."""
 
     def __init__(self, sock: socket.socket, output_cap: int) -> None:
         self.sock = sock
         self.cap = output_cap
-        self.raw = b""
-        self.stdout = b""
+        self.raw = bytearray()  # read, not yet routed
+        self.kind = 0  # the current frame's stream (1 stdout, 2 stderr)
+        self.left = 0  # its payload bytes still to come
+        self.stdout = bytearray()  # stdout not yet split into lines
+        self.scanned = 0  # bytes of `stdout` known to hold no newline
         self.stderr = OutputCapture()
         self.total = 0
 
     def line(self, deadline: float) -> bytes | None:
         """The next stdout line (without newline); None at end of stream."""
-        while b"\n" not in self.stdout:
+        while True:
+            cut = self.stdout.find(b"\n", self.scanned)
+            if cut >= 0:
+                line = bytes(self.stdout[:cut])
+                del self.stdout[:cut + 1]
+                self.scanned = 0
+                return line
+            self.scanned = len(self.stdout)
             if len(self.stdout) > MAX_LINE_BYTES:
-                raise SessionDead(DeathReason.PROTOCOL, f"a reply line exceeds {MAX_LINE_BYTES}")
+                raise SessionDead(DeathReason.PROTOCOL,
+                                  f"a reply line exceeds {MAX_LINE_BYTES} bytes")
             if not self._fill(deadline):
                 return None
-        line, self.stdout = self.stdout.split(b"\n", 1)
-        return line
 
     def drain(self, seconds: float) -> None:
         """Read what arrives within `seconds` (stderr written just before a reply may
@@ -116,29 +134,39 @@ class _Frames:
                 pass
 
     def _fill(self, deadline: float) -> bool:
-        while len(self.raw) < _HEADER.size or \
-                len(self.raw) < _HEADER.size + _HEADER.unpack_from(self.raw)[1]:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            readable, _, _ = select.select([self.sock], [], [], remaining)
-            if not readable:
-                raise TimeoutError
-            chunk = self.sock.recv(1 << 16)
-            if not chunk:
-                return False
-            self.raw += chunk
-        kind, size = _HEADER.unpack_from(self.raw)
-        payload = self.raw[_HEADER.size:_HEADER.size + size]
-        self.raw = self.raw[_HEADER.size + size:]
-        self.total += size
-        if kind == 1:
-            self.stdout += payload
-        else:
-            self.stderr.feed(payload)
-        if self.total > self.cap:
-            raise SessionDead(DeathReason.OUTPUT_LIMIT, f"output exceeded {self.cap} bytes")
+        """Read once from the socket and route it; False at end of stream."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        readable, _, _ = select.select([self.sock], [], [], remaining)
+        if not readable:
+            raise TimeoutError
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            return False
+        self.raw += chunk
+        self._route()
         return True
+
+    def _route(self) -> None:
+        while self.raw:
+            if self.left == 0:
+                if len(self.raw) < _HEADER.size:
+                    return
+                self.kind, self.left = _HEADER.unpack_from(self.raw)
+                del self.raw[:_HEADER.size]
+                continue
+            take = min(self.left, len(self.raw))
+            payload = bytes(self.raw[:take])
+            del self.raw[:take]
+            self.left -= take
+            self.total += take
+            if self.kind == 1:
+                self.stdout += payload
+            else:
+                self.stderr.feed(payload)
+            if self.total > self.cap:
+                raise SessionDead(DeathReason.OUTPUT_LIMIT, f"output exceeded {self.cap} bytes")
 
 
 class SandboxSession:
@@ -219,17 +247,10 @@ class SandboxSession:
         return self._parse(raw, rid, time.monotonic() - started)
 
     def _parse(self, raw: bytes, rid: int, seconds: float) -> Reply:
-        try:
-            reply = json.loads(raw)
-        except ValueError:
-            self._die(SessionDead(DeathReason.PROTOCOL, f"reply is not JSON: {raw[:200]!r}"))
-        if not isinstance(reply, dict) or reply.get("id") != rid or \
-                not isinstance(reply.get("ok"), bool):
-            self._die(SessionDead(DeathReason.PROTOCOL, f"malformed reply: {raw[:200]!r}"))
-        if reply["ok"]:
-            return Reply(ok=True, result=reply.get("result"), error=None, seconds=seconds)
-        return Reply(ok=False, result=None, error=_exception(reply.get("error")),
-                     seconds=seconds)
+        reply = parse_reply(raw, rid)
+        if isinstance(reply, SessionDead):
+            self._die(reply)
+        return replace(reply, seconds=seconds)
 
     def _classify_exit(self) -> SessionDead:
         try:
@@ -273,9 +294,19 @@ class SandboxSession:
         """Tear everything down; safe to call twice. The reaper covers what fails here."""
         if self.container is not None:
             # Kill before dropping the stream: removing a container whose output is
-            # blocked on a closed attach takes the engine seconds.
+            # blocked on a closed attach takes the engine seconds. Keep reading while
+            # the kill runs: with the stream full (a flood we stopped reading), the
+            # engine's kill waits on it until the client's timeout (60 s).
+            stop = threading.Event()
+            drainer = threading.Thread(target=_discard, args=(self._sock, stop),
+                                       name=f"{self.name}-drain", daemon=True)
+            if self._sock is not None:
+                drainer.start()
             with contextlib.suppress(*_DOCKER_ERRORS):
                 self.container.kill()
+            stop.set()
+            if drainer.is_alive():
+                drainer.join(timeout=2)
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
@@ -304,18 +335,29 @@ class SandboxSession:
         self.close()
 
 
-def _exception(raw: Any) -> ExceptionInfo:
-    if not isinstance(raw, dict):
-        return ExceptionInfo(type="Unknown", message=repr(raw)[:2000], frames=())
-    frames = raw.get("frames")
-    return ExceptionInfo(
-        type=str(raw.get("type", "Unknown"))[:200], message=str(raw.get("message", ""))[:4000],
-        frames=tuple(Frame(filename=str(f.get("filename", ""))[:500],
-                           lineno=_int(f.get("lineno")), name=str(f.get("name", ""))[:200],
-                           line=str(f.get("line", ""))[:500])
-                     for f in (frames if isinstance(frames, list) else [])[-50:]
-                     if isinstance(f, dict)))
+def parse_reply(raw: bytes, rid: int) -> Reply | SessionDead:
+    """One protocol line as a Reply, or the PROTOCOL death it earns. Never raises: the
+    line is parsed with caps on size and depth (bounded_json), and an error record is
+    bounded like a job's exception record."""
+    try:
+        reply = bounded_json.loads(raw, REPLY_CAPS, "reply")
+    except JSONLimitError as exc:
+        return SessionDead(DeathReason.PROTOCOL, f"{exc}: {raw[:200]!r}")
+    if not isinstance(reply, dict) or reply.get("id") != rid or \
+            not isinstance(reply.get("ok"), bool):
+        return SessionDead(DeathReason.PROTOCOL, f"malformed reply: {raw[:200]!r}")
+    if reply["ok"]:
+        return Reply(ok=True, result=reply.get("result"), error=None, seconds=0.0)
+    return Reply(ok=False, result=None, seconds=0.0,
+                 error=job_output.exception_info(reply.get("error"), required=False))
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _discard(sock: socket.socket | None, stop: threading.Event) -> None:
+    """Read and drop the attach stream until it ends or `stop` is set."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        while not stop.is_set():
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable and not sock.recv(1 << 16):
+                return
