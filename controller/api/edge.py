@@ -158,15 +158,14 @@ def _guarded(handler: Any, body: _Body) -> Any:
             inner_stream = handler.unary_stream
 
             async def unary_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-                request = await body.one(requests, context)
-                async for item in _iterate(inner_stream(request, context)):
+                stream = inner_stream(await body.one(requests, context), context)
+                async for item in _iterate(stream):  # no reference to the request kept here
                     yield item
             return grpc.stream_stream_rpc_method_handler(unary_stream, **kwargs)
         inner_unary = handler.unary_unary
 
         async def unary_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
-            request = await body.one(requests, context)
-            return await _resolve(inner_unary(request, context))
+            return await _resolve(inner_unary(await body.one(requests, context), context))
         return grpc.stream_unary_rpc_method_handler(unary_unary, **kwargs)
     if handler.response_streaming:
         inner_streams = handler.stream_stream
