@@ -204,6 +204,10 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
               f"{final.id}`")
         return EXIT_PAUSED
     print(f"{final.id}: {state} - {final.summary}")
+    if final.state == rpb.RUN_STATE_SUCCEEDED and final.best_trial > 0 and \
+            "fresh paired seeds" in final.summary:
+        print(f"  final check (best vs baseline on fresh seeds): bilevel artifact {final.id} "
+              "final_check.json")
     for m in final.mechanisms:
         print(f"  mechanism {m.name} ({m.origin}): {m.status}; {m.calls} calls, "
               f"{m.effective} effective{'' if m.injected else ' - NOT injected'}")

@@ -33,6 +33,7 @@ import structlog
 from controller.llm.errors import LLMBudgetSpent, LLMUnavailable
 from controller.research import evaluation
 from controller.research.evaluation import Evaluation
+from controller.research.final_check import FinalCheck, fresh_seeds, run_check
 from controller.research.keep import Incumbent, make_rule
 from controller.research.lessons import distill
 from controller.research.planner import ContextHook, Planned, Planner
@@ -388,28 +389,56 @@ class InnerLoop:
 
     def _finish(self, state: RunState, reason: str) -> None:
         run = self.store.get_run(self.run_id)
-        summary = summarize(run, reason)
-        improved = (run.best_val_bpb is not None and run.baseline_val_bpb is not None
-                    and run.best_val_bpb < run.baseline_val_bpb)
+        check = None
+        if state is RunState.SUCCEEDED:
+            check = self._final_check(run)
+            if check is None and self.stop.event.is_set():
+                self._stopped()  # a shutdown: the resumed run checks again
+                return
+        summary = summarize(run, reason, check)
+        improved = check.beats if check is not None else False
         if self.store.finish_run(self.run_id, state, reason, summary, {
                 "state": state.value, "reason": reason, "baseline_val_bpb": run.baseline_val_bpb,
-                "best_val_bpb": run.best_val_bpb, "improved": improved, "summary": summary}) \
+                "best_val_bpb": run.best_val_bpb, "improved": improved, "summary": summary,
+                "final_check": check.to_json() if check is not None else None}) \
                 and self.memory is not None:
             lessons = distill(self.task.name, self.run_id, self.store.trials(self.run_id))
             self.memory.add(lessons)
             log.info("lessons stored", count=len(lessons), task=self.task.name)
         log.info("run finished", state=state.value, summary=summary)
 
+    def _final_check(self, run: RunRecord) -> FinalCheck | None:
+        """Best and baseline re-run on fresh paired seeds (final_check.py), stored as the
+        run's final_check.json artifact; None when there is no best to check."""
+        count = self.settings.search.final_seeds
+        if not count or run.best_trial in (None, 0) or self.stop.event.is_set():
+            return None
+        best = self.artifacts.read_trial(self.run_id, run.best_trial, "train.py").decode()
+        seeds = fresh_seeds(self.settings.search.seed, count)
+        log.info("final check: best and baseline on fresh seeds", best_trial=run.best_trial,
+                 seeds=seeds)
+        check = run_check(self.task, best, self.task.baseline_source(), run.best_trial,
+                          seeds, self.stop.event, run.noise_sigma)
+        if check is not None:
+            self.artifacts.write_run(self.run_id, "final_check.json",
+                                     json.dumps(check.to_json(), indent=1).encode())
+        return check
 
-def summarize(run: RunRecord, reason: str) -> str:
-    """One honest line: did the search beat its baseline, and by how much."""
+
+def summarize(run: RunRecord, reason: str, check: FinalCheck | None = None) -> str:
+    """One honest line: the search's numbers, and whether the best beats the baseline
+    on fresh seeds - "beats" only when the paired interval excludes 0."""
     base, best, n = run.baseline_val_bpb, run.best_val_bpb, max(run.trials_done - 1, 0)
     if base is None or best is None:
         return f"{reason}; no baseline result"
-    if best < base:
-        return (f"{reason}; best val_bpb {best:.6f} (trial {run.best_trial}) beats the "
-                f"baseline {base:.6f} by {base - best:.6f} after {n} trials")
-    return f"{reason}; no improvement over the baseline val_bpb {base:.6f} in {n} trials"
+    if best >= base or run.best_trial in (None, 0):
+        return f"{reason}; no improvement over the baseline val_bpb {base:.6f} in {n} trials"
+    sigma = f", σ {run.noise_sigma:.1e}" if run.noise_sigma else ""
+    found = (f"{reason}; in the search the best val_bpb {best:.6f} (trial {run.best_trial}) "
+             f"was {base - best:.6f} below the baseline {base:.6f}{sigma} after {n} trials")
+    if check is None:
+        return f"{found}; not re-evaluated on fresh seeds, so not claimed better than it"
+    return f"{found}; {check.verdict()}"
 
 
 def _crash_text(outcome: TrialOutcome) -> str:

@@ -39,6 +39,9 @@ class SearchSettings:
     noise_margin: float = 2.0
     batch_size: int = 1  # trials in flight at once (each takes a sandbox slot)
     pipeline: bool = False  # propose the next trials while trials run
+    # At the end, the best and the baseline run again on this many fresh paired seeds;
+    # the summary says "beats" only when the interval of the difference excludes 0.
+    final_seeds: int = 3
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,9 @@ class RunSettings:
             raise FieldError("search.noise_seeds", f"must be in [2, 32], got {s.noise_seeds}")
         if not (math.isfinite(s.noise_margin) and 0 <= s.noise_margin <= 20):
             raise FieldError("search.noise_margin", "must be in [0, 20] (units of sigma)")
+        if not 0 <= s.final_seeds <= 32:
+            raise FieldError("search.final_seeds", f"must be in [0, 32] (0: no final "
+                                                   f"check), got {s.final_seeds}")
         if not 1 <= s.batch_size <= MAX_BATCH:
             raise FieldError("search.batch_size", f"must be in [1, {MAX_BATCH}]")
         if p.mode not in MODES:

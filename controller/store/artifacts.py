@@ -1,7 +1,8 @@
 """Run artifacts as plain files under the state dir, written atomically and fsynced.
 
 Layout: runs/<run_id>/results.tsv and runs/<run_id>/trials/<n>/{train.py,diff,log,llm.json}
-(llm.json: every prompt and answer that made the trial's proposal).
+(llm.json: every prompt and answer that made the trial's proposal), and
+runs/<run_id>/final_check.json (the best and the baseline re-run on fresh seeds at the end).
 "best/train.py" is not a file of its own: it names the incumbent trial's train.py.
 """
 
@@ -15,16 +16,19 @@ from pathlib import Path
 from controller.store.records import NotFoundError
 
 TRIAL_FILES = ("train.py", "diff", "log", "llm.json")
-NAME_PATTERN = re.compile(r"^(best/train\.py|results\.tsv|trials/(0|[1-9]\d{0,6})/"
-                          r"(train\.py|diff|log|llm\.json))$")
+RUN_FILES = ("results.tsv", "final_check.json")
+NAME_PATTERN = re.compile(r"^(best/train\.py|results\.tsv|final_check\.json|"
+                          r"trials/(0|[1-9]\d{0,6})/(train\.py|diff|log|llm\.json))$")
 CONTENT_TYPES = {"train.py": "text/x-python", "diff": "text/x-diff", "log": "text/plain",
-                 "results.tsv": "text/tab-separated-values", "llm.json": "application/json"}
+                 "results.tsv": "text/tab-separated-values", "llm.json": "application/json",
+                 "final_check.json": "application/json"}
 
 
 class BadArtifactName(ValueError):
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"unknown artifact name {name!r}: use best/train.py, results.tsv or "
+            f"unknown artifact name {name!r}: use best/train.py, results.tsv, "
+            f"final_check.json or "
             f"trials/<n>/{{{','.join(TRIAL_FILES)}}}")
         self.name = name
 
@@ -57,6 +61,11 @@ class ArtifactStore:
     def write_results(self, run_id: str, tsv: str) -> None:
         _atomic_write(self._run_dir(run_id) / "results.tsv", tsv.encode())
 
+    def write_run(self, run_id: str, name: str, data: bytes) -> None:
+        """A file of the run as a whole (RUN_FILES)."""
+        assert name in RUN_FILES
+        _atomic_write(self._run_dir(run_id) / name, data)
+
     def read_trial(self, run_id: str, index: int, name: str) -> bytes:
         path = self.trial_path(run_id, index, name)
         try:
@@ -74,11 +83,13 @@ class ArtifactStore:
             if best_trial is None:
                 raise NotFoundError("artifact", name, "the baseline has not finished yet")
             return self.read_trial(run_id, best_trial, "train.py")
-        if name == "results.tsv":
+        if name in RUN_FILES:
             try:
-                return (self._run_dir(run_id) / "results.tsv").read_bytes()
+                return (self._run_dir(run_id) / name).read_bytes()
             except FileNotFoundError:
-                raise NotFoundError("artifact", name, "no trial has finished yet") from None
+                why = ("no trial has finished yet" if name == "results.tsv" else
+                       "the run has not finished with a best to re-evaluate")
+                raise NotFoundError("artifact", name, why) from None
         return self.read_trial(run_id, int(match.group(2)), match.group(3))
 
 
