@@ -111,7 +111,7 @@ def test_code_that_does_not_compile_or_touches_protected_parts_is_rejected(
      "rebinds `harness`"),
     ("from trainer import harness\n", "import trainer.harness as harness\n",
      "removes or changes `from trainer import harness`"),
-    ("SEED = 42", "SEED = 7", "SEED defines the experiment"),
+    ("SEED = harness.seed(42)", "SEED = harness.seed(7)", "removes or changes harness.seed"),
     ("TIME_BUDGET_SECONDS = ", "TIME_BUDGET_SECONDS = 2 * ", "TIME_BUDGET_SECONDS"),
 ])
 def test_the_trusted_harness_calls_in_train_py_are_protected(

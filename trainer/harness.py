@@ -1,8 +1,11 @@
-"""Trusted helpers that train.py imports: data, clock, divergence check, save, report.
+"""Trusted helpers that train.py imports: data, clock, seed, divergence check, save, report.
 
-Installed read-only in the sandbox image, so an edit of train.py cannot change how the
-budget is measured, where the model goes or what the summary looks like. (A candidate
-can still bypass them; that is why val_bpb comes only from the separate evaluator.)
+Installed read-only in the sandbox image, so an edit of train.py cannot change how they
+work. They run inside the candidate's process, though, so a candidate can still bypass
+them (rebind the clock's budget, ignore the seed): the guarantees are kept outside it.
+The trusted side bounds the training phase's wall and CPU time (trainer/run.py), flags a
+candidate whose re-run on another seed is bit-identical, and val_bpb comes only from the
+separate evaluator.
 """
 
 from __future__ import annotations
@@ -21,9 +24,23 @@ import torch
 
 from trainer import archive, flops
 from trainer.shards import Split, data_dir, load_split
-from trainer.summary import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, format_summary
+from trainer.summary import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, SEED_ENV, format_summary
 
 PROCESS_START = time.time()
+# The trial's seed, chosen by the controller. Read once at import, before train.py runs
+# any line of its own, so a later change of the environment does not move it.
+_TRIAL_SEED = os.environ.get(SEED_ENV, "")
+
+
+def seed(default: int) -> int:
+    """The trial's seed ($BILEVEL_SEED, set by the controller for every trial), or
+    `default` when train.py is run by hand. A malformed value is an error, not a default."""
+    if not _TRIAL_SEED:
+        return int(default)
+    try:
+        return int(_TRIAL_SEED)
+    except ValueError:
+        raise ValueError(f"{SEED_ENV}={_TRIAL_SEED!r} is not an integer seed") from None
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,6 +85,9 @@ def synchronize(device: torch.device) -> None:
 
 class TrainingClock:
     """Counts training wall time after the first `warmup_steps` steps, up to a budget.
+
+    This drives the schedule and tells an honest train.py when to stop; it is no bound
+    (the candidate owns this object). The bound is trainer/run.py's, measured outside.
 
     With `max_steps` > 0 the run also stops after that many steps and the schedule
     follows steps instead of time, so two runs with one seed are identical.

@@ -1,18 +1,32 @@
-"""What an LLM's code edit of train.py must leave alone.
+"""What an LLM's code edit of train.py must leave alone: a fast static first filter.
+
+This is only a filter. It rejects the obvious ways to change the experiment before a
+container is spent on them, and it gives the LLM a reason it can act on; it cannot
+prove anything about Python code. The guarantees live outside the candidate's process:
+the trusted side measures and bounds the training phase's wall and CPU time
+(trainer/run.py: over budget means status `over_budget`, never kept), sets the trial's
+seed (harness.seed) and flags a candidate whose re-run on another seed is bit-identical
+(research/evaluation.py), and val_bpb comes only from the separate trusted evaluator.
 
 The trusted harness itself lives in the read-only `trainer` package of the image; what
 train.py holds of it are the lines that call it. A task declares them precisely:
 
 - `calls`: dotted calls (e.g. `harness.save_model`) whose every occurrence, arguments
   included, must survive unchanged and in the same number: the data loader, the
-  training clock, the model export and the summary;
-- the names those calls go through (`harness`) may not be rebound or shadowed;
+  training clock, the seed, the model export and the summary;
+- the names those calls go through (`harness`) may not be rebound or shadowed, and may
+  only be used to call (`harness.f(...)`): no aliasing, no `harness.X.attr = ...`;
+- names bound to a protected call's result (`clock = harness.TrainingClock(...)`) keep
+  their single binding and get no attribute or item assignments (`clock.budget_seconds`);
 - `imports`: import statements that must stay (e.g. `from trainer import harness`);
 - `functions`: top-level functions that must stay byte-for-byte in meaning (AST-equal);
-- `knobs`: constants that define the experiment (time budget, seed) and keep their value.
+- `knobs`: constants that define the experiment (time budget, seed) keep their value
+  and their single binding (no `TIME_BUDGET_SECONDS = float(...)` later on).
 
-val_bpb still comes only from the separate trusted evaluator, so this guards the
-experiment's definition, not the metric.
+For every task, an edit may not add seeding calls (`torch.manual_seed(1234)`,
+`random.seed`, ...), reflection or dynamic code (`setattr`, `globals()`, `exec`, `eval`,
+`compile`, `__import__`, `__dict__`, ...), nor import modules that reach around the
+checks (`importlib`, `sys`, `builtins`, `inspect`, `ctypes`, other `trainer` modules).
 """
 
 from __future__ import annotations
@@ -49,6 +63,86 @@ def _bound_names(tree: ast.Module) -> Counter[str]:
     return names
 
 
+# Names whose use reaches around a static check: reflection and dynamic code.
+FORBIDDEN_NAMES = frozenset({
+    "setattr", "delattr", "getattr", "globals", "locals", "vars", "exec", "eval", "compile",
+    "__import__", "__builtins__", "breakpoint", "memoryview"})
+FORBIDDEN_ATTRS = frozenset({
+    "__dict__", "__class__", "__globals__", "__builtins__", "__code__", "__closure__",
+    "__subclasses__", "__bases__", "__mro__", "__getattribute__", "__setattr__",
+    "__delattr__", "__import__", "__loader__", "__spec__", "__self__", "__func__",
+    "__defaults__", "__kwdefaults__", "__wrapped__", "__module__", "f_globals", "f_locals",
+    "f_back", "gi_frame", "tb_frame"})
+FORBIDDEN_MODULES = frozenset({
+    "importlib", "sys", "builtins", "inspect", "ctypes", "gc", "types", "runpy", "pkgutil",
+    "code", "codeop", "marshal", "pickle", "dill", "cffi", "trainer"})
+# Calls that set a random state: the trial's seed comes from the controller.
+SEEDING_ATTRS = frozenset({"manual_seed", "manual_seed_all", "seed", "seed_all",
+                           "set_rng_state", "set_state", "setstate", "default_rng",
+                           "RandomState", "Generator", "fork_rng"})
+
+
+def _root(node: ast.expr) -> str:
+    """The name an attribute/subscript chain starts from (`clock` of `clock.a[0].b`)."""
+    while isinstance(node, ast.Attribute | ast.Subscript | ast.Call):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def _seeding_calls(tree: ast.Module) -> Counter[str]:
+    return Counter(ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call) and (
+        (isinstance(n.func, ast.Attribute) and n.func.attr in SEEDING_ATTRS)
+        or (isinstance(n.func, ast.Name) and n.func.id in SEEDING_ATTRS)))
+
+
+def _imported_modules(tree: ast.Module) -> list[str]:
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append(node.module)
+    return out
+
+
+def _store_targets(tree: ast.Module) -> list[ast.expr]:
+    """Every attribute or item an assignment, augmented assignment or del writes."""
+    targets: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute | ast.Subscript) and isinstance(
+                node.ctx, ast.Store | ast.Del):
+            targets.append(node)
+    return targets
+
+
+def check_dynamic(base: str, candidate: str) -> None:
+    """The rules for every task: no reflection, no new seeding, no reaching imports.
+    Only what the candidate adds counts: a baseline may use what it likes."""
+    old, new = ast.parse(base), ast.parse(candidate)
+    old_names = {n.id for n in ast.walk(old) if isinstance(n, ast.Name)}
+    old_attrs = {n.attr for n in ast.walk(old) if isinstance(n, ast.Attribute)}
+    for node in ast.walk(new):
+        if isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES \
+                and node.id not in old_names:
+            raise ProposalError("protected", f"the edit uses `{node.id}`; reflection and "
+                                "dynamic code are not allowed in train.py")
+        if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_ATTRS \
+                and node.attr not in old_attrs:
+            raise ProposalError("protected", f"the edit uses `.{node.attr}`; reflection is "
+                                "not allowed in train.py")
+    old_modules = set(_imported_modules(old))
+    for module in _imported_modules(new):
+        if module not in old_modules and module.split(".")[0] in FORBIDDEN_MODULES:
+            raise ProposalError("protected", f"the edit imports `{module}`; train.py may not "
+                                "import modules that reach around the harness")
+    before, after = _seeding_calls(old), _seeding_calls(new)
+    if before != after:
+        changed = sorted((after - before).elements()) or sorted((before - after).elements())
+        raise ProposalError("protected", f"the edit adds, removes or changes the seeding call "
+                            f"`{changed[0]}`; the controller sets the trial's seed "
+                            "(harness.seed), so leave the random state alone")
+
+
 @dataclass(frozen=True)
 class Protected:
     calls: frozenset[str] = frozenset()
@@ -79,6 +173,8 @@ class Protected:
             if wanted not in {ast.dump(s) for s in new.body}:
                 raise ProposalError("protected", f"the edit removes or changes `{statement}`;"
                                     " it must stay as a top-level statement")
+        check_dynamic(base, candidate)
+        self._check_bindings(old, new)
         for name in sorted(self.functions):
             before, after = _function(old, name), _function(new, name)
             if before is not None and (after is None or ast.dump(before) != ast.dump(after)):
@@ -110,6 +206,44 @@ class Protected:
                 raise ProposalError("protected", f"the edit rebinds `{root}`, the trusted "
                                     "harness module; use another name")
 
+    def _check_bindings(self, old: ast.Module, new: ast.Module) -> None:
+        """The harness module is only called through; results of protected calls and
+        protected knobs keep their one binding and get no attribute or item writes."""
+        roots = {c.split(".")[0] for c in self.calls}
+        parents = {id(child): node for node in ast.walk(new)
+                   for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(new):
+            if not (isinstance(node, ast.Name) and node.id in roots):
+                continue
+            attr = parents.get(id(node))
+            call = parents.get(id(attr)) if isinstance(attr, ast.Attribute) else None
+            if not (isinstance(call, ast.Call) and call.func is attr) \
+                    and not isinstance(node.ctx, ast.Store):
+                raise ProposalError("protected", f"the edit uses `{node.id}` other than to "
+                                    f"call it (`{node.id}.f(...)`): `{ast.unparse(attr or node)}`"
+                                    "; the trusted harness may only be called")
+        guarded = _result_names(old, self.calls) | roots
+        for target in _store_targets(new):
+            if _root(target) in guarded:
+                raise ProposalError("protected", f"the edit assigns `{ast.unparse(target)}`; "
+                                    f"`{_root(target)}` belongs to the trusted harness")
+        old_bound, new_bound = _bound_names(old), _bound_names(new)
+        for name in sorted(_result_names(old, self.calls) | set(self.knobs)):
+            if old_bound[name] and new_bound[name] != old_bound[name]:
+                raise ProposalError("protected", f"the edit binds `{name}` again (or no "
+                                    "longer); it defines the experiment, leave its one "
+                                    "assignment as it is")
+
+
+def _result_names(tree: ast.Module, calls: frozenset[str]) -> set[str]:
+    """Names bound to a protected call's result, e.g. `clock` of `clock = harness.X(...)`."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                and _dotted(node.value.func) in calls:
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
 
 def _function(tree: ast.Module, name: str) -> ast.FunctionDef | None:
     return next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name),
@@ -118,7 +252,7 @@ def _function(tree: ast.Module, name: str) -> ast.FunctionDef | None:
 
 TRAINER = Protected(
     calls=frozenset({"harness.train_data", "harness.TrainingClock", "harness.save_model",
-                     "harness.finish"}),
+                     "harness.finish", "harness.seed", "harness.device_batches"}),
     imports=("from trainer import harness",),
     knobs=frozenset({"TIME_BUDGET_SECONDS", "WARMUP_STEPS", "MAX_STEPS", "SEED"}))
 
