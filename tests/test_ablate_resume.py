@@ -44,7 +44,7 @@ def test_ablation_survives_a_sigkill_and_resumes_without_redoing_finished_repeat
         tmp_path: Path, sandbox_image: str) -> None:
     with FakeLLMServer(responder=random_params_responder()) as fake:
         args = [sys.executable, "-m", "controller.cli", "--log-level", "warning", "ablate",
-                "--arms", "A,random", "--repeats", "3", "--trials", "4", "--parallel", "2",
+                "--arms", "A,random_search", "--repeats", "3", "--trials", "4", "--parallel", "2",
                 "--provider", "openai", "--model", "fake-chat", "--base-url", fake.openai_url,
                 "--state-dir", str(tmp_path), "--image", sandbox_image,
                 "--namespace", "pytest-ablate"]
@@ -74,7 +74,7 @@ def test_ablation_survives_a_sigkill_and_resumes_without_redoing_finished_repeat
     assert len(finished) == 6
     assert {k: finished[k] for k in before} == before  # the same runs, not redone
     seeds = {a["name"]: a for a in after["arms"]}  # type: ignore[attr-defined]
-    assert set(seeds) == {"A", "random"}
+    assert set(seeds) == {"A", "random_search"}
     store = RunStore(tmp_path / "bilevel.sqlite3")
     try:
         for run_id, done in trials_before.items():
@@ -83,13 +83,13 @@ def test_ablation_survives_a_sigkill_and_resumes_without_redoing_finished_repeat
                         for r in range(3)}
         assert len(search_seeds) == 3  # distinct, recorded seeds
         assert store.get_run(finished["A/0"]).llm_tokens_used > 0
-        assert store.get_run(finished["random/0"]).llm_tokens_used == 0
+        assert store.get_run(finished["random_search/0"]).llm_tokens_used == 0
     finally:
         store.close()
     reeval = after["reeval"]
     assert isinstance(reeval, dict)
     assert all(reeval[f"{arm}/{r}"]["value"] is not None
-               for arm in ("A", "random", "baseline") for r in range(3))
+               for arm in ("A", "random_search", "baseline") for r in range(3))
     report = (tmp_path / "ablations" / str(after["id"]) / "report.md").read_text()
-    assert "| A: L1 |" in report and "| random: control" in report
+    assert "| A: L1 |" in report and "| random_search: control" in report
     assert "test bed for the search machinery" in report

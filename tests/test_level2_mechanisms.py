@@ -16,7 +16,7 @@ from controller.llm.settings import LLMAccess
 from controller.research import mechanism_report
 from controller.research.loop import InnerLoop, StopSignal
 from controller.research.outer import attach_outer_levels
-from controller.research.proposer import RandomPerturbation
+from controller.research.proposer import LocalPerturbation
 from controller.research.proposers import build_run_provider
 from controller.research.settings import Budgets, OuterSettings, RunSettings
 from controller.research.tasks.surrogate import SurrogateTask
@@ -37,7 +37,7 @@ def surrogate_loop(tmp_path: Path, executor: SandboxExecutor, settings: RunSetti
     store.create_run("run-l2", settings.to_dict())
     stop = StopSignal()
     loop = InnerLoop("run-l2", settings, SurrogateTask(executor),
-                     RandomPerturbation(settings.search.seed, settings.proposer), store,
+                     LocalPerturbation(settings.search.seed, settings.proposer), store,
                      ArtifactStore(tmp_path / "runs"), stop)
     attach_outer_levels(loop, executor, lambda: build_run_provider(
         "run-l2", settings, store, access or LLMAccess(allow_any_base_url=True), stop.event))

@@ -123,7 +123,7 @@ def llm_settings(server_url: str, provider: str = "anthropic", **kw: Any) -> LLM
 def run_settings(trials: int, llm: LLMSettings | None = None, **search: Any) -> RunSettings:
     proposer: dict[str, Any] = search.pop("proposer", {})
     budgets: dict[str, Any] = search.pop("budgets", {})
-    kind = "llm" if llm is not None else "random"
+    kind = "llm" if llm is not None else "local"
     return RunSettings(search=SearchSettings(**search),
                        proposer=ProposerSettings(kind=kind, **proposer),
                        budgets=Budgets(max_trials=trials, **budgets),

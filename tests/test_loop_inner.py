@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from controller.research import knobs
 from controller.research.loop import InnerLoop, StopSignal
-from controller.research.proposer import ProposerContext, RandomPerturbation
+from controller.research.proposer import LocalPerturbation, ProposerContext
 from controller.research.settings import Budgets, ProposerSettings, RunSettings, SearchSettings
 from controller.research.space import ProposalError
 from controller.research.task import TrialOutcome
@@ -47,7 +47,7 @@ def test_write_knobs_changes_one_line_per_knob_and_keeps_comments() -> None:
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**32), index=st.integers(1, 10_000))
 def test_random_proposals_stay_in_range_and_are_deterministic(seed: int, index: int) -> None:
-    proposer = RandomPerturbation(seed, ProposerSettings(max_changes=3, step=1.0))
+    proposer = LocalPerturbation(seed, ProposerSettings(max_changes=3, step=1.0))
     ctx = ProposerContext(trial_index=index, incumbent=knobs.read_knobs(BASELINE),
                           space=SPACE, history=())
     proposal = proposer.propose(ctx)
@@ -55,12 +55,12 @@ def test_random_proposals_stay_in_range_and_are_deterministic(seed: int, index: 
     assert 1 <= len(proposal.changes) <= 3
     assert all(ctx.incumbent[k] != v for k, v in proposal.changes.items())
     assert proposer.propose(ctx) == proposal
-    assert "[random baseline]" in proposal.description
+    assert "[local]" in proposal.description
 
 
 def test_frozen_knobs_are_never_proposed() -> None:
     space = SPACE.without(("DEPTH", "MATRIX_LR"))
-    proposer = RandomPerturbation(0, ProposerSettings(max_changes=4))
+    proposer = LocalPerturbation(0, ProposerSettings(max_changes=4))
     for i in range(200):
         changes = proposer.propose(ProposerContext(i, knobs.read_knobs(BASELINE), space, ()))
         assert not {"DEPTH", "MATRIX_LR"} & set(changes.changes)
@@ -76,7 +76,7 @@ def _loop(tmp_path: Path, task: SurrogateTask, trials: int, stop: StopSignal | N
     if create:
         store.create_run(run_id, settings_.to_dict())
     loop = InnerLoop(run_id, settings_, task,
-                     RandomPerturbation(1, settings_.proposer), store,
+                     LocalPerturbation(1, settings_.proposer), store,
                      ArtifactStore(tmp_path / "runs"), stop or StopSignal())
     return loop, store
 
@@ -93,7 +93,7 @@ def test_short_run_lowers_val_bpb_or_says_honestly_that_it_did_not(
         assert "beats the baseline" in run.summary
     else:
         assert "no improvement over the baseline" in run.summary
-    # With this seed the random baseline does find a better configuration.
+    # With this seed the local baseline does find a better configuration.
     assert run.best_val_bpb < run.baseline_val_bpb
     trials = store.trials("run-test")
     kept = [t.val_bpb for t in trials if t.status is TrialStatus.KEEP and t.val_bpb]

@@ -4,11 +4,13 @@ The definition (arms, seeds, budgets) and the run id of every (arm, repeat) cell
 in one JSON file, `<state>/ablations/<id>/ablation.json`, rewritten atomically after
 each change, so a killed driver resumes where it was (runner.py).
 
-Arms (REFERENCE.md §2, §6): A = L1, B = L1+1.5, C = L1+1.5+2, D = L1+2, and controls:
-`random` (the offline random proposer), `A-sched` (A on C's batch schedule, no
-mechanisms) and `C-noop` (C's levels with the library's no-op mechanism instead of
-Level 2). Repeat r of every arm uses the same seed (paired design); the final bests
-are re-evaluated on fresh seeds that no search saw.
+Arms: A = L1, B = L1+1.5, C = L1+1.5+2, D = L1+2, and controls: `random_search` (true
+random search over the typed ranges), `tpe` and `cmaes` (TPE and CMA-ES: the field's
+offline optimizers, Level 1 only), `A-sched` (A on C's batch schedule, no mechanisms) and
+`C-noop` (C's levels with the library's no-op mechanism instead of Level 2). Without an
+LLM, A-D use the offline `local` proposer (a (1+1) perturbation of the incumbent).
+Repeat r of every arm uses the same seed (paired design); the final bests are
+re-evaluated on fresh seeds that no search saw.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from google.protobuf import json_format
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 
-ALL_ARMS = ("A", "B", "C", "D", "random", "A-sched", "C-noop")
+ALL_ARMS = ("A", "B", "C", "D", "random_search", "tpe", "cmaes", "A-sched", "C-noop")
+RENAMED_ARMS = {"random": "arm 'random' is now 'random_search' (true random search over the "
+                          "typed ranges; the old arm ran the local perturbation A runs)"}
 CONTROL = "A"
 FRESH_SEED_BASE = 1_000_000_000  # re-evaluation seeds: far from every search seed
 SEED_STRIDE = 1000  # search seed of repeat r: seed + r * SEED_STRIDE
@@ -41,7 +45,7 @@ class Arm:
     name: str
     title: str
     levels: tuple[str, ...]
-    proposer: str  # "llm" or "random"
+    proposer: str  # "llm" or an offline kind (settings.OFFLINE_PROPOSERS)
     batch_size: int = 1
     mechanisms: tuple[str, ...] = ()  # library mechanisms it starts with
     llm_outer: bool = False  # with an LLM: L1.5 and L2 ask it (else rule / library)
@@ -52,11 +56,11 @@ class Arm:
 
 
 def catalogue(llm: bool, schedule_batch: int) -> tuple[dict[str, Arm], dict[str, str]]:
-    """The arms and the reasons some are skipped. Without an LLM every level runs its
-    offline form (random proposer, rule-based L1.5, library mechanisms); then the
-    random control is A itself and is skipped rather than run twice."""
-    p = "llm" if llm else "random"
-    off = "" if llm else "offline: random proposer"
+    """The arms and the reasons some are skipped (none today). Without an LLM every level
+    runs its offline form (local proposer, rule-based L1.5, library mechanisms); the
+    random-search, TPE and CMA-ES arms are offline either way."""
+    p = "llm" if llm else "local"
+    off = "" if llm else "offline: local proposer"
     l15 = "" if llm else ", rule-based L1.5"
     l2 = "" if llm else ", library L2"
 
@@ -70,16 +74,16 @@ def catalogue(llm: bool, schedule_batch: int) -> tuple[dict[str, Arm], dict[str,
                  schedule_batch, llm_outer=llm),
         "D": Arm("D", "L1 + L2" + note(off + l2), ("1", "2"), p, schedule_batch,
                  llm_outer=llm),
-        "random": Arm("random", "control: random search (offline proposer)", ("1",),
-                      "random"),
+        "random_search": Arm("random_search", "control: random search over the typed ranges",
+                             ("1",), "random_search"),
+        "tpe": Arm("tpe", "field: Optuna's TPE sampler (offline)", ("1",), "tpe"),
+        "cmaes": Arm("cmaes", "field: CMA-ES (offline)", ("1",), "cmaes"),
         "A-sched": Arm("A-sched", "control: A on C's batch schedule, no mechanisms",
                        ("1",), p, schedule_batch),
         "C-noop": Arm("C-noop", "control: C's levels with the no-op mechanism",
                       ("1", "1.5"), p, schedule_batch, mechanisms=("noop",), llm_outer=llm),
     }
-    skipped = {} if llm else {
-        "random": "identical to A when no LLM is configured (both use the offline random "
-                  "proposer); give --provider to compare an LLM search against it"}
+    skipped: dict[str, str] = {}
     return arms, skipped
 
 
@@ -210,5 +214,5 @@ def reeval_request(spec: AblationSpec, source: str, repeat: int) -> rpb.CreateRu
         task=rpb.TaskSpec(preset=spec.task, train_py=source.encode()),
         search=rpb.SearchSettings(seed=spec.fresh_seed_of(repeat), keep_rule="noise",
                                   noise_seeds=max(spec.fresh_seeds, 2)),
-        proposer=rpb.ProposerSettings(kind="random", no_memory=True),
+        proposer=rpb.ProposerSettings(kind="local", no_memory=True),
         budgets=rpb.Budgets(max_trials=1, max_wall_seconds=1e-3))

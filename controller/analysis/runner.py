@@ -176,6 +176,8 @@ def plan(spec: AblationSpec, requested: list[str], llm: bool, say: Say) -> None:
     run; the others are recorded in `skipped` with the reason, and said aloud."""
     arms, skipped = ablation.catalogue(llm, spec.schedule_batch)
     for name in requested:
+        if name in ablation.RENAMED_ARMS:
+            raise ValueError(ablation.RENAMED_ARMS[name])
         if name not in arms:
             raise ValueError(f"unknown arm {name!r}; choose from {', '.join(arms)}")
         if name in skipped:

@@ -105,7 +105,7 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
                               noise_margin=search.noise_margin or 2.0,
                               batch_size=search.batch_size or 1, pipeline=search.pipeline),
         proposer=ProposerSettings(
-            kind=proposer.kind or "random", max_changes=proposer.max_changes or 2,
+            kind=proposer.kind or "local", max_changes=proposer.max_changes or 2,
             step=proposer.step or 0.5, mode=proposer.mode or "params",
             max_invalid_retries=_opt(proposer, "max_invalid_retries",
                                      defaults.max_invalid_retries),

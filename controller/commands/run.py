@@ -20,6 +20,7 @@ from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError, ServerConfig
 from controller.llm.access import add_llm_access_arguments, llm_access
+from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS
 
 RECONNECT_ATTEMPTS = 30
 EXIT_PAUSED = 3
@@ -55,9 +56,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd.add_argument("--pipeline", action="store_true",
                      help="prepare the next proposals while trials run")
     llm = cmd.add_argument_group("proposer")
-    llm.add_argument("--proposer", choices=("random", "llm"), default=None,
-                     help="random: offline seeded random perturbation (a non-LLM baseline; "
-                          "the default without --provider); llm: an LLM proposes")
+    llm.add_argument("--proposer", type=proposer_kind, default=None,
+                     metavar="{" + ",".join(PROPOSERS) + "}",
+                     help="offline, no API key: local ((1+1) perturbation of the incumbent; "
+                          "the default without --provider), random_search (uniform over the "
+                          "typed ranges), tpe (Optuna's TPE), cmaes (CMA-ES); llm: an LLM "
+                          "proposes (the default with --provider)")
     llm.add_argument("--provider", choices=("anthropic", "openai", "replay"),
                      help="LLM provider (implies --proposer llm); openai means any "
                           "OpenAI-compatible endpoint (DeepSeek, vLLM, Ollama) with --base-url")
@@ -110,7 +114,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
     """The CreateRun request the flags describe (validation happens in the controller)."""
     provider = "replay" if args.replay else args.provider
-    kind = args.proposer or ("llm" if provider else "random")
+    kind = args.proposer or ("llm" if provider else "local")
     return rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset=args.preset, data_ref=args.data_ref,
                           train_py=args.train_py.read_bytes() if args.train_py else b"",
@@ -135,6 +139,15 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
             l15_every=args.l15_every, l2_every=args.l2_every, l2_window=args.l2_window,
             mechanisms=[_mechanism(m) for m in args.mechanisms.split(",") if m.strip()],
             explore_domains=args.explore_domain))
+
+
+def proposer_kind(value: str) -> str:
+    """--proposer's type: a known kind; a renamed one says what it is called now."""
+    if value in RENAMED_PROPOSERS:
+        raise argparse.ArgumentTypeError(RENAMED_PROPOSERS[value])
+    if value not in PROPOSERS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(PROPOSERS)}")
+    return value
 
 
 def _mechanism(spec: str) -> rpb.InitialMechanism:

@@ -1,10 +1,17 @@
 """Proposers suggest the next change to the incumbent train.py.
 
-`RandomPerturbation` is the offline, seeded, non-LLM BASELINE: it perturbs one or two
-knobs at random within their typed ranges. It exists so the whole system runs without an
-API key and as the random-search control arm every comparison needs (REFERENCE.md §3).
-A proposal depends only on the seed, the trial index and the incumbent, so a restarted
-run re-proposes exactly what it would have.
+Two offline, seeded, non-LLM proposers live here (the optimizers of the field, TPE and
+CMA-ES, are in optimizers.py):
+
+- `LocalPerturbation` ("local"): a (1+1) local search - it moves one or two knobs of the
+  INCUMBENT by a random step within their typed ranges. It lets the whole system run
+  without an API key.
+- `RandomSearch` ("random_search"): true random search - every knob drawn independently
+  and uniformly over its typed range (log-uniform for log knobs, uniform over exponents
+  for powers of two), ignoring the incumbent. The control arm every comparison needs.
+
+A proposal depends only on the seed, the trial index (and the incumbent, for local), so
+a restarted run re-proposes exactly what it would have.
 """
 
 from __future__ import annotations
@@ -78,8 +85,8 @@ class Proposer(Protocol):
     def propose(self, ctx: ProposerContext) -> Proposal: ...
 
 
-class RandomPerturbation:
-    label = "random-perturbation (offline baseline, no LLM)"
+class LocalPerturbation:
+    label = "local: (1+1) perturbation of the incumbent (offline, no LLM)"
     fixes_crashes = False
     reads_context = False  # whether mechanism context text reaches it
 
@@ -108,7 +115,60 @@ class RandomPerturbation:
         if not changes:
             raise ValueError("no knob could be moved away from its current value")
         text = ", ".join(f"{k} {ctx.incumbent[k]!r} -> {v!r}" for k, v in changes.items())
-        return Proposal(changes=changes, description=f"{text} [random baseline]")
+        return Proposal(changes=changes, description=f"{text} [local]")
+
+
+class RandomSearch:
+    """Uniform random search over the typed ranges; the incumbent only says which knobs
+    train.py has (a draw equal to it on every knob is drawn again)."""
+
+    label = "random_search: uniform draws over the typed knob ranges (offline, no LLM)"
+    fixes_crashes = False
+    reads_context = False
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def propose(self, ctx: ProposerContext) -> Proposal:
+        knobs = [k for k in ctx.space.knobs if k.name in ctx.incumbent]
+        if not knobs:
+            raise ValueError("no knob of the search space is present in train.py")
+        salt = f":{len(ctx.rejections)}" if ctx.rejections else ""
+        rng = random.Random(f"random_search:{self.seed}:{ctx.trial_index}{salt}")
+        for _ in range(16):
+            point = {k.name: sample_uniform(k, rng) for k in knobs}
+            if any(point[k] != ctx.incumbent[k] for k in point):
+                break
+        return point_proposal(point, ctx.incumbent, "random_search")
+
+
+def sample_uniform(knob: Knob, rng: random.Random) -> KnobValue:
+    """One uniform draw over the knob's typed range: a choice, a power of two (uniform
+    exponent), log-uniform for log knobs, else uniform; ints are rounded."""
+    if knob.kind == "choice":
+        return rng.choice(knob.choices)  # type: ignore[no-any-return]
+    low, high = knob.low, knob.high
+    if knob.power_of_two:
+        exps = [e for e in range(math.floor(math.log2(max(low, 1))),
+                                 math.floor(math.log2(max(high, 1))) + 1) if low <= 2**e <= high]
+        return int(2 ** rng.choice(exps))
+    if knob.log and low > 0:
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+    else:
+        value = rng.uniform(low, high)
+    if knob.kind == "int":
+        return int(min(max(round(value), math.ceil(low)), math.floor(high)))
+    rounded = float(f"{value:.4g}")
+    return rounded if low <= rounded <= high else value
+
+
+def point_proposal(point: dict[str, KnobValue], incumbent: dict[str, Any],
+                   tag: str) -> Proposal:
+    """A full point as a proposal: every knob is set (so the trial runs this point even if
+    the incumbent moved before launch); the description names the knobs that move."""
+    moved = {k: v for k, v in point.items() if incumbent.get(k) != v}
+    text = ", ".join(f"{k} {incumbent.get(k)!r} -> {v!r}" for k, v in moved.items())
+    return Proposal(changes=dict(point), description=f"{text or 'the incumbent'} [{tag}]")
 
 
 def _perturb(knob: Knob, current: Any, step: float, rng: random.Random) -> KnobValue:

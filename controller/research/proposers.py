@@ -1,5 +1,6 @@
-"""Build a run's proposer from its settings: the offline random baseline, or an LLM
-proposer on a provider stack whose every call is recorded with the run."""
+"""Build a run's proposer from its settings: an offline one (local, random_search, tpe,
+cmaes), or an LLM proposer on a provider stack whose every call is recorded with the
+run."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from controller.llm.accounting import Pricing
 from controller.llm.factory import build_provider
 from controller.llm.settings import LLMAccess
 from controller.llm.types import Provider
+from controller.research.errors import FieldError
 from controller.research.llm_proposer import LLMProposer
 from controller.research.loop import llm_budget_reason
-from controller.research.proposer import Proposer, RandomPerturbation
-from controller.research.settings import RunSettings
+from controller.research.proposer import LocalPerturbation, Proposer, RandomSearch
+from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS, RunSettings
 from controller.research.task import Task
 from controller.store.llm_calls import CallLog
 from controller.store.runs import RunStore
@@ -32,8 +34,20 @@ def build_run_provider(run_id: str, settings: RunSettings, store: RunStore,
 def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunStore,
                    access: LLMAccess, stop: threading.Event) -> Proposer:
     """Raises LLMConfigError (no key) or FieldError (bad LLM settings)."""
-    if settings.proposer.kind == "random":
-        return RandomPerturbation(settings.search.seed, settings.proposer)
+    kind, seed = settings.proposer.kind, settings.search.seed
+    if kind == "local":
+        return LocalPerturbation(seed, settings.proposer)
+    if kind == "random_search":
+        return RandomSearch(seed)
+    if kind in ("tpe", "cmaes"):
+        # Imported here: Optuna costs every controller start otherwise.
+        from controller.research.optimizers import CmaEsProposer, TPEProposer
+
+        baseline = task.read_knobs(task.baseline_source())
+        return TPEProposer(seed, baseline) if kind == "tpe" else CmaEsProposer(seed, baseline)
+    if kind != "llm":
+        raise FieldError("proposer.kind", RENAMED_PROPOSERS.get(
+            kind, f"must be one of {PROPOSERS}, got {kind!r}"))
     provider = build_run_provider(run_id, settings, store, access, stop)
     protected = task.protected.describe() if settings.proposer.mode == "code" else ""
     llm = settings.llm

@@ -10,7 +10,15 @@ from controller.llm.settings import LLMSettings
 from controller.research.errors import FieldError
 from controller.sandbox.spec import RUNTIMES
 
-PROPOSERS = ("random", "llm")
+# Offline proposers (no LLM): "local" moves one or two knobs of the incumbent (a (1+1)
+# local search); "random_search" draws every knob uniformly over its typed range (the
+# control arm); "tpe" (Optuna's TPE sampler) and "cmaes" (CMA-ES) are the field's
+# optimizers (research/optimizers.py).
+OFFLINE_PROPOSERS = ("local", "random_search", "tpe", "cmaes")
+PROPOSERS = (*OFFLINE_PROPOSERS, "llm")
+RENAMED_PROPOSERS = {"random": "'random' was renamed: use 'local' (the (1+1) perturbation "
+                               "of the incumbent it was) or 'random_search' (true random "
+                               "search over the typed ranges)"}
 MODES = ("params", "code")
 KEEP_RULES = ("greedy", "noise")
 MAX_TRIALS = 100_000
@@ -46,7 +54,7 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class ProposerSettings:
-    kind: str = "random"  # "random" (offline baseline) or "llm"
+    kind: str = "local"  # one of PROPOSERS: an offline one, or "llm"
     max_changes: int = 2
     step: float = 0.5
     mode: str = "params"  # llm: "params" (JSON knob changes) or "code" (edits of train.py)
@@ -191,6 +199,8 @@ class RunSettings:
             raise FieldError("search.min_improvement", "must be in [0, 1)")
         if len(set(s.frozen_knobs)) != len(s.frozen_knobs):
             raise FieldError("search.frozen_knobs", "lists a knob twice")
+        if p.kind in RENAMED_PROPOSERS:
+            raise FieldError("proposer.kind", RENAMED_PROPOSERS[p.kind])
         if p.kind not in PROPOSERS:
             raise FieldError("proposer.kind", f"must be one of {PROPOSERS}, got {p.kind!r}")
         if s.keep_rule not in KEEP_RULES:

@@ -1,0 +1,113 @@
+"""Offline proposers compared on the surrogate's response surface, in-process.
+
+Runs the real inner loop (real store, real keep rule) with each offline proposer
+(local, random_search, tpe, cmaes) for a few seeds, evaluating the surrogate train.py's
+own closed-form `response(seed)` in this process instead of in a sandbox, so a 30-trial
+run takes seconds. Prints the best val_bpb per run and the mean per proposer.
+
+    python -m bench.offline_proposers --trials 30 --seeds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from controller.llm.settings import LLMAccess
+from controller.logging import configure_logging
+from controller.research import knobs
+from controller.research.loop import InnerLoop, StopSignal
+from controller.research.proposers import build_proposer
+from controller.research.protect import SURROGATE, Protected
+from controller.research.settings import Budgets, ProposerSettings, RunSettings, SearchSettings
+from controller.research.space import KnobValue, SearchSpace
+from controller.research.task import TrialOutcome
+from controller.research.tasks.surrogate import SOURCE, SPACE
+from controller.store.artifacts import ArtifactStore
+from controller.store.runs import RunStore
+
+
+class InProcessSurrogate:
+    """The surrogate task, scored by exec'ing its (trusted, our own) train.py here."""
+
+    name = "surrogate-inprocess"
+    description = "Lower val_bpb of the surrogate response surface."
+    protected: Protected = SURROGATE
+
+    def baseline_source(self) -> str:
+        return SOURCE.read_text()
+
+    def search_space(self) -> SearchSpace:
+        return SPACE
+
+    def read_knobs(self, source: str) -> dict[str, Any]:
+        return knobs.read_knobs(source)
+
+    def apply(self, source: str, changes: dict[str, KnobValue]) -> str:
+        return knobs.write_knobs(source, changes)
+
+    def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
+        namespace: dict[str, Any] = {"__name__": "surrogate"}
+        # Our own file; candidates differ from it only in knob literals.
+        exec(compile(source, "train.py", "exec"), namespace)
+        try:
+            value, memory = namespace["response"](seed)
+        except (ValueError, MemoryError) as exc:
+            return TrialOutcome(job_status="error", val_bpb=None, exception={
+                "type": type(exc).__name__, "message": str(exc), "frames": []},
+                log=f"{type(exc).__name__}: {exc}\n")
+        return TrialOutcome(job_status="ok", val_bpb=value, memory_gb=memory,
+                            metrics={"val_bpb": value}, log=f"val_bpb: {value:.6f}\n")
+
+
+def best_after(kind: str, seed: int, trials: int, folder: Path) -> tuple[float, float, int]:
+    """(best val_bpb, seconds, crashes) of one run."""
+    settings = RunSettings(search=SearchSettings(seed=seed),
+                           proposer=ProposerSettings(kind=kind),
+                           budgets=Budgets(max_trials=trials))
+    store = RunStore(folder / "db.sqlite3")
+    run_id = f"run-{kind}-{seed}"
+    store.create_run(run_id, settings.to_dict())
+    task = InProcessSurrogate()
+    stop = StopSignal()
+    proposer = build_proposer(run_id, settings, task, store, LLMAccess(), stop.event)
+    loop = InnerLoop(run_id, settings, task, proposer, store, ArtifactStore(folder / "runs"),
+                     stop)
+    started = time.monotonic()
+    loop.run()
+    seconds = time.monotonic() - started
+    run = store.get_run(run_id)
+    crashes = sum(1 for t in store.trials(run_id) if t.val_bpb is None)
+    assert run.best_val_bpb is not None
+    return run.best_val_bpb, seconds, crashes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--kinds", default="local,random_search,tpe,cmaes")
+    args = parser.parse_args()
+    configure_logging(level="warning")
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.kinds.split(","):
+            bests, secs, crashes = [], [], 0
+            for seed in range(args.seeds):
+                best, seconds, crashed = best_after(kind, seed * 1000, args.trials,
+                                                    Path(tmp) / f"{kind}-{seed}")
+                bests.append(best)
+                secs.append(seconds)
+                crashes += crashed
+            print(f"{kind:<14} best after {args.trials} trials: mean {statistics.mean(bests):.5f}"
+                  f"  sd {statistics.stdev(bests) if len(bests) > 1 else 0:.5f}  "
+                  f"[{', '.join(f'{b:.5f}' for b in bests)}]  crashes {crashes}  "
+                  f"{statistics.mean(secs):.1f} s/run", flush=True)
+
+
+if __name__ == "__main__":
+    main()
