@@ -82,6 +82,7 @@ class TrialRecord:
     ended_at: float = 0.0
     llm_tokens: int = 0  # tokens of the calls that made this trial's proposal
     llm_cost_usd: float = 0.0
+    proposal_source: str = ""  # what made the proposal that ran (TrialFinish's field)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,9 @@ class TrialFinish:
     # mechanisms saved after observing it; stored in the same transaction.
     mechanism_calls: tuple[dict[str, Any], ...] = ()
     mechanism_states: dict[str, Any] | None = None
-    proposal_source: str = ""  # "proposer", or "mechanism:<name>" for a used suggestion
+    # "baseline", "proposer", or "mechanism:<name>" when that mechanism's suggestion
+    # became the trial; "+filter" is appended when a filter's replacement ran.
+    proposal_source: str = ""
 
 
 @dataclass(frozen=True)

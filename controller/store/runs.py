@@ -87,6 +87,9 @@ MIGRATIONS = (
     ("trials", "ended_at", "REAL NOT NULL DEFAULT 0"),
     ("trials", "llm_tokens", "INTEGER NOT NULL DEFAULT 0"),
     ("trials", "llm_cost_usd", "REAL NOT NULL DEFAULT 0"),
+    # "baseline", "proposer", "mechanism:<name>" (its suggestion ran), "+filter" when a
+    # filter replaced it: what the trial's credit goes to (research/mechanism_wiring.py).
+    ("trials", "proposal_source", "TEXT NOT NULL DEFAULT ''"),
 )
 
 Listener = Callable[[str], None]
@@ -258,12 +261,12 @@ class RunStore:
             cur = tx.db.execute(
                 "UPDATE trials SET finished = 1, status = ?, val_bpb = ?, memory_gb = ?, "
                 "metrics_json = ?, job_status = ?, exception_json = ?, seconds = ?, "
-                "started_at = ?, ended_at = ?, llm_tokens = ?, llm_cost_usd = ? "
-                "WHERE run_id = ? AND idx = ? AND finished = 0",
+                "started_at = ?, ended_at = ?, llm_tokens = ?, llm_cost_usd = ?, "
+                "proposal_source = ? WHERE run_id = ? AND idx = ? AND finished = 0",
                 (done.status.value, done.val_bpb, done.memory_gb, json.dumps(done.metrics),
                  done.job_status, json.dumps(done.exception) if done.exception else None,
                  done.seconds, done.started_at, done.ended_at, done.llm_tokens,
-                 done.llm_cost_usd, run_id, done.index))
+                 done.llm_cost_usd, done.proposal_source, run_id, done.index))
             if cur.rowcount != 1:
                 raise ValueError(f"trial {done.index} of run {run_id} is not running")
             if done.mechanism_calls or done.mechanism_states:
@@ -373,4 +376,4 @@ def _trial(row: sqlite3.Row) -> TrialRecord:
         seconds=row["seconds"], hypothesis=row["hypothesis"], parent=row["parent"],
         fix_of=row["fix_of"], proposal_id=row["proposal_id"], started_at=row["started_at"],
         ended_at=row["ended_at"], llm_tokens=row["llm_tokens"],
-        llm_cost_usd=row["llm_cost_usd"])
+        llm_cost_usd=row["llm_cost_usd"], proposal_source=row["proposal_source"])
