@@ -15,6 +15,7 @@ LIBRARY: dict[str, str] = {
     "plateau_restart": "plateau.py",
     "crash_memory": "crash_memory.py",
     "elite_crossover": "elite_crossover.py",
+    "cma_advisor": "cma_advisor.py",
 }
 
 
