@@ -6,16 +6,14 @@ clears lessons."""
 
 from __future__ import annotations
 
-import random
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from controller.llm.fake_server import Fail, FakeLLMServer, RecordedRequest, Reply, Script
+from controller.llm.fake_server import Fail, FakeLLMServer
 from tests.test_cli_commands import bilevel
-from tests.test_loop_harness import TEST_KEY, code_answer, random_params_responder
+from tests.test_loop_harness import TEST_KEY, random_params_responder
 
 pytestmark = pytest.mark.docker
 KEYS = {"ANTHROPIC_API_KEY": TEST_KEY, "OPENAI_API_KEY": TEST_KEY}
@@ -55,24 +53,25 @@ def test_run_with_anthropic_then_list_and_clear_the_memory_it_left(
     assert empty.returncode == 0 and run_id not in empty.stdout
 
 
-def _env_dumping_edit(request: RecordedRequest) -> Script:
-    """A code-mode answer: a new MATRIX_LR, plus code that prints the environment."""
-    current = re.search(r"^MATRIX_LR = (\S+)$", request.text, re.MULTILINE)
-    assert current is not None
-    value = round(random.uniform(0.02, 0.2), 4)
-    return Reply(code_answer(f"MATRIX_LR = {current.group(1)}",
-                             f"MATRIX_LR = {value}\nimport os\n"
-                             "print('ENVIRONMENT', sorted(os.environ.items()))",
-                             f"MATRIX_LR {value}"))
+ENV_DUMP = "\nimport os\nprint('ENVIRONMENT', sorted(os.environ.items()))\n"
 
 
-def test_run_with_an_openai_compatible_endpoint_in_code_mode_keeps_keys_out_of_sandboxes(
+def test_code_mode_is_refused_on_the_surrogate_and_keys_stay_out_of_sandboxes(
         tmp_path: Path, sandbox_image: str, server: FakeLLMServer) -> None:
-    server.responder = _env_dumping_edit
+    """The surrogate's metric is computed from the knobs, so code edits are refused there
+    (issue 11, finding 3); a baseline that prints its environment still runs in a
+    sandbox, and the OpenAI-compatible endpoint's key is not in it."""
+    from controller.research.tasks.surrogate import SOURCE
+
     local = _local(tmp_path, sandbox_image, "pytest-llm-openai")
-    done = bilevel("run", "--provider", "openai", "--base-url", server.openai_url, "--model",
-                   "deepseek-chat", "--mode", "code", "--preset", "surrogate", "--trials", "2",
-                   *local, env=KEYS)
+    openai = ("--provider", "openai", "--base-url", server.openai_url, "--model",
+              "deepseek-chat", "--preset", "surrogate", "--trials", "2")
+    refused = bilevel("run", *openai, "--mode", "code", *local, env=KEYS)
+    assert refused.returncode != 0 and "proposer.mode" in refused.stderr, refused.stderr
+    assert server.requests == []
+    baseline = tmp_path / "train.py"
+    baseline.write_text(SOURCE.read_text() + ENV_DUMP)
+    done = bilevel("run", *openai, "--train-py", str(baseline), *local, env=KEYS)
     assert done.returncode == 0, done.stderr
     assert {r.api for r in server.requests} == {"openai"}
     assert server.requests[0].body["model"] == "deepseek-chat"

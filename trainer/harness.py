@@ -33,7 +33,7 @@ _TRIAL_SEED = os.environ.get(SEED_ENV, "")
 
 
 def seed(default: int) -> int:
-    """The trial's seed ($BILEVEL_SEED, set by the controller for every trial), or
+    """The trial's seed ($TRIAL_SEED, set by the controller for every trial), or
     `default` when train.py is run by hand. A malformed value is an error, not a default."""
     if not _TRIAL_SEED:
         return int(default)

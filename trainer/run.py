@@ -1,10 +1,14 @@
 """Run a candidate train.py end to end: train in one sandbox, evaluate in another.
 
 Phase 1 runs the candidate with only the train split mounted (read-only) and returns
-the archived model from /job/out. Phase 2 runs the trusted `trainer.evaluate` with only
-the validation split mounted and the archive as its single input file. val_bpb is
-taken from phase 2 alone; phase 1's numbers (time, steps, MFU) are reported as the
-candidate stated them, after type checks.
+the archived model from /job/out. Its time budget is enforced here, outside the
+candidate's process: the executor measures the phase's wall time and the runner its CPU
+time, and a phase over budget + the preset's allowance (TrainBound) ends as
+`over_budget` without an evaluation, whatever the candidate did to its own clock. The
+trial's seed goes in as $TRIAL_SEED (harness.seed). Phase 2 runs the trusted
+`trainer.evaluate` with only the validation split mounted and the archive as its
+single input file. val_bpb is taken from phase 2 alone; phase 1's numbers (time,
+steps, MFU) are reported as the candidate stated them, after type checks.
 
 `run_direct` does the same with host subprocesses, for benchmarks on machines without
 Docker (a GPU box) and for fast tests. It isolates nothing: never use it for LLM code.
@@ -19,14 +23,14 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.data import PreparedData, prepare
 from trainer.presets import PhaseLimits, Preset
 from trainer.shards import DATA_DIR_ENV
-from trainer.summary import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, format_summary
+from trainer.summary import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, SEED_ENV, format_summary
 
 if TYPE_CHECKING:
     from controller.sandbox.executor import SandboxExecutor
@@ -49,9 +53,51 @@ EVAL_KEYS = ("val_bpb", "nats", "target_bytes", "target_tokens", "eval_seconds",
              "probe_max_diff", "probe_mean_gain", "eval_num_params", "eval_device")
 
 
+OVER_BUDGET = "over_budget"
+# Test-only switch (tests/test_trainer_budget.py flips it to show the attack working
+# without the bound); no request or setting reaches it.
+_ENFORCE_TRAIN_BOUND = True
+
+
+@dataclass(frozen=True)
+class TrainBound:
+    """What phase 1 may use, measured outside the candidate: the budget plus the
+    preset's allowance of wall time, and that times the job's cpus of CPU time."""
+
+    budget_seconds: float
+    wall_seconds: float
+    cpu_seconds: float
+
+    @classmethod
+    def of(cls, preset: Preset, budget_seconds: float | None = None) -> TrainBound:
+        budget = preset.budget_seconds if budget_seconds is None else float(budget_seconds)
+        wall = budget + preset.train_allowance_seconds
+        return cls(budget, wall, wall * preset.train_limits.cpus)
+
+    def violation(self, result: JobResult) -> str:
+        """Why `result` broke the bound, or "" when it kept it."""
+        from controller.sandbox.spec import Status
+
+        wall, cpu = result.timings.run_s, result.cpu_seconds
+        budget = f"the {self.budget_seconds:g} s training budget"
+        if wall > self.wall_seconds:  # a kill at the bound (timeout) lands here too
+            return (f"training ran {wall:.1f} s of wall time, over the bound of "
+                    f"{self.wall_seconds:g} s ({budget} + start-up allowance)")
+        if result.status is not Status.OK:
+            return ""
+        if cpu is None:
+            return "the sandbox reported no CPU time for the training phase, so its " \
+                   "budget cannot be verified"
+        if cpu > self.cpu_seconds:
+            return (f"training used {cpu:.1f} s of CPU time, over the bound of "
+                    f"{self.cpu_seconds:g} s ({budget} + allowance, times the job's cpus)")
+        return ""
+
+
 @dataclass
 class RunOutcome:
-    """Combined metrics (val_bpb from the trusted phase only) and both job results."""
+    """Combined metrics (val_bpb from the trusted phase only) and both job results.
+    `status` is OVER_BUDGET when phase 1 broke its TrainBound (no evaluation ran)."""
 
     ok: bool
     metrics: dict[str, Any]
@@ -59,6 +105,7 @@ class RunOutcome:
     train: Any = None  # JobResult (or a direct-run record)
     eval: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    status: str = ""
 
     def summary(self) -> str:
         return format_summary(self.metrics)
@@ -112,18 +159,31 @@ def data_volumes(executor: SandboxExecutor, data: PreparedData) -> tuple[str, st
 def run_in_sandbox(executor: SandboxExecutor, train_py: str, preset: Preset,
                    data: PreparedData | None = None, runtime: str = "runc",
                    gpu_ids: tuple[str, ...] = (),
-                   cancel: threading.Event | None = None) -> RunOutcome:
+                   cancel: threading.Event | None = None, seed: int = 42,
+                   budget_seconds: float | None = None) -> RunOutcome:
     """Train `train_py` (any source) and evaluate it, each phase in its own sandbox.
-    Setting `cancel` kills the phase in flight (status killed)."""
+    Setting `cancel` kills the phase in flight (status killed). `seed` reaches train.py
+    as harness.seed(); `budget_seconds` (default: the preset's) sets the TrainBound."""
     from controller.sandbox.spec import DataMount, JobSpec, Status
 
     data = data or prepare(preset.data)
     train_volume, val_volume = data_volumes(executor, data)
+    bound = TrainBound.of(preset, budget_seconds)
+    limits = _limits(preset.train_limits)
+    if _ENFORCE_TRAIN_BOUND:  # the job is killed at the bound: a timeout is over budget
+        limits = replace(limits, wall_seconds=min(limits.wall_seconds, bound.wall_seconds))
     train = executor.run(JobSpec(
         files={"train.py": train_py.encode()}, command=("python", "train.py"),
-        limits=_limits(preset.train_limits), runtime=runtime, gpu_ids=gpu_ids,
+        limits=limits, runtime=runtime, gpu_ids=gpu_ids, env={SEED_ENV: str(int(seed))},
         data_mounts=(DataMount(volume=train_volume, target=TRAIN_TARGET),),
         labels={"io.bilevel.phase": "train"}), cancel=cancel)
+    why = bound.violation(train) if _ENFORCE_TRAIN_BOUND else ""
+    if why:
+        metrics = combine(train.metrics, None)
+        metrics["train_bound"] = {"wall_s": train.timings.run_s, "cpu_s": train.cpu_seconds,
+                                  "wall_bound_s": bound.wall_seconds,
+                                  "cpu_bound_s": bound.cpu_seconds}
+        return RunOutcome(False, metrics, why, train, None, status=OVER_BUDGET)
     model = train.files.get(MODEL_FILE)
     if train.status is not Status.OK or model is None:
         why = _describe(train, "training") if train.status is not Status.OK else (
@@ -165,7 +225,7 @@ def _run_phase(command: list[str], cwd: Path, env: dict[str, str], timeout: floa
 
 
 def run_direct(train_py: str, preset: Preset, data: PreparedData | None = None,
-               workdir: Path | None = None) -> RunOutcome:
+               workdir: Path | None = None, seed: int = 42) -> RunOutcome:
     """Both phases as host subprocesses (no isolation: trusted code and benchmarks only).
 
     The training process sees a data folder holding only the train split, like the
@@ -181,7 +241,7 @@ def run_direct(train_py: str, preset: Preset, data: PreparedData | None = None,
     (train_dir / "train.py").write_text(train_py, encoding="utf-8")
     package_root = str(Path(__file__).resolve().parents[1])
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILEVEL_")}
-    env.update(PYTHONPATH=package_root, PYTHONUNBUFFERED="1")
+    env.update(PYTHONPATH=package_root, PYTHONUNBUFFERED="1", **{SEED_ENV: str(int(seed))})
     train = _run_phase([sys.executable, "train.py"], train_dir,
                        {**env, DATA_DIR_ENV: str(train_data), OUT_DIR_ENV: str(train_dir / "out")},
                        preset.train_limits.wall_seconds)

@@ -7,7 +7,7 @@ from typing import Any
 
 OUT_DIR_ENV = "BILEVEL_OUT_DIR"
 METRICS_ENV = "BILEVEL_METRICS"
-SEED_ENV = "BILEVEL_SEED"  # the trial's seed, set by the controller (harness.seed)
+SEED_ENV = "TRIAL_SEED"  # the trial's seed, set by the controller (harness.seed)
 MODEL_FILE = "model.bilevel"
 SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth")

@@ -6,7 +6,10 @@ top-level constants, one summary block at the end) and runs as a sandbox job, bu
 is away from the defaults, so a search can find real improvements; the noise (seeded by
 TRIAL_SEED and the knob values) has the size of real val_bpb noise, about 3e-4.
 
-Run as `python3 train.py`; writes its metrics as JSON to $BILEVEL_METRICS.
+Run as `python3 train.py`; writes its metrics as JSON to $BILEVEL_METRICS. Those are
+for show: the research task computes the trial's value itself with `surrogate_value`
+from the knobs it read out of the file (controller/research/tasks/surrogate.py), so a
+job cannot forge its metric; the job only decides whether the configuration crashes.
 """
 
 import json
@@ -14,6 +17,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Mapping
+from typing import Any
 
 # Model shape
 DEPTH = 8  # transformer layers
@@ -39,38 +44,50 @@ NOISE_STD = 3e-4  # measured noise floor of val_bpb across seeds
 MEMORY_LIMIT_GB = 80.0  # "GPU" memory; a larger configuration raises like CUDA OOM
 
 
-def log_penalty(value, best, width):
+def log_penalty(value: float, best: float, width: float) -> float:
     """Quadratic bowl in log space: 0 at `best`, 1 at a factor exp(width) away."""
     return (math.log(value / best) / width) ** 2
 
 
-def response(seed):
-    width = (DEPTH * ASPECT_RATIO + HEAD_DIM - 1) // HEAD_DIM * HEAD_DIM  # whole heads
-    if width // HEAD_DIM < 1:
-        raise ValueError(f"model width {width} holds no head of HEAD_DIM {HEAD_DIM}")
-    if TOTAL_BATCH_SIZE % (DEVICE_BATCH_SIZE * 2048) != 0:
+KNOB_NAMES = ("DEPTH", "ASPECT_RATIO", "HEAD_DIM", "WINDOW_PATTERN", "TOTAL_BATCH_SIZE",
+              "DEVICE_BATCH_SIZE", "EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR",
+              "WEIGHT_DECAY", "WARMUP_RATIO", "WARMDOWN_RATIO", "FINAL_LR_FRAC")
+
+
+def surrogate_value(k: Mapping[str, Any], seed: int, noise_std: float,
+                    memory_limit_gb: float) -> tuple[float, float]:
+    """(val_bpb, memory_gb) of the knob values `k` (a mapping with KNOB_NAMES) on `seed`.
+    Pure: the controller calls this too, with the knobs it read from the file."""
+    head = k["HEAD_DIM"]
+    width = (k["DEPTH"] * k["ASPECT_RATIO"] + head - 1) // head * head  # whole heads
+    if width // head < 1:
+        raise ValueError(f"model width {width} holds no head of HEAD_DIM {head}")
+    if k["TOTAL_BATCH_SIZE"] % (k["DEVICE_BATCH_SIZE"] * 2048) != 0:
         raise ValueError("TOTAL_BATCH_SIZE must be a multiple of DEVICE_BATCH_SIZE * 2048")
-    memory_gb = 45.0 * (DEPTH / 8) * (width / 512) * (DEVICE_BATCH_SIZE / 128)
-    if memory_gb > MEMORY_LIMIT_GB:
+    memory_gb = 45.0 * (k["DEPTH"] / 8) * (width / 512) * (k["DEVICE_BATCH_SIZE"] / 128)
+    if memory_gb > memory_limit_gb:
         raise MemoryError(f"CUDA out of memory: needs {memory_gb:.1f} GB")
     loss = 0.965
-    loss += 0.010 * log_penalty(DEPTH, 10, 0.35)
-    loss += 0.006 * log_penalty(ASPECT_RATIO, 64, 0.5)
-    loss += 0.008 * log_penalty(TOTAL_BATCH_SIZE, 2**18, 0.7)
-    loss += 0.012 * log_penalty(EMBEDDING_LR, 0.9, 0.8)
-    loss += 0.004 * log_penalty(UNEMBEDDING_LR, 0.004, 0.9)
-    loss += 0.015 * log_penalty(MATRIX_LR, 0.05, 0.6)
-    loss += 0.003 * log_penalty(SCALAR_LR, 0.5, 1.0)
-    loss += 0.004 * ((WEIGHT_DECAY - 0.12) / 0.15) ** 2
-    loss += 0.002 * (WARMUP_RATIO / 0.1) ** 2
-    loss += 0.005 * ((WARMDOWN_RATIO - 0.6) / 0.3) ** 2
-    loss += 0.002 * ((FINAL_LR_FRAC - 0.05) / 0.2) ** 2
-    loss += {"SSSL": 0.0, "SSLL": -0.001, "SLSL": 0.0005, "L": 0.002}.get(WINDOW_PATTERN, 0.01)
-    knobs = (DEPTH, ASPECT_RATIO, HEAD_DIM, WINDOW_PATTERN, TOTAL_BATCH_SIZE,
-             DEVICE_BATCH_SIZE, EMBEDDING_LR, UNEMBEDDING_LR, MATRIX_LR, SCALAR_LR,
-             WEIGHT_DECAY, WARMUP_RATIO, WARMDOWN_RATIO, FINAL_LR_FRAC)
-    noise = random.Random(f"{seed}:{knobs!r}").gauss(0.0, NOISE_STD)
+    loss += 0.010 * log_penalty(k["DEPTH"], 10, 0.35)
+    loss += 0.006 * log_penalty(k["ASPECT_RATIO"], 64, 0.5)
+    loss += 0.008 * log_penalty(k["TOTAL_BATCH_SIZE"], 2**18, 0.7)
+    loss += 0.012 * log_penalty(k["EMBEDDING_LR"], 0.9, 0.8)
+    loss += 0.004 * log_penalty(k["UNEMBEDDING_LR"], 0.004, 0.9)
+    loss += 0.015 * log_penalty(k["MATRIX_LR"], 0.05, 0.6)
+    loss += 0.003 * log_penalty(k["SCALAR_LR"], 0.5, 1.0)
+    loss += 0.004 * ((k["WEIGHT_DECAY"] - 0.12) / 0.15) ** 2
+    loss += 0.002 * (k["WARMUP_RATIO"] / 0.1) ** 2
+    loss += 0.005 * ((k["WARMDOWN_RATIO"] - 0.6) / 0.3) ** 2
+    loss += 0.002 * ((k["FINAL_LR_FRAC"] - 0.05) / 0.2) ** 2
+    loss += {"SSSL": 0.0, "SSLL": -0.001, "SLSL": 0.0005, "L": 0.002}.get(
+        k["WINDOW_PATTERN"], 0.01)
+    values = tuple(k[name] for name in KNOB_NAMES)
+    noise = random.Random(f"{seed}:{values!r}").gauss(0.0, noise_std)
     return loss + noise, memory_gb
+
+
+def response(seed: int) -> tuple[float, float]:
+    return surrogate_value(globals(), seed, NOISE_STD, MEMORY_LIMIT_GB)
 
 
 def main():

@@ -84,6 +84,9 @@ def run_report(data: RunData) -> Report:
         ["task", data.preset], ["state", run.state.value],
         ["trials (after the baseline)", f"{max(len(trials) - 1, 0)} of {data.budget}"],
         ["kept / crashed", f"{max(kept, 0)} / {crashes}"],
+        ["of the crashes: over_budget / seed_ignored",  # declared by the trusted side
+         " / ".join(str(sum(t.job_status == s for t in trials))
+                    for s in ("over_budget", "seed_ignored"))],
         ["baseline val_bpb", _num(run.baseline_val_bpb)],
         ["best val_bpb", f"{_num(run.best_val_bpb)} (trial {run.best_trial})"],
         ["Δval_bpb in the search",

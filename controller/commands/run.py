@@ -17,6 +17,7 @@ from rich.table import Table
 from controller.api.client import Client, add_client_arguments, connect
 from controller.api.errors import describe
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError, ServerConfig
 from controller.llm.access import add_llm_access_arguments, llm_access
@@ -26,6 +27,9 @@ RECONNECT_ATTEMPTS = 30
 EXIT_PAUSED = 3
 _STATUS = {rpb.TRIAL_STATUS_KEEP: "keep", rpb.TRIAL_STATUS_DISCARD: "discard",
            rpb.TRIAL_STATUS_CRASH: "crash"}
+# Crashes the trusted side declared: shown by cause (they are never kept).
+_RULE_BREAKS = {spb.JOB_STATUS_OVER_BUDGET: "over_budget",
+                spb.JOB_STATUS_SEED_IGNORED: "seed_ignored"}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -266,7 +270,7 @@ class _View:
         elif kind == "trial_finished":
             t = event.trial_finished
             self.done += 1
-            self.last = _STATUS.get(t.status, "?")
+            self.last = _RULE_BREAKS.get(t.job_status) or _STATUS.get(t.status, "?")
             if t.trial == 0 and t.HasField("val_bpb"):
                 self.baseline = t.val_bpb
             val = _fmt(t.val_bpb if t.HasField("val_bpb") else None)

@@ -92,7 +92,7 @@ class RunManager:
 
     def _task(self, settings: RunSettings) -> Task:
         executor = self.engine.get()
-        task = make_task(settings.task, executor)
+        task = make_task(settings.task, executor, settings.proposer.mode)
         try:
             task.search_space().without(settings.search.frozen_knobs)
         except ProposalError as exc:

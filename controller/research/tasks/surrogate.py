@@ -1,12 +1,23 @@
-"""The surrogate task: trainer/surrogate.py run as a sandbox job in milliseconds.
+"""The surrogate task: trainer/surrogate.py's noisy closed-form response surface.
 
-Same loop, same sandbox, same knobs as the real trainer, but the "training" is a noisy
-closed-form response surface. For tests, demos and benchmarks of the controller.
+Same loop, same knobs as the real trainer, but "training" takes milliseconds. For
+tests, demos and benchmarks of the controller. Its metric is computed here, on the
+trusted side, from the knob values read out of the candidate's file
+(trainer.surrogate.surrogate_value); what the job reports is ignored, so a code edit
+such as `random.Random.gauss = ...` cannot forge it (issue 11, finding 3). Code mode is
+refused for this task (registry.make_task): only knob changes are experiments here.
+
+With an executor, the file still runs as a sandbox job, and a crash there (a raising
+baseline, a modelled OOM) is the trial's crash; with `executor=None` the task runs no
+candidate code at all: trials are evaluated in-process from the knobs alone, which is
+what fast surrogate ablations want.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +27,13 @@ from controller.research.space import Knob, KnobValue, SearchSpace
 from controller.research.task import TrialOutcome, outcome_from_job
 from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.spec import JobSpec, Limits
+
+# trainer/surrogate.py is a standalone script (excluded from mypy and ruff), loaded as a
+# module for its pure response function.
+_SCRIPT = importlib.import_module("trainer.surrogate")
+KNOB_NAMES: tuple[str, ...] = _SCRIPT.KNOB_NAMES
+surrogate_value: Callable[[Mapping[str, Any], int, float, float], tuple[float, float]] = \
+    _SCRIPT.surrogate_value
 
 SOURCE = Path(__file__).resolve().parents[3] / "trainer" / "surrogate.py"
 
@@ -43,12 +61,17 @@ class SurrogateTask:
         "optimizer knobs as top-level constants. val_bpb varies by about 3e-4 between seeds.")
     protected: Protected = SURROGATE
 
-    def __init__(self, executor: SandboxExecutor, baseline: str | None = None,
+    allows_code_edits = False  # the metric is a function of the knobs alone
+
+    def __init__(self, executor: SandboxExecutor | None, baseline: str | None = None,
                  limits: Limits | None = None, runtime: str = "runc") -> None:
         self.executor = executor
         self.runtime = runtime
         self._baseline = baseline if baseline is not None else SOURCE.read_text()
         self.limits = limits or Limits(wall_seconds=60, memory_bytes=256 << 20, cpus=1.0)
+        fixed = knobs.read_knobs(self._baseline)  # the experiment's constants: the baseline's
+        self._noise_std = fixed.get("NOISE_STD", 3e-4)
+        self._memory_limit_gb = fixed.get("MEMORY_LIMIT_GB", 80.0)
 
     def baseline_source(self) -> str:
         return self._baseline
@@ -62,8 +85,39 @@ class SurrogateTask:
     def apply(self, source: str, changes: dict[str, KnobValue]) -> str:
         return knobs.write_knobs(source, changes)
 
+    def value(self, source: str, seed: int) -> tuple[float, float]:
+        """Trusted (val_bpb, memory_gb) of the knob values in `source`; raises ValueError
+        (a knob missing or of the wrong type), MemoryError (the modelled OOM), ..."""
+        found = knobs.read_knobs(source)
+        missing = [name for name in KNOB_NAMES if name not in found]
+        if missing:
+            raise ValueError(f"train.py has no literal top-level {', '.join(missing)}")
+        for name in KNOB_NAMES:
+            wanted = str if name == "WINDOW_PATTERN" else int | float
+            if not isinstance(found[name], wanted) or isinstance(found[name], bool):
+                raise ValueError(f"knob {name} is {found[name]!r}, not a "
+                                 f"{'string' if wanted is str else 'number'}")
+        val_bpb, memory_gb = surrogate_value(found, seed, self._noise_std,
+                                             self._memory_limit_gb)
+        return float(val_bpb), float(memory_gb)
+
     def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
-        spec = JobSpec(files={"train.py": source.encode()}, command=("python3", "train.py"),
-                       limits=self.limits, env={"TRIAL_SEED": str(seed)},
-                       runtime=self.runtime)
-        return outcome_from_job(self.executor.run(spec, cancel=cancel))
+        job: TrialOutcome | None = None
+        if self.executor is not None:
+            spec = JobSpec(files={"train.py": source.encode()}, command=("python3", "train.py"),
+                           limits=self.limits, env={"TRIAL_SEED": str(seed)},
+                           runtime=self.runtime)
+            job = outcome_from_job(self.executor.run(spec, cancel=cancel))
+            if job.crashed:
+                return job
+        try:
+            val_bpb, memory_gb = self.value(source, seed)
+        except (ValueError, ArithmeticError, MemoryError, TypeError) as exc:
+            return TrialOutcome(job_status="error", val_bpb=None, exception={
+                "type": type(exc).__name__, "message": str(exc), "frames": []},
+                log=job.log if job else "", seconds=job.seconds if job else 0.0,
+                detail="the surrogate's value of these knobs raised")
+        metrics = {"val_bpb": val_bpb, "memory_gb": memory_gb}  # the job's own are ignored
+        return TrialOutcome(job_status="ok", val_bpb=val_bpb, memory_gb=memory_gb,
+                            metrics=metrics, log=job.log if job else "",
+                            seconds=job.seconds if job else 0.0)

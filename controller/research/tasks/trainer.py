@@ -1,6 +1,11 @@
 """Adapter from the real trainer (trainer/presets.py, knobs.py, run.py) to the Task
 protocol: the preset's train.py, its typed knob ranges, and the two-phase sandboxed
-evaluation (train with the train split, then the trusted evaluator computes val_bpb)."""
+evaluation (train with the train split, then the trusted evaluator computes val_bpb).
+
+The training budget is the baseline's TIME_BUDGET_SECONDS (the run's own definition;
+no candidate can move it) and is enforced outside the candidate (trainer/run.py's
+TrainBound): a phase 1 over it is job status `over_budget`, a crash that is never kept.
+The trial's seed reaches train.py through the environment (harness.seed)."""
 
 from __future__ import annotations
 
@@ -54,6 +59,12 @@ class TrainerTask:
         except SyntaxError as exc:
             raise FieldError("task.train_py", f"does not parse: {exc}") from None
         self._space = SearchSpace(tuple(_knob(r) for r in ranges.values()))
+        knob = trainer_knobs.read_knobs(self._baseline).get("TIME_BUDGET_SECONDS")
+        budget = self.preset.budget_seconds if knob is None else knob.value
+        if not isinstance(budget, int | float) or isinstance(budget, bool) or budget < 0:
+            raise FieldError("task.train_py", "TIME_BUDGET_SECONDS must be a number >= 0, "
+                             f"got {budget!r}")
+        self.budget_seconds = float(budget)  # the bound's budget: the baseline's, not a trial's
         self._data: Any = None
         self._data_lock = threading.Lock()
 
@@ -78,12 +89,13 @@ class TrainerTask:
             return self._data
 
     def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
-        from trainer.run import run_in_sandbox
+        from trainer.run import OVER_BUDGET, run_in_sandbox
 
         if SEED_KNOB in trainer_knobs.read_knobs(source):
             source = trainer_knobs.write_knobs(source, {SEED_KNOB: seed})
         outcome = run_in_sandbox(self.executor, source, self.preset, data=self._prepared(),
-                                 runtime=self.runtime, cancel=cancel)
+                                 runtime=self.runtime, cancel=cancel, seed=seed,
+                                 budget_seconds=self.budget_seconds)
         metrics = dict(outcome.metrics)
         peak_mb = metrics.get("peak_vram_mb") or metrics.get("peak_rss_mb") or 0.0
         metrics["memory_gb"] = float(peak_mb) / 1024
@@ -94,6 +106,10 @@ class TrainerTask:
         if outcome.eval is not None:
             log += "\n=== trusted evaluation ===\n" + outcome_from_job(outcome.eval, {}).log
         detail = outcome.error or result.detail
+        if outcome.status == OVER_BUDGET:
+            return TrialOutcome(job_status=OVER_BUDGET, val_bpb=None,
+                                memory_gb=metrics["memory_gb"], metrics=metrics, log=log,
+                                seconds=outcome.train.timings.run_s, detail=detail)
         return TrialOutcome(job_status=result.job_status if not outcome.ok else "ok",
                             val_bpb=result.val_bpb if outcome.ok else None,
                             memory_gb=metrics["memory_gb"], metrics=metrics,

@@ -19,6 +19,8 @@ class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATUS_OUTPUT_LIMIT: _ClassVar[JobStatus]
     JOB_STATUS_KILLED: _ClassVar[JobStatus]
     JOB_STATUS_SANDBOX_ERROR: _ClassVar[JobStatus]
+    JOB_STATUS_OVER_BUDGET: _ClassVar[JobStatus]
+    JOB_STATUS_SEED_IGNORED: _ClassVar[JobStatus]
 JOB_STATUS_UNSPECIFIED: JobStatus
 JOB_STATUS_OK: JobStatus
 JOB_STATUS_ERROR: JobStatus
@@ -27,6 +29,8 @@ JOB_STATUS_OOM: JobStatus
 JOB_STATUS_OUTPUT_LIMIT: JobStatus
 JOB_STATUS_KILLED: JobStatus
 JOB_STATUS_SANDBOX_ERROR: JobStatus
+JOB_STATUS_OVER_BUDGET: JobStatus
+JOB_STATUS_SEED_IGNORED: JobStatus
 
 class Limits(_message.Message):
     __slots__ = ("wall_seconds", "memory_bytes", "cpus", "pids", "output_bytes", "returned_file_bytes", "tmp_bytes", "disk_bytes")
