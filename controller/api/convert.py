@@ -51,9 +51,10 @@ def job_status(status: Status) -> spb.JobStatus:
 
 
 def job_status_name(value: str) -> spb.JobStatus:
-    """A stored job status ("ok", "timeout", ...) as the enum; unknown -> UNSPECIFIED."""
+    """A stored job status ("ok", "timeout", "over_budget", ...) as the enum; unknown
+    (e.g. "invalid": nothing ran) -> UNSPECIFIED."""
     try:
-        return job_status(Status(value))
+        return cast(spb.JobStatus, spb.JobStatus.Value(f"JOB_STATUS_{value.upper()}"))
     except ValueError:
         return spb.JOB_STATUS_UNSPECIFIED
 
