@@ -4,7 +4,7 @@ Knobs are top-level assignments of literals (int, float, bool, str, tuples of th
 simple arithmetic such as ``2**19`` is folded). Writing replaces only the source span
 of the value, so comments and formatting elsewhere survive, and the result is parsed
 again to prove it is valid Python holding the new value. `search_space` gives each
-tunable knob a typed range for random-perturbation proposers.
+tunable knob a typed range for the offline proposers.
 """
 
 from __future__ import annotations
