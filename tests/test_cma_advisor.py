@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller.llm.fake_server import FakeLLMServer
 from controller.research.loop import InnerLoop, StopSignal
 from controller.research.outer import attach_outer_levels
 from controller.research.proposer import LocalPerturbation
@@ -29,7 +31,14 @@ from mechanisms import library
 from mechanisms.gates import static_check
 from mechanisms.library.cma_advisor import CmaAdvisor
 from mechanisms.wire import LoopState, TrialView
-from tests.test_loop_harness import SyntheticTask
+from tests.test_loop_harness import (
+    TEST_KEY,
+    SyntheticTask,
+    llm_settings,
+    make_loop,
+    random_params_responder,
+    run_settings,
+)
 
 SPACE = SearchSpace((
     Knob("DEPTH", "int", 2, 16),
@@ -141,3 +150,24 @@ def test_in_a_run_its_hooks_run_in_the_sandbox_and_its_suggestions_become_trials
     # The suggested trials ran the advisor's point: the knobs it changed are in the trial.
     for t in suggested:
         assert t.changes, t
+
+
+@pytest.mark.docker
+def test_an_llm_proposer_is_shown_the_advisors_state(
+        tmp_path: Path, executor: SandboxExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
+    with FakeLLMServer(responder=random_params_responder()) as fake:
+        settings = replace(run_settings(4, llm_settings(fake.anthropic_url)), outer=OuterSettings(
+            mechanisms=(InitialMechanism("cma_advisor"),), suggest_every=0))
+        settings.validate()
+        parts = make_loop(tmp_path, SyntheticTask(), settings, use_memory=False)
+        attach_outer_levels(parts.loop, executor, lambda: pytest.fail("levels 1.5/2 are off"))
+        parts.loop.run()
+        texts = [r.text for r in fake.requests]
+    assert len(texts) == 4  # one proposal per trial; suggest_every=0: no suggestion
+    for text in texts:
+        assert "CMA-ES advisor (learns from every finished trial): generation 0" in text
+        assert "Its next point: DEPTH=" in text
+    assert "Best so far: val_bpb" in texts[-1]
+    context = [r for r in parts.store.mechanism_records("run-test") if r.hook == "context"]
+    assert {r.trial for r in context} == {1, 2, 3, 4}
