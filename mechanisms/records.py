@@ -1,11 +1,15 @@
 """Records of hook calls: the proof that a mechanism ran and what it changed.
 
 The loop stores one `HookRecord` per hook call on the trial it belongs to. A call is
-*effective* when it changed what the loop does: prompt text added, a proposal rejected
-or replaced, candidates suggested. `summarize` reports calls and effective calls per
-mechanism over a window; a mechanism with none effective counts as not injected
-(REFERENCE.md §2: a class nothing calls, or that never changes anything, is not a
-mechanism of the run).
+*effective* only when it changed what ran: its suggestion became the trial, its filter
+verdict changed the trial (a reject made the proposer try again, a replacement ran), its
+prompt text reached a proposer that reads prompts. A suggestion the loop did not use, or
+prompt text for a trial that a suggestion then took over, is *offered*; a filter verdict
+that a later filter or the retry limit overrode is *superseded* - neither is effective
+(research/mechanism_wiring.py re-labels them once the trial's proposal is settled).
+`summarize` reports calls and effective calls per mechanism; one with calls but none
+effective ran and had nothing to do, one with no call was never asked - different
+findings, reported apart, and neither is evidence that the mechanism helps.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class Effect(enum.StrEnum):
     LOADED = "loaded"
     STARTED = "started"
     NO_EFFECT = "no_effect"  # e.g. empty context text, no suggestions
+    OFFERED = "offered"  # suggested or prompt text given, but not what ran
+    SUPERSEDED = "superseded"  # a reject or replace that did not change the trial
     FAILED = "failed"
 
 
@@ -88,6 +94,9 @@ class HookRecord:
     detail: str = ""  # the context text, the reject/replace reason, ...
     proposals: tuple[dict[str, Any], ...] = ()  # replacement or suggestions, as JSON
     failure: Failure | None = None
+    # Answers left out without disabling the mechanism, each with why (e.g. a suggestion
+    # that names a knob Level 1.5 froze after the mechanism was written).
+    skipped: tuple[str, ...] = ()
 
     @property
     def effective(self) -> bool:
@@ -98,7 +107,8 @@ class HookRecord:
                 "trial_index": self.trial_index, "seconds": round(self.seconds, 6),
                 "effect": self.effect.value, "effective": self.effective,
                 "detail": self.detail, "proposals": list(self.proposals),
-                "failure": None if self.failure is None else self.failure.to_json()}
+                "failure": None if self.failure is None else self.failure.to_json(),
+                "skipped": list(self.skipped)}
 
 
 @dataclass

@@ -7,12 +7,17 @@ documented shapes (mechanisms/wire.py) and returns the combined value with one
 OOM, a malformed answer - disables that mechanism (its session is killed, a `Failure`
 with the traceback is recorded) and the call carries on with the others: a broken
 mechanism never stops the loop.
+
+`skip` leaves named mechanisms out of one call (Level 2's "without" arm). A suggestion or
+replacement naming a knob in `frozen` (frozen by Level 1.5 after the mechanism learned
+the space) is skipped and recorded, not treated as a malformed answer: the freeze is the
+loop's doing, not the mechanism's fault.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -98,6 +103,8 @@ class MechanismSet:
         self.settings = settings or MechanismSettings()
         self._active: dict[str, _Active] = {}
         self.disabled: dict[str, Failure] = {}
+        self.frozen: frozenset[str] = frozenset()  # knobs frozen out of `space` for now
+        self._skipped: list[str] = []  # answers skipped by the call being judged
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -136,14 +143,16 @@ class MechanismSet:
                           detail=f"hooks: {', '.join(mech.hooks)}; start "
                                  f"{session.start_seconds:.3f} s")
 
-    def context(self, state: LoopState) -> Outcome[str]:
+    def context(self, state: LoopState, skip: Collection[str] = ()) -> Outcome[str]:
         """Prompt text from every mechanism, each part headed by its name."""
         parts: list[str] = []
         records = self._each("context", [state.to_json()], state.trial_index,
-                             lambda name, result: self._context(name, result, parts))
+                             lambda name, result: self._context(name, result, parts),
+                             skip=skip)
         return Outcome("\n\n".join(parts), records)
 
-    def filter(self, proposal: Proposal, state: LoopState) -> Outcome[Proposal | None]:
+    def filter(self, proposal: Proposal, state: LoopState,
+               skip: Collection[str] = ()) -> Outcome[Proposal | None]:
         """Pass the proposal through each filter in turn; None once one rejects it."""
         current: list[Proposal | None] = [proposal]
         records: list[HookRecord] = []
@@ -152,13 +161,15 @@ class MechanismSet:
             if current[0] is None:
                 break
             records += self._each("filter", [current[0].to_json(), payload], state.trial_index,
-                                  lambda n, r: self._verdict(n, r, current), only=name)
+                                  lambda n, r: self._verdict(n, r, current), only=name,
+                                  skip=skip)
         return Outcome(current[0], records)
 
-    def suggest(self, state: LoopState) -> Outcome[list[Suggestion]]:
+    def suggest(self, state: LoopState, skip: Collection[str] = ()) -> Outcome[list[Suggestion]]:
         found: list[Suggestion] = []
         records = self._each("suggest", [state.to_json()], state.trial_index,
-                             lambda name, result: self._suggestions(name, result, found))
+                             lambda name, result: self._suggestions(name, result, found),
+                             skip=skip)
         return Outcome(found, records)
 
     def observe(self, trial: TrialView, state: LoopState) -> Outcome[None]:
@@ -205,12 +216,13 @@ class MechanismSet:
 
     def _each(self, hook: str, args: list[Any], trial_index: int | None,
               judge: Callable[[str, Any], tuple[Effect, str, tuple[dict[str, Any], ...]]],
-              only: str | None = None) -> list[HookRecord]:
+              only: str | None = None, skip: Collection[str] = ()) -> list[HookRecord]:
         records: list[HookRecord] = []
         for name, mech in list(self._active.items()):
-            if hook not in mech.hooks or (only is not None and name != only):
+            if hook not in mech.hooks or (only is not None and name != only) or name in skip:
                 continue
             started = time.monotonic()
+            self._skipped = []
             try:
                 result = self._invoke(mech, hook, args)
                 try:
@@ -222,7 +234,8 @@ class MechanismSet:
                 records.append(self._failed(name, hook, trial_index, started, exc.failure))
                 continue
             records.append(HookRecord(name, hook, trial_index, time.monotonic() - started,
-                                      effect, detail, proposals))
+                                      effect, detail, proposals,
+                                      skipped=tuple(self._skipped)))
         return records
 
     def _invoke(self, mech: _Active, hook: str, args: list[Any],
@@ -267,8 +280,21 @@ class MechanismSet:
         parts.append(f"[{name}] {text}")
         return Effect.CONTEXT_ADDED, text, ()
 
+    def _frozen_in(self, raw: Any, path: str) -> bool:
+        """True (and noted) when an answer's proposal names a frozen knob."""
+        changes = raw.get("changes") if isinstance(raw, dict) else None
+        touched = sorted(k for k in changes if k in self.frozen) \
+            if isinstance(changes, dict) else []
+        if touched:
+            self._skipped.append(f"{path} skipped: it changes {', '.join(touched)[:300]}, "
+                                 "frozen by Level 1.5")
+        return bool(touched)
+
     def _verdict(self, name: str, result: Any, current: list[Proposal | None]
                  ) -> tuple[Effect, str, tuple[dict[str, Any], ...]]:
+        if isinstance(result, dict) and result.get("action") == "replace" and \
+                self._frozen_in(result.get("proposal"), "replacement"):
+            return Effect.ACCEPTED, "replacement skipped (frozen knob); proposal kept", ()
         verdict = Verdict.from_json(result, self.space)
         before = current[0]
         if verdict.action == "reject":
@@ -288,10 +314,11 @@ class MechanismSet:
             raise ValueError(f"{len(result)} suggestions, over the limit of "
                              f"{self.settings.max_suggestions}")
         proposals = [Proposal.from_json(p, self.space, f"suggest[{i}]")
-                     for i, p in enumerate(result)]
+                     for i, p in enumerate(result)
+                     if not self._frozen_in(p, f"suggest[{i}]")]
         found += [Suggestion(name, p) for p in proposals]
         if not proposals:
-            return Effect.NO_EFFECT, "", ()
+            return Effect.NO_EFFECT, "; ".join(self._skipped)[:500], ()
         return (Effect.SUGGESTED, f"{len(proposals)} candidate(s)",
                 tuple(p.to_json() for p in proposals))
 

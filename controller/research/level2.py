@@ -1,31 +1,32 @@
 """Level 2, the mechanism loop: every `l2_every` trials (sooner when no trial was kept for
-half of that), a round designs one new mechanism (research/level2_design.py), passes it
-through the gates cheapest first (static -> sandboxed contract test -> activation) and
-puts it on trial for `window` trials. One candidate at a time; the mechanisms already
-active stay, so the previous set is the fallback.
+half of that), a round picks one new mechanism - from the LLM (research/level2_design.py)
+or, offline, from the built-in library by a bandit over how each fared in earlier runs -
+passes it through the gates cheapest first (static -> sandboxed contract test ->
+activation) and puts it on trial. One candidate at a time; the mechanisms already kept
+stay, so the previous set is the fallback.
 
-Scoring (EvoX-style, documented choice): a window's score is its keep rate minus its
-crash rate, (keeps - crashes) / trials. At the end of its window a candidate is
-- REVERTED as not injected when none of its hook calls in the window was effective
-  (REFERENCE.md §2: a mechanism that never changes anything did not run);
-- REVERTED as hurting when its window scored below the window of the same length just
-  before it by more than one trial's worth (1 / window);
-- otherwise KEPT (it stays active; later rounds add to the set).
+The verdict is a concurrent randomised comparison (research/level2_verdict.py): over
+the candidate's window (`window`, at least 8 trials) a seeded coin per pair of trials
+runs one WITH the candidate and one WITHOUT, each trial scores its improvement over the
+incumbent in noise sigmas, and a one-sided paired randomisation test decides: KEPT when
+p <= 0.1 and it changed at least one WITH trial, else REVERTED. Comparing a window with
+the one before it instead would confound the mechanism with the stage of the search
+(keep rates fall as a search converges) and judge late candidates harshly. A window left
+with too few complete pairs (pipelined trials proposed before activation, crash fixes)
+is extended once; a candidate whose window the run's end cuts short is "not judged".
 A candidate that fails at runtime is disabled at once (mechanism_wiring.py) and its
-traceback goes to the next round's explore prompt. Keep rates fall as a greedy search
-converges, so this comparison is biased against late candidates: it reverts too often
-rather than keeping a harmful mechanism; ablations (controller/analysis) make the claim.
+traceback goes to the next round's explore prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from controller.llm.errors import LLMBudgetSpent, LLMError, LLMUnavailable
+from controller.research import level2_verdict
 from controller.research.level2_design import (
     DesignError,
     LLMDesigner,
@@ -36,13 +37,13 @@ from controller.research.mechanism_wiring import MechanismWiring
 from controller.store.mechanisms import DISABLED, KEPT, REVERTED, MechanismLog, MechanismRow
 from controller.store.records import TrialRecord, TrialStatus
 from mechanisms import library
+from mechanisms.interface import ACTING_HOOKS
 
 if TYPE_CHECKING:
     from controller.research.loop import InnerLoop
 
 log = structlog.get_logger(__name__)
 STATE_KEY = "level2"
-METRIC = "keep rate minus crash rate over the window"
 
 
 @dataclass
@@ -50,14 +51,6 @@ class Level2State:
     rounds: int = 0
     last_round_trial: int = 0
     candidate: str = ""  # the mechanism on trial ("" when none)
-
-
-def window_score(trials: Sequence[TrialRecord]) -> float | None:
-    if not trials:
-        return None
-    keeps = sum(t.status is TrialStatus.KEEP for t in trials)
-    crashes = sum(t.status is TrialStatus.CRASH for t in trials)
-    return (keeps - crashes) / len(trials)
 
 
 class MechanismLoop:
@@ -75,6 +68,9 @@ class MechanismLoop:
 
     def attach(self) -> None:
         self.loop.after_trial.append(self.after_trial)
+        row = self._rows().get(self.state.candidate) if self.state.candidate else None
+        if row is not None and row.activated_at is not None:  # a resumed run
+            self.wiring.put_on_trial(row.name, row.activated_at)
 
     def _save(self) -> None:
         self.log.set_outer_state(self.loop.run_id, STATE_KEY, asdict(self.state))
@@ -92,6 +88,7 @@ class MechanismLoop:
             if row is None or row.status == DISABLED:
                 self.state.candidate = ""  # failed at runtime: already recorded
                 self._save()
+                self.wiring.end_trial()
             elif row.window_end is not None and index >= row.window_end:
                 self.judge(row, index)
         if self.state.candidate or (self.outer.max_l2_rounds and
@@ -104,38 +101,46 @@ class MechanismLoop:
             self.round(index, "stall" if since < self.outer.l2_every else "schedule")
 
     def judge(self, row: MechanismRow, index: int) -> None:
+        """The stated test of level2_verdict.py over the window's with/without pairs."""
         assert row.activated_at is not None and row.window_end is not None
-        trials = {t.index: t for t in self._trace()}
+        run_id = self.loop.run_id
         start, end = row.activated_at, row.window_end
-        width = end - start + 1
-        during = [trials[i] for i in range(start, end + 1) if i in trials]
-        before = [trials[i] for i in range(max(1, start - width), start) if i in trials]
-        calls = [c for c in self.loop.store.mechanism_records(self.loop.run_id)
-                 if c.mechanism == row.name and start <= c.trial <= end]
-        effective = sum(c.effective for c in calls)
-        after_score, before_score = window_score(during), window_score(before)
-        row.score = {"metric": METRIC, "window": [start, end], "after": after_score,
-                     "before": before_score, "before_window": [max(1, start - width),
-                                                               start - 1],
-                     "calls": len(calls), "effective": effective}
+        arms = self.wiring.assignments(row.name)
+        scores, sigma, sigma_from = level2_verdict.trial_scores(
+            self.loop.store.trials(run_id), self.loop.store.get_run(run_id).noise_sigma)
+        with_ = [i for i in arms["with"] if i <= end]
+        calls = [c for c in self.loop.store.mechanism_records(run_id)
+                 if c.mechanism == row.name and c.trial in set(with_)
+                 and c.hook in ACTING_HOOKS]
+        changed = len({c.trial for c in calls if c.effective})
+        v = level2_verdict.decide(self.loop.settings.search.seed, row.name, start, end,
+                                  with_, arms["without"], scores, changed)
+        if not v.judged and not row.score.get("extended"):
+            row.window_end = end + 2 * (level2_verdict.MIN_PAIRS - len(v.pairs))
+            row.score = {"extended": True, "detail": v.reason}
+            self.log.put(run_id, row)
+            self.wiring.event("window_extended", row, index, f"{v.reason}; window now "
+                              f"ends at trial {row.window_end}")
+            return
+        row.score = {**v.to_json(), "window": [start, end], "sigma": sigma,
+                     "sigma_from": sigma_from, "with": with_, "without": arms["without"],
+                     "calls_in_with": len(calls), "effective": changed,
+                     "extended": bool(row.score.get("extended"))}
         self.state.candidate = ""
         self._save()
-        if effective == 0:
-            reason = (f"not injected: 0 effective calls of {len(calls)} over trials "
-                      f"{start}-{end}")
-            self.wiring.deactivate(row, REVERTED, reason, index)
-        elif (after_score is not None and before_score is not None
-              and after_score < before_score - 1 / width):
-            reason = (f"hurt: {METRIC} {after_score:.2f} after vs {before_score:.2f} "
-                      f"before ({effective} effective calls)")
-            self.wiring.deactivate(row, REVERTED, reason, index)
+        self.wiring.end_trial()
+        reason = v.reason
+        if v.changed == 0:
+            reason = (f"idle: ran {len(calls)} acting call(s) on its WITH trials and changed "
+                      f"none" if calls else "never called on its WITH trials") + f"; {v.reason}"
+        if v.keep:
+            row.status, row.reason = KEPT, reason
+            self.log.put(run_id, row)
+            self.wiring.event("kept", row, index, f"{reason}. Test: {level2_verdict.TEST}")
         else:
-            row.status, row.reason = KEPT, (
-                f"kept: {METRIC} {after_score} after vs {before_score} before; "
-                f"{effective} effective calls of {len(calls)}")
-            self.log.put(self.loop.run_id, row)
-            self.wiring.event("kept", row, index, row.reason)
-        log.info("level 2 judged", mechanism=row.name, status=row.status, score=row.score)
+            self.wiring.deactivate(row, REVERTED, reason, index)
+        log.info("level 2 judged", mechanism=row.name, status=row.status, p=v.p,
+                 effect=v.effect, pairs=len(v.pairs))
 
     def round(self, index: int, why: str) -> None:
         self.state.rounds += 1
@@ -150,10 +155,11 @@ class MechanismLoop:
                           f"{row.description[:500]}")
         admission = self.wiring.admit(row, index)
         if admission.passed:
-            row.window_end = index + self.outer.window
+            row.window_end = index + level2_verdict.window_length(self.outer.window)
             self.log.put(self.loop.run_id, row)
             self.state.candidate = row.name
             self._save()
+            self.wiring.put_on_trial(row.name, index + 1)
         log.info("level 2 round", round=self.state.rounds, mechanism=row.name,
                  passed=admission.passed, stopped_at=admission.stopped_at)
 
@@ -161,13 +167,15 @@ class MechanismLoop:
               rows: dict[str, MechanismRow]) -> MechanismRow | None:
         n = self.state.rounds
         if self.designer is None:
-            choice = choose_from_library(trace, set(rows), self.outer.l2_every)
+            choice = choose_from_library(
+                set(rows), self.log.outcomes(self.loop.run_id), self.loop.settings.task.preset,
+                self.loop.settings.search.seed, n)
             if choice is None:
                 self._note(index, "every built-in mechanism was tried; no new round")
                 return None
             name, why = choice
             return MechanismRow(name, "library", library.source(name), round=n,
-                                field=f"built-in library (rule: {why})",
+                                field=f"built-in library ({why})",
                                 description=f"built-in {name}: {why}")
         try:
             d = self.designer.design(index, n, trace, list(rows.values()))

@@ -1,11 +1,14 @@
-"""Where Level 2 gets its next mechanism: the built-in library by a deterministic rule
-(offline), or the LLM in four steps - explore -> critique and select -> specification
--> code - whose prompts and outputs are all kept with the mechanism's row.
+"""Where Level 2 gets its next mechanism: offline, the built-in library chosen by a
+bandit over how each built-in fared in earlier runs; or the LLM in four steps - explore
+-> critique and select -> specification -> code - whose prompts and outputs are all kept
+with the mechanism's row.
 
 The explore prompt shows the mechanism interface (the docs of mechanisms/interface.py,
 wire.py and the sdk), the trace, and every earlier mechanism with its measured effect or
-its failure and traceback. It names NO candidate fields unless `explore_domains` is set
-(REFERENCE.md §2); the LLM states the field its idea comes from, which is recorded.
+its failure and traceback. It names NO candidate fields unless `explore_domains` is set:
+a list of fields steers the LLM towards the ideas of whoever wrote it, and the point is
+to find ideas from anywhere; the LLM states the field its idea comes from, which is
+recorded.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,13 +26,12 @@ from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
 from controller.research.llm_proposer import FENCE
 from controller.research.settings import OuterSettings
-from controller.store.mechanisms import MechanismRow
-from controller.store.records import TrialRecord, TrialStatus
+from controller.store.mechanisms import KEPT, MechanismRow, Outcome
+from controller.store.records import TrialRecord
 from mechanisms import interface, library, sdk, wire
 from mechanisms.gates import GateSettings, static_check
 
-LIBRARY_ORDER = ("tabu", "step_bandit", "latin_hypercube", "elite_crossover",
-                 "plateau_restart", "crash_memory")
+CONTROLS = ("noop",)  # library entries that are controls for ablations, not search aids
 CODE_FENCE = re.compile(r"```(?:python)?\s*\n(.*?)```", re.DOTALL)
 
 
@@ -45,21 +48,32 @@ class Design:
     steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def choose_from_library(trace: Sequence[TrialRecord], tried: set[str],
-                        window: int) -> tuple[str, str] | None:
-    """(name, why): crashes -> crash_memory, a stall -> plateau_restart, else the next
-    untried one in LIBRARY_ORDER. None when every built-in was tried."""
-    left = [n for n in LIBRARY_ORDER if n not in tried]
+def choose_from_library(tried: set[str], outcomes: Sequence[Outcome], task: str,
+                        seed: int, round_: int) -> tuple[str, str] | None:
+    """(name, why) by Thompson sampling: each untried built-in draws from
+    Beta(1 + kept, 1 + reverted or disabled), counted over earlier runs in this store on
+    the same task (over every task when it has none there); the highest draw wins. With
+    no history every built-in is equally likely, so no fixed order favours one; the
+    draws are seeded by the run's seed and the round, so a run is reproducible. The
+    evidence is the verdicts of Level 2's randomised test, not the objective's formula,
+    so it means the same for any objective. None when every built-in was tried."""
+    left = [n for n in library.names() if n not in tried and n not in CONTROLS]
     if not left:
         return None
-    recent = list(trace[-window:])
-    crashes = sum(t.status is TrialStatus.CRASH for t in recent)
-    keeps = sum(t.status is TrialStatus.KEEP for t in recent)
-    if recent and crashes / len(recent) >= 0.25 and "crash_memory" in left:
-        return "crash_memory", f"{crashes} of the last {len(recent)} trials crashed"
-    if recent and keeps == 0 and "plateau_restart" in left:
-        return "plateau_restart", f"no keep in the last {len(recent)} trials"
-    return left[0], "next untried built-in in the fixed order"
+    rng = random.Random(f"{seed}:{round_}:library")
+    counts: dict[str, tuple[int, int, str]] = {}
+    draws: dict[str, float] = {}
+    for name in left:
+        mine = [o for o in outcomes if o.name == name and o.origin == "library"]
+        here = [o for o in mine if o.task == task]
+        pool, where = (here, f"on {task}") if here else (mine, "on any task")
+        kept = sum(o.status == KEPT for o in pool)
+        counts[name] = (kept, len(pool) - kept, where)
+        draws[name] = rng.betavariate(1 + kept, 1 + len(pool) - kept)
+    best = max(left, key=lambda n: draws[n])
+    kept, lost, where = counts[best]
+    return best, (f"bandit: Thompson draw {draws[best]:.2f} from Beta(1+{kept}, 1+{lost}) - "
+                  f"kept in {kept} of {kept + lost} earlier runs {where}")
 
 
 def interface_docs() -> str:

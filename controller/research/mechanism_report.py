@@ -1,8 +1,13 @@
 """The run's mechanism report: each mechanism's hook calls and effects (from the records
 stored with the trials), how it got in (gates) and how it left (revert, disable).
 
-A mechanism with zero effective calls is reported as NOT injected, whatever its status.
-Served as the artifacts `mechanisms.md` and `mechanisms/<name>.py`.
+Each gets one finding, and the findings are kept apart because they mean different
+things: it "changed N trials" (effective calls: its suggestion ran, its filter changed
+the trial, its prompt text reached a prompt-reading proposer); it "ran, had nothing to
+do" (acting hooks called, none effective); it was "never called" (no acting hook call,
+e.g. activated at the run's last trial, or a suggest-only mechanism off the cadence);
+"not judged: window too short" (on trial when the run ended). Served as the artifacts
+`mechanisms.md` and `mechanisms/<name>.py`.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import json
 import re
 from dataclasses import dataclass
 
-from controller.store.mechanisms import MechanismRow
+from controller.store.mechanisms import ACTIVE, GATE_REJECTED, MechanismRow
 from controller.store.records import NotFoundError
 from controller.store.runs import RunStore
+from mechanisms.interface import ACTING_HOOKS
 
 SOURCE_NAME = re.compile(r"^mechanisms/(\w{1,64})\.py$")
 
@@ -26,22 +32,50 @@ class Summary:
     failures: int
     by_effect: dict[str, int]
     trials: int  # trials with at least one call
+    acting_calls: int = 0  # calls of context, filter and suggest
+    changed_trials: int = 0  # trials with an effective call
+    skipped: int = 0  # answers skipped (e.g. a frozen knob), the mechanism kept
+    finding: str = ""
 
     @property
     def injected(self) -> bool:
         return self.effective > 0
 
 
+def finding(row: MechanismRow, acting: int, changed: int, last_trial: int,
+            finished: bool) -> str:
+    if row.status == GATE_REJECTED:
+        return "never activated: stopped at a gate"
+    if row.status == ACTIVE and row.window_end is not None and finished \
+            and last_trial < row.window_end:
+        return (f"not judged: window too short (run ended at trial {last_trial}, its "
+                f"window to trial {row.window_end})") + (
+            f"; changed {changed} trial(s)" if changed else "")
+    if changed:
+        return f"changed {changed} trial(s)"
+    if acting:
+        return f"ran, had nothing to do ({acting} acting call(s), none changed a trial)"
+    if row.activated_at is not None and row.activated_at > last_trial:
+        return "never called: activated after the last trial"
+    return "never called"
+
+
 def summaries(store: RunStore, run_id: str) -> list[Summary]:
     calls = store.mechanism_records(run_id)
+    run = store.get_run(run_id)
+    last = max(run.trials_done - 1, 0)
     out = []
     for row in store.mechanisms(run_id):
         mine = [c for c in calls if c.mechanism == row.name]
         effects: dict[str, int] = {}
         for c in mine:
             effects[c.effect] = effects.get(c.effect, 0) + 1
+        acting = sum(c.hook in ACTING_HOOKS for c in mine)
+        changed = len({c.trial for c in mine if c.effective})
         out.append(Summary(row, len(mine), sum(c.effective for c in mine),
-                           effects.get("failed", 0), effects, len({c.trial for c in mine})))
+                           effects.get("failed", 0), effects, len({c.trial for c in mine}),
+                           acting, changed, sum(len(c.skipped) for c in mine),
+                           finding(row, acting, changed, last, run.state.terminal)))
     return out
 
 
@@ -50,16 +84,17 @@ def render(store: RunStore, run_id: str) -> str:
     items = summaries(store, run_id)
     lines = [f"# Mechanisms of run {run_id}", "",
              f"State {run.state.value}; {run.trials_done} trials; {run.summary}", "",
-             "A call is effective when it changed what the loop did (prompt text added, a "
-             "proposal rejected or replaced, candidates suggested). A mechanism with no "
-             "effective call is not injected.", "",
+             "A call is effective only when it changed what ran: its suggestion became the "
+             "trial, its filter verdict changed the trial, its prompt text reached a "
+             "proposer that reads prompts. Offered suggestions and superseded verdicts are "
+             "not effective. 'Ran, had nothing to do' and 'never called' are different "
+             "findings.", "",
              "| mechanism | origin | field | status | calls | effective | failures | "
-             "injected | trials |", "|---|---|---|---|---|---|---|---|---|"]
+             "finding |", "|---|---|---|---|---|---|---|---|"]
     for s in items:
         r = s.row
         lines.append(f"| {r.name} | {r.origin} | {_cell(r.field)} | {r.status} | {s.calls} | "
-                     f"{s.effective} | {s.failures} | {'yes' if s.injected else 'NO'} | "
-                     f"{s.trials} |")
+                     f"{s.effective} | {s.failures} | {_cell(s.finding)} |")
     for s in items:
         r = s.row
         lines += ["", f"## {r.name}", "", f"- origin: {r.origin}; field: {r.field or '-'}; "
@@ -72,8 +107,16 @@ def render(store: RunStore, run_id: str) -> str:
         for g in r.gates:
             lines.append(f"- gate {g['gate']}: {'passed' if g['passed'] else 'FAILED'} "
                          f"({g['seconds']} s) - {_cell(g['reason'][:400])}")
-        if r.score:
-            lines.append(f"- window score: {json.dumps(r.score)}")
+        if s.skipped:
+            lines.append(f"- answers skipped, mechanism kept (e.g. a frozen knob): {s.skipped}")
+        if r.score.get("test"):
+            p = r.score.get("p")
+            lines.append(f"- verdict: {r.score['test']}; pairs {len(r.score.get('pairs', []))}"
+                         f", effect {r.score.get('effect')} sigma, p "
+                         f"{'-' if p is None else round(p, 4)}, sigma "
+                         f"{r.score.get('sigma')} from {r.score.get('sigma_from')}")
+        elif r.score:
+            lines.append(f"- score: {json.dumps(r.score)}")
         if r.traceback:
             lines += ["", "```", r.traceback[-3000:], "```"]
         if r.steps:

@@ -4,13 +4,20 @@
 - `suggest`: on every `suggest_every`-th trial, the first usable suggestion TAKES THE
   PLACE of the proposer's proposal for that trial (recorded as the trial's
   `proposal_source` "mechanism:<name>"); on other trials suggest is not called;
+- Level 2's candidate (`put_on_trial`): on the trials of its window a seeded coin per
+  pair of trials (research/level2_verdict.py) runs it WITH or WITHOUT; left out, none of
+  its hooks but observe is called; in, its suggestion goes first and it suggests on
+  every such trial, whatever `suggest_every`; each assignment is stored for its verdict;
 - `filter`: every proposal (the proposer's or a suggestion) passes the filters; a reject
   goes back to the proposer with its reason (`filter_retries` times, then the last
   proposal runs anyway, marked so), a replacement runs instead;
 - `observe`: every finished trial, then `save_state`, stored in the trial's transaction.
 
 Every hook call becomes a HookRecord stored with its trial (store/mechanisms.py), so a
-report proves which mechanisms ran and what they changed. A mechanism that fails is
+report proves which mechanisms ran and what they changed. Credit goes only to what ran:
+once the trial's proposal is settled, suggestions that did not become it are relabelled
+"offered", filter verdicts that did not change it "superseded", and prompt text of a
+trial a suggestion took over "offered" (mechanisms/records.py). A mechanism that fails is
 disabled by the MechanismSet; here its row is marked disabled with the traceback, for
 the next Level-2 round to read. On resume, live mechanisms are re-activated from their
 stored source and the state saved with the last finished trial.
@@ -26,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from controller.research import level2_verdict
 from controller.research.proposer import Proposal, Proposer, ProposerContext
 from controller.research.settings import RunSettings
 from controller.research.space import SearchSpace
@@ -45,12 +53,15 @@ from controller.store.runs import RunStore
 from mechanisms import library
 from mechanisms.gates import Admission, GateSettings, gate_and_activate
 from mechanisms.records import Effect, HookRecord
-from mechanisms.runtime import MechanismSet, MechanismSettings, Outcome
+from mechanisms.runtime import MechanismSet, MechanismSettings, Outcome, Suggestion
 from mechanisms.wire import LoopState, TrialView
 from mechanisms.wire import Proposal as WireProposal
 
 log = structlog.get_logger(__name__)
 HISTORY = 30  # finished trials shown to mechanisms in the loop state
+# A filter verdict counts only when its pass ended this way: a reject made the proposer
+# try again, a replacement ran.
+NEEDED = {Effect.REJECTED: "retried", Effect.REPLACED: "changed"}
 
 
 class MechanismWiring:
@@ -71,6 +82,7 @@ class MechanismWiring:
         self._source: dict[int, str] = {}
         self._configs: dict[int, dict[str, Any]] = {}
         self.reads_context = True  # set from the proposer by outer.attach_outer_levels
+        self._candidate: tuple[str, int] | None = None  # Level 2's, and its first trial
 
     # Lifecycle
 
@@ -93,8 +105,40 @@ class MechanismWiring:
             self.mset.close()
 
     def set_space(self, space: SearchSpace) -> None:
-        """Level 1.5 froze or unfroze knobs: answers are checked against the new space."""
-        self.mset.space = space
+        """Level 1.5 froze or unfroze knobs: answers are checked against the new space,
+        and an answer naming a frozen knob is skipped (recorded), not a failure."""
+        with self._lock:
+            self.mset.space = space
+            self.mset.frozen = frozenset(self.task.search_space().names) - set(space.names)
+
+    # Level 2's candidate and its with/without design
+
+    def put_on_trial(self, name: str, start: int) -> None:
+        with self._lock:
+            self._candidate = (name, start)
+
+    def end_trial(self) -> None:
+        with self._lock:
+            self._candidate = None
+
+    def arm(self, index: int) -> tuple[str, bool] | None:
+        """(candidate, runs with it) for a trial proposed while a candidate is on trial."""
+        c = self._candidate
+        if c is None or index < c[1] or c[0] not in self.mset.active:
+            return None
+        return c[0], level2_verdict.with_arm(self.settings.search.seed, c[0], c[1], index)
+
+    def assignments(self, name: str) -> dict[str, list[int]]:
+        raw = self.log.outer_state(self.run_id, f"arms:{name}") or {}
+        return {"with": list(raw.get("with", [])), "without": list(raw.get("without", []))}
+
+    def _assign(self, name: str, index: int, with_: bool) -> None:
+        with self._lock:
+            arms = self.assignments(name)
+            key = "with" if with_ else "without"
+            if index not in arms[key]:
+                arms[key].append(index)
+                self.log.set_outer_state(self.run_id, f"arms:{name}", arms)
 
     def _reactivate(self, row: MechanismRow) -> None:
         saved = self.log.saved_state(self.run_id, row.name)
@@ -186,10 +230,10 @@ class MechanismWiring:
         self._handle_failures(out.records, index)
         return out.value
 
-    def _filter(self, index: int, proposal: WireProposal,
-                state: LoopState) -> WireProposal | None:
-        verdict: WireProposal | None = self._call(index,
-                                                  lambda: self.mset.filter(proposal, state))
+    def _filter(self, index: int, proposal: WireProposal, state: LoopState,
+                skip: frozenset[str]) -> WireProposal | None:
+        verdict: WireProposal | None = self._call(
+            index, lambda: self.mset.filter(proposal, state, skip))
         return verdict
 
     def context_hook(self, ctx: ProposerContext) -> str:
@@ -198,8 +242,29 @@ class MechanismWiring:
         if not self.mset.active or ctx.crash is not None or not self.reads_context:
             return ""
         state = self.state(ctx.trial_index)
-        text: str = self._call(ctx.trial_index, lambda: self.mset.context(state))
+        arm = self.arm(ctx.trial_index)
+        skip = frozenset({arm[0]}) if arm is not None and not arm[1] else frozenset()
+        text: str = self._call(ctx.trial_index, lambda: self.mset.context(state, skip))
         return text
+
+    def _suggest(self, index: int, state: LoopState, space: set[str],
+                 arm: tuple[str, bool] | None) -> Suggestion | None:
+        """The suggestion that takes the trial, if any: on the cadence every mechanism's
+        (the candidate's first on a WITH trial); off it only a WITH candidate's."""
+        every = self.settings.outer.suggest_every
+        on_cadence = bool(every) and index % every == 0
+        skip: frozenset[str] = frozenset()
+        if arm is not None and not arm[1]:
+            skip = frozenset({arm[0]})
+        elif not on_cadence:
+            if arm is None or "suggest" not in self.mset.hooks(arm[0]):
+                return None
+            skip = frozenset(n for n in self.mset.active if n != arm[0])
+        found: list[Suggestion] = self._call(index, lambda: self.mset.suggest(state, skip))
+        usable = [s for s in found if set(s.proposal.changes) <= space]
+        if arm is not None and arm[1]:
+            usable.sort(key=lambda s: s.mechanism != arm[0])  # stable: candidate first
+        return usable[0] if usable else None
 
     def propose(self, inner: Proposer, ctx: ProposerContext) -> Proposal:
         """The trial's proposal after suggest and filter (see the module docstring)."""
@@ -207,17 +272,20 @@ class MechanismWiring:
         if not self.mset.active or ctx.crash is not None:
             return inner.propose(ctx)
         state = self.state(index)
+        arm = self.arm(index)
+        if arm is not None:
+            self._assign(arm[0], index, arm[1])
+        skip = frozenset({arm[0]}) if arm is not None and not arm[1] else frozenset()
         proposal: Proposal | None = None
         source = "proposer"
-        if outer.suggest_every and index % outer.suggest_every == 0:
-            found = self._call(index, lambda: self.mset.suggest(state))
-            usable = [s for s in found if set(s.proposal.changes) <= set(ctx.space.names)]
-            if usable:
-                s = usable[0]
-                proposal = Proposal(changes=dict(s.proposal.changes),
-                                    description=f"{s.proposal.description} "
-                                                f"[suggested by {s.mechanism}]")
-                source = f"mechanism:{s.mechanism}"
+        first = len(self._pending[index])
+        s = self._suggest(index, state, set(ctx.space.names), arm)
+        if s is not None:
+            proposal = Proposal(changes=dict(s.proposal.changes),
+                                description=f"{s.proposal.description} "
+                                            f"[suggested by {s.mechanism}]")
+            source = f"mechanism:{s.mechanism}"
+        attempts: list[tuple[int, int, str]] = []  # record range of each filter pass, fate
         rejections: list[str] = []
         for attempt in range(1 + outer.filter_retries):
             if proposal is None:
@@ -228,18 +296,23 @@ class MechanismWiring:
             current = proposal
             wire = WireProposal(dict(current.changes), current.description[:2000])
             before = len(self._pending[index])
-            verdict = self._filter(index, wire, state)
+            verdict = self._filter(index, wire, state, skip)
+            after = len(self._pending[index])
             if verdict is None:
                 rec = next(r for r in self._pending[index][before:]
                            if r.effect is Effect.REJECTED)
                 rejections.append(f"{rec.mechanism} rejected {current.description[:200]!r}: "
                                   f"{rec.detail}")
                 if attempt == outer.filter_retries:
+                    attempts.append((before, after, "overridden"))
                     proposal = replace(current, description=current.description +
                                        " [ran although rejected: filter retries spent]")
                     break
+                attempts.append((before, after, "retried"))
                 proposal = None
                 continue
+            attempts.append((before, after, "changed" if verdict.changes != current.changes
+                             else "passed"))
             if verdict.changes != current.changes:
                 code = current.source is not None and self.settings.proposer.mode == "code"
                 proposal = replace(
@@ -251,7 +324,30 @@ class MechanismWiring:
             break
         assert proposal is not None
         self._source[index] = source
+        self._credit(index, first, source, attempts)
         return proposal
+
+    def _credit(self, index: int, first: int, source: str,
+                attempts: list[tuple[int, int, str]]) -> None:
+        """Relabel this proposal's records so that only what changed the trial is
+        effective: the suggestion that became it, a reject that made the proposer try
+        again, a replacement that ran, prompt text of a trial the proposer made."""
+        recs = self._pending[index]
+        fate = {i: f for lo, hi, f in attempts for i in range(lo, hi)}
+        took = source.split("+")[0]
+        for i, r in enumerate(recs):
+            new = r.effect
+            if r.effect is Effect.CONTEXT_ADDED and took != "proposer":
+                new = Effect.OFFERED
+            elif i < first:
+                continue
+            elif r.effect is Effect.SUGGESTED and took != f"mechanism:{r.mechanism}":
+                new = Effect.OFFERED
+            elif r.effect in NEEDED and fate.get(i) != NEEDED[r.effect]:
+                new = Effect.SUPERSEDED
+            if new is not r.effect:
+                recs[i] = replace(r, effect=new, detail=f"{r.detail} [{new.value}: the "
+                                  f"trial came from {source}]"[:2000])
 
     # After a trial (the coordinator thread)
 

@@ -106,6 +106,19 @@ class HookCall:
     detail: str
     proposals: list[dict[str, Any]]
     failure: dict[str, Any] | None
+    skipped: tuple[str, ...] = ()  # answers left out (e.g. a frozen knob), with why
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a mechanism fared in an earlier run: Level 2's offline choice learns from it."""
+
+    run_id: str
+    task: str
+    name: str
+    origin: str
+    status: str
+    effect: float | None  # the verdict's with-minus-without score difference, in σ
 
 
 class MechanismLog:
@@ -169,7 +182,26 @@ class MechanismLog:
                                 effect=r["effect"], effective=bool(r["effective"]),
                                 seconds=float(r["seconds"]), detail=r.get("detail", ""),
                                 proposals=list(r.get("proposals", [])),
-                                failure=r.get("failure")))
+                                failure=r.get("failure"),
+                                skipped=tuple(str(x) for x in r.get("skipped", []))))
+        return out
+
+    def outcomes(self, exclude_run: str) -> list[Outcome]:
+        """Every judged mechanism of the other runs in this store (kept, reverted or
+        disabled), oldest run first, with the run's task preset."""
+        rows = self.store.query(
+            "SELECT m.run_id, m.row_json, r.settings_json FROM mechanisms m JOIN runs r ON "
+            "r.id = m.run_id WHERE m.run_id != ? ORDER BY r.rowid, m.ord", (exclude_run,))
+        out = []
+        for row in rows:
+            raw = json.loads(row["row_json"])
+            if raw.get("status") not in (KEPT, REVERTED, DISABLED):
+                continue
+            task = json.loads(row["settings_json"]).get("task", {}).get("preset", "")
+            effect = (raw.get("score") or {}).get("effect")
+            out.append(Outcome(row["run_id"], str(task), str(raw["name"]),
+                               str(raw.get("origin", "")), str(raw["status"]),
+                               float(effect) if isinstance(effect, int | float) else None))
         return out
 
     def mechanisms(self, run_id: str) -> list[MechanismRow]:
