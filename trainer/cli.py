@@ -68,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(outcome.metrics, sort_keys=True))
     if not outcome.ok:
-        print(f"error: {outcome.error}", file=sys.stderr)
+        status = f" ({outcome.status})" if outcome.status else ""  # e.g. over_budget
+        print(f"error{status}: {outcome.error}", file=sys.stderr)
         stderr = str(getattr(outcome.train, "stderr", "") or "")
         if stderr:
             print(stderr[-4000:], file=sys.stderr)
