@@ -4,6 +4,7 @@ in-process toy task; plus the renamed `random` kind's error."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import threading
@@ -13,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from controller.analysis.ablation import AblationSpec, run_request
+from controller.analysis.runner import plan
+from controller.commands.run import proposer_kind
 from controller.llm.settings import LLMAccess
 from controller.research import knobs
 from controller.research.errors import FieldError
@@ -237,3 +241,23 @@ def test_tpe_and_cmaes_beat_random_search_on_a_smooth_objective(tmp_path: Path) 
     # optimum is 1.0); the margin is what makes the claim.
     assert means["tpe"] < means["random_search"] - 0.3, means
     assert means["cmaes"] < means["random_search"] - 0.3, means
+
+
+# -- the names users type ---------------------------------------------------------------
+
+def test_the_cli_flag_and_the_ablation_arm_point_from_random_to_the_new_names() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'local'.*'random_search'"):
+        proposer_kind("random")
+    kinds = ["local", "random_search", "tpe", "cmaes", "llm"]
+    assert [proposer_kind(k) for k in kinds] == kinds
+    spec = AblationSpec(id="abl-test", task="surrogate", repeats=2, trials=30)
+    said: list[str] = []
+    plan(spec, ["A", "random_search", "tpe", "cmaes"], False, said.append)
+    # Offline, random search is its own arm now (it used to be skipped as "identical to A").
+    assert spec.skipped == {} and not said
+    assert {a.name: a.proposer for a in spec.arms} == {
+        "A": "local", "random_search": "random_search", "tpe": "tpe", "cmaes": "cmaes"}
+    assert run_request(spec, spec.arm("tpe"), 1).proposer.kind == "tpe"
+    with pytest.raises(ValueError, match="now 'random_search'"):
+        plan(AblationSpec(id="abl-test", task="surrogate", repeats=1, trials=1), ["random"],
+             False, said.append)
