@@ -26,6 +26,8 @@ Tuple-valued choices travel as JSON lists and are turned back into tuples here.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,14 +36,30 @@ from controller.research.space import Knob, KnobValue, ProposalError, SearchSpac
 TRIAL_STATUSES = ("keep", "discard", "crash")
 ACTIONS = ("accept", "reject", "replace")
 Json = Any
+MAX_MESSAGE = 1000
 
 
 class WireError(ValueError):
     """Untrusted JSON does not have the documented shape; `path` points at the problem."""
 
     def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
+        # Bounded: the message quotes untrusted values and ends up in failure records.
+        super().__init__(f"{path[:200]}: {message[:MAX_MESSAGE]}")
+        self.path = path[:200]
+
+
+@contextmanager
+def _shape(path: str) -> Iterator[None]:
+    """Any error while reading untrusted JSON at `path` becomes a WireError: a missing
+    key, a wrong type, a number out of range are the sender's fault, not a crash."""
+    try:
+        yield
+    except WireError:
+        raise
+    except KeyError as exc:
+        raise WireError(path, f"missing key {exc}") from None
+    except (TypeError, ValueError, OverflowError, AttributeError, RecursionError) as exc:
+        raise WireError(path, f"{type(exc).__name__}: {exc}") from None
 
 
 def _dict(raw: Json, path: str) -> dict[str, Any]:
@@ -74,10 +92,11 @@ def knob_to_json(knob: Knob) -> dict[str, Json]:
 
 def knob_from_json(raw: Json) -> Knob:
     d = _dict(raw, "knob")
-    return Knob(name=str(d["name"]), kind=d["kind"], low=float(d["low"]),
-                high=float(d["high"]), log=bool(d["log"]),
-                power_of_two=bool(d["power_of_two"]),
-                choices=tuple(_tuples(c) for c in d["choices"]))
+    with _shape("knob"):
+        return Knob(name=str(d["name"]), kind=d["kind"], low=float(d["low"]),
+                    high=float(d["high"]), log=bool(d["log"]),
+                    power_of_two=bool(d["power_of_two"]),
+                    choices=tuple(_tuples(c) for c in d["choices"]))
 
 
 def space_to_json(space: SearchSpace) -> dict[str, Json]:
@@ -85,7 +104,8 @@ def space_to_json(space: SearchSpace) -> dict[str, Json]:
 
 
 def space_from_json(raw: Json) -> SearchSpace:
-    return SearchSpace(tuple(knob_from_json(k) for k in _dict(raw, "space")["knobs"]))
+    with _shape("space"):
+        return SearchSpace(tuple(knob_from_json(k) for k in _dict(raw, "space")["knobs"]))
 
 
 def changes_from_json(raw: Json, space: SearchSpace, path: str) -> dict[str, KnobValue]:
@@ -95,6 +115,8 @@ def changes_from_json(raw: Json, space: SearchSpace, path: str) -> dict[str, Kno
         space.check(changes)
     except ProposalError as exc:
         raise WireError(f"{path}.{exc.knob}", str(exc)) from exc
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. an unhashable value
+        raise WireError(path, f"{type(exc).__name__}: {exc}") from None
     return changes
 
 
@@ -155,11 +177,17 @@ class TrialView:
         status = d.get("status")
         if status not in TRIAL_STATUSES:
             raise WireError(f"{path}.status", f"must be one of {TRIAL_STATUSES}")
+        with _shape(path):
+            return cls._from_dict(d, status, path)
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any], status: Any, path: str) -> TrialView:
         return cls(index=int(d["index"]), changes=config_from_json(d["changes"], path),
                    config=config_from_json(d.get("config", {}), path), status=status,
                    val_bpb=_number_or_none(d.get("val_bpb"), f"{path}.val_bpb"),
                    incumbent_val_bpb=_number_or_none(d.get("incumbent_val_bpb"), path),
-                   description=str(d.get("description", "")), crash=str(d.get("crash", "")))
+                   description=str(d.get("description", ""))[:2000],
+                   crash=str(d.get("crash", ""))[:2000])
 
 
 @dataclass(frozen=True)
@@ -183,6 +211,11 @@ class LoopState:
     @classmethod
     def from_json(cls, raw: Json) -> LoopState:
         d = _dict(raw, "state")
+        with _shape("state"):
+            return cls._from_dict(d)
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> LoopState:
         return cls(space=space_from_json(d["space"]),
                    incumbent=config_from_json(d["incumbent"], "state.incumbent"),
                    best_val_bpb=_number_or_none(d.get("best_val_bpb"), "state.best_val_bpb"),

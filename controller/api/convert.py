@@ -21,7 +21,15 @@ from controller.research.settings import (
     SearchSettings,
     TaskSettings,
 )
-from controller.sandbox.spec import DataMount, JobResult, JobSpec, Limits, Status
+from controller.sandbox import bounded_json, job_output
+from controller.sandbox.spec import (
+    DataMount,
+    ExceptionInfo,
+    JobResult,
+    JobSpec,
+    Limits,
+    Status,
+)
 from controller.store.memory import Lesson
 from controller.store.records import EventKind, EventRecord, RunRecord, RunState, TrialStatus
 
@@ -60,25 +68,42 @@ def job_status_name(value: str) -> spb.JobStatus:
 
 
 def exception_info(raw: dict[str, Any] | None) -> spb.ExceptionInfo | None:
+    """A stored exception record (written by a job: untrusted) as the message."""
     if not raw:
         return None
-    return spb.ExceptionInfo(type=str(raw.get("type", "")), message=str(raw.get("message", "")),
-                             frames=[spb.Frame(**f) for f in raw.get("frames", [])])
+    return _exception(job_output.exception_info(raw, required=False))
+
+
+def _exception(exc: ExceptionInfo | None) -> spb.ExceptionInfo | None:
+    # int32 and UTF-8 are checked here too: a value the message refuses would fail the
+    # whole reply (or the run's event stream), not just this job.
+    if exc is None:
+        return None
+    return spb.ExceptionInfo(
+        type=_utf8(exc.type), message=_utf8(exc.message),
+        frames=[spb.Frame(filename=_utf8(f.filename), lineno=bounded_json.int32(f.lineno),
+                          name=_utf8(f.name), line=_utf8(f.line)) for f in exc.frames])
+
+
+def _utf8(text: str) -> str:
+    """`text` with lone surrogates replaced: protobuf refuses them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def job_result(result: JobResult) -> spb.JobResult:
-    exc = result.exception
+    exit_code = result.exit_code
     return spb.JobResult(
-        status=job_status(result.status), exit_code=result.exit_code,
-        stdout_head=result.stdout_head, stdout_tail=result.stdout_tail,
-        stderr_head=result.stderr_head, stderr_tail=result.stderr_tail,
-        output_bytes=result.output_bytes,
-        exception=None if exc is None else spb.ExceptionInfo(
-            type=exc.type, message=exc.message,
-            frames=[spb.Frame(filename=f.filename, lineno=f.lineno, name=f.name, line=f.line)
-                    for f in exc.frames]),
+        status=job_status(result.status),
+        exit_code=None if exit_code is None else bounded_json.int32(exit_code, default=-1),
+        stdout_head=_utf8(result.stdout_head), stdout_tail=_utf8(result.stdout_tail),
+        stderr_head=_utf8(result.stderr_head), stderr_tail=_utf8(result.stderr_tail),
+        output_bytes=result.output_bytes, exception=_exception(result.exception),
         metrics_json=json.dumps(result.metrics), files=result.files,
-        timings=spb.Timings(**vars(result.timings)), detail=result.detail,
+        timings=spb.Timings(**vars(result.timings)), detail=_utf8(result.detail),
         cpu_seconds=result.cpu_seconds)
 
 

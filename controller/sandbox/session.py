@@ -56,6 +56,9 @@ MAX_LINE_BYTES = 1 << 20
 # A reply is state, history or proposals: deep nesting or huge strings are an attack.
 REPLY_CAPS = Caps(max_bytes=MAX_LINE_BYTES, max_depth=32, max_str=256 << 10,
                   max_items=100_000)
+# Test-only switch (tests/test_hostile_output.py's sensitivity twin): False parses replies
+# with plain json.loads, as before. Never set from configuration.
+_BOUNDED_REPLIES = True
 _HEADER = struct.Struct(">BxxxL")
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
@@ -340,8 +343,9 @@ def parse_reply(raw: bytes, rid: int) -> Reply | SessionDead:
     line is parsed with caps on size and depth (bounded_json), and an error record is
     bounded like a job's exception record."""
     try:
-        reply = bounded_json.loads(raw, REPLY_CAPS, "reply")
-    except JSONLimitError as exc:
+        reply = bounded_json.loads(raw, REPLY_CAPS, "reply") if _BOUNDED_REPLIES \
+            else json.loads(raw)
+    except (JSONLimitError, ValueError) as exc:
         return SessionDead(DeathReason.PROTOCOL, f"{exc}: {raw[:200]!r}")
     if not isinstance(reply, dict) or reply.get("id") != rid or \
             not isinstance(reply.get("ok"), bool):
