@@ -27,6 +27,7 @@ from controller.research.optimizers import (
     distribution,
     from_internal,
     to_internal,
+    trial_configs,
 )
 from controller.research.proposer import ProposerContext, RandomSearch
 from controller.research.proposers import build_proposer
@@ -40,7 +41,7 @@ from controller.research.settings import (
 from controller.research.space import Knob, KnobValue, SearchSpace
 from controller.research.task import TrialOutcome
 from controller.store.artifacts import ArtifactStore
-from controller.store.records import TrialStatus
+from controller.store.records import TrialRecord, TrialStatus
 from controller.store.runs import RunStore
 
 TOY_SPACE = SearchSpace((
@@ -261,3 +262,15 @@ def test_the_cli_flag_and_the_ablation_arm_point_from_random_to_the_new_names() 
     with pytest.raises(ValueError, match="now 'random_search'"):
         plan(AblationSpec(id="abl-test", task="surrogate", repeats=1, trials=1), ["random"],
              False, said.append)
+
+
+def test_trial_configs_follow_the_parent_chain_and_restore_tuple_choices() -> None:
+    history = [TrialRecord("r", 0, True, 1, "baseline", {}),
+               TrialRecord("r", 1, True, 1, "a", {"LR": 0.1}, parent=0),
+               TrialRecord("r", 2, True, 1, "b", {"SHAPE": [3, 4]}, parent=1),
+               TrialRecord("r", 3, True, 1, "c", {"LR": 0.2}, parent=7)]  # unknown parent
+    configs = trial_configs(history, {"LR": 0.01, "SHAPE": (1, 2)})
+    assert configs == {0: {"LR": 0.01, "SHAPE": (1, 2)}, 1: {"LR": 0.1, "SHAPE": (1, 2)},
+                       2: {"LR": 0.1, "SHAPE": (3, 4)}}
+    shape = Knob("SHAPE", "choice", choices=((1, 2), (3, 4)))
+    assert to_internal(shape, configs[2]["SHAPE"]) == 1

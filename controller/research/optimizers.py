@@ -105,8 +105,14 @@ def trial_configs(history: Sequence[TrialRecord],
         if t.index == 0:
             configs[0] = dict(baseline)
         elif t.parent is not None and t.parent in configs:
-            configs[t.index] = {**configs[t.parent], **t.changes}
+            configs[t.index] = {**configs[t.parent], **{k: _tuples(v)
+                                                         for k, v in t.changes.items()}}
     return configs
+
+
+def _tuples(value: Any) -> Any:
+    """Stored changes are JSON: a tuple-valued choice comes back as a list."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def derived_seed(*parts: object) -> int:
