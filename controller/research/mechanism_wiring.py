@@ -76,6 +76,7 @@ class MechanismWiring:
         self.artifacts = artifacts
         self.gate_settings = gate_settings
         self.mset = MechanismSet(executor, space, mechanism_settings)
+        self._run_knobs = frozenset(space.names)  # the run's space before Level 1.5
         self.log = MechanismLog(store)
         self._lock = threading.RLock()  # one caller at a time into the MechanismSet
         self._pending: dict[int, list[HookRecord]] = defaultdict(list)
@@ -109,7 +110,7 @@ class MechanismWiring:
         and an answer naming a frozen knob is skipped (recorded), not a failure."""
         with self._lock:
             self.mset.space = space
-            self.mset.frozen = frozenset(self.task.search_space().names) - set(space.names)
+            self.mset.frozen = self._run_knobs - set(space.names)
 
     # Level 2's candidate and its with/without design
 
@@ -254,12 +255,12 @@ class MechanismWiring:
         every = self.settings.outer.suggest_every
         on_cadence = bool(every) and index % every == 0
         skip: frozenset[str] = frozenset()
-        if arm is not None and not arm[1]:
-            skip = frozenset({arm[0]})
-        elif not on_cadence:
-            if arm is None or "suggest" not in self.mset.hooks(arm[0]):
+        if not on_cadence:
+            if arm is None or not arm[1] or "suggest" not in self.mset.hooks(arm[0]):
                 return None
             skip = frozenset(n for n in self.mset.active if n != arm[0])
+        elif arm is not None and not arm[1]:
+            skip = frozenset({arm[0]})
         found: list[Suggestion] = self._call(index, lambda: self.mset.suggest(state, skip))
         usable = [s for s in found if set(s.proposal.changes) <= space]
         if arm is not None and arm[1]:
