@@ -238,6 +238,14 @@ def test_unpack_returned_never_raises_and_keeps_only_safe_names(data: bytes) -> 
                      detail=", ".join(unpacked.refused)))
 
 
+@PROPERTY
+@given(st.binary(max_size=3000) | st.builds(lambda data: _tar([("result.json", data)]),
+                                             st.binary(max_size=2000)))
+def test_read_single_returns_bytes_within_the_cap_or_none(data: bytes) -> None:
+    content = archive.read_single([data[:1000], data[1000:]], max_bytes=1500)
+    assert content is None or (isinstance(content, bytes) and len(content) <= 1500)
+
+
 def test_unsafe_names_are_refused_and_listed_escaped() -> None:
     entries = [("out/a\nb.txt", b"1"), ("out/evil\u202etxt.exe", b"2"), ("out/ok é.txt", b"3"),
                ("out/zero\u200bwidth", b"4"), ("out/bell\x07", b"5")]
