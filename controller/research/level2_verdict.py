@@ -10,10 +10,12 @@ incumbent gets harder to beat - cancels within a pair: a mechanism of a given ef
 the same verdict early or late. On a WITH trial the candidate's suggestion comes first,
 so a kept suggest-mechanism cannot take every slot from it.
 
-Score. Each trial scores y = clip((incumbent - val_bpb) / sigma, -10, 10): its improvement
-over the incumbent it was judged against, in units of the noise sigma (the std of the
-baseline's seeds); a crash scores -10, like the worst trial. The clip bounds the weight
-of one outlier.
+Score. Each trial's improvement over the incumbent it was judged against, in units of
+the noise sigma (the std of the baseline's seeds), z = (incumbent - val_bpb) / sigma, is
+scored y = asinh(clip(z, -1000, 1000)): about z within the noise, logarithmic beyond,
+so one outlier cannot dominate a window yet a far better trial still scores higher (a
+hard clip at a few sigma would tie the big early improvements of both arms and leave the
+test blind there); a crash scores as the clip's floor, -asinh(1000).
 
 Test. Only complete pairs count (both trials proposed under the design and finished).
 The statistic is the mean paired difference T = mean(y_with - y_without). Its one-sided
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import random
 import statistics
 from collections.abc import Mapping, Sequence
@@ -38,12 +41,13 @@ from dataclasses import asdict, dataclass
 from controller.store.records import TrialRecord, TrialStatus
 
 ALPHA = 0.1
-CLIP = 10.0
+CLIP_Z = 1000.0
+CLIP = math.asinh(CLIP_Z)  # the largest |y|; a crash scores -CLIP
 MIN_PAIRS = 4
 EXACT_PAIRS = 12  # up to 4096 sign flips enumerated; beyond, 4096 drawn
 TEST = (f"one-sided paired randomisation test of mean(y_with - y_without) over complete "
-        f"pairs, y = clip((incumbent - val_bpb)/sigma, -{CLIP:g}, {CLIP:g}), crash = "
-        f"-{CLIP:g}; kept when p <= {ALPHA:g} and it changed a WITH trial")
+        f"pairs, y = asinh(clip((incumbent - val_bpb)/sigma, +-{CLIP_Z:g})), crash = "
+        f"-asinh({CLIP_Z:g}); kept when p <= {ALPHA:g} and it changed a WITH trial")
 
 
 def window_length(requested: int) -> int:
@@ -61,7 +65,7 @@ def with_arm(seed: int, name: str, start: int, index: int) -> bool:
 def score(val_bpb: float | None, incumbent: float | None, sigma: float) -> float:
     if val_bpb is None or incumbent is None:
         return -CLIP
-    return max(-CLIP, min(CLIP, (incumbent - val_bpb) / sigma))
+    return math.asinh(max(-CLIP_Z, min(CLIP_Z, (incumbent - val_bpb) / sigma)))
 
 
 def trial_scores(trials: Sequence[TrialRecord], sigma: float | None
