@@ -1,14 +1,26 @@
-"""In-container runner: runs one job's command and always writes one result file.
+"""In-container runner: PID 1 of every sandbox container, the trusted side of a job.
 
-Runs as the container's PID 1. It starts the job as a child in its own process group,
-reaps every orphan (the init's duty), watches the disk the job writes, and when the
-child ends writes
-/job/.bilevel/result.json with the exit status, the uncaught Python exception as
-structured frames (recorded by sitecustomize.py in the child) and the metrics JSON the
-job wrote to $BILEVEL_METRICS. As PID 1 it ignores signals from inside the container,
-and it makes itself non-dumpable so the job can neither kill nor ptrace it. Its result
-is still untrusted by the controller: parsed as size-capped JSON; timeouts, OOM and
-floods are classified by the controller itself.
+Layout (the container config is controller/sandbox/hardening.py):
+
+- /bilevel is the job's volume, root-owned 0700: the controller places job.json and the
+  job's files (in/) there; the runner writes the returned files (out/) and result.json
+  there, and only after every process of the job is dead. The job can neither read
+  nor write it, so it cannot forge the result.
+- /job is a tmpfs of exactly disk_bytes, root-owned 0755, holding work/ (a copy of
+  in/), out/ and .bilevel/ (the metrics and exception records the job writes), all
+  owned by the job's uid. The size cap is the disk bound: a write past it fails with
+  ENOSPC wherever the job hides it (no walk to fool). Its pages count against the
+  container's memory limit, so disk_bytes is carved out of memory_bytes when used.
+
+The runner runs as root with only SETUID, SETGID, SETPCAP, KILL, CHOWN and
+DAC_READ_SEARCH, under no-new-privileges. The job runs as uid 10001 with no
+capabilities and an empty bounding set: a process of another uid without CAP_KILL or
+CAP_SYS_PTRACE can neither signal nor trace the runner, under runc or gVisor. When the
+job's main process ends, the runner SIGKILLs every other process (kill(-1)) and reaps
+until none is left, then measures their CPU (getrusage(RUSAGE_CHILDREN)), reads the
+metrics, copies the returned files and writes the result. Everything the job wrote is
+read with O_NOFOLLOW and size caps; the controller still treats the result as
+untrusted and classifies timeouts, OOM and floods itself.
 
 Standard library only, so it runs in any image with Python 3.
 """
@@ -17,84 +29,162 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import resource
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from typing import Any
 
-STATE_DIR = "/job/.bilevel"
-JOB_FILE = f"{STATE_DIR}/job.json"
-RESULT_FILE = f"{STATE_DIR}/result.json"
-METRICS_FILE = f"{STATE_DIR}/metrics.json"
-EXCEPTION_DIR = f"{STATE_DIR}/exceptions"
-WORK_DIR = "/job/work"
+RUNNER_DIR = "/bilevel"
+JOB_FILE = f"{RUNNER_DIR}/job.json"
+IN_DIR = f"{RUNNER_DIR}/in"
+RETURNED_DIR = f"{RUNNER_DIR}/out"
+RESULT_FILE = f"{RUNNER_DIR}/result.json"
+JOB_ROOT = "/job"
+WORK_DIR = f"{JOB_ROOT}/work"
+OUT_DIR = f"{JOB_ROOT}/out"
+REPORT_DIR = f"{JOB_ROOT}/.bilevel"  # the job's own: untrusted
+METRICS_NAME = "metrics.json"
+EXCEPTIONS_NAME = "exceptions"
 HOOK_DIR = "/opt/bilevel/hook"
+JOB_UID = JOB_GID = 10001
 MAX_JSON_BYTES = 1 << 20
+MAX_EXCEPTION_ENTRIES = 1000
+MAX_RETURNED_ENTRIES = 10_000
+MAX_RETURNED_DEPTH = 32
 DISK_POLL_SECONDS = 0.5
+DISK_FULL_SLACK = 256 << 10  # free bytes below which the job has hit disk_bytes
+_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def _read_json(path: str) -> Any:
+def _read_json_at(dir_fd: int | None, name: str) -> Any:
+    """A job-written JSON file: regular files only, never through a link, size-capped."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_JSON_BYTES + 1)
+        fd = os.open(name, _NOFOLLOW, dir_fd=dir_fd)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {"__error__": f"{name} is not a regular file"}
+        data = os.read(fd, MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        return {"__error__": f"cannot read {name}: {exc.strerror}"}
+    finally:
+        os.close(fd)
     if len(data) > MAX_JSON_BYTES:
-        return {"__error__": f"{path} exceeds {MAX_JSON_BYTES} bytes"}
+        return {"__error__": f"{name} exceeds {MAX_JSON_BYTES} bytes"}
     try:
         return json.loads(data)
-    except ValueError as exc:
-        return {"__error__": f"{path} is not valid JSON: {exc}"}
+    except (ValueError, RecursionError) as exc:
+        return {"__error__": f"{name} is not valid JSON: {exc}"}
 
 
-def _disk_usage(root: str) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root, onerror=lambda _e: None):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
+def _open_dir(path: str, dir_fd: int | None = None) -> int | None:
+    with contextlib.suppress(OSError):
+        return os.open(path, _NOFOLLOW | os.O_DIRECTORY, dir_fd=dir_fd)
+    return None
 
 
-def _exception_file(pid: int) -> str:
-    """The child's own record, else the newest one (the command may be a shell)."""
-    own = os.path.join(EXCEPTION_DIR, f"{pid}.json")
-    if os.path.exists(own):
-        return own
+def _job_reports(pid: int) -> tuple[Any, Any]:
+    """(exception record, metrics) the job left in REPORT_DIR. The exception record is
+    the main process's own, else the newest one (the command may be a shell)."""
+    report = _open_dir(REPORT_DIR)
+    if report is None:
+        return None, None
     try:
-        entries = [os.path.join(EXCEPTION_DIR, n) for n in os.listdir(EXCEPTION_DIR)]
-    except OSError:
-        return own
-    return max(entries, key=os.path.getmtime) if entries else own
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
-def _reap_until(pid: int | None) -> int | None:
-    """Reap every finished process; return `pid`'s exit code once it is among them."""
-    while True:
+        metrics = _read_json_at(report, METRICS_NAME)
+        folder = _open_dir(EXCEPTIONS_NAME, report)
+        if folder is None:
+            return None, metrics
         try:
-            done, wait_status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if done == 0:
-            return None
-        if done == pid:
-            return os.waitstatus_to_exitcode(wait_status)
+            own = f"{pid}.json"
+            entries: list[tuple[float, str]] = []
+            with os.scandir(folder) as scan:
+                for count, entry in enumerate(scan):
+                    if count >= MAX_EXCEPTION_ENTRIES:
+                        break
+                    with contextlib.suppress(OSError):
+                        entries.append((entry.stat(follow_symlinks=False).st_mtime,
+                                        entry.name))
+            names = {name for _, name in entries}
+            chosen = own if own in names else max(entries)[1] if entries else None
+            return (_read_json_at(folder, chosen) if chosen else None), metrics
+        finally:
+            os.close(folder)
+    finally:
+        os.close(report)
 
 
-def _protect_self() -> None:
-    """Make this process non-dumpable: same-uid jobs can then not ptrace it or read
-    its /proc entries (PR_SET_DUMPABLE = 4)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
+def _copy_tree_for_job(src: str, dst: str) -> list[str]:
+    """Copy the controller's files into the job's area; return what was made (for the
+    caller to hand to the job once everything is written: root has no DAC_OVERRIDE)."""
+    made: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        target = os.path.normpath(os.path.join(dst, os.path.relpath(dirpath, src)))
+        os.makedirs(target, exist_ok=True)
+        made.append(target)
+        for name in filenames:
+            path = os.path.join(target, name)
+            shutil.copyfile(os.path.join(dirpath, name), path, follow_symlinks=False)
+            made.append(path)
+        dirnames.sort()
+    return made
+
+
+def _prepare(legacy: bool) -> str:
+    """Lay out /job for the job; return an error text if its files do not fit."""
+    os.chmod(RUNNER_DIR, 0o755 if legacy else 0o700)
+    os.chmod(JOB_ROOT, 0o755)
+    made = [WORK_DIR, OUT_DIR, REPORT_DIR, f"{REPORT_DIR}/{EXCEPTIONS_NAME}"]
+    for path in made:
+        os.makedirs(path, exist_ok=True)
+    try:
+        made += _copy_tree_for_job(IN_DIR, WORK_DIR)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        return f"the job's files do not fit in its disk (disk_bytes): {exc}"
+    for path in made:
+        os.chown(path, JOB_UID, JOB_GID)
+    if legacy:  # test-only: the old layout, where the job could write the result
+        for dirpath, _dirs, files in os.walk(RUNNER_DIR):
+            for name in [dirpath, *(os.path.join(dirpath, f) for f in files)]:
+                os.chown(name, JOB_UID, JOB_GID)
+    return ""
+
+
+def _become_job_user() -> None:
+    """Drop to the job's uid for good: the kernel clears every capability on that
+    change; the bounding set is emptied first (PR_CAPBSET_DROP = 24) so no file can
+    give one back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22:  # EINVAL: past the last capability
+                break
+            raise OSError(ctypes.get_errno(), "cannot drop capability bounding set")
+    os.setgroups([])
+    os.setresgid(JOB_GID, JOB_GID, JOB_GID)
+    os.setresuid(JOB_UID, JOB_UID, JOB_UID)
+    if os.getresuid() != (JOB_UID,) * 3 or os.getresgid() != (JOB_GID,) * 3:
+        raise OSError("the job's uid did not stick")
+
+
+def _start_child(disk_bytes: int, nproc: int | None, drop: bool) -> None:
+    """Runs in the forked child before exec."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (disk_bytes, disk_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if nproc:  # only under gVisor, where the count is per sandbox (see hardening.py)
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    os.umask(0o022)
+    if drop:
+        _become_job_user()
 
 
 def _child_env(job: dict[str, Any]) -> dict[str, str]:
@@ -105,8 +195,8 @@ def _child_env(job: dict[str, Any]) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONPATH": HOOK_DIR,
-        "BILEVEL_METRICS": METRICS_FILE,
-        "BILEVEL_EXCEPTION_DIR": EXCEPTION_DIR,
+        "BILEVEL_METRICS": f"{REPORT_DIR}/{METRICS_NAME}",
+        "BILEVEL_EXCEPTION_DIR": f"{REPORT_DIR}/{EXCEPTIONS_NAME}",
         "TMPDIR": "/tmp",
         "MPLCONFIGDIR": "/tmp",
     }
@@ -120,72 +210,190 @@ def _child_env(job: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def _limit_child(disk_bytes: int, nproc: int | None) -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (disk_bytes, disk_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if nproc:  # only under gVisor, where the count is per sandbox (see hardening.py)
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+def _disk_full() -> bool:
+    with contextlib.suppress(OSError):
+        st = os.statvfs(JOB_ROOT)
+        return st.f_bavail * st.f_frsize < DISK_FULL_SLACK
+    return False
+
+
+def _reap(pid: int) -> int | None:
+    """Reap every finished process; return `pid`'s exit code once it is among them."""
+    while True:
+        try:
+            done, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done == 0:
+            return None
+        if done == pid:
+            return os.waitstatus_to_exitcode(wait_status)
+
+
+def _kill_everything() -> None:
+    """SIGKILL every process but this one and reap until none is left. All of them are
+    this init's descendants (orphans are reparented here), so ECHILD plus a kill(-1)
+    that finds nobody means the job is gone."""
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+
+
+def _kill_group_only(pgid: int) -> None:
+    """Test-only (the old layout): what escaped the job's process group survives."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _copy_returned(budget: int) -> str:
+    """Copy /job/out to the runner's volume (get_archive cannot see a tmpfs): regular
+    files up to `budget` bytes (one byte past it marks the overrun for the controller),
+    directories, and symlinks as links (never followed; the controller refuses them by
+    name). The job is dead, so nothing moves under this walk. Returns what was skipped."""
+    skipped: list[str] = []
+    used, entries = 0, 0
+    stack: list[tuple[str, int]] = [("", 0)]
+    os.makedirs(RETURNED_DIR, exist_ok=True)
+    while stack:
+        rel, depth = stack.pop()
+        try:
+            with os.scandir(os.path.join(OUT_DIR, rel)) as scan:
+                children = sorted(scan, key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append(f"{rel or '.'} ({exc.strerror})")
+            continue
+        for entry in children:
+            entries += 1
+            if entries > MAX_RETURNED_ENTRIES:
+                return f"/job/out has more than {MAX_RETURNED_ENTRIES} entries; the rest " \
+                       "was not returned"
+            path, name = entry.path, os.path.join(rel, entry.name)
+            target = os.path.join(RETURNED_DIR, name)
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    if depth + 1 >= MAX_RETURNED_DEPTH:
+                        skipped.append(f"{name} (deeper than {MAX_RETURNED_DEPTH})")
+                        continue
+                    os.mkdir(target)
+                    stack.append((name, depth + 1))
+                elif stat.S_ISLNK(mode):
+                    os.symlink(os.readlink(path), target)
+                elif stat.S_ISREG(mode):
+                    used += _copy_capped(path, target, budget - used + 1)
+                    if used > budget:
+                        return ""
+                else:
+                    skipped.append(f"{name} (not a regular file)")
+            except OSError as exc:
+                skipped.append(f"{name} ({exc.strerror})")
+    return "not returned: " + ", ".join(skipped[:20]) if skipped else ""
+
+
+def _copy_capped(src: str, dst: str, limit: int) -> int:
+    fd = os.open(src, _NOFOLLOW)
+    try:
+        with open(dst, "wb") as out:
+            copied = 0
+            while copied < limit:
+                chunk = os.read(fd, min(1 << 20, limit - copied))
+                if not chunk:
+                    break
+                out.write(chunk)
+                copied += len(chunk)
+            return copied
+    finally:
+        os.close(fd)
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     disk_bytes = int(job["disk_bytes"])
     nproc = int(job["nproc"]) if job.get("nproc") else None
-    os.makedirs(EXCEPTION_DIR, exist_ok=True)
+    legacy = bool(job.get("_test_legacy_layout"))
+    failed = _prepare(legacy)
+    if failed:
+        return {"status": "output_limit", "exit_code": None, "signal": None,
+                "detail": failed}
+    if legacy:
+        _become_job_user()
     started = time.monotonic()
     try:
         child = subprocess.Popen(
-            list(job["command"]),
-            cwd=WORK_DIR,
-            env=_child_env(job),
-            start_new_session=True,
-            preexec_fn=lambda: _limit_child(disk_bytes, nproc),
-        )
-    except OSError as exc:
+            list(job["command"]), cwd=WORK_DIR, env=_child_env(job),
+            start_new_session=True, preexec_fn=lambda: _start_child(disk_bytes, nproc, not legacy))
+    except (OSError, subprocess.SubprocessError) as exc:
         return {"status": "error", "exit_code": 127, "signal": None,
                 "detail": f"cannot start command {job['command'][0]!r}: {exc}"}
 
     # Forward a polite stop to the job; the controller follows up with SIGKILL.
-    signal.signal(signal.SIGTERM, lambda *_: _kill_group(child.pid, signal.SIGTERM))
-    status, detail = "", ""
+    signal.signal(signal.SIGTERM, lambda *_: _signal_all(signal.SIGTERM, legacy, child.pid))
+    disk_full = False
     next_disk_check = 0.0
     code: int | None = None
     while code is None:
-        code = _reap_until(child.pid)
+        code = _reap(child.pid)
         now = time.monotonic()
-        if code is None and now >= next_disk_check:
-            used = _disk_usage("/job")
-            if used > disk_bytes:
-                status, detail = "output_limit", f"job wrote {used} bytes, over disk_bytes"
-                _kill_group(child.pid, signal.SIGKILL)
+        if now >= next_disk_check:
+            disk_full = disk_full or _disk_full()
             next_disk_check = now + DISK_POLL_SECONDS
         if code is None:
             time.sleep(0.05)
-    # Whatever the job left in its process group (daemons, stray workers) goes too.
-    _kill_group(child.pid, signal.SIGKILL)
-    _reap_until(None)
-    child.returncode = code
+    # Nothing of the job may outlive its main process: daemons, stray workers, all.
+    if legacy:
+        _kill_group_only(child.pid)
+    else:
+        _kill_everything()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child.returncode = code
+    disk_full = disk_full or _disk_full()
 
     sig = -code if code < 0 else None
-    if not status:
-        status = "ok" if code == 0 else "error"
-    exception = _read_json(_exception_file(child.pid))
-    metrics = _read_json(METRICS_FILE)
+    status = "ok" if code == 0 else "error"
+    detail = ""
+    if disk_full:
+        status, detail = "output_limit", f"the job filled its disk (disk_bytes={disk_bytes})"
+    exception, metrics = _job_reports(child.pid)
+    skipped = _copy_returned(int(job.get("returned_file_bytes", 0)))
     return {
         "status": status,
         "exit_code": 128 + sig if sig else code,
         "signal": sig,
         "exception": exception,
         "metrics": metrics,
-        "detail": detail,
+        "detail": "; ".join(d for d in (detail, skipped) if d),
         "run_seconds": time.monotonic() - started,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
     }
 
 
+def _signal_all(sig: int, legacy: bool, pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if legacy:
+            os.killpg(pgid, sig)
+        else:
+            os.kill(-1, sig)
+
+
+def _protect_self() -> None:
+    """Make this process non-dumpable (PR_SET_DUMPABLE = 4): its /proc entries are
+    then root's even to a process that gains the same uid."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
+
+
 def main() -> int:
     _protect_self()
-    job = _read_json(JOB_FILE)
+    job = _read_json_at(None, JOB_FILE)
     if not isinstance(job, dict) or "command" not in job:
         result: dict[str, Any] = {"status": "error", "exit_code": 2, "detail": "bad job file"}
     else:

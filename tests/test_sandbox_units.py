@@ -28,11 +28,11 @@ def kwargs_for(**fields: object) -> dict[str, object]:
 def test_every_hardening_key_is_set() -> None:
     kw = kwargs_for(limits=Limits(memory_bytes=512 << 20, cpus=1.5, pids=99,
                                   tmp_bytes=32 << 20))
-    assert kw["user"] == "10001:10001"
+    assert kw["user"] == "0:0"  # the runner; it starts the job as 10001 without caps
     assert kw["network_mode"] == "none"
     assert kw["network_disabled"] is True
     assert kw["cap_drop"] == ["ALL"]
-    assert "cap_add" not in kw
+    assert kw["cap_add"] == ["CHOWN", "DAC_READ_SEARCH", "KILL", "SETGID", "SETPCAP", "SETUID"]
     assert kw["security_opt"] == ["no-new-privileges:true"]
     assert kw["read_only"] is True
     assert kw["privileged"] is False
@@ -41,7 +41,8 @@ def test_every_hardening_key_is_set() -> None:
     assert kw["mem_limit"] == kw["memswap_limit"] == 512 << 20
     assert kw["nano_cpus"] == 1_500_000_000
     assert kw["pids_limit"] == 99
-    assert kw["tmpfs"] == {"/tmp": f"rw,noexec,nosuid,nodev,size={32 << 20}"}
+    assert kw["tmpfs"] == {"/tmp": f"rw,noexec,nosuid,nodev,size={32 << 20}",
+                           "/job": f"rw,exec,nosuid,nodev,size={256 << 20},mode=0755"}
     assert kw["shm_size"] == 128 << 20
     ulimits = {u["Name"]: (u["Soft"], u["Hard"]) for u in kw["ulimits"]}  # type: ignore[attr-defined]
     assert ulimits == {"core": (0, 0), "nofile": (1024, 1024)}
@@ -54,7 +55,7 @@ def test_every_hardening_key_is_set() -> None:
 def test_job_volume_is_the_only_writable_mount() -> None:
     kw = kwargs_for(data_mounts=(DataMount(volume="tokens", target="/data/train"),))
     mounts = {m["Target"]: m for m in kw["mounts"]}  # type: ignore[attr-defined]
-    assert mounts["/job"]["ReadOnly"] is False and mounts["/job"]["Source"] == "vol-1"
+    assert mounts["/bilevel"]["ReadOnly"] is False and mounts["/bilevel"]["Source"] == "vol-1"
     assert mounts["/data/train"]["ReadOnly"] is True
     assert mounts["/data/train"]["Type"] == "volume"
 
@@ -139,13 +140,12 @@ def test_unpack_stops_at_the_byte_budget() -> None:
     assert sum(len(v) for v in got.files.values()) <= 3500
 
 
-def test_pack_job_places_files_under_work_owned_by_sandbox_user() -> None:
+def test_pack_job_places_files_under_in_owned_by_root() -> None:
     raw = archive.pack_job({"a/b/c.py": b"print()"}, {"command": ["x"]})
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         names = {m.name: m for m in tar.getmembers()}
-    assert {"work", "work/a", "work/a/b", "work/a/b/c.py", "out", ".bilevel/job.json"} <= set(
-        names)
-    assert all(m.uid == 10001 for m in names.values())
+    assert set(names) == {"in", "in/a", "in/a/b", "in/a/b/c.py", "job.json"}
+    assert all(m.uid == m.gid == 0 for m in names.values())  # the job cannot change them
 
 
 @given(st.lists(st.binary(max_size=300), max_size=40))

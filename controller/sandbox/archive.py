@@ -1,8 +1,8 @@
 """Tar archives in and out of a job's volume.
 
-In: the job's files, owned by the sandbox user. Out: only regular files with safe
-relative paths, within a byte budget. Links, devices, absolute paths and `..` are
-refused, because what a job returns is untrusted.
+In: the job's files and job.json, root-owned, for the runner to copy. Out: only
+regular files with safe relative paths, within a byte budget. Links, devices,
+absolute paths and `..` are refused, because what a job returns is untrusted.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any
 from controller.sandbox.hardening import SANDBOX_UID
 
 
-def _info(name: str, *, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+def _info(name: str, *, size: int = 0, directory: bool = False,
+          uid: int = SANDBOX_UID) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.uid = info.gid = SANDBOX_UID
+    info.uid = info.gid = uid
     info.mtime = int(time.time())
     if directory:
         info.type = tarfile.DIRTYPE
@@ -34,21 +35,22 @@ def _info(name: str, *, size: int = 0, directory: bool = False) -> tarfile.TarIn
 
 
 def pack_job(files: dict[str, bytes], job: dict[str, Any]) -> bytes:
-    """A tar to extract at /job: work/<files>, out/, and .bilevel/job.json."""
+    """A tar to extract at the runner's /bilevel: in/<files> and job.json, root-owned
+    (the job cannot change them; the runner copies in/ to the job's /job/work)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        dirs = {"work", "out", ".bilevel"}
+        dirs = {"in"}
         for path in files:
             parent = posixpath.dirname(path)
             while parent:
-                dirs.add(f"work/{parent}")
+                dirs.add(f"in/{parent}")
                 parent = posixpath.dirname(parent)
         for directory in sorted(dirs):
-            tar.addfile(_info(directory, directory=True))
+            tar.addfile(_info(directory, directory=True, uid=0))
         for path, data in sorted(files.items()):
-            tar.addfile(_info(f"work/{path}", size=len(data)), io.BytesIO(data))
+            tar.addfile(_info(f"in/{path}", size=len(data), uid=0), io.BytesIO(data))
         payload = json.dumps(job).encode()
-        tar.addfile(_info(".bilevel/job.json", size=len(payload)), io.BytesIO(payload))
+        tar.addfile(_info("job.json", size=len(payload), uid=0), io.BytesIO(payload))
     return buffer.getvalue()
 
 
@@ -97,7 +99,7 @@ def unpack_returned(chunks: Iterable[bytes], *, root: str, max_bytes: int) -> Un
     """Read the regular files of a get_archive stream of `root` (e.g. "out/").
 
     Linear in the archive: one pass, a running byte count. Refused entries are listed
-    with their names escaped (`ascii`), at most MAX_REFUSED of them."""
+    with their names escaped, at most MAX_REFUSED of them."""
     result = Unpacked()
     used = 0
     refused = 0
@@ -125,7 +127,7 @@ def unpack_returned(chunks: Iterable[bytes], *, root: str, max_bytes: int) -> Un
                 if why:
                     refused += 1
                     if refused <= MAX_REFUSED:
-                        result.refused.append(f"{ascii(member.name)[:200]} ({why})")
+                        result.refused.append(f"{escaped(member.name)} ({why})")
                     continue
                 handle = tar.extractfile(member)
                 if handle is not None:
@@ -135,10 +137,15 @@ def unpack_returned(chunks: Iterable[bytes], *, root: str, max_bytes: int) -> Un
     except OverflowError:
         result.over_budget = True
     except tarfile.TarError as exc:  # a truncated or corrupt stream: keep what was read
-        result.refused.append(f"the rest of the archive ({ascii(str(exc))[:200]})")
+        result.refused.append(f"the rest of the archive ({escaped(str(exc))})")
     if refused > MAX_REFUSED:
         result.refused.append(f"and {refused - MAX_REFUSED} more")
     return result
+
+
+def escaped(text: str, limit: int = 200) -> str:
+    """`text` as printable ASCII (Python escapes, no quotes), cut at `limit`."""
+    return ascii(text)[1:-1][:limit]
 
 
 def unsafe_name(name: str) -> bool:
@@ -152,9 +159,9 @@ def unsafe_name(name: str) -> bool:
 
 def _kind(member: tarfile.TarInfo) -> str:
     if member.issym():
-        return f"symlink to {ascii(member.linkname)[:200]}"
+        return f"symlink to {escaped(member.linkname)}"
     if member.islnk():
-        return f"hard link to {ascii(member.linkname)[:200]}"
+        return f"hard link to {escaped(member.linkname)}"
     if member.isfile():
         return "path outside the output folder"
     return "not a regular file"

@@ -24,11 +24,14 @@ import structlog
 
 from controller.sandbox import archive, job_output
 from controller.sandbox.gpus import GpuSlots
-from controller.sandbox.hardening import container_kwargs, in_sandbox_nproc
+from controller.sandbox.hardening import container_kwargs, runner_job
 from controller.sandbox.image import ImageBuildError, ImageRecipe, image_tag
 from controller.sandbox.output import OutputCapture
 from controller.sandbox.reaper import ownership_labels, reap
 from controller.sandbox.spec import (
+    RESULT_FILE,
+    RETURNED_DIR,
+    RUNNER_DIR,
     JobResult,
     JobSpec,
     SpecError,
@@ -237,9 +240,8 @@ class _Job:
         self.container = self.client.containers.create(
             **container_kwargs(self.spec, image=self.image, name=self.name,
                                volume=self.volume.name, labels=labels))
-        job = {"command": list(self.spec.command), "env": self.spec.env,
-               "disk_bytes": limits.disk_bytes, "nproc": in_sandbox_nproc(self.spec)}
-        if not self.container.put_archive("/job", archive.pack_job(self.spec.files, job)):
+        job = runner_job(self.spec)
+        if not self.container.put_archive(RUNNER_DIR, archive.pack_job(self.spec.files, job)):
             raise docker.errors.DockerException("could not place the job's files")
 
     def _stream(self) -> None:
@@ -308,8 +310,8 @@ class _Job:
         runner = self._runner_result()
         limits = self.spec.limits
         files = archive.Unpacked()
-        if self.kill.reason is None:
-            chunks, _ = self.container.get_archive("/job/out")
+        if self.kill.reason is None and runner:  # the runner copied them, job dead
+            chunks, _ = self.container.get_archive(RETURNED_DIR)
             files = archive.unpack_returned(chunks, root="out",
                                             max_bytes=limits.returned_file_bytes)
         status, detail = self._classify(exit_code, oom_flag, runner, files)
@@ -333,7 +335,7 @@ class _Job:
     def _runner_result(self) -> dict[str, Any]:
         """The runner's report, every field checked (job_output.py); {} if unusable."""
         try:
-            chunks, _ = self.container.get_archive("/job/.bilevel/result.json")
+            chunks, _ = self.container.get_archive(RESULT_FILE)
         except docker.errors.NotFound:
             return {}
         self.report = job_output.runner_result(
@@ -348,11 +350,12 @@ class _Job:
         if oom_flag:
             return Status.OOM, f"killed for exceeding memory of {limits.memory_bytes} bytes"
         if not runner:
-            # The runner itself died: only a kill of the whole container does that.
-            if exit_code == 137:
-                return Status.OOM if _looks_like_oom(self) else Status.KILLED, \
-                    "the container was killed before the runner could report"
-            return Status.ERROR, f"the sandbox runner exited {exit_code} without a result"
+            # We did not kill it, so the runner itself died: the job cannot signal it
+            # (another uid), so this is the sandbox failing, not the job's doing.
+            if exit_code == 137 and _looks_like_oom(self):
+                return Status.OOM, f"killed for exceeding memory of {limits.memory_bytes} bytes"
+            return Status.SANDBOX_ERROR, \
+                f"the sandbox runner ended (exit {exit_code}) without a result"
         raw = str(runner.get("status", ""))
         detail = str(runner.get("detail", ""))
         if runner.get("signal") == 9 and _looks_like_oom(self):

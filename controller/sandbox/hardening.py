@@ -8,10 +8,16 @@ from typing import Any
 
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
-from controller.sandbox.spec import JOB_ROOT, JobSpec
+from controller.sandbox.spec import JOB_ROOT, RUNNER_DIR, JobSpec
 
 SANDBOX_UID = 10001
 RUNNER_COMMAND = ["python3", "/opt/bilevel/runner.py"]
+# The runner (PID 1) is root with only these; it starts the job as SANDBOX_UID with no
+# capabilities and an empty bounding set (sandbox_image/runner.py). Another uid without
+# CAP_KILL or CAP_SYS_PTRACE cannot signal or trace the runner, under runc or gVisor.
+# The job's volume is the runner's: job.json, the job's files, the result.
+VOLUME_TARGET = RUNNER_DIR
+RUNNER_CAPS = ["CHOWN", "DAC_READ_SEARCH", "KILL", "SETGID", "SETPCAP", "SETUID"]
 # Bound what the json-file log driver keeps on the host; the executor reads the live
 # stream and kills a job at its own output cap long before this.
 LOG_MAX_BYTES = "16m"
@@ -36,15 +42,34 @@ def host_pids_limit(spec: JobSpec) -> int:
 
 def in_sandbox_nproc(spec: JobSpec) -> int | None:
     """RLIMIT_NPROC for the job, only where it is per-sandbox (gVisor's own kernel);
-    under runc it would count every container's processes of the same host uid."""
-    return spec.limits.pids if spec.runtime == "runsc" else None
+    under runc it would count every container's processes of the same host uid. The
+    runner (root) is not among the job uid's processes, so one is taken off: the job
+    stays below `pids`, as under runc, where the cgroup counts the runner too."""
+    return max(1, spec.limits.pids - 1) if spec.runtime == "runsc" else None
+
+
+def runner_job(spec: JobSpec) -> dict[str, Any]:
+    """The runner's job.json: what it starts and the bounds it applies itself."""
+    return {"command": list(spec.command), "env": spec.env,
+            "disk_bytes": spec.limits.disk_bytes, "nproc": in_sandbox_nproc(spec),
+            "returned_file_bytes": spec.limits.returned_file_bytes}
+
+
+def job_tmpfs_options(disk_bytes: int) -> str:
+    """/job: the job's writable area, a tmpfs of exactly disk_bytes, so a write past it
+    fails (ENOSPC) wherever the job puts it. Root-owned 0755, so the job cannot rename
+    what the runner made in it. Its pages are memory: they count against the
+    container's memory limit (under runc and gVisor alike)."""
+    return f"rw,exec,nosuid,nodev,size={disk_bytes},mode=0755"
 
 
 def container_kwargs(spec: JobSpec, *, image: str, name: str, volume: str,
                      labels: dict[str, str]) -> dict[str, Any]:
-    """Keyword arguments for `client.containers.create` of one hardened job."""
+    """Keyword arguments for `client.containers.create` of one hardened job. The volume
+    is the runner's (/bilevel: job.json, the job's files, the result); the job works
+    in the /job tmpfs."""
     limits = spec.limits
-    mounts = [Mount(target=JOB_ROOT, source=volume, type="volume", read_only=False)]
+    mounts = [Mount(target=VOLUME_TARGET, source=volume, type="volume", read_only=False)]
     mounts += [Mount(target=m.target, source=m.volume, type="volume", read_only=True)
                for m in spec.data_mounts]
     env = {"BILEVEL_JOB": name}
@@ -55,21 +80,23 @@ def container_kwargs(spec: JobSpec, *, image: str, name: str, volume: str,
         "command": RUNNER_COMMAND,
         "name": name,
         "labels": labels,
-        "user": f"{SANDBOX_UID}:{SANDBOX_UID}",
-        "working_dir": f"{JOB_ROOT}/work",
+        "user": "0:0",  # the runner only; the job runs as SANDBOX_UID
+        "working_dir": JOB_ROOT,
         "environment": env,
         "runtime": spec.runtime,
         "network_mode": "none",
         "network_disabled": True,
         "cap_drop": ["ALL"],
+        "cap_add": list(RUNNER_CAPS),
         "security_opt": ["no-new-privileges:true"],
         "read_only": True,
         "privileged": False,
         "ipc_mode": "private",
-        # The runner is the init: it reaps orphans and, as a non-dumpable PID 1, can be
-        # neither killed nor traced by the job (sandbox_image/runner.py).
+        # The runner is the init: it reaps orphans, kills every process of the job
+        # before it reports, and runs as another uid than the job.
         "init": False,
-        "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmp_bytes}"},
+        "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={limits.tmp_bytes}",
+                  JOB_ROOT: job_tmpfs_options(limits.disk_bytes)},
         "mounts": mounts,
         "mem_limit": limits.memory_bytes,
         "memswap_limit": limits.memory_bytes,

@@ -45,7 +45,7 @@ import structlog
 from controller.sandbox import archive, bounded_json, job_output
 from controller.sandbox.bounded_json import Caps, JSONLimitError
 from controller.sandbox.executor import SandboxExecutor, SandboxUnavailable
-from controller.sandbox.hardening import container_kwargs, in_sandbox_nproc
+from controller.sandbox.hardening import VOLUME_TARGET, container_kwargs, runner_job
 from controller.sandbox.output import OutputCapture
 from controller.sandbox.reaper import ownership_labels
 from controller.sandbox.spec import ExceptionInfo, JobSpec, SpecError
@@ -204,10 +204,9 @@ class SandboxSession:
             kwargs = container_kwargs(self.spec, image=self.image, name=self.name,
                                       volume=self.volume.name, labels=labels)
             self.container = client.containers.create(**{**kwargs, "stdin_open": True})
-            job = {"command": list(self.spec.command), "env": self.spec.env,
-                   "disk_bytes": self.spec.limits.disk_bytes,
-                   "nproc": in_sandbox_nproc(self.spec)}
-            if not self.container.put_archive("/job", archive.pack_job(self.spec.files, job)):
+            job = runner_job(self.spec)
+            if not self.container.put_archive(VOLUME_TARGET,
+                                              archive.pack_job(self.spec.files, job)):
                 raise docker.errors.DockerException("could not place the session's files")
             self._api = docker.APIClient(**self.ex.client_kwargs, timeout=None)
             raw = self._api.attach_socket(self.container.id, params={

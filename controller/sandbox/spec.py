@@ -14,12 +14,15 @@ from typing import Any
 
 RUNTIMES = ("runc", "runsc")
 
-# Where things live inside every sandbox container (see sandbox_image/runner.py).
+# Where things live inside every sandbox container (see sandbox_image/runner.py):
+# /job is the job's own size-capped tmpfs; /bilevel, the job's volume, is the runner's.
 JOB_ROOT = "/job"
 WORK_DIR = "/job/work"
 OUT_DIR = "/job/out"
-RESULT_FILE = "/job/.bilevel/result.json"
 METRICS_FILE = "/job/.bilevel/metrics.json"
+RUNNER_DIR = "/bilevel"
+RESULT_FILE = "/bilevel/result.json"
+RETURNED_DIR = "/bilevel/out"
 
 
 class SpecError(ValueError):
@@ -100,7 +103,8 @@ def _check_abs_target(name: str, target: str) -> None:
     norm = posixpath.normpath(target)
     if not target.startswith("/") or norm != target.rstrip("/") or norm in ("/", JOB_ROOT):
         raise SpecError(name, f"must be a normalized absolute path, got {target!r}")
-    for reserved in (JOB_ROOT, "/tmp", "/proc", "/sys", "/dev", "/opt/bilevel", "/usr", "/etc"):
+    for reserved in (JOB_ROOT, RUNNER_DIR, "/tmp", "/proc", "/sys", "/dev", "/opt/bilevel",
+                     "/usr", "/etc"):
         if norm == reserved or norm.startswith(reserved + "/"):
             raise SpecError(name, f"{target!r} is inside reserved path {reserved}")
 
