@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -38,16 +38,20 @@ from trainer.presets import PRESETS
 from trainer.run import OVER_BUDGET, TrainBound, run_in_sandbox
 
 PRESET = PRESETS["cpu-tiny"]
-BUDGET = 2.0  # a short budget keeps these tests quick; the allowance is cpu-tiny's own
+BUDGET = 2.0  # a short budget keeps these tests quick
 BASELINE = write_knobs(PRESET.train_source(), {"TIME_BUDGET_SECONDS": BUDGET})
-BOUND = TrainBound.of(PRESET, BUDGET)
+# With a short allowance too, for the attack tests that need no honest run to pass: the
+# attack overruns 2 + 10 s whatever the host's load (its start-up alone takes ~8 s).
+SHORT = replace(PRESET, train_allowance_seconds=10.0)
+BOUND = TrainBound.of(SHORT, BUDGET)
 CLOCK = "clock = harness.TrainingClock(TIME_BUDGET_SECONDS, WARMUP_STEPS, device, MAX_STEPS)\n"
-# The edit of the issue (77 s of training against 15 s under `bilevel train`), scaled so
-# that it trains for 30 s against this 2 s budget and its bound of 27 s.
+# The edit of the issue (77 s of training against 15 s under `bilevel train`), scaled:
+# 30 s of training against this 2 s budget.
 BUY_TIME = BASELINE.replace(CLOCK, CLOCK + "clock.budget_seconds = 15 * TIME_BUDGET_SECONDS\n")
 # One the static filter lets through: only the loop condition reads the clock differently.
+# 80 s of training overruns cpu-tiny's real bound (2 + 45 s) even on an idle host.
 LONGER_LOOP = BASELINE.replace("while not clock.done():",
-                               "while clock.training_seconds < 15 * TIME_BUDGET_SECONDS:")
+                               "while clock.training_seconds < 40 * TIME_BUDGET_SECONDS:")
 
 
 def _result(status: Status, run_s: float, cpu: float | None) -> JobResult:
@@ -55,8 +59,10 @@ def _result(status: Status, run_s: float, cpu: float | None) -> JobResult:
 
 
 def test_the_bound_is_budget_plus_allowance_and_cpu_scales_with_the_cpus() -> None:
-    assert BOUND.wall_seconds == BUDGET + PRESET.train_allowance_seconds
-    assert BOUND.cpu_seconds == BOUND.wall_seconds * PRESET.train_limits.cpus
+    assert BOUND.wall_seconds == BUDGET + SHORT.train_allowance_seconds
+    assert BOUND.cpu_seconds == BOUND.wall_seconds * SHORT.train_limits.cpus
+    real = TrainBound.of(PRESET)
+    assert real.wall_seconds == PRESET.budget_seconds + PRESET.train_allowance_seconds
     assert BOUND.violation(_result(Status.OK, BOUND.wall_seconds - 1, 1.0)) == ""
     assert "wall time" in BOUND.violation(_result(Status.OK, BOUND.wall_seconds + 1, 1.0))
     assert "wall time" in BOUND.violation(_result(Status.TIMEOUT, BOUND.wall_seconds + 1, None))
@@ -70,7 +76,7 @@ def test_the_bound_is_budget_plus_allowance_and_cpu_scales_with_the_cpus() -> No
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_deny_buying_training_time_by_rebinding_the_clock_budget(
         executor: SandboxExecutor, tiny_data: PreparedData, runtime: str) -> None:  # noqa: F811
-    outcome = run_in_sandbox(executor, BUY_TIME, PRESET, tiny_data, runtime=runtime,
+    outcome = run_in_sandbox(executor, BUY_TIME, SHORT, tiny_data, runtime=runtime,
                              budget_seconds=BUDGET)
     assert not outcome.ok and outcome.status == OVER_BUDGET, outcome.error
     assert outcome.eval is None and outcome.metrics["val_bpb"] is None  # never evaluated
@@ -87,10 +93,10 @@ def test_buying_training_time_works_without_the_outside_bound(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Sensitivity twin: with the bound off the same edit trains 15x its budget, ok."""
     monkeypatch.setattr(trainer_run, "_ENFORCE_TRAIN_BOUND", False)
-    outcome = run_in_sandbox(executor, BUY_TIME, PRESET, tiny_data, budget_seconds=BUDGET)
+    outcome = run_in_sandbox(executor, BUY_TIME, SHORT, tiny_data, budget_seconds=BUDGET)
     assert outcome.ok and outcome.status == "", outcome.error
     assert outcome.metrics["training_seconds"] >= 15 * BUDGET
-    assert outcome.train.timings.run_s > BOUND.wall_seconds
+    assert outcome.train.timings.run_s > BOUND.wall_seconds + 15
     assert isinstance(outcome.metrics["val_bpb"], float)
 
 

@@ -6,10 +6,14 @@
 `train_allowance_seconds` is what an honest training phase needs beyond its time budget
 (interpreter and torch start-up, data load, model build, the uncounted warm-up steps,
 compilation, the model export). The trusted side bounds phase 1 to budget + allowance of
-wall time, and that times the job's cpus of CPU time (trainer/run.py). cpu-tiny's 25 s
-is about twice the worst honest overhead measured (runc 8.0 s, runsc 13.0 s: run time
-23.1 / 28.2 s for 15.1 / 15.2 s of training, 21.9 / 25.8 s of CPU, on a shared 2-core
-host); gpu-5min's 180 s is an estimate for torch.compile plus export, not yet measured.
+wall time, and that times the job's cpus of CPU time (trainer/run.py). Contention
+stretches the overhead, not the clock-counted training, so the allowance is sized for a
+busy host: an honest cpu-tiny phase 1 needed 8.0 s (runc) and 13.0 s (runsc) beyond its
+training on a lightly used 2-core host (run time 23.1 / 28.2 s for 15.1 / 15.2 s of
+training; 21.9 / 25.8 s of CPU), 13.2 s and once over 25 s at a load average of ~8.
+cpu-tiny's 45 s keeps that with margin and still stops the issue's 5x-budget edit
+(75 s of training; it is killed at 60 s). gpu-5min's 180 s is an estimate for
+torch.compile plus export, not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class Preset:
     eval_limits: PhaseLimits
     gpu: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
-    train_allowance_seconds: float = 25.0  # honest phase-1 time beyond the budget
+    train_allowance_seconds: float = 45.0  # honest phase-1 time beyond the budget
 
     @property
     def budget_seconds(self) -> float:
