@@ -9,6 +9,14 @@ freezes knobs changed at least twice in the last two windows without a single ke
 unfreezes knobs frozen two cycles ago, and labels the strategy from the keep counts.
 Every answer passes the same validation; every cycle is a `config_adjusted` event.
 
+The rule controller does not make the offline search better: its only lever on an
+offline proposer (which reads no guidance) is freezing knobs, and on the surrogate, 30
+paired seeds x 30 trials of the local proposer, L1 + rule-based L1.5 ended +0.0006
+val_bpb (noise-free) behind L1 alone, 95 % CI [-0.0013, +0.0024]; stricter freeze
+thresholds (3 or 4 tries without a keep) came out at +0.00002 and -0.0001, both far
+from significant (`python -m bench.level15_offline`). So `bilevel run` leaves Level 1.5
+out of offline runs unless `--config-controller rule` asks for it.
+
 A "restart" strategy continues from the incumbent best (the loop always proposes from
 it); the event names that trial, never a discarded proposal (REFERENCE.md §2).
 """

@@ -96,6 +96,8 @@ class OuterSettings:
     #                         proposer's proposal (suggest is called on those trials)
     filter_retries: int = 2  # proposals re-asked after a mechanism rejected one
     # Level 1.5: "rule" is the offline, deterministic controller; "llm" asks the LLM.
+    # Offline, `bilevel run` leaves 1.5 out unless "rule" is named: on the surrogate the
+    # rule controller did not beat Level 1 alone (bench/level15_offline.py).
     config_controller: str = "rule"
     l15_every: int = 5  # trials between config cycles
     max_freeze: int = 2  # knobs frozen per cycle
