@@ -15,16 +15,17 @@ from controller.sandbox.spec import ExceptionInfo, Frame
 
 RESULT_BYTES = 4 << 20  # the runner's result: its own fields plus metrics and exception
 # The whole result is parsed once with wide caps (only to bound the work); each part is
-# then held to its own caps below.
+# then held to its own caps below. `truncate` only takes effect for lone surrogates here
+# (a job's exception message may hold one): they become "?" instead of voiding the result.
 RESULT_CAPS = Caps(max_bytes=RESULT_BYTES, max_depth=40, max_str=RESULT_BYTES,
-                   max_items=1 << 20, nonfinite_null=True)
+                   max_items=1 << 20, truncate=True, nonfinite_null=True)
 METRICS_BYTES = 1 << 20  # as the runner's cap on the metrics file
 METRICS_CAPS = Caps(max_bytes=METRICS_BYTES, max_depth=16, max_str=64 << 10,
                     max_items=100_000, nonfinite_null=True)
 MAX_FRAMES = 50
 TYPE_CHARS, MESSAGE_CHARS, DETAIL_CHARS = 200, 4000, 4000
 FILENAME_CHARS, NAME_CHARS, LINE_CHARS = 500, 200, 500
-_STATUSES = ("ok", "error", "output_limit")
+STATUS_CHARS = 32  # the executor maps known statuses; anything else is an error there
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def runner_result(data: bytes | None) -> RunnerResult:
     metrics, metrics_error = metrics_of(parsed.get("metrics"))
     status = parsed.get("status")
     return RunnerResult(
-        present=True, status=status if status in _STATUSES else "error",
+        present=True, status=status[:STATUS_CHARS] if isinstance(status, str) else "",
         exit_code=_optional_int32(parsed.get("exit_code")),
         signal=_optional_int32(parsed.get("signal")),
         detail=bounded_json.text(parsed.get("detail"), DETAIL_CHARS),
