@@ -176,7 +176,7 @@ def _become_job_user() -> None:
         raise OSError("the job's uid did not stick")
 
 
-def _start_child(disk_bytes: int, nproc: int | None, drop: bool) -> None:
+def _start_child(disk_bytes: int, nproc: int | None, *, drop: bool) -> None:
     """Runs in the forked child before exec."""
     resource.setrlimit(resource.RLIMIT_FSIZE, (disk_bytes, disk_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -211,6 +211,7 @@ def _child_env(job: dict[str, Any]) -> dict[str, str]:
 
 
 def _disk_full() -> bool:
+    """/job has (almost) no space left: the job ran into disk_bytes."""
     with contextlib.suppress(OSError):
         st = os.statvfs(JOB_ROOT)
         return st.f_bavail * st.f_frsize < DISK_FULL_SLACK
@@ -246,10 +247,14 @@ def _kill_everything() -> None:
                 break
 
 
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
 def _kill_group_only(pgid: int) -> None:
     """Test-only (the old layout): what escaped the job's process group survives."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+    _kill(-pgid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
@@ -322,30 +327,28 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     legacy = bool(job.get("_test_legacy_layout"))
     failed = _prepare(legacy)
     if failed:
-        return {"status": "output_limit", "exit_code": None, "signal": None,
-                "detail": failed}
+        return {"status": "output_limit", "exit_code": None, "signal": None, "detail": failed}
     if legacy:
         _become_job_user()
     started = time.monotonic()
     try:
         child = subprocess.Popen(
-            list(job["command"]), cwd=WORK_DIR, env=_child_env(job),
-            start_new_session=True, preexec_fn=lambda: _start_child(disk_bytes, nproc, not legacy))
+            list(job["command"]), cwd=WORK_DIR, env=_child_env(job), start_new_session=True,
+            preexec_fn=lambda: _start_child(disk_bytes, nproc, drop=not legacy))
     except (OSError, subprocess.SubprocessError) as exc:
         return {"status": "error", "exit_code": 127, "signal": None,
                 "detail": f"cannot start command {job['command'][0]!r}: {exc}"}
 
     # Forward a polite stop to the job; the controller follows up with SIGKILL.
-    signal.signal(signal.SIGTERM, lambda *_: _signal_all(signal.SIGTERM, legacy, child.pid))
+    signal.signal(signal.SIGTERM, lambda *_: _kill(-child.pid if legacy else -1, signal.SIGTERM))
     disk_full = False
     next_disk_check = 0.0
     code: int | None = None
     while code is None:
         code = _reap(child.pid)
-        now = time.monotonic()
-        if now >= next_disk_check:
+        if time.monotonic() >= next_disk_check:
             disk_full = disk_full or _disk_full()
-            next_disk_check = now + DISK_POLL_SECONDS
+            next_disk_check = time.monotonic() + DISK_POLL_SECONDS
         if code is None:
             time.sleep(0.05)
     # Nothing of the job may outlive its main process: daemons, stray workers, all.
@@ -356,7 +359,6 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     child.returncode = code
     disk_full = disk_full or _disk_full()
-
     sig = -code if code < 0 else None
     status = "ok" if code == 0 else "error"
     detail = ""
@@ -376,17 +378,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _signal_all(sig: int, legacy: bool, pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        if legacy:
-            os.killpg(pgid, sig)
-        else:
-            os.kill(-1, sig)
-
-
 def _protect_self() -> None:
-    """Make this process non-dumpable (PR_SET_DUMPABLE = 4): its /proc entries are
-    then root's even to a process that gains the same uid."""
+    """Non-dumpable (PR_SET_DUMPABLE = 4): no /proc access even for a same-uid process."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
 
