@@ -67,8 +67,10 @@ def _read_json_at(dir_fd: int | None, name: str) -> Any:
     """A job-written JSON file: regular files only, never through a link, size-capped."""
     try:
         fd = os.open(name, _NOFOLLOW, dir_fd=dir_fd)
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError as exc:  # ELOOP: a symbolic link, never followed
+        return {"__error__": f"cannot open {name}: {exc.strerror}"}
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return {"__error__": f"{name} is not a regular file"}

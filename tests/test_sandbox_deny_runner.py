@@ -195,3 +195,21 @@ def test_deny_signalling_the_runner(executor: SandboxExecutor, runtime: str) -> 
     assert report["state"] != "T"
     assert result.status is Status.OK, result
     assert result.exit_code == 0
+
+
+def test_deny_runner_reading_through_links(executor: SandboxExecutor, runtime: str) -> None:
+    """The runner is root: what the job leaves for it to read (metrics, exception
+    records, returned files) is opened without following links, so a link cannot make
+    it read the runner's own files (here job.json) back to the job's submitter."""
+    result = run_py(executor, """
+        import os, shutil
+        os.symlink("/bilevel/job.json", "/job/.bilevel/metrics.json")
+        shutil.rmtree("/job/.bilevel/exceptions")
+        os.symlink("/bilevel", "/job/.bilevel/exceptions")
+        os.symlink("/bilevel/job.json", "/job/out/job.json")
+        raise SystemExit(4)
+    """, runtime)
+    assert (result.status, result.exit_code) == (Status.ERROR, 4), result
+    assert result.metrics == {} and result.exception is None and result.files == {}
+    assert "metrics dropped" in result.detail and "symbolic links" in result.detail
+    assert "command" not in repr(result)
