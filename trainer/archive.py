@@ -8,6 +8,12 @@ as call targets and feeds shape expressions to ``sympy.sympify`` (an ``eval``): 
 them would run candidate code next to the validation data. Here loading is JSON parsing
 plus ``torch.frombuffer``; running is a loop calling only allowlisted ``aten`` ops.
 
+The model must also be a pure function of its input (issue 11 #1: a stateful model that
+remembers the scored batch can replay its logits on the causality probe). So only pure
+ops run (trainer.archive_ops: allowlist + torch's schema + tensor bounds), and every call
+gets fresh copies of the weights in a fresh environment, with the RNG reseeded: nothing
+one call computes can reach the next.
+
 Archive layout: 8-byte little-endian header length, UTF-8 JSON header, tensor bytes.
 """
 
@@ -25,10 +31,21 @@ from typing import Any
 
 import torch
 
+from trainer import archive_ops
+from trainer.archive_ops import OpRefused
+
 FORMAT = "bilevel-graph/1"
 MAX_HEADER_BYTES = 64 << 20
+MAX_NODES = 200_000
+MAX_TENSORS = 100_000
+MAX_TENSOR_BYTES = 4 << 30  # all weights together
+MAX_ARG_DEPTH = 8
+# Test-only switch: False restores the pre-issue-11 behaviour (denylist of names ending
+# in "_", weights shared and mutable across calls, no bounds check of op outputs) so the
+# sensitivity tests can show the attacks working. No request or setting reaches it.
+_ENFORCE_PURITY = True
 _OP_NAME = re.compile(r"^aten::([a-z_][a-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
-# ATen ops that touch files, storages or stdout, or write into caller-given tensors.
+# The old denylist; used only with _ENFORCE_PURITY off (the sensitivity tests).
 _DENY_OPS = frozenset({"from_file", "_print", "set_", "set", "_pin_memory", "pin_memory",
                        "_local_scalar_dense", "copy_", "resize_", "_assert_async"})
 _DTYPES: dict[str, torch.dtype] = {
@@ -84,11 +101,21 @@ def _op_name(target: Any) -> str:
     raise ArchiveError(f"graph calls {target!r}, which is not an ATen operator")
 
 
-def _needs_functionalization(target: Any) -> bool:
+# Ops torch.export emits that the evaluator refuses, and their pure equivalents.
+_REWRITES: dict[Any, Any] = {torch.ops.aten._unsafe_view.default: torch.ops.aten.reshape.default}
+
+
+def _refusal(target: Any) -> str:
+    if target is operator.getitem:
+        return ""
     if not isinstance(target, torch._ops.OpOverload):
-        return False
-    name = target._schema.name.removeprefix("aten::")
-    return name.endswith("_") or name in _DENY_OPS
+        return "it is not an ATen operator"
+    target = _REWRITES.get(target, target)
+    schema = target._schema
+    if not schema.name.startswith("aten::"):
+        return "it is not an ATen operator"
+    return archive_ops.refusal(schema.name.removeprefix("aten::"),
+                               schema.overload_name or "default")
 
 
 def export_model(model: torch.nn.Module, example: torch.Tensor) -> bytes:
@@ -101,9 +128,16 @@ def export_model(model: torch.nn.Module, example: torch.Tensor) -> bytes:
             program = torch.export.export(model, (example,), strict=False)
     finally:
         model.train(was_training)
-    if any(_needs_functionalization(n.target) for n in program.graph.nodes
-           if n.op == "call_function"):
+    calls = [n for n in program.graph.nodes if n.op == "call_function"]
+    if any(_refusal(n.target) for n in calls):
         program = program.run_decompositions()  # turns in-place ops into pure ones
+    for node in program.graph.nodes:
+        if node.op == "call_function":
+            node.target = _REWRITES.get(node.target, node.target)
+            why = _refusal(node.target)
+            if why:  # fail here, in phase 1, with a message the candidate can act on
+                raise ArchiveError(f"graph node {node.name} calls {node.target}, which the "
+                                   f"evaluator refuses: {why}")
     signature = program.graph_signature
     lifted = {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
               **signature.inputs_to_lifted_tensor_constants}
@@ -153,6 +187,11 @@ def _resolve(target: str) -> Callable[..., Any]:
     if not match:
         raise ArchiveError(f"operator {target!r} is not an allowed ATen operator")
     name, overload = match.groups()
+    if _ENFORCE_PURITY:
+        try:
+            return archive_ops.resolve(name, overload)
+        except OpRefused as exc:
+            raise ArchiveError(str(exc)) from None
     if name in _DENY_OPS or name.endswith("_") or overload == "out":
         raise ArchiveError(f"operator {target!r} is not allowed in an evaluated model")
     packet = getattr(torch.ops.aten, name, None)
@@ -164,7 +203,11 @@ def _resolve(target: str) -> Callable[..., Any]:
 
 @dataclass
 class ArchivedModel:
-    """A validated graph plus weights, callable like the model: logits = model(idx)."""
+    """A validated graph plus weights, callable like the model: logits = model(idx).
+
+    Each call is a fresh instance: the graph sees clones of the weights (never
+    `weights` itself) in an environment of its own, with the RNG reseeded, and every
+    tensor an op returns is bounds-checked against its storage."""
 
     nodes: list[dict[str, Any]]
     weights: dict[str, torch.Tensor]
@@ -198,18 +241,34 @@ class ArchivedModel:
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        pure = _ENFORCE_PURITY
+        if pure:
+            torch.manual_seed(0)  # no random stream that counts the calls
+            idx = idx.clone()
         env: dict[str, Any] = {}
         for node in self.nodes:
             op = node["op"]
             if op == "input":
                 env[node["name"]] = idx
             elif op == "weight":
-                env[node["name"]] = self.weights[node["name"]]
+                weight = self.weights[node["name"]]
+                env[node["name"]] = weight.clone() if pure else weight
             elif op == "call":
                 fn = node["fn"]
                 args = self._decode(node["args"], env)
                 kwargs = {k: self._decode(v, env) for k, v in node["kwargs"].items()}
-                env[node["name"]] = fn(*args, **kwargs)
+                if fn is operator.getitem and not (
+                        len(args) == 2 and isinstance(args[0], list | tuple)
+                        and type(args[1]) is int):
+                    raise ArchiveError(f"node {node['name']}: getitem takes an op's tuple "
+                                       "output and an int")
+                try:
+                    result = fn(*args, **kwargs)
+                    if pure:
+                        archive_ops.check_outputs(result, f"node {node['name']}")
+                except OpRefused as exc:
+                    raise ArchiveError(str(exc)) from None
+                env[node["name"]] = result
             else:
                 outputs = self._decode(node["args"], env)[0]
                 out = outputs[0] if isinstance(outputs, list | tuple) else outputs
@@ -219,7 +278,9 @@ class ArchivedModel:
         raise ArchiveError("graph has no output node")
 
 
-def _check_value(value: Any, known: set[str]) -> None:
+def _check_value(value: Any, known: set[str], depth: int = 0) -> None:
+    if depth > MAX_ARG_DEPTH:
+        raise ArchiveError(f"graph argument nested deeper than {MAX_ARG_DEPTH} levels")
     if isinstance(value, dict):
         if len(value) != 1:
             raise ArchiveError(f"malformed graph argument {value!r}")
@@ -230,7 +291,7 @@ def _check_value(value: Any, known: set[str]) -> None:
             if not isinstance(inner, list):
                 raise ArchiveError(f"malformed graph list {inner!r}")
             for v in inner:
-                _check_value(v, known)
+                _check_value(v, known, depth + 1)
         table: dict[str, dict[str, Any]] = {
             "dtype": _DTYPES, "layout": _LAYOUTS, "memory_format": _MEMORY_FORMATS}
         if kind in table and inner not in table[kind]:
@@ -247,7 +308,8 @@ def load_archive(data: bytes, device: torch.device | str = "cpu") -> ArchivedMod
     """Parse and validate archive bytes; never unpickles and never evaluates strings."""
     try:
         return _load(data, device)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError,
+            OverflowError) as exc:
         if isinstance(exc, ArchiveError):
             raise
         raise ArchiveError(f"malformed model archive: {type(exc).__name__}: {exc}") from exc
@@ -267,6 +329,10 @@ def _load(data: bytes, device: torch.device | str) -> ArchivedModel:
         raise ArchiveError(f"not a {FORMAT} archive")
     blob = memoryview(data)[8 + size:]
     weights: dict[str, torch.Tensor] = {}
+    if len(header["tensors"]) > MAX_TENSORS or len(header["nodes"]) > MAX_NODES:
+        raise ArchiveError(f"model archive has more than {MAX_TENSORS} tensors or "
+                           f"{MAX_NODES} graph nodes")
+    total = 0
     for name, spec in header["tensors"].items():
         dtype = _DTYPES.get(spec["dtype"])
         shape = [int(s) for s in spec["shape"]]
@@ -274,13 +340,22 @@ def _load(data: bytes, device: torch.device | str) -> ArchivedModel:
         count = 1
         for s in shape:
             count *= s
-        if dtype is None or start < 0 or start + nbytes > len(blob) or min(shape, default=1) < 0:
+        total += nbytes
+        if (dtype is None or start < 0 or nbytes < 0 or start + nbytes > len(blob)
+                or min(shape, default=1) < 0 or len(shape) > archive_ops.MAX_DIMS
+                or count > archive_ops.MAX_ELEMENTS):
             raise ArchiveError(f"tensor {name!r} has an invalid entry {spec!r}")
+        if total > MAX_TENSOR_BYTES:
+            raise ArchiveError(f"model weights exceed {MAX_TENSOR_BYTES} bytes")
         if count * torch.empty((), dtype=dtype).element_size() != nbytes:
             raise ArchiveError(f"tensor {name!r}: {nbytes} bytes do not match shape {shape}")
         raw = bytearray(blob[start:start + nbytes])
         flat = torch.frombuffer(raw, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
         weights[name] = flat.reshape(shape)
+        try:
+            archive_ops.check_tensor(weights[name], f"tensor {name!r}")
+        except OpRefused as exc:
+            raise ArchiveError(str(exc)) from None
     known: set[str] = set()
     nodes: list[dict[str, Any]] = []
     for node in header["nodes"]:
