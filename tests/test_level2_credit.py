@@ -6,16 +6,18 @@ mechanism, and the report tells idle from never called."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from controller.llm.fake_server import FakeLLMServer
 from controller.research import mechanism_report
+from controller.research.mechanism_report import finding
 from controller.research.settings import Budgets, InitialMechanism, OuterSettings, RunSettings
 from controller.sandbox.executor import SandboxExecutor
-from controller.store.mechanisms import ACTIVE, MechanismLog
-from controller.store.records import RunState, TrialStatus
+from controller.store.mechanisms import ACTIVE, MechanismLog, MechanismRow
+from controller.store.records import EventKind, RunState, TrialStatus
 from mechanisms.interface import ACTING_HOOKS
 from tests.test_level2_mechanisms import _mechanism, designer, surrogate_loop
 from tests.test_loop_harness import TEST_KEY, llm_settings
@@ -151,15 +153,25 @@ def test_freeze_skips_a_suggestion_keeps_the_mechanism_and_idle_differs_from_unc
     assert "answers skipped, mechanism kept" in report
 
 
-def test_a_candidate_cut_short_by_the_run_end_is_not_judged(
+def test_no_round_starts_that_the_run_could_not_judge(
         tmp_path: Path, executor: SandboxExecutor) -> None:
     settings = RunSettings(budgets=Budgets(max_trials=6), outer=OuterSettings(
-        levels=("1", "2"), mechanism_source="library", l2_every=5, max_l2_rounds=1))
+        levels=("1", "2"), mechanism_source="library", l2_every=5))
     loop, store = surrogate_loop(tmp_path, executor, settings)
     loop.run()
-    [row] = store.mechanisms("run-l2")
-    assert row.activated_at == 6 and row.status == ACTIVE
-    [summary] = mechanism_report.summaries(store, "run-l2")
-    assert summary.finding.startswith("not judged: window too short"), summary.finding
-    assert "bandit: Thompson draw" in row.field
-    assert "NOT injected" not in mechanism_report.render(store, "run-l2")
+    assert store.mechanisms("run-l2") == []
+    notes = [e.payload["detail"] for e in store.events_after("run-l2", 0)
+             if e.kind is EventKind.MECHANISM and e.payload["action"] == "round_skipped"]
+    assert notes == ["no new round: 1 trial(s) left, a verdict needs a window of 8"]
+
+
+def test_findings_of_the_report() -> None:
+    row = MechanismRow("m", "library", "", status=ACTIVE, activated_at=6, window_end=13)
+    assert finding(row, 3, 0, 8, True).startswith(
+        "not judged: window too short (run ended at trial 8, its window to trial 13)")
+    assert finding(replace(row, status="kept"), 3, 2, 20, True) == "changed 2 trial(s)"
+    assert finding(replace(row, status="reverted"), 3, 0, 20, True).startswith(
+        "ran, had nothing to do")
+    assert finding(replace(row, status="reverted"), 0, 0, 20, True) == "never called"
+    assert finding(replace(row, status="kept", activated_at=21), 0, 0, 20, True) == \
+        "never called: activated after the last trial"

@@ -22,7 +22,7 @@ from controller.research.settings import Budgets, OuterSettings, RunSettings
 from controller.research.tasks.surrogate import SurrogateTask
 from controller.sandbox.executor import SandboxExecutor
 from controller.store.artifacts import ArtifactStore
-from controller.store.mechanisms import ACTIVE, DISABLED, GATE_REJECTED, KEPT, REVERTED
+from controller.store.mechanisms import DISABLED, GATE_REJECTED, KEPT, REVERTED
 from controller.store.records import EventKind, RunState
 from controller.store.runs import RunStore
 from tests.test_loop_harness import TEST_KEY, llm_settings
@@ -46,25 +46,25 @@ def surrogate_loop(tmp_path: Path, executor: SandboxExecutor, settings: RunSetti
 
 def test_library_mechanisms_are_chosen_by_the_bandit_and_judged_by_the_coin_design(
         tmp_path: Path, executor: SandboxExecutor) -> None:
-    settings = RunSettings(budgets=Budgets(max_trials=16), outer=OuterSettings(
+    settings = RunSettings(budgets=Budgets(max_trials=20), outer=OuterSettings(
         levels=("1", "2"), mechanism_source="library", l2_every=4))
     loop, store = surrogate_loop(tmp_path, executor, settings)
     loop.run()
     run = store.get_run("run-l2")
-    assert run.state is RunState.SUCCEEDED and run.trials_done == 17
+    assert run.state is RunState.SUCCEEDED and run.trials_done == 21
     rows = list(store.mechanisms("run-l2"))
     assert len(rows) == 2 and "noop" not in {r.name for r in rows}
     first, second = rows
     for row in rows:
         assert row.origin == "library" and "bandit: Thompson draw" in row.field, row.field
-    # The first was judged over its window by the stated test; the run's end cut the
-    # second's window short, and the report says so instead of "not injected".
-    assert first.status in (KEPT, REVERTED), first
-    assert first.score["test"].startswith("one-sided paired randomisation test")
-    assert len(first.score["pairs"]) == 4 and first.reason.startswith(
-        ("kept", "reverted", "idle", "never called")), first.reason
-    assert second.status == ACTIVE and second.window_end is not None
-    assert second.window_end > 16
+    # Each was judged over its own window of 8 by the stated test.
+    for row in rows:
+        assert row.status in (KEPT, REVERTED), row
+        assert row.score["test"].startswith("one-sided paired randomisation test")
+        assert len(row.score["pairs"]) == 4 and row.reason.startswith(
+            ("kept", "reverted", "idle", "never called")), row.reason
+    assert second.activated_at is not None and first.window_end is not None
+    assert second.activated_at > first.window_end
     calls = store.mechanism_records("run-l2")
     trials = store.trials("run-l2")
     for t in trials:
@@ -73,12 +73,13 @@ def test_library_mechanisms_are_chosen_by_the_bandit_and_judged_by_the_coin_desi
             assert f"[suggested by {name}]" in t.description, t
             assert any(c.trial == t.index and c.mechanism == name and c.effect ==
                        "suggested" for c in calls)
-    assert {c.trial for c in calls} >= set(range(first.activated_at or 0, 17))
+    assert {c.trial for c in calls} >= set(range(first.activated_at or 0, 21))
     report = mechanism_report.render(store, "run-l2")
-    assert "not judged: window too short" in report and "NOT injected" not in report
+    assert "NOT injected" not in report and "- verdict: one-sided paired" in report
     kinds = Counter(e.payload["action"] for e in store.events_after("run-l2", 0)
                     if e.kind is EventKind.MECHANISM)
-    assert kinds["activated"] == 2 and kinds[first.status] == 1
+    assert kinds["activated"] == 2 and kinds["judged"] == 2
+    assert kinds["kept"] + kinds["reverted"] == 2
 
 
 def _mechanism(body: str) -> str:

@@ -13,7 +13,8 @@ p <= 0.1 and it changed at least one WITH trial, else REVERTED. Comparing a wind
 the one before it instead would confound the mechanism with the stage of the search
 (keep rates fall as a search converges) and judge late candidates harshly. A window left
 with too few complete pairs (pipelined trials proposed before activation, crash fixes)
-is extended once; a candidate whose window the run's end cuts short is "not judged".
+is extended once; no round starts when fewer trials are left than a window needs, and a
+candidate whose window a wall-time stop or a cancel cuts short is "not judged".
 A candidate that fails at runtime is disabled at once (mechanism_wiring.py) and its
 traceback goes to the next round's explore prompt.
 """
@@ -51,6 +52,7 @@ class Level2State:
     rounds: int = 0
     last_round_trial: int = 0
     candidate: str = ""  # the mechanism on trial ("" when none)
+    short_noted: bool = False  # "too few trials left for a round" was said
 
 
 class MechanismLoop:
@@ -97,8 +99,18 @@ class MechanismLoop:
         since = index - self.state.last_round_trial
         stalled = since >= max(2, self.outer.l2_every // 2) and not any(
             t.status is TrialStatus.KEEP for t in self._trace()[-since:])
-        if since >= self.outer.l2_every or stalled:
-            self.round(index, "stall" if since < self.outer.l2_every else "schedule")
+        if not (since >= self.outer.l2_every or stalled):
+            return
+        need = level2_verdict.window_length(self.outer.window)
+        left = self.loop.settings.budgets.max_trials - index
+        if left < need:  # a candidate could not be judged: no round, said once
+            if not self.state.short_noted:
+                self.state.short_noted = True
+                self._save()
+                self._note(index, f"no new round: {left} trial(s) left, a verdict needs a "
+                                  f"window of {need}")
+            return
+        self.round(index, "stall" if since < self.outer.l2_every else "schedule")
 
     def judge(self, row: MechanismRow, index: int) -> None:
         """The stated test of level2_verdict.py over the window's with/without pairs."""
@@ -133,10 +145,12 @@ class MechanismLoop:
         if v.changed == 0:
             reason = (f"idle: ran {len(calls)} acting call(s) on its WITH trials and changed "
                       f"none" if calls else "never called on its WITH trials") + f"; {v.reason}"
+        self.wiring.event("judged", row, index, f"{reason}. Test: {level2_verdict.TEST}; "
+                          f"WITH trials {with_}, WITHOUT trials {arms['without']}")
         if v.keep:
             row.status, row.reason = KEPT, reason
             self.log.put(run_id, row)
-            self.wiring.event("kept", row, index, f"{reason}. Test: {level2_verdict.TEST}")
+            self.wiring.event("kept", row, index, reason)
         else:
             self.wiring.deactivate(row, REVERTED, reason, index)
         log.info("level 2 judged", mechanism=row.name, status=row.status, p=v.p,
