@@ -15,7 +15,10 @@ the noise sigma (the std of the baseline's seeds), z = (incumbent - val_bpb) / s
 scored y = asinh(clip(z, -1000, 1000)): about z within the noise, logarithmic beyond,
 so one outlier cannot dominate a window yet a far better trial still scores higher (a
 hard clip at a few sigma would tie the big early improvements of both arms and leave the
-test blind there); a crash scores as the clip's floor, -asinh(1000).
+test blind there); a crash scores as the clip's floor, -asinh(1000). Without a baseline
+sigma (a one-seed keep rule) the run's own spread stands in and the score says so; sigma
+only sets the scale of the compression - the test below is valid for any scoring fixed
+before the coins are read, so a poor sigma costs power, never validity.
 
 Test. Only complete pairs count (both trials proposed under the design and finished).
 The statistic is the mean paired difference T = mean(y_with - y_without). Its one-sided
