@@ -16,14 +16,17 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from tests import hostile_archives as hostile
+from tests.test_trainer_data import tiny_data  # noqa: F401  (session fixture)
 from trainer import archive, archive_ops
 from trainer.archive import ArchiveError, load_archive
+from trainer.data import PreparedData
 from trainer.evaluate import CausalityViolation, evaluate_bpb
 from trainer.shards import Split, load_split, write_split
 
@@ -203,3 +206,47 @@ def test_export_refuses_a_model_that_builds_strided_views() -> None:
 
     with pytest.raises(ArchiveError, match=r"as_strided.*refuses"):
         archive.export_model(Strided(), torch.zeros(1, 4, dtype=torch.long))
+
+
+# ----------------------------------------- end to end: the real phase-2 sandbox job
+
+
+def test_phase_two_job_is_a_plain_hardened_job() -> None:
+    from trainer.presets import PRESETS
+    from trainer.run import VAL_TARGET, eval_job_spec
+
+    preset = PRESETS["cpu-tiny"]
+    spec = eval_job_spec(b"archive", preset, "val-volume", "runsc", ("0",))
+    assert spec.command[:3] == ("python", "-P", "-m")  # /job is not on sys.path
+    assert list(spec.files) == ["model.bilevel"] and spec.image is None
+    assert [(m.volume, m.target) for m in spec.data_mounts] == [("val-volume", VAL_TARGET)]
+    assert spec.runtime == "runsc" and spec.gpu_ids == ("0",)
+    assert spec.limits.wall_seconds == preset.eval_limits.wall_seconds
+    assert spec.limits.memory_bytes == preset.eval_limits.memory_bytes
+    spec.validate()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize(("runtime", "attack", "refused"), [
+    ("runc", "forger", "_native_batch_norm_legit.default is refused"),
+    ("runsc", "forger", "_native_batch_norm_legit.default is refused"),
+    ("runc", "oob_write", "_reshape_alias.default is refused")])
+def test_deny_hostile_archive_in_the_phase_two_sandbox(
+        executor: Any, runtime: str, attack: str, refused: str,
+        tiny_data: PreparedData) -> None:  # noqa: F811
+    """The forger (val_bpb 0.031 with probe difference 0.0 on this split before the fix)
+    and the out-of-bounds writer (SIGSEGV before) are refused at load, in the real job."""
+    from controller.sandbox.spec import Status
+    from trainer.presets import PRESETS
+    from trainer.run import data_volumes, eval_job_spec
+
+    preset = PRESETS["cpu-tiny"]
+    build = {"forger": hostile.stateful_forger, "oob_write": hostile.out_of_bounds_write}
+    data = build[attack](preset.data.eval_batch_size, preset.data.seq_len, 257)
+    _, val_volume = data_volumes(executor, tiny_data)
+    result = executor.run(eval_job_spec(data, preset, val_volume, runtime))
+    assert result.status is Status.ERROR, result
+    assert result.exception is not None and result.exception.type == "ArchiveError"
+    assert refused in result.exception.message
+    assert "val_bpb" not in result.metrics

@@ -93,6 +93,18 @@ def test_val_bpb_is_the_same_through_the_model_archive(split) -> None:  # type: 
     assert archived.num_params == sum(p.numel() for p in model.parameters())
 
 
+def test_archived_model_is_a_fresh_instance_per_call(split) -> None:  # type: ignore[no-untyped-def]
+    archived = load_archive(export_model(TinyLM(), torch.zeros(4, 16, dtype=torch.long)))
+    before = {k: v.clone() for k, v in archived.weights.items()}
+    x = torch.randint(0, VOCAB, (4, 16))
+    first = archived(x)
+    expected = first.clone()
+    first.add_(1.0)  # whatever the caller does to one call's output...
+    evaluate_bpb(archived, split, 4, torch.device("cpu"), seed=5)
+    assert torch.equal(archived(x), expected)  # ...no later call sees it
+    assert all(torch.equal(before[k], v) for k, v in archived.weights.items())
+
+
 def test_deny_model_that_peeks_at_future_tokens(split) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(CausalityViolation, match="causal"):
         evaluate_bpb(PeekingLM(), split, batch_size=4, device=torch.device("cpu"))

@@ -13,6 +13,11 @@ row's suffix after a random cut replaced and the rows shuffled; the log-probabil
 up to the cut must not change. Rows are cut with a one-token gap so no row holds the
 target of another, and batches mix rows from across the split in an order fixed by the
 archive's hash (reproducible, yet unknown when the model was trained).
+
+The probe is only sound for a pure model: one that remembered the scored batch could
+replay its logits on the probe pass (issue 11 #1). An archived model is pure by
+construction: only side-effect-free ATen ops load, and every call — scored pass and
+probe alike — is a fresh instance with its own copies of the weights (trainer.archive).
 """
 
 from __future__ import annotations

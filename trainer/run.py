@@ -34,7 +34,7 @@ from trainer.summary import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, SEED_ENV, form
 
 if TYPE_CHECKING:
     from controller.sandbox.executor import SandboxExecutor
-    from controller.sandbox.spec import JobResult, Limits
+    from controller.sandbox.spec import JobResult, JobSpec, Limits
 
 TRAIN_TARGET = "/data/train"
 VAL_TARGET = "/data/val"
@@ -156,6 +156,20 @@ def data_volumes(executor: SandboxExecutor, data: PreparedData) -> tuple[str, st
     return names[0], names[1]
 
 
+def eval_job_spec(model: bytes, preset: Preset, val_volume: str, runtime: str = "runc",
+                  gpu_ids: tuple[str, ...] = ()) -> JobSpec:
+    """Phase 2: the trusted evaluator on the archive, through the same hardened
+    executor as any job (same runtime, its own preset limits, no network, nothing but
+    the archive in /job and the validation split mounted read-only). It reads
+    candidate bytes next to that split, so it gets no privilege a job lacks."""
+    from controller.sandbox.spec import DataMount, JobSpec
+
+    return JobSpec(files={MODEL_FILE: model}, command=EVAL_COMMAND,
+                   limits=_limits(preset.eval_limits), runtime=runtime, gpu_ids=gpu_ids,
+                   data_mounts=(DataMount(volume=val_volume, target=VAL_TARGET),),
+                   labels={"io.bilevel.phase": "eval"})
+
+
 def run_in_sandbox(executor: SandboxExecutor, train_py: str, preset: Preset,
                    data: PreparedData | None = None, runtime: str = "runc",
                    gpu_ids: tuple[str, ...] = (),
@@ -190,11 +204,8 @@ def run_in_sandbox(executor: SandboxExecutor, train_py: str, preset: Preset,
             f"training finished but returned no {MODEL_FILE} (did train.py call "
             "harness.save_model?)")
         return RunOutcome(False, combine(train.metrics, None), why, train, None)
-    evaluation = executor.run(JobSpec(
-        files={MODEL_FILE: model}, command=EVAL_COMMAND,
-        limits=_limits(preset.eval_limits), runtime=runtime, gpu_ids=gpu_ids,
-        data_mounts=(DataMount(volume=val_volume, target=VAL_TARGET),),
-        labels={"io.bilevel.phase": "eval"}), cancel=cancel)
+    evaluation = executor.run(eval_job_spec(model, preset, val_volume, runtime, gpu_ids),
+                              cancel=cancel)
     metrics = combine(train.metrics, evaluation.metrics)
     metrics["total_seconds"] = train.timings.run_s  # measured by the sandbox, not the job
     if evaluation.status is not Status.OK or not isinstance(metrics.get("val_bpb"), float):
