@@ -253,3 +253,27 @@ def test_deny_leftover_sessions_after_controller_sigkill(
     SandboxExecutor(ExecutorConfig(image=sandbox_image, namespace=namespace)).close()
     assert docker_client.containers.list(all=True, filters=selector) == []
     assert docker_client.volumes.list(filters=selector) == []
+
+
+@pytest.mark.parametrize("with_survivor", ["runc", "runsc"], indirect=True)
+def test_deny_numpy_ctypes_write_is_contained_by_the_sandbox(
+        with_survivor: MechanismSet) -> None:
+    """Issue 11 #13. The static gate refuses numpy.ctypeslib; activated past the gate, the
+    same code gets raw libc, yet all it can reach is its own container: a forged line on
+    the protocol fd disables it, and the host's files are out of reach."""
+    source = bad('''
+        import numpy as np
+        libc = np.ctypeslib.ctypes.CDLL(None)
+        created = libc.open(b"/etc/bilevel-pwned", 0o101, 0o644)  # O_WRONLY | O_CREAT
+        print("open returned", created)
+        for fd in range(3, 20):
+            libc.write(fd, b"forged by ctypes\\n", 17)
+        return "forged"
+    ''')
+    admission = gate_and_activate(with_survivor, "candidate", source)
+    assert admission.stopped_at == "static" and "'ctypeslib'" in admission.verdicts[0].reason
+    assert with_survivor.active == ("survivor",)
+    failure = disable(with_survivor, source)  # the gate bypassed
+    assert failure.reason is FailureReason.PROTOCOL, failure
+    assert "open returned -1" in failure.stderr, failure.stderr
+    assert not os.path.exists("/etc/bilevel-pwned")
