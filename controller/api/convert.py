@@ -229,7 +229,8 @@ def trial_status(status: TrialStatus | str | None) -> rpb.TrialStatus:
 def mechanism(s: Summary) -> rpb.MechanismSummary:
     return rpb.MechanismSummary(name=s.row.name, origin=s.row.origin, field=s.row.field,
                                 status=s.row.status, calls=s.calls, effective=s.effective,
-                                failures=s.failures, injected=s.injected, reason=s.row.reason)
+                                failures=s.failures, injected=s.injected, reason=s.row.reason,
+                                finding=s.finding)
 
 
 def run(record: RunRecord, mechanisms: list[Summary] | None = None) -> rpb.Run:

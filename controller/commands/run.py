@@ -251,7 +251,7 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
               "final_check.json")
     for m in final.mechanisms:
         print(f"  mechanism {m.name} ({m.origin}): {m.status}; {m.calls} calls, "
-              f"{m.effective} effective{'' if m.injected else ' - NOT injected'}")
+              f"{m.effective} effective - {m.finding or m.status}")
     if final.mechanisms:
         print(f"  report: bilevel artifact {final.id} mechanisms.md")
     return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1

@@ -176,7 +176,7 @@ class CreateRunRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[TaskSpec, _Mapping]] = ..., search: _Optional[_Union[SearchSettings, _Mapping]] = ..., proposer: _Optional[_Union[ProposerSettings, _Mapping]] = ..., budgets: _Optional[_Union[Budgets, _Mapping]] = ..., llm: _Optional[_Union[LlmSettings, _Mapping]] = ..., outer: _Optional[_Union[OuterSettings, _Mapping]] = ...) -> None: ...
 
 class MechanismSummary(_message.Message):
-    __slots__ = ("name", "origin", "field", "status", "calls", "effective", "failures", "injected", "reason")
+    __slots__ = ("name", "origin", "field", "status", "calls", "effective", "failures", "injected", "reason", "finding")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     FIELD_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class MechanismSummary(_message.Message):
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     INJECTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FINDING_FIELD_NUMBER: _ClassVar[int]
     name: str
     origin: str
     field: str
@@ -195,7 +196,8 @@ class MechanismSummary(_message.Message):
     failures: int
     injected: bool
     reason: str
-    def __init__(self, name: _Optional[str] = ..., origin: _Optional[str] = ..., field: _Optional[str] = ..., status: _Optional[str] = ..., calls: _Optional[int] = ..., effective: _Optional[int] = ..., failures: _Optional[int] = ..., injected: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    finding: str
+    def __init__(self, name: _Optional[str] = ..., origin: _Optional[str] = ..., field: _Optional[str] = ..., status: _Optional[str] = ..., calls: _Optional[int] = ..., effective: _Optional[int] = ..., failures: _Optional[int] = ..., injected: _Optional[bool] = ..., reason: _Optional[str] = ..., finding: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
     __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary", "noise_sigma", "llm_cost_usd", "mechanisms")
