@@ -138,7 +138,7 @@ def _client_with_rival(namespace: str) -> docker.DockerClient:
             rival.api.remove_container(container, force=True)
         original(container, **kwargs)
 
-    client.api.remove_container = remove_container  # type: ignore[method-assign]
+    client.api.remove_container = remove_container
     return client
 
 
