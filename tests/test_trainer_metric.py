@@ -105,6 +105,46 @@ def test_archived_model_is_a_fresh_instance_per_call(split) -> None:  # type: ig
     assert all(torch.equal(before[k], v) for k, v in archived.weights.items())
 
 
+class ManyLayers(nn.Module):
+    """Layers a candidate edit is likely to use; all must pass the evaluator's allowlist."""
+
+    mask: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.ln = nn.Embedding(VOCAB, 16), nn.LayerNorm(16)
+        self.fc, self.proj = nn.Linear(16, 64), nn.Linear(64, 16)
+        self.bn, self.conv = nn.BatchNorm1d(16), nn.Conv1d(16, 16, 3, padding=2)
+        self.drop, self.head = nn.Dropout(0.1), nn.Linear(16, VOCAB, bias=False)
+        self.register_buffer("mask", torch.tril(torch.ones(16, 16)).bool())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        h = self.emb(idx)
+        q = self.ln(h)
+        att = (q @ q.transpose(-2, -1) / 4.0).masked_fill(~self.mask[:T, :T], float("-inf"))
+        h = h + self.drop(att.softmax(-1) @ q)
+        heads = F.rms_norm(h, (16,)).view(B, T, 2, 8).transpose(1, 2)
+        h = h + F.scaled_dot_product_attention(heads, heads, heads, is_causal=True) \
+            .transpose(1, 2).reshape(B, T, 16)
+        h = h + self.proj(F.gelu(self.fc(h), approximate="tanh")) + self.proj(F.silu(self.fc(h)))
+        h = self.bn(h.transpose(1, 2)).transpose(1, 2)
+        h = h + self.conv(h.transpose(1, 2))[..., :T].transpose(1, 2)
+        h = h.clone()
+        h.mul_(0.5)  # in-place ops are turned into pure ones at export
+        h = torch.einsum("btc,btc->bt", h, h).unsqueeze(-1).tanh() * h
+        out: torch.Tensor = self.head(h)
+        return out
+
+
+def test_common_layers_export_and_run_under_the_allowlist() -> None:
+    model = ManyLayers().eval()
+    x = torch.randint(0, VOCAB, (4, 16))
+    archived = load_archive(export_model(model, torch.zeros(4, 16, dtype=torch.long)))
+    assert torch.allclose(archived(x), model(x), atol=1e-5)
+
+
 def test_deny_model_that_peeks_at_future_tokens(split) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(CausalityViolation, match="causal"):
         evaluate_bpb(PeekingLM(), split, batch_size=4, device=torch.device("cpu"))

@@ -101,8 +101,11 @@ def _op_name(target: Any) -> str:
     raise ArchiveError(f"graph calls {target!r}, which is not an ATen operator")
 
 
-# Ops torch.export emits that the evaluator refuses, and their pure equivalents.
-_REWRITES: dict[Any, Any] = {torch.ops.aten._unsafe_view.default: torch.ops.aten.reshape.default}
+# Ops torch.export emits that the evaluator refuses, and their pure equivalents; `view`
+# becomes `reshape` too, since kernels may return other strides than export's tracing saw
+# (a view after eval-mode batch norm then fails at run time; reshape copies instead).
+_REWRITES: dict[Any, Any] = {torch.ops.aten._unsafe_view.default: torch.ops.aten.reshape.default,
+                             torch.ops.aten.view.default: torch.ops.aten.reshape.default}
 
 
 def _refusal(target: Any) -> str:
@@ -150,7 +153,8 @@ def export_model(model: torch.nn.Module, example: torch.Tensor) -> bytes:
         if node.op == "placeholder":
             if node.name in lifted:
                 tensor = tensors[lifted[node.name]].detach().cpu().contiguous()
-                raw = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+                flat = tensor.reshape(-1).view(torch.uint8)  # reshape: 0-dim tensors too
+                raw = flat.numpy().tobytes() if tensor.numel() else b""
                 index[node.name] = {"dtype": _dtype_name(tensor.dtype),
                                     "shape": list(tensor.shape), "offset": offset,
                                     "nbytes": len(raw),
