@@ -1,4 +1,5 @@
-"""The behavioural contract test of a mechanism (EvoX-style, REFERENCE.md §3).
+"""The behavioural contract test of a mechanism (EvoX-style: a new strategy must
+behave before it may replace the old one).
 
 `synthetic_states` makes a few seeded loop states from the real search space - an
 empty history, then histories with keeps, discards and crashes - and `exercise` calls

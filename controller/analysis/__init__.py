@@ -1,2 +1,2 @@
 """Ablations, statistics and reports over finished runs: what a researcher reads to
-decide whether one search strategy beats another (REFERENCE.md §6)."""
+decide whether one search strategy beats another."""

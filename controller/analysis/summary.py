@@ -97,7 +97,7 @@ def summarize(spec: AblationSpec, state: StateDir) -> AblationSummary:
         if arm.outer and s.mechanisms_known and not any(
                 m.effective for m in s.mechanisms.values()) and "2" in arm.levels:
             warnings.append(f"arm {arm.name}: no mechanism hook changed anything; by "
-                            "REFERENCE §2 no mechanism was injected")
+                            "a mechanism that changes nothing did not really run")
         arms.append(s)
     names = [a.name for a in arms]
     control = CONTROL if CONTROL in names else names[0]

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd.add_argument("--task", default="surrogate",
                      help="task preset (surrogate: a test bed that runs in milliseconds)")
     cmd.add_argument("--repeats", type=int, default=10, help="runs per arm (>= 10 to claim "
-                                                             "anything, REFERENCE §6)")
+                                                             "anything)")
     cmd.add_argument("--trials", type=int, default=20, help="trial budget of every run")
     cmd.add_argument("--arms", default=",".join(ALL_ARMS),
                      help=f"comma-separated, from {','.join(ALL_ARMS)}")

@@ -18,7 +18,8 @@ from significant (`python -m bench.level15_offline`). So `bilevel run` leaves Le
 out of offline runs unless `--config-controller rule` asks for it.
 
 A "restart" strategy continues from the incumbent best (the loop always proposes from
-it); the event names that trial, never a discarded proposal (REFERENCE.md §2).
+it); the event names that trial, never a discarded proposal: restarting from the last
+proposed (often discarded) config with an empty history can fake a gain by itself.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The container configuration every sandbox job gets. Nothing here reads the request
 beyond its bounded limits, runtime, GPU ids and read-only data mounts: a request can
-never weaken the hardening (REFERENCE.md §4)."""
+never weaken the hardening."""
 
 from __future__ import annotations
 
