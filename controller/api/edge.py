@@ -32,6 +32,7 @@ from controller.api.auth import UNAUTHENTICATED_MESSAGE, TokenCheck
 from controller.api.errors import bad_request, too_large
 
 MAX_MESSAGE_BYTES = 257 << 20  # the transport's cap: Execute's 256 MiB of files (JobSpec)
+MAX_SEND_BYTES = 300 << 20  # responses (returned files, artifacts): unchanged
 DEFAULT_CAP_BYTES = 64 << 10
 METHOD_CAPS: Mapping[str, int] = {
     "/bilevel.v1.SandboxService/Execute": MAX_MESSAGE_BYTES,
@@ -52,7 +53,7 @@ _REFUSE_BEFORE_READ = True
 
 def server_options() -> list[tuple[str, Any]]:
     return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS)]
