@@ -1,9 +1,9 @@
 """Offline proposers compared on the surrogate's response surface, in-process.
 
 Runs the real inner loop (real store, real keep rule) with each offline proposer
-(local, random_search, tpe, cmaes) for a few seeds, evaluating the surrogate train.py's
-own closed-form `response(seed)` in this process instead of in a sandbox, so a 30-trial
-run takes seconds. Prints the best val_bpb per run and the mean per proposer.
+(local, random_search, tpe, cmaes) for a few seeds, on the surrogate task scored by the
+controller in this process (`SurrogateTask(None)`: no sandbox), so a 30-trial run takes
+seconds. Prints the best val_bpb per run and the mean per proposer.
 
     python -m bench.offline_proposers --trials 30 --seeds 5
 """
@@ -13,56 +13,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from controller.llm.settings import LLMAccess
 from controller.logging import configure_logging
-from controller.research import knobs
 from controller.research.loop import InnerLoop, StopSignal
 from controller.research.proposers import build_proposer
-from controller.research.protect import SURROGATE, Protected
 from controller.research.settings import Budgets, ProposerSettings, RunSettings, SearchSettings
-from controller.research.space import KnobValue, SearchSpace
-from controller.research.task import TrialOutcome
-from controller.research.tasks.surrogate import SOURCE, SPACE
+from controller.research.tasks.surrogate import SurrogateTask
 from controller.store.artifacts import ArtifactStore
 from controller.store.runs import RunStore
-
-
-class InProcessSurrogate:
-    """The surrogate task, scored by exec'ing its (trusted, our own) train.py here."""
-
-    name = "surrogate-inprocess"
-    description = "Lower val_bpb of the surrogate response surface."
-    protected: Protected = SURROGATE
-
-    def baseline_source(self) -> str:
-        return SOURCE.read_text()
-
-    def search_space(self) -> SearchSpace:
-        return SPACE
-
-    def read_knobs(self, source: str) -> dict[str, Any]:
-        return knobs.read_knobs(source)
-
-    def apply(self, source: str, changes: dict[str, KnobValue]) -> str:
-        return knobs.write_knobs(source, changes)
-
-    def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
-        namespace: dict[str, Any] = {"__name__": "surrogate"}
-        # Our own file; candidates differ from it only in knob literals.
-        exec(compile(source, "train.py", "exec"), namespace)
-        try:
-            value, memory = namespace["response"](seed)
-        except (ValueError, MemoryError) as exc:
-            return TrialOutcome(job_status="error", val_bpb=None, exception={
-                "type": type(exc).__name__, "message": str(exc), "frames": []},
-                log=f"{type(exc).__name__}: {exc}\n")
-        return TrialOutcome(job_status="ok", val_bpb=value, memory_gb=memory,
-                            metrics={"val_bpb": value}, log=f"val_bpb: {value:.6f}\n")
 
 
 def best_after(kind: str, seed: int, trials: int, folder: Path) -> tuple[float, float, int]:
@@ -73,7 +34,7 @@ def best_after(kind: str, seed: int, trials: int, folder: Path) -> tuple[float, 
     store = RunStore(folder / "db.sqlite3")
     run_id = f"run-{kind}-{seed}"
     store.create_run(run_id, settings.to_dict())
-    task = InProcessSurrogate()
+    task = SurrogateTask(None)  # scored by the controller, in-process: no container
     stop = StopSignal()
     proposer = build_proposer(run_id, settings, task, store, LLMAccess(), stop.event)
     loop = InnerLoop(run_id, settings, task, proposer, store, ArtifactStore(folder / "runs"),
