@@ -1,5 +1,5 @@
-"""`bilevel artifact RUN NAME`: fetch best/train.py, results.tsv or trials/<n>/{train.py,
-diff,log} to stdout or a file."""
+"""`bilevel artifact RUN NAME`: fetch best/train.py, results.tsv, final_check.json or
+trials/<n>/{train.py,diff,log} to stdout or a file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from controller.commands.client_command import add_connection_arguments, run_cli
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser("artifact", help="fetch a run artifact (best/train.py, results.tsv, "
-                                          "trials/<n>/train.py|diff|log, mechanisms.md, "
+                                          "final_check.json, trials/<n>/train.py|diff|log, "
+                                          "mechanisms.md, "
                                           "mechanisms/<name>.py)")
     cmd.add_argument("run_id", metavar="RUN")
     cmd.add_argument("name", metavar="NAME")
