@@ -16,9 +16,7 @@ import argparse
 import math
 import statistics
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any
 
 from scipy import stats
 
@@ -27,7 +25,6 @@ from controller.research import knobs
 from controller.research.loop import InnerLoop, StopSignal
 from controller.research.outer import attach_outer_levels
 from controller.research.proposer import LocalPerturbation
-from controller.research.protect import SURROGATE, Protected
 from controller.research.settings import (
     Budgets,
     OuterSettings,
@@ -35,50 +32,15 @@ from controller.research.settings import (
     RunSettings,
     SearchSettings,
 )
-from controller.research.space import KnobValue, SearchSpace
-from controller.research.task import TrialOutcome
-from controller.research.tasks.surrogate import SOURCE, SPACE
+from controller.research.tasks.surrogate import SOURCE, SurrogateTask
 from controller.store.artifacts import ArtifactStore
 from controller.store.runs import RunStore
 
 
-class Surrogate:
-    """The surrogate task, scored by exec'ing its (our own, trusted) train.py here."""
-
-    name = "surrogate-inprocess"
-    description = "Lower val_bpb of the surrogate response surface."
-    protected: Protected = SURROGATE
-
-    def baseline_source(self) -> str:
-        return SOURCE.read_text()
-
-    def search_space(self) -> SearchSpace:
-        return SPACE
-
-    def read_knobs(self, source: str) -> dict[str, Any]:
-        return knobs.read_knobs(source)
-
-    def apply(self, source: str, changes: dict[str, KnobValue]) -> str:
-        return knobs.write_knobs(source, changes)
-
-    @staticmethod
-    def response(source: str, seed: int, noise: bool = True) -> tuple[float, float]:
-        namespace: dict[str, Any] = {"__name__": "surrogate"}
-        exec(compile(source, "train.py", "exec"), namespace)  # candidates differ in literals
-        if not noise:
-            namespace["NOISE_STD"] = 0.0
-        value, memory = namespace["response"](seed)
-        return float(value), float(memory)
-
-    def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
-        try:
-            value, memory = self.response(source, seed)
-        except (ValueError, MemoryError) as exc:
-            return TrialOutcome(job_status="error", val_bpb=None, exception={
-                "type": type(exc).__name__, "message": str(exc), "frames": []},
-                log=f"{type(exc).__name__}: {exc}\n")
-        return TrialOutcome(job_status="ok", val_bpb=value, memory_gb=memory,
-                            metrics={"val_bpb": value}, log=f"val_bpb: {value:.6f}\n")
+def exact_surrogate() -> SurrogateTask:
+    """The surrogate without its seed noise: scores a run's best by its true value."""
+    return SurrogateTask(None, baseline=knobs.write_knobs(SOURCE.read_text(),
+                                                          {"NOISE_STD": 0.0}))
 
 
 def true_best(levels: tuple[str, ...], seed: int, trials: int, keep_rule: str,
@@ -95,7 +57,7 @@ def true_best(levels: tuple[str, ...], seed: int, trials: int, keep_rule: str,
     store = RunStore(folder / "db.sqlite3")
     run_id = "run-" + "-".join(levels).replace(".", "_")
     store.create_run(run_id, settings.to_dict())
-    task = Surrogate()
+    task = SurrogateTask(None)  # scored by the controller, in-process: no container
     artifacts = ArtifactStore(folder / "runs")
     loop = InnerLoop(run_id, settings, task, LocalPerturbation(seed, settings.proposer),
                      store, artifacts, StopSignal())
@@ -106,7 +68,7 @@ def true_best(levels: tuple[str, ...], seed: int, trials: int, keep_rule: str,
     best = artifacts.read_trial(run_id, run.best_trial, "train.py").decode()
     frozen = sum(len(e.payload.get("freeze", [])) for e in store.events_after(run_id, 0)
                  if e.kind.value == "config_adjusted")
-    return task.response(best, 0, noise=False)[0], frozen
+    return exact_surrogate().value(best, 0)[0], frozen
 
 
 def main() -> None:
