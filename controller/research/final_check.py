@@ -92,25 +92,38 @@ def paired_interval(best: Sequence[float], baseline: Sequence[float]) -> tuple[f
 def run_check(task: Task, best_source: str, baseline_source: str, best_trial: int,
               seeds: Sequence[int], cancel: threading.Event,
               run_sigma: float | None) -> FinalCheck | None:
-    """Evaluate both sources on `seeds`; None when `cancel` interrupted it."""
-    best = evaluation.evaluate(task, best_source, seeds, cancel)
-    base = evaluation.evaluate(task, baseline_source, seeds, cancel) if best else None
-    if best is None or base is None:
-        return None
-    crashed = next((f"the {name} crashed on a fresh seed ({result.outcome.job_status})"
-                    for name, result in (("best", best), ("baseline", base))
-                    if result.outcome.crashed or len(result.values) != len(seeds)), "")
+    """Evaluate both sources on `seeds`, one run at a time, the pair of each seed back to
+    back; None when `cancel` interrupted it.
+
+    One at a time because a time-budgeted trainer measures its host as much as its code:
+    two runs sharing a CPU host's cores each get fewer steps (seen: val_bpb 3.7 against
+    2.7 for the same train.py), which would put the slot schedule into the difference."""
+    best_values: list[float] = []
+    base_values: list[float] = []
+    crashed = ""
+    for seed in seeds:
+        for name, source, values in (("best", best_source, best_values),
+                                     ("baseline", baseline_source, base_values)):
+            result = evaluation.evaluate(task, source, [seed], cancel)
+            if result is None:
+                return None
+            if result.outcome.crashed or len(result.values) != 1:
+                crashed = crashed or (f"the {name} crashed on a fresh seed "
+                                      f"({result.outcome.job_status})")
+            values.extend(result.values)
+        if crashed:
+            break  # nothing is claimed after a crash; spare the remaining runs
     if crashed:
-        return FinalCheck(best_trial, tuple(seeds), best.values, base.values, math.nan,
-                          math.nan, math.nan, math.nan, "", crashed)
-    delta, low, high = paired_interval(best.values, base.values)
+        return FinalCheck(best_trial, tuple(seeds), tuple(best_values), tuple(base_values),
+                          math.nan, math.nan, math.nan, math.nan, "", crashed)
+    delta, low, high = paired_interval(best_values, base_values)
     if run_sigma:
         sigma, source = run_sigma, "measured on the baseline's seeds"
     elif len(seeds) >= 2:
-        sigma = math.sqrt((statistics.variance(best.values) +
-                           statistics.variance(base.values)) / 2)
+        sigma = math.sqrt((statistics.variance(best_values) +
+                           statistics.variance(base_values)) / 2)
         source = "pooled over these re-runs"
     else:
         sigma, source = math.nan, "unknown from one seed"
-    return FinalCheck(best_trial, tuple(seeds), best.values, base.values, delta, low, high,
-                      sigma, source)
+    return FinalCheck(best_trial, tuple(seeds), tuple(best_values), tuple(base_values), delta,
+                      low, high, sigma, source)
