@@ -21,10 +21,10 @@ from pathlib import Path
 from scipy import stats
 
 from controller.logging import configure_logging
-from controller.research import knobs
-from controller.research.loop import InnerLoop, StopSignal
+from controller.research.level1 import knobs
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.proposer import LocalPerturbation
 from controller.research.outer import attach_outer_levels
-from controller.research.proposer import LocalPerturbation
 from controller.research.settings import (
     Budgets,
     OuterSettings,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from controller.llm.settings import LLMAccess
 from controller.logging import configure_logging
-from controller.research.loop import InnerLoop, StopSignal
-from controller.research.proposers import build_proposer
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.proposers import build_proposer
 from controller.research.settings import Budgets, ProposerSettings, RunSettings, SearchSettings
 from controller.research.tasks.surrogate import SurrogateTask
 from controller.store.artifacts import ArtifactStore

@@ -1,9 +1,9 @@
-"""Search mechanisms: sandboxed plugins the inner loop calls at fixed points.
+"""What a mechanism author needs: the hooks and their JSON shapes, the SDK, the library.
 
 - `interface`: the hooks a mechanism may define; `wire`: the JSON shapes as types;
 - `sdk`: helpers mechanism code may import (shipped into the sandbox);
-- `runtime.MechanismSet`: the active mechanisms of a run, one sandbox session each;
-- `records`: what every hook call did, and `summarize` (proof of injection);
-- `gates`: static check -> sandboxed contract test -> activation;
 - `library`: the built-in mechanisms, loaded like generated ones.
+
+The controller's side - the sandboxed hosts that call the hooks, the gates a mechanism
+passes, its contract test and the records of its calls - is `controller.research.level2`.
 """

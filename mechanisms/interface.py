@@ -26,7 +26,7 @@ only the modules of `GateSettings.allowed_imports`, including `mechanisms.sdk`.
 It runs in its own sandbox container (no network, read-only root, small memory, few
 pids, a per-call time limit); anything it prints goes to a captured stderr.
 
-What the static gate (mechanisms/gates.py) is and is not. It is a cheap first filter
+What the static gate (controller/research/level2/gates.py) is and is not. It is a cheap first filter
 that reads the source without running it: imports only from the allowed list, no
 eval/exec/open/getattr-style names, no dunder or private attributes, none of numpy's
 ways to files, raw memory or C (`numpy.ctypeslib`, `ndarray.ctypes`, `fromfile`,

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from controller.research.space import Knob, KnobValue, ProposalError, SearchSpace
+from controller.research.level1.space import Knob, KnobValue, ProposalError, SearchSpace
 
 TRIAL_STATUSES = ("keep", "discard", "crash")
 ACTIONS = ("accept", "reject", "replace")

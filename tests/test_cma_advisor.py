@@ -14,21 +14,21 @@ from typing import Any
 import pytest
 
 from controller.llm.fake_server import FakeLLMServer
-from controller.research.loop import InnerLoop, StopSignal
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.proposer import LocalPerturbation
+from controller.research.level1.space import Knob, SearchSpace
+from controller.research.level2.gates import static_check
 from controller.research.outer import attach_outer_levels
-from controller.research.proposer import LocalPerturbation
 from controller.research.settings import (
     Budgets,
     InitialMechanism,
     OuterSettings,
     RunSettings,
 )
-from controller.research.space import Knob, SearchSpace
 from controller.sandbox.executor import SandboxExecutor
 from controller.store.artifacts import ArtifactStore
 from controller.store.runs import RunStore
 from mechanisms import library
-from mechanisms.gates import static_check
 from mechanisms.library.cma_advisor import CmaAdvisor
 from mechanisms.wire import LoopState, TrialView
 from tests.test_loop_harness import (

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from controller.research.final_check import FRESH_SEED_OFFSET, FinalCheck, paired_interval
-from controller.research.proposer import Proposal, ProposerContext
+from controller.research.level1.final_check import FRESH_SEED_OFFSET, FinalCheck, paired_interval
+from controller.research.level1.proposer import Proposal, ProposerContext
 from controller.store.records import EventKind, RunState
 from tests.test_loop_harness import SyntheticTask, make_loop, run_settings
 

@@ -30,9 +30,11 @@ from hypothesis import strategies as st
 
 from controller.api import convert
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
-from controller.research import evaluation, knobs
-from controller.research.loop import InnerLoop, StopSignal
-from controller.research.proposer import LocalPerturbation
+from controller.research.level1 import evaluation, knobs
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.proposer import LocalPerturbation
+from controller.research.level2.records import Effect, FailureReason
+from controller.research.level2.runtime import MechanismSet, MechanismSettings
 from controller.research.settings import Budgets, RunSettings, SearchSettings
 from controller.research.task import TrialOutcome
 from controller.research.tasks.surrogate import KNOB_NAMES, SOURCE, SurrogateTask
@@ -44,8 +46,6 @@ from controller.sandbox.spec import JobResult, Status
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import RunState, TrialStatus
 from controller.store.runs import RunStore
-from mechanisms.records import Effect, FailureReason
-from mechanisms.runtime import MechanismSet, MechanismSettings
 from mechanisms.wire import LoopState, Proposal, TrialView, Verdict, WireError, knob_from_json
 from tests.conftest import RUNTIMES
 from tests.test_api_harness import Stubs, serving

@@ -13,7 +13,7 @@ import statistics
 import pytest
 from scipy import stats
 
-from controller.research.keep import Incumbent, NoiseAwareRule
+from controller.research.level1.keep import Incumbent, NoiseAwareRule
 from controller.research.settings import SearchSettings
 from controller.store.records import TrialStatus
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from controller.llm.fake_server import FakeLLMServer
-from controller.research import mechanism_report
-from controller.research.mechanism_report import finding
+from controller.research.level2 import report as mechanism_report
+from controller.research.level2.report import finding
 from controller.research.settings import Budgets, InitialMechanism, OuterSettings, RunSettings
 from controller.sandbox.executor import SandboxExecutor
 from controller.store.mechanisms import ACTIVE, MechanismLog, MechanismRow

@@ -13,11 +13,11 @@ import pytest
 
 from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply, Script
 from controller.llm.settings import LLMAccess
-from controller.research import mechanism_report
-from controller.research.loop import InnerLoop, StopSignal
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.proposer import LocalPerturbation
+from controller.research.level1.proposers import build_run_provider
+from controller.research.level2 import report as mechanism_report
 from controller.research.outer import attach_outer_levels
-from controller.research.proposer import LocalPerturbation
-from controller.research.proposers import build_run_provider
 from controller.research.settings import Budgets, OuterSettings, RunSettings
 from controller.research.tasks.surrogate import SurrogateTask
 from controller.sandbox.executor import SandboxExecutor

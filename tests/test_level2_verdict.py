@@ -8,8 +8,8 @@ import math
 import random
 from collections import Counter
 
-from controller.research import level2_verdict as v
-from controller.research.level2_design import choose_from_library
+from controller.research.level2 import verdict as v
+from controller.research.level2.design import choose_from_library
 from controller.store.mechanisms import Outcome
 from mechanisms import library
 

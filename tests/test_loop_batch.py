@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from controller.llm.fake_server import FakeLLMServer
-from controller.research.loop import StopSignal
+from controller.research.level1.loop import StopSignal
 from controller.store.records import EventKind, RunState
 from tests.test_loop_harness import (
     TEST_KEY,

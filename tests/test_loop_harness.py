@@ -17,18 +17,18 @@ from typing import Any
 
 from controller.llm.fake_server import RecordedRequest, Reply, Script
 from controller.llm.settings import LLMAccess, LLMSettings
-from controller.research import knobs
-from controller.research.loop import InnerLoop, StopSignal
-from controller.research.proposer import Proposer
-from controller.research.proposers import build_proposer
-from controller.research.protect import SURROGATE, Protected
+from controller.research.level1 import knobs
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.proposer import Proposer
+from controller.research.level1.proposers import build_proposer
+from controller.research.level1.protect import SURROGATE, Protected
+from controller.research.level1.space import KnobValue, SearchSpace
 from controller.research.settings import (
     Budgets,
     ProposerSettings,
     RunSettings,
     SearchSettings,
 )
-from controller.research.space import KnobValue, SearchSpace
 from controller.research.task import TrialOutcome
 from controller.research.tasks.surrogate import SOURCE, SPACE
 from controller.store.artifacts import ArtifactStore

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.research import knobs
-from controller.research.loop import InnerLoop, StopSignal
-from controller.research.proposer import LocalPerturbation, ProposerContext
+from controller.research.level1 import knobs
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.proposer import LocalPerturbation, ProposerContext
+from controller.research.level1.space import ProposalError
 from controller.research.settings import Budgets, ProposerSettings, RunSettings, SearchSettings
-from controller.research.space import ProposalError
 from controller.research.task import TrialOutcome
 from controller.research.tasks.surrogate import SOURCE, SPACE, SurrogateTask
 from controller.sandbox.executor import SandboxExecutor

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from controller.research.keep import GreedyRule, Incumbent, NoiseAwareRule
-from controller.research.proposer import Proposal, ProposerContext
+from controller.research.level1.keep import GreedyRule, Incumbent, NoiseAwareRule
+from controller.research.level1.proposer import Proposal, ProposerContext
 from controller.store.records import TrialStatus
 from tests.test_loop_harness import SIGMA, SyntheticTask, make_loop, run_settings
 

@@ -14,7 +14,7 @@ import pytest
 
 from controller.llm.fake_server import Fail, FakeLLMServer, Reply
 from controller.llm.settings import LLMSettings
-from controller.research.final_check import FRESH_SEED_OFFSET
+from controller.research.level1.final_check import FRESH_SEED_OFFSET
 from controller.store.llm_calls import CallLog
 from controller.store.records import EventKind, RunState, TrialStatus
 from tests.test_loop_harness import (

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from controller.research.edits import Edit, apply_edits, parse_edits
-from controller.research.llm_proposer import parse_code_hypothesis, parse_params_answer
-from controller.research.protect import TRAINER
-from controller.research.space import ProposalError
+from controller.research.level1.edits import Edit, apply_edits, parse_edits
+from controller.research.level1.llm_proposer import parse_code_hypothesis, parse_params_answer
+from controller.research.level1.protect import TRAINER
+from controller.research.level1.space import ProposalError
+from controller.research.level1.validate import Validator
 from controller.research.tasks.surrogate import SPACE
-from controller.research.validate import Validator
 from tests.test_loop_harness import SyntheticTask
 from trainer.presets import PRESETS
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import docker
 import pytest
 
+from controller.research.level2.gates import GateSettings, contract_check, gate_and_activate
+from controller.research.level2.records import Effect, Failure, FailureReason
+from controller.research.level2.runtime import MechanismSet, MechanismSettings
 from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
 from controller.sandbox.reaper import LABEL_NAMESPACE, LABEL_OWNER, this_owner
-from mechanisms.gates import GateSettings, contract_check, gate_and_activate
-from mechanisms.records import Effect, Failure, FailureReason
-from mechanisms.runtime import MechanismSet, MechanismSettings
 from tests.test_mechanism_sandbox import SPACE, loop_state
 
 pytestmark = pytest.mark.docker
@@ -227,9 +227,9 @@ def test_gate_contract_stops_misbehaving_mechanisms(executor: SandboxExecutor, b
 
 SESSION_OWNER = textwrap.dedent("""
     import sys, time
-    from controller.research.space import Knob, SearchSpace
+    from controller.research.level1.space import Knob, SearchSpace
     from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
-    from mechanisms.runtime import MechanismSet
+    from controller.research.level2.runtime import MechanismSet
     ex = SandboxExecutor(ExecutorConfig(image=sys.argv[1], namespace=sys.argv[2]))
     mechanisms = MechanismSet(ex, SearchSpace((Knob("WD", "float", 0.0, 1.0),)))
     mechanisms.activate("m", "class M:\\n    def context(self, s):\\n        return ''\\n")

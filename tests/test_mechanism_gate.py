@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from mechanisms import gates
-from mechanisms.gates import static_check
+from controller.research.level2 import gates
+from controller.research.level2.gates import static_check
 
 
 def mechanism(body: str, header: str = "import numpy as np\n") -> str:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from controller.research.space import Knob, SearchSpace
+from controller.research.level1.space import Knob, SearchSpace
+from controller.research.level2.gates import static_check
 from mechanisms import library, sdk
-from mechanisms.gates import static_check
 from mechanisms.library.bandit import SCALES, StepBandit
 from mechanisms.library.crash_memory import CrashMemory
 from mechanisms.library.elite_crossover import EliteCrossover

@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 import pytest
 
-from controller.research.space import Knob, SearchSpace
+from controller.research.level1.space import Knob, SearchSpace
+from controller.research.level2.records import Effect
+from controller.research.level2.runtime import MechanismSet
 from controller.sandbox.executor import SandboxExecutor
 from mechanisms import library
-from mechanisms.records import Effect
-from mechanisms.runtime import MechanismSet
 from mechanisms.wire import LoopState, Proposal, TrialView
 
 pytestmark = pytest.mark.docker

@@ -12,12 +12,12 @@ from typing import Any, Literal
 
 import pytest
 
-from controller.research.space import Knob, KnobValue, SearchSpace
+from controller.research.level1.space import Knob, KnobValue, SearchSpace
+from controller.research.level2.gates import gate_and_activate
+from controller.research.level2.records import Effect, HookRecord, summarize
+from controller.research.level2.runtime import MechanismSet, MechanismSettings
 from controller.sandbox.executor import SandboxExecutor
 from mechanisms import library
-from mechanisms.gates import gate_and_activate
-from mechanisms.records import Effect, HookRecord, summarize
-from mechanisms.runtime import MechanismSet, MechanismSettings
 from mechanisms.wire import LoopState, Proposal, TrialView
 
 pytestmark = pytest.mark.docker

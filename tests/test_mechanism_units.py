@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from controller.research.space import Knob, SearchSpace
-from mechanisms.contract import synthetic_states
-from mechanisms.gates import static_check
-from mechanisms.records import Effect, HookRecord, summarize
+from controller.research.level1.space import Knob, SearchSpace
+from controller.research.level2.contract import synthetic_states
+from controller.research.level2.gates import static_check
+from controller.research.level2.records import Effect, HookRecord, summarize
 from mechanisms.wire import LoopState, Proposal, TrialView, Verdict, WireError
 
 SPACE = SearchSpace((

@@ -18,10 +18,10 @@ from controller.analysis.ablation import AblationSpec, run_request
 from controller.analysis.runner import plan
 from controller.commands.run import proposer_kind
 from controller.llm.settings import LLMAccess
-from controller.research import knobs
 from controller.research.errors import FieldError
-from controller.research.loop import InnerLoop, StopSignal
-from controller.research.optimizers import (
+from controller.research.level1 import knobs
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.optimizers import (
     CmaEsProposer,
     TPEProposer,
     distribution,
@@ -29,16 +29,16 @@ from controller.research.optimizers import (
     to_internal,
     trial_configs,
 )
-from controller.research.proposer import ProposerContext, RandomSearch
-from controller.research.proposers import build_proposer
-from controller.research.protect import SURROGATE, Protected
+from controller.research.level1.proposer import ProposerContext, RandomSearch
+from controller.research.level1.proposers import build_proposer
+from controller.research.level1.protect import SURROGATE, Protected
+from controller.research.level1.space import Knob, KnobValue, SearchSpace
 from controller.research.settings import (
     Budgets,
     ProposerSettings,
     RunSettings,
     SearchSettings,
 )
-from controller.research.space import Knob, KnobValue, SearchSpace
 from controller.research.task import TrialOutcome
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import TrialRecord, TrialStatus

@@ -1,4 +1,4 @@
-"""The static check of code edits (controller/research/protect.py) is a first filter: each
+"""The static check of code edits (controller/research/level1/protect.py) is a first filter: each
 bypass that once passed it (issue 11, finding 2) is rejected now with a reason, and
 ordinary edits of the model and loop still pass. The real bound is outside the
 candidate (tests/test_trainer_budget.py)."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.research.protect import SURROGATE, TRAINER
-from controller.research.space import ProposalError
+from controller.research.level1.protect import SURROGATE, TRAINER
+from controller.research.level1.space import ProposalError
 from trainer.presets import PRESETS
 
 TRAIN_PY = PRESETS["cpu-tiny"].train_source()
@@ -91,6 +91,6 @@ def test_the_surrogate_gets_the_same_reflection_rules() -> None:
 
 
 def test_the_docstring_says_it_is_only_a_filter() -> None:
-    from controller.research import protect
+    from controller.research.level1 import protect
 
     assert protect.__doc__ is not None and "only a filter" in protect.__doc__

@@ -20,11 +20,11 @@ from controller.api.convert import event as event_message
 from controller.api.convert import run as run_message
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.commands.run import _View
-from controller.research.proposer import Proposal, ProposerContext
+from controller.research.level1.proposer import Proposal, ProposerContext
+from controller.research.level1.validate import Validator
 from controller.research.settings import TaskSettings
 from controller.research.task import TrialOutcome
 from controller.research.tasks.trainer import TrainerTask
-from controller.research.validate import Validator
 from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.spec import JobResult, Status, Timings
 from controller.store.records import EventKind, TrialStatus
@@ -199,7 +199,7 @@ def test_the_harness_seed_is_the_controllers_and_fixed_at_import(tmp_path: Path)
 def test_a_seed_ignoring_candidate_is_kept_without_the_check(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Sensitivity twin: with the bit-identity check off, the same candidate is kept."""
-    from controller.research import evaluation
+    from controller.research.level1 import evaluation
 
     monkeypatch.setattr(evaluation, "seed_ignored", lambda runs: None)
     task = _SeedIgnoring()

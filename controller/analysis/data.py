@@ -22,7 +22,7 @@ SURROGATE_NOTE = (
 
 @dataclass(frozen=True)
 class MechanismStats:
-    """Hook calls of one mechanism in one run (mechanisms/records.py `summarize`)."""
+    """Hook calls of one mechanism in one run (`summarize` in research/level2/records.py)."""
 
     mechanism: str
     calls: int

@@ -11,7 +11,7 @@ from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.llm.settings import LLMSettings
 from controller.research.errors import FieldError
-from controller.research.mechanism_report import Summary
+from controller.research.level2.report import Summary
 from controller.research.settings import (
     Budgets,
     InitialMechanism,

@@ -14,8 +14,8 @@ from controller.api.errors import rpc_errors
 from controller.api.events import EventHub
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import runs_pb2_grpc
-from controller.research import mechanism_report
 from controller.research.errors import FieldError
+from controller.research.level2 import report as mechanism_report
 from controller.research.manager import RunManager
 from controller.store.artifacts import ArtifactStore, content_type
 from controller.store.records import EventKind, RunState

@@ -18,11 +18,11 @@ from controller.llm.settings import LLMAccess
 from controller.llm.types import Provider
 from controller.research.engine import LazyExecutor
 from controller.research.errors import CapacityError, FieldError, StateConflict
-from controller.research.loop import InnerLoop, StopSignal
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.proposers import build_proposer, build_run_provider
+from controller.research.level1.space import ProposalError
 from controller.research.outer import attach_outer_levels
-from controller.research.proposers import build_proposer, build_run_provider
 from controller.research.settings import RunSettings
-from controller.research.space import ProposalError
 from controller.research.task import Task
 from controller.research.tasks.registry import make_task
 from controller.store.artifacts import ArtifactStore

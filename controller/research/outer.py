@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from controller.llm.types import Provider
-from controller.research.level2 import MechanismLoop
-from controller.research.level2_design import LLMDesigner
-from controller.research.level15 import ConfigLoop, LLMController, RuleController
-from controller.research.loop import InnerLoop
-from controller.research.mechanism_wiring import MechanismWiring, MechanizedProposer
+from controller.research.level1.loop import InnerLoop
+from controller.research.level2.design import LLMDesigner
+from controller.research.level2.gates import GateSettings
+from controller.research.level2.loop import MechanismLoop
+from controller.research.level2.runtime import MechanismSettings
+from controller.research.level2.wiring import MechanismWiring, MechanizedProposer
+from controller.research.level15.loop import ConfigLoop, LLMController, RuleController
 from controller.sandbox.executor import SandboxExecutor
-from mechanisms.gates import GateSettings
-from mechanisms.runtime import MechanismSettings
 
 
 def attach_outer_levels(loop: InnerLoop, executor: SandboxExecutor | None,

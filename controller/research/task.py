@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from controller.research.protect import Protected
-from controller.research.space import KnobValue, SearchSpace
+from controller.research.level1.protect import Protected
+from controller.research.level1.space import KnobValue, SearchSpace
 from controller.sandbox.spec import JobResult, Status
 
 

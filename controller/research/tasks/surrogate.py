@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from controller.research import knobs
-from controller.research.protect import SURROGATE, Protected
-from controller.research.space import Knob, KnobValue, SearchSpace
+from controller.research.level1 import knobs
+from controller.research.level1.protect import SURROGATE, Protected
+from controller.research.level1.space import Knob, KnobValue, SearchSpace
 from controller.research.task import TrialOutcome, outcome_from_job
 from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.spec import JobSpec, Limits

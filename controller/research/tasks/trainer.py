@@ -13,9 +13,9 @@ import threading
 from typing import Any
 
 from controller.research.errors import FieldError
-from controller.research.protect import TRAINER, Protected
+from controller.research.level1.protect import TRAINER, Protected
+from controller.research.level1.space import Knob, KnobValue, SearchSpace
 from controller.research.settings import TaskSettings
-from controller.research.space import Knob, KnobValue, SearchSpace
 from controller.research.task import TrialOutcome, outcome_from_job
 from controller.sandbox.executor import SandboxExecutor
 from trainer import knobs as trainer_knobs

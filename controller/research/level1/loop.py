@@ -31,18 +31,18 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from controller.llm.errors import LLMBudgetSpent, LLMUnavailable
-from controller.research import evaluation
-from controller.research.evaluation import Evaluation
-from controller.research.final_check import FinalCheck, fresh_seeds, run_check
-from controller.research.keep import Incumbent, make_rule
 from controller.research.lessons import distill
-from controller.research.planner import ContextHook, Planned, Planner
-from controller.research.proposer import Proposal, Proposer
-from controller.research.results import results_tsv
+from controller.research.level1 import evaluation
+from controller.research.level1.evaluation import Evaluation
+from controller.research.level1.final_check import FinalCheck, fresh_seeds, run_check
+from controller.research.level1.keep import Incumbent, make_rule
+from controller.research.level1.planner import ContextHook, Planned, Planner
+from controller.research.level1.proposer import Proposal, Proposer
+from controller.research.level1.results import results_tsv
+from controller.research.level1.space import ProposalError, SearchSpace
+from controller.research.level1.validate import Validator, knob_changes
 from controller.research.settings import Budgets, RunSettings
-from controller.research.space import ProposalError, SearchSpace
 from controller.research.task import Task, TrialOutcome
-from controller.research.validate import Validator, knob_changes
 from controller.store.artifacts import ArtifactStore
 from controller.store.llm_calls import CallLog
 from controller.store.memory import MemoryStore
@@ -58,7 +58,7 @@ from controller.store.records import (
 from controller.store.runs import RunStore
 
 if TYPE_CHECKING:
-    from controller.research.mechanism_wiring import MechanismWiring
+    from controller.research.level2.wiring import MechanismWiring
 
 log = structlog.get_logger(__name__)
 POLL_SECONDS = 0.5  # how often the coordinator looks at the stop signal while waiting

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from controller.research.space import KnobValue, ProposalError
+from controller.research.level1.space import KnobValue, ProposalError
 
 
 def _literal(node: ast.expr) -> Any:

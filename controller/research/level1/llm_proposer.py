@@ -16,12 +16,12 @@ from typing import Any
 from controller.llm.accounting import Pricing
 from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
-from controller.research import prompt
-from controller.research.edits import apply_edits, parse_edits
-from controller.research.proposer import Proposal, ProposerContext
+from controller.research.level1 import prompt
+from controller.research.level1.edits import apply_edits, parse_edits
+from controller.research.level1.proposer import Proposal, ProposerContext
+from controller.research.level1.space import ProposalError
+from controller.research.level1.validate import Validator, knob_changes
 from controller.research.settings import ProposerSettings
-from controller.research.space import ProposalError
-from controller.research.validate import Validator, knob_changes
 
 FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 

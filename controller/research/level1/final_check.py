@@ -20,7 +20,7 @@ from typing import Any
 
 from scipy import stats
 
-from controller.research import evaluation
+from controller.research.level1 import evaluation
 from controller.research.task import Task
 
 FRESH_SEED_OFFSET = 2_000_000_000  # far from search seeds and the ablation's re-evaluations

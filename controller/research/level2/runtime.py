@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from controller.research.space import SearchSpace
+from controller.research.level1.space import SearchSpace
+from controller.research.level2.records import Effect, Failure, FailureReason, HookRecord
 from controller.sandbox.executor import SandboxExecutor, SandboxUnavailable
 from controller.sandbox.session import DeathReason, SandboxSession, SessionDead
 from controller.sandbox.spec import JobSpec, Limits
 from mechanisms.interface import HOOKS
-from mechanisms.records import Effect, Failure, FailureReason, HookRecord
 from mechanisms.wire import LoopState, Proposal, TrialView, Verdict, WireError
 
 T = TypeVar("T")

@@ -11,9 +11,9 @@ from controller.llm.factory import build_provider
 from controller.llm.settings import LLMAccess
 from controller.llm.types import Provider
 from controller.research.errors import FieldError
-from controller.research.llm_proposer import LLMProposer
-from controller.research.loop import llm_budget_reason
-from controller.research.proposer import LocalPerturbation, Proposer, RandomSearch
+from controller.research.level1.llm_proposer import LLMProposer
+from controller.research.level1.loop import llm_budget_reason
+from controller.research.level1.proposer import LocalPerturbation, Proposer, RandomSearch
 from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS, RunSettings
 from controller.research.task import Task
 from controller.store.llm_calls import CallLog
@@ -41,7 +41,7 @@ def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunSto
         return RandomSearch(seed)
     if kind in ("tpe", "cmaes"):
         # Imported here: Optuna costs every controller start otherwise.
-        from controller.research.optimizers import CmaEsProposer, TPEProposer
+        from controller.research.level1.optimizers import CmaEsProposer, TPEProposer
 
         baseline = task.read_knobs(task.baseline_source())
         return TPEProposer(seed, baseline) if kind == "tpe" else CmaEsProposer(seed, baseline)

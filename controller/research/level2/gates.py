@@ -21,12 +21,12 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.research.space import SearchSpace
+from controller.research.level1.space import SearchSpace
+from controller.research.level2.contract import exercise
+from controller.research.level2.records import Failure
+from controller.research.level2.runtime import MechanismSet, MechanismSettings
 from controller.sandbox.executor import SandboxExecutor
-from mechanisms.contract import exercise
 from mechanisms.interface import ACTING_HOOKS, HOOKS
-from mechanisms.records import Failure
-from mechanisms.runtime import MechanismSet, MechanismSettings
 
 ALLOWED_IMPORTS = ("__future__", "math", "random", "statistics", "itertools", "collections",
                    "functools", "heapq", "bisect", "dataclasses", "typing", "json", "re",

@@ -41,8 +41,8 @@ from optuna.distributions import (
 from optuna.samplers import TPESampler
 from optuna.trial import create_trial
 
-from controller.research.proposer import Proposal, ProposerContext, point_proposal
-from controller.research.space import Knob, KnobValue
+from controller.research.level1.proposer import Proposal, ProposerContext, point_proposal
+from controller.research.level1.space import Knob, KnobValue
 from controller.store.records import TrialRecord, TrialStatus
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

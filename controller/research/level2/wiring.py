@@ -17,7 +17,7 @@ Every hook call becomes a HookRecord stored with its trial (store/mechanisms.py)
 report proves which mechanisms ran and what they changed. Credit goes only to what ran:
 once the trial's proposal is settled, suggestions that did not become it are relabelled
 "offered", filter verdicts that did not change it "superseded", and prompt text of a
-trial a suggestion took over "offered" (mechanisms/records.py). A mechanism that fails is
+trial a suggestion took over "offered" (research/level2/records.py). A mechanism that fails is
 disabled by the MechanismSet; here its row is marked disabled with the traceback, for
 the next Level-2 round to read. On resume, live mechanisms are re-activated from their
 stored source and the state saved with the last finished trial.
@@ -33,10 +33,13 @@ from typing import Any
 
 import structlog
 
-from controller.research import level2_verdict
-from controller.research.proposer import Proposal, Proposer, ProposerContext
+from controller.research.level1.proposer import Proposal, Proposer, ProposerContext
+from controller.research.level1.space import SearchSpace
+from controller.research.level2 import verdict as level2_verdict
+from controller.research.level2.gates import Admission, GateSettings, gate_and_activate
+from controller.research.level2.records import Effect, HookRecord
+from controller.research.level2.runtime import MechanismSet, MechanismSettings, Outcome, Suggestion
 from controller.research.settings import RunSettings
-from controller.research.space import SearchSpace
 from controller.research.task import Task
 from controller.sandbox.executor import SandboxExecutor
 from controller.store.artifacts import ArtifactStore
@@ -51,9 +54,6 @@ from controller.store.mechanisms import (
 from controller.store.records import EventKind, NotFoundError, TrialRecord, TrialStatus
 from controller.store.runs import RunStore
 from mechanisms import library
-from mechanisms.gates import Admission, GateSettings, gate_and_activate
-from mechanisms.records import Effect, HookRecord
-from mechanisms.runtime import MechanismSet, MechanismSettings, Outcome, Suggestion
 from mechanisms.wire import LoopState, TrialView
 from mechanisms.wire import Proposal as WireProposal
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import random
 from typing import Any, Literal
 
-from controller.research.space import KnobValue, SearchSpace
+from controller.research.level1.space import KnobValue, SearchSpace
+from controller.research.level2.records import Failure, FailureReason
+from controller.research.level2.runtime import MechanismSet
 from mechanisms import sdk
-from mechanisms.records import Failure, FailureReason
-from mechanisms.runtime import MechanismSet
 from mechanisms.wire import LoopState, Proposal, TrialView, space_to_json
 
 STATUSES: tuple[Literal["keep", "discard", "crash"], ...] = ("keep", "discard", "crash",

@@ -9,8 +9,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from controller.research import knobs as knob_io
-from controller.research.space import KnobValue, ProposalError, SearchSpace
+from controller.research.level1 import knobs as knob_io
+from controller.research.level1.space import KnobValue, ProposalError, SearchSpace
 from controller.research.task import Task
 
 SEED_KNOB = re.compile(r"^(\w+_)?SEED$")

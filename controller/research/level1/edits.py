@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from controller.research.space import ProposalError
+from controller.research.level1.space import ProposalError
 
 BLOCK = re.compile(r"^<{5,9} SEARCH[ \t]*\n(.*?)^={5,9}[ \t]*\n(.*?)^>{5,9} REPLACE[ \t]*$",
                    re.MULTILINE | re.DOTALL)

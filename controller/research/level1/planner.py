@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from controller.research.proposer import CrashInfo, Proposal, Proposer, ProposerContext
+from controller.research.level1.proposer import CrashInfo, Proposal, Proposer, ProposerContext
+from controller.research.level1.space import ProposalError, SearchSpace
+from controller.research.level1.validate import Validator
 from controller.research.settings import RunSettings
-from controller.research.space import ProposalError, SearchSpace
 from controller.research.task import Task
-from controller.research.validate import Validator
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import TrialRecord, TrialStatus
 from controller.store.runs import RunStore

@@ -34,14 +34,14 @@ import structlog
 from controller.llm.errors import LLMBudgetSpent, LLMError, LLMUnavailable
 from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
-from controller.research.llm_proposer import FENCE
-from controller.research.proposer import ProposerContext
+from controller.research.level1.llm_proposer import FENCE
+from controller.research.level1.proposer import ProposerContext
 from controller.research.settings import OuterSettings
 from controller.store.mechanisms import MechanismLog
 from controller.store.records import EventKind, TrialRecord, TrialStatus
 
 if TYPE_CHECKING:
-    from controller.research.loop import InnerLoop
+    from controller.research.level1.loop import InnerLoop
 
 log = structlog.get_logger(__name__)
 STRATEGIES = ("explore", "exploit", "refine", "restart")

@@ -10,8 +10,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from controller.research.proposer import ProposerContext
-from controller.research.space import SearchSpace
+from controller.research.level1.proposer import ProposerContext
+from controller.research.level1.space import SearchSpace
 from controller.store.records import TrialRecord, TrialStatus
 
 SYSTEM = (

@@ -27,21 +27,21 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from controller.llm.errors import LLMBudgetSpent, LLMError, LLMUnavailable
-from controller.research import level2_verdict
-from controller.research.level2_design import (
+from controller.research.level2 import verdict as level2_verdict
+from controller.research.level2.design import (
     DesignError,
     LLMDesigner,
     choose_from_library,
     unique_name,
 )
-from controller.research.mechanism_wiring import MechanismWiring
+from controller.research.level2.wiring import MechanismWiring
 from controller.store.mechanisms import DISABLED, KEPT, REVERTED, MechanismLog, MechanismRow
 from controller.store.records import TrialRecord, TrialStatus
 from mechanisms import library
 from mechanisms.interface import ACTING_HOOKS
 
 if TYPE_CHECKING:
-    from controller.research.loop import InnerLoop
+    from controller.research.level1.loop import InnerLoop
 
 log = structlog.get_logger(__name__)
 STATE_KEY = "level2"

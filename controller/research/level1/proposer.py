@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from controller.research.level1.space import Knob, KnobValue, SearchSpace
 from controller.research.settings import ProposerSettings
-from controller.research.space import Knob, KnobValue, SearchSpace
 from controller.store.records import TrialRecord
 
 if TYPE_CHECKING:
-    from controller.research.validate import Validator
+    from controller.research.level1.validate import Validator
 
 
 @dataclass(frozen=True)

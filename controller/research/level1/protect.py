@@ -35,8 +35,8 @@ import ast
 from collections import Counter
 from dataclasses import dataclass
 
-from controller.research import knobs as knob_io
-from controller.research.space import ProposalError
+from controller.research.level1 import knobs as knob_io
+from controller.research.level1.space import ProposalError
 
 
 def _dotted(node: ast.expr) -> str:

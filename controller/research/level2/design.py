@@ -24,12 +24,12 @@ from typing import Any
 
 from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
-from controller.research.llm_proposer import FENCE
+from controller.research.level1.llm_proposer import FENCE
+from controller.research.level2.gates import GateSettings, static_check
 from controller.research.settings import OuterSettings
 from controller.store.mechanisms import KEPT, MechanismRow, Outcome
 from controller.store.records import TrialRecord
 from mechanisms import interface, library, sdk, wire
-from mechanisms.gates import GateSettings, static_check
 
 CONTROLS = ("noop",)  # library entries that are controls for ablations, not search aids
 CODE_FENCE = re.compile(r"```(?:python)?\s*\n(.*?)```", re.DOTALL)

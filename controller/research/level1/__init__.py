@@ -1,0 +1,1 @@
+"""Level 1, the inner loop: propose -> validate -> sandbox -> keep or discard, and its parts."""
