@@ -48,6 +48,7 @@ from controller.store.llm_calls import CallLog
 from controller.store.memory import MemoryStore
 from controller.store.records import (
     EventKind,
+    NotFoundError,
     RunRecord,
     RunState,
     TrialFinish,
@@ -375,7 +376,15 @@ class InnerLoop:
         return self._elapsed_before + time.monotonic() - self._segment_start
 
     def _write_results(self) -> None:
-        self.artifacts.write_results(self.run_id, results_tsv(self.store.trials(self.run_id)))
+        self.artifacts.write_results(self.run_id, results_tsv(
+            self.store.trials(self.run_id), self._trial_source))
+
+    def _trial_source(self, index: int) -> bytes | None:
+        """A trial's train.py for results.tsv's content hash; None if it has none."""
+        try:
+            return self.artifacts.read_trial(self.run_id, index, "train.py")
+        except NotFoundError:
+            return None
 
     def _stopped(self) -> None:
         if self.stop.reason == "cancelled":

@@ -2,29 +2,49 @@
 
 Status is keep, discard or crash, except that a crash the trusted side declared names
 its cause: `over_budget` (training broke its time bound) or `seed_ignored` (a re-run on
-another seed was bit-identical). Both are crashes everywhere else: never kept."""
+another seed was bit-identical). Both are crashes everywhere else: never kept.
+
+`commit` is the short content hash of the trial's train.py as `git hash-object` computes
+it, so a row matches the file in a git history of train.py; descriptions drop the
+offline proposers' "[local]"-style tags (they name the proposer, not the change)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import re
+from collections.abc import Callable, Iterable
 
+from controller.research.settings import OFFLINE_PROPOSERS
 from controller.store.records import TrialRecord, TrialStatus
 
 RULE_BREAKS = ("over_budget", "seed_ignored")  # job statuses set by the trusted side
 
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+SHORT_HASH = 7  # git's default abbreviation
+_TAG = re.compile(r"\s*\[(?:" + "|".join(map(re.escape, (*OFFLINE_PROPOSERS,
+                                                          "random baseline"))) + r")\]$")
+# A trial's train.py, or None when it has none on disk (a proposal that never ran).
+Source = Callable[[int], bytes | None]
 
 
-def results_tsv(trials: Iterable[TrialRecord]) -> str:
-    """One row per finished trial, in trial order; `commit` is the trial id. A crash has
-    val_bpb and memory_gb 0, as in autoresearch."""
+def blob_hash(content: bytes) -> str:
+    """`git hash-object`: sha1 of "blob <length>\\0" + content, abbreviated."""
+    digest = hashlib.sha1(b"blob %d\0" % len(content) + content, usedforsecurity=False)
+    return digest.hexdigest()[:SHORT_HASH]
+
+
+def results_tsv(trials: Iterable[TrialRecord], source: Source) -> str:
+    """One row per finished trial, in trial order. A crash has val_bpb and memory_gb 0,
+    as in autoresearch; a trial without a train.py has commit "-"."""
     rows = [HEADER]
     for t in trials:
         if not t.finished or t.status is None:
             continue
-        text = " ".join(t.description.split())
+        text = _TAG.sub("", " ".join(t.description.split()))
+        content = source(t.index)
+        commit = "-" if content is None else blob_hash(content)
         status = t.job_status if t.status is TrialStatus.CRASH and t.job_status in \
             RULE_BREAKS else t.status.value
-        rows.append(f"{t.index}\t{t.val_bpb or 0.0:.6f}\t{t.memory_gb:.1f}\t"
+        rows.append(f"{commit}\t{t.val_bpb or 0.0:.6f}\t{t.memory_gb:.1f}\t"
                     f"{status}\t{text}\n")
     return "".join(rows)
