@@ -31,10 +31,6 @@ class TaskSettings:
     train_py: str | None = None  # a baseline to start from instead of the preset's
     data_ref: str = ""
     runtime: str = "runc"  # sandbox runtime of the run's jobs: "runc" or "runsc" (gVisor)
-    # A task directory (bilevel-task.toml) on the controller's side, stored with the run;
-    # when set, it is the task (controller/research/tasks/manifest.py) and `preset` is
-    # its name. Never a path a request chooses: the server stores what a client sent.
-    task_dir: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,55 @@ from controller.research.level1.protect import Protected
 from controller.research.level1.space import KnobValue, SearchSpace
 from controller.sandbox.spec import JobResult, Status
 
+FORGEABLE = "metric self-reported by the candidate (forgeable)"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a task optimises. The loop always minimises a loss (TrialOutcome.val_bpb and
+    every stored val_bpb): the metric itself, or its negation for a "maximize" task, so
+    keep rules, optimizers and mechanisms need no direction. Text shown to people and
+    LLMs converts back with `shown` and names the metric."""
+
+    metric: str = "val_bpb"
+    direction: str = "minimize"
+    self_reported: bool = False  # no trusted scorer: the candidate's own number
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+    def loss(self, value: float) -> float:
+        return -value if self.maximize else value
+
+    def shown(self, loss: float) -> float:
+        """The metric's value of a loss (the loss of a value, too: negation is its own
+        inverse)."""
+        return -loss if self.maximize else loss
+
+    @property
+    def better(self) -> str:
+        return "higher" if self.maximize else "lower"
+
+    def describe(self) -> str:
+        """e.g. "val_error (lower is better)", with the forgeable warning if it applies."""
+        text = f"{self.metric} ({self.better} is better)"
+        return f"{text}; {FORGEABLE}" if self.self_reported else text
+
+
+GPT = Objective()
+
+
+def objective_of(task: object) -> Objective:
+    """The task's objective; tasks that declare none optimise val_bpb (the GPT's)."""
+    found = getattr(task, "objective", None)
+    return found if isinstance(found, Objective) else GPT
+
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """The result of evaluating one candidate. `val_bpb` None means it crashed."""
+    """The result of evaluating one candidate. `val_bpb` None means it crashed; else it
+    is the loss the loop minimises (Objective.loss of the task's metric)."""
 
     job_status: str
     val_bpb: float | None
@@ -50,12 +95,13 @@ class Task(Protocol):
         ...
 
 
-def outcome_from_job(result: JobResult, metrics: dict[str, Any] | None = None) -> TrialOutcome:
-    """Map a sandbox result to a trial outcome; a missing or non-finite val_bpb is a crash."""
+def outcome_from_job(result: JobResult, metrics: dict[str, Any] | None = None,
+                     objective: Objective = GPT) -> TrialOutcome:
+    """Map a sandbox result to a trial outcome; a missing or non-finite metric is a crash."""
     metrics = dict(result.metrics if metrics is None else metrics)
-    raw = metrics.get("val_bpb")
-    val_bpb = float(raw) if isinstance(raw, int | float) and raw == raw and abs(raw) < 1e9 \
-        else None
+    raw = metrics.get(objective.metric)
+    val_bpb = objective.loss(float(raw)) if isinstance(raw, int | float) and \
+        not isinstance(raw, bool) and raw == raw and abs(raw) < 1e9 else None
     memory = metrics.get("memory_gb", 0.0)
     exc = result.exception
     exception = None if exc is None else {
@@ -63,7 +109,8 @@ def outcome_from_job(result: JobResult, metrics: dict[str, Any] | None = None) -
         "frames": [vars(f) for f in exc.frames]}
     detail = result.detail
     if result.status is Status.OK and val_bpb is None:
-        detail = (detail + "; " if detail else "") + "the job wrote no finite val_bpb metric"
+        detail = (detail + "; " if detail else "") + \
+            f"the job wrote no finite {objective.metric} metric"
     log = f"{result.stdout}\n--- stderr ---\n{result.stderr}\n"
     return TrialOutcome(
         job_status=result.status.value, val_bpb=val_bpb,

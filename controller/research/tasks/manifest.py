@@ -109,14 +109,27 @@ class TaskManifest:
         return tuple(sorted({m.source for p in phases for m in p.mounts}))
 
     def editable_source(self) -> str:
+        """The baseline of the editable file; a builtin's is the controller's own."""
+        if self.builtin:
+            return builtin_source(self.builtin)
         return (self.root / self.editable).read_text(encoding="utf-8")
 
     def digest(self) -> str:
         """Hash of the manifest and the editable file: what lessons are keyed by."""
         h = hashlib.sha256()
-        for part in ((self.root / MANIFEST).read_bytes(), (self.root / self.editable).read_bytes()):
+        for part in ((self.root / MANIFEST).read_bytes(), self.editable_source().encode()):
             h.update(len(part).to_bytes(8, "big") + part)
         return h.hexdigest()[:16]
+
+
+def builtin_source(builtin: str) -> str:
+    """The baseline file of a builtin task: trainer/surrogate.py, or the GPT's train.py
+    with the preset's knob values (trainer/presets.py); one source of truth for both."""
+    if builtin == "surrogate":
+        return (Path(__file__).resolve().parents[3] / "trainer" / "surrogate.py").read_text()
+    from trainer.presets import PRESETS
+
+    return PRESETS[builtin].train_source()
 
 
 def _fail(field: str, reason: str) -> TaskError:
@@ -305,7 +318,8 @@ def load_task_dir(path: str | Path) -> TaskManifest:
     builtin = _str(raw, "builtin", "", "")
     if builtin and builtin not in BUILTINS:
         raise _fail("builtin", f"must be one of {', '.join(BUILTINS)}, got {builtin!r}")
-    editable = check_relative(root, _str(raw, "editable", ""), "editable", kind="file")
+    editable = check_relative(root, _str(raw, "editable", ""), "editable",
+                              kind="none" if builtin else "file")
     if not editable.endswith(".py"):
         raise _fail("editable", f"must be a Python file (its constants are the knobs), "
                                 f"got {editable!r}")

@@ -1,0 +1,193 @@
+"""A task directory's two-phase evaluation (the contract a task author relies on).
+
+Phase 1, the untrusted candidate: a copy of the task directory without its data folders
+and without the scorer's files, the candidate's editable file in place, the [train]
+mounts read-only, `$TRIAL_SEED` set. Whatever it writes under `outputs` (relative to its
+working directory) comes back, size-capped. Phase 2, the trusted scorer: a fresh
+container with a fresh copy of the task directory (the baseline editable file, the
+scorer), phase 1's outputs at the same relative path as untrusted input, the [score]
+mounts. The metric is the scorer's: one JSON object on the last line of stdout, or in
+`$BILEVEL_METRICS`. A task without [score] takes the metric from phase 1, and says so:
+FORGEABLE is in its description, every summary and report.
+
+Data folders reach jobs only as Docker volumes filled from the task directory the
+controller holds (controller/sandbox/volumes.py), named by their content's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from controller.research.level1 import knobs
+from controller.research.level1.protect import Protected
+from controller.research.level1.space import KnobValue, SearchSpace
+from controller.research.task import FORGEABLE, Objective, TrialOutcome, outcome_from_job
+from controller.research.tasks.knob_rules import search_space
+from controller.research.tasks.manifest import (
+    Phase,
+    TaskError,
+    TaskManifest,
+    copied_files,
+    phase1_files,
+)
+from controller.sandbox import bounded_json
+from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.job_output import metrics_of
+from controller.sandbox.spec import OUT_DIR, DataMount, JobResult, JobSpec, Limits, Status
+
+SEED_ENV = "TRIAL_SEED"
+MAX_DATA_FILES = 100_000
+MAX_DATA_BYTES = 4 << 30
+LAST_LINE_CAPS = bounded_json.Caps(max_bytes=64 << 10, max_depth=8, max_str=4096,
+                                   max_items=1000, nonfinite_null=True)
+# Phase 1 runs `python3 -c LINK outputs command...`: `outputs` in the working directory
+# becomes a link to /job/out (what the runner returns), then the command replaces it.
+_LINK = ("import os,sys;p=sys.argv[1];d=os.path.dirname(p);d and os.makedirs(d,exist_ok=True);"
+         f"os.symlink({OUT_DIR!r},p);os.execvp(sys.argv[2],sys.argv[2:])")
+
+
+def result_metrics(result: JobResult) -> dict[str, Any]:
+    """The job's result: $BILEVEL_METRICS if it wrote any, else the JSON object on the
+    last non-empty line of stdout (bounded), else {}."""
+    if result.metrics:
+        return dict(result.metrics)
+    lines = [line for line in (result.stdout_tail or result.stdout_head).splitlines()
+             if line.strip()]
+    if not lines or not lines[-1].lstrip().startswith("{"):
+        return {}
+    try:
+        value = bounded_json.loads(lines[-1], LAST_LINE_CAPS, "the last stdout line")
+    except bounded_json.JSONLimitError:
+        return {}
+    metrics, _ = metrics_of(value)
+    return metrics
+
+
+def _limits(phase: Phase, returned_bytes: int) -> Limits:
+    memory = phase.memory_mb << 20
+    return Limits(wall_seconds=phase.wall_seconds, memory_bytes=memory, cpus=phase.cpus,
+                  returned_file_bytes=returned_bytes, tmp_bytes=min(256 << 20, memory),
+                  disk_bytes=max(256 << 20, returned_bytes * 2))
+
+
+def folder_digest(folder: Path) -> str:
+    """Content hash of a data folder (names and bytes); TaskError past the caps."""
+    h = hashlib.sha256()
+    count = total = 0
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            raise TaskError("task", f"{path} is a symlink; a task holds none")
+        if not path.is_file():
+            continue
+        count += 1
+        total += path.stat().st_size
+        if count > MAX_DATA_FILES or total > MAX_DATA_BYTES:
+            raise TaskError("task", f"data folder {folder.name} is over {MAX_DATA_FILES} "
+                                    f"files or {MAX_DATA_BYTES} bytes")
+        rel = path.relative_to(folder).as_posix().encode()
+        h.update(len(rel).to_bytes(4, "big") + rel)
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+class ManifestTask:
+    """A user's task directory as a Task (controller/research/task.py)."""
+
+    allows_code_edits = True
+
+    def __init__(self, manifest: TaskManifest, executor: SandboxExecutor | None,
+                 runtime: str = "runc", image: str | None = None) -> None:
+        if manifest.builtin or manifest.train is None:
+            raise TaskError("builtin", "a builtin task is built by the registry")
+        self.manifest = manifest
+        self.name = manifest.name
+        self.executor = executor
+        self.runtime = runtime
+        self.image = image  # the task image when the manifest has requirements
+        self.objective = Objective(manifest.metric, manifest.direction,
+                                   self_reported=manifest.self_reported)
+        self._baseline = manifest.editable_source()
+        self._space = search_space(manifest, self._baseline)
+        self.protected = Protected()
+        scorer = ("a trusted scorer the candidate cannot see or change computes "
+                  f"{manifest.metric} afterwards" if manifest.score else FORGEABLE)
+        self.description = (
+            f"{manifest.description.strip() or f'Task {manifest.name}.'} "
+            f"Objective: {self.objective.describe()}. The file you change is "
+            f"{manifest.editable}; its top-level UPPER_CASE constants are the knobs; "
+            f"{scorer}.")
+        self._phase1 = phase1_files(manifest)
+        self._phase2 = copied_files(manifest)
+        self._volumes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def baseline_source(self) -> str:
+        return self._baseline
+
+    def search_space(self) -> SearchSpace:
+        return self._space
+
+    def read_knobs(self, source: str) -> dict[str, Any]:
+        return knobs.read_knobs(source)
+
+    def apply(self, source: str, changes: dict[str, KnobValue]) -> str:
+        return knobs.write_knobs(source, changes)
+
+    def _mounts(self, phase: Phase) -> tuple[DataMount, ...]:
+        from controller.sandbox.volumes import ensure_data_volume
+
+        assert self.executor is not None
+        mounts = []
+        with self._lock:  # filled once per folder and content
+            for m in phase.mounts:
+                if m.source not in self._volumes:
+                    folder = self.manifest.root / m.source
+                    name = f"bilevel-taskdata-{folder_digest(folder)}"
+                    self._volumes[m.source] = ensure_data_volume(
+                        self.executor.client, name, folder, self.executor.image)
+                mounts.append(DataMount(volume=self._volumes[m.source], target=m.target))
+        return tuple(mounts)
+
+    def _spec(self, phase: Phase, files: dict[str, bytes], command: tuple[str, ...],
+              returned: int, env: dict[str, str], label: str) -> JobSpec:
+        return JobSpec(files=files, command=command, limits=_limits(phase, returned),
+                       runtime=self.runtime, data_mounts=self._mounts(phase), env=env,
+                       image=self.image, labels={"io.bilevel.phase": label})
+
+    def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
+        if self.executor is None:
+            raise TaskError("task", "a task directory's trials run in the sandbox; "
+                                    "no executor was given")
+        m, train = self.manifest, self.manifest.train
+        assert train is not None
+        files = {**self._phase1, m.editable: source.encode()}
+        command = ("python3", "-c", _LINK, train.outputs, *train.command)
+        first = self.executor.run(self._spec(
+            train, files, command, train.output_mb << 20, {SEED_ENV: str(int(seed))},
+            "train"), cancel=cancel)
+        if first.status is not Status.OK or m.score is None:
+            claimed = {} if m.score is not None else result_metrics(first)
+            outcome = outcome_from_job(first, claimed, self.objective)
+            if m.score is None and not outcome.crashed:
+                outcome = replace(outcome, detail=FORGEABLE)
+            return outcome
+        inputs = {f"{train.outputs}/{rel}": data for rel, data in first.files.items()}
+        second = self.executor.run(self._spec(
+            m.score, {**self._phase2, **inputs}, m.score.command, 1 << 20, {}, "score"),
+            cancel=cancel)
+        scored = result_metrics(second)
+        outcome = outcome_from_job(second, scored, self.objective)
+        log = (outcome_from_job(first, {}).log + "\n=== trusted scorer ===\n" + outcome.log)
+        detail = outcome.detail
+        if second.status is not Status.OK:
+            detail = f"the trusted scorer ended with status {second.status.value}" + (
+                f": {detail}" if detail else "")
+        return replace(outcome, log=log, detail=detail,
+                       seconds=first.timings.run_s + second.timings.run_s)
