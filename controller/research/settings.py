@@ -31,6 +31,9 @@ class TaskSettings:
     train_py: str | None = None  # a baseline to start from instead of the preset's
     data_ref: str = ""
     runtime: str = "runc"  # sandbox runtime of the run's jobs: "runc" or "runsc" (gVisor)
+    # Set by the server only: the run's task is the task directory a client sent, stored
+    # under runs/<run_id>/task/ with this sha256 (controller/store/task_bundle.py).
+    task_sha256: str = ""
 
 
 @dataclass(frozen=True)
