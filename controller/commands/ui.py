@@ -1,0 +1,68 @@
+"""`bilevel ui`: serve a read-only live web page of a controller's runs and ablations.
+
+A client of the gRPC API like `runs` and `watch`: `--server ADDR` (with its token and
+TLS flags), or else the controller of the local state dir. The page and its script ship
+in the package (controller/ui/static), so nothing is loaded from the internet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from controller.commands.client_command import add_connection_arguments
+from controller.config import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("ui", help="serve a read-only live web view of runs and ablations")
+    cmd.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1; anything else shows the runs "
+                          "to whoever can reach it, with no login)")
+    cmd.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free)")
+    cmd.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    add_connection_arguments(cmd)
+    cmd.set_defaults(func=cmd_ui)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    if not 0 <= args.port < 65536:
+        print(f"error: --port {args.port}: use 0..65535 (0: any free port)", file=sys.stderr)
+        return 2
+    from controller.api.client import connect
+    from controller.commands.serve import server_config
+    from controller.ui.backend import Backend
+    from controller.ui.web import UiServer, is_loopback
+
+    async def main() -> int:
+        config = server_config(args)
+        async with connect(args, lambda: config) as client:
+            loop = asyncio.get_running_loop()
+            try:
+                ui = UiServer(Backend(client, config.state_dir), loop, args.host, args.port)
+            except OSError as exc:
+                raise ConfigError(f"--host {args.host} --port {args.port}: {exc}") from None
+            stop = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            ui.start()
+            if not is_loopback(args.host):
+                print(f"warning: --host {args.host}: anyone who can reach this address sees "
+                      "every run, without a login", file=sys.stderr)
+            print(f"ui: {ui.url} (read-only; Ctrl-C stops it)", flush=True)
+            if args.port_file is not None:
+                args.port_file.write_text(f"{ui.port}\n")
+            try:
+                await stop.wait()
+            finally:
+                await loop.run_in_executor(None, ui.stop)
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
