@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("controller.commands.ablate", "compare search strategies: arms x repeats"),
     "report": ("controller.commands.report", "write an HTML and Markdown report of a run "
                "or an ablation"),
+    "ui": ("controller.commands.ui", "serve a read-only live web view of runs and ablations"),
 }
 GLOBAL_OPTIONS_WITH_VALUE = ("--log-format", "--log-level")
 
