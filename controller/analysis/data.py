@@ -2,6 +2,8 @@
 
 Read-only: the report never changes a run. Mechanism hook calls and the mechanisms a
 run tried come from the store's mechanism read API (controller/store/mechanisms.py).
+Every diff comes from a candidate train.py, which is hostile text: each is capped here
+(MAX_DIFF_CHARS, MAX_TRIAL_DIFFS) and escaped where it is rendered.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.research.level2.report import summaries
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import NotFoundError, RunRecord, TrialRecord
 from controller.store.runs import RunStore
@@ -18,6 +21,16 @@ SURROGATE_NOTE = (
     "Surrogate task: a noisy closed-form response surface over the trainer's knobs "
     "(trainer/surrogate.py), evaluated in milliseconds in the sandbox. It is a test bed "
     "for the search machinery; its numbers are not evidence about real training.")
+MAX_DIFF_CHARS = 200_000  # the best diff
+MAX_TRIAL_DIFF_CHARS = 20_000  # each trial's diff against its parent
+MAX_TRIAL_DIFFS = 500  # trials whose diff a report shows
+
+
+def cap(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with a line that says so."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n… cut: {len(text) - limit} more characters not shown\n"
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,7 @@ class MechanismStats:
     effects: dict[str, int] = field(default_factory=dict)
     origin: str = ""  # "initial", "library" or "llm"
     status: str = ""  # active, kept, reverted, disabled, gate_rejected, ...
+    finding: str = ""  # research/level2/report.py's one-line finding
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class RunData:
     trials: list[TrialRecord]
     best_diff: str  # baseline train.py -> best train.py
     mechanisms: list[MechanismStats]  # every mechanism tried or called, in order
+    trial_diffs: dict[int, str] = field(default_factory=dict)  # trial -> diff vs its parent
 
     @property
     def preset(self) -> str:
@@ -68,27 +83,35 @@ class StateDir:
     def close(self) -> None:
         self.store.close()
 
-    def load(self, run_id: str) -> RunData:
+    def load(self, run_id: str, trial_diffs: bool = False) -> RunData:
+        """One run; with `trial_diffs`, each finished trial's diff too (run report)."""
         run = self.store.get_run(run_id)
         trials = self.store.trials(run_id)
-        return RunData(run, trials, self._best_diff(run), self._mechanisms(run_id))
+        diffs: dict[int, str] = {}
+        for t in trials if trial_diffs else []:
+            if t.finished and t.index > 0 and len(diffs) < MAX_TRIAL_DIFFS:
+                try:
+                    raw = self.artifacts.read_trial(run_id, t.index, "diff")
+                except NotFoundError:
+                    continue
+                diffs[t.index] = cap(raw.decode("utf-8", "replace"), MAX_TRIAL_DIFF_CHARS)
+        return RunData(run, trials, self._best_diff(run), self._mechanisms(run_id), diffs)
 
     def _best_diff(self, run: RunRecord) -> str:
         if run.best_trial is None or run.best_trial == 0:
             return ""
         try:
-            base = self.artifacts.read_trial(run.id, 0, "train.py").decode()
-            best = self.artifacts.read_trial(run.id, run.best_trial, "train.py").decode()
+            base = self.artifacts.read_trial(run.id, 0, "train.py")
+            best = self.artifacts.read_trial(run.id, run.best_trial, "train.py")
         except NotFoundError:
             return ""
-        return "".join(difflib.unified_diff(
-            base.splitlines(keepends=True), best.splitlines(keepends=True),
-            "baseline/train.py", f"trial-{run.best_trial}/train.py"))
+        return best_diff(base, best, run.best_trial)
 
     def _mechanisms(self, run_id: str) -> list[MechanismStats]:
         """Calls, effective calls and failures per mechanism; a mechanism that was tried
         but never called shows with zero calls (it was not injected)."""
         rows = {m.name: m for m in self.store.mechanisms(run_id)}
+        findings = {s.row.name: s.finding for s in summaries(self.store, run_id)}
         calls: dict[str, list[str]] = {name: [] for name in rows}
         effective: dict[str, int] = {}
         for call in self.store.mechanism_records(run_id):
@@ -102,5 +125,14 @@ class StateDir:
             row = rows.get(name)
             out.append(MechanismStats(name, len(effects), effective.get(name, 0),
                                       counts.get("failed", 0), counts,
-                                      row.origin if row else "", row.status if row else ""))
+                                      row.origin if row else "", row.status if row else "",
+                                      findings.get(name, "")))
         return out
+
+
+def best_diff(baseline: bytes, best: bytes, best_trial: int) -> str:
+    """The unified diff baseline train.py -> best train.py, capped."""
+    base_text, best_text = (b.decode("utf-8", "replace") for b in (baseline, best))
+    return cap("".join(difflib.unified_diff(
+        base_text.splitlines(keepends=True), best_text.splitlines(keepends=True),
+        "baseline/train.py", f"trial-{best_trial}/train.py")), MAX_DIFF_CHARS)

@@ -1,9 +1,13 @@
 """Figures as base64 PNG, so a report is one self-contained HTML file.
 
-`progress_chart` reads like Karpathy's autoresearch chart: every trial a point
-(discards grey, kept ones green, crashes as red marks on the bottom edge), the
-frontier of kept results as a step line. `arm_curves` overlays each arm's mean
-improvement with its bootstrap band; `arm_deltas` shows every repeat's Δ per arm.
+`progress_chart` reads like Karpathy's autoresearch chart: every trial a point (the
+baseline a diamond, discards grey, kept ones green), the frontier of kept results as a
+step line. Nothing leaves the axis unmarked: a point above the y-limit is drawn as a
+triangle on the top edge and counted in the legend, and crashes, which have no value,
+sit in a strip of their own under the axis instead of posing as measurements.
+`arm_curves` draws one small panel per arm (bands never hide each other) with the
+control's mean in every panel; `arm_deltas` shows every repeat's Δ per arm. Every
+y-axis reads "lower is better"; legends sit outside the data.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import base64
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import matplotlib
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
@@ -22,6 +28,8 @@ import matplotlib.pyplot as plt  # after choosing the headless backend
 
 from controller.analysis.curves import Point
 from controller.analysis.stats import FloatArray, bootstrap_band
+
+GREY, GREEN, RED, BLUE, ORANGE = "#9a9a9a", "#2a9d3f", "#c0392b", "#1f5fbf", "#e67e22"
 
 
 def to_base64(fig: Figure) -> str:
@@ -31,54 +39,148 @@ def to_base64(fig: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def progress_chart(points: Sequence[Point], title: str) -> str:
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    valued = [(p, p.val_bpb) for p in points if p.val_bpb is not None]
-    discards = [(p.index, v) for p, v in valued if p.status != "keep"]
-    kept = [(p.index, v) for p, v in valued if p.status == "keep"]
-    crashes = [p for p in points if p.val_bpb is None]
-    ax.scatter([i for i, _ in discards], [v for _, v in discards], s=14,
-               color="#b0b0b0", label=f"discarded ({len(discards)})", zorder=2)
-    ax.scatter([i for i, _ in kept], [v for _, v in kept], s=36, color="#2a9d3f",
-               edgecolor="black", linewidth=0.5, label=f"kept ({len(kept)})", zorder=3)
-    if kept:
+@dataclass(frozen=True)
+class Layout:
+    """Which trial is drawn how on the progress chart; the legend's counts come from it,
+    so the report can print the same counts next to its table."""
+
+    baseline: list[Point] = field(default_factory=list)
+    kept: list[Point] = field(default_factory=list)  # kept after the baseline
+    discarded: list[Point] = field(default_factory=list)
+    crashed: list[Point] = field(default_factory=list)  # crash status or no finite value
+    above: list[Point] = field(default_factory=list)  # valued, but over the y-limit
+    ylim: tuple[float, float] | None = None
+
+    def counts(self) -> dict[str, int]:
+        return {"baseline": len(self.baseline), "kept": len(self.kept),
+                "discarded": len(self.discarded), "crashed": len(self.crashed),
+                "above the axis": len(self.above)}
+
+
+def _value(p: Point) -> float | None:
+    if p.status == "crash" or p.val_bpb is None or not math.isfinite(p.val_bpb):
+        return None
+    return p.val_bpb
+
+
+def layout(points: Sequence[Point]) -> Layout:
+    """Classify the trials and choose the y-limits: the whole frontier (baseline and
+    kept) stays on the axis, and so does every discard up to 3 interquartile ranges
+    above the upper quartile; the discards beyond that are marked on the top edge."""
+    out = Layout()
+    for p in points:
+        if _value(p) is None:
+            out.crashed.append(p)
+        elif p.index == 0 and p.status == "keep":
+            out.baseline.append(p)
+        elif p.status == "keep":
+            out.kept.append(p)
+        else:
+            out.discarded.append(p)
+    values = sorted(v for p in points if (v := _value(p)) is not None)
+    if len(values) <= 2:
+        return out
+    frontier = [v for p in out.baseline + out.kept if (v := _value(p)) is not None]
+    q1, q3 = (float(q) for q in np.percentile(values, [25, 75]))
+    top = max([min(values[-1], q3 + 3 * (q3 - q1)), *frontier])
+    bottom = values[0]
+    pad = max(top - bottom, 1e-4) * 0.1
+    above = [p for p in out.discarded if (_value(p) or 0.0) > top + pad]
+    over = {p.index for p in above}
+    return Layout(out.baseline, out.kept, [p for p in out.discarded if p.index not in over],
+                  out.crashed, above, (bottom - pad, top + pad))
+
+
+def progress_chart(points: Sequence[Point], title: str) -> tuple[str, Layout]:
+    """The chart (base64 PNG) and the layout its legend counts."""
+    lay = layout(points)
+    fig, (ax, strip) = plt.subplots(
+        2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [6, 0.7],
+                                                       "hspace": 0.08})
+
+    def scatter(group: list[Point], label: str, **style: object) -> None:
+        if group:
+            ax.scatter([p.index for p in group], [p.val_bpb for p in group],
+                       label=f"{label} ({len(group)})", **style)
+
+    scatter(lay.discarded, "discarded", s=14, color=GREY, zorder=2)
+    scatter(lay.kept, "kept", s=36, color=GREEN, edgecolor="black", linewidth=0.5, zorder=3)
+    scatter(lay.baseline, "baseline", s=50, marker="D", color=BLUE, edgecolor="black",
+            linewidth=0.5, zorder=3)
+    frontier = sorted(lay.baseline + lay.kept, key=lambda p: p.index)
+    if frontier:
         last = max(p.index for p in points)
-        xs = [i for i, _ in kept] + [last]
-        ys = [v for _, v in kept] + [kept[-1][1]]
-        ax.step(xs, ys, where="post", color="#2a9d3f", linewidth=1.5, label="best so far",
+        xs = [p.index for p in frontier] + [last]
+        ys = [p.val_bpb for p in frontier] + [frontier[-1].val_bpb]
+        ax.step(xs, ys, where="post", color=GREEN, linewidth=1.5, label="best so far",
                 zorder=1)
-    if crashes:
-        low = min((v for _, v in valued), default=1.0)
-        ax.scatter([p.index for p in crashes], [low] * len(crashes), marker="x",
-                   color="#c0392b", label=f"crashed ({len(crashes)})", zorder=3)
-    if len(valued) > 2:
-        values = sorted(v for _, v in valued)
-        top = values[min(len(values) - 1, int(0.9 * len(values)))]
-        bottom = values[0]
-        pad = max(top - bottom, 1e-4) * 0.1
-        ax.set_ylim(bottom - pad, top + pad)  # outliers above the 90th percentile clip
-    ax.set_xlabel("trial")
+    if lay.ylim is not None:
+        ax.set_ylim(*lay.ylim)
+    if lay.above and lay.ylim is not None:
+        edge = lay.ylim[1]
+        ax.scatter([p.index for p in lay.above], [edge] * len(lay.above), marker="^", s=60,
+                   color=ORANGE, edgecolor="black", linewidth=0.5, clip_on=False, zorder=4,
+                   label=f"discarded, above the axis ({len(lay.above)})")
+        for p in lay.above[:12]:
+            ax.annotate(f"{p.val_bpb:.4g}", (p.index, edge), xytext=(0, -14),
+                        textcoords="offset points", ha="center", fontsize=7, color=ORANGE)
+    strip.scatter([p.index for p in lay.crashed], [0.0] * len(lay.crashed), marker="x",
+                  s=40, color=RED, label=f"crashed, no value ({len(lay.crashed)})")
+    strip.set_yticks([0.0], ["crashed"])
+    strip.set_ylim(-1, 1)
+    strip.grid(alpha=0.3, axis="x")
+    strip.set_xlabel("trial")
     ax.set_ylabel("val_bpb (lower is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    return to_base64(fig)
+    handles, labels = ax.get_legend_handles_labels()
+    crash_handles, crash_labels = strip.get_legend_handles_labels()
+    fig.legend(handles + crash_handles, labels + crash_labels, loc="upper left",
+               bbox_to_anchor=(0.91, 0.88), fontsize=8, frameon=False)
+    return to_base64(fig), lay
 
 
-def arm_curves(curves: dict[str, FloatArray], title: str) -> str:
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for name, data in curves.items():
-        if data.size == 0 or not np.all(np.isfinite(data)):
-            continue
-        mean, low, high = bootstrap_band(data)
+def arm_curves(curves: dict[str, FloatArray], control: str, title: str,
+               identical: dict[str, str] | None = None) -> str:
+    """One panel per arm: its mean best-so-far Δval_bpb against the baseline (lower is
+    better) with a 95% bootstrap band, and the control arm's mean dashed in each panel.
+    `identical` maps an arm to the arm it duplicates; its panel says so."""
+    drawn = {name: data for name, data in curves.items()
+             if data.size and np.all(np.isfinite(data))}
+    cols = max(1, min(3, len(drawn)))
+    rows = max(1, math.ceil(len(drawn) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 0.6),
+                             sharex=True, sharey=True, squeeze=False)
+    reference = drawn.get(control)
+    ref_mean = -reference.mean(axis=0) if reference is not None else None
+    for ax, (name, data) in zip(axes.flat, drawn.items(), strict=False):
+        mean, low, high = bootstrap_band(-data)  # improvement -> Δ (lower is better)
         x = np.arange(mean.size)
-        (line,) = ax.plot(x, mean, label=f"{name} (n={data.shape[0]})", linewidth=1.6)
-        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
-    ax.set_xlabel("trial")
-    ax.set_ylabel("improvement over baseline, val_bpb (higher is better)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+        ax.fill_between(x, low, high, color=BLUE, alpha=0.25, linewidth=0,
+                        label="95% bootstrap band")
+        ax.plot(x, mean, color=BLUE, linewidth=1.6, label="mean of the arm's runs")
+        if ref_mean is not None and name != control:
+            ax.plot(x, ref_mean[:mean.size], color="black", linestyle="--", linewidth=1,
+                    label=f"control ({control}) mean")
+        same = (identical or {}).get(name)
+        ax.set_title(f"{name} (n={data.shape[0]})" + (f"\nidentical to {same}" if same
+                                                      else ""), fontsize=9)
+        ax.axhline(0, color=GREY, linewidth=0.6)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(drawn):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("trial")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("best Δval_bpb\n(lower is better)")
+    fig.suptitle(title)
+    handles: dict[str, Artist] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=3,
+               fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.06))
+    fig.tight_layout()
     return to_base64(fig)
 
 
@@ -89,16 +191,18 @@ def arm_deltas(deltas: dict[str, list[float]], noise: float, title: str) -> str:
     for i, name in enumerate(names):
         ys = [v for v in deltas[name] if math.isfinite(v)]
         xs = i + rng.uniform(-0.12, 0.12, len(ys))
-        ax.scatter(xs, ys, s=18, alpha=0.8)
+        ax.scatter(xs, ys, s=18, alpha=0.8, color=BLUE,
+                   label="one repeat" if i == 0 else None)
         if ys:
-            ax.hlines(float(np.mean(ys)), i - 0.3, i + 0.3, color="black", linewidth=2)
+            ax.hlines(float(np.mean(ys)), i - 0.3, i + 0.3, color="black", linewidth=2,
+                      label="mean" if i == 0 else "_nolegend_")
     if math.isfinite(noise):
         ax.axhspan(-2 * noise, 2 * noise, color="#f4d03f", alpha=0.3,
                    label="±2 sigma of one evaluation")
-        ax.legend(loc="lower right", fontsize=8)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("Δval_bpb on fresh seeds (lower is better)")
+    ax.set_ylabel("Δval_bpb on fresh seeds\n(lower is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return to_base64(fig)

@@ -1,19 +1,29 @@
-"""`bilevel report RUN_OR_ABLATION`: a self-contained HTML page and a Markdown summary,
-read from the state dir (no controller needed, nothing is changed)."""
+"""`bilevel report RUN_OR_ABLATION`: a self-contained HTML page and a Markdown summary.
+
+Without --server it reads the state dir's store directly (no controller is started,
+nothing is changed); with --server it asks that controller over the gRPC API, with the
+same token as every client command. An ablation's definition lives in its folder under
+the state dir, so ablation reports are local only.
+
+The analysis modules import scipy and matplotlib (seconds on a small machine), so they
+are imported only when a report is made, not when the parser is built.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from controller.analysis import ablation
-from controller.analysis.data import StateDir
-from controller.analysis.report import Report, ablation_report, run_report
-from controller.analysis.summary import summarize
+from controller.api.client import add_client_arguments
 from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError
 from controller.store.records import NotFoundError
+
+if TYPE_CHECKING:
+    from controller.analysis.pages import Report
+    from controller.api.client import Client
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd.add_argument("target", metavar="RUN_OR_ABLATION", help="run-… or abl-… id")
     cmd.add_argument("--out", type=Path, default=None,
                      help="folder for report.html and report.md (default: the ablation's "
-                          "folder, or <state>/reports/<run>)")
+                          "folder, or <state>/reports/<run>; with --server ./reports/<run>)")
+    add_client_arguments(cmd)
     add_controller_arguments(cmd)
     cmd.set_defaults(func=cmd_report)
 
@@ -37,6 +48,11 @@ def _write(report: Report, out: Path) -> tuple[Path, Path]:
 
 def write_ablation_report(state_dir: Path, ablation_id: str,
                           out: Path | None) -> tuple[Path, Path]:
+    from controller.analysis import ablation
+    from controller.analysis.data import StateDir
+    from controller.analysis.report_ablation import ablation_report
+    from controller.analysis.summary import summarize
+
     spec = ablation.load(state_dir, ablation_id)
     state = StateDir(state_dir)
     try:
@@ -47,15 +63,46 @@ def write_ablation_report(state_dir: Path, ablation_id: str,
 
 
 def write_run_report(state_dir: Path, run_id: str, out: Path | None) -> tuple[Path, Path]:
+    from controller.analysis.data import StateDir
+    from controller.analysis.report import run_report
+
     state = StateDir(state_dir)
     try:
-        report = run_report(state.load(run_id))
+        report = run_report(state.load(run_id, trial_diffs=True))
     finally:
         state.close()
     return _write(report, out or state_dir / "reports" / run_id)
 
 
+def _remote_report(args: argparse.Namespace) -> int:
+    from controller.commands.client_command import run_client_command
+
+    if args.target.startswith("abl-"):
+        print("error: RUN_OR_ABLATION: an ablation report reads the ablation's folder in "
+              "the local --state-dir; with --server only a run-… report can be made",
+              file=sys.stderr)
+        return 2
+
+    async def body(client: Client) -> int:
+        from controller.analysis import remote
+        from controller.analysis.report import run_report
+
+        data = await remote.load(client, args.target)
+        paths = _write(run_report(data), args.out or Path("reports") / args.target)
+        print(paths[1].read_text())
+        print(f"report: {paths[0]}")
+        return 0
+
+    try:
+        return run_client_command(args, body)
+    except ValueError as exc:  # the controller sent data the report refuses to read
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.server:
+        return _remote_report(args)
     try:
         state_dir = server_config(args).state_dir
         if args.target.startswith("abl-"):
