@@ -54,7 +54,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="bilevel",
         description="Autoresearch that improves its own search, in sandboxed containers.")
     parser.add_argument("--log-format", choices=("console", "json"), default="console")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info",
+                        help="least level of the log kept in <state dir>/bilevel.log")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the log on stderr (`serve` always does; other "
+                             "commands show only warnings and errors)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = _command_in(argv) if argv is not None else None
     for name, (module, summary) in COMMANDS.items():
@@ -70,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(words).parse_args(words)
     from controller.logging import configure_logging
 
-    configure_logging(args.log_format, args.log_level)
+    # `serve` is a service: its log is its output. Elsewhere the log would bury the
+    # progress a user reads, so it goes to the state dir's log file.
+    shown = args.log_level if args.verbose or args.command == "serve" else "warning"
+    configure_logging(args.log_format, args.log_level, stderr_level=shown)
     code: int = args.func(args)
     return code
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from controller.api.client import Client, add_client_arguments, connect
 from controller.api.errors import describe
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
-from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
+from controller.commands.live_view import RunView
 from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError, ServerConfig
 from controller.llm.access import add_llm_access_arguments, llm_access
@@ -25,11 +22,6 @@ from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS
 
 RECONNECT_ATTEMPTS = 30
 EXIT_PAUSED = 3
-_STATUS = {rpb.TRIAL_STATUS_KEEP: "keep", rpb.TRIAL_STATUS_DISCARD: "discard",
-           rpb.TRIAL_STATUS_CRASH: "crash"}
-# Crashes the trusted side declared: shown by cause (they are never kept).
-_RULE_BREAKS = {spb.JOB_STATUS_OVER_BUDGET: "over_budget",
-                spb.JOB_STATUS_SEED_IGNORED: "seed_ignored"}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -219,7 +211,7 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
                  reconnect: bool = True) -> int:
     """Show a run's events until it finishes or pauses; reconnects with after_seq if the
     stream drops. Returns 0 when the run succeeded, 3 when it paused."""
-    view = _View(run, Console(stderr=True))
+    view = RunView(run, Console(stderr=True))
     seq, attempts = after_seq, 0
     with view.live():
         while True:
@@ -232,11 +224,11 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
             except grpc.aio.AioRpcError as exc:
                 retry = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
                 if not (reconnect and retry) or attempts >= RECONNECT_ATTEMPTS:
-                    view.console.print(f"error: {describe(exc)}")
+                    view.note(f"error: {describe(exc)}")
                     return 2
                 attempts += 1
-                view.console.print(f"connection lost ({exc.code().name}); reconnecting "
-                                   f"after event {seq}")
+                view.note(f"connection lost ({exc.code().name}); reconnecting after event "
+                          f"{seq}")
                 await asyncio.sleep(min(0.5 * attempts, 5.0))
     final = await client.runs.GetRun(rpb.GetRunRequest(run_id=run.id), metadata=client.metadata)
     state = rpb.RunState.Name(final.state).removeprefix("RUN_STATE_").lower()
@@ -257,76 +249,4 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
     return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1
 
 
-class _View:
-    """Trials done, best val_bpb, last status: a live table on a terminal, one line per
-    trial elsewhere (CI logs)."""
-
-    def __init__(self, run: rpb.Run, console: Console) -> None:
-        self.run_id = run.id
-        self.budget = run.request.budgets.max_trials
-        self.console = console
-        self.done = run.trials_done
-        self.baseline = run.baseline_val_bpb if run.HasField("baseline_val_bpb") else None
-        self.best = run.best_val_bpb if run.HasField("best_val_bpb") else None
-        self.last = "-"
-        self.current = ""
-        self._live: Live | None = None
-
-    def live(self) -> AbstractContextManager[object]:
-        if not self.console.is_terminal:
-            return nullcontext()
-        self._live = Live(self._table(), console=self.console, refresh_per_second=4)
-        return self._live
-
-    def _table(self) -> Table:
-        table = Table(title=f"run {self.run_id}", show_header=False)
-        table.add_row("trials done", f"{max(self.done - 1, 0)} / {self.budget} (+ baseline)")
-        table.add_row("baseline val_bpb", _fmt(self.baseline))
-        table.add_row("best val_bpb", _fmt(self.best))
-        table.add_row("last status", self.last)
-        table.add_row("now", self.current or "-")
-        return table
-
-    def update(self, event: rpb.RunEvent) -> None:
-        kind = event.WhichOneof("event")
-        if kind == "trial_started":
-            self.current = f"trial {event.trial_started.trial} running"
-        elif kind == "trial_finished":
-            t = event.trial_finished
-            self.done += 1
-            self.last = _RULE_BREAKS.get(t.job_status) or _STATUS.get(t.status, "?")
-            if t.trial == 0 and t.HasField("val_bpb"):
-                self.baseline = t.val_bpb
-            val = _fmt(t.val_bpb if t.HasField("val_bpb") else None)
-            self.current = ""
-            if self._live is None:
-                self.console.print(f"trial {t.trial:>3}  {self.last:<7} val_bpb {val}  "
-                                   f"best {_fmt(self.best)}  {t.description}",
-                                   highlight=False, markup=False, soft_wrap=True)
-        elif kind == "new_best":
-            self.best = event.new_best.val_bpb
-        elif kind == "run_finished":
-            self.current = "finished"
-        elif kind == "mechanism" and self._live is None:
-            m = event.mechanism
-            where = f" at trial {m.trial}" if m.trial >= 0 else ""
-            self.console.print(f"L2 {m.action:<13} {m.mechanism}{where}: {m.detail[:200]}",
-                               highlight=False, markup=False, soft_wrap=True)
-        elif kind == "config_adjusted" and self._live is None:
-            c = event.config_adjusted
-            text = (f"strategy {c.strategy}; freeze {list(c.freeze)}; unfreeze "
-                    f"{list(c.unfreeze)}" if c.applied else f"refused: {list(c.rejected)} "
-                    f"{c.error}")
-            self.console.print(f"L1.5 trial {c.trial}: {text}", highlight=False,
-                               markup=False, soft_wrap=True)
-        elif kind == "run_paused":
-            self.current = "paused"
-            if self._live is None:
-                self.console.print(f"paused: {event.run_paused.reason}", highlight=False,
-                                   markup=False, soft_wrap=True)
-        if self._live is not None:
-            self._live.update(self._table())
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"
+_View = RunView  # the name tests and older callers use

@@ -1,0 +1,131 @@
+"""What `bilevel run` shows, read off a terminal emulator (pyte) as a person would see
+it: one table that grows, no second copy of its title or border, log lines above it
+and never inside; piped, one line per trial."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pyte
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.commands.live_view import RunView
+from controller.logging import configure_logging
+
+WIDTH, HEIGHT = 110, 60
+
+
+def screen_of(output: str, height: int = HEIGHT) -> list[str]:
+    """The screen after `output`, with the tty's newline translation (onlcr)."""
+    screen = pyte.Screen(WIDTH, height)
+    pyte.Stream(screen).feed(output.replace("\r\n", "\n").replace("\n", "\r\n"))
+    return [line.rstrip() for line in screen.display]
+
+
+def _run(trials: int = 4) -> rpb.Run:
+    return rpb.Run(id="run-live", state=rpb.RUN_STATE_RUNNING, request=rpb.CreateRunRequest(
+        task=rpb.TaskSpec(preset="surrogate"), budgets=rpb.Budgets(max_trials=trials)))
+
+
+def _at(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def trial_events(trial: int, val: float, status: rpb.TrialStatus, start: float) -> list[rpb.RunEvent]:
+    started = rpb.RunEvent(time=_at(start), trial_started=rpb.RunEvent.TrialStarted(
+        trial=trial, attempt=1))
+    finished = rpb.RunEvent(time=_at(start + 2), trial_finished=rpb.RunEvent.TrialFinished(
+        trial=trial, status=status, val_bpb=val, description=f"change number {trial}",
+        started_at=_at(start), ended_at=_at(start + 2)))
+    events = [started, finished]
+    if status == rpb.TRIAL_STATUS_KEEP:
+        events.append(rpb.RunEvent(new_best=rpb.RunEvent.NewBest(trial=trial, val_bpb=val)))
+    return events
+
+
+RESULTS = [(1.50, rpb.TRIAL_STATUS_KEEP), (1.40, rpb.TRIAL_STATUS_KEEP),
+           (1.45, rpb.TRIAL_STATUS_DISCARD), (1.30, rpb.TRIAL_STATUS_KEEP)]
+
+
+def test_the_live_view_is_one_table_that_grows_with_logs_above_it() -> None:
+    configure_logging("console", "info", stderr_level="info")  # as with --verbose
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=WIDTH, height=HEIGHT,
+                      color_system=None)
+    view = RunView(_run(), console)
+    start = time.time() - 60
+    with view.live():
+        for trial, (val, status) in enumerate(RESULTS[:3]):
+            for event in trial_events(trial, val, status, start + 10 * trial):
+                view.update(event)
+        structlog.get_logger("test").warning("a log line from the controller", trial=2)
+        view.update(rpb.RunEvent(time=_at(time.time() - 5), trial_started=rpb.RunEvent.
+                                 TrialStarted(trial=3, attempt=1)))
+        during = screen_of(out.getvalue())
+        for event in trial_events(3, *RESULTS[3], start + 30)[1:]:
+            view.update(event)
+    after = screen_of(out.getvalue())
+
+    # While it runs: one title, one top border, trial rows 0-2, trial 3's elapsed, an ETA.
+    assert sum("run run-live" in line for line in during) == 1, "\n".join(during)
+    assert sum(line.startswith("┏") for line in during) == 1, "\n".join(during)
+    rows = [line for line in during if line.startswith("│")]
+    assert [row.split("│")[1].strip() for row in rows] == ["0", "1", "2"]
+    assert "keep" in rows[1] and "1.400000" in rows[1] and "discard" in rows[2]
+    assert "1.400000" in rows[2].split("│")[4]  # best after trial 2: still trial 1's
+    line = next(line for line in during if "trials 2/4" in line)
+    assert "running trial 3 5s" in line and "ETA" in line and "best 1.400000" in line
+    # The log line sits above the table, once, never between its borders.
+    logs = [i for i, line in enumerate(during) if "a log line from the controller" in line]
+    top = next(i for i, line in enumerate(during) if line.startswith("┏"))
+    assert len(logs) == 1 and logs[0] < top, "\n".join(during)
+
+    # After it: the full table, printed once, with all five rows... of four trials.
+    assert sum("run run-live" in line for line in after) == 1, "\n".join(after)
+    assert sum(line.startswith("┏") for line in after) == 1
+    final = [line.split("│") for line in after if line.startswith("│")]
+    assert [r[1].strip() for r in final] == ["0", "1", "2", "3"]
+    assert final[3][4].strip() == "1.300000" and final[3][5].strip() == "2.0"
+    assert sum("a log line from the controller" in line for line in after) == 1
+
+
+def test_a_long_run_keeps_the_view_within_the_screen() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=WIDTH, height=20,
+                      color_system=None)
+    view = RunView(_run(40), console)
+    with view.live():
+        for trial in range(30):
+            for event in trial_events(trial, 2.0 - trial / 100, rpb.TRIAL_STATUS_KEEP,
+                                      1000.0 + trial):
+                view.update(event)
+        during = screen_of(out.getvalue(), height=20)
+    assert sum(line.startswith("┏") for line in during) == 1, "\n".join(during)
+    assert any("... 19 earlier" in line for line in during), "\n".join(during)
+    assert any(line.startswith("│") and line.split("│")[1].strip() == "29"
+               for line in during)
+    final = [line for line in screen_of(out.getvalue(), height=80) if line.startswith("│")]
+    assert len(final) == 30  # the table left behind has every trial
+
+
+def test_piped_each_trial_is_one_line() -> None:
+    out = io.StringIO()
+    view = RunView(_run(), Console(file=out, force_terminal=False, width=200))
+    with view.live():
+        for trial, (val, status) in enumerate(RESULTS):
+            for event in trial_events(trial, val, status, 100.0 * trial):
+                view.update(event)
+        view.update(rpb.RunEvent(run_finished=rpb.RunEvent.RunFinished(
+            state=rpb.RUN_STATE_SUCCEEDED)))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4, lines
+    for trial, line in enumerate(lines):
+        assert line.startswith(f"trial {trial:>3}  ")
+        assert f"change number {trial}" in line and "\x1b" not in line
+    assert "best 1.400000" in lines[2] and "best 1.300000" in lines[3]  # best after it
