@@ -26,7 +26,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from controller.api import sandbox_service
+from controller.api import enums, sandbox_service
 from controller.api.edge import DEFAULT_CAP_BYTES
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
@@ -234,7 +234,7 @@ SECRET = "validation-split-secret"
 def _read_request(volume: str, runtime: str = "runc") -> spb.ExecuteRequest:
     return spb.ExecuteRequest(
         files={"main.py": b"print(open('/data/in/val.bin').read())"},
-        command=["python3", "main.py"], runtime=runtime,
+        command=["python3", "main.py"], runtime=enums.to_enum(enums.RUNTIMES, runtime),
         data_mounts=[spb.DataMount(volume=volume, target="/data/in")])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -137,7 +138,7 @@ def test_cancel_stops_a_run_and_cancelling_again_is_a_failed_precondition(
                           search=rpb.SearchSettings(frozen_knobs=["NOT_A_KNOB"]),
                           budgets=rpb.Budgets(max_trials=1)), "search.frozen_knobs"),
     (rpb.CreateRunRequest(task=rpb.TaskSpec(preset="surrogate"),
-                          proposer=rpb.ProposerSettings(kind="gpt"),
+                          proposer=rpb.ProposerSettings(kind=cast(Any, 42)),  # no such kind
                           budgets=rpb.Budgets(max_trials=1)), "proposer.kind"),
     (rpb.CreateRunRequest(task=rpb.TaskSpec(preset="surrogate"),
                           budgets=rpb.Budgets(max_trials=1, max_wall_seconds=-1)),

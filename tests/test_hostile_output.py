@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.api import convert
+from controller.api import convert, enums
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.research.level1 import evaluation, knobs
 from controller.research.level1.loop import InnerLoop, StopSignal
@@ -422,7 +422,7 @@ raise SystemExit(4)
 
 def _execute(stubs: Stubs, code: str, runtime: str) -> spb.JobResult:
     request = spb.ExecuteRequest(files={"main.py": code.encode()}, command=["python3", "main.py"],
-                                 runtime=runtime)
+                                 runtime=enums.to_enum(enums.RUNTIMES, runtime))
     events: list[spb.ExecuteEvent] = list(stubs.sandbox.Execute(request, timeout=120))
     assert events[-1].WhichOneof("event") == "finished"
     return events[-1].finished.result

@@ -114,7 +114,7 @@ def test_a_server_refuses_base_urls_it_does_not_allow_and_resumes_only_paused_ru
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
     request = surrogate_run(trials=1)
-    request.proposer.kind = "llm"
+    request.proposer.kind = rpb.PROPOSER_KIND_LLM
     request.llm.base_url = server.anthropic_url
     with serving(tmp_path, sandbox_image) as controller:
         stubs = Stubs(controller.address)

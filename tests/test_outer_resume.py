@@ -25,8 +25,9 @@ def test_sigkill_then_restart_resumes_mechanisms_with_their_state(
     trials = 14
     request = rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset="surrogate"), budgets=rpb.Budgets(max_trials=trials),
-        outer=rpb.OuterSettings(levels=["1", "1.5", "2"], mechanism_source="library",
-                                l15_every=3, l2_every=5,
+        outer=rpb.OuterSettings(levels=[rpb.LEVEL_1, rpb.LEVEL_1_5, rpb.LEVEL_2],
+                                mechanism_source="library", l15_every_trials=3,
+                                l2_every_trials=5,
                                 mechanisms=[rpb.InitialMechanism(name="tabu")]))
     with bilevel_serve(tmp_path, sandbox_image, namespace) as (proc, address):
         stubs = Stubs(address)

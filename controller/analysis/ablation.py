@@ -20,12 +20,14 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
 
+from controller.api import enums
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 
 ALL_ARMS = ("A", "B", "C", "D", "random_search", "tpe", "cmaes", "A-sched", "C-noop")
@@ -171,6 +173,14 @@ def load(state_dir: Path, ablation_id: str) -> AblationSpec:
                                 "(pass the --state-dir it was made with)") from None
 
 
+def _enum_name(table: Mapping[str, int], value: str, enum: Any) -> str:
+    """An arm's internal value as the API's enum name (the request is built as JSON)."""
+    try:
+        return str(enum.Name(enums.to_enum(table, value)))
+    except enums.UnknownValue as exc:
+        raise ArmUnavailable(f"this controller's API cannot express {exc}") from None
+
+
 def _outer_supported() -> bool:
     return "outer" in rpb.CreateRunRequest.DESCRIPTOR.fields_by_name
 
@@ -183,7 +193,8 @@ def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunReque
         "task": {"preset": spec.task},
         "search": {"seed": str(spec.seed_of(repeat)), "batchSize": arm.batch_size},
         # No lessons from earlier runs: repeats must be independent.
-        "proposer": {"kind": arm.proposer, "noMemory": True},
+        "proposer": {"kind": _enum_name(enums.PROPOSER_KINDS, arm.proposer, rpb.ProposerKind),
+                     "noMemory": True},
         "budgets": {"maxTrials": spec.trials, "maxLlmTokens": str(spec.max_llm_tokens)},
     }
     if spec.llm is not None:
@@ -194,7 +205,8 @@ def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunReque
         if not _outer_supported():
             raise ArmUnavailable(f"arm {arm.name} needs levels {'+'.join(arm.levels)}, "
                                  "which this controller's API does not offer yet")
-        raw["outer"] = {"levels": list(arm.levels),
+        raw["outer"] = {"levels": [_enum_name(enums.LEVELS, lv, rpb.Level)
+                                   for lv in arm.levels],
                         "mechanisms": [{"name": m} for m in arm.mechanisms],
                         "configController": "llm" if arm.llm_outer else "rule",
                         "mechanismSource": "llm" if arm.llm_outer else "library"}
@@ -212,7 +224,8 @@ def reeval_request(spec: AblationSpec, source: str, repeat: int) -> rpb.CreateRu
     rule runs the baseline on `fresh_seeds` seeds) and that stops right after it."""
     return rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset=spec.task, train_py=source.encode()),
-        search=rpb.SearchSettings(seed=spec.fresh_seed_of(repeat), keep_rule="noise",
+        search=rpb.SearchSettings(seed=spec.fresh_seed_of(repeat),
+                                  keep_rule=rpb.KEEP_RULE_NOISE,
                                   noise_seeds=max(spec.fresh_seeds, 2)),
-        proposer=rpb.ProposerSettings(kind="local", no_memory=True),
+        proposer=rpb.ProposerSettings(kind=rpb.PROPOSER_KIND_LOCAL, no_memory=True),
         budgets=rpb.Budgets(max_trials=1, max_wall_seconds=1e-3))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from controller.api import enums
+from controller.api.enums import UnknownValue
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.llm.settings import LLMSettings
@@ -37,6 +40,14 @@ _LIMIT_FIELDS = ("wall_seconds", "memory_bytes", "cpus", "pids", "output_bytes",
                  "returned_file_bytes", "tmp_bytes", "disk_bytes")
 
 
+def _named(table: Mapping[str, int], number: int, field: str, default: str | None) -> str:
+    """An enum field's internal value; a number outside the set names the field."""
+    try:
+        return enums.from_enum(table, number, default)
+    except UnknownValue as exc:
+        raise FieldError(field, str(exc)) from None
+
+
 # Sandbox
 
 
@@ -46,7 +57,8 @@ def job_spec(request: spb.ExecuteRequest, defaults: Limits) -> JobSpec:
                        for name in _LIMIT_FIELDS})
     spec = JobSpec(
         files=dict(request.files), command=tuple(request.command), limits=limits,
-        runtime=request.runtime or "runc", gpu_ids=tuple(request.gpu_ids),
+        runtime=_named(enums.RUNTIMES, request.runtime, "runtime", "runc"),
+        gpu_ids=tuple(request.gpu_ids),
         data_mounts=tuple(DataMount(volume=m.volume, target=m.target)
                           for m in request.data_mounts),
         env=dict(request.env))
@@ -103,7 +115,11 @@ def job_result(result: JobResult) -> spb.JobResult:
         stderr_head=_utf8(result.stderr_head), stderr_tail=_utf8(result.stderr_tail),
         output_bytes=result.output_bytes, exception=_exception(result.exception),
         metrics_json=json.dumps(result.metrics), files=result.files,
-        timings=spb.Timings(**vars(result.timings)), detail=_utf8(result.detail),
+        timings=spb.Timings(create_seconds=result.timings.create_s,
+                            start_seconds=result.timings.start_s,
+                            run_seconds=result.timings.run_s,
+                            teardown_seconds=result.timings.teardown_s),
+        detail=_utf8(result.detail),
         cpu_seconds=result.cpu_seconds)
 
 
@@ -123,16 +139,19 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
     return RunSettings(
         task=TaskSettings(preset=request.task.preset, train_py=train_py,
                           data_ref=request.task.data_ref,
-                          runtime=request.task.runtime or "runc"),
+                          runtime=_named(enums.RUNTIMES, request.task.runtime,
+                                         "task.runtime", "runc")),
         search=SearchSettings(seed=search.seed, frozen_knobs=tuple(search.frozen_knobs),
-                              min_improvement=search.min_improvement,
-                              keep_rule=search.keep_rule or "greedy",
+                              min_improvement=search.min_improvement_bpb,
+                              keep_rule=_named(enums.KEEP_RULES, search.keep_rule,
+                                               "search.keep_rule", "greedy"),
                               noise_seeds=search.noise_seeds or SearchSettings().noise_seeds,
-                              noise_margin=search.noise_margin or 2.0,
+                              noise_margin=search.noise_margin_sigma or 2.0,
                               batch_size=search.batch_size or 1, pipeline=search.pipeline),
         proposer=ProposerSettings(
-            kind=proposer.kind or "local", max_changes=proposer.max_changes or 2,
-            step=proposer.step or 0.5, mode=proposer.mode or "params",
+            kind=_named(enums.PROPOSER_KINDS, proposer.kind, "proposer.kind", "local"),
+            max_changes=proposer.max_changes or 2, step=proposer.step or 0.5,
+            mode=_named(enums.PROPOSER_MODES, proposer.mode, "proposer.mode", "params"),
             max_invalid_retries=_opt(proposer, "max_invalid_retries",
                                      defaults.max_invalid_retries),
             max_fix_attempts=_opt(proposer, "max_fix_attempts", defaults.max_fix_attempts),
@@ -150,19 +169,22 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
             max_attempts=llm.max_attempts or llm_defaults.max_attempts,
             backoff_seconds=_opt(llm, "backoff_seconds", llm_defaults.backoff_seconds),
             replay_run=llm.replay_run,
-            price_input_per_mtok=_opt(llm, "price_input_per_mtok", -1.0),
-            price_output_per_mtok=_opt(llm, "price_output_per_mtok", -1.0)),
+            price_input_per_mtok=_opt(llm, "price_input_usd_per_mtok", -1.0),
+            price_output_per_mtok=_opt(llm, "price_output_usd_per_mtok", -1.0)),
         outer=outer_settings(request.outer))
 
 
 def outer_settings(o: rpb.OuterSettings) -> OuterSettings:
     d = OuterSettings()
+    levels = tuple(_named(enums.LEVELS, lv, f"outer.levels[{i}]", None)
+                   for i, lv in enumerate(o.levels))
     return OuterSettings(
-        levels=tuple(o.levels) or d.levels,
+        levels=levels or d.levels,
         mechanism_source=o.mechanism_source or d.mechanism_source,
         config_controller=o.config_controller or d.config_controller,
-        l15_every=o.l15_every or d.l15_every, l2_every=o.l2_every or d.l2_every,
-        l2_window=o.l2_window, max_l2_rounds=o.max_l2_rounds,
+        l15_every=o.l15_every_trials or d.l15_every,
+        l2_every=o.l2_every_trials or d.l2_every,
+        l2_window=o.l2_window_trials, max_l2_rounds=o.max_l2_rounds,
         mechanisms=tuple(InitialMechanism(m.name, m.source) for m in o.mechanisms),
         explore_domains=tuple(o.explore_domains))
 
@@ -177,13 +199,16 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
                        settings.llm)
     return rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset=t.preset, train_py=(t.train_py or "").encode(),
-                          data_ref=t.data_ref, runtime=t.runtime),
+                          data_ref=t.data_ref, runtime=enums.to_enum(enums.RUNTIMES, t.runtime),
+                          task_sha256=t.task_sha256),
         search=rpb.SearchSettings(seed=s.seed, frozen_knobs=s.frozen_knobs,
-                                  min_improvement=s.min_improvement, keep_rule=s.keep_rule,
-                                  noise_seeds=s.noise_seeds, noise_margin=s.noise_margin,
+                                  min_improvement_bpb=s.min_improvement,
+                                  keep_rule=enums.to_enum(enums.KEEP_RULES, s.keep_rule),
+                                  noise_seeds=s.noise_seeds, noise_margin_sigma=s.noise_margin,
                                   batch_size=s.batch_size, pipeline=s.pipeline),
         proposer=rpb.ProposerSettings(
-            kind=p.kind, max_changes=p.max_changes, step=p.step, mode=p.mode,
+            kind=enums.to_enum(enums.PROPOSER_KINDS, p.kind), max_changes=p.max_changes,
+            step=p.step, mode=enums.to_enum(enums.PROPOSER_MODES, p.mode),
             max_invalid_retries=p.max_invalid_retries, max_fix_attempts=p.max_fix_attempts,
             history_trials=p.history_trials, no_memory=not p.use_memory),
         budgets=rpb.Budgets(max_trials=b.max_trials, max_wall_seconds=b.max_wall_seconds,
@@ -195,18 +220,56 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
             temperature=llm.temperature if llm.temperature >= 0 else None,
             timeout_seconds=llm.timeout_seconds, max_attempts=llm.max_attempts,
             backoff_seconds=llm.backoff_seconds, replay_run=llm.replay_run,
-            price_input_per_mtok=(llm.price_input_per_mtok
-                                  if llm.price_input_per_mtok >= 0 else None),
-            price_output_per_mtok=(llm.price_output_per_mtok
-                                   if llm.price_output_per_mtok >= 0 else None)),
+            price_input_usd_per_mtok=(llm.price_input_per_mtok
+                                      if llm.price_input_per_mtok >= 0 else None),
+            price_output_usd_per_mtok=(llm.price_output_per_mtok
+                                       if llm.price_output_per_mtok >= 0 else None)),
         outer=rpb.OuterSettings(
-            levels=settings.outer.levels, mechanism_source=settings.outer.mechanism_source,
+            levels=[enums.to_enum(enums.LEVELS, lv) for lv in settings.outer.levels],
+            mechanism_source=settings.outer.mechanism_source,
             config_controller=settings.outer.config_controller,
-            l15_every=settings.outer.l15_every, l2_every=settings.outer.l2_every,
-            l2_window=settings.outer.l2_window, max_l2_rounds=settings.outer.max_l2_rounds,
+            l15_every_trials=settings.outer.l15_every,
+            l2_every_trials=settings.outer.l2_every,
+            l2_window_trials=settings.outer.l2_window,
+            max_l2_rounds=settings.outer.max_l2_rounds,
             mechanisms=[rpb.InitialMechanism(name=m.name, source=m.source)
                         for m in settings.outer.mechanisms],
             explore_domains=settings.outer.explore_domains))
+
+
+def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
+    """The resolved settings a Run shows: only those that apply to this run, so a reader
+    is not told about an LLM, a noise margin or a Level-2 cadence the run never uses."""
+    out = create_request(settings)
+    out.task.ClearField("train_py")  # large; fetch it with GetArtifact
+    p, search, outer = settings.proposer, settings.search, settings.outer
+    if p.kind != "llm":
+        for name in ("mode", "max_invalid_retries", "max_fix_attempts", "history_trials",
+                     "no_memory"):
+            out.proposer.ClearField(name)
+    if p.kind not in ("local", "llm"):
+        out.proposer.ClearField("max_changes")
+    if p.kind != "local":
+        out.proposer.ClearField("step")
+    if search.keep_rule == "greedy":
+        out.search.ClearField("noise_seeds")
+        out.search.ClearField("noise_margin_sigma")
+    else:
+        out.search.ClearField("min_improvement_bpb")
+    if not settings.uses_llm():
+        out.ClearField("llm")
+        out.budgets.ClearField("max_llm_tokens")
+        out.budgets.ClearField("max_llm_cost_usd")
+    elif settings.llm.provider != "replay":
+        out.llm.ClearField("replay_run")
+    if "1.5" not in outer.levels:
+        out.outer.ClearField("config_controller")
+        out.outer.ClearField("l15_every_trials")
+    if "2" not in outer.levels:
+        for name in ("mechanism_source", "l2_every_trials", "l2_window_trials",
+                     "max_l2_rounds", "explore_domains"):
+            out.outer.ClearField(name)
+    return out
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -228,16 +291,21 @@ def trial_status(status: TrialStatus | str | None) -> rpb.TrialStatus:
 
 def mechanism(s: Summary) -> rpb.MechanismSummary:
     return rpb.MechanismSummary(name=s.row.name, origin=s.row.origin, field=s.row.field,
-                                status=s.row.status, calls=s.calls, effective=s.effective,
+                                status=_mechanism_status(s.row.status), calls=s.calls,
+                                effective=s.effective,
                                 failures=s.failures, injected=s.injected, reason=s.row.reason,
                                 finding=s.finding)
 
 
+def _mechanism_status(status: str) -> rpb.MechanismStatus:
+    """A stored row status as the enum; one the API does not list -> UNSPECIFIED."""
+    return enums.MECHANISM_STATUSES.get(status, rpb.MECHANISM_STATUS_UNSPECIFIED)
+
+
 def run(record: RunRecord, mechanisms: list[Summary] | None = None) -> rpb.Run:
-    settings = create_request(RunSettings.from_dict(record.settings))
-    settings.task.ClearField("train_py")  # large; fetch it with GetArtifact
     return rpb.Run(
-        id=record.id, state=run_state(record.state), request=settings,
+        id=record.id, state=run_state(record.state),
+        request=echo_request(RunSettings.from_dict(record.settings)),
         created_at=_ts(record.created_at), updated_at=_ts(record.updated_at),
         trials_done=record.trials_done, baseline_val_bpb=record.baseline_val_bpb,
         best_val_bpb=record.best_val_bpb,
@@ -261,9 +329,9 @@ def event(record: EventRecord) -> rpb.RunEvent:
     elif record.kind is EventKind.TRIAL_FINISHED:
         out.trial_finished.CopyFrom(rpb.RunEvent.TrialFinished(
             trial=p["trial"], status=trial_status(p["status"]), val_bpb=p["val_bpb"],
-            memory_gb=p["memory_gb"], metrics_json=p["metrics_json"],
+            memory_gib=p["memory_gb"], metrics_json=p["metrics_json"],
             job_status=job_status_name(p["job_status"]),
-            exception=exception_info(p.get("exception")), seconds=p["seconds"],
+            exception=exception_info(p.get("exception")), run_seconds=p["seconds"],
             description=p["description"], hypothesis=p.get("hypothesis", ""),
             started_at=_ts(p.get("started_at", 0.0)), ended_at=_ts(p.get("ended_at", 0.0)),
             llm_tokens=p.get("llm_tokens", 0), llm_cost_usd=p.get("llm_cost_usd", 0.0),
@@ -292,5 +360,5 @@ def event(record: EventRecord) -> rpb.RunEvent:
 
 def lesson(record: Lesson) -> rpb.Lesson:
     return rpb.Lesson(id=record.id, task=record.task, run_id=record.run_id, kind=record.kind,
-                      text=record.text, delta=record.delta,
+                      text=record.text, delta_bpb=record.delta,
                       created_at=_ts(record.created_at))

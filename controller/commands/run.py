@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
+from controller.api import enums
 from controller.api.client import Client, add_client_arguments, connect
 from controller.api.errors import describe
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
@@ -117,13 +118,16 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
     return rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset=args.preset, data_ref=args.data_ref,
                           train_py=args.train_py.read_bytes() if args.train_py else b"",
-                          runtime=args.runtime or "runc"),
+                          runtime=enums.to_enum(enums.RUNTIMES, args.runtime or "runc")),
         search=rpb.SearchSettings(seed=args.seed, frozen_knobs=args.freeze,
-                                  min_improvement=args.min_improvement,
-                                  keep_rule=args.keep_rule, noise_seeds=args.noise_seeds,
-                                  noise_margin=args.noise_margin, batch_size=args.batch,
+                                  min_improvement_bpb=args.min_improvement,
+                                  keep_rule=enums.to_enum(enums.KEEP_RULES, args.keep_rule),
+                                  noise_seeds=args.noise_seeds,
+                                  noise_margin_sigma=args.noise_margin, batch_size=args.batch,
                                   pipeline=args.pipeline),
-        proposer=rpb.ProposerSettings(kind=kind, mode=args.mode, no_memory=args.no_memory),
+        proposer=rpb.ProposerSettings(kind=enums.to_enum(enums.PROPOSER_KINDS, kind),
+                                      mode=enums.to_enum(enums.PROPOSER_MODES, args.mode),
+                                      no_memory=args.no_memory),
         budgets=rpb.Budgets(max_trials=args.trials, max_wall_seconds=args.max_minutes * 60,
                             max_llm_tokens=args.max_llm_tokens,
                             max_llm_cost_usd=args.max_llm_cost),
@@ -132,11 +136,18 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
                             max_attempts=args.llm_attempts,
                             backoff_seconds=args.llm_backoff, replay_run=args.replay),
         outer=rpb.OuterSettings(
-            levels=levels, mechanism_source=args.mechanism_source or "llm",
-            config_controller=controller,
-            l15_every=args.l15_every, l2_every=args.l2_every, l2_window=args.l2_window,
+            levels=_levels(levels), mechanism_source=args.mechanism_source or "llm",
+            config_controller=controller, l15_every_trials=args.l15_every,
+            l2_every_trials=args.l2_every, l2_window_trials=args.l2_window,
             mechanisms=[_mechanism(m) for m in args.mechanisms.split(",") if m.strip()],
             explore_domains=args.explore_domain))
+
+
+def _levels(levels: list[str]) -> list[rpb.Level]:
+    try:
+        return [enums.to_enum(enums.LEVELS, lv) for lv in levels]
+    except enums.UnknownValue as exc:
+        raise ConfigError(f"--levels: {exc}") from None
 
 
 def proposer_kind(value: str) -> str:
@@ -242,8 +253,9 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
         print(f"  final check (best vs baseline on fresh seeds): bilevel artifact {final.id} "
               "final_check.json")
     for m in final.mechanisms:
-        print(f"  mechanism {m.name} ({m.origin}): {m.status}; {m.calls} calls, "
-              f"{m.effective} effective - {m.finding or m.status}")
+        status = enums.label(enums.MECHANISM_STATUSES, m.status)
+        print(f"  mechanism {m.name} ({m.origin}): {status}; {m.calls} calls, "
+              f"{m.effective} effective - {m.finding or status}")
     if final.mechanisms:
         print(f"  report: bilevel artifact {final.id} mechanisms.md")
     return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1

@@ -13,6 +13,44 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class KeepRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEEP_RULE_UNSPECIFIED: _ClassVar[KeepRule]
+    KEEP_RULE_GREEDY: _ClassVar[KeepRule]
+    KEEP_RULE_NOISE: _ClassVar[KeepRule]
+
+class ProposerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROPOSER_KIND_UNSPECIFIED: _ClassVar[ProposerKind]
+    PROPOSER_KIND_LOCAL: _ClassVar[ProposerKind]
+    PROPOSER_KIND_RANDOM_SEARCH: _ClassVar[ProposerKind]
+    PROPOSER_KIND_TPE: _ClassVar[ProposerKind]
+    PROPOSER_KIND_CMAES: _ClassVar[ProposerKind]
+    PROPOSER_KIND_LLM: _ClassVar[ProposerKind]
+
+class ProposerMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROPOSER_MODE_UNSPECIFIED: _ClassVar[ProposerMode]
+    PROPOSER_MODE_PARAMS: _ClassVar[ProposerMode]
+    PROPOSER_MODE_CODE: _ClassVar[ProposerMode]
+
+class Level(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LEVEL_UNSPECIFIED: _ClassVar[Level]
+    LEVEL_1: _ClassVar[Level]
+    LEVEL_1_5: _ClassVar[Level]
+    LEVEL_2: _ClassVar[Level]
+
+class MechanismStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MECHANISM_STATUS_UNSPECIFIED: _ClassVar[MechanismStatus]
+    MECHANISM_STATUS_PROPOSED: _ClassVar[MechanismStatus]
+    MECHANISM_STATUS_GATE_REJECTED: _ClassVar[MechanismStatus]
+    MECHANISM_STATUS_ACTIVE: _ClassVar[MechanismStatus]
+    MECHANISM_STATUS_KEPT: _ClassVar[MechanismStatus]
+    MECHANISM_STATUS_REVERTED: _ClassVar[MechanismStatus]
+    MECHANISM_STATUS_DISABLED: _ClassVar[MechanismStatus]
+
 class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
@@ -28,6 +66,29 @@ class TrialStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRIAL_STATUS_KEEP: _ClassVar[TrialStatus]
     TRIAL_STATUS_DISCARD: _ClassVar[TrialStatus]
     TRIAL_STATUS_CRASH: _ClassVar[TrialStatus]
+KEEP_RULE_UNSPECIFIED: KeepRule
+KEEP_RULE_GREEDY: KeepRule
+KEEP_RULE_NOISE: KeepRule
+PROPOSER_KIND_UNSPECIFIED: ProposerKind
+PROPOSER_KIND_LOCAL: ProposerKind
+PROPOSER_KIND_RANDOM_SEARCH: ProposerKind
+PROPOSER_KIND_TPE: ProposerKind
+PROPOSER_KIND_CMAES: ProposerKind
+PROPOSER_KIND_LLM: ProposerKind
+PROPOSER_MODE_UNSPECIFIED: ProposerMode
+PROPOSER_MODE_PARAMS: ProposerMode
+PROPOSER_MODE_CODE: ProposerMode
+LEVEL_UNSPECIFIED: Level
+LEVEL_1: Level
+LEVEL_1_5: Level
+LEVEL_2: Level
+MECHANISM_STATUS_UNSPECIFIED: MechanismStatus
+MECHANISM_STATUS_PROPOSED: MechanismStatus
+MECHANISM_STATUS_GATE_REJECTED: MechanismStatus
+MECHANISM_STATUS_ACTIVE: MechanismStatus
+MECHANISM_STATUS_KEPT: MechanismStatus
+MECHANISM_STATUS_REVERTED: MechanismStatus
+MECHANISM_STATUS_DISABLED: MechanismStatus
 RUN_STATE_UNSPECIFIED: RunState
 RUN_STATE_RUNNING: RunState
 RUN_STATE_SUCCEEDED: RunState
@@ -40,36 +101,47 @@ TRIAL_STATUS_DISCARD: TrialStatus
 TRIAL_STATUS_CRASH: TrialStatus
 
 class TaskSpec(_message.Message):
-    __slots__ = ("preset", "train_py", "data_ref", "runtime")
+    __slots__ = ("preset", "train_py", "data_ref", "runtime", "task_files", "task_sha256")
+    class TaskFilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     PRESET_FIELD_NUMBER: _ClassVar[int]
     TRAIN_PY_FIELD_NUMBER: _ClassVar[int]
     DATA_REF_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    TASK_FILES_FIELD_NUMBER: _ClassVar[int]
+    TASK_SHA256_FIELD_NUMBER: _ClassVar[int]
     preset: str
     train_py: bytes
     data_ref: str
-    runtime: str
-    def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
+    runtime: _sandbox_pb2.Runtime
+    task_files: _containers.ScalarMap[str, bytes]
+    task_sha256: str
+    def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ..., runtime: _Optional[_Union[_sandbox_pb2.Runtime, str]] = ..., task_files: _Optional[_Mapping[str, bytes]] = ..., task_sha256: _Optional[str] = ...) -> None: ...
 
 class SearchSettings(_message.Message):
-    __slots__ = ("seed", "frozen_knobs", "min_improvement", "keep_rule", "noise_seeds", "noise_margin", "batch_size", "pipeline")
+    __slots__ = ("seed", "frozen_knobs", "min_improvement_bpb", "keep_rule", "noise_seeds", "noise_margin_sigma", "batch_size", "pipeline")
     SEED_FIELD_NUMBER: _ClassVar[int]
     FROZEN_KNOBS_FIELD_NUMBER: _ClassVar[int]
-    MIN_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_IMPROVEMENT_BPB_FIELD_NUMBER: _ClassVar[int]
     KEEP_RULE_FIELD_NUMBER: _ClassVar[int]
     NOISE_SEEDS_FIELD_NUMBER: _ClassVar[int]
-    NOISE_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MARGIN_SIGMA_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     seed: int
     frozen_knobs: _containers.RepeatedScalarFieldContainer[str]
-    min_improvement: float
-    keep_rule: str
+    min_improvement_bpb: float
+    keep_rule: KeepRule
     noise_seeds: int
-    noise_margin: float
+    noise_margin_sigma: float
     batch_size: int
     pipeline: bool
-    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement: _Optional[float] = ..., keep_rule: _Optional[str] = ..., noise_seeds: _Optional[int] = ..., noise_margin: _Optional[float] = ..., batch_size: _Optional[int] = ..., pipeline: _Optional[bool] = ...) -> None: ...
+    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement_bpb: _Optional[float] = ..., keep_rule: _Optional[_Union[KeepRule, str]] = ..., noise_seeds: _Optional[int] = ..., noise_margin_sigma: _Optional[float] = ..., batch_size: _Optional[int] = ..., pipeline: _Optional[bool] = ...) -> None: ...
 
 class ProposerSettings(_message.Message):
     __slots__ = ("kind", "max_changes", "step", "mode", "max_invalid_retries", "max_fix_attempts", "history_trials", "no_memory")
@@ -81,18 +153,18 @@ class ProposerSettings(_message.Message):
     MAX_FIX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_TRIALS_FIELD_NUMBER: _ClassVar[int]
     NO_MEMORY_FIELD_NUMBER: _ClassVar[int]
-    kind: str
+    kind: ProposerKind
     max_changes: int
     step: float
-    mode: str
+    mode: ProposerMode
     max_invalid_retries: int
     max_fix_attempts: int
     history_trials: int
     no_memory: bool
-    def __init__(self, kind: _Optional[str] = ..., max_changes: _Optional[int] = ..., step: _Optional[float] = ..., mode: _Optional[str] = ..., max_invalid_retries: _Optional[int] = ..., max_fix_attempts: _Optional[int] = ..., history_trials: _Optional[int] = ..., no_memory: _Optional[bool] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[ProposerKind, str]] = ..., max_changes: _Optional[int] = ..., step: _Optional[float] = ..., mode: _Optional[_Union[ProposerMode, str]] = ..., max_invalid_retries: _Optional[int] = ..., max_fix_attempts: _Optional[int] = ..., history_trials: _Optional[int] = ..., no_memory: _Optional[bool] = ...) -> None: ...
 
 class LlmSettings(_message.Message):
-    __slots__ = ("provider", "model", "base_url", "max_tokens", "temperature", "timeout_seconds", "max_attempts", "backoff_seconds", "replay_run", "price_input_per_mtok", "price_output_per_mtok")
+    __slots__ = ("provider", "model", "base_url", "max_tokens", "temperature", "timeout_seconds", "max_attempts", "backoff_seconds", "replay_run", "price_input_usd_per_mtok", "price_output_usd_per_mtok")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BASE_URL_FIELD_NUMBER: _ClassVar[int]
@@ -102,8 +174,8 @@ class LlmSettings(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REPLAY_RUN_FIELD_NUMBER: _ClassVar[int]
-    PRICE_INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
-    PRICE_OUTPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    PRICE_INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    PRICE_OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     provider: str
     model: str
     base_url: str
@@ -113,9 +185,9 @@ class LlmSettings(_message.Message):
     max_attempts: int
     backoff_seconds: float
     replay_run: str
-    price_input_per_mtok: float
-    price_output_per_mtok: float
-    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., base_url: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., timeout_seconds: _Optional[float] = ..., max_attempts: _Optional[int] = ..., backoff_seconds: _Optional[float] = ..., replay_run: _Optional[str] = ..., price_input_per_mtok: _Optional[float] = ..., price_output_per_mtok: _Optional[float] = ...) -> None: ...
+    price_input_usd_per_mtok: float
+    price_output_usd_per_mtok: float
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., base_url: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., timeout_seconds: _Optional[float] = ..., max_attempts: _Optional[int] = ..., backoff_seconds: _Optional[float] = ..., replay_run: _Optional[str] = ..., price_input_usd_per_mtok: _Optional[float] = ..., price_output_usd_per_mtok: _Optional[float] = ...) -> None: ...
 
 class Budgets(_message.Message):
     __slots__ = ("max_trials", "max_wall_seconds", "max_llm_tokens", "max_llm_cost_usd")
@@ -138,26 +210,26 @@ class InitialMechanism(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class OuterSettings(_message.Message):
-    __slots__ = ("levels", "mechanism_source", "config_controller", "l15_every", "l2_every", "l2_window", "mechanisms", "explore_domains", "max_l2_rounds")
+    __slots__ = ("levels", "mechanism_source", "config_controller", "l15_every_trials", "l2_every_trials", "l2_window_trials", "mechanisms", "explore_domains", "max_l2_rounds")
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_CONTROLLER_FIELD_NUMBER: _ClassVar[int]
-    L15_EVERY_FIELD_NUMBER: _ClassVar[int]
-    L2_EVERY_FIELD_NUMBER: _ClassVar[int]
-    L2_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    L15_EVERY_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    L2_EVERY_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    L2_WINDOW_TRIALS_FIELD_NUMBER: _ClassVar[int]
     MECHANISMS_FIELD_NUMBER: _ClassVar[int]
     EXPLORE_DOMAINS_FIELD_NUMBER: _ClassVar[int]
     MAX_L2_ROUNDS_FIELD_NUMBER: _ClassVar[int]
-    levels: _containers.RepeatedScalarFieldContainer[str]
+    levels: _containers.RepeatedScalarFieldContainer[Level]
     mechanism_source: str
     config_controller: str
-    l15_every: int
-    l2_every: int
-    l2_window: int
+    l15_every_trials: int
+    l2_every_trials: int
+    l2_window_trials: int
     mechanisms: _containers.RepeatedCompositeFieldContainer[InitialMechanism]
     explore_domains: _containers.RepeatedScalarFieldContainer[str]
     max_l2_rounds: int
-    def __init__(self, levels: _Optional[_Iterable[str]] = ..., mechanism_source: _Optional[str] = ..., config_controller: _Optional[str] = ..., l15_every: _Optional[int] = ..., l2_every: _Optional[int] = ..., l2_window: _Optional[int] = ..., mechanisms: _Optional[_Iterable[_Union[InitialMechanism, _Mapping]]] = ..., explore_domains: _Optional[_Iterable[str]] = ..., max_l2_rounds: _Optional[int] = ...) -> None: ...
+    def __init__(self, levels: _Optional[_Iterable[_Union[Level, str]]] = ..., mechanism_source: _Optional[str] = ..., config_controller: _Optional[str] = ..., l15_every_trials: _Optional[int] = ..., l2_every_trials: _Optional[int] = ..., l2_window_trials: _Optional[int] = ..., mechanisms: _Optional[_Iterable[_Union[InitialMechanism, _Mapping]]] = ..., explore_domains: _Optional[_Iterable[str]] = ..., max_l2_rounds: _Optional[int] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
     __slots__ = ("task", "search", "proposer", "budgets", "llm", "outer")
@@ -190,14 +262,14 @@ class MechanismSummary(_message.Message):
     name: str
     origin: str
     field: str
-    status: str
+    status: MechanismStatus
     calls: int
     effective: int
     failures: int
     injected: bool
     reason: str
     finding: str
-    def __init__(self, name: _Optional[str] = ..., origin: _Optional[str] = ..., field: _Optional[str] = ..., status: _Optional[str] = ..., calls: _Optional[int] = ..., effective: _Optional[int] = ..., failures: _Optional[int] = ..., injected: _Optional[bool] = ..., reason: _Optional[str] = ..., finding: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., origin: _Optional[str] = ..., field: _Optional[str] = ..., status: _Optional[_Union[MechanismStatus, str]] = ..., calls: _Optional[int] = ..., effective: _Optional[int] = ..., failures: _Optional[int] = ..., injected: _Optional[bool] = ..., reason: _Optional[str] = ..., finding: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
     __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary", "noise_sigma", "llm_cost_usd", "mechanisms")
@@ -311,15 +383,15 @@ class RunEvent(_message.Message):
         attempt: int
         def __init__(self, trial: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
     class TrialFinished(_message.Message):
-        __slots__ = ("trial", "status", "val_bpb", "memory_gb", "metrics_json", "job_status", "exception", "seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source")
+        __slots__ = ("trial", "status", "val_bpb", "memory_gib", "metrics_json", "job_status", "exception", "run_seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
         STATUS_FIELD_NUMBER: _ClassVar[int]
         VAL_BPB_FIELD_NUMBER: _ClassVar[int]
-        MEMORY_GB_FIELD_NUMBER: _ClassVar[int]
+        MEMORY_GIB_FIELD_NUMBER: _ClassVar[int]
         METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
         JOB_STATUS_FIELD_NUMBER: _ClassVar[int]
         EXCEPTION_FIELD_NUMBER: _ClassVar[int]
-        SECONDS_FIELD_NUMBER: _ClassVar[int]
+        RUN_SECONDS_FIELD_NUMBER: _ClassVar[int]
         DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
         HYPOTHESIS_FIELD_NUMBER: _ClassVar[int]
         STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -331,11 +403,11 @@ class RunEvent(_message.Message):
         trial: int
         status: TrialStatus
         val_bpb: float
-        memory_gb: float
+        memory_gib: float
         metrics_json: str
         job_status: _sandbox_pb2.JobStatus
         exception: _sandbox_pb2.ExceptionInfo
-        seconds: float
+        run_seconds: float
         description: str
         hypothesis: str
         started_at: _timestamp_pb2.Timestamp
@@ -344,7 +416,7 @@ class RunEvent(_message.Message):
         llm_cost_usd: float
         mechanisms_json: str
         proposal_source: str
-        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gb: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ...) -> None: ...
+        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gib: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., run_seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ...) -> None: ...
     class ConfigAdjusted(_message.Message):
         __slots__ = ("trial", "controller", "applied", "freeze", "unfreeze", "frozen", "strategy", "guidance", "restart_from_trial", "rejected", "error")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
@@ -461,22 +533,22 @@ class Artifact(_message.Message):
     def __init__(self, name: _Optional[str] = ..., content_type: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class Lesson(_message.Message):
-    __slots__ = ("id", "task", "run_id", "kind", "text", "delta", "created_at")
+    __slots__ = ("id", "task", "run_id", "kind", "text", "delta_bpb", "created_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
-    DELTA_FIELD_NUMBER: _ClassVar[int]
+    DELTA_BPB_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     id: int
     task: str
     run_id: str
     kind: str
     text: str
-    delta: float
+    delta_bpb: float
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[int] = ..., task: _Optional[str] = ..., run_id: _Optional[str] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ..., delta: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., task: _Optional[str] = ..., run_id: _Optional[str] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ..., delta_bpb: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListLessonsRequest(_message.Message):
     __slots__ = ("task", "limit")

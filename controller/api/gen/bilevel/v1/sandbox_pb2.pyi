@@ -9,6 +9,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Runtime(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUNTIME_UNSPECIFIED: _ClassVar[Runtime]
+    RUNTIME_RUNC: _ClassVar[Runtime]
+    RUNTIME_RUNSC: _ClassVar[Runtime]
+
 class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATUS_UNSPECIFIED: _ClassVar[JobStatus]
@@ -21,6 +27,9 @@ class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATUS_SANDBOX_ERROR: _ClassVar[JobStatus]
     JOB_STATUS_OVER_BUDGET: _ClassVar[JobStatus]
     JOB_STATUS_SEED_IGNORED: _ClassVar[JobStatus]
+RUNTIME_UNSPECIFIED: Runtime
+RUNTIME_RUNC: Runtime
+RUNTIME_RUNSC: Runtime
 JOB_STATUS_UNSPECIFIED: JobStatus
 JOB_STATUS_OK: JobStatus
 JOB_STATUS_ERROR: JobStatus
@@ -86,11 +95,11 @@ class ExecuteRequest(_message.Message):
     files: _containers.ScalarMap[str, bytes]
     command: _containers.RepeatedScalarFieldContainer[str]
     limits: Limits
-    runtime: str
+    runtime: Runtime
     gpu_ids: _containers.RepeatedScalarFieldContainer[str]
     data_mounts: _containers.RepeatedCompositeFieldContainer[DataMount]
     env: _containers.ScalarMap[str, str]
-    def __init__(self, files: _Optional[_Mapping[str, bytes]] = ..., command: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., runtime: _Optional[str] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., data_mounts: _Optional[_Iterable[_Union[DataMount, _Mapping]]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, files: _Optional[_Mapping[str, bytes]] = ..., command: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., runtime: _Optional[_Union[Runtime, str]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., data_mounts: _Optional[_Iterable[_Union[DataMount, _Mapping]]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("filename", "lineno", "name", "line")
@@ -115,16 +124,16 @@ class ExceptionInfo(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("create_s", "start_s", "run_s", "teardown_s")
-    CREATE_S_FIELD_NUMBER: _ClassVar[int]
-    START_S_FIELD_NUMBER: _ClassVar[int]
-    RUN_S_FIELD_NUMBER: _ClassVar[int]
-    TEARDOWN_S_FIELD_NUMBER: _ClassVar[int]
-    create_s: float
-    start_s: float
-    run_s: float
-    teardown_s: float
-    def __init__(self, create_s: _Optional[float] = ..., start_s: _Optional[float] = ..., run_s: _Optional[float] = ..., teardown_s: _Optional[float] = ...) -> None: ...
+    __slots__ = ("create_seconds", "start_seconds", "run_seconds", "teardown_seconds")
+    CREATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    START_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RUN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TEARDOWN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    create_seconds: float
+    start_seconds: float
+    run_seconds: float
+    teardown_seconds: float
+    def __init__(self, create_seconds: _Optional[float] = ..., start_seconds: _Optional[float] = ..., run_seconds: _Optional[float] = ..., teardown_seconds: _Optional[float] = ...) -> None: ...
 
 class JobResult(_message.Message):
     __slots__ = ("status", "exit_code", "stdout_head", "stdout_tail", "stderr_head", "stderr_tail", "output_bytes", "exception", "metrics_json", "files", "timings", "detail", "cpu_seconds")

@@ -52,6 +52,9 @@ class SandboxServiceServicer:
 
     def Execute(self, request, context):
         """Run one job. Events: accepted, started, output chunks, finished (always last).
+        Output is coalesced: a chunk holds whole lines where it can (up to 64 KiB), flushed
+        after at most 50 ms without a newline, so a partial line (a prompt, a progress bar)
+        still arrives promptly.
         RESOURCE_EXHAUSTED when every slot and queue place is taken; UNAVAILABLE when the
         Docker engine is down; INVALID_ARGUMENT names the offending field.
         """

@@ -1,0 +1,113 @@
+"""convert.py is the one place API enums meet internal values: both directions, refusals
+that name the field, and the echoed request showing only the settings that apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.api import convert, enums
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
+from controller.research.errors import FieldError
+from controller.research.settings import RunSettings
+from controller.sandbox.spec import Limits
+
+
+def _unknown(number: int) -> Any:
+    """An enum number no table lists, as a newer or hand-built client may send."""
+    return number
+
+
+def _request(**parts: object) -> rpb.CreateRunRequest:
+    request = rpb.CreateRunRequest(task=rpb.TaskSpec(preset="surrogate"),
+                                   budgets=rpb.Budgets(max_trials=3))
+    for name, value in parts.items():
+        getattr(request, name).CopyFrom(value)
+    return request
+
+
+def test_enums_map_to_the_internal_values_and_unspecified_to_the_defaults() -> None:
+    settings = convert.run_settings(_request(
+        task=rpb.TaskSpec(preset="surrogate", runtime=spb.RUNTIME_RUNSC),
+        search=rpb.SearchSettings(keep_rule=rpb.KEEP_RULE_NOISE, noise_margin_sigma=3.0),
+        proposer=rpb.ProposerSettings(kind=rpb.PROPOSER_KIND_LLM,
+                                      mode=rpb.PROPOSER_MODE_CODE),
+        outer=rpb.OuterSettings(levels=[rpb.LEVEL_1, rpb.LEVEL_1_5, rpb.LEVEL_2],
+                                l15_every_trials=4)))
+    assert settings.task.runtime == "runsc"
+    assert (settings.search.keep_rule, settings.search.noise_margin) == ("noise", 3.0)
+    assert (settings.proposer.kind, settings.proposer.mode) == ("llm", "code")
+    assert settings.outer.levels == ("1", "1.5", "2") and settings.outer.l15_every == 4
+    default = convert.run_settings(_request())
+    assert (default.task.runtime, default.search.keep_rule, default.proposer.kind,
+            default.proposer.mode, default.outer.levels) == (
+        "runc", "greedy", "local", "params", ("1",))
+
+
+@pytest.mark.parametrize(("request_", "field"), [
+    (_request(task=rpb.TaskSpec(preset="surrogate", runtime=_unknown(7))), "task.runtime"),
+    (_request(search=rpb.SearchSettings(keep_rule=_unknown(9))), "search.keep_rule"),
+    (_request(proposer=rpb.ProposerSettings(kind=_unknown(42))), "proposer.kind"),
+    (_request(proposer=rpb.ProposerSettings(mode=_unknown(3))), "proposer.mode"),
+    (_request(outer=rpb.OuterSettings(levels=[rpb.LEVEL_1, rpb.LEVEL_UNSPECIFIED])),
+     "outer.levels[1]"),
+    (_request(outer=rpb.OuterSettings(levels=[rpb.LEVEL_1, _unknown(17)])), "outer.levels[1]"),
+])
+def test_a_value_outside_the_set_is_refused_naming_the_field(
+        request_: rpb.CreateRunRequest, field: str) -> None:
+    with pytest.raises(FieldError) as info:
+        convert.run_settings(request_)
+    assert info.value.field == field
+
+
+def test_execute_runtime_outside_the_set_names_the_field() -> None:
+    with pytest.raises(FieldError) as info:
+        convert.job_spec(spb.ExecuteRequest(command=["true"], runtime=_unknown(5)), Limits())
+    assert info.value.field == "runtime"
+    spec = convert.job_spec(spb.ExecuteRequest(command=["true"], runtime=spb.RUNTIME_RUNSC),
+                            Limits())
+    assert spec.runtime == "runsc"
+
+
+def test_the_echo_round_trips_and_shows_only_settings_that_apply() -> None:
+    offline = convert.run_settings(_request())
+    echo = convert.echo_request(offline)
+    assert echo.task.runtime == spb.RUNTIME_RUNC and echo.proposer.kind == rpb.PROPOSER_KIND_LOCAL
+    assert not echo.HasField("llm"), "an offline run has no LLM settings"
+    assert echo.proposer.mode == rpb.PROPOSER_MODE_UNSPECIFIED  # mode is the LLM's
+    assert echo.search.noise_seeds == 0 and echo.search.noise_margin_sigma == 0  # greedy
+    assert echo.outer.levels == [rpb.LEVEL_1] and echo.outer.l2_every_trials == 0
+    assert echo.outer.mechanism_source == "" and echo.outer.config_controller == ""
+    assert convert.run_settings(echo) == offline, "the echo is a request for the same run"
+
+    llm = convert.run_settings(_request(
+        search=rpb.SearchSettings(keep_rule=rpb.KEEP_RULE_NOISE),
+        proposer=rpb.ProposerSettings(kind=rpb.PROPOSER_KIND_LLM),
+        outer=rpb.OuterSettings(levels=[rpb.LEVEL_1, rpb.LEVEL_2],
+                                mechanism_source="library")))
+    echo = convert.echo_request(llm)
+    assert echo.HasField("llm") and echo.llm.provider == "anthropic"
+    assert echo.proposer.mode == rpb.PROPOSER_MODE_PARAMS and echo.proposer.step == 0
+    assert echo.search.noise_seeds == llm.search.noise_seeds
+    assert echo.outer.l2_every_trials == llm.outer.l2_every
+    assert echo.outer.levels == [rpb.LEVEL_1, rpb.LEVEL_2]
+    assert echo.outer.l15_every_trials == 0  # no Level 1.5 in this run
+    assert convert.run_settings(echo) == llm
+
+
+def test_every_internal_value_has_an_enum_and_back() -> None:
+    from controller.research.settings import KEEP_RULES, LEVELS, MODES, PROPOSERS
+    from controller.sandbox.spec import RUNTIMES
+    from controller.store import mechanisms
+
+    statuses = {mechanisms.PROPOSED, mechanisms.GATE_REJECTED, mechanisms.ACTIVE,
+                mechanisms.KEPT, mechanisms.REVERTED, mechanisms.DISABLED}
+    for table, values in [(enums.RUNTIMES, RUNTIMES), (enums.KEEP_RULES, KEEP_RULES),
+                          (enums.PROPOSER_MODES, MODES), (enums.PROPOSER_KINDS, PROPOSERS),
+                          (enums.LEVELS, LEVELS), (enums.MECHANISM_STATUSES, statuses)]:
+        assert set(table) == set(values)
+        for value in values:
+            assert enums.from_enum(table, enums.to_enum(table, value), None) == value
+    assert RunSettings().task.runtime in enums.RUNTIMES
