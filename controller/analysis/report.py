@@ -75,7 +75,7 @@ def _trials_html(data: RunData, trials: list[TrialRecord]) -> str:
         if cells[7]:
             cells[7] = f'<a href="#trial-diff-{t.index}">diff</a>'
         kind = ("baseline " if t.index == 0 else "") + (t.status.value if t.status else "")
-        tds = "".join(f'<td class="text">{c}</td>' if i == 2 else f"<td>{c}</td>"
+        tds = "".join(f'<td class="text">{c}</td>' if i in (1, 2) else f"<td>{c}</td>"
                       for i, c in enumerate(cells))
         rows.append(f'<tr id="trial-{t.index}" class="{kind}">{tds}</tr>')
     head = "".join(f"<th>{html.escape(h)}</th>" for h in TRIAL_HEADERS)
