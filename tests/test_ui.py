@@ -1,0 +1,159 @@
+"""`bilevel ui` end to end: a real controller on a loopback socket with a bearer token,
+a real run of the surrogate task whose LLM proposer (the scripted fake server, through
+the OpenAI SDK) writes hostile hypotheses, a real `bilevel ui --server` subprocess, and
+the page loaded in headless Chromium after its script ran."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from controller.analysis import ablation
+from controller.analysis.ablation import AblationSpec, Cell
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply
+from controller.llm.settings import LLMAccess
+from tests.test_api_harness import Stubs, serving, surrogate_run
+from tests.test_loop_harness import TEST_KEY, params_answer
+
+pytestmark = pytest.mark.docker
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TOKEN = "ui-test-token-0123456789abcdef"
+TRIALS = 4
+# Would run if the page built markup from trial text: an element, a handler, a script.
+HOSTILE = ('<img src=x onerror="document.body.dataset.pwned=1">'
+           '<script>document.title="pwned"</script>&amp;')
+
+
+def _hostile_answers() -> Callable[[RecordedRequest], Reply]:
+    counter = itertools.count()
+
+    def answer(request: RecordedRequest) -> Reply:
+        lr = round(0.03 + 0.005 * next(counter), 4)
+        return Reply(params_answer({"MATRIX_LR": lr}, HOSTILE))
+
+    return answer
+
+
+@contextmanager
+def _ui(server: str, state_dir: Path, token_file: Path | None) -> Iterator[str]:
+    """`bilevel ui` as a user starts it; yields its base URL, stops it with SIGTERM."""
+    port_file = state_dir / "ui.port"
+    extra = ["--token-file", str(token_file)] if token_file is not None else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "--log-level", "warning", "ui", "--server",
+         server, "--port", "0", "--port-file", str(port_file), "--state-dir", str(state_dir),
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "bilevel ui never wrote its port"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port_file.read_text().strip()}/"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "ui: http://127.0.0.1:" in out
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _chromium(tmp_path: Path, *flags: str) -> str:
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                           f"--user-data-dir={tmp_path / 'chromium'}",
+                           "--virtual-time-budget=15000", *flags], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_ui_follows_a_live_run_and_the_page_shows_every_trial_escaped(
+        tmp_path: Path, sandbox_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    client_state = tmp_path / "client"
+    client_state.mkdir()
+    with FakeLLMServer(responder=_hostile_answers()) as llm, \
+            serving(tmp_path / "controller", sandbox_image, tokens=(TOKEN,),
+                    llm=LLMAccess(allow_any_base_url=True)) as server, \
+            _ui(server.address, client_state, token_file) as base:
+        stubs = Stubs(server.address, TOKEN)
+        request = surrogate_run(trials=TRIALS)
+        request.proposer.kind = rpb.PROPOSER_KIND_LLM
+        request.llm.provider, request.llm.base_url = "openai", llm.openai_url
+        request.llm.model = "fake-model"
+        run = stubs.runs.CreateRun(request, metadata=stubs.metadata, timeout=30)
+
+        # Live: the page's long poll, followed until the run ends, misses nothing.
+        events: list[dict[str, Any]] = []
+        polls = 0
+        while True:
+            status, got = _get(f"{base}api/runs/{run.id}/events?after="
+                               f"{events[-1]['seq'] if events else 0}&wait=20")
+            assert status == 200, got
+            polls += 1
+            events.extend(got["events"])
+            if got["done"]:
+                break
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert sum("trial_finished" in e for e in events) == TRIALS + 1
+        assert "run_finished" in events[-1] and polls >= 2  # updates came as it went
+        status, listed = _get(f"{base}api/runs")
+        assert status == 200 and [r["id"] for r in listed["runs"]] == [run.id]
+
+        ablation.save(client_state, AblationSpec(
+            id="abl-ui-test", task="surrogate", repeats=1, trials=TRIALS,
+            arms=[ablation.catalogue(False, 2)[0]["A"]],
+            cells={"A/0": Cell(run_id=run.id, state="succeeded")}))
+
+        dom = _chromium(tmp_path, "--dump-dom", f"{base}#/run/{run.id}")
+        rows = re.findall(r'<tr class="trial done[^"]*" data-trial="(\d+)"', dom)
+        assert rows == [str(n) for n in range(TRIALS + 1)]
+        plot = dom.split('<svg id="plot"')[1].split("</svg>")[0]
+        assert plot.count("<circle") == TRIALS + 1 and 'class="best"' in plot
+        # The hostile hypothesis is text in each proposed trial's row, never markup.
+        table = dom.split('<table id="trials-table">')[1].split("</table>")[0]
+        assert table.count("&lt;img src=x onerror=") == TRIALS
+        assert table.count("&lt;script&gt;document.title") == TRIALS
+        assert "&amp;amp;" in table
+        assert "<img" not in dom and "<script>" not in dom and "pwned" not in dom.split(
+            "<title>")[1].split("</title>")[0] and "data-pwned" not in dom
+
+        page = _chromium(tmp_path, "--dump-dom", f"{base}#/ablation/abl-ui-test")
+        arms = page.split('<table id="arms-table">')[1].split("</table>")[0]
+        final = stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id), metadata=stubs.metadata)
+        assert f'href="#/run/{run.id}">{final.best_val_bpb:.4f}</a>' in arms
+
+        shot = tmp_path / "ui.png"
+        _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1100,1400",
+                  f"{base}#/run/{run.id}")
+        colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 50  # drawn, not a blank page
+
+        # Without the token the controller refuses the ui, and the page is told why.
+        (tmp_path / "other").mkdir()
+        with _ui(server.address, tmp_path / "other", None) as anonymous:
+            status, body = _get(f"{anonymous}api/runs")
+            assert status == 502 and "UNAUTHENTICATED" in body["error"]

@@ -1,0 +1,115 @@
+"""`bilevel ui`'s HTTP edge without a controller: a real server on loopback refuses what
+it must before any gRPC call (other hosts, writes, unknown paths, artifact names outside
+the documented set), ships its own page under a strict CSP, and caps hostile values."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from controller.api.client import Client
+from controller.ui import backend
+from controller.ui.backend import Backend, clip
+from controller.ui.web import UiServer
+
+
+@pytest.fixture
+def ui(tmp_path: Path) -> Iterator[UiServer]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    # No client: every request here must be answered before one would be used.
+    server = UiServer(Backend(cast(Client, None), tmp_path), loop, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def _request(ui: UiServer, method: str, path: str,
+             host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", ui.port, timeout=30)
+    headers = {"Host": host} if host is not None else {}
+    conn.request(method, path, headers=headers)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), body
+
+
+def _error(body: bytes) -> str:
+    value: Any = json.loads(body)
+    return str(value["error"])
+
+
+def test_the_page_and_its_script_come_from_the_package_under_a_strict_policy(
+        ui: UiServer) -> None:
+    status, headers, page = _request(ui, "GET", "/")
+    assert status == 200 and b'<script src="/static/app.js"' in page
+    policy = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    assert "unsafe-inline" not in policy and headers["X-Frame-Options"] == "DENY"
+    status, _, script = _request(ui, "GET", "/static/app.js")
+    assert status == 200 and b"textContent" in script
+    # No markup is built from strings and nothing is fetched from another origin.
+    assert b"innerHTML" not in script and b"http://" not in script.replace(
+        b'"http://www.w3.org/2000/svg"', b"") and b"https://" not in script
+    assert b"http" not in page
+    assert _request(ui, "GET", "/static/../backend.py")[0] == 404
+
+
+def test_other_hosts_writes_and_unknown_names_are_refused(ui: UiServer) -> None:
+    status, _, body = _request(ui, "GET", "/api/runs", host="evil.example:80")
+    assert status == 403 and "evil.example" in _error(body)
+    for method in ("POST", "PUT", "DELETE"):
+        status, _, body = _request(ui, method, "/api/runs/run-1")
+        assert status == 405 and "read-only" in _error(body)
+    assert _request(ui, "GET", "/api/nothing")[0] == 404
+    status, _, body = _request(ui, "GET", "/api/runs/run-1/artifact?name=../../etc/passwd")
+    assert status == 400 and _error(body).startswith("name:")
+    status, _, body = _request(ui, "GET", "/api/runs/a%20b/events")
+    assert status == 400 and _error(body).startswith("run:")
+    status, _, body = _request(ui, "GET", "/api/runs/run-1/events?after=x")
+    assert status == 400 and _error(body).startswith("after:")
+
+
+def test_ablations_are_read_from_the_state_dir_and_a_bad_file_is_skipped(
+        ui: UiServer, tmp_path: Path) -> None:
+    good = tmp_path / "ablations" / "abl-1" / "ablation.json"
+    good.parent.mkdir(parents=True)
+    good.write_text(json.dumps({"id": "abl-1", "task": "surrogate", "repeats": 1,
+                                "secret": "not shown", "cells": {"A/0": {"run_id": "r"}}}))
+    bad = tmp_path / "ablations" / "abl-2" / "ablation.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    status, _, body = _request(ui, "GET", "/api/ablations")
+    listed = json.loads(body)["ablations"]
+    assert status == 200 and [a["id"] for a in listed] == ["abl-1"]
+    assert "secret" not in listed[0]
+    assert _request(ui, "GET", "/api/ablations/abl-2")[0] == 404
+
+
+def test_clip_caps_strings_lists_and_depth() -> None:
+    deep: Any = "x"
+    for _ in range(50):
+        deep = [deep]
+    value = clip({"text": "a" * 10_000, "items": list(range(2000)), "deep": deep})
+    assert len(value["text"]) < backend.MAX_STRING + 100
+    assert value["text"].endswith(f"[{10_000 - backend.MAX_STRING} more characters not shown]")
+    assert len(value["items"]) == backend.MAX_ITEMS + 1
+    assert value["items"][-1] == f"[{2000 - backend.MAX_ITEMS} more items not shown]"
+    depth, node = 0, value["deep"]
+    while isinstance(node, list):
+        depth, node = depth + 1, node[0]
+    assert depth < backend.MAX_DEPTH and node == "[nested too deep]"
+    assert len(json.dumps(value)) < 60_000
