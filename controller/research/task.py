@@ -56,6 +56,13 @@ def objective_of(task: object) -> Objective:
     return found if isinstance(found, Objective) else GPT
 
 
+def memory_key(task: object) -> str:
+    """What a task's lessons are stored under: a task directory's name and the hash of
+    its manifest and editable file (ManifestTask.memory_key); a built-in's name."""
+    key = getattr(task, "memory_key", None)
+    return key if isinstance(key, str) and key else str(getattr(task, "name", ""))
+
+
 @dataclass(frozen=True)
 class TrialOutcome:
     """The result of evaluating one candidate. `val_bpb` None means it crashed; else it

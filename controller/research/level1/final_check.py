@@ -21,7 +21,7 @@ from typing import Any
 from scipy import stats
 
 from controller.research.level1 import evaluation
-from controller.research.task import Task
+from controller.research.task import GPT, Objective, Task
 
 FRESH_SEED_OFFSET = 2_000_000_000  # far from search seeds and the ablation's re-evaluations
 CONFIDENCE = 0.95
@@ -56,12 +56,19 @@ class FinalCheck:
     def delta_over_sigma(self) -> float:
         return self.delta / self.sigma if self.sigma > 0 else math.nan
 
-    def verdict(self) -> str:
+    def verdict(self, objective: Objective = GPT) -> str:
+        """The closing words; Δ in the task's metric (best - baseline; for a "maximize"
+        task positive is better), the values here being losses."""
         if self.crashed:
             return f"not re-evaluated: {self.crashed}"
         n = len(self.seeds)
-        core = (f"on {n} fresh paired seeds Δ = {self.delta:+.6f} (95 % CI "
-                f"[{self.low:+.6f}, {self.high:+.6f}]), Δ/σ = {self.delta_over_sigma:+.1f} "
+        delta, low, high = self.delta, self.low, self.high
+        if objective.maximize:
+            delta, low, high = -delta, -high, -low
+        name = "" if objective == GPT else f" {objective.metric}"
+        ratio = delta / self.sigma if self.sigma > 0 else math.nan
+        core = (f"on {n} fresh paired seeds Δ{name} = {delta:+.6f} (95 % CI "
+                f"[{low:+.6f}, {high:+.6f}]), Δ/σ = {ratio:+.1f} "
                 f"(σ {self.sigma:.1e}, {self.sigma_source})")
         if self.beats:
             return f"{core}: beats the baseline"

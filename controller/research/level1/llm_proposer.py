@@ -22,6 +22,7 @@ from controller.research.level1.proposer import Proposal, ProposerContext
 from controller.research.level1.space import ProposalError
 from controller.research.level1.validate import Validator, knob_changes
 from controller.research.settings import ProposerSettings
+from controller.research.task import GPT, Objective
 
 FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
@@ -59,8 +60,9 @@ class LLMProposer:
 
     def __init__(self, provider: Provider, settings: ProposerSettings, pricing: Pricing,
                  run_id: str, task_description: str, protected: str, max_tokens: int,
-                 temperature: float | None) -> None:
+                 temperature: float | None, objective: Objective = GPT) -> None:
         self.provider = provider
+        self.objective = objective  # the task's metric and direction, for the prompt
         self.settings = settings
         self.pricing = pricing
         self.run_id = run_id
@@ -73,7 +75,8 @@ class LLMProposer:
     def propose(self, ctx: ProposerContext) -> Proposal:
         assert ctx.validator is not None, "the loop passes a validator"
         system, user = prompt.build(ctx, self.settings.mode, self.task_description,
-                                    self.protected, self.settings.history_trials)
+                                    self.protected, self.settings.history_trials,
+                                    self.objective)
         proposal_id = uuid.uuid4().hex[:16]
         purpose = "fix" if ctx.crash else "propose"
         messages = [ChatMessage("user", user)]

@@ -42,7 +42,15 @@ from controller.research.level1.results import results_tsv
 from controller.research.level1.space import ProposalError, SearchSpace
 from controller.research.level1.validate import Validator, knob_changes
 from controller.research.settings import Budgets, RunSettings
-from controller.research.task import Task, TrialOutcome
+from controller.research.task import (
+    FORGEABLE,
+    GPT,
+    Objective,
+    Task,
+    TrialOutcome,
+    memory_key,
+    objective_of,
+)
 from controller.store.artifacts import ArtifactStore
 from controller.store.llm_calls import CallLog
 from controller.store.memory import MemoryStore
@@ -377,7 +385,7 @@ class InnerLoop:
 
     def _write_results(self) -> None:
         self.artifacts.write_results(self.run_id, results_tsv(
-            self.store.trials(self.run_id), self._trial_source))
+            self.store.trials(self.run_id), self._trial_source, objective_of(self.task)))
 
     def _trial_source(self, index: int) -> bytes | None:
         """A trial's train.py for results.tsv's content hash; None if it has none."""
@@ -404,16 +412,19 @@ class InnerLoop:
             if check is None and self.stop.event.is_set():
                 self._stopped()  # a shutdown: the resumed run checks again
                 return
-        summary = summarize(run, reason, check)
+        objective = objective_of(self.task)
+        summary = summarize(run, reason, check, objective)
         improved = check.beats if check is not None else False
         if self.store.finish_run(self.run_id, state, reason, summary, {
                 "state": state.value, "reason": reason, "baseline_val_bpb": run.baseline_val_bpb,
                 "best_val_bpb": run.best_val_bpb, "improved": improved, "summary": summary,
+                "metric": objective.metric, "direction": objective.direction,
                 "final_check": check.to_json() if check is not None else None}) \
                 and self.memory is not None:
-            lessons = distill(self.task.name, self.run_id, self.store.trials(self.run_id))
+            lessons = distill(memory_key(self.task), self.run_id,
+                              self.store.trials(self.run_id), objective)
             self.memory.add(lessons)
-            log.info("lessons stored", count=len(lessons), task=self.task.name)
+            log.info("lessons stored", count=len(lessons), task=memory_key(self.task))
         log.info("run finished", state=state.value, summary=summary)
 
     def _final_check(self, run: RunRecord) -> FinalCheck | None:
@@ -434,20 +445,31 @@ class InnerLoop:
         return check
 
 
-def summarize(run: RunRecord, reason: str, check: FinalCheck | None = None) -> str:
-    """One honest line: the search's numbers, and whether the best beats the baseline
-    on fresh seeds - "beats" only when the paired interval excludes 0."""
+def summarize(run: RunRecord, reason: str, check: FinalCheck | None = None,
+              objective: Objective = GPT) -> str:
+    """One honest line: the search's numbers (in the task's metric), and whether the best
+    beats the baseline on fresh seeds - "beats" only when the paired interval excludes 0.
+    A task without a trusted scorer says its metric is forgeable."""
+    text = _summary(run, reason, check, objective)
+    return f"{text}; {FORGEABLE}" if objective.self_reported else text
+
+
+def _summary(run: RunRecord, reason: str, check: FinalCheck | None,
+             objective: Objective) -> str:
     base, best, n = run.baseline_val_bpb, run.best_val_bpb, max(run.trials_done - 1, 0)
     if base is None or best is None:
         return f"{reason}; no baseline result"
+    name, shown = objective.metric, objective.shown
     if best >= base or run.best_trial in (None, 0):
-        return f"{reason}; no improvement over the baseline val_bpb {base:.6f} in {n} trials"
+        return f"{reason}; no improvement over the baseline {name} {shown(base):.6f} in {n} trials"
     sigma = f", σ {run.noise_sigma:.1e}" if run.noise_sigma else ""
-    found = (f"{reason}; in the search the best val_bpb {best:.6f} (trial {run.best_trial}) "
-             f"was {base - best:.6f} below the baseline {base:.6f}{sigma} after {n} trials")
+    side = "above" if objective.maximize else "below"
+    found = (f"{reason}; in the search the best {name} {shown(best):.6f} (trial "
+             f"{run.best_trial}) was {base - best:.6f} {side} the baseline {shown(base):.6f}"
+             f"{sigma} after {n} trials")
     if check is None:
         return f"{found}; not re-evaluated on fresh seeds, so not claimed better than it"
-    return f"{found}; {check.verdict()}"
+    return f"{found}; {check.verdict(objective)}"
 
 
 def _crash_text(outcome: TrialOutcome) -> str:

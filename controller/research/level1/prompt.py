@@ -12,24 +12,24 @@ from typing import Any
 
 from controller.research.level1.proposer import ProposerContext
 from controller.research.level1.space import SearchSpace
+from controller.research.task import GPT, Objective
 from controller.store.records import TrialRecord, TrialStatus
 
 SYSTEM = (
     "You are a careful machine-learning researcher improving a training script by "
-    "experiment. Each experiment changes train.py, trains it for the same fixed time "
-    "budget in an isolated sandbox, and measures val_bpb (lower is better). Propose ONE "
+    "experiment. Each experiment changes {file}, trains it for the same fixed time "
+    "budget in an isolated sandbox, and measures {objective}. Propose ONE "
     "experiment at a time: a concrete change with a short, testable hypothesis. Learn from "
     "the trials shown: do not repeat a change that was already tried, and avoid changes "
     "that crashed. Answer in exactly the format asked for.")
 
 PARAMS_FORMAT = (
     "Answer with one JSON object and nothing else:\n"
-    '{"changes": {"KNOB_NAME": new_value, ...}, "hypothesis": "why this should lower '
-    'val_bpb"}\n'
+    '{{"changes": {{"KNOB_NAME": new_value, ...}}, "hypothesis": "why this should {goal}"}}\n'
     "Change 1 to 3 knobs from the list above, each within its range and of its type.")
 
 CODE_FORMAT = (
-    "Answer with one line `HYPOTHESIS: why this should lower val_bpb`, then one or more "
+    "Answer with one line `HYPOTHESIS: why this should {goal}`, then one or more "
     "edit blocks of train.py:\n"
     "<<<<<<< SEARCH\n(exact lines of the current train.py)\n=======\n(replacement lines)\n"
     ">>>>>>> REPLACE\n"
@@ -38,14 +38,18 @@ CODE_FORMAT = (
 
 
 def build(ctx: ProposerContext, mode: str, task_description: str, protected: str,
-          history_trials: int) -> tuple[str, str]:
-    """(system, user) prompts for one proposal."""
+          history_trials: int, objective: Objective = GPT) -> tuple[str, str]:
+    """(system, user) prompts for one proposal. Values are shown in the task's metric
+    (`objective`), not the loss the loop minimises."""
+    goal = f"{'raise' if objective.maximize else 'lower'} {objective.metric}"
+    answer = PARAMS_FORMAT.format(goal=goal) if mode == "params" else \
+        CODE_FORMAT.format(goal=goal, protected=protected)
     sections = [
         "# Task\n" + task_description,
         _hardware(ctx.history),
-        _incumbent(ctx),
+        _incumbent(ctx, objective),
         _knobs(ctx.incumbent, ctx.space) if mode == "params" else _code(ctx),
-        _history(ctx.history, history_trials),
+        _history(ctx.history, history_trials, objective),
         _lines("# In flight (already proposed, results pending; do not repeat them)",
                ctx.in_flight),
         _lines("# Lessons from earlier runs on this task (they may not transfer)",
@@ -54,14 +58,14 @@ def build(ctx: ProposerContext, mode: str, task_description: str, protected: str
         _lines("# Rejected by the search mechanisms (propose something different)",
                ctx.rejections),
         _crash(ctx, mode),
-        "# Your answer\n" + (PARAMS_FORMAT if mode == "params"
-                             else CODE_FORMAT.format(protected=protected)),
+        "# Your answer\n" + answer,
     ]
-    return SYSTEM, "\n\n".join(s for s in sections if s)
+    system = SYSTEM.format(file="train.py", objective=objective.describe())
+    return system, "\n\n".join(s for s in sections if s)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"
+def _fmt(value: float | None, objective: Objective = GPT) -> str:
+    return "-" if value is None else f"{objective.shown(value):.6f}"
 
 
 def params_schema(space: SearchSpace, knobs: Sequence[str], max_changes: int) -> dict[str, Any]:
@@ -116,11 +120,12 @@ def _hardware(history: Sequence[TrialRecord]) -> str:
     return ""
 
 
-def _incumbent(ctx: ProposerContext) -> str:
-    text = (f"# Incumbent\nBest val_bpb so far {_fmt(ctx.best_val_bpb)} (baseline "
-            f"{_fmt(ctx.baseline_val_bpb)})")
+def _incumbent(ctx: ProposerContext, objective: Objective = GPT) -> str:
+    name = objective.metric
+    text = (f"# Incumbent\nBest {name} so far {_fmt(ctx.best_val_bpb, objective)} (baseline "
+            f"{_fmt(ctx.baseline_val_bpb, objective)})")
     if ctx.noise_sigma is not None:
-        text += (f"; the seed-to-seed noise of val_bpb is sigma = {ctx.noise_sigma:.2e}, and a "
+        text += (f"; the seed-to-seed noise of {name} is sigma = {ctx.noise_sigma:.2e}, and a "
                  "change is kept only if its gain clearly exceeds it")
     return text + "."
 
@@ -146,16 +151,16 @@ def _code(ctx: ProposerContext) -> str:
            f"{ctx.base_source}```"
 
 
-def _outcome(t: TrialRecord) -> str:
+def _outcome(t: TrialRecord, objective: Objective = GPT) -> str:
     if t.status is TrialStatus.CRASH:
         exc = t.exception or {}
         error = f"{exc.get('type', '')}: {exc.get('message', '')}".strip(": ")
         return f"crash ({t.job_status}{': ' + error[:300] if error else ''})"
     status = t.status.value if t.status else "?"
-    return f"{status}, val_bpb {_fmt(t.val_bpb)}"
+    return f"{status}, {objective.metric} {_fmt(t.val_bpb, objective)}"
 
 
-def _history(history: Sequence[TrialRecord], limit: int) -> str:
+def _history(history: Sequence[TrialRecord], limit: int, objective: Objective = GPT) -> str:
     finished = [t for t in history if t.finished and t.status is not None]
     if not finished or limit == 0:
         return ""
@@ -163,7 +168,7 @@ def _history(history: Sequence[TrialRecord], limit: int) -> str:
              "first)"]
     for t in finished[-limit:]:
         changes = json.dumps(t.changes, sort_keys=True)[:400] if t.changes else "{}"
-        line = f"- trial {t.index}: {_outcome(t)}; changes {changes}"
+        line = f"- trial {t.index}: {_outcome(t, objective)}; changes {changes}"
         facts = _facts({**t.metrics, "memory_gb": t.memory_gb} if t.memory_gb
                        else dict(t.metrics))
         if facts:

@@ -15,7 +15,7 @@ from controller.research.level1.llm_proposer import LLMProposer
 from controller.research.level1.loop import llm_budget_reason
 from controller.research.level1.proposer import LocalPerturbation, Proposer, RandomSearch
 from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS, RunSettings
-from controller.research.task import Task
+from controller.research.task import Task, objective_of
 from controller.store.llm_calls import CallLog
 from controller.store.runs import RunStore
 
@@ -53,4 +53,5 @@ def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunSto
     llm = settings.llm
     return LLMProposer(provider, settings.proposer, Pricing.for_settings(llm), run_id,
                        task.description, protected, llm.max_tokens,
-                       llm.temperature if llm.temperature >= 0 else None)
+                       llm.temperature if llm.temperature >= 0 else None,
+                       objective=objective_of(task))

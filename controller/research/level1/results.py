@@ -6,7 +6,9 @@ another seed was bit-identical). Both are crashes everywhere else: never kept.
 
 `commit` is the short content hash of the trial's train.py as `git hash-object` computes
 it, so a row matches the file in a git history of train.py; descriptions drop the
-offline proposers' "[local]"-style tags (they name the proposer, not the change)."""
+offline proposers' "[local]"-style tags (they name the proposer, not the change).
+A task with another metric names it in the second column and gives its value (not the
+loss the loop minimises); the GPT task keeps Karpathy's columns exactly."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from controller.research.settings import OFFLINE_PROPOSERS
+from controller.research.task import GPT, Objective
 from controller.store.records import TrialRecord, TrialStatus
 
 RULE_BREAKS = ("over_budget", "seed_ignored")  # job statuses set by the trusted side
@@ -33,10 +36,11 @@ def blob_hash(content: bytes) -> str:
     return digest.hexdigest()[:SHORT_HASH]
 
 
-def results_tsv(trials: Iterable[TrialRecord], source: Source) -> str:
+def results_tsv(trials: Iterable[TrialRecord], source: Source,
+                objective: Objective = GPT) -> str:
     """One row per finished trial, in trial order. A crash has val_bpb and memory_gb 0,
     as in autoresearch; a trial without a train.py has commit "-"."""
-    rows = [HEADER]
+    rows = [HEADER.replace("val_bpb", objective.metric)]
     for t in trials:
         if not t.finished or t.status is None:
             continue
@@ -45,6 +49,7 @@ def results_tsv(trials: Iterable[TrialRecord], source: Source) -> str:
         commit = "-" if content is None else blob_hash(content)
         status = t.job_status if t.status is TrialStatus.CRASH and t.job_status in \
             RULE_BREAKS else t.status.value
-        rows.append(f"{commit}\t{t.val_bpb or 0.0:.6f}\t{t.memory_gb:.1f}\t"
+        value = 0.0 if t.val_bpb is None else objective.shown(t.val_bpb)
+        rows.append(f"{commit}\t{value:.6f}\t{t.memory_gb:.1f}\t"
                     f"{status}\t{text}\n")
     return "".join(rows)

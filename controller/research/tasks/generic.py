@@ -108,6 +108,7 @@ class ManifestTask:
             raise TaskError("builtin", "a builtin task is built by the registry")
         self.manifest = manifest
         self.name = manifest.name
+        self.memory_key = f"{manifest.name}@{manifest.digest()}"
         self.executor = executor
         self.runtime = runtime
         self.image = image  # the task image when the manifest has requirements
