@@ -22,6 +22,7 @@ import matplotlib
 import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the headless backend
@@ -130,6 +131,7 @@ def progress_chart(points: Sequence[Point], title: str) -> tuple[str, Layout]:
     strip.set_ylim(-1, 1)
     strip.grid(alpha=0.3, axis="x")
     strip.set_xlabel("trial")
+    strip.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("val_bpb (lower is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -171,6 +173,7 @@ def arm_curves(curves: dict[str, FloatArray], control: str, title: str,
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[:, 0]:
         ax.set_ylabel("best Δval_bpb\n(lower is better)")
     fig.suptitle(title)
