@@ -1,5 +1,87 @@
-"""`bilevel train`: the trainer's own command (trainer/cli.py), registered here."""
+"""`bilevel train`: one candidate, no search. Without --task (or with a GPT preset's) it
+is the trainer's own command (trainer/cli.py); with a task directory it runs the
+task's two phases once (controller/research/tasks/generic.py) and prints the metric."""
 
-from trainer.cli import add_train_parser as add_parser
+from __future__ import annotations
 
-__all__ = ["add_parser"]
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from trainer.cli import add_train_parser
+from trainer.cli import cmd_train as trainer_train
+
+
+def add_parser(sub: Any) -> None:
+    parser = add_train_parser(sub)
+    parser.add_argument("--task", default="", metavar="DIR|PRESET",
+                        help="a task directory (bilevel-task.toml) or a preset name; "
+                             "--train-py then replaces its editable file")
+    parser.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if not args.task:
+        return trainer_train(args)
+    from controller.research.errors import FieldError
+    from controller.research.tasks.manifest import load_task_dir
+    from controller.research.tasks.registry import resolve_task_dir
+
+    try:
+        manifest = load_task_dir(resolve_task_dir(args.task))
+    except FieldError as exc:
+        print(f"error: task: {exc}", file=sys.stderr)
+        return 2
+    if manifest.builtin and manifest.builtin != "surrogate":
+        args.preset = manifest.builtin  # the GPT: its data preparation and trusted evaluator
+        return trainer_train(args)
+    return _train_task(args, manifest)
+
+
+def _train_task(args: argparse.Namespace, manifest: Any) -> int:
+    import docker
+
+    from controller.research.errors import FieldError
+    from controller.research.task import objective_of
+    from controller.research.tasks.registry import task_from_dir
+    from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+    from controller.sandbox.image import ImageBuildError, ensure_image
+    from controller.sandbox.task_image import ensure_task_image
+
+    client = docker.from_env(timeout=120)
+    try:
+        base = ensure_image(client)
+        image = ensure_task_image(client, base, manifest.requirements)
+    except (ImageBuildError, ValueError) as exc:
+        print(f"error: task image: {exc}", file=sys.stderr)
+        return 2
+    executor = SandboxExecutor(ExecutorConfig(image=base))
+    if image != base:
+        executor.allow_image(image)
+    try:
+        task = task_from_dir(manifest.root, executor, runtime=args.runtime,
+                             image=None if image == base else image)
+        source = Path(args.train_py).read_text(encoding="utf-8") if args.train_py \
+            else task.baseline_source()
+        outcome = task.evaluate(source, 0, threading.Event())
+    except FieldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        executor.close()
+    objective = objective_of(task)
+    print(outcome.log[-8000:], file=sys.stderr)
+    if outcome.crashed:
+        print(f"error ({outcome.job_status}): {outcome.detail or outcome.exception}",
+              file=sys.stderr)
+        return 1
+    assert outcome.val_bpb is not None
+    line = f"{objective.metric}: {objective.shown(outcome.val_bpb):.6f} " \
+           f"({objective.better} is better)"
+    print(f"{line}; {outcome.detail}" if objective.self_reported else line)
+    if args.json:
+        print(json.dumps(outcome.metrics, sort_keys=True))
+    return 0
