@@ -30,13 +30,15 @@ from grpc_status import rpc_status
 
 from controller.api.auth import UNAUTHENTICATED_MESSAGE, TokenCheck
 from controller.api.errors import bad_request, too_large
+from controller.store.task_bundle import MAX_BUNDLE_BYTES
 
 MAX_MESSAGE_BYTES = 257 << 20  # the transport's cap: Execute's 256 MiB of files (JobSpec)
 MAX_SEND_BYTES = 300 << 20  # responses (returned files, artifacts): unchanged
 DEFAULT_CAP_BYTES = 64 << 10
 METHOD_CAPS: Mapping[str, int] = {
     "/bilevel.v1.SandboxService/Execute": MAX_MESSAGE_BYTES,
-    "/bilevel.v1.RunService/CreateRun": 8 << 20,  # train.py (1 MiB) and mechanism sources
+    # train.py (1 MiB), mechanism sources and a task directory (store/task_bundle.py)
+    "/bilevel.v1.RunService/CreateRun": (8 << 20) + MAX_BUNDLE_BYTES,
 }
 LARGE_CAP_BYTES = 1 << 20  # methods with a cap above this share the LARGE_READS bound
 LARGE_READS = 2

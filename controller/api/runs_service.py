@@ -53,7 +53,10 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def CreateRun(self, request: rpb.CreateRunRequest,
                         context: grpc.aio.ServicerContext) -> rpb.Run:
         settings = convert.run_settings(request)
-        return convert.run(await asyncio.to_thread(self.manager.create, settings))
+        # A task directory: checked, stored with the run and loaded by the manager.
+        files = dict(request.task.task_files) or None
+        del request  # the dict holds the bytes now; do not keep the message twice
+        return convert.run(await asyncio.to_thread(self.manager.create, settings, files))
 
     @rpc_errors
     async def GetRun(self, request: rpb.GetRunRequest,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import structlog
 
@@ -24,7 +26,12 @@ from controller.research.level1.space import ProposalError
 from controller.research.outer import attach_outer_levels
 from controller.research.settings import RunSettings
 from controller.research.task import Task
+from controller.research.tasks.manifest import MANIFEST, TaskError, load_task_dir
 from controller.research.tasks.registry import make_task
+from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.image import ImageBuildError
+from controller.sandbox.task_image import WheelSource, ensure_task_image
+from controller.store import task_bundle
 from controller.store.artifacts import ArtifactStore
 from controller.store.memory import MemoryStore
 from controller.store.records import RunRecord, RunState
@@ -39,6 +46,8 @@ MEMORY_IN_PROMPT = 20  # newest lessons of the task offered to a proposer
 class ManagerConfig:
     max_active_runs: int = 4
     llm: LLMAccess = field(default_factory=LLMAccess)
+    # Where the host's pip finds a task's requirements (the operator's choice).
+    wheels: WheelSource = field(default_factory=WheelSource)
 
 
 @dataclass
@@ -59,9 +68,21 @@ class RunManager:
         self._starting = threading.Lock()
         self._closing = False
 
-    def create(self, settings: RunSettings) -> RunRecord:
-        """Validate and start a run. Raises FieldError, CapacityError, SandboxUnavailable."""
+    def create(self, settings: RunSettings,
+               task_files: Mapping[str, bytes] | None = None) -> RunRecord:
+        """Validate and start a run; `task_files`, a task directory a client sent, is
+        stored with the run and is its task. Raises FieldError, CapacityError,
+        SandboxUnavailable."""
+        replay_of = settings.llm.replay_run if settings.llm.provider == "replay" else ""
         settings = self._replay_settings(settings)
+        if task_files is None and settings.task.task_sha256 and replay_of:
+            task_files = task_bundle.read_task_dir(task_bundle.load_stored(
+                self.artifacts.root, replay_of, settings.task.task_sha256))
+        files = task_bundle.check_bundle(task_files) if task_files else None
+        settings = replace(settings, task=replace(
+            settings.task, task_sha256=task_bundle.digest(files) if files else "",
+            # the stored task's name replaces this once it is loaded (_store_task)
+            preset=settings.task.preset or ("task_files" if files else "")))
         settings.validate()
         with self._lock:
             if self._closing:
@@ -69,13 +90,56 @@ class RunManager:
             if len(self._active) >= self.config.max_active_runs:
                 raise CapacityError("runs", f"{self.config.max_active_runs} runs are active "
                                     "(the server's --max-runs); wait for one or cancel one")
-        task = self._task(settings)
         run_id = f"run-{uuid.uuid4().hex[:12]}"
-        with self._starting:  # so resume_all never takes a new run for an orphan
-            loop = self._loop(run_id, settings, task)  # checks the LLM settings and key
-            run = self.store.create_run(run_id, settings.to_dict())
-            self._start(run.id, loop)
+        run: RunRecord | None = None
+        try:
+            if files is not None:
+                settings = self._store_task(run_id, settings, files)
+            task = self._task(settings, run_id)
+            with self._starting:  # so resume_all never takes a new run for an orphan
+                loop = self._loop(run_id, settings, task)  # checks the LLM settings and key
+                run = self.store.create_run(run_id, settings.to_dict())
+                self._start(run.id, loop)
+        except BaseException:
+            if files is not None and run is None:  # no run owns the stored copy
+                task_bundle.remove(self.artifacts.root, run_id)
+            raise
         return run
+
+    def _store_task(self, run_id: str, settings: RunSettings,
+                    files: dict[str, bytes]) -> RunSettings:
+        """Store the sent task directory with the run and check it with the task loader;
+        the run's preset becomes the task's name."""
+        folder = task_bundle.store(self.artifacts.root, run_id, files)
+        try:
+            manifest = load_task_dir(folder)
+        except TaskError as exc:  # name the manifest key inside the bundle
+            where = "" if exc.field == "task" else f"[{MANIFEST}].{exc.field}"
+            raise FieldError(f"{task_bundle.FIELD}{where}", exc.reason) from None
+        return replace(settings, task=replace(settings.task,
+                                              preset=manifest.builtin or manifest.name))
+
+    def _task_dir(self, settings: RunSettings, run_id: str) -> Path | None:
+        """The run's stored task directory, checked against its recorded hash."""
+        if not settings.task.task_sha256:
+            return None
+        return task_bundle.load_stored(self.artifacts.root, run_id, settings.task.task_sha256)
+
+    def _task_image(self, executor: SandboxExecutor, folder: Path) -> str | None:
+        """The task image for the manifest's requirements (built once, then reused)."""
+        requirements = load_task_dir(folder).requirements
+        if not requirements:
+            return None
+        field = f"{task_bundle.FIELD}[{MANIFEST}].requirements"
+        try:
+            tag = ensure_task_image(executor.client, executor.image, requirements,
+                                    self.config.wheels)
+        except ValueError as exc:
+            raise FieldError(field, str(exc)) from None
+        except ImageBuildError as exc:
+            raise FieldError(field, f"the task image could not be built: {exc}") from None
+        executor.allow_image(tag)
+        return tag
 
     def _replay_settings(self, settings: RunSettings) -> RunSettings:
         """A replay re-runs the stored run's own settings with its stored answers."""
@@ -90,9 +154,12 @@ class RunManager:
         return replace(original, llm=replace(original.llm, provider="replay",
                                              replay_run=settings.llm.replay_run))
 
-    def _task(self, settings: RunSettings) -> Task:
+    def _task(self, settings: RunSettings, run_id: str) -> Task:
         executor = self.engine.get()
-        task = make_task(settings.task, executor, settings.proposer.mode)
+        folder = self._task_dir(settings, run_id)
+        image = self._task_image(executor, folder) if folder is not None else None
+        task = make_task(settings.task, executor, settings.proposer.mode, task_dir=folder,
+                         image=image)
         try:
             task.search_space().without(settings.search.frozen_knobs)
         except ProposalError as exc:
@@ -159,7 +226,7 @@ class RunManager:
         for run in runs:
             settings = RunSettings.from_dict(run.settings)
             try:
-                loop = self._loop(run.id, settings, self._task(settings))
+                loop = self._loop(run.id, settings, self._task(settings, run.id))
             except FieldError as exc:
                 if settings.proposer.kind == "llm" and exc.field.startswith("llm."):
                     # e.g. the key is missing in this controller: keep the run for later
@@ -187,7 +254,7 @@ class RunManager:
             if len(self._active) >= self.config.max_active_runs:
                 raise CapacityError("runs", f"{self.config.max_active_runs} runs are active")
         settings = RunSettings.from_dict(run.settings)
-        loop = self._loop(run_id, settings, self._task(settings))
+        loop = self._loop(run_id, settings, self._task(settings, run_id))
         with self._starting:
             if not self.store.unpause_run(run_id):
                 raise StateConflict(f"run {run_id}", f"run {run_id} is no longer paused")
