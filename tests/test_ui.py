@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,72 +89,120 @@ def _chromium(tmp_path: Path, *flags: str) -> str:
     return done.stdout
 
 
-def test_ui_follows_a_live_run_and_the_page_shows_every_trial_escaped(
-        tmp_path: Path, sandbox_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
-    token_file = tmp_path / "token"
+@dataclass
+class Live:
+    stubs: Stubs
+    address: str
+    base: str  # the ui's URL
+    llm: FakeLLMServer
+    client_state: Path
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, sandbox_image: str) -> Iterator[Live]:
+    """One token-protected controller and one `bilevel ui --server` for the module."""
+    tmp = tmp_path_factory.mktemp("ui")
+    token_file = tmp / "token"
     token_file.write_text(TOKEN + "\n")
-    client_state = tmp_path / "client"
+    client_state = tmp / "client"
     client_state.mkdir()
-    with FakeLLMServer(responder=_hostile_answers()) as llm, \
-            serving(tmp_path / "controller", sandbox_image, tokens=(TOKEN,),
-                    llm=LLMAccess(allow_any_base_url=True)) as server, \
-            _ui(server.address, client_state, token_file) as base:
-        stubs = Stubs(server.address, TOKEN)
-        request = surrogate_run(trials=TRIALS)
-        request.proposer.kind = rpb.PROPOSER_KIND_LLM
-        request.llm.provider, request.llm.base_url = "openai", llm.openai_url
-        request.llm.model = "fake-model"
-        run = stubs.runs.CreateRun(request, metadata=stubs.metadata, timeout=30)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENAI_API_KEY", TEST_KEY)  # read by the controller in this process
+        with FakeLLMServer(responder=_hostile_answers()) as llm, \
+                serving(tmp / "controller", sandbox_image, tokens=(TOKEN,),
+                        llm=LLMAccess(allow_any_base_url=True)) as server, \
+                _ui(server.address, client_state, token_file) as base:
+            yield Live(Stubs(server.address, TOKEN), server.address, base, llm, client_state)
 
-        # Live: the page's long poll, followed until the run ends, misses nothing.
-        events: list[dict[str, Any]] = []
-        polls = 0
-        while True:
-            status, got = _get(f"{base}api/runs/{run.id}/events?after="
-                               f"{events[-1]['seq'] if events else 0}&wait=20")
-            assert status == 200, got
-            polls += 1
-            events.extend(got["events"])
-            if got["done"]:
-                break
-        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-        assert sum("trial_finished" in e for e in events) == TRIALS + 1
-        assert "run_finished" in events[-1] and polls >= 2  # updates came as it went
-        status, listed = _get(f"{base}api/runs")
-        assert status == 200 and [r["id"] for r in listed["runs"]] == [run.id]
 
-        ablation.save(client_state, AblationSpec(
-            id="abl-ui-test", task="surrogate", repeats=1, trials=TRIALS,
-            arms=[ablation.catalogue(False, 2)[0]["A"]],
-            cells={"A/0": Cell(run_id=run.id, state="succeeded")}))
+def _follow(live: Live, run_id: str) -> tuple[list[dict[str, Any]], int]:
+    """The run's events through the page's long poll until the run ends, and the polls."""
+    events: list[dict[str, Any]] = []
+    polls = 0
+    while True:
+        status, got = _get(f"{live.base}api/runs/{run_id}/events?after="
+                           f"{events[-1]['seq'] if events else 0}&wait=20")
+        assert status == 200, got
+        polls += 1
+        events.extend(got["events"])
+        if got["done"]:
+            return events, polls
 
-        dom = _chromium(tmp_path, "--dump-dom", f"{base}#/run/{run.id}")
-        rows = re.findall(r'<tr class="trial done[^"]*" data-trial="(\d+)"', dom)
-        assert rows == [str(n) for n in range(TRIALS + 1)]
-        plot = dom.split('<svg id="plot"')[1].split("</svg>")[0]
-        assert plot.count("<circle") == TRIALS + 1 and 'class="best"' in plot
-        # The hostile hypothesis is text in each proposed trial's row, never markup.
-        table = dom.split('<table id="trials-table">')[1].split("</table>")[0]
-        assert table.count("&lt;img src=x onerror=") == TRIALS
-        assert table.count("&lt;script&gt;document.title") == TRIALS
-        assert "&amp;amp;" in table
-        assert "<img" not in dom and "<script>" not in dom and "pwned" not in dom.split(
-            "<title>")[1].split("</title>")[0] and "data-pwned" not in dom
 
-        page = _chromium(tmp_path, "--dump-dom", f"{base}#/ablation/abl-ui-test")
-        arms = page.split('<table id="arms-table">')[1].split("</table>")[0]
-        final = stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id), metadata=stubs.metadata)
-        assert f'href="#/run/{run.id}">{final.best_val_bpb:.4f}</a>' in arms
+def test_ui_follows_a_live_run_and_the_page_shows_every_trial_escaped(
+        live: Live, tmp_path: Path) -> None:
+    request = surrogate_run(trials=TRIALS)
+    request.proposer.kind = rpb.PROPOSER_KIND_LLM
+    request.llm.provider, request.llm.base_url = "openai", live.llm.openai_url
+    request.llm.model = "fake-model"
+    run = live.stubs.runs.CreateRun(request, metadata=live.stubs.metadata, timeout=30)
 
-        shot = tmp_path / "ui.png"
-        _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1100,1400",
-                  f"{base}#/run/{run.id}")
-        colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
-        assert colours is not None and len(colours) > 50  # drawn, not a blank page
+    # Live: the page's long poll, followed while the run goes, misses nothing.
+    events, polls = _follow(live, run.id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert sum("trial_finished" in e for e in events) == TRIALS + 1
+    assert "run_finished" in events[-1] and polls >= 2  # updates came as it went
+    status, listed = _get(f"{live.base}api/runs")
+    assert status == 200 and run.id in [r["id"] for r in listed["runs"]]
 
-        # Without the token the controller refuses the ui, and the page is told why.
-        (tmp_path / "other").mkdir()
-        with _ui(server.address, tmp_path / "other", None) as anonymous:
-            status, body = _get(f"{anonymous}api/runs")
-            assert status == 502 and "UNAUTHENTICATED" in body["error"]
+    dom = _chromium(tmp_path, "--dump-dom", f"{live.base}#/run/{run.id}")
+    rows = re.findall(r'<tr class="trial done[^"]*" data-trial="(\d+)"', dom)
+    assert rows == [str(n) for n in range(TRIALS + 1)]
+    plot = dom.split('<svg id="plot"')[1].split("</svg>")[0]
+    assert plot.count("<circle") == TRIALS + 1 and 'class="best"' in plot
+    # The hostile hypothesis is text in each proposed trial's row, never markup.
+    table = dom.split('<table id="trials-table">')[1].split("</table>")[0]
+    assert table.count("&lt;img src=x onerror=") == TRIALS
+    assert table.count("&lt;script&gt;document.title") == TRIALS
+    assert "&amp;amp;" in table
+    title = dom.split("<title>")[1].split("</title>")[0]
+    assert "<img" not in dom and "<script>" not in dom and "data-pwned" not in dom
+    assert title == "bilevel"
+
+    shot = tmp_path / "ui.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1100,1400",
+              f"{live.base}#/run/{run.id}")
+    colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # drawn, not a blank page
+
+
+def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path: Path) -> None:
+    request = surrogate_run(trials=8)
+    request.outer.CopyFrom(rpb.OuterSettings(
+        levels=[rpb.LEVEL_1, rpb.LEVEL_1_5, rpb.LEVEL_2], mechanism_source="library",
+        l15_every_trials=3, l2_every_trials=3, mechanisms=[rpb.InitialMechanism(name="tabu")]))
+    run = live.stubs.runs.CreateRun(request, metadata=live.stubs.metadata, timeout=30)
+    events, _ = _follow(live, run.id)
+    final = live.stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id),
+                                   metadata=live.stubs.metadata)
+    lifecycle = [e["mechanism"] for e in events if "mechanism" in e]
+    assert lifecycle and final.mechanisms
+
+    trial = next(n for n in range(1, 9) if live.stubs.runs.GetArtifact(
+        rpb.GetArtifactRequest(run_id=run.id, name=f"trials/{n}/diff"),
+        metadata=live.stubs.metadata).content)
+    dom = _chromium(tmp_path, "--dump-dom", f"{live.base}#/run/{run.id}/trial/{trial}")
+    timeline = dom.split('<svg id="timeline"')[1].split("</svg>")[0]
+    assert timeline.count("<circle") == len(lifecycle)
+    verdicts = dom.split('<table id="verdicts">')[1].split("</table>")[0]
+    assert verdicts.count("<tr>") == len(final.mechanisms) + 1  # and the header
+    assert "<td>tabu</td>" in verdicts
+    assert '<table id="config-table">' in dom
+    # The deep link opened the trial: its diff, coloured, and its log.
+    diff = dom.split('<pre id="diff">')[1].split("</pre>")[0]
+    assert '<span class="add">+' in diff and '<span class="del">-' in diff
+    assert "val_bpb:" in dom.split('<pre id="log">')[1].split("</pre>")[0]
+
+    ablation.save(live.client_state, AblationSpec(
+        id="abl-ui-test", task="surrogate", repeats=1, trials=8,
+        arms=[ablation.catalogue(False, 2)[0]["C"]],
+        cells={"C/0": Cell(run_id=run.id, state="succeeded")}))
+    page = _chromium(tmp_path, "--dump-dom", f"{live.base}#/ablation/abl-ui-test")
+    arms = page.split('<table id="arms-table">')[1].split("</table>")[0]
+    assert f'href="#/run/{run.id}">{final.best_val_bpb:.4f}</a>' in arms
+
+    # Without the token the controller refuses the ui, and the page is told why.
+    (tmp_path / "other").mkdir()
+    with _ui(live.address, tmp_path / "other", None) as anonymous:
+        status, body = _get(f"{anonymous}api/runs")
+        assert status == 502 and "UNAUTHENTICATED" in body["error"]

@@ -1,7 +1,7 @@
 // bilevel ui: plain JS + SVG, no library, no network beyond this origin's JSON API.
 // Everything that comes from a run (descriptions, hypotheses, logs, diffs, mechanism
 // details) is hostile text: it only ever reaches the DOM as textContent or as a text
-// node, never through innerHTML or an attribute the browser interprets.
+// node, never as markup the browser parses, nor in an attribute it interprets.
 "use strict";
 
 const SVGNS = "http://www.w3.org/2000/svg";
@@ -126,7 +126,8 @@ function ablationsTable(data) {
 
 // ---------------------------------------------------------------- one run
 
-function runView(runId) {
+// `pick`: the trial whose diff and log to show once it is known (#/run/<id>/trial/<n>).
+function runView(runId, pick) {
   crumb.textContent = " / " + runId;
   const state = { trials: new Map(), bests: [], mech: [], config: [], finished: null,
                   run: null, lastSeq: 0, selected: null };
@@ -142,11 +143,17 @@ function runView(runId) {
     trialsBox, el("h2", {}, "Trial"), detail, el("h2", {}, "Mechanisms (Level 2)"), mechBox,
     el("h2", {}, "Configuration (Level 1.5)"), configBox);
 
+  function select(n) {
+    state.selected = n;
+    history.replaceState(null, "", `#/run/${encodeURIComponent(runId)}/trial/${n}`);
+    render();
+    showTrial(runId, state, n, detail);
+  }
+
   function render() {
     facts.replaceChildren(runFacts(state));
     plotBox.replaceChildren(plot(state));
-    trialsBox.replaceChildren(trialsTable(state, (n) => { state.selected = n; render();
-      showTrial(runId, state, n, detail); }));
+    trialsBox.replaceChildren(trialsTable(state, select));
     mechBox.replaceChildren(mechanisms(state));
     configBox.replaceChildren(configTable(state));
   }
@@ -161,6 +168,8 @@ function runView(runId) {
         for (const event of got.events) apply(state, event);
         state.lastSeq = got.last_seq;
         if (got.events.length || got.done) render();
+        const wanted = state.trials.get(pick);
+        if (state.selected === null && wanted && wanted.finished) select(pick);
         if (got.done) { await refreshRun(); return; }
         wait = got.events.length >= 500 ? 0 : 20;
       } catch (e) {
@@ -507,7 +516,10 @@ function armsPlot(arms, repeats, cells, runs) {
 function route() {
   if (current) current.stop();
   const parts = (location.hash.replace(/^#/, "") || "/").split("/").filter(Boolean);
-  if (parts[0] === "run" && parts[1]) current = runView(decodeURIComponent(parts[1]));
+  if (parts[0] === "run" && parts[1]) {
+    const pick = parts[2] === "trial" && /^[0-9]+$/.test(parts[3] || "") ? Number(parts[3]) : null;
+    current = runView(decodeURIComponent(parts[1]), pick);
+  }
   else if (parts[0] === "ablation" && parts[1]) current = ablationView(decodeURIComponent(parts[1]));
   else current = homeView();
 }
