@@ -70,4 +70,4 @@ def test_run_against_a_server_with_a_token(tmp_path: Path, sandbox_image: str) -
         assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr
         invalid = bilevel("run", "--server", address, "--preset", "surrogate", "--trials", "0",
                           env=env)
-        assert invalid.returncode == 2 and "budgets.max_trials" in invalid.stderr
+        assert invalid.returncode == 2 and "--trials: must be" in invalid.stderr

@@ -99,6 +99,7 @@ class ControllerServer:
             self.port = server.add_insecure_port(address)
         await server.start()
         self._server = server
+        _record_address(self._lock_fd, address, self.port, self.config.tls is not None)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(RUN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SANDBOX_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -150,7 +151,7 @@ def _lock_state_dir(state_dir: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        holder = os.pread(fd, 64, 0).decode(errors="replace").partition("\n")[0].strip()
         os.close(fd)
         raise ConfigError(f"state dir {state_dir} is in use by another controller "
                           f"(pid {holder or '?'}); connect to it with --server, or pass "
@@ -158,6 +159,16 @@ def _lock_state_dir(state_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _record_address(fd: int, address: str, port: int, tls: bool) -> None:
+    """Next to the pid in the lock file: where a client on this host reaches this
+    controller (`bilevel runs` and friends connect to it instead of failing)."""
+    host = address.rpartition(":")[0].strip("[]")
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    host = f"[{host}]" if ":" in host else host
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n{host}:{port}\n{'tls' if tls else 'plain'}\n".encode(), 0)
 
 
 async def serve(config: ServerConfig, port_file: Path | None = None) -> None:

@@ -36,4 +36,4 @@ def cmd_artifact(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         return 0
 
-    return run_client_command(args, fetch)
+    return run_client_command(args, fetch, read_only=True)

@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from controller.api.client import Client, add_client_arguments, connect
+from controller.api.client import Client, add_client_arguments
 from controller.api.errors import describe
+from controller.commands.local import open_client
 from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError, ServerConfig
 
@@ -26,12 +27,15 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_client_command(args: argparse.Namespace, body: Body,
-                       embedded: Callable[[], ServerConfig] | None = None) -> int:
-    """Run `body` with a connected client; its return value is the exit status."""
+                       embedded: Callable[[], ServerConfig] | None = None,
+                       read_only: bool = False) -> int:
+    """Run `body` with a connected client; its return value is the exit status. Without
+    --server, a `read_only` command reads the store and starts no controller
+    (controller/commands/local.py)."""
     make_config = embedded or (lambda: server_config(args))
 
     async def main() -> int:
-        async with connect(args, make_config) as client:
+        async with open_client(args, make_config, read_only) as client:
             try:
                 return await body(client)
             except grpc.aio.AioRpcError as exc:

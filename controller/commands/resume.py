@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from controller.api.client import Client
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.client_command import add_connection_arguments, run_client_command
+from controller.commands.local import check_detach, where_of
 from controller.commands.run import embedded_config, follow
+from controller.config import ConfigError
 from controller.llm.access import add_llm_access_arguments
 
 
@@ -21,6 +24,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    try:
+        check_detach(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return run_client_command(args, lambda client: _resume(client, args),
                               embedded=lambda: embedded_config(args))
 
@@ -37,4 +45,4 @@ async def _resume(client: Client, args: argparse.Namespace) -> int:
     if args.detach:
         print(run.id)
         return 0
-    return await follow(client, run, after_seq=last, reconnect=bool(args.server))
+    return await follow(client, run, after_seq=last, reconnect=where_of(client) != "embedded")

@@ -12,13 +12,17 @@ import grpc
 from rich.console import Console
 
 from controller.api import enums
-from controller.api.client import Client, add_client_arguments, connect
+from controller.api.client import Client, add_client_arguments
 from controller.api.errors import describe
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.commands.flags import check_request, describe_for_flags, field_message
 from controller.commands.live_view import RunView
+from controller.commands.local import check_detach, open_client, state_dir_of
 from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError, ServerConfig
 from controller.llm.access import add_llm_access_arguments, llm_access
+from controller.logging import LOG_FILE
+from controller.research.errors import FieldError
 from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS
 
 RECONNECT_ATTEMPTS = 30
@@ -193,29 +197,39 @@ L15_OFFLINE_NOTE = (
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if outer_levels(args)[2]:
-        print(L15_OFFLINE_NOTE, file=sys.stderr)
     try:
-        return asyncio.run(_create_and_follow(args, run_request(args)))
+        request = run_request(args)
+        check_request(request)  # before any controller starts
+        check_detach(args)
+        if outer_levels(args)[2]:
+            print(L15_OFFLINE_NOTE, file=sys.stderr)
+        return asyncio.run(_create_and_follow(args, request))
+    except FieldError as exc:
+        print(f"error: {field_message(exc)}", file=sys.stderr)
+        return 2
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 async def _create_and_follow(args: argparse.Namespace, request: rpb.CreateRunRequest) -> int:
-    async with connect(args, lambda: embedded_config(args)) as client:
+    async with open_client(args, lambda: embedded_config(args)) as client:
         try:
             run = await client.runs.CreateRun(request, metadata=client.metadata)
         except grpc.aio.AioRpcError as exc:
-            print(f"error: {describe(exc)}", file=sys.stderr)
+            print(f"error: {describe_for_flags(exc)}", file=sys.stderr)
             return 2
         if args.detach:
             print(run.id)
             return 0
-        if not args.server:
+        if client.where == "embedded":
             print(f"run {run.id} (in-process controller; Ctrl-C pauses it, and it resumes "
-                  "when a controller next starts on this state dir)", file=sys.stderr)
-        return await follow(client, run, reconnect=bool(args.server))
+                  "when a controller next starts on this state dir; log: "
+                  f"{state_dir_of(args) / LOG_FILE})", file=sys.stderr)
+        else:
+            print(f"run {run.id} (Ctrl-C stops following; the run goes on: `bilevel watch "
+                  f"{run.id}`)", file=sys.stderr)
+        return await follow(client, run, reconnect=client.where != "embedded")
 
 
 async def follow(client: Client, run: rpb.Run, after_seq: int = 0,

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    return run_client_command(args, lambda client: _list(client, args))
+    return run_client_command(args, lambda client: _list(client, args), read_only=True)
 
 
 async def _list(client: Client, args: argparse.Namespace) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from controller.api.client import Client
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.client_command import add_connection_arguments, run_client_command
+from controller.commands.local import STALLED_NOTE, StoreClient, where_of
 from controller.commands.run import follow
 
 
@@ -23,7 +25,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     async def watch(client: Client) -> int:
         run = await client.runs.GetRun(rpb.GetRunRequest(run_id=args.run_id),
                                        metadata=client.metadata)
-        return await follow(client, run, after_seq=args.after_seq,
-                            reconnect=bool(args.server))
+        code = await follow(client, run, after_seq=args.after_seq,
+                            reconnect=where_of(client) != "store")
+        if isinstance(client, StoreClient) and client.runs.stalled(run.id):
+            print(STALLED_NOTE, file=sys.stderr)
+        return code
 
-    return run_client_command(args, watch)
+    return run_client_command(args, watch, read_only=True)
