@@ -26,7 +26,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from controller.api import enums, sandbox_service
+from controller.api import enums, reflection, sandbox_service
 from controller.api.edge import DEFAULT_CAP_BYTES
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
@@ -141,6 +141,7 @@ def _methods() -> list[tuple[str, bool, bool]]:
             for method in service.methods:
                 out.append((f"/{service.full_name}/{method.name}",
                             method.client_streaming, method.server_streaming))
+    out.append((f"/{reflection.V1}/{reflection.METHOD}", True, True))  # same messages
     return out
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from controller.api import reflection
 from controller.api.edge import MAX_CONCURRENT_RPCS, EdgeInterceptor, server_options
 from controller.api.events import EventHub
 from controller.api.gen.bilevel.v1 import runs_pb2, runs_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
@@ -87,9 +87,9 @@ class ControllerServer:
         runs_pb2_grpc.add_MemoryServiceServicer_to_server(  # type: ignore[no-untyped-call]
             MemoryServicer(MemoryStore(self.store)), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SANDBOX_SERVICE, RUN_SERVICE, MEMORY_SERVICE, health_pb2.DESCRIPTOR.services_by_name[
-                "Health"].full_name, reflection.SERVICE_NAME), server)
+        # v1 and v1alpha, with the proto comments (grpcurl describe shows them).
+        reflection.enable(server, (SANDBOX_SERVICE, RUN_SERVICE, MEMORY_SERVICE,
+                                   health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         address, warning = self.config.bind_address()
         if warning:
             log.warning(warning)

@@ -383,7 +383,7 @@ class RunEvent(_message.Message):
         attempt: int
         def __init__(self, trial: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
     class TrialFinished(_message.Message):
-        __slots__ = ("trial", "status", "val_bpb", "memory_gib", "metrics_json", "job_status", "exception", "run_seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source")
+        __slots__ = ("trial", "status", "val_bpb", "memory_gib", "metrics_json", "job_status", "exception", "run_seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source", "node_id")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
         STATUS_FIELD_NUMBER: _ClassVar[int]
         VAL_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -400,6 +400,7 @@ class RunEvent(_message.Message):
         LLM_COST_USD_FIELD_NUMBER: _ClassVar[int]
         MECHANISMS_JSON_FIELD_NUMBER: _ClassVar[int]
         PROPOSAL_SOURCE_FIELD_NUMBER: _ClassVar[int]
+        NODE_ID_FIELD_NUMBER: _ClassVar[int]
         trial: int
         status: TrialStatus
         val_bpb: float
@@ -416,7 +417,8 @@ class RunEvent(_message.Message):
         llm_cost_usd: float
         mechanisms_json: str
         proposal_source: str
-        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gib: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., run_seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ...) -> None: ...
+        node_id: str
+        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gib: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., run_seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
     class ConfigAdjusted(_message.Message):
         __slots__ = ("trial", "controller", "applied", "freeze", "unfreeze", "frozen", "strategy", "guidance", "restart_from_trial", "rejected", "error")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
