@@ -10,6 +10,9 @@ bash .ci/engine.sh
 if ! python3 -m venv --help >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
 fi
+# Headless Chromium loads the report and the `bilevel ui` page in the tests.
+command -v chromium >/dev/null 2>&1 || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # torch==2.13.0 is pinned: a looser spec could pull a multi-GB CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,parquet]"
