@@ -40,6 +40,11 @@ from controller.sandbox.job_output import metrics_of
 from controller.sandbox.spec import OUT_DIR, DataMount, JobResult, JobSpec, Limits, Status
 
 SEED_ENV = "TRIAL_SEED"
+# Test-only switches (tests/test_task_deny.py's sensitivity twins flip them; nothing a
+# request or a manifest says reaches them): phase 1 without the scorer's mounts and
+# files, and the metric from phase 2 only.
+_HIDE_SCORER_FROM_CANDIDATE = True
+_METRIC_FROM_SCORER = True
 MAX_DATA_FILES = 100_000
 MAX_DATA_BYTES = 4 << 30
 LAST_LINE_CAPS = bounded_json.Caps(max_bytes=64 << 10, max_depth=8, max_str=4096,
@@ -169,9 +174,13 @@ class ManifestTask:
         m, train = self.manifest, self.manifest.train
         assert train is not None
         files = {**self._phase1, m.editable: source.encode()}
+        phase1 = train
+        if not _HIDE_SCORER_FROM_CANDIDATE and m.score is not None:
+            files = {**self._phase2, m.editable: source.encode()}
+            phase1 = replace(train, mounts=train.mounts + m.score.mounts)
         command = ("python3", "-c", _LINK, train.outputs, *train.command)
         first = self.executor.run(self._spec(
-            train, files, command, train.output_mb << 20, {SEED_ENV: str(int(seed))},
+            phase1, files, command, train.output_mb << 20, {SEED_ENV: str(int(seed))},
             "train"), cancel=cancel)
         if first.status is not Status.OK or m.score is None:
             claimed = {} if m.score is not None else result_metrics(first)
@@ -183,7 +192,7 @@ class ManifestTask:
         second = self.executor.run(self._spec(
             m.score, {**self._phase2, **inputs}, m.score.command, 1 << 20, {}, "score"),
             cancel=cancel)
-        scored = result_metrics(second)
+        scored = result_metrics(second) if _METRIC_FROM_SCORER else result_metrics(first)
         outcome = outcome_from_job(second, scored, self.objective)
         log = (outcome_from_job(first, {}).log + "\n=== trusted scorer ===\n" + outcome.log)
         detail = outcome.detail

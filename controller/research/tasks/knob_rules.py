@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.research.errors import FieldError
 from controller.research.level1 import knobs as knob_io
 from controller.research.level1.space import Knob, SearchSpace
+from controller.research.tasks.manifest import TaskError as FieldError
 
 MAX_KNOBS = 64
 

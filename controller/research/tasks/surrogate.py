@@ -116,8 +116,9 @@ class SurrogateTask:
             return TrialOutcome(job_status="error", val_bpb=None, exception={
                 "type": type(exc).__name__, "message": str(exc), "frames": []},
                 log=job.log if job else "", seconds=job.seconds if job else 0.0,
-                detail="the surrogate's value of these knobs raised")
+                detail="the surrogate's value of these knobs raised",
+                node=job.node if job else "")
         metrics = {"val_bpb": val_bpb, "memory_gb": memory_gb}  # the job's own are ignored
         return TrialOutcome(job_status="ok", val_bpb=val_bpb, memory_gb=memory_gb,
                             metrics=metrics, log=job.log if job else "",
-                            seconds=job.seconds if job else 0.0)
+                            seconds=job.seconds if job else 0.0, node=job.node if job else "")

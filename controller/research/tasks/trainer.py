@@ -106,13 +106,17 @@ class TrainerTask:
         if outcome.eval is not None:
             log += "\n=== trusted evaluation ===\n" + outcome_from_job(outcome.eval, {}).log
         detail = outcome.error or result.detail
+        nodes = [str(getattr(j, "node", "")) for j in (outcome.train, outcome.eval)
+                 if j is not None]
+        node = ",".join(dict.fromkeys(n for n in nodes if n))
         if outcome.status == OVER_BUDGET:
             return TrialOutcome(job_status=OVER_BUDGET, val_bpb=None,
                                 memory_gb=metrics["memory_gb"], metrics=metrics, log=log,
-                                seconds=outcome.train.timings.run_s, detail=detail)
+                                seconds=outcome.train.timings.run_s, detail=detail,
+                                node=node)
         return TrialOutcome(job_status=result.job_status if not outcome.ok else "ok",
                             val_bpb=result.val_bpb if outcome.ok else None,
                             memory_gb=metrics["memory_gb"], metrics=metrics,
                             exception=result.exception, log=log,
                             seconds=metrics.get("total_seconds", result.seconds),
-                            detail=detail)
+                            detail=detail, node=node)
