@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import docker
 import pytest
 from docker.models.images import ImageCollection
 
+from controller import cli
 from controller.sandbox import task_image
 from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.image import ImageBuildError
@@ -59,7 +61,8 @@ def test_requirements_are_names_not_options_or_urls() -> None:
 @pytest.mark.docker
 def test_task_image_built_from_local_wheels_reused_and_used_by_jobs(
         docker_client: docker.DockerClient, sandbox_image: str, executor: SandboxExecutor,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(task_image, "CACHE_DIR", tmp_path / "cache")
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -94,6 +97,25 @@ def test_task_image_built_from_local_wheels_reused_and_used_by_jobs(
         task_image.task_image_tag("base", ["bileveltinypkg==1.0"],
                                   [(hashes[0][0], "0" * 64)])
     assert ensure_task_image(docker_client, sandbox_image, [], source) == sandbox_image
+
+    # Another wheel source on the same host (here: one that has nothing) finds the image
+    # built for these requirements instead of asking an index.
+    assert ensure_task_image(docker_client, sandbox_image, ["bileveltinypkg==1.0"],
+                             WheelSource(no_index=True)) == tag
+    assert len(builds) == 1
+
+    # `bilevel image build --task DIR` prints the task image's tag.
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "train.py").write_text("X = 1\n")
+    (task / "bilevel-task.toml").write_text(
+        'name = "tiny"\neditable = "train.py"\nmetric = "m"\ndirection = "minimize"\n'
+        'requirements = ["bileveltinypkg==1.0"]\n[train]\ncommand = ["python3", "train.py"]\n')
+    monkeypatch.setenv("BILEVEL_BASE", os.environ.get("BILEVEL_BASE", "auto"))
+    base = os.environ["BILEVEL_BASE"]
+    assert cli.main(["image", "build", "--base", base, "--task", str(task),
+                     "--find-links", str(wheels), "--no-index"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == tag
 
     # A job in the task image imports the package, under both runtimes; the sandbox
     # image's own packages are still there.

@@ -38,6 +38,7 @@ MAX_REQUIREMENTS = 64
 MAX_REQUIREMENT_CHARS = 200
 MAX_WHEELHOUSE_BYTES = 2 << 30  # what one task may add to the sandbox image
 LABEL = "dev.bilevel.task-image"  # value: the base image it was built on
+REQUIREMENTS_LABEL = "dev.bilevel.task-requirements"  # value: hash of base id + requirements
 
 # Runs in the build, before and after the install: records the sha256 of every file of
 # the base's venv and trusted code, then refuses any change to them and any new
@@ -232,6 +233,15 @@ def ensure_task_image(client: docker.DockerClient, base: str,
     constraints = base_freeze(client, base)
     key = hashlib.sha256("\n".join([base_id, *requirements, "--", *constraints, "--",
                                     *source.args()]).encode()).hexdigest()[:16]
+    wanted = hashlib.sha256("\n".join([base_id, *requirements]).encode()).hexdigest()[:16]
+    if not force and not (CACHE_DIR / f"task-wheelhouse-{key}" / "requirements.txt").exists():
+        # Built before from another wheel source (e.g. `bilevel image build --task` with
+        # --find-links on this host): reuse it rather than ask an index again.
+        for image in client.images.list(filters={"label": f"{REQUIREMENTS_LABEL}={wanted}"}):
+            tags = [t for t in image.tags if t.startswith(f"{TASK_IMAGE_REPO}:")]
+            if tags:
+                log.info("task image found for these requirements", tag=tags[0])
+                return str(tags[0])
     wheelhouse = download_wheelhouse(requirements, constraints, source, key)
     tag = task_image_tag(base_id, requirements, wheel_hashes(wheelhouse))
     if not force:
@@ -245,7 +255,8 @@ def ensure_task_image(client: docker.DockerClient, base: str,
     try:
         client.images.build(fileobj=_context(wheelhouse), custom_context=True, tag=tag,
                             rm=True, forcerm=True, buildargs={"BASE": base},
-                            network_mode="none", labels={LABEL: base})
+                            network_mode="none",
+                            labels={LABEL: base, REQUIREMENTS_LABEL: wanted})
     except docker.errors.BuildError as exc:
         tail = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)[-3000:]
         raise ImageBuildError(f"docker build of {tag} failed: {exc.msg}\n{tail}") from exc
