@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -194,3 +196,27 @@ def test_task_run_over_grpc_resumes_with_the_stored_copy_only(
     assert broken.state == rpb.RUN_STATE_FAILED
     assert "stored task changed" in broken.stop_reason
     assert os.stat(stored / "score.py").st_mode & 0o222 == 0  # stored read-only
+
+
+@pytest.mark.docker
+def test_cli_run_server_task_dir_sends_it(tmp_path: Path, sandbox_image: str) -> None:
+    """`bilevel run --server ADDR --task DIR`: the directory goes over the wire; a bad
+    manifest is refused before anything is sent, naming its key."""
+    root = write_task(tmp_path / "task")
+    with serving(tmp_path / "state", sandbox_image) as server:
+        wait_for_engine(Stubs(server.address))
+        cmd = [sys.executable, "-m", "controller.cli", "run", "--server", server.address,
+               "--task", str(root), "--trials", "2", "--seed", "1"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "BILEVEL_TOKEN": ""})
+        assert done.returncode == 0, done.stdout + done.stderr
+        run_id = done.stdout.strip().splitlines()[-1].split(":")[0]
+        run = Stubs(server.address).runs.GetRun(rpb.GetRunRequest(run_id=run_id))
+        assert run.request.task.task_sha256 == task_bundle.digest(read_task_dir(root))
+        assert run.state == rpb.RUN_STATE_SUCCEEDED and run.trials_done == 3
+
+        (root / "bilevel-task.toml").write_text(MANIFEST.replace('"minimize"', '"lower"'))
+        bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "BILEVEL_TOKEN": ""})
+        assert bad.returncode == 2 and "direction" in bad.stderr, bad.stderr
+        assert len(list(Stubs(server.address).runs.ListRuns(rpb.ListRunsRequest()).runs)) == 1

@@ -43,6 +43,10 @@ def check_request(request: rpb.CreateRunRequest) -> None:
     from controller.api import convert
 
     settings = convert.run_settings(request)
+    if request.task.task_files:  # a task directory: its manifest names the task
+        from dataclasses import replace
+
+        settings = replace(settings, task=replace(settings.task, preset="task_files"))
     settings.validate()
     if request.task.preset:
         from controller.research.tasks.registry import preset_names

@@ -24,6 +24,8 @@ from controller.llm.access import add_llm_access_arguments, llm_access
 from controller.logging import LOG_FILE
 from controller.research.errors import FieldError
 from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS
+from controller.research.tasks.manifest import load_task_dir
+from controller.store import task_bundle
 
 RECONNECT_ATTEMPTS = 30
 EXIT_PAUSED = 3
@@ -33,6 +35,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd = sub.add_parser("run", help="start a research run and follow it")
     cmd.add_argument("--preset", default="cpu-tiny",
                      help="task: surrogate (seconds, no training), cpu-tiny, gpu-5min")
+    cmd.add_argument("--task", metavar="DIR|PRESET",
+                     help="a task directory (bilevel-task.toml; sent to the controller with "
+                          "its data folders and stored with the run, so a resume uses "
+                          "exactly these files) or a preset name like --preset")
     cmd.add_argument("--train-py", type=Path, help="baseline train.py instead of the preset's")
     cmd.add_argument("--data-ref", default="", help="prepared data volume instead of the preset's")
     cmd.add_argument("--trials", type=int, default=10, help="trials after the baseline")
@@ -119,10 +125,18 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
     provider = "replay" if args.replay else args.provider
     kind = args.proposer or ("llm" if provider else "local")
     levels, controller, _ = outer_levels(args)
+    preset, task_files = args.preset, {}
+    if getattr(args, "task", None):
+        if Path(args.task).is_dir():  # read here: the controller may be on another host
+            load_task_dir(args.task)  # a bad manifest fails here, naming its key
+            preset, task_files = "", task_bundle.read_task_dir(Path(args.task))
+        else:
+            preset = args.task
     return rpb.CreateRunRequest(
-        task=rpb.TaskSpec(preset=args.preset, data_ref=args.data_ref,
+        task=rpb.TaskSpec(preset=preset, data_ref=args.data_ref,
                           train_py=args.train_py.read_bytes() if args.train_py else b"",
-                          runtime=enums.to_enum(enums.RUNTIMES, args.runtime or "runc")),
+                          runtime=enums.to_enum(enums.RUNTIMES, args.runtime or "runc"),
+                          task_files=task_files),
         search=rpb.SearchSettings(seed=args.seed, frozen_knobs=args.freeze,
                                   min_improvement_bpb=args.min_improvement,
                                   keep_rule=enums.to_enum(enums.KEEP_RULES, args.keep_rule),
