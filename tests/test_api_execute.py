@@ -40,6 +40,31 @@ def test_execute_streams_accepted_started_output_and_the_full_result(
     assert result.timings.run_seconds > 0
 
 
+def test_output_arrives_in_line_sized_chunks_and_a_partial_line_is_flushed(
+        tmp_path: Path, sandbox_image: str) -> None:
+    """print("a", x) is several writes; it arrives as one chunk ending at the newline. A
+    prompt without a newline still arrives on its own while the job waits."""
+    code = ("import sys, time\n"
+            "for i in range(3):\n    print('line', i, 'of', 3)\n"
+            "print('oops', file=sys.stderr)\n"
+            "sys.stdout.write('prompt> '); sys.stdout.flush()\n"
+            "time.sleep(3)\n"
+            "print('done')\n")
+    with serving(tmp_path, sandbox_image) as server:
+        events = list(Stubs(server.address).sandbox.Execute(_request(code), timeout=60))
+    outputs = [(e.output.stream, e.output.data) for e in events
+               if e.WhichOneof("event") == "output"]
+    stdout = [d for s, d in outputs if s == spb.ExecuteEvent.Output.STREAM_STDOUT]
+    assert b"".join(stdout) == b"line 0 of 3\nline 1 of 3\nline 2 of 3\nprompt> done\n"
+    assert b"prompt> " in stdout, f"the partial line did not go out alone: {stdout}"
+    assert all(d.endswith(b"\n") for d in stdout if d != b"prompt> "), stdout
+    assert len(stdout) <= 5, f"{len(stdout)} events for 5 writes of whole lines"
+    assert [d for s, d in outputs if s == spb.ExecuteEvent.Output.STREAM_STDERR] == [
+        b"oops\n"]
+    result = events[-1].finished.result
+    assert result.stdout_head == "line 0 of 3\nline 1 of 3\nline 2 of 3\nprompt> done\n"
+
+
 def test_user_code_failure_is_a_result_with_traceback_frames(
         tmp_path: Path, sandbox_image: str) -> None:
     code = "def boom():\n    raise ValueError('bad knob')\n\nboom()\n"

@@ -22,6 +22,7 @@ from controller.api import convert
 from controller.api.errors import rpc_errors
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.api.gen.bilevel.v1 import sandbox_pb2_grpc
+from controller.api.output_chunks import Chunk, OutputCoalescer
 from controller.research.engine import LazyExecutor
 from controller.research.errors import CapacityError
 from controller.sandbox import volumes
@@ -78,22 +79,32 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
                                            executor.config.namespace, spec)
         position = self.admission.enter()
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[spb.ExecuteEvent] = asyncio.Queue()
+        events: asyncio.Queue[_Item] = asyncio.Queue()
         cancel = threading.Event()
         job = loop.run_in_executor(self.pool, self._run, executor, spec, events, loop, cancel)
         job.add_done_callback(lambda _: self.admission.leave())
+        chunks = OutputCoalescer()
         try:
             yield spb.ExecuteEvent(accepted=spb.ExecuteEvent.Accepted(queue_position=position))
             while not job.done():
                 getter = asyncio.ensure_future(events.get())
                 waiting: set[asyncio.Future[Any]] = {getter, job}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                deadline = chunks.deadline()
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=None if deadline is None else
+                                   max(0.0, deadline - loop.time()))
                 if getter.done():
-                    yield getter.result()
+                    for event in _events(chunks, getter.result(), loop.time()):
+                        yield event
                 else:
                     getter.cancel()
+                for event in _outputs(chunks.due(loop.time())):
+                    yield event
             while not events.empty():  # callbacks queued before the job finished
-                yield events.get_nowait()
+                for event in _events(chunks, events.get_nowait(), loop.time()):
+                    yield event
+            for event in _outputs(chunks.flush()):
+                yield event
             result: JobResult = job.result()
             yield spb.ExecuteEvent(finished=spb.ExecuteEvent.Finished(
                 result=convert.job_result(result)))
@@ -104,14 +115,13 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
 
     @staticmethod
     def _run(executor: SandboxExecutor, spec: JobSpec,
-             events: asyncio.Queue[spb.ExecuteEvent], loop: asyncio.AbstractEventLoop,
+             events: asyncio.Queue[_Item], loop: asyncio.AbstractEventLoop,
              cancel: threading.Event) -> JobResult:
-        def emit(event: spb.ExecuteEvent) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+        def emit(item: _Item) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
 
         def on_output(stream: str, chunk: bytes) -> None:
-            emit(spb.ExecuteEvent(output=spb.ExecuteEvent.Output(stream=_STREAMS[stream],
-                                                                 data=chunk)))
+            emit((stream, chunk))  # coalesced into line-sized events on the loop
 
         return executor.run(spec, on_output=on_output, cancel=cancel,
                             on_started=lambda: emit(spb.ExecuteEvent(
@@ -120,3 +130,19 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
     def close(self) -> None:
         """Wait for jobs still running (cancelled ones tear down within seconds)."""
         self.pool.shutdown(wait=True)
+
+
+_Item = spb.ExecuteEvent | Chunk  # what the job's thread hands the loop
+
+
+def _outputs(chunks: list[Chunk]) -> list[spb.ExecuteEvent]:
+    return [spb.ExecuteEvent(output=spb.ExecuteEvent.Output(stream=_STREAMS[stream],
+                                                            data=data))
+            for stream, data in chunks]
+
+
+def _events(chunks: OutputCoalescer, item: _Item, now: float) -> list[spb.ExecuteEvent]:
+    """Output goes through the coalescer; any other event first flushes what it holds."""
+    if isinstance(item, spb.ExecuteEvent):
+        return [*_outputs(chunks.flush()), item]
+    return _outputs(chunks.feed(*item, now))
