@@ -13,6 +13,7 @@ from controller.research.level2.loop import MechanismLoop
 from controller.research.level2.runtime import MechanismSettings
 from controller.research.level2.wiring import MechanismWiring, MechanizedProposer
 from controller.research.level15.loop import ConfigLoop, LLMController, RuleController
+from controller.research.task import loss_note, objective_of
 from controller.sandbox.executor import SandboxExecutor
 
 
@@ -39,11 +40,14 @@ def attach_outer_levels(loop: InnerLoop, executor: SandboxExecutor | None,
     if "1.5" in outer.levels:
         controller: RuleController | LLMController = RuleController()
         if outer.config_controller == "llm":
-            controller = LLMController(provider(), loop.run_id, llm.max_tokens)
+            controller = LLMController(provider(), loop.run_id, llm.max_tokens,
+                                       objective=objective_of(loop.task))
         ConfigLoop(loop, controller).attach()
     if "2" in outer.levels:
         assert wiring is not None
         designer = None
         if outer.mechanism_source == "llm":
-            designer = LLMDesigner(provider(), loop.run_id, outer, llm.max_tokens)
+            designer = LLMDesigner(provider(), loop.run_id, outer, llm.max_tokens,
+                                   task_text=f"{loop.task.description}\n"
+                                             f"{loss_note(objective_of(loop.task))}")
         MechanismLoop(loop, wiring, designer).attach()

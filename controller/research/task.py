@@ -63,6 +63,18 @@ def memory_key(task: object) -> str:
     return key if isinstance(key, str) and key else str(getattr(task, "name", ""))
 
 
+def loss_note(objective: Objective) -> str:
+    """For the outer levels' prompts: what the `val_bpb` of the mechanism interface and
+    the trace is for this task (the loss the loop minimises)."""
+    if objective == GPT:
+        return "val_bpb is the task's metric (lower is better)."
+    what = f"-{objective.metric} (the negated {objective.metric}, which the task " \
+        "maximises)" if objective.maximize else objective.metric
+    text = (f"The task's metric is {objective.describe()}. Values named val_bpb in the "
+            f"interface and the trace are the loss the search minimises: {what}.")
+    return text
+
+
 @dataclass(frozen=True)
 class TrialOutcome:
     """The result of evaluating one candidate. `val_bpb` None means it crashed; else it
@@ -76,6 +88,7 @@ class TrialOutcome:
     log: str = ""
     seconds: float = 0.0
     detail: str = ""
+    node: str = ""  # the Ray node(s) its jobs ran on, comma-joined; "" on the local engine
 
     @property
     def crashed(self) -> bool:
@@ -123,4 +136,4 @@ def outcome_from_job(result: JobResult, metrics: dict[str, Any] | None = None,
         job_status=result.status.value, val_bpb=val_bpb,
         memory_gb=float(memory) if isinstance(memory, int | float) else 0.0,
         metrics=metrics, exception=exception, log=log,
-        seconds=result.timings.run_s, detail=detail)
+        seconds=result.timings.run_s, detail=detail, node=result.node)

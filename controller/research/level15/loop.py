@@ -37,6 +37,7 @@ from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
 from controller.research.level1.llm_proposer import FENCE
 from controller.research.level1.proposer import ProposerContext
 from controller.research.settings import OuterSettings
+from controller.research.task import GPT, Objective
 from controller.store.mechanisms import MechanismLog
 from controller.store.records import EventKind, TrialRecord, TrialStatus
 
@@ -159,16 +160,19 @@ class LLMController:
               "adjust its configuration: knobs to freeze or unfreeze, a strategy label, and "
               "short guidance for the proposer. Answer with one JSON object only.")
 
-    def __init__(self, provider: Provider, run_id: str, max_tokens: int) -> None:
+    def __init__(self, provider: Provider, run_id: str, max_tokens: int,
+                 objective: Objective = GPT) -> None:
         self.provider = provider
         self.run_id = run_id
         self.max_tokens = max_tokens_for("config", max_tokens)
+        self.objective = objective  # the trace shows the task's metric, in its direction
         self.transcript: list[dict[str, Any]] = []
 
     def decide(self, trace: list[TrialRecord], state: ConfigState, knobs: Sequence[str],
                outer: OuterSettings, index: int, feedback: list[str]) -> Any:
-        lines = [f"- trial {t.index}: {t.status.value if t.status else '?'}, val_bpb "
-                 f"{t.val_bpb if t.val_bpb is not None else '-'}, changes "
+        o = self.objective
+        lines = [f"- trial {t.index}: {t.status.value if t.status else '?'}, {o.metric} "
+                 f"{o.shown(t.val_bpb) if t.val_bpb is not None else '-'}, changes "
                  f"{json.dumps(t.changes, sort_keys=True)[:200]}" for t in trace[-20:]]
         user = "\n".join([
             "# Trace (oldest first)", *lines,

@@ -122,7 +122,8 @@ class LLMDesigner:
               "and no files.")
 
     def __init__(self, provider: Provider, run_id: str, outer: OuterSettings,
-                 max_tokens: int) -> None:
+                 max_tokens: int, task_text: str = "") -> None:
+        self.task_text = task_text  # the task's description and what val_bpb means there
         self.provider = provider
         self.run_id = run_id
         self.outer = outer
@@ -145,8 +146,9 @@ class LLMDesigner:
         if self.outer.explore_domains:
             domains = ("\n\n# Fields you might draw from\n"
                        + "\n".join(f"- {x}" for x in self.outer.explore_domains))
+        task = f"# The task\n{self.task_text}\n\n" if self.task_text else ""
         explore = self._ask(d, "explore", (
-            "# The mechanism interface of the inner loop\n" + interface_docs()
+            task + "# The mechanism interface of the inner loop\n" + interface_docs()
             + "\n\n# The search so far (oldest first)\n" + trace_text(trace)
             + "\n\n# Earlier mechanisms of this run, their measured effects and failures\n"
             + history_text(rows) + domains
