@@ -16,6 +16,10 @@ command -v chromium >/dev/null 2>&1 || {
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # torch==2.13.0 is pinned: a looser spec could pull a multi-GB CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,parquet]"
+# The Node client test (tests/test_api_node_client.py): grpc-js from the lockfile.
+command -v npm >/dev/null 2>&1 || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+(cd tests/node_client && npm ci --no-audit --no-fund --silent)
 
 # No registry here: the base image is built from Debian's archive (debootstrap).
 .venv/bin/bilevel image build --base "${BILEVEL_BASE:-auto}"
