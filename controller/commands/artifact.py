@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd.add_argument("run_id", metavar="RUN")
     cmd.add_argument("name", metavar="NAME")
     cmd.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
-    add_connection_arguments(cmd)
+    add_connection_arguments(cmd, read_only=True)
     cmd.set_defaults(func=cmd_artifact)
 
 

@@ -21,9 +21,11 @@ from controller.config import ConfigError, ServerConfig
 Body = Callable[[Client], Awaitable[int]]
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+def add_connection_arguments(parser: argparse.ArgumentParser, read_only: bool = False) -> None:
+    """--server and its credentials; without it, the state dir (`read_only` commands) or
+    the flags of the controller started in this process."""
     add_client_arguments(parser)
-    add_controller_arguments(parser)
+    add_controller_arguments(parser, store_only=read_only)
 
 
 def run_client_command(args: argparse.Namespace, body: Body,

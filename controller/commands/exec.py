@@ -25,8 +25,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_exec(args: argparse.Namespace) -> int:
     from controller.sandbox.spec import JobSpec
 
+    try:
+        source = args.file.read_bytes()
+    except OSError as exc:
+        print(f"error: FILE {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     spec = JobSpec(
-        files={args.file.name: args.file.read_bytes()},
+        files={args.file.name: source},
         command=("python3", args.file.name),
         limits=Limits(wall_seconds=args.timeout, memory_bytes=args.memory_mb << 20,
                       cpus=args.cpus),

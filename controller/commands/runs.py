@@ -15,7 +15,7 @@ from controller.commands.client_command import add_connection_arguments, run_cli
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser("runs", help="list runs, newest first")
     cmd.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
-    add_connection_arguments(cmd)
+    add_connection_arguments(cmd, read_only=True)
     cmd.set_defaults(func=cmd_runs)
 
 

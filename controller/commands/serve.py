@@ -28,16 +28,25 @@ FLAG_KEYS = {
 CHECK_SERVICE = "bilevel.v1.SandboxService"
 
 
-def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
+def add_controller_arguments(parser: argparse.ArgumentParser,
+                             store_only: bool = False) -> None:
     """Flags of a controller, shared by `serve` and the in-process one other commands
-    start when no --server is given. Each overrides the same key of the config file."""
-    group = parser.add_argument_group("controller")
+    start when no --server is given. Each overrides the same key of the config file.
+    `store_only` (commands that only read the state dir): the sandbox flags are still
+    accepted, as the other commands take them, but left out of the help."""
+    group = parser.add_argument_group("state dir (without --server)" if store_only
+                                      else "controller")
     group.add_argument("--config", type=Path, default=None,
                        help=f"TOML config file (default: ${CONFIG_ENV}); see "
                             "deploy/bilevel.toml. Env BILEVEL_<SECTION>__<KEY> overrides it")
     group.add_argument("--state-dir", type=Path, default=None,
                        help="runs, trials, events and artifacts (default: $BILEVEL_STATE_DIR,"
                             " ./.bilevel if present, else ~/.local/share/bilevel)")
+    if store_only:
+        for flag in ("--image", "--slots", "--gpus", "--runtime", "--namespace",
+                     "--docker-url", "--max-runs"):
+            group.add_argument(flag, help=argparse.SUPPRESS)
+        return
     group.add_argument("--image", help="sandbox image (default: the one built for this "
                                        "checkout by `bilevel image build`)")
     group.add_argument("--slots", type=int, help="sandbox jobs at once (default 2; with GPUs "

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd.add_argument("run_id", metavar="RUN")
     cmd.add_argument("--after-seq", type=int, default=0,
                      help="show only events after this sequence number")
-    add_connection_arguments(cmd)
+    add_connection_arguments(cmd, read_only=True)
     cmd.set_defaults(func=cmd_watch)
 
 
