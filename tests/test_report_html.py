@@ -39,7 +39,7 @@ def test_ablation_and_run_reports_render_in_headless_chromium(tmp_path: Path,
     assert ablation_id.startswith("abl-")
 
     out = tmp_path / "report"
-    report = bilevel("report", ablation_id, "--out", str(out), *local)
+    report = bilevel("report", ablation_id, "--out", str(out), "--state-dir", str(state))
     assert report.returncode == 0, report.stderr
     page = out / "report.html"
     text = page.read_text()
@@ -53,6 +53,9 @@ def test_ablation_and_run_reports_render_in_headless_chromium(tmp_path: Path,
     assert "<td>A: L1" in table and "<td>C-noop: control" in table
     assert 'id="testbed"' in dom and "not evidence about real training" in dom
     assert "| C-noop: control" in (out / "report.md").read_text()
+    # The no-op mechanism changes nothing and L1.5 (every 5 trials) never acts in 4, so
+    # C-noop's runs repeat A's trial for trial: the report must say so.
+    assert "C-noop = A" in dom.split('id="identical">')[1].split("</p>")[0]
 
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
@@ -64,9 +67,9 @@ def test_ablation_and_run_reports_render_in_headless_chromium(tmp_path: Path,
 
     run_id = re.search(r"run-[0-9a-f]{12}", (out / "report.md").read_text())
     assert run_id is not None
-    single = bilevel("report", run_id.group(0), *local)
+    single = bilevel("report", run_id.group(0), "--state-dir", str(state))
     assert single.returncode == 0, single.stderr
     run_page = state / "reports" / run_id.group(0) / "report.html"
     run_dom = _dom(run_page, tmp_path)
     assert '<img id="progress"' in run_dom and '<table id="facts">' in run_dom
-    assert '<pre id="diff">' in run_dom
+    assert 'id="diff"' in run_dom and '<table id="trials">' in run_dom

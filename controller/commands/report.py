@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.api.client import add_client_arguments
-from controller.commands.serve import add_controller_arguments, server_config
+from controller.api.client import SERVER_ENV, add_client_arguments
+from controller.commands.serve import server_config
 from controller.config import ConfigError
+from controller.config_file import CONFIG_ENV
 from controller.store.records import NotFoundError
 
 if TYPE_CHECKING:
@@ -34,7 +35,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="folder for report.html and report.md (default: the ablation's "
                           "folder, or <state>/reports/<run>; with --server ./reports/<run>)")
     add_client_arguments(cmd)
-    add_controller_arguments(cmd)
+    for action in cmd._actions:  # no controller is started: say what --server changes
+        if "--server" in action.option_strings:
+            action.help = (f"controller address HOST:PORT (env {SERVER_ENV}): read the run "
+                           "over its gRPC API; without it, the --state-dir store is read")
+    local = cmd.add_argument_group("local store (without --server)")
+    local.add_argument("--config", type=Path, default=None,
+                       help=f"TOML config file that names the state dir (default: "
+                            f"${CONFIG_ENV})")
+    local.add_argument("--state-dir", type=Path, default=None,
+                       help="the controller's state dir (default: $BILEVEL_STATE_DIR, "
+                            "./.bilevel if present, else ~/.local/share/bilevel)")
     cmd.set_defaults(func=cmd_report)
 
 
