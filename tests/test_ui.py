@@ -197,6 +197,11 @@ def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path
         id="abl-ui-test", task="surrogate", repeats=1, trials=8,
         arms=[ablation.catalogue(False, 2)[0]["C"]],
         cells={"C/0": Cell(run_id=run.id, state="succeeded")}))
+    home = _chromium(tmp_path, "--dump-dom", live.base)
+    runs = home.split('<table id="runs-table">')[1].split("</table>")[0]
+    assert f'href="#/run/{run.id}">{run.id}</a>' in runs and "<td>1+1.5+2</td>" in runs
+    assert 'href="#/ablation/abl-ui-test">abl-ui-test</a>' in home.split(
+        '<table id="ablations-table">')[1]
     page = _chromium(tmp_path, "--dump-dom", f"{live.base}#/ablation/abl-ui-test")
     arms = page.split('<table id="arms-table">')[1].split("</table>")[0]
     assert f'href="#/run/{run.id}">{final.best_val_bpb:.4f}</a>' in arms

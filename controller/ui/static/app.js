@@ -104,11 +104,12 @@ function runsTable(data) {
     const trials = `${Math.max((r.trials_done || 0) - 1, 0)}/${(req.budgets || {}).max_trials || "?"}`;
     return el("tr", { class: "run" }, td(link("/run/" + encodeURIComponent(r.id), r.id)),
       td(enumName(r.state, "RUN_STATE_")), td((req.task || {}).preset || ""),
+      td(((req.outer || {}).levels || []).map((l) => enumName(l, "LEVEL_").replace("_", ".")).join("+") || "1"),
       td(trials, "num"), td(fmt(r.baseline_val_bpb), "num"), td(fmt(r.best_val_bpb), "num"),
-      td(r.created_at || ""));
+      td(String(r.created_at || "").replace("T", " ").slice(0, 19)));
   });
   const note = data.more ? el("p", { class: "muted" }, "only the newest runs are listed") : null;
-  return el("div", {}, table(["run", "state", "preset", "trials", "baseline", "best",
+  return el("div", {}, table(["run", "state", "preset", "levels", "trials", "baseline", "best",
     "created"], rows, { id: "runs-table" }), note);
 }
 
@@ -239,9 +240,12 @@ function runFacts(state) {
     ["best val_bpb", fmt(r.best_val_bpb !== undefined ? r.best_val_bpb
       : (state.bests.length ? state.bests[state.bests.length - 1].val_bpb : undefined))],
     ["stop reason", (state.finished && state.finished.reason) || r.stop_reason || ""],
-  ];
+    ["elapsed", r.elapsed_seconds ? `${fmt(r.elapsed_seconds, 1)} s` : ""],
+    ["LLM tokens", r.llm_tokens_used ? `${r.llm_tokens_used} (≈ $${fmt(r.llm_cost_usd, 4)})` : ""],
+    ["summary", (state.finished && state.finished.summary) || r.summary || ""],
+  ].filter(([, v]) => v !== "");
   return el("table", { class: "facts" }, el("tbody", {},
-    ...rows.map(([k, v]) => el("tr", {}, td(k), td(v)))));
+    ...rows.map(([k, v]) => el("tr", {}, td(k), td(v, "desc")))));
 }
 
 function trialsTable(state, onPick) {
@@ -352,7 +356,8 @@ async function showTrial(runId, state, n, box) {
   const p = t.proposed || {};
   const facts = [["trial", n], ["description", f.description || p.description || ""],
     ["hypothesis", f.hypothesis || p.hypothesis || ""], ["changes", p.changes_json || ""],
-    ["job status", f.job_status ? JSON.stringify(f.job_status) : ""],
+    ["job status", f.job_status ? enumName(f.job_status, "JOB_STATUS_") : ""],
+    ["proposal source", f.proposal_source || ""], ["metrics", f.metrics_json || ""],
     ["exception", f.exception && f.exception.message ? f.exception.message : ""]];
   const diffPre = el("pre", { id: "diff" }, "loading…");
   const logPre = el("pre", { id: "log" }, "loading…");
@@ -470,8 +475,14 @@ function ablationBody(spec, runs) {
   const repeats = Math.min(spec.repeats || 0, 200);
   const cells = spec.cells || {};
   const reeval = spec.reeval || {};
-  const header = ["arm", ...Array.from({ length: repeats }, (_, r) => `repeat ${r}`)];
+  const header = ["arm", "mean", ...Array.from({ length: repeats }, (_, r) => `repeat ${r}`)];
+  const meanOf = (arm) => {
+    const v = Array.from({ length: repeats }, (_, r) => runs.get((cells[`${arm.name}/${r}`] || {}).run_id))
+      .map((run) => run && run.best_val_bpb).filter((x) => typeof x === "number");
+    return v.length ? `${fmt(v.reduce((a, b) => a + b, 0) / v.length, 4)} (n=${v.length})` : "-";
+  };
   const rows = arms.map((arm) => el("tr", { class: "arm" }, td(`${arm.name}: ${arm.title || ""}`),
+    td(meanOf(arm), "num"),
     ...Array.from({ length: repeats }, (_, r) => {
       const cell = cells[`${arm.name}/${r}`] || {};
       const run = cell.run_id ? runs.get(cell.run_id) : undefined;
@@ -499,6 +510,8 @@ function armsPlot(arms, repeats, cells, runs) {
   if (!all.length) { root.append(svgEl("text", { x: L, y: 20 }, "no finished run yet")); return root; }
   let lo = Math.min(...all), hi = Math.max(...all);
   if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+  const pad = (hi - lo) * 0.05;
+  lo -= pad; hi += pad;
   const x = (v) => L + (W - L - R) * (v - lo) / (hi - lo);
   arms.forEach((arm, i) => {
     const cy = 12 + lane * i + lane / 2;
