@@ -200,7 +200,9 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
     return rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset=t.preset, train_py=(t.train_py or "").encode(),
                           data_ref=t.data_ref, runtime=enums.to_enum(enums.RUNTIMES, t.runtime),
-                          task_sha256=t.task_sha256),
+                          task_sha256=t.task_sha256, metric=t.metric,
+                          maximize=t.direction == "maximize",
+                          metric_self_reported=t.self_reported),
         search=rpb.SearchSettings(seed=s.seed, frozen_knobs=s.frozen_knobs,
                                   min_improvement_bpb=s.min_improvement,
                                   keep_rule=enums.to_enum(enums.KEEP_RULES, s.keep_rule),

@@ -53,8 +53,13 @@ class RunView:
         self.wall_budget = run.request.budgets.max_wall_seconds
         self.console = console
         self.done = run.trials_done
-        self.baseline = run.baseline_val_bpb if run.HasField("baseline_val_bpb") else None
-        self.best = run.best_val_bpb if run.HasField("best_val_bpb") else None
+        # Values are shown in the task's metric: the API's val_bpb is the loss (negated
+        # for a maximised metric, TaskSpec.maximize).
+        self.metric = run.request.task.metric or "val_bpb"
+        self.sign = -1.0 if run.request.task.maximize else 1.0
+        self.baseline = self.sign * run.baseline_val_bpb if run.HasField("baseline_val_bpb") \
+            else None
+        self.best = self.sign * run.best_val_bpb if run.HasField("best_val_bpb") else None
         self.rows: list[Row] = []
         self.running: dict[int, float] = {}  # trial -> start (epoch seconds)
         self.finish_times: list[float] = []
@@ -81,7 +86,7 @@ class RunView:
             rows = list(self.rows)
             running = dict(self.running)
         table = Table(title=f"run {self.run_id}  {self.preset}", title_justify="left")
-        for name, justify in (("trial", "right"), ("status", "left"), ("val_bpb", "right"),
+        for name, justify in (("trial", "right"), ("status", "left"), (self.metric, "right"),
                               ("best", "right"), ("seconds", "right"),
                               ("description", "left")):
             table.add_column(name, justify=justify,  # type: ignore[arg-type]
@@ -143,7 +148,7 @@ class RunView:
         elif kind == "trial_finished":
             self._finished(event.trial_finished, at)
         elif kind == "new_best":
-            self.best = event.new_best.val_bpb
+            self.best = self.sign * event.new_best.val_bpb
         elif kind == "run_finished":
             self.phase = "finished"
         elif kind == "mechanism":
@@ -164,7 +169,7 @@ class RunView:
 
     def _finished(self, t: rpb.RunEvent.TrialFinished, at: float) -> None:
         status = _RULE_BREAKS.get(t.job_status) or _STATUS.get(t.status, "?")
-        val = t.val_bpb if t.HasField("val_bpb") else None
+        val = self.sign * t.val_bpb if t.HasField("val_bpb") else None
         if t.trial == 0 and val is not None:
             self.baseline = val
         if t.status == rpb.TRIAL_STATUS_KEEP and val is not None:
@@ -181,7 +186,7 @@ class RunView:
             self.finish_times.append(at)
         if self._live is None:
             self.console.print(
-                f"trial {row.trial:>3}  {status:<7} val_bpb {_fmt(val)}  best "
+                f"trial {row.trial:>3}  {status:<7} {self.metric} {_fmt(val)}  best "
                 f"{_fmt(row.best)}  {_secs(seconds):>6}s  {row.description[:DESCRIPTION_CHARS]}",
                 highlight=False, markup=False, soft_wrap=True)
 

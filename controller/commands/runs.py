@@ -39,8 +39,18 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
             run.id, rpb.RunState.Name(run.state).removeprefix("RUN_STATE_").lower(),
             run.request.task.preset, f"{max(run.trials_done - 1, 0)}/"
             f"{run.request.budgets.max_trials}",
-            f"{run.baseline_val_bpb:.6f}" if run.HasField("baseline_val_bpb") else "-",
-            f"{run.best_val_bpb:.6f}" if run.HasField("best_val_bpb") else "-",
+            _metric(run, "baseline_val_bpb"), _metric(run, "best_val_bpb"),
             run.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
     Console(width=140).print(table)
     return 0
+
+
+def _metric(run: rpb.Run, field: str) -> str:
+    """A run value in its task's metric (the API's is the loss: negated if maximised),
+    labelled when the metric is not val_bpb."""
+    if not run.HasField(field):
+        return "-"
+    task = run.request.task
+    value = -getattr(run, field) if task.maximize else getattr(run, field)
+    name = task.metric if task.metric not in ("", "val_bpb") else ""
+    return f"{name} {value:.6f}".strip()

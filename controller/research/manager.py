@@ -116,8 +116,9 @@ class RunManager:
         except TaskError as exc:  # name the manifest key inside the bundle
             where = "" if exc.field == "task" else f"[{MANIFEST}].{exc.field}"
             raise FieldError(f"{task_bundle.FIELD}{where}", exc.reason) from None
-        return replace(settings, task=replace(settings.task,
-                                              preset=manifest.builtin or manifest.name))
+        return replace(settings, task=replace(
+            settings.task, preset=manifest.builtin or manifest.name, metric=manifest.metric,
+            direction=manifest.direction, self_reported=manifest.self_reported))
 
     def _task_dir(self, settings: RunSettings, run_id: str) -> Path | None:
         """The run's stored task directory, checked against its recorded hash."""

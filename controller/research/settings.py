@@ -34,6 +34,11 @@ class TaskSettings:
     # Set by the server only: the run's task is the task directory a client sent, stored
     # under runs/<run_id>/task/ with this sha256 (controller/store/task_bundle.py).
     task_sha256: str = ""
+    # Set by the server only, from the loaded task (Objective in controller/research/
+    # task.py): what clients label values with. Stored values stay the loss.
+    metric: str = "val_bpb"
+    direction: str = "minimize"
+    self_reported: bool = False
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ TRIAL_STATUS_DISCARD: TrialStatus
 TRIAL_STATUS_CRASH: TrialStatus
 
 class TaskSpec(_message.Message):
-    __slots__ = ("preset", "train_py", "data_ref", "runtime", "task_files", "task_sha256")
+    __slots__ = ("preset", "train_py", "data_ref", "runtime", "task_files", "task_sha256", "metric", "maximize", "metric_self_reported", "in_process")
     class TaskFilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,13 +115,21 @@ class TaskSpec(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     TASK_FILES_FIELD_NUMBER: _ClassVar[int]
     TASK_SHA256_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MAXIMIZE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_SELF_REPORTED_FIELD_NUMBER: _ClassVar[int]
+    IN_PROCESS_FIELD_NUMBER: _ClassVar[int]
     preset: str
     train_py: bytes
     data_ref: str
     runtime: _sandbox_pb2.Runtime
     task_files: _containers.ScalarMap[str, bytes]
     task_sha256: str
-    def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ..., runtime: _Optional[_Union[_sandbox_pb2.Runtime, str]] = ..., task_files: _Optional[_Mapping[str, bytes]] = ..., task_sha256: _Optional[str] = ...) -> None: ...
+    metric: str
+    maximize: bool
+    metric_self_reported: bool
+    in_process: bool
+    def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ..., runtime: _Optional[_Union[_sandbox_pb2.Runtime, str]] = ..., task_files: _Optional[_Mapping[str, bytes]] = ..., task_sha256: _Optional[str] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ..., metric_self_reported: _Optional[bool] = ..., in_process: _Optional[bool] = ...) -> None: ...
 
 class SearchSettings(_message.Message):
     __slots__ = ("seed", "frozen_knobs", "min_improvement_bpb", "keep_rule", "noise_seeds", "noise_margin_sigma", "batch_size", "pipeline")
