@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,27 @@ def test_help_and_typos_import_no_heavy_module(argv: tuple[str, ...]) -> None:
 def test_a_commands_own_help_shows_its_flags() -> None:
     _, output = _loaded("ablate", "--help")
     assert "--repeats" in output
+
+
+def test_reading_commands_start_no_controller_and_import_no_llm_sdk(tmp_path: Path) -> None:
+    """`runs`, `watch` and `artifact` without --server read the store: no in-process
+    controller (controller.api.server), no LLM SDK, no analysis stack."""
+    from controller.store.runs import RunStore
+
+    store = RunStore(tmp_path / "bilevel.sqlite3")
+    store.create_run("run-a", {"task": {"preset": "surrogate"}, "budgets": {"max_trials": 1}})
+    store.close()
+    probe = PROBE.replace("m.split('.')[0] in {heavy}",
+                          "m.split('.')[0] in {heavy} or m == 'controller.api.server'")
+    for argv in (("runs",), ("watch", "run-a"), ("artifact", "run-a", "results.tsv")):
+        done = subprocess.run([sys.executable, "-c", probe.format(heavy=set(HEAVY)), *argv,
+                               "--state-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60)
+        loaded = json.loads(done.stdout.strip().splitlines()[-1])
+        assert sorted({m.split(".")[0] for m in loaded if m != "controller.api.server"} -
+                      {"docker"}) == [], (argv, loaded)
+        assert "controller.api.server" not in loaded, argv
+        if argv[0] == "runs":
+            assert "run-a" in done.stdout
+        if argv[0] == "artifact":
+            assert "NOT_FOUND" in done.stderr  # no trial finished: the store says so
