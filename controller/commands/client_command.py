@@ -25,7 +25,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser, read_only: bool = 
     """--server and its credentials; without it, the state dir (`read_only` commands) or
     the flags of the controller started in this process."""
     add_client_arguments(parser)
-    add_controller_arguments(parser, store_only=read_only)
+    add_controller_arguments(parser, store_only=read_only, embedded=not read_only)
 
 
 def run_client_command(args: argparse.Namespace, body: Body,

@@ -115,7 +115,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                             "none, so the LLM picks fields itself)")
     cmd.add_argument("--detach", action="store_true", help="print the run id and return")
     add_client_arguments(cmd)
-    add_controller_arguments(cmd)
+    add_controller_arguments(cmd, embedded=True)
     add_llm_access_arguments(cmd)
     cmd.set_defaults(func=cmd_run)
 
@@ -186,8 +186,13 @@ def _mechanism(spec: str) -> rpb.InitialMechanism:
 
 
 def embedded_config(args: argparse.Namespace) -> ServerConfig:
-    """The in-process controller's config, with this command's LLM key files."""
-    return replace(server_config(args), llm=llm_access(args))
+    """The in-process controller's config, with this command's LLM key files; its log
+    goes to the state dir's log file (stderr shows warnings only, unless --verbose)."""
+    from controller.logging import log_to_file
+
+    config = replace(server_config(args), llm=llm_access(args))
+    log_to_file(config.state_dir)
+    return config
 
 
 def outer_levels(args: argparse.Namespace) -> tuple[list[str], str, bool]:

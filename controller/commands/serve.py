@@ -29,13 +29,14 @@ CHECK_SERVICE = "bilevel.v1.SandboxService"
 
 
 def add_controller_arguments(parser: argparse.ArgumentParser,
-                             store_only: bool = False) -> None:
+                             store_only: bool = False, embedded: bool = False) -> None:
     """Flags of a controller, shared by `serve` and the in-process one other commands
     start when no --server is given. Each overrides the same key of the config file.
     `store_only` (commands that only read the state dir): the sandbox flags are still
     accepted, as the other commands take them, but left out of the help."""
-    group = parser.add_argument_group("state dir (without --server)" if store_only
-                                      else "controller")
+    title = "state dir (without --server)" if store_only else \
+        "in-process controller (without --server)" if embedded else "controller"
+    group = parser.add_argument_group(title)
     group.add_argument("--config", type=Path, default=None,
                        help=f"TOML config file (default: ${CONFIG_ENV}); see "
                             "deploy/bilevel.toml. Env BILEVEL_<SECTION>__<KEY> overrides it")
@@ -104,6 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return check(config)
         config = replace(server_config(args), llm=llm_access(args))
         from controller.api.server import serve
+        from controller.logging import log_to_file
+
+        log_to_file(config.state_dir)  # as well as stderr: the service's output
 
         asyncio.run(serve(config, port_file=args.port_file))
     except ConfigError as exc:
