@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -41,8 +42,8 @@ def make_wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> 
     contents[f"{dist}/RECORD"] = "\n".join(record) + "\n"
     wheel = folder / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in contents.items():
-            zf.writestr(path, text)
+        for path, text in contents.items():  # fixed times: the same bytes every run
+            zf.writestr(zipfile.ZipInfo(path, date_time=(2026, 1, 1, 0, 0, 0)), text)
     return wheel
 
 
@@ -98,8 +99,8 @@ def test_task_image_built_from_local_wheels_reused_and_used_by_jobs(
                                   [(hashes[0][0], "0" * 64)])
     assert ensure_task_image(docker_client, sandbox_image, [], source) == sandbox_image
 
-    # Another wheel source on the same host (here: one that has nothing) finds the image
-    # built for these requirements instead of asking an index.
+    # Another wheel source on the same host (here: one that has nothing) uses the wheels
+    # already chosen here instead of asking an index.
     assert ensure_task_image(docker_client, sandbox_image, ["bileveltinypkg==1.0"],
                              WheelSource(no_index=True)) == tag
     assert len(builds) == 1
@@ -144,3 +145,44 @@ def test_deny_task_wheel_start_up_hook_refused(
     with pytest.raises(ImageBuildError, match=r"new start-up hooks \[.*zz_hook\.pth"):
         ensure_task_image(docker_client, sandbox_image, ["bilevelhookpkg==1.0"],
                           WheelSource(find_links=(wheels,), no_index=True))
+
+
+@pytest.mark.docker
+def test_run_of_a_task_with_requirements_uses_its_image(
+        docker_client: docker.DockerClient, sandbox_image: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task whose train.py imports its requirement runs over the API: its jobs ran in
+    the task image (the sandbox image has no such package). The image was built ahead
+    (`bilevel image build --task` does this), so the server needs no index."""
+    from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+    from controller.store.task_bundle import read_task_dir
+    from tests.test_api_harness import Stubs, serving, wait_for_engine
+
+    monkeypatch.setattr(task_image, "CACHE_DIR", tmp_path / "cache")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "bileveltinypkg", "1.0", {
+        "bileveltinypkg/__init__.py": "def loss(x):\n    return (x - 1.5) ** 2\n"})
+    ensure_task_image(docker_client, sandbox_image, ["bileveltinypkg==1.0"],
+                      WheelSource(find_links=(wheels,), no_index=True))
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "train.py").write_text(
+        "import json\nimport bileveltinypkg\n\nX = 3.0\n\n"
+        "print(json.dumps({'loss': bileveltinypkg.loss(X)}))\n")
+    (task / "bilevel-task.toml").write_text(
+        'name = "tiny-req"\neditable = "train.py"\nmetric = "loss"\ndirection = "minimize"\n'
+        'requirements = ["bileveltinypkg==1.0"]\n'
+        '[train]\ncommand = ["python3", "train.py"]\nwall_seconds = 60\n'
+        '[knobs]\nX = {low = -5.0, high = 5.0}\n')
+    with serving(tmp_path / "state", sandbox_image) as server:
+        stubs = Stubs(server.address)
+        wait_for_engine(stubs)
+        run = stubs.runs.CreateRun(rpb.CreateRunRequest(
+            task=rpb.TaskSpec(task_files=read_task_dir(task)),
+            budgets=rpb.Budgets(max_trials=1)), timeout=120)
+        events = list(stubs.runs.WatchRun(rpb.WatchRunRequest(run_id=run.id), timeout=300))
+    trials = [e.trial_finished for e in events if e.HasField("trial_finished")]
+    baseline = next(t for t in trials if t.trial == 0)
+    assert baseline.status != rpb.TRIAL_STATUS_CRASH, baseline
+    assert json.loads(baseline.metrics_json)["loss"] == pytest.approx(2.25)

@@ -38,13 +38,13 @@ MAX_REQUIREMENTS = 64
 MAX_REQUIREMENT_CHARS = 200
 MAX_WHEELHOUSE_BYTES = 2 << 30  # what one task may add to the sandbox image
 LABEL = "dev.bilevel.task-image"  # value: the base image it was built on
-REQUIREMENTS_LABEL = "dev.bilevel.task-requirements"  # value: hash of base id + requirements
 
-# Runs in the build, before and after the install: records the sha256 of every file of
-# the base's venv and trusted code, then refuses any change to them and any new
-# interpreter start-up hook on sys.path.
+# Runs in the build, before and after the install: records (size, mtime, mode) of every
+# file of the base's venv and trusted code, then refuses any change to them and any new
+# interpreter start-up hook on sys.path. pip writes every file it installs anew (it sets
+# no times), so a file an install overwrote or replaced has a new mtime.
 _CHECK_SCRIPT = r'''
-import hashlib, json, os, sys, sysconfig
+import json, os, sys, sysconfig
 ROOTS = ("/opt/venv", "/opt/bilevel")
 RECORD = "/tmp/task-wheelhouse-base.json"
 def files():
@@ -53,9 +53,9 @@ def files():
         for d, _, names in os.walk(root):
             for n in names:
                 p = os.path.join(d, n)
-                if os.path.isfile(p) and not os.path.islink(p) and "__pycache__" not in p:
-                    with open(p, "rb") as f:
-                        out[p] = hashlib.sha256(f.read()).hexdigest()
+                if "__pycache__" not in p:
+                    st = os.lstat(p)
+                    out[p] = [st.st_size, st.st_mtime_ns, st.st_mode]
     return out
 def hooks():
     dirs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | set(sys.path)
@@ -231,17 +231,13 @@ def ensure_task_image(client: docker.DockerClient, base: str,
         raise ImageBuildError(f"base image {base} is not built: run `bilevel image "
                               "build`") from exc
     constraints = base_freeze(client, base)
-    key = hashlib.sha256("\n".join([base_id, *requirements, "--", *constraints, "--",
-                                    *source.args()]).encode()).hexdigest()[:16]
-    wanted = hashlib.sha256("\n".join([base_id, *requirements]).encode()).hexdigest()[:16]
-    if not force and not (CACHE_DIR / f"task-wheelhouse-{key}" / "requirements.txt").exists():
-        # Built before from another wheel source (e.g. `bilevel image build --task` with
-        # --find-links on this host): reuse it rather than ask an index again.
-        for image in client.images.list(filters={"label": f"{REQUIREMENTS_LABEL}={wanted}"}):
-            tags = [t for t in image.tags if t.startswith(f"{TASK_IMAGE_REPO}:")]
-            if tags:
-                log.info("task image found for these requirements", tag=tags[0])
-                return str(tags[0])
+    # The wheel source is not part of the key: the wheels one source chose on this host
+    # (say `bilevel image build --task` with --find-links) are what a later run here
+    # uses, without asking an index again. --force downloads them anew.
+    key = hashlib.sha256("\n".join([base_id, *requirements, "--", *constraints]).encode()
+                         ).hexdigest()[:16]
+    if force:
+        shutil.rmtree(CACHE_DIR / f"task-wheelhouse-{key}", ignore_errors=True)
     wheelhouse = download_wheelhouse(requirements, constraints, source, key)
     tag = task_image_tag(base_id, requirements, wheel_hashes(wheelhouse))
     if not force:
@@ -255,8 +251,7 @@ def ensure_task_image(client: docker.DockerClient, base: str,
     try:
         client.images.build(fileobj=_context(wheelhouse), custom_context=True, tag=tag,
                             rm=True, forcerm=True, buildargs={"BASE": base},
-                            network_mode="none",
-                            labels={LABEL: base, REQUIREMENTS_LABEL: wanted})
+                            network_mode="none", labels={LABEL: base})
     except docker.errors.BuildError as exc:
         tail = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)[-3000:]
         raise ImageBuildError(f"docker build of {tag} failed: {exc.msg}\n{tail}") from exc
