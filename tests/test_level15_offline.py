@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from controller.api import enums
 from controller.cli import build_parser
 from controller.commands.run import L15_OFFLINE_NOTE, cmd_run, outer_levels, run_request
 
@@ -13,7 +14,8 @@ def _request(*flags: str) -> tuple[list[str], str]:
     argv = ["run", "--preset", "surrogate", *flags]
     args = build_parser(argv).parse_args(argv)
     outer = run_request(args).outer
-    return list(outer.levels), outer.config_controller
+    return [enums.from_enum(enums.LEVELS, lv, None) for lv in outer.levels], \
+        outer.config_controller
 
 
 def test_offline_runs_leave_level15_out_unless_the_rule_controller_is_named() -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from controller.analysis.ablation import AblationSpec, run_request
 from controller.analysis.runner import plan
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.run import proposer_kind
 from controller.llm.settings import LLMAccess
 from controller.research.errors import FieldError
@@ -258,7 +259,7 @@ def test_the_cli_flag_and_the_ablation_arm_point_from_random_to_the_new_names() 
     assert spec.skipped == {} and not said
     assert {a.name: a.proposer for a in spec.arms} == {
         "A": "local", "random_search": "random_search", "tpe": "tpe", "cmaes": "cmaes"}
-    assert run_request(spec, spec.arm("tpe"), 1).proposer.kind == "tpe"
+    assert run_request(spec, spec.arm("tpe"), 1).proposer.kind == rpb.PROPOSER_KIND_TPE
     with pytest.raises(ValueError, match="now 'random_search'"):
         plan(AblationSpec(id="abl-test", task="surrogate", repeats=1, trials=1), ["random"],
              False, said.append)
