@@ -43,7 +43,7 @@ def _files(response: rpb.ServerReflectionResponse) -> list[descriptor_pb2.FileDe
 def _comment(file: descriptor_pb2.FileDescriptorProto, path: list[int]) -> str:
     for location in file.source_code_info.location:
         if list(location.path) == path:
-            return location.leading_comments + location.trailing_comments
+            return str(location.leading_comments + location.trailing_comments)
     return ""
 
 
