@@ -47,13 +47,16 @@ RUN_ID = "run-0123456789ab"
 
 
 def hostile_run(state: Path, run_id: str = RUN_ID,
-                trials: list[tuple[float | None, str, str, str, str]] = TRIALS) -> str:
-    """A finished run in a real state dir, written the way the loop writes one."""
+                trials: list[tuple[float | None, str, str, str, str]] = TRIALS,
+                objective: dict[str, str] | None = None) -> str:
+    """A finished run in a real state dir, written the way the loop writes one;
+    `objective` is what the server records for a task dir's metric."""
     store = RunStore(state / "bilevel.sqlite3")
     artifacts = ArtifactStore(state / "runs")
     settings = RunSettings(task=TaskSettings(preset="surrogate"),
-                           budgets=Budgets(max_trials=len(trials) - 1))
-    store.create_run(run_id, settings.to_dict())
+                           budgets=Budgets(max_trials=len(trials) - 1)).to_dict()
+    settings["task"].update(objective or {})
+    store.create_run(run_id, settings)
     best = 1.0
     for i, (value, status, job, source, description) in enumerate(trials):
         train = f"DEPTH = {i}\nLR = {value}\n# {HOSTILE}\n"
@@ -198,3 +201,23 @@ def test_run_report_in_headless_chromium(tmp_path: Path) -> None:
     assert page.body("trials")[1][2] == HOSTILE
     assert "<script>" not in dom.split("<body>")[1] and 'src="x"' not in dom
     assert '<img id="progress"' in dom
+
+
+def test_a_maximised_metric_is_shown_in_its_own_units_and_direction(tmp_path: Path) -> None:
+    """The store holds the loss (-r2 for a maximised r2): the report shows r2, says
+    higher is better, and marks the bad outliers (low r2) on the bottom edge."""
+    state = tmp_path / "state"
+    # r2 = 2 - TRIALS' value: the same search, as a metric to maximise (loss = -r2)
+    trials = [(None if v is None else v - 2.0, *rest) for v, *rest in TRIALS]
+    run_id = hostile_run(state, trials=trials, objective={"metric": "r2",
+                                                          "direction": "maximize"})
+    assert bilevel("report", run_id, "--state-dir", str(state)).returncode == 0
+    page = Page((state / "reports" / run_id / "report.html").read_text())
+    assert page.tables["trials"][0][4] == "r2"
+    rows = page.body("trials")
+    assert rows[2][4] == "1.020000" and rows[2][5] == "+0.020000"
+    assert rows[4][4] == "-3.000000" and rows[4][5] == "-4.000000"
+    facts = dict((r[0], r[1]) for r in page.tables["facts"] if len(r) == 2)
+    assert facts["objective"] == "r2 (higher is better)"
+    assert facts["best r2"] == "1.030000 (trial 6)"
+    assert "lie below the axis: drawn as ▼ on its bottom edge" in page.ids["counts"]

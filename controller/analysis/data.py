@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.research.level2.report import summaries
+from controller.research.task import Objective
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import NotFoundError, RunRecord, TrialRecord
 from controller.store.runs import RunStore
@@ -58,6 +59,15 @@ class RunData:
     @property
     def preset(self) -> str:
         return str(self.run.settings.get("task", {}).get("preset", ""))
+
+    @property
+    def objective(self) -> Objective:
+        """The task's metric and direction, as the server recorded them with the run
+        (runs from before it did are val_bpb runs). Stored values are the loss."""
+        task = self.run.settings.get("task", {})
+        return Objective(str(task.get("metric") or "val_bpb"),
+                         str(task.get("direction") or "minimize"),
+                         bool(task.get("self_reported", False)))
 
     @property
     def budget(self) -> int:

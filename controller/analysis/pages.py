@@ -29,7 +29,9 @@ pre.diff span{display:block;white-space:pre}.add{background:#e6ffec;color:#11632
 .del{background:#ffebe9;color:#82071e}.hunk{color:#0550ae;background:#ddf4ff}
 .file{font-weight:bold}tr.keep td:nth-child(4){color:#116329;font-weight:bold}
 tr.crash td:nth-child(4){color:#c0392b;font-weight:bold}.better{color:#116329}
-.worse{color:#82071e}tr.baseline{background:#eef3fb}details{margin:4px 0}"""
+.worse{color:#82071e}tr.baseline{background:#eef3fb}details{margin:4px 0}
+#facts thead,#definition thead{display:none}#facts td,#definition td,#mechanisms td{
+text-align:left}"""
 
 MAX_CELL_CHARS = 400  # a description longer than this is cut in the table
 

@@ -2,8 +2,8 @@
 
 `progress_chart` reads like Karpathy's autoresearch chart: every trial a point (the
 baseline a diamond, discards grey, kept ones green), the frontier of kept results as a
-step line. Nothing leaves the axis unmarked: a point above the y-limit is drawn as a
-triangle on the top edge and counted in the legend, and crashes, which have no value,
+step line. Nothing leaves the axis unmarked: a point beyond the worse y-limit is drawn
+as a triangle on that edge and counted in the legend, and crashes, which have no value,
 sit in a strip of their own under the axis instead of posing as measurements.
 `arm_curves` draws one small panel per arm (bands never hide each other) with the
 control's mean in every panel; `arm_deltas` shows every repeat's Δ per arm. Every
@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # after choosing the headless backend
 
 from controller.analysis.curves import Point
 from controller.analysis.stats import FloatArray, bootstrap_band
+from controller.research.task import GPT, Objective
 
 GREY, GREEN, RED, BLUE, ORANGE = "#9a9a9a", "#2a9d3f", "#c0392b", "#1f5fbf", "#e67e22"
 
@@ -49,13 +50,13 @@ class Layout:
     kept: list[Point] = field(default_factory=list)  # kept after the baseline
     discarded: list[Point] = field(default_factory=list)
     crashed: list[Point] = field(default_factory=list)  # crash status or no finite value
-    above: list[Point] = field(default_factory=list)  # valued, but over the y-limit
+    above: list[Point] = field(default_factory=list)  # valued, but past the worse limit
     ylim: tuple[float, float] | None = None
 
     def counts(self) -> dict[str, int]:
         return {"baseline": len(self.baseline), "kept": len(self.kept),
                 "discarded": len(self.discarded), "crashed": len(self.crashed),
-                "above the axis": len(self.above)}
+                "off the axis": len(self.above)}
 
 
 def _value(p: Point) -> float | None:
@@ -92,16 +93,20 @@ def layout(points: Sequence[Point]) -> Layout:
                   out.crashed, above, (bottom - pad, top + pad))
 
 
-def progress_chart(points: Sequence[Point], title: str) -> tuple[str, Layout]:
-    """The chart (base64 PNG) and the layout its legend counts."""
+def progress_chart(points: Sequence[Point], title: str,
+                   objective: Objective = GPT) -> tuple[str, Layout]:
+    """The chart (base64 PNG) and the layout its legend counts. Points hold the loss;
+    the chart shows the task's metric (negated back for a maximised one), so the worse
+    edge, where points beyond the axis are marked, is the top or the bottom."""
     lay = layout(points)
+    show = objective.shown
     fig, (ax, strip) = plt.subplots(
         2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [6, 0.7],
                                                        "hspace": 0.08})
 
     def scatter(group: list[Point], label: str, **style: object) -> None:
         if group:
-            ax.scatter([p.index for p in group], [p.val_bpb for p in group],
+            ax.scatter([p.index for p in group], [show(p.val_bpb or 0.0) for p in group],
                        label=f"{label} ({len(group)})", **style)
 
     scatter(lay.discarded, "discarded", s=14, color=GREY, zorder=2)
@@ -112,18 +117,19 @@ def progress_chart(points: Sequence[Point], title: str) -> tuple[str, Layout]:
     if frontier:
         last = max(p.index for p in points)
         xs = [p.index for p in frontier] + [last]
-        ys = [p.val_bpb for p in frontier] + [frontier[-1].val_bpb]
+        ys = [show(p.val_bpb or 0.0) for p in frontier] + [show(frontier[-1].val_bpb or 0.0)]
         ax.step(xs, ys, where="post", color=GREEN, linewidth=1.5, label="best so far",
                 zorder=1)
     if lay.ylim is not None:
-        ax.set_ylim(*lay.ylim)
-    if lay.above and lay.ylim is not None:
-        edge = lay.ylim[1]
-        ax.scatter([p.index for p in lay.above], [edge] * len(lay.above), marker="^", s=60,
-                   color=ORANGE, edgecolor="black", linewidth=0.5, clip_on=False, zorder=4,
-                   label=f"discarded, above the axis ({len(lay.above)})")
+        low, high = sorted(show(v) for v in lay.ylim)
+        ax.set_ylim(low, high)
+        edge, marker, offset = (low, "v", 8) if objective.maximize else (high, "^", -14)
+        if lay.above:
+            ax.scatter([p.index for p in lay.above], [edge] * len(lay.above), marker=marker,
+                       s=60, color=ORANGE, edgecolor="black", linewidth=0.5, clip_on=False,
+                       zorder=4, label=f"discarded, off the axis ({len(lay.above)})")
         for p in lay.above[:12]:
-            ax.annotate(f"{p.val_bpb:.4g}", (p.index, edge), xytext=(0, -14),
+            ax.annotate(f"{show(p.val_bpb or 0.0):.4g}", (p.index, edge), xytext=(0, offset),
                         textcoords="offset points", ha="center", fontsize=7, color=ORANGE)
     strip.scatter([p.index for p in lay.crashed], [0.0] * len(lay.crashed), marker="x",
                   s=40, color=RED, label=f"crashed, no value ({len(lay.crashed)})")
@@ -132,7 +138,7 @@ def progress_chart(points: Sequence[Point], title: str) -> tuple[str, Layout]:
     strip.grid(alpha=0.3, axis="x")
     strip.set_xlabel("trial")
     strip.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("val_bpb (lower is better)")
+    ax.set_ylabel(f"{objective.metric} ({objective.better} is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
