@@ -208,7 +208,7 @@ def test_a_maximised_metric_is_shown_in_its_own_units_and_direction(tmp_path: Pa
     higher is better, and marks the bad outliers (low r2) on the bottom edge."""
     state = tmp_path / "state"
     # r2 = 2 - TRIALS' value: the same search, as a metric to maximise (loss = -r2)
-    trials = [(None if v is None else v - 2.0, *rest) for v, *rest in TRIALS]
+    trials = [(None if v is None else v - 2.0, s, j, src, d) for v, s, j, src, d in TRIALS]
     run_id = hostile_run(state, trials=trials, objective={"metric": "r2",
                                                           "direction": "maximize"})
     assert bilevel("report", run_id, "--state-dir", str(state)).returncode == 0
