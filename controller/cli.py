@@ -78,7 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # progress a user reads, so it goes to the state dir's log file.
     shown = args.log_level if args.verbose or args.command == "serve" else "warning"
     configure_logging(args.log_format, args.log_level, stderr_level=shown)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C: the command's own clean-up has run (an in-process controller paused
+        # its runs on the way out); a traceback would only bury that.
+        print("interrupted", file=sys.stderr)
+        return 130
     return code
 
 

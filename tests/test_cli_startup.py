@@ -65,7 +65,9 @@ def test_reading_commands_start_no_controller_and_import_no_llm_sdk(tmp_path: Pa
         assert sorted({m.split(".")[0] for m in loaded if m != "controller.api.server"} -
                       {"docker"}) == [], (argv, loaded)
         assert "controller.api.server" not in loaded, argv
-        if argv[0] == "runs":
-            assert "run-a" in done.stdout
+        if argv[0] == "runs":  # left running, nobody runs it: said so, not "running"
+            assert "run-a" in done.stdout and "waiting" in done.stdout
+        if argv[0] == "watch":
+            assert "no controller is running it now" in done.stderr
         if argv[0] == "artifact":
             assert "NOT_FOUND" in done.stderr  # no trial finished: the store says so

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -10,6 +11,7 @@ from rich.table import Table
 from controller.api.client import Client
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.client_command import add_connection_arguments, run_client_command
+from controller.commands.local import where_of
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,14 +36,23 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
         if not token or (args.limit and len(runs) >= args.limit):
             break
     table = Table("run", "state", "preset", "trials", "baseline", "best", "created")
+    # Read from the store, nobody holds the state dir: a "running" run is waiting for a
+    # controller to start (it resumes then), and says so.
+    idle = where_of(client) == "store"
     for run in runs[:args.limit or None]:
+        state = rpb.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
+        if idle and run.state == rpb.RUN_STATE_RUNNING:
+            state = "waiting"
         table.add_row(
-            run.id, rpb.RunState.Name(run.state).removeprefix("RUN_STATE_").lower(),
+            run.id, state,
             run.request.task.preset, f"{max(run.trials_done - 1, 0)}/"
             f"{run.request.budgets.max_trials}",
             _metric(run, "baseline_val_bpb"), _metric(run, "best_val_bpb"),
             run.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
     Console(width=140).print(table)
+    if idle and any(run.state == rpb.RUN_STATE_RUNNING for run in runs):
+        print("waiting: left running, but no controller holds this state dir; it goes on "
+              "when one starts here (`bilevel serve`)", file=sys.stderr)
     return 0
 
 
