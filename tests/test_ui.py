@@ -5,6 +5,7 @@ the page loaded in headless Chromium after its script ran."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -24,9 +25,11 @@ from PIL import Image
 
 from controller.analysis import ablation
 from controller.analysis.ablation import AblationSpec, Cell
+from controller.api.client import Client, ClientConfig
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply
 from controller.llm.settings import LLMAccess
+from controller.ui import backend
 from tests.test_api_harness import Stubs, serving, surrogate_run
 from tests.test_loop_harness import TEST_KEY, params_answer
 
@@ -211,3 +214,29 @@ def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path
     with _ui(live.address, tmp_path / "other", None) as anonymous:
         status, body = _get(f"{anonymous}api/runs")
         assert status == 502 and "UNAUTHENTICATED" in body["error"]
+
+
+def test_events_come_in_capped_pages_that_join_up_exactly(
+        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = live.stubs.runs.CreateRun(surrogate_run(trials=2), metadata=live.stubs.metadata,
+                                    timeout=30)
+    every = list(live.stubs.runs.WatchRun(rpb.WatchRunRequest(run_id=run.id),
+                                          metadata=live.stubs.metadata, timeout=120))
+    monkeypatch.setattr(backend, "MAX_EVENTS", 3)
+
+    async def pages() -> list[dict[str, Any]]:
+        async with Client(ClientConfig(address=live.address, token=TOKEN)) as client:
+            ui = backend.Backend(client, None)
+            got: list[dict[str, Any]] = []
+            after = 0
+            while True:
+                page = await ui.events(run.id, after, 0)
+                got.append(page)
+                after = page["last_seq"]
+                if page["done"]:
+                    return got
+
+    got = asyncio.run(pages())
+    assert [e["seq"] for p in got for e in p["events"]] == [e.seq for e in every]
+    assert all(len(p["events"]) == 3 and p["more"] for p in got[:-2])
+    assert got[-1]["done"] and not got[-1]["more"]

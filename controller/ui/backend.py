@@ -28,6 +28,7 @@ MAX_ITEMS = 500  # items of one list or object
 MAX_DEPTH = 8
 MAX_ARTIFACT_BYTES = 512 << 10  # head of an artifact shown in the page
 MAX_EVENTS = 500  # per events request; the page asks again after the last seq
+MAX_EVENTS_BYTES = 4 << 20  # of one events answer's JSON, roughly
 MAX_WAIT_SECONDS = 25.0  # longest long-poll for the first new event
 DRAIN_SECONDS = 0.25  # after an event, the stream is read until it is quiet this long
 # The first event is awaited at least this long: stored events take a round trip too.
@@ -81,6 +82,18 @@ def message_json(message: Message) -> Any:
         preserving_proto_field_name=True, unquote_int64_if_possible=True))
 
 
+def run_json(run: rpb.Run) -> Any:
+    """A run without the sources its request may carry (a baseline train.py, a task
+    directory): the page never shows them, and they would be converted only to be cut."""
+    light = rpb.Run()
+    light.CopyFrom(run)
+    task = light.request.task
+    for name in ("train_py", "task_files"):
+        if name in task.DESCRIPTOR.fields_by_name:
+            task.ClearField(name)
+    return message_json(light)
+
+
 def check_run_id(run_id: str) -> str:
     if not RUN_ID.match(run_id):
         raise BadRequest("run: not a run id")
@@ -101,7 +114,7 @@ class Backend:
             page = await self.client.runs.ListRuns(
                 rpb.ListRunsRequest(page_size=100, page_token=token),
                 metadata=self.client.metadata, timeout=30)
-            runs.extend(message_json(r) for r in page.runs)
+            runs.extend(run_json(r) for r in page.runs)
             token = page.next_page_token
             if not token:
                 break
@@ -110,12 +123,13 @@ class Backend:
     async def run(self, run_id: str) -> Any:
         run = await self.client.runs.GetRun(rpb.GetRunRequest(run_id=check_run_id(run_id)),
                                             metadata=self.client.metadata, timeout=30)
-        return message_json(run)
+        return run_json(run)
 
     async def events(self, run_id: str, after: int, wait: float) -> dict[str, Any]:
         """Events with seq > after: the first to come within `wait` seconds (at least
-        MIN_WAIT_SECONDS), then the stream drained until it is quiet (a long poll). `done`: the
-        stream ended, so the run finished and nothing follows `last_seq`."""
+        MIN_WAIT_SECONDS), then the stream drained until it is quiet (a long poll).
+        `done`: the stream ended, so the run finished and nothing follows `last_seq`;
+        `more`: the answer is full (MAX_EVENTS, MAX_EVENTS_BYTES), so ask again at once."""
         check_run_id(run_id)
         if after < 0:
             raise BadRequest("after: must be >= 0")
@@ -124,8 +138,9 @@ class Backend:
             rpb.WatchRunRequest(run_id=run_id, after_seq=after), metadata=self.client.metadata)
         events: list[Any] = []
         done = False
+        size = 0
         try:
-            while len(events) < MAX_EVENTS:
+            while len(events) < MAX_EVENTS and size < MAX_EVENTS_BYTES:
                 try:
                     event = await asyncio.wait_for(call.read(),
                                                    wait if not events else DRAIN_SECONDS)
@@ -135,10 +150,12 @@ class Backend:
                     done = True
                     break
                 events.append(message_json(event))
+                size += len(json.dumps(events[-1]))
         finally:
             call.cancel()
         last = events[-1]["seq"] if events else after
-        return {"events": events, "last_seq": last, "done": done}
+        full = len(events) >= MAX_EVENTS or size >= MAX_EVENTS_BYTES
+        return {"events": events, "last_seq": last, "done": done, "more": full and not done}
 
     async def artifact(self, run_id: str, name: str) -> dict[str, Any]:
         check_run_id(run_id)

@@ -128,6 +128,7 @@ def _float(query: dict[str, str], name: str, default: float) -> float:
 def _handler(ui: UiServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "bilevel-ui"
+        timeout = 60  # seconds a connection may idle: a stalled client frees its thread
         sys_version = ""
 
         def log_message(self, format: str, *args: Any) -> None:

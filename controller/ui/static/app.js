@@ -172,7 +172,7 @@ function runView(runId, pick) {
         const wanted = state.trials.get(pick);
         if (state.selected === null && wanted && wanted.finished) select(pick);
         if (got.done) { await refreshRun(); return; }
-        wait = got.events.length >= 500 ? 0 : 20;
+        wait = got.more ? 0 : 20;
       } catch (e) {
         setStatus(String(e.message || e), true);
         await sleep(2000);
