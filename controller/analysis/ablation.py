@@ -31,6 +31,7 @@ from controller.api import enums
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 
 ALL_ARMS = ("A", "B", "C", "D", "random_search", "tpe", "cmaes", "A-sched", "C-noop")
+DEFAULT_ARMS = tuple(a for a in ALL_ARMS if a != "A-sched")
 RENAMED_ARMS = {"random": "arm 'random' is now 'random_search' (true random search over the "
                           "typed ranges; the old arm ran the local perturbation A runs)"}
 CONTROL = "A"
@@ -110,7 +111,14 @@ class AblationSpec:
     fresh_seeds: int = 3
     max_llm_tokens: int = 0
     llm: dict[str, str] | None = None  # provider, model, base_url; None: offline
-    schedule_batch: int = 2
+    schedule_batch: int = 1
+    # The outer levels' cadence in every arm that runs them (0: the run's default).
+    l15_every: int = 0
+    l2_every: int = 0
+    l2_window: int = 0
+    # Surrogate only: trials scored in the controller from the knobs (TaskSpec.in_process),
+    # no sandbox job per trial; mechanisms still run in their sandboxes.
+    in_process: bool = False
     arms: list[Arm] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     cells: dict[str, Cell] = field(default_factory=dict)  # "A/3" -> run
@@ -190,8 +198,10 @@ def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunReque
     if arm.proposer == "llm" and spec.llm is None:
         raise ArmUnavailable(f"arm {arm.name} needs an LLM proposer; none is configured")
     raw: dict[str, Any] = {
-        "task": {"preset": spec.task},
-        "search": {"seed": str(spec.seed_of(repeat)), "batchSize": arm.batch_size},
+        "task": {"preset": spec.task, "inProcess": spec.in_process},
+        # No end-of-run check per run: the ablation re-evaluates every best itself.
+        "search": {"seed": str(spec.seed_of(repeat)), "batchSize": arm.batch_size,
+                   "finalSeeds": 0},
         # No lessons from earlier runs: repeats must be independent.
         "proposer": {"kind": _enum_name(enums.PROPOSER_KINDS, arm.proposer, rpb.ProposerKind),
                      "noMemory": True},
@@ -209,7 +219,11 @@ def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunReque
                                    for lv in arm.levels],
                         "mechanisms": [{"name": m} for m in arm.mechanisms],
                         "configController": "llm" if arm.llm_outer else "rule",
-                        "mechanismSource": "llm" if arm.llm_outer else "library"}
+                        "mechanismSource": "llm" if arm.llm_outer else "library",
+                        **{key: value for key, value in (
+                            ("l15EveryTrials", spec.l15_every),
+                            ("l2EveryTrials", spec.l2_every),
+                            ("l2WindowTrials", spec.l2_window)) if value}}
     try:
         request = rpb.CreateRunRequest()
         json_format.ParseDict(raw, request)
@@ -223,9 +237,10 @@ def reeval_request(spec: AblationSpec, source: str, repeat: int) -> rpb.CreateRu
     """A run whose baseline is `source`, measured on the repeat's fresh seeds (the noise
     rule runs the baseline on `fresh_seeds` seeds) and that stops right after it."""
     return rpb.CreateRunRequest(
-        task=rpb.TaskSpec(preset=spec.task, train_py=source.encode()),
+        task=rpb.TaskSpec(preset=spec.task, train_py=source.encode(),
+                          in_process=spec.in_process),
         search=rpb.SearchSettings(seed=spec.fresh_seed_of(repeat),
                                   keep_rule=rpb.KEEP_RULE_NOISE,
-                                  noise_seeds=max(spec.fresh_seeds, 2)),
+                                  noise_seeds=max(spec.fresh_seeds, 2), final_seeds=0),
         proposer=rpb.ProposerSettings(kind=rpb.PROPOSER_KIND_LOCAL, no_memory=True),
         budgets=rpb.Budgets(max_trials=1, max_wall_seconds=1e-3))

@@ -72,6 +72,7 @@ class Runner:
         if done:
             self.say(f"{phase}: {done} of {len(jobs)} runs already finished; not redone")
         paused: list[str] = []
+        started, finished_here = time.monotonic(), 0
         while active or waiting:
             while waiting and len(active) < self.parallel:
                 key, make = waiting[0]
@@ -93,9 +94,10 @@ class Runner:
                     cells[key] = self._finished(cells[key], run, phase != "search")
                     del active[key]
                     done += 1
+                    finished_here += 1
                     self._save()
-                    self.say(f"{phase} {done}/{len(jobs)}: {key} {run.id} "
-                             f"{TERMINAL[run.state]} - {run.summary}")
+                    self.say(progress_line(phase, done, len(jobs), key, run,
+                                           time.monotonic() - started, finished_here))
                 elif run.state == rpb.RUN_STATE_PAUSED:
                     del active[key]
                     paused.append(f"{key} ({run_id}: {run.stop_reason})")
@@ -156,6 +158,27 @@ class Runner:
             src = spec.reeval[same]
             spec.reeval[key] = Cell(src.run_id, src.state, src.value, src.sigma, src.source_sha)
         self._save()
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_line(phase: str, done: int, total: int, key: str, run: rpb.Run,
+                  elapsed: float, finished_here: int) -> str:
+    """One line per finished run: phase, count, arm and repeat, the outcome in short,
+    and the ETA of the phase (from this session's pace)."""
+    arm, _, repeat = key.rpartition("/")
+    outcome = TERMINAL.get(run.state, state_name(run.state))
+    if phase == "search" and run.HasField("best_val_bpb") and run.HasField("baseline_val_bpb"):
+        outcome += f", best - baseline in search {run.best_val_bpb - run.baseline_val_bpb:+.2e}"
+    elif phase != "search" and run.HasField("baseline_val_bpb"):
+        outcome += f", mean on fresh seeds {run.baseline_val_bpb:.6f}"
+    left = total - done
+    eta = _clock(elapsed / finished_here * left) if finished_here and left else "0s"
+    return (f"[{phase} {done}/{total}] arm {arm} repeat {repeat}: {outcome} "
+            f"({_clock(elapsed)} elapsed, ETA {eta})")
 
 
 def _sha(source: str) -> str:

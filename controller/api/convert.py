@@ -138,7 +138,7 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
     defaults, llm_defaults = ProposerSettings(), LLMSettings()
     return RunSettings(
         task=TaskSettings(preset=request.task.preset, train_py=train_py,
-                          data_ref=request.task.data_ref,
+                          data_ref=request.task.data_ref, in_process=request.task.in_process,
                           runtime=_named(enums.RUNTIMES, request.task.runtime,
                                          "task.runtime", "runc")),
         search=SearchSettings(seed=search.seed, frozen_knobs=tuple(search.frozen_knobs),
@@ -147,7 +147,9 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
                                                "search.keep_rule", "greedy"),
                               noise_seeds=search.noise_seeds or SearchSettings().noise_seeds,
                               noise_margin=search.noise_margin_sigma or 2.0,
-                              batch_size=search.batch_size or 1, pipeline=search.pipeline),
+                              batch_size=search.batch_size or 1, pipeline=search.pipeline,
+                              final_seeds=_opt(search, "final_seeds",
+                                               SearchSettings().final_seeds)),
         proposer=ProposerSettings(
             kind=_named(enums.PROPOSER_KINDS, proposer.kind, "proposer.kind", "local"),
             max_changes=proposer.max_changes or 2, step=proposer.step or 0.5,
@@ -202,12 +204,13 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
                           data_ref=t.data_ref, runtime=enums.to_enum(enums.RUNTIMES, t.runtime),
                           task_sha256=t.task_sha256, metric=t.metric,
                           maximize=t.direction == "maximize",
-                          metric_self_reported=t.self_reported),
+                          metric_self_reported=t.self_reported, in_process=t.in_process),
         search=rpb.SearchSettings(seed=s.seed, frozen_knobs=s.frozen_knobs,
                                   min_improvement_bpb=s.min_improvement,
                                   keep_rule=enums.to_enum(enums.KEEP_RULES, s.keep_rule),
                                   noise_seeds=s.noise_seeds, noise_margin_sigma=s.noise_margin,
-                                  batch_size=s.batch_size, pipeline=s.pipeline),
+                                  batch_size=s.batch_size, pipeline=s.pipeline,
+                                  final_seeds=s.final_seeds),
         proposer=rpb.ProposerSettings(
             kind=enums.to_enum(enums.PROPOSER_KINDS, p.kind), max_changes=p.max_changes,
             step=p.step, mode=enums.to_enum(enums.PROPOSER_MODES, p.mode),

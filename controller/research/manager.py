@@ -183,7 +183,10 @@ class RunManager:
         lessons = [m.text for m in memory.list(task.name, MEMORY_IN_PROMPT)] \
             if settings.proposer.use_memory and settings.proposer.kind == "llm" else []
         loop = InnerLoop(run_id, settings, task, proposer, self.store, self.artifacts, stop,
-                         lessons=lessons, memory=None if replaying else memory)
+                         lessons=lessons,
+                         # no_memory: neither read nor write (ablation repeats stay apart)
+                         memory=None if replaying or not settings.proposer.use_memory
+                         else memory)
         built: list[Provider] = []
 
         def provider() -> Provider:  # one provider stack for Levels 1.5 and 2

@@ -39,6 +39,8 @@ class TaskSettings:
     metric: str = "val_bpb"
     direction: str = "minimize"
     self_reported: bool = False
+    # Surrogate only: score trials in the controller from the knobs, no sandbox job.
+    in_process: bool = False
 
 
 @dataclass(frozen=True)

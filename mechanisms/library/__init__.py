@@ -16,6 +16,7 @@ LIBRARY: dict[str, str] = {
     "crash_memory": "crash_memory.py",
     "elite_crossover": "elite_crossover.py",
     "cma_advisor": "cma_advisor.py",
+    "direct_search": "direct_search.py",
 }
 
 

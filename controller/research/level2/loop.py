@@ -181,8 +181,12 @@ class MechanismLoop:
               rows: dict[str, MechanismRow]) -> MechanismRow | None:
         n = self.state.rounds
         if self.designer is None:
+            # Without memory (an ablation's repeat) earlier runs' verdicts are not read:
+            # repeats must not depend on each other or on the order they finished in.
+            outcomes = self.log.outcomes(self.loop.run_id) \
+                if self.loop.settings.proposer.use_memory else []
             choice = choose_from_library(
-                set(rows), self.log.outcomes(self.loop.run_id), self.loop.settings.task.preset,
+                set(rows), outcomes, self.loop.settings.task.preset,
                 self.loop.settings.search.seed, n)
             if choice is None:
                 self._note(index, "every built-in mechanism was tried; no new round")

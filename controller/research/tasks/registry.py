@@ -72,7 +72,13 @@ def task_of(manifest: TaskManifest, settings: TaskSettings, executor: SandboxExe
             raise FieldError("proposer.mode", "the surrogate task takes knob changes only "
                              "(mode \"params\"): its val_bpb is computed from the knobs, "
                              "so code edits are no experiment there")
-        return SurrogateTask(executor, baseline=settings.train_py, runtime=settings.runtime)
+        # in_process: the knobs are scored here as always, and the file is not also run.
+        return SurrogateTask(None if settings.in_process else executor,
+                             baseline=settings.train_py, runtime=settings.runtime)
+    if settings.in_process:
+        raise FieldError("task.in_process", "only the surrogate task can be scored in the "
+                         "controller (its value is a function of the knobs); every other "
+                         "task's code must run in a sandbox")
     if manifest.builtin:
         return trainer.TrainerTask(replace(settings, preset=manifest.builtin), executor)
     if settings.data_ref:

@@ -132,7 +132,7 @@ class TaskSpec(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ..., runtime: _Optional[_Union[_sandbox_pb2.Runtime, str]] = ..., task_files: _Optional[_Mapping[str, bytes]] = ..., task_sha256: _Optional[str] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ..., metric_self_reported: _Optional[bool] = ..., in_process: _Optional[bool] = ...) -> None: ...
 
 class SearchSettings(_message.Message):
-    __slots__ = ("seed", "frozen_knobs", "min_improvement_bpb", "keep_rule", "noise_seeds", "noise_margin_sigma", "batch_size", "pipeline")
+    __slots__ = ("seed", "frozen_knobs", "min_improvement_bpb", "keep_rule", "noise_seeds", "noise_margin_sigma", "batch_size", "pipeline", "final_seeds")
     SEED_FIELD_NUMBER: _ClassVar[int]
     FROZEN_KNOBS_FIELD_NUMBER: _ClassVar[int]
     MIN_IMPROVEMENT_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class SearchSettings(_message.Message):
     NOISE_MARGIN_SIGMA_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_SEEDS_FIELD_NUMBER: _ClassVar[int]
     seed: int
     frozen_knobs: _containers.RepeatedScalarFieldContainer[str]
     min_improvement_bpb: float
@@ -149,7 +150,8 @@ class SearchSettings(_message.Message):
     noise_margin_sigma: float
     batch_size: int
     pipeline: bool
-    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement_bpb: _Optional[float] = ..., keep_rule: _Optional[_Union[KeepRule, str]] = ..., noise_seeds: _Optional[int] = ..., noise_margin_sigma: _Optional[float] = ..., batch_size: _Optional[int] = ..., pipeline: _Optional[bool] = ...) -> None: ...
+    final_seeds: int
+    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement_bpb: _Optional[float] = ..., keep_rule: _Optional[_Union[KeepRule, str]] = ..., noise_seeds: _Optional[int] = ..., noise_margin_sigma: _Optional[float] = ..., batch_size: _Optional[int] = ..., pipeline: _Optional[bool] = ..., final_seeds: _Optional[int] = ...) -> None: ...
 
 class ProposerSettings(_message.Message):
     __slots__ = ("kind", "max_changes", "step", "mode", "max_invalid_retries", "max_fix_attempts", "history_trials", "no_memory")
