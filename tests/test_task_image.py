@@ -130,6 +130,15 @@ def test_task_image_built_from_local_wheels_reused_and_used_by_jobs(
         assert "tiny-1.0" in result.stdout
 
 
+def hook_wheel(tmp_path: Path) -> WheelSource:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "bilevelhookpkg", "1.0", {
+        "bilevelhookpkg/__init__.py": "",
+        "zz_hook.pth": "import os; os.environ['HOOKED'] = 'ran at start-up'\n"})
+    return WheelSource(find_links=(wheels,), no_index=True)
+
+
 @pytest.mark.docker
 def test_deny_task_wheel_start_up_hook_refused(
         docker_client: docker.DockerClient, sandbox_image: str, tmp_path: Path,
@@ -137,14 +146,30 @@ def test_deny_task_wheel_start_up_hook_refused(
     """A .pth file runs at every interpreter start, the root runner's and the trusted
     scorer's included: a requirement that ships one does not become an image."""
     monkeypatch.setattr(task_image, "CACHE_DIR", tmp_path / "cache")
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    make_wheel(wheels, "bilevelhookpkg", "1.0", {
-        "bilevelhookpkg/__init__.py": "",
-        "zz_hook.pth": "import os; os.environ['HOOKED'] = '1'\n"})
     with pytest.raises(ImageBuildError, match=r"new start-up hooks \[.*zz_hook\.pth"):
         ensure_task_image(docker_client, sandbox_image, ["bilevelhookpkg==1.0"],
-                          WheelSource(find_links=(wheels,), no_index=True))
+                          hook_wheel(tmp_path))
+
+
+@pytest.mark.docker
+def test_sensitivity_task_wheel_start_up_hook_runs_without_the_check(
+        docker_client: docker.DockerClient, sandbox_image: str, executor: SandboxExecutor,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The twin: with the build's base check off, the same wheel becomes an image and its
+    hook runs in every Python of a job, before any of the job's code."""
+    monkeypatch.setattr(task_image, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(task_image, "_CHECK_BASE", False)
+    tag = ensure_task_image(docker_client, sandbox_image, ["bilevelhookpkg==1.0"],
+                            hook_wheel(tmp_path))
+    try:
+        executor.allow_image(tag)
+        result = executor.run(JobSpec(
+            files={"main.py": b"import os\nprint(os.environ.get('HOOKED'))\n"},
+            command=("python3", "main.py"), image=tag, limits=Limits(wall_seconds=60)))
+        assert result.status is Status.OK, result.detail
+        assert "ran at start-up" in result.stdout
+    finally:
+        docker_client.images.remove(tag, force=True)
 
 
 @pytest.mark.docker

@@ -94,6 +94,16 @@ RUN /opt/venv/bin/python /tmp/check_base.py before \\
  && /opt/venv/bin/python /tmp/check_base.py after \\
  && rm -rf /tmp/task-wheelhouse /tmp/check_base.py
 """
+# Test-only switch (the sensitivity twin in tests/test_task_image.py): False builds
+# without the base check, as a plain `pip install` would. Never set from configuration.
+_CHECK_BASE = True
+
+
+def _dockerfile() -> str:
+    if _CHECK_BASE:
+        return _DOCKERFILE
+    return _DOCKERFILE.replace("/opt/venv/bin/python /tmp/check_base.py before", "true") \
+        .replace("/opt/venv/bin/python /tmp/check_base.py after", "true")
 
 
 @dataclass(frozen=True)
@@ -197,7 +207,7 @@ def wheel_hashes(wheelhouse: Path) -> list[tuple[str, str]]:
 def task_image_tag(base_id: str, requirements: Sequence[str],
                    hashes: Sequence[tuple[str, str]]) -> str:
     digest = hashlib.sha256()
-    digest.update(_DOCKERFILE.encode() + _CHECK_SCRIPT.encode() + base_id.encode() + b"\0")
+    digest.update(_dockerfile().encode() + _CHECK_SCRIPT.encode() + base_id.encode() + b"\0")
     digest.update("\n".join(requirements).encode() + b"\0")
     for name, sha in hashes:
         digest.update(f"{name}\0{sha}\0".encode())
@@ -207,7 +217,7 @@ def task_image_tag(base_id: str, requirements: Sequence[str],
 def _context(wheelhouse: Path) -> io.BytesIO:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in (("Dockerfile", _DOCKERFILE), ("check_base.py", _CHECK_SCRIPT)):
+        for name, data in (("Dockerfile", _dockerfile()), ("check_base.py", _CHECK_SCRIPT)):
             info = tarfile.TarInfo(name)
             info.size = len(data.encode())
             tar.addfile(info, io.BytesIO(data.encode()))
