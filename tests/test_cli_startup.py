@@ -48,8 +48,8 @@ def test_a_commands_own_help_shows_its_flags() -> None:
 
 
 def test_reading_commands_start_no_controller_and_import_no_llm_sdk(tmp_path: Path) -> None:
-    """`runs`, `watch` and `artifact` without --server read the store: no in-process
-    controller (controller.api.server), no LLM SDK, no analysis stack."""
+    """`runs`, `watch`, `artifact`, `memory list` without --server read the store: no
+    in-process controller (controller.api.server), no LLM SDK, no analysis stack."""
     from controller.store.runs import RunStore
 
     store = RunStore(tmp_path / "bilevel.sqlite3")
@@ -57,7 +57,8 @@ def test_reading_commands_start_no_controller_and_import_no_llm_sdk(tmp_path: Pa
     store.close()
     probe = PROBE.replace("m.split('.')[0] in {heavy}",
                           "m.split('.')[0] in {heavy} or m == 'controller.api.server'")
-    for argv in (("runs",), ("watch", "run-a"), ("artifact", "run-a", "results.tsv")):
+    for argv in (("runs",), ("watch", "run-a"), ("artifact", "run-a", "results.tsv"),
+                 ("memory", "list")):
         done = subprocess.run([sys.executable, "-c", probe.format(heavy=set(HEAVY)), *argv,
                                "--state-dir", str(tmp_path)],
                               capture_output=True, text=True, timeout=60)

@@ -143,6 +143,7 @@ class StoreClient:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.runs = _StoreRuns(state_dir)
+        self.memory = _StoreMemory(self.runs)
 
     async def __aenter__(self) -> StoreClient:
         return self
@@ -251,6 +252,28 @@ class _StoreRuns:
         store = self.store()
         return store is not None and store.get_run(run_id).state is RunState.RUNNING and \
             holder_of(self.state_dir) is None
+
+
+class _StoreMemory:
+    """MemoryService's ListLessons, answered from the store."""
+
+    def __init__(self, runs: _StoreRuns) -> None:
+        self._runs = runs
+
+    async def ListLessons(self, request: rpb.ListLessonsRequest,
+                          metadata: object = None) -> rpb.ListLessonsResponse:
+        from controller.api.memory_service import DEFAULT_LIMIT, MAX_LIMIT
+        from controller.research.errors import FieldError
+        from controller.store.memory import MemoryStore
+
+        if not 0 <= request.limit <= MAX_LIMIT:
+            raise LocalRpcError(FieldError("limit", f"must be in [0, {MAX_LIMIT}]"))
+        store = self._runs.store()
+        if store is None:
+            return rpb.ListLessonsResponse()
+        lessons = MemoryStore(store).list(request.task or None,
+                                          request.limit or DEFAULT_LIMIT)
+        return rpb.ListLessonsResponse(lessons=[convert.lesson(x) for x in lessons])
 
 
 STALLED_NOTE = ("no controller is running it now: it goes on where it stopped when a "

@@ -21,12 +21,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     which.add_argument("--task", default="", help="only this task's lessons")
     which.add_argument("--all", action="store_true", help="every task's lessons")
     for action in (listing, clear):
-        add_connection_arguments(action)
+        add_connection_arguments(action, read_only=action is listing)
         action.set_defaults(func=cmd_memory)
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    return run_client_command(args, lambda client: _memory(client, args))
+    """`list` reads the store without --server (no controller starts); `clear` writes."""
+    return run_client_command(args, lambda client: _memory(client, args),
+                              read_only=args.action == "list")
 
 
 async def _memory(client: Client, args: argparse.Namespace) -> int:
