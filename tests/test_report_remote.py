@@ -43,6 +43,9 @@ def test_report_over_grpc_matches_the_local_report_and_needs_the_token(
     state = tmp_path / "state"
     run_id = hostile_run(state)
     running = _still_running(state)
+    trials = [(None if v is None else v - 2.0, s, j, src, d) for v, s, j, src, d in TRIALS]
+    maximised = hostile_run(state, "run-maximised0001", trials,
+                            {"metric": "r2", "direction": "maximize"})
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     local = bilevel("report", run_id, "--state-dir", str(state), "--out",
@@ -60,6 +63,11 @@ def test_report_over_grpc_matches_the_local_report_and_needs_the_token(
         assert ablation.returncode == 2 and "only a run" in ablation.stderr
         live = bilevel("report", running, *remote, "--out", str(tmp_path / "live"))
         assert live.returncode == 0, live.stderr
+        r2 = bilevel("report", maximised, *remote, "--out", str(tmp_path / "r2"))
+        assert r2.returncode == 0, r2.stderr
+    r2_local = bilevel("report", maximised, "--state-dir", str(state), "--out",
+                       str(tmp_path / "r2-local"))
+    assert r2_local.returncode == 0, r2_local.stderr
 
     mine = Page((tmp_path / "local" / "report.html").read_text())
     theirs = Page((tmp_path / "remote" / "report.html").read_text())
@@ -69,6 +77,11 @@ def test_report_over_grpc_matches_the_local_report_and_needs_the_token(
     assert theirs.body("mechanisms") == mine.body("mechanisms")
     assert theirs.ids["diff"] == mine.ids["diff"] and theirs.ids["counts"] == mine.ids["counts"]
     assert theirs.ids["trial-diff-1-body"] == mine.ids["trial-diff-1-body"]
+
+    r2_remote = Page((tmp_path / "r2" / "report.html").read_text())
+    assert r2_remote.tables["trials"] == Page(
+        (tmp_path / "r2-local" / "report.html").read_text()).tables["trials"]
+    assert r2_remote.tables["trials"][0][4] == "r2"  # the metric came over the API
 
     page = Page((tmp_path / "live" / "report.html").read_text())
     assert [r[0] for r in page.body("trials")] == ["0", "1", "2"]

@@ -57,7 +57,10 @@ def _mechanism_status(value: int) -> str:
 
 def run_record(run: rpb.Run) -> RunRecord:
     state = RunState(rpb.RunState.Name(run.state).removeprefix("RUN_STATE_").lower())
-    settings = {"task": {"preset": run.request.task.preset},
+    task = run.request.task
+    settings = {"task": {"preset": task.preset, "metric": task.metric,
+                         "direction": "maximize" if task.maximize else "minimize",
+                         "self_reported": task.metric_self_reported},
                 "budgets": {"max_trials": run.request.budgets.max_trials}}
     return RunRecord(
         id=run.id, state=state, settings=settings,
