@@ -71,7 +71,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(words).parse_args(words)
+    parser = build_parser(words)
+    args, extra = parser.parse_known_args(words)
+    # --verbose is global, yet people type it after the command too: accept it there.
+    if any(word not in ("-v", "--verbose") for word in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.verbose = args.verbose or bool(extra)
     from controller.logging import configure_logging
 
     # `serve` is a service: its log is its output. Elsewhere the log would bury the
