@@ -30,7 +30,7 @@ from controller.research.level1.optimizers import (
     to_internal,
     trial_configs,
 )
-from controller.research.level1.proposer import ProposerContext, RandomSearch
+from controller.research.level1.proposer import LocalPerturbation, ProposerContext, RandomSearch
 from controller.research.level1.proposers import build_proposer
 from controller.research.level1.protect import SURROGATE, Protected
 from controller.research.level1.space import Knob, KnobValue, SearchSpace
@@ -152,6 +152,32 @@ def test_random_search_covers_the_typed_ranges_and_is_reproducible() -> None:
     assert RandomSearch(8).propose(ProposerContext(5, incumbent, TOY_SPACE, ())).changes \
         != points[4]
     assert again.description.endswith("[random_search]")
+
+
+def test_a_frozen_knob_changes_only_the_trials_that_would_have_moved_it() -> None:
+    """Common random numbers per knob name: an arm whose Level 1.5 froze a knob proposes
+    what the arm without the freeze proposes on every trial that does not pick it."""
+    incumbent = knobs.read_knobs(TOY_SOURCE)
+    frozen = TOY_SPACE.without(("LR",))
+    for make in (lambda: LocalPerturbation(3, ProposerSettings()), lambda: RandomSearch(3)):
+        same = differ = 0
+        for i in range(1, 201):
+            full = make().propose(ProposerContext(i, incumbent, TOY_SPACE, ())).changes
+            part = make().propose(ProposerContext(i, incumbent, frozen, ())).changes
+            assert "LR" not in part
+            if "LR" in full and len(full) < len(TOY_SPACE.names):
+                differ += full != part
+                continue
+            without_lr = {k: v for k, v in full.items() if k != "LR"}
+            assert part == without_lr, (i, full, part)
+            same += 1
+        assert same > 100  # most trials do not pick the frozen knob, and those agree
+    # Another seed still gives other moves.
+    a = LocalPerturbation(3, ProposerSettings()).propose(ProposerContext(9, incumbent,
+                                                                         TOY_SPACE, ()))
+    b = LocalPerturbation(4, ProposerSettings()).propose(ProposerContext(9, incumbent,
+                                                                         TOY_SPACE, ()))
+    assert a.changes != b.changes
 
 
 def test_the_renamed_random_kind_says_what_to_use() -> None:

@@ -1,6 +1,8 @@
 """Honest comparisons of search strategies over repeats.
 
-Thin, typed wrappers over scipy: bootstrap confidence intervals, a paired permutation
+Thin, typed wrappers over scipy: Student-t confidence intervals of a mean (what the
+reports use: at the few repeats an ablation has, a bootstrap interval is too narrow -
+BCa at n = 3 covers about 72 % for a nominal 95 %), bootstrap bands, a paired permutation
 test (exact when 2^n is small), Mann-Whitney for unpaired samples, Holm's step-down
 correction, and the smallest p-value a test can reach at a given n — so a report can
 say "n = 3 cannot show p < 0.05" instead of printing a meaningless p.
@@ -55,6 +57,21 @@ class Comparison:
     @property
     def underpowered(self) -> bool:
         return self.min_p > 0.05
+
+
+def t_mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean with its Student-t interval (df = n - 1): exact for normal data at any n,
+    and it widens as n shrinks where a bootstrap's would narrow. nan bounds when n < 2."""
+    data = np.asarray(values, dtype=np.float64)
+    n = int(data.size)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(data.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(data.std(ddof=1)) / \
+        math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
 
 
 def bootstrap_mean_ci(values: Sequence[float], confidence: float = CONFIDENCE,

@@ -36,6 +36,15 @@ class ArmSummary:
     failed: int = 0
     mechanisms: dict[str, MechanismStats] = field(default_factory=dict)
     mechanisms_known: bool = False
+    trials: dict[int, int] = field(default_factory=dict)  # repeat -> search trials finished
+    identical_to: str = ""  # an earlier arm whose every repeat this one matches exactly
+
+
+def same_results(a: ArmSummary, b: ArmSummary) -> bool:
+    """Every repeat alike: fresh-seed Δ, search Δ and the whole best-so-far curve."""
+    return bool(a.runs) and a.repeats == b.repeats and a.fresh_delta == b.fresh_delta \
+        and a.search_delta == b.search_delta and a.curves.shape == b.curves.shape \
+        and bool(np.array_equal(a.curves, b.curves, equal_nan=True))
 
 
 @dataclass
@@ -64,6 +73,7 @@ def summarize(spec: AblationSpec, state: StateDir) -> AblationSummary:
             data = state.load(cell.run_id)
             s.runs.append(data)
             s.repeats.append(r)
+            s.trials[r] = sum(1 for t in data.trials if t.finished and t.index > 0)
             s.llm_tokens += data.run.llm_tokens_used
             s.llm_cost_usd += data.run.llm_cost_usd
             if data.run.best_val_bpb is not None and data.run.baseline_val_bpb is not None:
@@ -88,9 +98,9 @@ def summarize(spec: AblationSpec, state: StateDir) -> AblationSummary:
                     s.mechanisms[m.mechanism] = MechanismStats(
                         m.mechanism, total.calls + m.calls, total.effective + m.effective,
                         total.failures + m.failures, effects, m.origin or total.origin)
-        s.fresh_ci = stats.bootstrap_mean_ci(list(s.fresh_delta.values()))
-        s.search_ci = stats.bootstrap_mean_ci(list(s.search_delta.values()))
-        s.auc_ci = stats.bootstrap_mean_ci([v for v in s.auc.values() if math.isfinite(v)])
+        s.fresh_ci = stats.t_mean_ci(list(s.fresh_delta.values()))
+        s.search_ci = stats.t_mean_ci(list(s.search_delta.values()))
+        s.auc_ci = stats.t_mean_ci([v for v in s.auc.values() if math.isfinite(v)])
         if s.failed:
             warnings.append(f"arm {arm.name}: {s.failed} run(s) did not succeed and are "
                             "left out of its statistics")
@@ -99,6 +109,12 @@ def summarize(spec: AblationSpec, state: StateDir) -> AblationSummary:
             warnings.append(f"arm {arm.name}: no mechanism hook changed anything; by "
                             "a mechanism that changes nothing did not really run")
         arms.append(s)
+    for i, a in enumerate(arms):
+        a.identical_to = next((b.name for b in arms[:i] if not b.identical_to
+                               and same_results(a, b)), "")
+        if a.identical_to:
+            warnings.append(f"arm {a.name} came out identical to arm {a.identical_to} in "
+                            "every repeat: they did not differ in what ran")
     names = [a.name for a in arms]
     control = CONTROL if CONTROL in names else names[0]
     comparisons = stats.compare({a.name: a.fresh_delta for a in arms}, control)

@@ -11,7 +11,11 @@ CMA-ES, are in optimizers.py):
   for powers of two), ignoring the incumbent. The control arm every comparison needs.
 
 A proposal depends only on the seed, the trial index (and the incumbent, for local), so
-a restarted run re-proposes exactly what it would have.
+a restarted run re-proposes exactly what it would have. The random draws are keyed by
+knob name (common random numbers): each knob's draw comes from its own generator, and
+which knobs move is decided by a per-knob priority, so two runs of the same seed whose
+spaces differ by a knob Level 1.5 froze still propose the same moves on every trial that
+does not pick the frozen knob - an ablation's arms stay paired.
 """
 
 from __future__ import annotations
@@ -97,16 +101,18 @@ class LocalPerturbation:
 
     def propose(self, ctx: ProposerContext) -> Proposal:
         salt = f":{len(ctx.rejections)}" if ctx.rejections else ""  # a new draw per retry
-        rng = random.Random(f"{self.seed}:{ctx.trial_index}{salt}")
+        key = f"{self.seed}:{ctx.trial_index}{salt}"
         candidates = [k for k in ctx.space.knobs if k.name in ctx.incumbent]
         if not candidates:
             raise ValueError("no knob of the search space is present in train.py")
-        count = rng.randint(1, min(self.max_changes, len(candidates)))
+        count = random.Random(key).randint(1, min(self.max_changes, len(candidates)))
+        order = sorted(candidates, key=lambda k: random.Random(f"{key}:{k.name}:pick").random())
         changes: dict[str, KnobValue] = {}
-        for knob in rng.sample(candidates, len(candidates)):
+        for knob in order:
             if len(changes) == count:
                 break
             current = ctx.incumbent[knob.name]
+            rng = random.Random(f"{key}:{knob.name}")
             for _ in range(8):  # a draw may land on the current value (e.g. clipped)
                 new = _perturb(knob, current, self.step, rng)
                 if new != current:
@@ -134,9 +140,10 @@ class RandomSearch:
         if not knobs:
             raise ValueError("no knob of the search space is present in train.py")
         salt = f":{len(ctx.rejections)}" if ctx.rejections else ""
-        rng = random.Random(f"random_search:{self.seed}:{ctx.trial_index}{salt}")
-        for _ in range(16):
-            point = {k.name: sample_uniform(k, rng) for k in knobs}
+        key = f"random_search:{self.seed}:{ctx.trial_index}{salt}"
+        for attempt in range(16):
+            point = {k.name: sample_uniform(k, random.Random(f"{key}:{attempt}:{k.name}"))
+                     for k in knobs}
             if any(point[k] != ctx.incumbent[k] for k in point):
                 break
         return point_proposal(point, ctx.incumbent, "random_search")
