@@ -161,6 +161,12 @@ def test_task_run_over_grpc_resumes_with_the_stored_copy_only(
         assert run.request.task.task_sha256 == task_bundle.digest(files)
         assert run.request.task.preset == "api-test-task"
         assert not run.request.task.task_files  # stored, not echoed
+        # The hash is the server's to set: a client naming one gets no stored task.
+        spoof = stubs.runs.CreateRun(rpb.CreateRunRequest(
+            task=rpb.TaskSpec(preset="surrogate", task_sha256=run.request.task.task_sha256),
+            budgets=rpb.Budgets(max_trials=1)), timeout=120)
+        assert spoof.request.task.task_sha256 == ""
+        assert spoof.request.task.preset == "surrogate"
         for run_id in (run.id, tampered.id):  # let each get going, then stop the server
             events = stubs.runs.WatchRun(rpb.WatchRunRequest(run_id=run_id), timeout=120)
             next(e for e in events if e.HasField("trial_finished"))
