@@ -1,7 +1,12 @@
 """Evaluate one candidate on one or more seeds and fold the runs into one outcome.
 
-The baseline runs its seeds in parallel (they are independent); a candidate runs once,
-and again on the next seed only when the keep rule asks for a confirmation. A
+The baseline runs its seeds one at a time, like every trial of a batch-1 run: a
+time-budgeted trainer measures its host as much as its code, so seeds sharing a CPU
+host's cores would each get fewer steps, by an amount that depends on the slot schedule,
+and the noise sigma of the keep rule would measure the schedule too. Only a task that
+says its value is independent of timing (`seeds_in_parallel = True`, e.g. the
+surrogate, a function of the knobs and the seed) runs them at once. A candidate runs
+once, and again on the next seed only when the keep rule asks for a confirmation. A
 confirmation whose val_bpb is bit-identical to the first run's, on another seed, means
 the candidate ignores the trial seed (a hard-coded seed is a way to pick a lucky one):
 the trial gets job status `seed_ignored`, a crash that is never kept.
@@ -95,11 +100,17 @@ def guarded(task: Task, source: str, seed: int, cancel: threading.Event) -> Tria
 
 def evaluate(task: Task, source: str, seeds: Sequence[int], cancel: threading.Event,
              confirm: Callable[[float], bool] | None = None) -> Evaluation | None:
-    """Run `source` on `seeds` (all at once), or on seeds[0] and then seeds[1] if
-    `confirm(first val_bpb)` says so. None when `cancel` interrupted it."""
+    """Run `source` on `seeds` (one after another; at once for a task whose value does
+    not depend on timing), or on seeds[0] and then seeds[1] if `confirm(first val_bpb)`
+    says so. None when `cancel` interrupted it."""
     start = time.time()
     runs: list[tuple[int, TrialOutcome]] = []
-    if confirm is None and len(seeds) > 1:
+    if confirm is None and len(seeds) > 1 and not getattr(task, "seeds_in_parallel", False):
+        for seed in seeds:
+            if cancel.is_set():
+                break
+            runs.append((seed, guarded(task, source, seed, cancel)))
+    elif confirm is None and len(seeds) > 1:
         with ThreadPoolExecutor(len(seeds), thread_name_prefix="seed") as pool:
             outcomes = list(pool.map(lambda s: guarded(task, source, s, cancel), seeds))
         runs = list(zip(seeds, outcomes, strict=True))

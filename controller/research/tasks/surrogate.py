@@ -62,6 +62,7 @@ class SurrogateTask:
     protected: Protected = SURROGATE
 
     allows_code_edits = False  # the metric is a function of the knobs alone
+    seeds_in_parallel = True  # ... and the seed: timing cannot move it (evaluation.py)
 
     def __init__(self, executor: SandboxExecutor | None, baseline: str | None = None,
                  limits: Limits | None = None, runtime: str = "runc") -> None:
