@@ -18,6 +18,7 @@ FIELD_FLAGS = {
     "search.min_improvement_bpb": "--min-improvement", "search.keep_rule": "--keep-rule",
     "search.noise_seeds": "--noise-seeds", "search.noise_margin": "--noise-margin",
     "search.noise_margin_sigma": "--noise-margin", "search.batch_size": "--batch",
+    "search.final_seeds": "--final-seeds",
     "proposer.kind": "--proposer", "proposer.mode": "--mode",
     "budgets.max_trials": "--trials", "budgets.max_wall_seconds": "--max-minutes",
     "budgets.max_llm_tokens": "--max-llm-tokens", "budgets.max_llm_cost_usd": "--max-llm-cost",

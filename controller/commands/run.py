@@ -60,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                           "the same tail is used)")
     cmd.add_argument("--batch", type=int, default=1,
                      help="trials in flight at once (give the controller as many --slots)")
+    cmd.add_argument("--final-seeds", type=int, default=3, metavar="N",
+                     help="end-of-run check: best and baseline re-run on N fresh paired "
+                          "seeds (default 3; 0 skips it)")
     cmd.add_argument("--pipeline", action="store_true",
                      help="prepare the next proposals while trials run")
     llm = cmd.add_argument_group("proposer")
@@ -142,7 +145,7 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
                                   keep_rule=enums.to_enum(enums.KEEP_RULES, args.keep_rule),
                                   noise_seeds=args.noise_seeds,
                                   noise_margin_sigma=args.noise_margin, batch_size=args.batch,
-                                  pipeline=args.pipeline),
+                                  pipeline=args.pipeline, final_seeds=args.final_seeds),
         proposer=rpb.ProposerSettings(kind=enums.to_enum(enums.PROPOSER_KINDS, kind),
                                       mode=enums.to_enum(enums.PROPOSER_MODES, args.mode),
                                       no_memory=args.no_memory),
