@@ -8,11 +8,13 @@ import io
 import time
 
 import pyte
+import pytest
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.commands import live_view
 from controller.commands.live_view import RunView
 from controller.logging import configure_logging
 
@@ -37,7 +39,8 @@ def _at(seconds: float) -> Timestamp:
     return stamp
 
 
-def trial_events(trial: int, val: float, status: rpb.TrialStatus, start: float) -> list[rpb.RunEvent]:
+def trial_events(trial: int, val: float, status: rpb.TrialStatus,
+                 start: float) -> list[rpb.RunEvent]:
     started = rpb.RunEvent(time=_at(start), trial_started=rpb.RunEvent.TrialStarted(
         trial=trial, attempt=1))
     finished = rpb.RunEvent(time=_at(start + 2), trial_finished=rpb.RunEvent.TrialFinished(
@@ -129,3 +132,53 @@ def test_piped_each_trial_is_one_line() -> None:
         assert line.startswith(f"trial {trial:>3}  ")
         assert f"change number {trial}" in line and "\x1b" not in line
     assert "best 1.400000" in lines[2] and "best 1.300000" in lines[3]  # best after it
+
+
+# A description is an LLM's text and a mechanism's detail its own output: hostile. On a
+# terminal an ESC sequence in it would clear the screen, move the cursor to overwrite
+# rows, or retitle the window.
+HOSTILE = "\x1b[2J\x1b[H\x1b]0;owned\x07FAKE ROW keep 0.000001\x1b[1A\u202eevil"
+
+
+def _hostile_screen() -> tuple[list[str], str]:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=WIDTH, height=HEIGHT,
+                      color_system=None)
+    view = RunView(_run(), console)
+    with view.live():
+        for trial, (val, status) in enumerate(RESULTS[:2]):
+            for event in trial_events(trial, val, status, 100.0 + 10 * trial):
+                if event.HasField("trial_finished") and trial == 1:
+                    event.trial_finished.description = HOSTILE
+                view.update(event)
+        view.update(rpb.RunEvent(mechanism=rpb.RunEvent.Mechanism(
+            mechanism="m", action="proposed", trial=1, detail=HOSTILE)))
+    piped = io.StringIO()
+    plain = RunView(_run(), Console(file=piped, force_terminal=False, width=300))
+    for event in trial_events(1, 1.4, rpb.TRIAL_STATUS_KEEP, 100.0):
+        if event.HasField("trial_finished"):
+            event.trial_finished.description = HOSTILE
+        plain.update(event)
+    return screen_of(out.getvalue()), piped.getvalue()
+
+
+def test_deny_escape_sequences_in_descriptions_reach_no_terminal() -> None:
+    screen, piped = _hostile_screen()
+    shown = "\n".join(screen)
+    assert sum(line.startswith("run run-live") for line in screen) == 1, shown  # not cleared
+    rows = [line for line in screen if line.startswith("│")]
+    assert [r.split("│")[1].strip() for r in rows if r.split("│")[1].strip()] == ["0", "1"]
+    assert "\\x1b[2J" in rows[1] and "\\u202e" in shown, shown  # shown, not obeyed
+    assert any("L2 proposed" in line and "\\x1b]0;owned" in line for line in screen), shown
+    assert "\x1b" not in piped and "\u202e" not in piped and "\\x1b[2J" in piped
+
+
+def test_sensitivity_without_sanitizing_the_escapes_take_over_the_screen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live_view, "_SANITIZE", False)
+    screen, piped = _hostile_screen()
+    shown = "\n".join(screen)
+    assert "\\x1b" not in shown and "\x1b[2J" in piped  # the raw bytes went out
+    # The clear-screen wiped what was shown: no title, no trial 0 row left to read.
+    assert not any(line.startswith("run run-live") for line in screen), shown
+    assert not any(line.startswith("│     0 │") for line in screen), shown

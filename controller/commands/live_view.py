@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import unicodedata
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -30,6 +31,26 @@ _RULE_BREAKS = {spb.JOB_STATUS_OVER_BUDGET: "over_budget",
 _STYLE = {"keep": "green", "discard": "", "crash": "red"}
 DESCRIPTION_CHARS = 200  # of a description in a line or cell: it is the proposer's text
 CHROME_LINES = 9  # title, header, borders and the status lines around the table's rows
+# Test-only switch (tests/test_cli_live_view.py's sensitivity twin): False prints what a
+# proposer or mechanism wrote as is, escape sequences included. Never configurable.
+_SANITIZE = True
+
+
+def printable(text: str, limit: int = DESCRIPTION_CHARS) -> str:
+    """One line of untrusted text (an LLM's description, a mechanism's detail) made safe
+    for a terminal: whitespace runs become one space, and control and format characters
+    (ESC sequences that move the cursor or clear the screen, bidi overrides) are shown
+    as escapes instead of acted on. Cut to `limit` characters."""
+    text = " ".join(text.split())[:limit]
+    if not _SANITIZE:
+        return text
+    return "".join(map(_escape, text))
+
+
+def _escape(ch: str) -> str:
+    if unicodedata.category(ch) not in ("Cc", "Cf"):
+        return ch
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
 
 
 @dataclass(frozen=True)
@@ -85,7 +106,8 @@ class RunView:
         with self._lock:
             rows = list(self.rows)
             running = dict(self.running)
-        table = Table(title=f"run {self.run_id}  {self.preset}", title_justify="left")
+        table = Table(title=printable(f"run {self.run_id}  {self.preset}"),
+                      title_justify="left")
         for name, justify in (("trial", "right"), ("status", "left"), (self.metric, "right"),
                               ("best", "right"), ("seconds", "right"),
                               ("description", "left")):
@@ -98,7 +120,7 @@ class RunView:
         for row in rows[hidden:]:
             table.add_row(str(row.trial), Text(row.status, style=_STYLE.get(row.status, "")),
                           _fmt(row.val_bpb), _fmt(row.best), _secs(row.seconds),
-                          Text(row.description[:DESCRIPTION_CHARS]))
+                          Text(row.description))
         return Group(table, Text(self._status_line(running), no_wrap=True,
                                  overflow="ellipsis"))
 
@@ -178,7 +200,7 @@ class RunView:
         if t.HasField("started_at") and t.HasField("ended_at"):
             seconds = max((t.ended_at.ToNanoseconds() - t.started_at.ToNanoseconds()) / 1e9,
                           0.0)
-        row = Row(t.trial, status, val, self.best, seconds, " ".join(t.description.split()))
+        row = Row(t.trial, status, val, self.best, seconds, printable(t.description))
         with self._lock:
             self.done += 1
             self.rows.append(row)
@@ -187,12 +209,13 @@ class RunView:
         if self._live is None:
             self.console.print(
                 f"trial {row.trial:>3}  {status:<7} {self.metric} {_fmt(val)}  best "
-                f"{_fmt(row.best)}  {_secs(seconds):>6}s  {row.description[:DESCRIPTION_CHARS]}",
+                f"{_fmt(row.best)}  {_secs(seconds):>6}s  {row.description}",
                 highlight=False, markup=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
         """A message outside the table: one line, above the live view on a terminal."""
-        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        self.console.print(printable(text, 1000), highlight=False, markup=False,
+                           soft_wrap=True)
 
 
 class _FinalLive(Live):
