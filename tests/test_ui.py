@@ -27,6 +27,7 @@ from controller.analysis import ablation
 from controller.analysis.ablation import AblationSpec, Cell
 from controller.api.client import Client, ClientConfig
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.commands.local import holder_of
 from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply
 from controller.llm.settings import LLMAccess
 from controller.ui import backend
@@ -53,14 +54,18 @@ def _hostile_answers() -> Callable[[RecordedRequest], Reply]:
 
 
 @contextmanager
-def _ui(server: str, state_dir: Path, token_file: Path | None) -> Iterator[str]:
-    """`bilevel ui` as a user starts it; yields its base URL, stops it with SIGTERM."""
-    port_file = state_dir / "ui.port"
+def _ui(server: str | None, state_dir: Path, token_file: Path | None,
+        says: str = "") -> Iterator[str]:
+    """`bilevel ui` as a user starts it (without --server when `server` is None); yields
+    its base URL, stops it with SIGTERM; `says`: expected on its stderr."""
+    port_file = state_dir.parent / f"{state_dir.name}.ui-port"
+    port_file.unlink(missing_ok=True)
     extra = ["--token-file", str(token_file)] if token_file is not None else []
+    extra += ["--server", server] if server is not None else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "--log-level", "warning", "ui", "--server",
-         server, "--port", "0", "--port-file", str(port_file), "--state-dir", str(state_dir),
-         *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "controller.cli", "--log-level", "warning", "ui", "--port",
+         "0", "--port-file", str(port_file), "--state-dir", str(state_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -72,7 +77,7 @@ def _ui(server: str, state_dir: Path, token_file: Path | None) -> Iterator[str]:
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert "ui: http://127.0.0.1:" in out
+    assert "ui: http://127.0.0.1:" in out and says in err
 
 
 def _get(url: str) -> tuple[int, Any]:
@@ -118,12 +123,12 @@ def live(tmp_path_factory: pytest.TempPathFactory, sandbox_image: str) -> Iterat
             yield Live(Stubs(server.address, TOKEN), server.address, base, llm, client_state)
 
 
-def _follow(live: Live, run_id: str) -> tuple[list[dict[str, Any]], int]:
+def _follow(base: str, run_id: str) -> tuple[list[dict[str, Any]], int]:
     """The run's events through the page's long poll until the run ends, and the polls."""
     events: list[dict[str, Any]] = []
     polls = 0
     while True:
-        status, got = _get(f"{live.base}api/runs/{run_id}/events?after="
+        status, got = _get(f"{base}api/runs/{run_id}/events?after="
                            f"{events[-1]['seq'] if events else 0}&wait=20")
         assert status == 200, got
         polls += 1
@@ -141,7 +146,7 @@ def test_ui_follows_a_live_run_and_the_page_shows_every_trial_escaped(
     run = live.stubs.runs.CreateRun(request, metadata=live.stubs.metadata, timeout=30)
 
     # Live: the page's long poll, followed while the run goes, misses nothing.
-    events, polls = _follow(live, run.id)
+    events, polls = _follow(live.base, run.id)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert sum("trial_finished" in e for e in events) == TRIALS + 1
     assert "run_finished" in events[-1] and polls >= 2  # updates came as it went
@@ -175,7 +180,7 @@ def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path
         levels=[rpb.LEVEL_1, rpb.LEVEL_1_5, rpb.LEVEL_2], mechanism_source="library",
         l15_every_trials=3, l2_every_trials=3, mechanisms=[rpb.InitialMechanism(name="tabu")]))
     run = live.stubs.runs.CreateRun(request, metadata=live.stubs.metadata, timeout=30)
-    events, _ = _follow(live, run.id)
+    events, _ = _follow(live.base, run.id)
     final = live.stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id),
                                    metadata=live.stubs.metadata)
     lifecycle = [e["mechanism"] for e in events if "mechanism" in e]
@@ -240,3 +245,24 @@ def test_events_come_in_capped_pages_that_join_up_exactly(
     assert [e["seq"] for p in got for e in p["events"]] == [e.seq for e in every]
     assert all(len(p["events"]) == 3 and p["more"] for p in got[:-2])
     assert got[-1]["done"] and not got[-1]["more"]
+
+
+def test_without_server_the_ui_follows_the_holder_then_reads_the_store(
+        tmp_path: Path, sandbox_image: str) -> None:
+    state = tmp_path / "state"
+    with serving(state, sandbox_image) as server:
+        stubs = Stubs(server.address)
+        run = stubs.runs.CreateRun(surrogate_run(trials=2), timeout=30)
+        with _ui(None, state, None, says="connected to the controller holding") as base:
+            live, _ = _follow(base, run.id)
+    assert "run_finished" in live[-1]
+    # No controller now: the store is read directly and no controller is started.
+    with _ui(None, state, None) as base:
+        status, listed = _get(f"{base}api/runs")
+        assert status == 200 and [r["id"] for r in listed["runs"]] == [run.id]
+        assert listed["runs"][0]["state"] == "RUN_STATE_SUCCEEDED"
+        stored, polls = _follow(base, run.id)
+        assert stored == live and polls == 1
+        status, diff = _get(f"{base}api/runs/{run.id}/artifact?name=trials/1/diff")
+        assert status == 200 and diff["text"].startswith("--- a/train.py")
+        assert holder_of(state) is None  # the view started no controller

@@ -1,8 +1,10 @@
 """`bilevel ui`: serve a read-only live web page of a controller's runs and ablations.
 
 A client of the gRPC API like `runs` and `watch`: `--server ADDR` (with its token and
-TLS flags), or else the controller of the local state dir. The page and its script ship
-in the package (controller/ui/static), so nothing is loaded from the internet.
+TLS flags), else the controller holding the local state dir, else that state dir's
+store read directly. It never starts a controller: a view must not resume runs. The page
+and its script ship in the package (controller/ui/static): nothing comes from the
+internet.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                           "to whoever can reach it, with no login)")
     cmd.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free)")
     cmd.add_argument("--port-file", type=Path, help="write the bound port here once serving")
-    add_connection_arguments(cmd)
+    add_connection_arguments(cmd, read_only=True)
     cmd.set_defaults(func=cmd_ui)
 
 
@@ -32,17 +34,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         print(f"error: --port {args.port}: use 0..65535 (0: any free port)", file=sys.stderr)
         return 2
-    from controller.api.client import connect
-    from controller.commands.serve import server_config
+    from controller.commands.local import open_client, state_dir_of
     from controller.ui.backend import Backend
     from controller.ui.web import UiServer, is_loopback
 
     async def main() -> int:
-        config = server_config(args)
-        async with connect(args, lambda: config) as client:
+        state_dir = state_dir_of(args)
+        async with open_client(args, None, read_only=True) as client:
             loop = asyncio.get_running_loop()
             try:
-                ui = UiServer(Backend(client, config.state_dir), loop, args.host, args.port)
+                ui = UiServer(Backend(client, state_dir), loop, args.host, args.port)
             except OSError as exc:
                 raise ConfigError(f"--host {args.host} --port {args.port}: {exc}") from None
             stop = asyncio.Event()

@@ -16,11 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from controller.api.client import Client
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 
 MAX_STRING = 4000  # characters of one string value (descriptions, details, tracebacks)
@@ -33,6 +31,7 @@ MAX_WAIT_SECONDS = 25.0  # longest long-poll for the first new event
 DRAIN_SECONDS = 0.25  # after an event, the stream is read until it is quiet this long
 # The first event is awaited at least this long: stored events take a round trip too.
 MIN_WAIT_SECONDS = 1.0
+CALL_SECONDS = 60.0  # longest wait for one unary call
 MAX_RUNS = 1000  # runs listed
 MAX_ABLATIONS = 200
 MAX_ABLATION_FILE = 4 << 20
@@ -103,7 +102,9 @@ def check_run_id(run_id: str) -> str:
 class Backend:
     """Async calls on one connected client; web.py runs them on the client's loop."""
 
-    def __init__(self, client: Client, state_dir: Path | None) -> None:
+    def __init__(self, client: Any, state_dir: Path | None) -> None:
+        """`client`: a Client, or commands.local's StoreClient (the same stubs, read
+        from the state dir's store when no controller holds it)."""
         self.client = client
         self.state_dir = state_dir
 
@@ -111,9 +112,9 @@ class Backend:
         runs: list[Any] = []
         token = ""
         while len(runs) < MAX_RUNS:
-            page = await self.client.runs.ListRuns(
+            page = await asyncio.wait_for(self.client.runs.ListRuns(
                 rpb.ListRunsRequest(page_size=100, page_token=token),
-                metadata=self.client.metadata, timeout=30)
+                metadata=self.client.metadata), CALL_SECONDS)
             runs.extend(run_json(r) for r in page.runs)
             token = page.next_page_token
             if not token:
@@ -121,41 +122,55 @@ class Backend:
         return {"runs": runs[:MAX_RUNS], "more": bool(token)}
 
     async def run(self, run_id: str) -> Any:
-        run = await self.client.runs.GetRun(rpb.GetRunRequest(run_id=check_run_id(run_id)),
-                                            metadata=self.client.metadata, timeout=30)
-        return run_json(run)
+        return run_json(await self._get_run(check_run_id(run_id)))
+
+    async def _get_run(self, run_id: str) -> rpb.Run:
+        run: rpb.Run = await asyncio.wait_for(self.client.runs.GetRun(
+            rpb.GetRunRequest(run_id=run_id), metadata=self.client.metadata), CALL_SECONDS)
+        return run
 
     async def events(self, run_id: str, after: int, wait: float) -> dict[str, Any]:
         """Events with seq > after: the first to come within `wait` seconds (at least
         MIN_WAIT_SECONDS), then the stream drained until it is quiet (a long poll).
-        `done`: the stream ended, so the run finished and nothing follows `last_seq`;
-        `more`: the answer is full (MAX_EVENTS, MAX_EVENTS_BYTES), so ask again at once."""
+        `done`: the run has finished and nothing follows `last_seq`; `more`: the answer
+        is full (MAX_EVENTS, MAX_EVENTS_BYTES), so ask again at once; `ended`: the stream
+        ended without the run finishing (a store read while no controller runs it), so
+        waiting gains nothing."""
         check_run_id(run_id)
         if after < 0:
             raise BadRequest("after: must be >= 0")
         wait = min(max(wait, MIN_WAIT_SECONDS), MAX_WAIT_SECONDS)
         call = self.client.runs.WatchRun(
             rpb.WatchRunRequest(run_id=run_id, after_seq=after), metadata=self.client.metadata)
+        stream = call.__aiter__()
         events: list[Any] = []
-        done = False
+        ended = finished = False
         size = 0
         try:
             while len(events) < MAX_EVENTS and size < MAX_EVENTS_BYTES:
                 try:
-                    event = await asyncio.wait_for(call.read(),
+                    event = await asyncio.wait_for(anext(stream),
                                                    wait if not events else DRAIN_SECONDS)
                 except TimeoutError:
                     break
-                if event is grpc.aio.EOF:
-                    done = True
+                except StopAsyncIteration:
+                    ended = True
                     break
+                finished = finished or event.HasField("run_finished")
                 events.append(message_json(event))
                 size += len(json.dumps(events[-1]))
         finally:
-            call.cancel()
+            if hasattr(call, "cancel"):
+                call.cancel()
+            elif hasattr(stream, "aclose"):
+                await stream.aclose()
+        if ended and not finished:
+            state = (await self._get_run(run_id)).state
+            finished = state not in (rpb.RUN_STATE_RUNNING, rpb.RUN_STATE_PAUSED)
         last = events[-1]["seq"] if events else after
         full = len(events) >= MAX_EVENTS or size >= MAX_EVENTS_BYTES
-        return {"events": events, "last_seq": last, "done": done, "more": full and not done}
+        return {"events": events, "last_seq": last, "done": finished,
+                "more": full and not finished, "ended": ended and not finished}
 
     async def artifact(self, run_id: str, name: str) -> dict[str, Any]:
         check_run_id(run_id)
@@ -163,9 +178,9 @@ class Backend:
             raise BadRequest("name: not an artifact the page shows (best/train.py, "
                              "results.tsv, mechanisms.md, trials/<n>/train.py|diff|log|"
                              "llm.json, mechanisms/<name>.py)")
-        got = await self.client.runs.GetArtifact(
-            rpb.GetArtifactRequest(run_id=run_id, name=name), metadata=self.client.metadata,
-            timeout=60)
+        got = await asyncio.wait_for(self.client.runs.GetArtifact(
+            rpb.GetArtifactRequest(run_id=run_id, name=name), metadata=self.client.metadata),
+            CALL_SECONDS)
         content = bytes(got.content)
         head = content[:MAX_ARTIFACT_BYTES].decode("utf-8", errors="replace")
         return {"name": name, "content_type": clip_text(got.content_type, 100),

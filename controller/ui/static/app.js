@@ -172,6 +172,7 @@ function runView(runId, pick) {
         const wanted = state.trials.get(pick);
         if (state.selected === null && wanted && wanted.finished) select(pick);
         if (got.done) { await refreshRun(); return; }
+        if (got.ended) await sleep(3000); // read from the store: nothing to wait on
         wait = got.more ? 0 : 20;
       } catch (e) {
         setStatus(String(e.message || e), true);
