@@ -12,6 +12,7 @@ import docker
 import grpc
 import pytest
 
+from controller.api import output_chunks, sandbox_service
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from tests.test_api_harness import Stubs, field_violations, leftover_containers, serving
 
@@ -40,13 +41,42 @@ def test_execute_streams_accepted_started_output_and_the_full_result(
     assert result.timings.run_seconds > 0
 
 
-def test_output_arrives_in_line_sized_chunks_and_a_partial_line_is_flushed(
+# Each line in three writes, 0.2 s apart: the sandbox's reader sees them one by one.
+PIECES = ("import sys, time\n"
+          "for i in range(3):\n"
+          "    for piece in ('line ', str(i), '\\n'):\n"
+          "        sys.stdout.write(piece); sys.stdout.flush(); time.sleep(0.2)\n")
+LINES = b"line 0\nline 1\nline 2\n"
+
+
+def _stdout(server_address: str, code: str) -> list[bytes]:
+    events = Stubs(server_address).sandbox.Execute(_request(code), timeout=60)
+    return [e.output.data for e in events if e.WhichOneof("event") == "output"
+            and e.output.stream == spb.ExecuteEvent.Output.STREAM_STDOUT]
+
+
+def test_output_arrives_as_whole_lines_and_without_coalescing_as_writes(
+        tmp_path: Path, sandbox_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held partial line waits for its newline (the flush interval is set long here, so
+    this does not depend on timing). Twin: with the coalescer off (the old path) the same
+    job's writes arrive as nine events, most of them partial lines."""
+    monkeypatch.setattr(output_chunks, "FLUSH_SECONDS", 30.0)
+    with serving(tmp_path, sandbox_image) as server:
+        coalesced = _stdout(server.address, PIECES)
+        monkeypatch.setattr(sandbox_service, "_COALESCE_OUTPUT", False)
+        raw = _stdout(server.address, PIECES)
+    assert coalesced == [b"line 0\n", b"line 1\n", b"line 2\n"]
+    assert b"".join(raw) == LINES
+    assert len(raw) > 3 and any(not chunk.endswith(b"\n") for chunk in raw), raw
+
+
+def test_a_partial_line_is_flushed_while_the_job_waits(
         tmp_path: Path, sandbox_image: str) -> None:
-    """print("a", x) is several writes; it arrives as one chunk ending at the newline. A
-    prompt without a newline still arrives on its own while the job waits."""
+    """A prompt without a newline goes out on its own while the job waits (50 ms flush;
+    the job waits 3 s), not glued to the line that follows it."""
     code = ("import sys, time\n"
-            "for i in range(3):\n    print('line', i, 'of', 3)\n"
-            "print('oops', file=sys.stderr)\n"
+            "print('before'); sys.stdout.flush()\n"
+            "print('oops', file=sys.stderr); sys.stderr.flush()\n"
             "sys.stdout.write('prompt> '); sys.stdout.flush()\n"
             "time.sleep(3)\n"
             "print('done')\n")
@@ -55,14 +85,11 @@ def test_output_arrives_in_line_sized_chunks_and_a_partial_line_is_flushed(
     outputs = [(e.output.stream, e.output.data) for e in events
                if e.WhichOneof("event") == "output"]
     stdout = [d for s, d in outputs if s == spb.ExecuteEvent.Output.STREAM_STDOUT]
-    assert b"".join(stdout) == b"line 0 of 3\nline 1 of 3\nline 2 of 3\nprompt> done\n"
-    assert b"prompt> " in stdout, f"the partial line did not go out alone: {stdout}"
-    assert all(d.endswith(b"\n") for d in stdout if d != b"prompt> "), stdout
-    assert len(stdout) <= 5, f"{len(stdout)} events for 5 writes of whole lines"
+    assert stdout == [b"before\n", b"prompt> ", b"done\n"], outputs
     assert [d for s, d in outputs if s == spb.ExecuteEvent.Output.STREAM_STDERR] == [
         b"oops\n"]
     result = events[-1].finished.result
-    assert result.stdout_head == "line 0 of 3\nline 1 of 3\nline 2 of 3\nprompt> done\n"
+    assert result.stdout_head == "before\nprompt> done\n" and result.stderr_head == "oops\n"
 
 
 def test_user_code_failure_is_a_result_with_traceback_frames(

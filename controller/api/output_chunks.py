@@ -3,8 +3,9 @@
 The sandbox hands over output as the job's writes arrive: `print("a", x)` is four writes
 and so, unchanged, four events. Here bytes are held until a newline (a chunk then ends
 with the last newline it has, and holds at most MAX_CHUNK_BYTES), and a partial line (a
-prompt, a progress bar) goes out once it has waited FLUSH_SECONDS. Bytes keep their
-order across streams: data on the other stream first flushes what is held.
+prompt, a progress bar) goes out once it has waited FLUSH_SECONDS. Bytes keep the order
+in which they reached us across streams: data on the other stream first flushes what is
+held (the sandbox reads stdout and stderr apart, so that order is only approximate).
 Pure (the caller passes the clock), so it is tested without timing.
 """
 

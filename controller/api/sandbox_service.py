@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import grpc
 import structlog
 
-from controller.api import convert
+from controller.api import convert, output_chunks
 from controller.api.errors import rpc_errors
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.api.gen.bilevel.v1 import sandbox_pb2_grpc
@@ -33,6 +34,9 @@ log = structlog.get_logger(__name__)
 # Test-only switch (tests/test_api_edge.py's sensitivity twin): False passes a request's
 # data_mounts volume names to Docker unchecked, as before. Never set from configuration.
 _RESOLVE_DATA_MOUNTS = True
+# Test-only switch (tests/test_api_execute.py's twin): False sends each write of the job
+# as its own Output event, as before. Never set from configuration.
+_COALESCE_OUTPUT = True
 _STREAMS = {"stdout": spb.ExecuteEvent.Output.STREAM_STDOUT,
             "stderr": spb.ExecuteEvent.Output.STREAM_STDERR}
 
@@ -83,27 +87,9 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         cancel = threading.Event()
         job = loop.run_in_executor(self.pool, self._run, executor, spec, events, loop, cancel)
         job.add_done_callback(lambda _: self.admission.leave())
-        chunks = OutputCoalescer()
         try:
             yield spb.ExecuteEvent(accepted=spb.ExecuteEvent.Accepted(queue_position=position))
-            while not job.done():
-                getter = asyncio.ensure_future(events.get())
-                waiting: set[asyncio.Future[Any]] = {getter, job}
-                deadline = chunks.deadline()
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED,
-                                   timeout=None if deadline is None else
-                                   max(0.0, deadline - loop.time()))
-                if getter.done():
-                    for event in _events(chunks, getter.result(), loop.time()):
-                        yield event
-                else:
-                    getter.cancel()
-                for event in _outputs(chunks.due(loop.time())):
-                    yield event
-            while not events.empty():  # callbacks queued before the job finished
-                for event in _events(chunks, events.get_nowait(), loop.time()):
-                    yield event
-            for event in _outputs(chunks.flush()):
+            async for event in _stream(job, events):
                 yield event
             result: JobResult = job.result()
             yield spb.ExecuteEvent(finished=spb.ExecuteEvent.Finished(
@@ -121,7 +107,7 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
             loop.call_soon_threadsafe(events.put_nowait, item)
 
         def on_output(stream: str, chunk: bytes) -> None:
-            emit((stream, chunk))  # coalesced into line-sized events on the loop
+            emit((stream, chunk, time.monotonic()))  # coalesced on the loop, by arrival
 
         return executor.run(spec, on_output=on_output, cancel=cancel,
                             on_started=lambda: emit(spb.ExecuteEvent(
@@ -132,7 +118,36 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         self.pool.shutdown(wait=True)
 
 
-_Item = spb.ExecuteEvent | Chunk  # what the job's thread hands the loop
+# What the job's thread hands the loop: an event, or output with its arrival time.
+_Item = spb.ExecuteEvent | tuple[str, bytes, float]
+
+
+async def _stream(job: asyncio.Future[JobResult],
+                  events: asyncio.Queue[_Item]) -> AsyncIterator[spb.ExecuteEvent]:
+    """The job's events until it ends, output coalesced. What is already queued is taken
+    before a held partial line is flushed, so a busy loop does not split lines."""
+    chunks = OutputCoalescer(flush_seconds=output_chunks.FLUSH_SECONDS)
+    while True:
+        while not events.empty():
+            for event in _events(chunks, events.get_nowait()):
+                yield event
+        if job.done():
+            break
+        for event in _outputs(chunks.due(time.monotonic())):
+            yield event
+        deadline = chunks.deadline()
+        getter = asyncio.ensure_future(events.get())
+        waiting: set[asyncio.Future[Any]] = {getter, job}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED,
+                           timeout=None if deadline is None else
+                           max(0.0, deadline - time.monotonic()))
+        if getter.done():
+            for event in _events(chunks, getter.result()):
+                yield event
+        else:
+            getter.cancel()
+    for event in _outputs(chunks.flush()):
+        yield event
 
 
 def _outputs(chunks: list[Chunk]) -> list[spb.ExecuteEvent]:
@@ -141,8 +156,11 @@ def _outputs(chunks: list[Chunk]) -> list[spb.ExecuteEvent]:
             for stream, data in chunks]
 
 
-def _events(chunks: OutputCoalescer, item: _Item, now: float) -> list[spb.ExecuteEvent]:
+def _events(chunks: OutputCoalescer, item: _Item) -> list[spb.ExecuteEvent]:
     """Output goes through the coalescer; any other event first flushes what it holds."""
     if isinstance(item, spb.ExecuteEvent):
         return [*_outputs(chunks.flush()), item]
-    return _outputs(chunks.feed(*item, now))
+    stream, data, arrived = item
+    if not _COALESCE_OUTPUT:
+        return _outputs([(stream, data)])
+    return _outputs(chunks.feed(stream, data, arrived))
