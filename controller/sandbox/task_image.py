@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ from packaging.utils import canonicalize_name
 from controller.sandbox.image import CACHE_DIR, ImageBuildError
 
 log = structlog.get_logger(__name__)
+_BUILDING = threading.Lock()  # one task-image build at a time in this process
+_FREEZES: dict[str, list[str]] = {}  # base image id -> its `pip freeze`
 
 TASK_IMAGE_REPO = "bilevel-task"
 MAX_REQUIREMENTS = 64
@@ -171,8 +175,9 @@ def download_wheelhouse(requirements: Sequence[str], constraints: Sequence[str],
     folder = CACHE_DIR / f"task-wheelhouse-{key}"
     if (folder / "requirements.txt").exists():
         return folder
-    partial = folder.with_suffix(".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    # Its own staging folder: another process (a CLI build, a second controller) may be
+    # downloading the same set; the first complete one to land wins.
+    partial = CACHE_DIR / f".task-wheelhouse-{key}-{uuid.uuid4().hex[:8]}"
     partial.mkdir(parents=True)
     (partial / "constraints.txt").write_text("\n".join(constraints) + "\n")
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(partial),
@@ -195,7 +200,12 @@ def download_wheelhouse(requirements: Sequence[str], constraints: Sequence[str],
         raise ImageBuildError(f"the task's wheels take {total} bytes, over the "
                               f"{MAX_WHEELHOUSE_BYTES} byte cap")
     (partial / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    partial.rename(folder)
+    try:
+        partial.rename(folder)
+    except OSError:  # another download landed first: use that one
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (folder / "requirements.txt").exists():
+            raise
     return folder
 
 
@@ -240,7 +250,16 @@ def ensure_task_image(client: docker.DockerClient, base: str,
     except docker.errors.ImageNotFound as exc:
         raise ImageBuildError(f"base image {base} is not built: run `bilevel image "
                               "build`") from exc
-    constraints = base_freeze(client, base)
+    with _BUILDING:  # two runs of one task starting together build it once
+        if base_id not in _FREEZES:
+            _FREEZES[base_id] = base_freeze(client, base)
+        return _ensure(client, base, base_id, requirements, _FREEZES[base_id], source, force)
+
+
+def _ensure(client: docker.DockerClient, base: str, base_id: str,
+            requirements: tuple[str, ...], constraints: list[str], source: WheelSource,
+            force: bool) -> str:
+    """ensure_task_image once the base and its packages are known."""
     # The wheel source is not part of the key: the wheels one source chose on this host
     # (say `bilevel image build --task` with --find-links) are what a later run here
     # uses, without asking an index again. --force downloads them anew.
