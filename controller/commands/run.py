@@ -16,7 +16,7 @@ from controller.api.client import Client, add_client_arguments
 from controller.api.errors import describe
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.flags import check_request, describe_for_flags, field_message
-from controller.commands.live_view import RunView
+from controller.commands.live_view import RunView, printable
 from controller.commands.local import check_detach, open_client, state_dir_of
 from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError, ServerConfig
@@ -219,12 +219,12 @@ L15_OFFLINE_NOTE = (
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if outer_levels(args)[2]:
+        print(L15_OFFLINE_NOTE, file=sys.stderr)
     try:
         request = run_request(args)
         check_request(request)  # before any controller starts
         check_detach(args)
-        if outer_levels(args)[2]:
-            print(L15_OFFLINE_NOTE, file=sys.stderr)
         return asyncio.run(_create_and_follow(args, request))
     except FieldError as exc:
         print(f"error: {field_message(exc)}", file=sys.stderr)
@@ -280,18 +280,19 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
     final = await client.runs.GetRun(rpb.GetRunRequest(run_id=run.id), metadata=client.metadata)
     state = rpb.RunState.Name(final.state).removeprefix("RUN_STATE_").lower()
     if final.state == rpb.RUN_STATE_PAUSED:
-        print(f"{final.id}: paused - {final.stop_reason}\nresume it with `bilevel resume "
-              f"{final.id}`")
+        print(f"{final.id}: paused - {printable(final.stop_reason, 2000)}\nresume it with "
+              f"`bilevel resume {final.id}`")
         return EXIT_PAUSED
-    print(f"{final.id}: {state} - {final.summary}")
+    print(f"{final.id}: {state} - {printable(final.summary, 4000)}")
     if final.state == rpb.RUN_STATE_SUCCEEDED and final.best_trial > 0 and \
             "fresh paired seeds" in final.summary:
         print(f"  final check (best vs baseline on fresh seeds): bilevel artifact {final.id} "
               "final_check.json")
     for m in final.mechanisms:
         status = enums.label(enums.MECHANISM_STATUSES, m.status)
-        print(f"  mechanism {m.name} ({m.origin}): {status}; {m.calls} calls, "
-              f"{m.effective} effective - {m.finding or status}")
+        print(f"  mechanism {printable(m.name)} ({printable(m.origin)}): {status}; "
+              f"{m.calls} calls, {m.effective} effective - "
+              f"{printable(m.finding or status, 2000)}")
     if final.mechanisms:
         print(f"  report: bilevel artifact {final.id} mechanisms.md")
     return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1
