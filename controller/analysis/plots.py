@@ -149,7 +149,7 @@ def progress_chart(points: Sequence[Point], title: str,
 
 
 def arm_curves(curves: dict[str, FloatArray], control: str, title: str,
-               identical: dict[str, str] | None = None) -> str:
+               identical: dict[str, str] | None = None, loss: str = "val_bpb") -> str:
     """One panel per arm: its mean best-so-far Δval_bpb against the baseline (lower is
     better) with a 95% bootstrap band, and the control arm's mean dashed in each panel.
     `identical` maps an arm to the arm it duplicates; its panel says so."""
@@ -181,7 +181,7 @@ def arm_curves(curves: dict[str, FloatArray], control: str, title: str,
         ax.set_xlabel("trial")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[:, 0]:
-        ax.set_ylabel("best Δval_bpb\n(lower is better)")
+        ax.set_ylabel(f"best Δ{loss}\n(lower is better)")
     fig.suptitle(title)
     handles: dict[str, Artist] = {}
     for ax in axes.flat:
@@ -193,7 +193,8 @@ def arm_curves(curves: dict[str, FloatArray], control: str, title: str,
     return to_base64(fig)
 
 
-def arm_deltas(deltas: dict[str, list[float]], noise: float, title: str) -> str:
+def arm_deltas(deltas: dict[str, list[float]], noise: float, title: str,
+               loss: str = "val_bpb") -> str:
     fig, ax = plt.subplots(figsize=(9, 3.8))
     names = list(deltas)
     rng = np.random.default_rng(0)
@@ -210,7 +211,7 @@ def arm_deltas(deltas: dict[str, list[float]], noise: float, title: str) -> str:
                    label="±2 sigma of one evaluation")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("Δval_bpb on fresh seeds\n(lower is better)")
+    ax.set_ylabel(f"Δ{loss} on fresh seeds\n(lower is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)

@@ -2,7 +2,8 @@
 repeat's fresh-seed Δ, the best run, and each run's mechanisms with their status.
 
 One direction everywhere: every Δ column and every plotted curve is best minus baseline
-in val_bpb, so lower is better (the summary's area under the improvement curve is shown
+in the loss the search minimised (val_bpb, a task's metric, or its negation when the
+task maximises it), so lower is better (the summary's area under the improvement curve is shown
 negated, as the mean best Δ over the budget). Arms whose every run came out the same as
 another arm's are named, since their rows would otherwise read as two independent
 confirmations of one result.
@@ -29,13 +30,33 @@ from controller.analysis.pages import (
     table_md,
 )
 from controller.analysis.summary import AblationSummary, ArmSummary
+from controller.research.task import FORGEABLE, GPT, Objective
 
-ARM_HEADERS = ("arm", "runs", "trials per run", "Δval_bpb fresh seeds ↓ [95% CI]",
-               "Δval_bpb in search ↓ [95% CI]", "mean best Δ over the budget ↓ [95% CI]",
+ARM_HEADERS = ("arm", "runs", "trials per run", "Δ{loss} fresh seeds ↓ [95% CI]",
+               "Δ{loss} in search ↓ [95% CI]", "mean best Δ over the budget ↓ [95% CI]",
                "test vs control", "p", "p (Holm)", "LLM tokens", "LLM cost $",
                "identical to")
 DIRECTION = ("↓ lower is better in every Δ column and every plot: Δ is best minus baseline "
-             "in val_bpb, so a negative Δ beat the baseline.")
+             "in {loss}, so a negative Δ beat the baseline.")
+
+
+def _objective(summary: AblationSummary) -> Objective:
+    runs = [r for a in summary.arms for r in a.runs]
+    return runs[0].objective if runs else GPT
+
+
+def loss_name(obj: Objective) -> str:
+    """What the search minimised: the metric, or -metric for a maximised one."""
+    return f"-{obj.metric}" if obj.maximize else obj.metric
+
+
+def direction(summary: AblationSummary) -> str:
+    """The one direction of every Δ, naming the loss."""
+    obj = _objective(summary)
+    loss = (f"-{obj.metric} (the search minimises the negated {obj.metric}; a negative Δ is "
+            f"a higher {obj.metric})" if obj.maximize else obj.metric)
+    text = DIRECTION.format(loss=loss)
+    return f"{text} {FORGEABLE}." if obj.self_reported else text
 MECH_HEADERS = ("arm", "repeat", "run", "mechanism", "origin", "status", "finding",
                 "hook calls", "effective", "failures")
 
@@ -103,6 +124,8 @@ def ablation_report(summary: AblationSummary) -> Report:
     spec = summary.spec
     title = f"Ablation {spec.id}"
     identical = identical_arms(summary)
+    loss = loss_name(_objective(summary))
+    headers = [h.format(loss=loss) for h in ARM_HEADERS]
     definition = [
         ["task", spec.task], ["repeats per arm", str(spec.repeats)],
         ["trial budget per run", str(spec.trials)],
@@ -116,14 +139,15 @@ def ablation_report(summary: AblationSummary) -> Report:
         ["control arm", summary.control]]
     rows = arm_rows(summary, identical)
     curve_png = plots.arm_curves({a.name: a.curves for a in summary.arms}, summary.control,
-                                 "best-so-far Δval_bpb per arm: mean and 95% bootstrap band",
-                                 identical)
+                                 f"best-so-far Δ{loss} per arm: mean and 95% bootstrap band",
+                                 identical, loss)
     delta_png = plots.arm_deltas({a.name: list(a.fresh_delta.values()) for a in summary.arms},
-                                 summary.noise_sigma, "final best re-evaluated on fresh seeds")
+                                 summary.noise_sigma, "final best re-evaluated on fresh seeds",
+                                 loss)
     best = summary.best
     mech = mechanism_rows(summary)
     no_mech = "No run of this ablation tried a mechanism."
-    explain = ("Δval_bpb fresh seeds: each run's final best and the baseline re-evaluated on "
+    explain = (f"Δ{loss} fresh seeds: each run's final best and the baseline re-evaluated on "
                "seeds no search saw. In search: best minus baseline as the search saw them "
                "(biased: the best of many noisy draws). Mean best Δ over the budget: the "
                "best-so-far Δ averaged over trials 1..T (the negated area under the "
@@ -136,15 +160,16 @@ def ablation_report(summary: AblationSummary) -> Report:
     if note:
         body.append(f'<p class="note" id="testbed">{html.escape(note)}</p>')
     body += [table_html(("", ""), definition, "definition"), "<h2>Arms</h2>",
-             f'<p id="direction">{html.escape(DIRECTION)}</p>',
-             table_html(ARM_HEADERS, rows, "arms"), f"<p>{html.escape(explain)}</p>"]
+             f'<p id="direction">{html.escape(direction(summary))}</p>',
+             table_html(headers, rows, "arms"), f"<p>{html.escape(explain)}</p>"]
     if same:
         body.append(f'<p class="same" id="identical">{html.escape(same)}</p>')
     body += [f'<p class="warn">{html.escape(w)}</p>' for w in summary.warnings]
     body += ["<h2>Best so far</h2>", img(curve_png, "best-so-far panels per arm", "curves"),
              img(delta_png, "fresh-seed deltas per arm", "deltas")]
     if best is not None:
-        chart, _ = plots.progress_chart(points(best.trials), f"best run {best.run.id}")
+        chart, _ = plots.progress_chart(points(best.trials), f"best run {best.run.id}",
+                                        best.objective)
         body += [f"<h2>Best run: {html.escape(best.run.id)}</h2>",
                  img(chart, "best-so-far chart of the best run", "progress"),
                  diff_html(best.best_diff, "diff") if best.best_diff
@@ -153,7 +178,7 @@ def ablation_report(summary: AblationSummary) -> Report:
              table_html(MECH_HEADERS, mech, "mechanisms") if mech
              else f"<p>{html.escape(no_mech)}</p>"]
     md = [f"# {title}", *([f"> {note}"] if note else []), table_md(("", ""), definition),
-          "## Arms", DIRECTION, table_md(ARM_HEADERS, rows), explain,
+          "## Arms", direction(summary), table_md(headers, rows), explain,
           *([f"**{same}**"] if same else []),
           *[f"- **warning:** {w}" for w in summary.warnings],
           "## Mechanisms of each run", table_md(MECH_HEADERS, mech) if mech else no_mech]
