@@ -8,14 +8,14 @@ results, so they mean the same for any objective that is locally smooth:
   proposed from); try `incumbent + d` once more - a line search that keeps going while
   it pays;
 - mirrored step: a step `d` from the current incumbent was discarded or crashed; try
-  `incumbent - d` - if the objective rose along `d`, it likely falls along `-d` (and a
-  move into an out-of-memory region is reversed out of it).
+  `incumbent - d/2` - if the objective rose along `d`, it likely falls along `-d` (and a
+  move into an out-of-memory region is reversed out of it); half the step, as pattern
+  search shrinks its step after a failure, since a failed step may have overshot.
 
 Steps are taken on the numeric knobs in normalised space (log scale for log knobs and
 powers of two), so they keep the proposer's own scale; a choice knob keeps the
 incumbent's value. A point that ran already (or equals the incumbent once snapped to
-valid values) is never suggested, so a failed pattern move is not mirrored back onto
-the previous incumbent. Stateless: everything comes from the history it is shown, so it
+valid values) is never suggested. Stateless: everything comes from the history it is shown, so it
 acts from its first call and resumes trivially.
 """
 
