@@ -72,7 +72,7 @@ def test_ablation_report_names_identical_arms_one_direction_and_mechanism_status
     assert all(by_arm[a]["runs"] == str(REPEATS) for a in by_arm)
     delta_columns = [h for h in headers if "Δ" in h]
     assert len(delta_columns) == 3 and all("↓" in h for h in delta_columns)
-    assert delta_columns[0] == "Δval_bpb fresh seeds ↓ [95% CI]"  # names the loss
+    assert delta_columns[0] == "Δval_bpb fresh seeds ↓ [95% t CI]"  # names the loss
     assert "lower is better" in page.ids["direction"]
     # C-noop's runs improved more: its area column is more negative (lower = better)
     area = next(h for h in headers if "over the budget" in h)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import html
 
-import numpy as np
-
 from controller.analysis import plots
 from controller.analysis.curves import points
 from controller.analysis.data import SURROGATE_NOTE
@@ -32,8 +30,8 @@ from controller.analysis.pages import (
 from controller.analysis.summary import AblationSummary, ArmSummary
 from controller.research.task import FORGEABLE, GPT, Objective
 
-ARM_HEADERS = ("arm", "runs", "trials per run", "Δ{loss} fresh seeds ↓ [95% CI]",
-               "Δ{loss} in search ↓ [95% CI]", "mean best Δ over the budget ↓ [95% CI]",
+ARM_HEADERS = ("arm", "runs", "trials per run", "Δ{loss} fresh seeds ↓ [95% t CI]",
+               "Δ{loss} in search ↓ [95% t CI]", "mean best Δ over the budget ↓ [95% t CI]",
                "test vs control", "p", "p (Holm)", "LLM tokens", "LLM cost $",
                "identical to")
 DIRECTION = ("↓ lower is better in every Δ column and every plot: Δ is best minus baseline "
@@ -61,26 +59,14 @@ MECH_HEADERS = ("arm", "repeat", "run", "mechanism", "origin", "status", "findin
                 "hook calls", "effective", "failures")
 
 
-def _same(a: ArmSummary, b: ArmSummary) -> bool:
-    return bool(a.runs) and a.repeats == b.repeats and a.fresh_delta == b.fresh_delta \
-        and a.search_delta == b.search_delta and a.curves.shape == b.curves.shape \
-        and bool(np.array_equal(a.curves, b.curves, equal_nan=True))
-
-
 def identical_arms(summary: AblationSummary) -> dict[str, str]:
-    """Arm -> the earlier arm whose every repeat it matches exactly (Δ on fresh seeds,
-    Δ in the search and the whole best-so-far curve)."""
-    out: dict[str, str] = {}
-    for i, arm in enumerate(summary.arms):
-        twin = next((b.name for b in summary.arms[:i] if b.name not in out and _same(arm, b)),
-                    None)
-        if twin is not None:
-            out[arm.name] = twin
-    return out
+    """Arm -> the earlier arm whose every repeat it matches exactly (the summary's
+    `identical_to`: Δ on fresh seeds, Δ in the search and the whole best-so-far curve)."""
+    return {a.name: a.identical_to for a in summary.arms if a.identical_to}
 
 
 def _trials_per_run(a: ArmSummary) -> str:
-    counts = sorted({sum(1 for t in r.trials if t.finished and t.index > 0) for r in a.runs})
+    counts = sorted(set(a.trials.values()))
     if not counts:
         return "–"
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
@@ -135,6 +121,11 @@ def ablation_report(summary: AblationSummary) -> Report:
         ["search seeds (repeat r)", f"{spec.seed} + 1000 r, shared by every arm (paired)"],
         ["fresh seeds for re-evaluation", f"{spec.fresh_seeds} per repeat, from "
                                           f"{spec.fresh_seed_of(0)}"],
+        ["Level 1.5 / Level 2 every (trials), Level 2 window",
+         " / ".join(str(v or "run default") for v in (spec.l15_every, spec.l2_every,
+                                                     spec.l2_window))],
+        ["trial scoring", "in the controller from the knobs (surrogate, no sandbox job)"
+         if spec.in_process else "a sandbox job per trial"],
         ["measured noise sigma of one evaluation", num(summary.noise_sigma, ".2e")],
         ["control arm", summary.control]]
     rows = arm_rows(summary, identical)
