@@ -45,6 +45,17 @@ function fmt(x, digits = 6) {
   return typeof x === "number" && isFinite(x) ? x.toFixed(digits) : "-";
 }
 
+// The task's metric and direction (TaskSpec.metric, .maximize). The API's val_bpb fields
+// hold the loss the loop minimises (-metric for a maximised metric): `shown` turns a loss
+// back into the metric as the task states it.
+function objective(run) {
+  const task = (run && run.request && run.request.task) || {};
+  const maximize = task.maximize === true;
+  return { name: task.metric || "val_bpb", maximize,
+           better: maximize ? "higher is better" : "lower is better",
+           shown: (v) => (typeof v === "number" && isFinite(v) ? (maximize ? -v : v) : undefined) };
+}
+
 function enumName(value, prefix) {
   return typeof value === "string" ? value.replace(prefix, "").toLowerCase() : String(value);
 }
@@ -102,15 +113,17 @@ function runsTable(data) {
   const rows = data.runs.map((r) => {
     const req = r.request || {};
     const trials = `${Math.max((r.trials_done || 0) - 1, 0)}/${(req.budgets || {}).max_trials || "?"}`;
+    const o = objective(r);
     return el("tr", { class: "run" }, td(link("/run/" + encodeURIComponent(r.id), r.id)),
       td(enumName(r.state, "RUN_STATE_")), td((req.task || {}).preset || ""),
       td(((req.outer || {}).levels || []).map((l) => enumName(l, "LEVEL_").replace("_", ".")).join("+") || "1"),
-      td(trials, "num"), td(fmt(r.baseline_val_bpb), "num"), td(fmt(r.best_val_bpb), "num"),
+      td(o.name), td(trials, "num"), td(fmt(o.shown(r.baseline_val_bpb)), "num"),
+      td(fmt(o.shown(r.best_val_bpb)), "num"),
       td(String(r.created_at || "").replace("T", " ").slice(0, 19)));
   });
   const note = data.more ? el("p", { class: "muted" }, "only the newest runs are listed") : null;
-  return el("div", {}, table(["run", "state", "preset", "levels", "trials", "baseline", "best",
-    "created"], rows, { id: "runs-table" }), note);
+  return el("div", {}, table(["run", "state", "preset", "levels", "metric", "trials", "baseline",
+    "best", "created"], rows, { id: "runs-table" }), note);
 }
 
 function ablationsTable(data) {
@@ -231,15 +244,17 @@ function baselineOf(state) {
 function runFacts(state) {
   const r = state.run || {};
   const req = r.request || {};
+  const o = objective(state.run);
   const done = sortedTrials(state).filter((t) => t.finished).length;
   const rows = [
     ["state", state.finished ? enumName(state.finished.state, "RUN_STATE_")
       : enumName(r.state || "…", "RUN_STATE_")],
     ["preset", (req.task || {}).preset || ""],
     ["trials finished", `${done} (baseline included) of ${((req.budgets || {}).max_trials || 0) + 1}`],
-    ["baseline val_bpb", fmt(baselineOf(state))],
-    ["best val_bpb", fmt(r.best_val_bpb !== undefined ? r.best_val_bpb
-      : (state.bests.length ? state.bests[state.bests.length - 1].val_bpb : undefined))],
+    ["metric", `${o.name} (${o.better})`],
+    [`baseline ${o.name}`, fmt(o.shown(baselineOf(state)))],
+    [`best ${o.name}`, fmt(o.shown(r.best_val_bpb !== undefined ? r.best_val_bpb
+      : (state.bests.length ? state.bests[state.bests.length - 1].val_bpb : undefined)))],
     ["stop reason", (state.finished && state.finished.reason) || r.stop_reason || ""],
     ["elapsed", r.elapsed_seconds ? `${fmt(r.elapsed_seconds, 1)} s` : ""],
     ["LLM tokens", r.llm_tokens_used ? `${r.llm_tokens_used} (≈ $${fmt(r.llm_cost_usd, 4)})` : ""],
@@ -250,7 +265,8 @@ function runFacts(state) {
 }
 
 function trialsTable(state, onPick) {
-  const base = baselineOf(state);
+  const o = objective(state.run);
+  const base = o.shown(baselineOf(state));
   const rows = sortedTrials(state).map((t) => {
     const f = t.finished;
     const p = t.proposed || {};
@@ -260,17 +276,18 @@ function trialsTable(state, onPick) {
         td("-", "num"), td("-", "num"), td("-", "num"));
     }
     const status = enumName(f.status, "TRIAL_STATUS_");
-    const delta = typeof f.val_bpb === "number" && typeof base === "number"
-      ? (f.val_bpb - base >= 0 ? "+" : "") + (f.val_bpb - base).toFixed(6) : "-";
+    const v = o.shown(f.val_bpb);
+    const delta = v !== undefined && base !== undefined
+      ? (v - base >= 0 ? "+" : "") + (v - base).toFixed(6) : "-";
     const row = el("tr", { class: "trial done" + (state.selected === t.trial ? " selected" : ""),
                            "data-trial": t.trial, "data-status": status },
       td(t.trial, "num"), td(f.proposal_source || ""), td(f.description || "", "desc"),
-      td(status, status), td(fmt(f.val_bpb), "num"), td(delta, "num"), td(fmt(f.run_seconds ?? f.seconds, 1), "num"));
+      td(status, status), td(fmt(v), "num"), td(delta, "num"), td(fmt(f.run_seconds ?? f.seconds, 1), "num"));
     row.addEventListener("click", () => onPick(t.trial));
     return row;
   });
   if (!rows.length) return el("p", { class: "muted" }, "no trials yet");
-  return table(["trial", "source", "description", "status", "val_bpb", "Δ vs baseline",
+  return table(["trial", "source", "description", "status", o.name, "Δ vs baseline",
     "seconds"], rows, { id: "trials-table" });
 }
 
@@ -281,14 +298,15 @@ function plot(state) {
   const root = svgEl("svg", { id: "plot", width: W, height: H, viewBox: `0 0 ${W} ${H}`,
                               role: "img" });
   const done = sortedTrials(state).filter((t) => t.finished);
-  const measured = done.filter((t) => typeof t.finished.val_bpb === "number" && isFinite(t.finished.val_bpb));
+  const o = objective(state.run);
+  const measured = done.filter((t) => o.shown(t.finished.val_bpb) !== undefined);
   if (!measured.length) {
     root.append(svgEl("text", { x: L, y: T + 20 }, "no measured trial yet"));
     return root;
   }
   const maxTrial = Math.max(1, ...done.map((t) => t.trial));
-  let lo = Math.min(...measured.map((t) => t.finished.val_bpb));
-  let hi = Math.max(...measured.map((t) => t.finished.val_bpb));
+  let lo = Math.min(...measured.map((t) => o.shown(t.finished.val_bpb)));
+  let hi = Math.max(...measured.map((t) => o.shown(t.finished.val_bpb)));
   if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
   const pad = (hi - lo) * 0.06;
   lo -= pad; hi += pad;
@@ -308,18 +326,18 @@ function plot(state) {
   }
   root.append(svgEl("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "trial"));
   root.append(svgEl("text", { x: 12, y: T + (H - T - B) / 2, transform:
-    `rotate(-90 12 ${T + (H - T - B) / 2})`, "text-anchor": "middle" }, "val_bpb (lower is better)"));
+    `rotate(-90 12 ${T + (H - T - B) / 2})`, "text-anchor": "middle" }, `${o.name} (${o.better})`));
 
   // The incumbent after each trial: new_best events, else the best kept value.
   const steps = [];
   if (state.bests.length) {
-    for (const b of state.bests) steps.push([b.trial, b.val_bpb]);
+    for (const b of state.bests) steps.push([b.trial, o.shown(b.val_bpb)]);
   } else {
     let best = Infinity;
     for (const t of measured) {
       if (t.finished.status === "TRIAL_STATUS_KEEP" && t.finished.val_bpb < best) {
         best = t.finished.val_bpb;
-        steps.push([t.trial, best]);
+        steps.push([t.trial, o.shown(best)]);
       }
     }
   }
@@ -332,9 +350,9 @@ function plot(state) {
   }
   for (const t of measured) {
     const status = enumName(t.finished.status, "TRIAL_STATUS_");
-    const dot = svgEl("circle", { class: status, cx: x(t.trial), cy: y(t.finished.val_bpb), r: 4,
+    const dot = svgEl("circle", { class: status, cx: x(t.trial), cy: y(o.shown(t.finished.val_bpb)), r: 4,
                                   "data-trial": t.trial });
-    dot.append(svgEl("title", {}, `trial ${t.trial} ${status}: ${fmt(t.finished.val_bpb)}`));
+    dot.append(svgEl("title", {}, `trial ${t.trial} ${status}: ${fmt(o.shown(t.finished.val_bpb))}`));
     root.append(dot);
   }
   const crashes = done.filter((t) => !measured.includes(t));
@@ -476,10 +494,11 @@ function ablationBody(spec, runs) {
   const repeats = Math.min(spec.repeats || 0, 200);
   const cells = spec.cells || {};
   const reeval = spec.reeval || {};
+  const o = objective(Object.values(cells).map((c) => runs.get(c.run_id)).find((r) => r));
   const header = ["arm", "mean", ...Array.from({ length: repeats }, (_, r) => `repeat ${r}`)];
   const meanOf = (arm) => {
     const v = Array.from({ length: repeats }, (_, r) => runs.get((cells[`${arm.name}/${r}`] || {}).run_id))
-      .map((run) => run && run.best_val_bpb).filter((x) => typeof x === "number");
+      .map((run) => run && o.shown(run.best_val_bpb)).filter((x) => typeof x === "number");
     return v.length ? `${fmt(v.reduce((a, b) => a + b, 0) / v.length, 4)} (n=${v.length})` : "-";
   };
   const rows = arms.map((arm) => el("tr", { class: "arm" }, td(`${arm.name}: ${arm.title || ""}`),
@@ -490,20 +509,20 @@ function ablationBody(spec, runs) {
       const fresh = reeval[`${arm.name}/${r}`];
       if (!cell.run_id) return td("-");
       return el("td", { class: "num" }, link("/run/" + encodeURIComponent(cell.run_id),
-        run ? fmt(run.best_val_bpb, 4) : cell.state || "?"),
-        fresh && typeof fresh.value === "number" ? el("div", { class: "muted" }, `fresh ${fmt(fresh.value, 4)}`) : null);
+        run ? fmt(o.shown(run.best_val_bpb), 4) : cell.state || "?"),
+        fresh && typeof fresh.value === "number" ? el("div", { class: "muted" }, `fresh ${fmt(o.shown(fresh.value), 4)}`) : null);
     })));
   return el("div", {}, el("p", {}, `task ${spec.task}, ${repeats} repeats of ${spec.trials} trials, ` +
     (spec.finished_at ? "finished" : "running or stopped")),
-    el("h2", {}, "Best val_bpb per run (lower is better; fresh: re-evaluated on unseen seeds)"),
-    table(header, rows, { id: "arms-table" }), armsPlot(arms, repeats, cells, runs));
+    el("h2", {}, `Best ${o.name} per run (${o.better}; fresh: re-evaluated on unseen seeds)`),
+    table(header, rows, { id: "arms-table" }), armsPlot(arms, repeats, cells, runs, o));
 }
 
-function armsPlot(arms, repeats, cells, runs) {
+function armsPlot(arms, repeats, cells, runs, o) {
   const values = arms.map((arm) => Array.from({ length: repeats }, (_, r) => {
     const cell = cells[`${arm.name}/${r}`] || {};
     const run = runs.get(cell.run_id);
-    return run ? run.best_val_bpb : undefined;
+    return run ? o.shown(run.best_val_bpb) : undefined;
   }).filter((v) => typeof v === "number"));
   const all = values.flat();
   const W = 760, L = 130, R = 16, lane = 24, H = 40 + lane * arms.length;
@@ -521,7 +540,7 @@ function armsPlot(arms, repeats, cells, runs) {
     for (const v of values[i]) root.append(svgEl("circle", { class: "keep", cx: x(v), cy, r: 4 }));
   });
   root.append(svgEl("text", { x: L, y: H - 4 }, lo.toFixed(4)));
-  root.append(svgEl("text", { x: W - R, y: H - 4, "text-anchor": "end" }, `${hi.toFixed(4)} (lower is better)`));
+  root.append(svgEl("text", { x: W - R, y: H - 4, "text-anchor": "end" }, `${hi.toFixed(4)} (${o.better})`));
   return root;
 }
 
