@@ -179,7 +179,7 @@ def test_builtins_load_through_the_same_loader() -> None:
 def test_examples_load_with_their_objectives() -> None:
     spirals = registry.task_from_dir(REPO / "examples/spirals-mlp", None)
     waves = registry.task_from_dir(REPO / "examples/waves-regression", None)
-    assert objective_of(spirals) == Objective("val_error", "minimize")
+    assert objective_of(spirals) == Objective("val_loss", "minimize")
     assert objective_of(waves) == Objective("r2", "maximize")
     assert "r2 (higher is better)" in waves.description
     assert str(registry.resolve_task_dir("surrogate")).endswith("trainer/tasks/surrogate")

@@ -1,4 +1,4 @@
-"""Trusted scorer: the error of out/model.npz (phase 1's, untrusted) on /data/eval.
+"""Trusted scorer: the loss and error of out/model.npz (phase 1's, untrusted) on /data/eval.
 
 The model file is checked before use: size, no pickles, the expected arrays, shapes
 and finite values. The result is one JSON object on the last line of stdout."""
@@ -32,7 +32,11 @@ def main() -> None:
     data = np.loadtxt("/data/eval/points.csv", delimiter=",", skiprows=1)
     x, y = data[:, :2], data[:, 2]
     logit = np.tanh(x @ m["w1"] + m["b1"]) @ m["w2"] + m["b2"][0]
-    print(json.dumps({"val_error": float(np.mean((logit > 0) != (y > 0.5))), "n": len(y)}))
+    # Cross-entropy from logits, stable for large |logit|: log(1 + e^-z) for the true side.
+    signed = np.where(y > 0.5, logit, -logit)
+    loss = float(np.mean(np.logaddexp(0.0, -signed)))
+    error = float(np.mean((logit > 0) != (y > 0.5)))
+    print(json.dumps({"val_loss": loss, "val_error": error, "n": len(y)}))
 
 
 if __name__ == "__main__":
