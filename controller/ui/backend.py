@@ -47,6 +47,10 @@ class BadRequest(ValueError):
     """A request the page (or anyone) sent is malformed; the message names the parameter."""
 
 
+class NotFound(LookupError):
+    """What the request names does not exist (an ablation; runs say so over gRPC)."""
+
+
 def clip(value: Any, depth: int = 0) -> Any:
     """`value` with every string, list and object capped, and nesting cut at MAX_DEPTH."""
     if isinstance(value, str):
@@ -206,7 +210,7 @@ class Backend:
             raise BadRequest("ablation: not an ablation id")
         spec = _read_ablation(self.state_dir / "ablations" / ablation_id / "ablation.json")
         if spec is None:
-            raise LookupError(f"no ablation {ablation_id} under {self.state_dir}/ablations")
+            raise NotFound(f"no ablation {ablation_id} under {self.state_dir}/ablations")
         return spec
 
 

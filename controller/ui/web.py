@@ -24,7 +24,7 @@ import grpc
 import structlog
 
 from controller.api.errors import describe
-from controller.ui.backend import MAX_WAIT_SECONDS, Backend, BadRequest
+from controller.ui.backend import MAX_WAIT_SECONDS, Backend, BadRequest, NotFound
 
 log = structlog.get_logger(__name__)
 
@@ -184,7 +184,7 @@ def _handler(ui: UiServer) -> type[BaseHTTPRequestHandler]:
                 self._json(200, ui.call(coro))
             except BadRequest as exc:
                 self._json(400, {"error": str(exc)})
-            except LookupError as exc:
+            except NotFound as exc:
                 self._json(404, {"error": str(exc)})
             except grpc.aio.AioRpcError as exc:
                 self._json(GRPC_HTTP.get(exc.code(), 502),
