@@ -141,3 +141,18 @@ def test_hostile_outputs_stay_input_and_the_scorer_failing_is_a_crash(
     assert outcome.crashed and outcome.val_bpb is None
     assert "trusted scorer ended with status error" in outcome.detail
     assert "JSONDecodeError" in outcome.log
+
+
+def test_a_task_without_a_scorer_takes_the_candidates_number_and_says_so(
+        tmp_path: Path, executor: SandboxExecutor) -> None:
+    """No [score]: the metric is phase 1's own (here forged to 0.0), and the trial
+    says it is forgeable."""
+    from controller.research.task import FORGEABLE
+
+    attack_task(tmp_path)
+    manifest = MANIFEST.split("[score]")[0]
+    (tmp_path / "bilevel-task.toml").write_text(manifest)
+    task = ManifestTask(load_task_dir(tmp_path), executor)
+    outcome = task.evaluate(task.baseline_source(), 1, threading.Event())
+    assert outcome.val_bpb == 0.0 and outcome.detail == FORGEABLE
+    assert FORGEABLE in task.description

@@ -38,6 +38,7 @@ MAX_MANIFEST_BYTES = 64 << 10
 MAX_FILES = 2000  # in the copied part of the directory (data folders excluded)
 MAX_COPIED_BYTES = 64 << 20  # the part phase 1 and phase 2 get as files
 MAX_DEPTH = 16
+MAX_OUTPUT_MB = 128  # phase 1's outputs travel as phase 2's files (JobSpec caps 256 MiB)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-\[\],<>=!~ ]{0,199}")
@@ -229,7 +230,7 @@ def _phase(root: Path, raw: Any, where: str, allowed: set[str]) -> Phase:
         outputs = check_relative(root, _str(raw, "outputs", p, "out"), f"{p}outputs",
                                  kind="none")
         phase = Phase(**{**vars(phase), "outputs": outputs,
-                         "output_mb": int(_number(raw, "output_mb", p, 64, 1, 4096))})
+                         "output_mb": int(_number(raw, "output_mb", p, 64, 1, MAX_OUTPUT_MB))})
     else:
         files = raw.get("files", [])
         if not isinstance(files, list):
