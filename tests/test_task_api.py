@@ -216,10 +216,20 @@ def test_cli_run_server_task_dir_sends_it(tmp_path: Path, sandbox_image: str) ->
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "BILEVEL_TOKEN": ""})
         assert done.returncode == 0, done.stdout + done.stderr
-        run_id = done.stdout.strip().splitlines()[-1].split(":")[0]
-        run = Stubs(server.address).runs.GetRun(rpb.GetRunRequest(run_id=run_id))
+        (run,) = Stubs(server.address).runs.ListRuns(rpb.ListRunsRequest()).runs
+        run_id = run.id
+        assert f"{run_id}: succeeded" in done.stdout
         assert run.request.task.task_sha256 == task_bundle.digest(read_task_dir(root))
         assert run.state == rpb.RUN_STATE_SUCCEEDED and run.trials_done == 3
+        # The stored task is readable back, file by file, and only inside its folder.
+        stubs = Stubs(server.address)
+        sent = stubs.runs.GetArtifact(rpb.GetArtifactRequest(run_id=run_id,
+                                                             name="task/score.py"))
+        assert sent.content == (root / "score.py").read_bytes()
+        for name in ("task/../../bilevel.sqlite3", "task//etc/passwd", "task/"):
+            with pytest.raises(grpc.RpcError) as err:
+                stubs.runs.GetArtifact(rpb.GetArtifactRequest(run_id=run_id, name=name))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
 
         (root / "bilevel-task.toml").write_text(MANIFEST.replace('"minimize"', '"lower"'))
         bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120,

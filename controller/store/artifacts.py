@@ -4,11 +4,14 @@ Layout: runs/<run_id>/results.tsv and runs/<run_id>/trials/<n>/{train.py,diff,lo
 (llm.json: every prompt and answer that made the trial's proposal), and
 runs/<run_id>/final_check.json (the best and the baseline re-run on fresh seeds at the end).
 "best/train.py" is not a file of its own: it names the incumbent trial's train.py.
+"task/<path>" is a file of the task directory the run was created with, as stored
+(runs/<run_id>/task/, see store/task_bundle.py).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import tempfile
 from pathlib import Path
@@ -28,7 +31,7 @@ class BadArtifactName(ValueError):
     def __init__(self, name: str) -> None:
         super().__init__(
             f"unknown artifact name {name!r}: use best/train.py, results.tsv, "
-            f"final_check.json or "
+            f"final_check.json, task/<path> (a run of a task directory) or "
             f"trials/<n>/{{{','.join(TRIAL_FILES)}}}")
         self.name = name
 
@@ -76,6 +79,8 @@ class ArtifactStore:
 
     def read(self, run_id: str, name: str, best_trial: int | None) -> bytes:
         """Read a named artifact; raises BadArtifactName or NotFoundError."""
+        if name.startswith("task/"):
+            return self._read_task_file(run_id, name)
         match = NAME_PATTERN.match(name)
         if match is None:
             raise BadArtifactName(name)
@@ -91,6 +96,22 @@ class ArtifactStore:
                        "the run has not finished with a best to re-evaluate")
                 raise NotFoundError("artifact", name, why) from None
         return self.read_trial(run_id, int(match.group(2)), match.group(3))
+
+
+    def _read_task_file(self, run_id: str, name: str) -> bytes:
+        rel = name.removeprefix("task/")
+        norm = posixpath.normpath(rel) if rel else ""
+        if not rel or norm != rel or rel.startswith("/") or norm.split("/")[0] == "..":
+            raise BadArtifactName(name)
+        root = self._run_dir(run_id) / "task"
+        path = root / rel
+        if not root.is_dir():
+            raise NotFoundError("artifact", name, f"run {run_id} was not created from a "
+                                "task directory")
+        if path.is_symlink() or not path.is_file():  # a stored task holds no links
+            raise NotFoundError("artifact", name, f"the task of run {run_id} has no "
+                                f"file {rel!r}")
+        return path.read_bytes()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
