@@ -143,6 +143,8 @@ def test_every_valued_point_is_on_the_axis_or_marked_and_crashes_are_apart() -> 
     assert sum(lay.counts().values()) == len(TRIALS)  # each trial drawn exactly once
     nan = [*pts[:3], Point(3, float("nan"), "discard", "nan")]
     assert [p.index for p in layout(nan).crashed] == [3]  # no value: not a measurement
+    few = layout([pts[0], pts[1], pts[2], pts[4], pts[5]])  # 5 values: nothing is cut
+    assert few.above == [] and few.ylim is not None and few.ylim[1] > 5.0
 
 
 def test_run_report_table_escaping_markers_and_counts(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from controller.analysis.curves import Point
 from controller.analysis.stats import FloatArray, bootstrap_band
 from controller.research.task import GPT, Objective
 
+MIN_VALUES_TO_CLIP = 10  # fewer points never crowd the axis: show them all
 GREY, GREEN, RED, BLUE, ORANGE = "#9a9a9a", "#2a9d3f", "#c0392b", "#1f5fbf", "#e67e22"
 
 
@@ -68,7 +69,8 @@ def _value(p: Point) -> float | None:
 def layout(points: Sequence[Point]) -> Layout:
     """Classify the trials and choose the y-limits: the whole frontier (baseline and
     kept) stays on the axis, and so does every discard up to 3 interquartile ranges
-    above the upper quartile; the discards beyond that are marked on the top edge."""
+    above the upper quartile; the discards beyond that are marked on the top edge.
+    Under MIN_VALUES_TO_CLIP values every point stays on the axis."""
     out = Layout()
     for p in points:
         if _value(p) is None:
@@ -84,7 +86,8 @@ def layout(points: Sequence[Point]) -> Layout:
         return out
     frontier = [v for p in out.baseline + out.kept if (v := _value(p)) is not None]
     q1, q3 = (float(q) for q in np.percentile(values, [25, 75]))
-    top = max([min(values[-1], q3 + 3 * (q3 - q1)), *frontier])
+    fence = q3 + 3 * (q3 - q1) if len(values) >= MIN_VALUES_TO_CLIP else values[-1]
+    top = max([min(values[-1], fence), *frontier])
     bottom = values[0]
     pad = max(top - bottom, 1e-4) * 0.1
     above = [p for p in out.discarded if (_value(p) or 0.0) > top + pad]
