@@ -106,7 +106,7 @@ class RunView:
         with self._lock:
             rows = list(self.rows)
             running = dict(self.running)
-        table = Table(title=printable(f"run {self.run_id}  {self.preset}"),
+        table = Table(title=f"run {printable(self.run_id)}  {printable(self.preset)}",
                       title_justify="left")
         for name, justify in (("trial", "right"), ("status", "left"), (self.metric, "right"),
                               ("best", "right"), ("seconds", "right"),
