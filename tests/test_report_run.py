@@ -186,6 +186,7 @@ def test_run_report_table_escaping_markers_and_counts(tmp_path: Path) -> None:
                .splitlines() if line.startswith("| ") and not line.startswith("| trial")]
     assert len(md_rows) == len(TRIALS)
     assert all(line.replace("\\|", "").count("|") == 8 for line in md_rows)
+    assert "<script>" not in md.split("```")[0] and "&lt;script&gt;" in md_rows[1]
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs chromium")

@@ -71,7 +71,9 @@ def table_html(headers: Sequence[str], rows: Sequence[Sequence[str]], id_: str =
 
 
 def md_cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    """One line, pipes escaped, and HTML escaped too (most Markdown viewers render
+    inline HTML; an entity shows as the character it stands for)."""
+    return html.escape(" ".join(text.split()), quote=False).replace("|", "\\|")
 
 
 def table_md(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
