@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
 
 import pyte
 import pytest
@@ -56,8 +57,15 @@ RESULTS = [(1.50, rpb.TRIAL_STATUS_KEEP), (1.40, rpb.TRIAL_STATUS_KEEP),
            (1.45, rpb.TRIAL_STATUS_DISCARD), (1.30, rpb.TRIAL_STATUS_KEEP)]
 
 
-def test_the_live_view_is_one_table_that_grows_with_logs_above_it() -> None:
+@pytest.fixture
+def verbose_log() -> Iterator[None]:
     configure_logging("console", "info", stderr_level="info")  # as with --verbose
+    yield
+    structlog.reset_defaults()  # the set-up is process-wide: leave other tests theirs
+
+
+@pytest.mark.usefixtures("verbose_log")
+def test_the_live_view_is_one_table_that_grows_with_logs_above_it() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=WIDTH, height=HEIGHT,
                       color_system=None)
@@ -182,3 +190,18 @@ def test_sensitivity_without_sanitizing_the_escapes_take_over_the_screen(
     # The clear-screen wiped what was shown: no title, no trial 0 row left to read.
     assert not any(line.startswith("run run-live") for line in screen), shown
     assert not any(line.startswith("│     0 │") for line in screen), shown
+
+
+def test_the_eta_is_the_pace_of_finished_trials_times_those_left() -> None:
+    view = RunView(_run(trials=10), Console(file=io.StringIO(), force_terminal=False))
+    assert view.eta(1000.0) is None  # nothing finished: no pace to tell
+    for trial in range(3):  # trials 0-2 finish 30 s apart (each ran 2 s)
+        for event in trial_events(trial, 1.5, rpb.TRIAL_STATUS_DISCARD, 1000.0 + 30 * trial):
+            view.update(event)
+    # 8 of the 11 trials left at 30 s each, 5 s after the last finish.
+    assert view.eta(1000.0 + 60 + 2 + 5) == pytest.approx(8 * 30 - 5)
+    view.wall_budget = 100.0  # a wall budget ends it sooner
+    view._opened = 1000.0
+    assert view.eta(1000.0 + 67) == pytest.approx(100 - 67)
+    view.update(rpb.RunEvent(run_paused=rpb.RunEvent.RunPaused(reason="llm down")))
+    assert view.eta(1100.0) is None  # a paused run has no ETA
