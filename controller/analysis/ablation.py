@@ -119,6 +119,10 @@ class AblationSpec:
     # Surrogate only: trials scored in the controller from the knobs (TaskSpec.in_process),
     # no sandbox job per trial; mechanisms still run in their sandboxes.
     in_process: bool = False
+    # Offline Level 2's library bandit learns from these runs' verdicts (an earlier
+    # ablation's, `l2_prior`), never from this ablation's own repeats.
+    l2_prior: str = ""
+    prior_runs: list[str] = field(default_factory=list)
     arms: list[Arm] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     cells: dict[str, Cell] = field(default_factory=dict)  # "A/3" -> run
@@ -148,6 +152,18 @@ class AblationSpec:
         d["cells"] = {k: Cell(**v) for k, v in d.get("cells", {}).items()}
         d["reeval"] = {k: Cell(**v) for k, v in d.get("reeval", {}).items()}
         return cls(**d)
+
+
+def prior_runs(earlier: AblationSpec) -> list[str]:
+    """The runs of an earlier ablation whose Level 2 judged mechanisms (the arms with
+    level 2 or a starting set): what a later ablation's library bandit may learn from."""
+    judged = {a.name for a in earlier.arms if "2" in a.levels or a.mechanisms}
+    runs = [c.run_id for key, c in sorted(earlier.cells.items())
+            if key.rpartition("/")[0] in judged and c.run_id and c.state == "succeeded"]
+    if not runs:
+        raise ValueError(f"ablation {earlier.id} has no finished run with Level 2 to learn "
+                         "from")
+    return runs[:1000]
 
 
 def new_id() -> str:
@@ -224,6 +240,8 @@ def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunReque
                             ("l15EveryTrials", spec.l15_every),
                             ("l2EveryTrials", spec.l2_every),
                             ("l2WindowTrials", spec.l2_window)) if value}}
+        if spec.prior_runs and "2" in arm.levels:
+            raw["outer"]["libraryPriorRuns"] = list(spec.prior_runs)
     try:
         request = rpb.CreateRunRequest()
         json_format.ParseDict(raw, request)

@@ -40,11 +40,19 @@ class ArmSummary:
     identical_to: str = ""  # an earlier arm whose every repeat this one matches exactly
 
 
+def _trace(arm: ArmSummary) -> list[list[tuple[int, float | None, str]]]:
+    return [[(t.index, t.val_bpb, t.status.value if t.status else "") for t in r.trials]
+            for r in arm.runs]
+
+
 def same_results(a: ArmSummary, b: ArmSummary) -> bool:
-    """Every repeat alike: fresh-seed Δ, search Δ and the whole best-so-far curve."""
+    """Every repeat alike: fresh-seed Δ, search Δ, the best-so-far curve and every
+    trial's value (two arms that never beat the baseline share a flat curve and Δ = 0
+    while running different trials: not identical)."""
     return bool(a.runs) and a.repeats == b.repeats and a.fresh_delta == b.fresh_delta \
         and a.search_delta == b.search_delta and a.curves.shape == b.curves.shape \
-        and bool(np.array_equal(a.curves, b.curves, equal_nan=True))
+        and bool(np.array_equal(a.curves, b.curves, equal_nan=True)) \
+        and _trace(a) == _trace(b)
 
 
 @dataclass

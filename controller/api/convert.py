@@ -188,7 +188,8 @@ def outer_settings(o: rpb.OuterSettings) -> OuterSettings:
         l2_every=o.l2_every_trials or d.l2_every,
         l2_window=o.l2_window_trials, max_l2_rounds=o.max_l2_rounds,
         mechanisms=tuple(InitialMechanism(m.name, m.source) for m in o.mechanisms),
-        explore_domains=tuple(o.explore_domains))
+        explore_domains=tuple(o.explore_domains),
+        library_prior_runs=tuple(o.library_prior_runs))
 
 
 def _opt(message: Any, name: str, default: Any) -> Any:
@@ -239,7 +240,8 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
             max_l2_rounds=settings.outer.max_l2_rounds,
             mechanisms=[rpb.InitialMechanism(name=m.name, source=m.source)
                         for m in settings.outer.mechanisms],
-            explore_domains=settings.outer.explore_domains))
+            explore_domains=settings.outer.explore_domains,
+            library_prior_runs=settings.outer.library_prior_runs))
 
 
 def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
@@ -272,7 +274,7 @@ def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
         out.outer.ClearField("l15_every_trials")
     if "2" not in outer.levels:
         for name in ("mechanism_source", "l2_every_trials", "l2_window_trials",
-                     "max_l2_rounds", "explore_domains"):
+                     "max_l2_rounds", "explore_domains", "library_prior_runs"):
             out.outer.ClearField(name)
     return out
 

@@ -51,6 +51,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                           "rounds (0: the run default)")
     cmd.add_argument("--l2-window", type=int, default=0, metavar="N",
                      help="trials each Level-2 candidate is judged over (0: --l2-every)")
+    cmd.add_argument("--l2-prior", metavar="ID", default="",
+                     help="offline Level 2 learns which built-ins help from the verdicts of "
+                          "ablation ID's runs (never from this ablation's own repeats, "
+                          "which stay independent); default: from none")
     cmd.add_argument("--sandboxed", action="store_true",
                      help="surrogate: also run every trial's train.py as a sandbox job (by "
                           "default the controller scores the knobs in-process, which is "
@@ -74,7 +78,7 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _new_spec(args: argparse.Namespace) -> AblationSpec:
+def _new_spec(args: argparse.Namespace, state_dir: Path) -> AblationSpec:
     if args.repeats < 1 or args.trials < 1:
         raise ValueError("--repeats and --trials must be >= 1")
     if args.fresh_seeds < 2:
@@ -101,6 +105,11 @@ def _new_spec(args: argparse.Namespace) -> AblationSpec:
                         l2_every=args.l2_every, l2_window=args.l2_window,
                         in_process=args.task == "surrogate" and not args.sandboxed,
                         created_at=time.time())
+    if args.l2_prior:
+        spec.l2_prior = args.l2_prior
+        spec.prior_runs = ablation.prior_runs(ablation.load(state_dir, args.l2_prior))
+        _say(f"Level 2 learns from the verdicts of {len(spec.prior_runs)} run(s) of "
+             f"ablation {args.l2_prior}")
     plan(spec, [a.strip() for a in args.arms.split(",") if a.strip()], llm is not None, _say)
     return spec
 
@@ -108,7 +117,8 @@ def _new_spec(args: argparse.Namespace) -> AblationSpec:
 def cmd_ablate(args: argparse.Namespace) -> int:
     try:
         state_dir: Path = server_config(args).state_dir
-        spec = ablation.load(state_dir, args.resume) if args.resume else _new_spec(args)
+        spec = ablation.load(state_dir, args.resume) if args.resume else \
+            _new_spec(args, state_dir)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

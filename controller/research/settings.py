@@ -121,6 +121,9 @@ class OuterSettings:
     max_l2_rounds: int = 0  # 0: unlimited
     code_retries: int = 2  # code answers that fail the static gate, fed back
     explore_domains: tuple[str, ...] = ()  # fields named in the explore prompt; () : none
+    # Offline Level 2 learns from these runs' verdicts only ((): every earlier run, or
+    # none without memory); an ablation passes an earlier ablation's runs.
+    library_prior_runs: tuple[str, ...] = ()
 
     @property
     def window(self) -> int:
@@ -160,6 +163,10 @@ class OuterSettings:
                 raise FieldError("outer.mechanisms", f"{m.name}: source over 64 KiB")
         if any(not d.strip() or len(d) > 200 for d in self.explore_domains):
             raise FieldError("outer.explore_domains", "each must be 1-200 characters")
+        if len(self.library_prior_runs) > 1000 or any(
+                not (r.startswith("run-") and 4 < len(r) <= 64 and r[4:].isalnum())
+                for r in self.library_prior_runs):
+            raise FieldError("outer.library_prior_runs", "at most 1000 run ids (run-<hex>)")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> OuterSettings:
@@ -167,6 +174,7 @@ class OuterSettings:
         d["levels"] = tuple(d.get("levels", ("1",)))
         d["mechanisms"] = tuple(InitialMechanism(**m) for m in d.get("mechanisms", ()))
         d["explore_domains"] = tuple(d.get("explore_domains", ()))
+        d["library_prior_runs"] = tuple(d.get("library_prior_runs", ()))
         return cls(**d)
 
 

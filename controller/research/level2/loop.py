@@ -181,10 +181,14 @@ class MechanismLoop:
               rows: dict[str, MechanismRow]) -> MechanismRow | None:
         n = self.state.rounds
         if self.designer is None:
+            prior = set(self.outer.library_prior_runs)
             # Without memory (an ablation's repeat) earlier runs' verdicts are not read:
             # repeats must not depend on each other or on the order they finished in.
+            # Named prior runs: only their verdicts (an earlier ablation's, say).
             outcomes = self.log.outcomes(self.loop.run_id) \
-                if self.loop.settings.proposer.use_memory else []
+                if self.loop.settings.proposer.use_memory or prior else []
+            if prior:
+                outcomes = [o for o in outcomes if o.run_id in prior]
             choice = choose_from_library(
                 set(rows), outcomes, self.loop.settings.task.preset,
                 self.loop.settings.search.seed, n)

@@ -220,7 +220,7 @@ class InitialMechanism(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class OuterSettings(_message.Message):
-    __slots__ = ("levels", "mechanism_source", "config_controller", "l15_every_trials", "l2_every_trials", "l2_window_trials", "mechanisms", "explore_domains", "max_l2_rounds")
+    __slots__ = ("levels", "mechanism_source", "config_controller", "l15_every_trials", "l2_every_trials", "l2_window_trials", "mechanisms", "explore_domains", "max_l2_rounds", "library_prior_runs")
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_CONTROLLER_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +230,7 @@ class OuterSettings(_message.Message):
     MECHANISMS_FIELD_NUMBER: _ClassVar[int]
     EXPLORE_DOMAINS_FIELD_NUMBER: _ClassVar[int]
     MAX_L2_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    LIBRARY_PRIOR_RUNS_FIELD_NUMBER: _ClassVar[int]
     levels: _containers.RepeatedScalarFieldContainer[Level]
     mechanism_source: str
     config_controller: str
@@ -239,7 +240,8 @@ class OuterSettings(_message.Message):
     mechanisms: _containers.RepeatedCompositeFieldContainer[InitialMechanism]
     explore_domains: _containers.RepeatedScalarFieldContainer[str]
     max_l2_rounds: int
-    def __init__(self, levels: _Optional[_Iterable[_Union[Level, str]]] = ..., mechanism_source: _Optional[str] = ..., config_controller: _Optional[str] = ..., l15_every_trials: _Optional[int] = ..., l2_every_trials: _Optional[int] = ..., l2_window_trials: _Optional[int] = ..., mechanisms: _Optional[_Iterable[_Union[InitialMechanism, _Mapping]]] = ..., explore_domains: _Optional[_Iterable[str]] = ..., max_l2_rounds: _Optional[int] = ...) -> None: ...
+    library_prior_runs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, levels: _Optional[_Iterable[_Union[Level, str]]] = ..., mechanism_source: _Optional[str] = ..., config_controller: _Optional[str] = ..., l15_every_trials: _Optional[int] = ..., l2_every_trials: _Optional[int] = ..., l2_window_trials: _Optional[int] = ..., mechanisms: _Optional[_Iterable[_Union[InitialMechanism, _Mapping]]] = ..., explore_domains: _Optional[_Iterable[str]] = ..., max_l2_rounds: _Optional[int] = ..., library_prior_runs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
     __slots__ = ("task", "search", "proposer", "budgets", "llm", "outer")

@@ -1,0 +1,66 @@
+"""What an ablation asks the controller for, checked through the API's own conversion
+(convert.run_settings, the path CreateRun takes): the surrogate scored in-process, no
+per-run end-of-run check, the Level-1.5/2 cadence, a Level-2 prior only for arms with
+Level 2, no memory, and a prior taken from an earlier ablation's Level-2 runs only."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.analysis import ablation
+from controller.analysis.ablation import AblationSpec, Cell
+from controller.api import convert
+from controller.research.errors import FieldError
+from controller.research.settings import OuterSettings
+
+
+def _spec(**kw: object) -> AblationSpec:
+    spec = AblationSpec(id="abl-x", task="surrogate", repeats=2, trials=30, seed=5, **kw)  # type: ignore[arg-type]
+    arms, _ = ablation.catalogue(False, spec.schedule_batch)
+    spec.arms = [arms[n] for n in ("A", "B", "D", "C-noop")]
+    return spec
+
+
+def test_every_arm_runs_in_process_without_memory_or_its_own_final_check() -> None:
+    spec = _spec(in_process=True, l15_every=3, l2_every=6, l2_window=8,
+                 prior_runs=["run-abc123"])
+    for arm in spec.arms:
+        settings = convert.run_settings(ablation.run_request(spec, arm, 1))
+        settings.validate()
+        assert settings.task.in_process and settings.search.final_seeds == 0
+        assert settings.search.seed == 5 + 1000 and not settings.proposer.use_memory
+        assert settings.search.batch_size == 1  # --schedule-batch 1: every arm alike
+        if arm.name == "A":
+            assert settings.outer == OuterSettings()
+            continue
+        assert settings.outer.l15_every == 3 and settings.outer.l2_every == 6
+        assert settings.outer.l2_window == 8
+        # Only an arm whose Level 2 picks mechanisms learns from the prior.
+        has_l2 = "2" in arm.levels
+        assert settings.outer.library_prior_runs == (("run-abc123",) if has_l2 else ())
+    fresh = convert.run_settings(ablation.reeval_request(spec, "X = 1\n", 0))
+    assert fresh.task.in_process and fresh.search.final_seeds == 0
+    assert fresh.search.seed == ablation.FRESH_SEED_BASE + 5
+
+
+def test_sandboxed_by_default_outside_the_in_process_surrogate() -> None:
+    spec = _spec()
+    settings = convert.run_settings(ablation.run_request(spec, spec.arms[0], 0))
+    assert not settings.task.in_process
+
+
+def test_a_prior_is_the_earlier_ablations_finished_level2_runs() -> None:
+    earlier = _spec()
+    earlier.cells = {"A/0": Cell("run-a0", "succeeded"), "D/0": Cell("run-d0", "succeeded"),
+                     "D/1": Cell("run-d1", "failed"), "C-noop/0": Cell("run-n0", "succeeded"),
+                     "B/0": Cell("run-b0", "succeeded")}
+    assert ablation.prior_runs(earlier) == ["run-n0", "run-d0"]
+    earlier.cells = {"A/0": Cell("run-a0", "succeeded")}
+    with pytest.raises(ValueError, match="no finished run with Level 2"):
+        ablation.prior_runs(earlier)
+
+
+def test_bad_prior_run_ids_are_refused_naming_the_field() -> None:
+    with pytest.raises(FieldError) as info:
+        OuterSettings(levels=("1", "2"), library_prior_runs=("../etc",)).validate("local")
+    assert info.value.field == "outer.library_prior_runs"
