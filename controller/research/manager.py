@@ -25,7 +25,7 @@ from controller.research.level1.proposers import build_proposer, build_run_provi
 from controller.research.level1.space import ProposalError
 from controller.research.outer import attach_outer_levels
 from controller.research.settings import RunSettings
-from controller.research.task import Task
+from controller.research.task import Task, memory_key
 from controller.research.tasks.manifest import MANIFEST, TaskError, load_task_dir
 from controller.research.tasks.registry import make_task
 from controller.sandbox.executor import SandboxExecutor
@@ -180,7 +180,7 @@ class RunManager:
             raise FieldError("llm.provider", str(exc)) from None
         replaying = settings.llm.provider == "replay" and settings.proposer.kind == "llm"
         memory = MemoryStore(self.store)
-        lessons = [m.text for m in memory.list(task.name, MEMORY_IN_PROMPT)] \
+        lessons = [m.text for m in memory.list(memory_key(task), MEMORY_IN_PROMPT)] \
             if settings.proposer.use_memory and settings.proposer.kind == "llm" else []
         loop = InnerLoop(run_id, settings, task, proposer, self.store, self.artifacts, stop,
                          lessons=lessons,
