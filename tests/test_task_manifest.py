@@ -226,3 +226,17 @@ def test_example_data_is_what_its_prepare_step_makes(tmp_path: Path, example: st
     for path in sorted((REPO / "examples" / example / "data").rglob("*.csv")):
         made = copy / path.relative_to(REPO / "examples" / example)
         assert made.read_bytes() == path.read_bytes(), path
+
+
+def test_lessons_are_keyed_by_name_and_a_hash_of_manifest_and_editable(tmp_path: Path) -> None:
+    from controller.research.task import memory_key
+
+    root = make_task(tmp_path)
+    first = memory_key(ManifestTask(load_task_dir(root), None))
+    assert first.startswith("t@") and len(first) == len("t@") + 16
+    (root / "train.py").write_text("LR = 0.2\nWIDTH = 32\n")
+    second = memory_key(ManifestTask(load_task_dir(root), None))
+    (root / "bilevel-task.toml").write_text(GOOD.replace("high = 1.0", "high = 2.0"))
+    third = memory_key(ManifestTask(load_task_dir(root), None))
+    assert len({first, second, third}) == 3
+    assert memory_key(SurrogateTask(None)) == "surrogate"  # a built-in keeps its name
