@@ -5,8 +5,11 @@ and never inside; piped, one line per trial."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyte
 import pytest
@@ -205,3 +208,26 @@ def test_the_eta_is_the_pace_of_finished_trials_times_those_left() -> None:
     assert view.eta(1000.0 + 67) == pytest.approx(100 - 67)
     view.update(rpb.RunEvent(run_paused=rpb.RunEvent.RunPaused(reason="llm down")))
     assert view.eta(1100.0) is None  # a paused run has no ETA
+
+
+def test_deny_a_jobs_log_drives_no_terminal_it_is_printed_on(tmp_path: Path) -> None:
+    """`bilevel artifact RUN trials/0/log` on a terminal: the job wrote that log, so its
+    escape sequences are shown, not obeyed; piped or to a file it stays byte for byte."""
+    from controller.store.artifacts import ArtifactStore
+    from controller.store.runs import RunStore
+    from tests.test_cli_terminal import in_terminal
+
+    store = RunStore(tmp_path / "bilevel.sqlite3")
+    store.create_run("run-a", {"task": {"preset": "surrogate"}, "budgets": {"max_trials": 1}})
+    store.close()
+    log = b"step 1 loss 2.0\n\x1b[2J\x1b[Hstep 9 loss 0.0001 (forged)\n\ttabbed\n"
+    ArtifactStore(tmp_path / "runs").write_trial("run-a", 0, "log", log)
+    argv = ("artifact", "run-a", "trials/0/log", "--state-dir", str(tmp_path))
+    code, screen = in_terminal(*argv, timeout=60)
+    assert code == 0, screen
+    assert screen[0] == "step 1 loss 2.0"  # not cleared away
+    assert screen[1] == "\\x1b[2J\\x1b[Hstep 9 loss 0.0001 (forged)"
+    assert screen[2] == "        tabbed"
+    piped = subprocess.run([sys.executable, "-m", "controller.cli", *argv],
+                           capture_output=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout == log

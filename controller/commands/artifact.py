@@ -10,6 +10,7 @@ from pathlib import Path
 from controller.api.client import Client
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.client_command import add_connection_arguments, run_client_command
+from controller.commands.live_view import terminal_safe
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,6 +32,10 @@ def cmd_artifact(args: argparse.Namespace) -> int:
             metadata=client.metadata)
         if args.output:
             args.output.write_bytes(artifact.content)
+        elif sys.stdout.isatty():  # a job wrote it: no escape sequence reaches a terminal
+            text = artifact.content.decode("utf-8", errors="replace")
+            sys.stdout.write(terminal_safe(text))
+            sys.stdout.flush()
         else:
             sys.stdout.buffer.write(artifact.content)
             sys.stdout.flush()

@@ -47,6 +47,13 @@ def printable(text: str, limit: int = DESCRIPTION_CHARS) -> str:
     return "".join(map(_escape, text))
 
 
+def terminal_safe(text: str) -> str:
+    """Many lines of untrusted text (a job's log) for a terminal: as `printable`, but
+    keeping newlines and tabs, and uncut."""
+    return text if not _SANITIZE else "".join(
+        ch if ch in "\n\t" else _escape(ch) for ch in text)
+
+
 def _escape(ch: str) -> str:
     if unicodedata.category(ch) not in ("Cc", "Cf"):
         return ch
