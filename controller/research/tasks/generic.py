@@ -37,7 +37,15 @@ from controller.research.tasks.manifest import (
 from controller.sandbox import bounded_json
 from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.job_output import metrics_of
-from controller.sandbox.spec import OUT_DIR, DataMount, JobResult, JobSpec, Limits, Status
+from controller.sandbox.spec import (
+    OUT_DIR,
+    DataMount,
+    JobResult,
+    JobSpec,
+    Limits,
+    SpecError,
+    Status,
+)
 
 SEED_ENV = "TRIAL_SEED"
 # Test-only switches (tests/test_task_deny.py's sensitivity twins flip them; nothing a
@@ -189,9 +197,15 @@ class ManifestTask:
                 outcome = replace(outcome, detail=FORGEABLE)
             return outcome
         inputs = {f"{train.outputs}/{rel}": data for rel, data in first.files.items()}
-        second = self.executor.run(self._spec(
-            m.score, {**self._phase2, **inputs}, m.score.command, 1 << 20, {}, "score"),
-            cancel=cancel)
+        try:
+            second = self.executor.run(self._spec(
+                m.score, {**self._phase2, **inputs}, m.score.command, 1 << 20, {}, "score"),
+                cancel=cancel)
+        except SpecError as exc:  # e.g. outputs past the files cap: the candidate's doing
+            return TrialOutcome(job_status=Status.ERROR.value, val_bpb=None, exception={
+                "type": "SpecError", "message": str(exc), "frames": []},
+                log=outcome_from_job(first, {}).log, seconds=first.timings.run_s,
+                detail=f"phase 1's outputs cannot be handed to the scorer: {exc}")
         scored = result_metrics(second) if _METRIC_FROM_SCORER else result_metrics(first)
         outcome = outcome_from_job(second, scored, self.objective)
         log = (outcome_from_job(first, {}).log + "\n=== trusted scorer ===\n" + outcome.log)
