@@ -47,7 +47,7 @@ def _hostile_answers() -> Callable[[RecordedRequest], Reply]:
     counter = itertools.count()
 
     def answer(request: RecordedRequest) -> Reply:
-        lr = round(0.03 + 0.005 * next(counter), 4)
+        lr = round(0.05 + 0.005 * next(counter), 4)  # never the baseline 0.04
         return Reply(params_answer({"MATRIX_LR": lr}, HOSTILE))
 
     return answer
