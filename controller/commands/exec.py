@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
 from pathlib import Path
 
+from controller.commands.live_view import terminal_safe
 from controller.sandbox.executor import ExecutorConfig, SandboxExecutor, SandboxUnavailable
 from controller.sandbox.spec import JobResult, Limits, SpecError, Status
 
@@ -55,9 +57,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0 if result.status is Status.OK else 1
 
 
+_DECODERS = {name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+             for name in ("stdout", "stderr")}  # a character may span two chunks
+
+
 def _echo(stream: str, chunk: bytes) -> None:
+    """The job's output as it comes; on a terminal with its escape sequences shown,
+    not obeyed (the job is untrusted code)."""
     target = sys.stdout if stream == "stdout" else sys.stderr
-    target.write(chunk.decode("utf-8", errors="replace"))
+    text = _DECODERS[stream].decode(chunk)
+    target.write(terminal_safe(text) if target.isatty() else text)
     target.flush()
 
 
