@@ -343,7 +343,7 @@ def event(record: EventRecord) -> rpb.RunEvent:
             started_at=_ts(p.get("started_at", 0.0)), ended_at=_ts(p.get("ended_at", 0.0)),
             llm_tokens=p.get("llm_tokens", 0), llm_cost_usd=p.get("llm_cost_usd", 0.0),
             mechanisms_json=p.get("mechanisms_json", ""),
-            proposal_source=p.get("proposal_source", "")))
+            proposal_source=p.get("proposal_source", ""), node_id=p.get("node", "")))
     elif record.kind is EventKind.NEW_BEST:
         out.new_best.CopyFrom(rpb.RunEvent.NewBest(**p))
     elif record.kind is EventKind.RUN_FINISHED:

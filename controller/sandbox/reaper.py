@@ -32,7 +32,10 @@ DEADLINE_GRACE_SECONDS = 300.0
 def _process_start_ticks(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
+            fields = handle.read().rsplit(")", 1)[1].split()
+        # A zombie has exited and only awaits its parent's wait() (a Ray worker whose
+        # raylet was killed, under an init that does not reap): not a live owner.
+        return None if fields[0] == "Z" else fields[19]
     except (OSError, IndexError):
         return None
 

@@ -206,6 +206,8 @@ class JobResult:
     # runner (getrusage(RUSAGE_CHILDREN) after every process is reaped); None when the
     # runner could not report (killed container, sandbox failure).
     cpu_seconds: float | None = None
+    # The Ray node the job ran on (ray_backend.py); "" on the controller's own engine.
+    node: str = ""
 
     @property
     def stdout(self) -> str:

@@ -83,6 +83,7 @@ class TrialRecord:
     llm_tokens: int = 0  # tokens of the calls that made this trial's proposal
     llm_cost_usd: float = 0.0
     proposal_source: str = ""  # what made the proposal that ran (TrialFinish's field)
+    node: str = ""  # the Ray node id(s) its jobs ran on; "" on the controller's engine
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class TrialFinish:
     # "baseline", "proposer", or "mechanism:<name>" when that mechanism's suggestion
     # became the trial; "+filter" is appended when a filter's replacement ran.
     proposal_source: str = ""
+    node: str = ""  # where its jobs ran (Ray node ids, comma-joined; "" = local engine)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ MIGRATIONS = (
     # "baseline", "proposer", "mechanism:<name>" (its suggestion ran), "+filter" when a
     # filter replaced it: what the trial's credit goes to (research/mechanism_wiring.py).
     ("trials", "proposal_source", "TEXT NOT NULL DEFAULT ''"),
+    ("trials", "node", "TEXT NOT NULL DEFAULT ''"),  # Ray node id(s) (sandbox/ray_backend.py)
 )
 
 Listener = Callable[[str], None]
@@ -262,11 +263,11 @@ class RunStore:
                 "UPDATE trials SET finished = 1, status = ?, val_bpb = ?, memory_gb = ?, "
                 "metrics_json = ?, job_status = ?, exception_json = ?, seconds = ?, "
                 "started_at = ?, ended_at = ?, llm_tokens = ?, llm_cost_usd = ?, "
-                "proposal_source = ? WHERE run_id = ? AND idx = ? AND finished = 0",
+                "proposal_source = ?, node = ? WHERE run_id = ? AND idx = ? AND finished = 0",
                 (done.status.value, done.val_bpb, done.memory_gb, json.dumps(done.metrics),
                  done.job_status, json.dumps(done.exception) if done.exception else None,
                  done.seconds, done.started_at, done.ended_at, done.llm_tokens,
-                 done.llm_cost_usd, done.proposal_source, run_id, done.index))
+                 done.llm_cost_usd, done.proposal_source, done.node, run_id, done.index))
             if cur.rowcount != 1:
                 raise ValueError(f"trial {done.index} of run {run_id} is not running")
             if done.mechanism_calls or done.mechanism_states:
@@ -297,7 +298,7 @@ class RunStore:
                 "ended_at": done.ended_at, "llm_tokens": done.llm_tokens,
                 "llm_cost_usd": done.llm_cost_usd,
                 "mechanisms_json": json.dumps(_per_mechanism(done.mechanism_calls)),
-                "proposal_source": done.proposal_source})
+                "proposal_source": done.proposal_source, "node": done.node})
             if done.new_best:
                 tx.event(run_id, EventKind.NEW_BEST, {
                     "trial": done.index, "val_bpb": done.val_bpb,
@@ -376,4 +377,5 @@ def _trial(row: sqlite3.Row) -> TrialRecord:
         seconds=row["seconds"], hypothesis=row["hypothesis"], parent=row["parent"],
         fix_of=row["fix_of"], proposal_id=row["proposal_id"], started_at=row["started_at"],
         ended_at=row["ended_at"], llm_tokens=row["llm_tokens"],
-        llm_cost_usd=row["llm_cost_usd"], proposal_source=row["proposal_source"])
+        llm_cost_usd=row["llm_cost_usd"], proposal_source=row["proposal_source"],
+        node=row["node"])

@@ -79,7 +79,8 @@ def fold(runs: Sequence[tuple[int, TrialOutcome]]) -> TrialOutcome:
     log = "".join(f"=== seed {s} ===\n{o.log}" for s, o in runs)
     return TrialOutcome(job_status=first.job_status, val_bpb=statistics.fmean(values),
                         memory_gb=max(o.memory_gb for _, o in runs), metrics=metrics,
-                        log=log, seconds=sum(o.seconds for _, o in runs), detail=first.detail)
+                        log=log, seconds=sum(o.seconds for _, o in runs), detail=first.detail,
+                        node=",".join(dict.fromkeys(o.node for _, o in runs if o.node)))
 
 
 def guarded(task: Task, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:

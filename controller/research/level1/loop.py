@@ -363,7 +363,8 @@ class InnerLoop:
             ended_at=result.ended_at,
             llm_tokens=sum(c["input_tokens"] + c["output_tokens"] for c in calls),
             llm_cost_usd=sum(c["cost_usd"] for c in calls), noise_sigma=sigma,
-            mechanism_calls=hooks, mechanism_states=states, proposal_source=source),
+            mechanism_calls=hooks, mechanism_states=states, proposal_source=source,
+            node=outcome.node),
             self._elapsed())
         with self._lock:
             self._in_flight.pop(index, None)
