@@ -1,6 +1,7 @@
 """The open page grows as trials finish: headless Chromium driven over the DevTools
 protocol (a pipe, no port) watches `bilevel ui`'s page while a real run goes, held at a
-known trial by the scripted fake LLM, so what the page shows mid-run is deterministic."""
+known trial by the scripted fake LLM, so what the page shows mid-run is deterministic.
+The LLM's hypotheses are live markup: the page shows them as text and runs none of it."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply
 from controller.llm.settings import LLMAccess
 from tests.test_api_harness import Stubs, serving, surrogate_run
 from tests.test_loop_harness import TEST_KEY, params_answer
-from tests.test_ui import _ui
+from tests.test_ui import HOSTILE, _ui
 
 pytestmark = pytest.mark.docker
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -43,7 +44,7 @@ class Gate:
         call = next(self.calls)
         if call == HELD_AT:
             self.release.wait(300)
-        return Reply(params_answer({"MATRIX_LR": round(0.05 + 0.005 * call, 4)}, "try it"))
+        return Reply(params_answer({"MATRIX_LR": round(0.05 + 0.005 * call, 4)}, HOSTILE))
 
 
 class Browser:
@@ -154,5 +155,16 @@ def test_the_open_page_grows_as_trials_finish(tmp_path: Path, sandbox_image: str
                 "document.getElementById('facts').textContent"), "the run succeeded")
             assert browser.js(DOTS) == TRIALS + 1
             assert browser.js("document.querySelectorAll('#plot path.best').length") == 1
+            # The description is the hostile text, which is live markup (parsed, it makes
+            # an element), yet the page holds no such element and ran none of it.
+            description = "document.querySelector('tr[data-trial=\"1\"] td.desc').textContent"
+            assert HOSTILE in browser.js(description)
+            assert browser.js(f"(() => {{ const t = document.createElement('template'); "
+                              f"t.innerHTML = {description}; "
+                              f"return t.content.querySelectorAll('img, script').length; }})()"
+                              ) == 2
+            assert browser.js("document.querySelectorAll('img, script:not([src])').length") == 0
+            assert browser.js("document.title") == "bilevel"
+            assert browser.js("document.body.dataset.pwned === undefined") is True
         finally:
             gate.release.set()
