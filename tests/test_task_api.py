@@ -236,3 +236,48 @@ def test_cli_run_server_task_dir_sends_it(tmp_path: Path, sandbox_image: str) ->
                              env={**os.environ, "BILEVEL_TOKEN": ""})
         assert bad.returncode == 2 and "direction" in bad.stderr, bad.stderr
         assert len(list(Stubs(server.address).runs.ListRuns(rpb.ListRunsRequest()).runs)) == 1
+
+
+@pytest.mark.docker
+def test_replay_of_a_task_dir_run_gets_its_own_copy_of_the_stored_task(
+        tmp_path: Path, sandbox_image: str) -> None:
+    """`bilevel run --task DIR` with an in-process controller and an LLM (the fake
+    server), then `--replay` of it: the replay runs the first run's stored task (its
+    own stored copy, same hash), not the directory as it is now."""
+    import random
+    import re
+
+    from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply, Script
+    from tests.test_cli_commands import bilevel
+    from tests.test_loop_harness import TEST_KEY, params_answer
+
+    rng = random.Random(7)
+
+    def answer(request: RecordedRequest) -> Script:
+        return Reply(params_answer({"X": round(rng.uniform(-4.0, 4.0), 3)}))
+
+    root = write_task(tmp_path / "task")
+    files = read_task_dir(root)
+    state = tmp_path / "state"
+    local = ("--state-dir", str(state), "--image", sandbox_image, "--namespace",
+             "pytest-task-replay", "--trials", "2", "--final-seeds", "0")
+    keys = {"ANTHROPIC_API_KEY": TEST_KEY}
+    with FakeLLMServer(responder=answer) as fake:
+        first = bilevel("run", "--provider", "anthropic", "--base-url", fake.anthropic_url,
+                        "--task", str(root), *local, env=keys)
+        assert first.returncode == 0, first.stderr
+        (original,) = re.findall(r"(run-[0-9a-f]{12}): succeeded", first.stdout)
+        set_scorer(root, 2)  # a replay reads no local directory either
+        (root / "train.py").write_text(
+            (root / "train.py").read_text().replace("X = 2.0", "X = 0.5"))
+        second = bilevel("run", "--replay", original, *local, env=keys)
+        assert second.returncode == 0, second.stderr
+        (replayed,) = re.findall(r"(run-[0-9a-f]{12}): succeeded", second.stdout)
+        asked = len(fake.requests)
+    assert asked == 2  # only the first run asked the LLM
+    for run_id in (original, replayed):
+        assert read_task_dir(task_bundle.task_dir(state / "runs", run_id)) == files
+    decisions = [re.findall(r"trial +\d+ +(\w+) +loss ([\d.]+)", out.stderr)
+                 for out in (first, second)]
+    assert decisions[0] and decisions[0] == decisions[1]
+    assert decisions[1][0] == ("keep", "2.250000")  # the stored baseline, X = 2.0
