@@ -77,10 +77,13 @@ def test_the_echo_round_trips_and_shows_only_settings_that_apply() -> None:
     assert echo.task.runtime == spb.RUNTIME_RUNC and echo.proposer.kind == rpb.PROPOSER_KIND_LOCAL
     assert not echo.HasField("llm"), "an offline run has no LLM settings"
     assert echo.proposer.mode == rpb.PROPOSER_MODE_UNSPECIFIED  # mode is the LLM's
+    assert echo.proposer.history_trials == 0  # so is the prompt's history
     assert echo.search.noise_seeds == 0 and echo.search.noise_margin_sigma == 0  # greedy
     assert echo.outer.levels == [rpb.LEVEL_1] and echo.outer.l2_every_trials == 0
     assert echo.outer.mechanism_source == "" and echo.outer.config_controller == ""
     assert convert.run_settings(echo) == offline, "the echo is a request for the same run"
+    apart = convert.run_settings(_request(proposer=rpb.ProposerSettings(no_memory=True)))
+    assert convert.echo_request(apart).proposer.no_memory, "offline runs write lessons too"
 
     llm = convert.run_settings(_request(
         search=rpb.SearchSettings(keep_rule=rpb.KEEP_RULE_NOISE),

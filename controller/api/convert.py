@@ -251,8 +251,8 @@ def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
     out.task.ClearField("train_py")  # large; fetch it with GetArtifact
     p, search, outer = settings.proposer, settings.search, settings.outer
     if p.kind != "llm":
-        for name in ("mode", "max_invalid_retries", "max_fix_attempts", "history_trials",
-                     "no_memory"):
+        # no_memory stays: it also stops any run writing lessons and Level 2 reading them
+        for name in ("mode", "max_invalid_retries", "max_fix_attempts", "history_trials"):
             out.proposer.ClearField(name)
     if p.kind not in ("local", "llm"):
         out.proposer.ClearField("max_changes")
