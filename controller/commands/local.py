@@ -63,16 +63,57 @@ def holder_of(state_dir: Path) -> Holder | None:
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lines = os.pread(fd, 256, 0).decode(errors="replace").splitlines()
-            lines += [""] * 3
-            return Holder(lines[0].strip() or "?", lines[1].strip(), lines[2] == "tls")
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        lines = os.pread(fd, 256, 0).decode(errors="replace").splitlines() + [""] * 3
+        held = _flocked(os.fstat(fd))
+        # No /proc/locks, or one that names files by another device (overlayfs): if the
+        # recorded pid lives, try the lock itself (held only for an instant).
+        if held is None or (not held and _alive(lines[0].strip())):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                held = False
+            except BlockingIOError:
+                held = True
+        if not held:
+            return None
+        return Holder(lines[0].strip() or "?", lines[1].strip(), lines[2].strip() == "tls")
     finally:
         os.close(fd)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, OverflowError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return int(pid) > 0
+
+
+def _flocked(st: os.stat_result) -> bool | None:
+    """Whether some process holds a flock on this file, read from /proc/locks, so that
+    asking never takes the lock (a controller starting that instant would fail); None
+    where /proc/locks cannot be read."""
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    wanted = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in table.splitlines():
+        fields = line.split()
+        if "FLOCK" not in fields or "->" in fields:
+            continue  # another kind of lock, or a process waiting for one
+        for field in fields:
+            parts = field.split(":")
+            if len(parts) == 3:
+                try:
+                    found = (int(parts[0], 16), int(parts[1], 16), int(parts[2]))
+                except ValueError:
+                    continue
+                if found == wanted:
+                    return True
+    return False
 
 
 @asynccontextmanager
