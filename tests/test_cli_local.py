@@ -3,6 +3,7 @@ lock (a controller starting that instant must not be refused)."""
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,7 +52,7 @@ def test_the_holder_and_its_address_are_read_from_the_lock(
     with held_lock(tmp_path) as proc:
         with monkeypatch.context() as patch:
             if proc_locks:  # asking never touches the lock
-                patch.setattr(local.fcntl, "flock", _no_flock)
+                patch.setattr(fcntl, "flock", _no_flock)
             holder = local.holder_of(tmp_path)
         assert holder == local.Holder(str(proc.pid), "127.0.0.1:4321", True)
     assert local.holder_of(tmp_path) is None  # it exited: the lock is free again
