@@ -15,7 +15,9 @@ command -v chromium >/dev/null 2>&1 || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # torch==2.13.0 is pinned: a looser spec could pull a multi-GB CUDA build.
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev,parquet]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev,parquet,ray]"
+# tests/test_ray_backend.py starts its Ray cluster in a loopback-only namespace (unshare, ip)
+command -v ip >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2
 # The Node client test (tests/test_api_node_client.py): grpc-js from the lockfile.
 command -v npm >/dev/null 2>&1 || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }

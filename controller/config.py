@@ -14,6 +14,7 @@ from pathlib import Path
 
 from controller.llm.settings import LLMAccess
 from controller.sandbox.executor import ExecutorConfig
+from controller.sandbox.ray_backend import RayConfig
 from controller.sandbox.spec import RUNTIMES, Limits, SpecError
 
 TOKEN_ENV = "BILEVEL_TOKEN"
@@ -85,6 +86,7 @@ class ServerConfig:
     default_limits: Limits = field(default_factory=Limits)
     shutdown_grace_seconds: float = 10.0
     llm: LLMAccess = field(default_factory=LLMAccess)  # API key files, allowed base URLs
+    ray: RayConfig | None = None  # --backend ray: jobs run on this Ray cluster's nodes
 
     def validate(self) -> None:
         host, _, port = self.listen.rpartition(":")

@@ -55,7 +55,7 @@ class ControllerServer:
         self._lock_fd = _lock_state_dir(config.state_dir)
         self.store = RunStore(config.state_dir / "bilevel.sqlite3")
         self.artifacts = ArtifactStore(config.state_dir / "runs")
-        self.engine = LazyExecutor(config.executor)
+        self.engine = LazyExecutor(config.executor, ray=config.ray)
         self.manager = RunManager(self.store, self.artifacts, self.engine,
                                   ManagerConfig(max_active_runs=config.max_active_runs,
                                                 llm=config.llm))

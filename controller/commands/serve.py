@@ -45,7 +45,7 @@ def add_controller_arguments(parser: argparse.ArgumentParser,
                             " ./.bilevel if present, else ~/.local/share/bilevel)")
     if store_only:
         for flag in ("--image", "--slots", "--gpus", "--runtime", "--namespace",
-                     "--docker-url", "--max-runs"):
+                     "--docker-url", "--max-runs", "--backend", "--ray-address"):
             group.add_argument(flag, help=argparse.SUPPRESS)
         return
     group.add_argument("--image", help="sandbox image (default: the one built for this "
@@ -61,12 +61,25 @@ def add_controller_arguments(parser: argparse.ArgumentParser,
                                            "orphans are reaped (default: default)")
     group.add_argument("--docker-url", help="Docker engine URL (default: from environment)")
     group.add_argument("--max-runs", type=int, help="runs active at once (default 4)")
+    group.add_argument("--backend", choices=("docker", "ray"), default=None,
+                       help="where jobs run: this host's Docker engine (default) or the "
+                            "nodes of a Ray cluster (README#ray; needs `pip install .[ray]`)")
+    group.add_argument("--ray-address", help="HOST:PORT of the Ray cluster's head (GCS) "
+                                             "for --backend ray")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     """The validated config: defaults < file < environment < flags. Raises ConfigError."""
     flags = {key: args_get(args, dest) for dest, key in FLAG_KEYS.items()}
-    return load(args_get(args, "config"), os.environ, flags)
+    config = load(args_get(args, "config"), os.environ, flags)
+    from controller.sandbox.ray_backend import RayConfigError, parse_backend
+
+    try:
+        ray = parse_backend(args_get(args, "backend") or "docker",
+                            args_get(args, "ray_address"))
+    except RayConfigError as exc:
+        raise ConfigError(f"--{exc.field.replace('_', '-')}: {exc.reason}") from None
+    return replace(config, ray=ray)
 
 
 def args_get(args: argparse.Namespace, name: str) -> Any:

@@ -9,11 +9,16 @@ from __future__ import annotations
 import threading
 
 from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.ray_backend import RayConfig
 
 
 class LazyExecutor:
-    def __init__(self, config: ExecutorConfig) -> None:
+    """With `ray`, the executor is a RayExecutor: jobs run on the cluster's nodes, the
+    controller's own engine keeps the mechanism sessions (ray_backend.py)."""
+
+    def __init__(self, config: ExecutorConfig, ray: RayConfig | None = None) -> None:
         self.config = config
+        self.ray = ray
         self._executor: SandboxExecutor | None = None
         self._lock = threading.Lock()
 
@@ -22,7 +27,12 @@ class LazyExecutor:
         with self._lock:
             if self._executor is None:
                 # The constructor pings the engine and reaps this namespace's orphans.
-                self._executor = SandboxExecutor(self.config)
+                if self.ray is not None:
+                    from controller.sandbox.ray_backend import RayExecutor
+
+                    self._executor = RayExecutor(self.config, self.ray)
+                else:
+                    self._executor = SandboxExecutor(self.config)
             return self._executor
 
     @property
