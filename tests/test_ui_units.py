@@ -55,15 +55,17 @@ def _error(body: bytes) -> str:
 def test_the_page_and_its_script_come_from_the_package_under_a_strict_policy(
         ui: UiServer) -> None:
     status, headers, page = _request(ui, "GET", "/")
-    assert status == 200 and b'<script src="/static/app.js"' in page
+    assert status == 200
     policy = headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
     assert "unsafe-inline" not in policy and headers["X-Frame-Options"] == "DENY"
-    status, _, script = _request(ui, "GET", "/static/app.js")
-    assert status == 200 and b"textContent" in script
-    # No markup is built from strings and nothing is fetched from another origin.
-    assert b"innerHTML" not in script and b"http://" not in script.replace(
-        b'"http://www.w3.org/2000/svg"', b"") and b"https://" not in script
+    for name in ("dom.js", "plots.js", "app.js"):
+        assert f'<script src="/static/{name}" defer>'.encode() in page
+        status, _, script = _request(ui, "GET", f"/static/{name}")
+        assert status == 200 and b"textContent" in script
+        # No markup is built from strings and nothing is fetched from another origin.
+        assert b"innerHTML" not in script and b"http://" not in script.replace(
+            b'"http://www.w3.org/2000/svg"', b"") and b"https://" not in script
     assert b"http" not in page
     assert _request(ui, "GET", "/static/../backend.py")[0] == 404
 

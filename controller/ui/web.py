@@ -29,6 +29,8 @@ from controller.ui.backend import MAX_WAIT_SECONDS, Backend, BadRequest, NotFoun
 log = structlog.get_logger(__name__)
 
 STATIC = {"index.html": "text/html; charset=utf-8",
+          "dom.js": "text/javascript; charset=utf-8",
+          "plots.js": "text/javascript; charset=utf-8",
           "app.js": "text/javascript; charset=utf-8",
           "app.css": "text/css; charset=utf-8"}
 MAX_IN_FLIGHT = 16

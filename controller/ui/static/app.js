@@ -1,85 +1,13 @@
 // bilevel ui: plain JS + SVG, no library, no network beyond this origin's JSON API.
+// Part 3 of 3 (after dom.js and plots.js): the views and the routing.
 // Everything that comes from a run (descriptions, hypotheses, logs, diffs, mechanism
 // details) is hostile text: it only ever reaches the DOM as textContent or as a text
 // node, never as markup the browser parses, nor in an attribute it interprets.
 "use strict";
 
-const SVGNS = "http://www.w3.org/2000/svg";
 const main = document.getElementById("main");
-const statusLine = document.getElementById("status");
 const crumb = document.getElementById("crumb");
 let current = null; // the view being shown: {stop()}
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
-  for (const c of children) {
-    if (c === null || c === undefined) continue;
-    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return node;
-}
-
-function svgEl(tag, attrs, text) {
-  const node = document.createElementNS(SVGNS, tag);
-  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
-  if (text !== undefined) node.textContent = String(text);
-  return node;
-}
-
-function link(hash, text) {
-  // Hash links only: the id goes through encodeURIComponent, never a scheme.
-  return el("a", { href: "#" + hash }, text);
-}
-
-function table(headers, rows, attrs) {
-  const head = el("tr", {}, ...headers.map((h) => el("th", {}, h)));
-  return el("table", attrs || {}, el("thead", {}, head), el("tbody", {}, ...rows));
-}
-
-function td(value, cls) {
-  return el("td", cls ? { class: cls } : {}, value);
-}
-
-function fmt(x, digits = 6) {
-  return typeof x === "number" && isFinite(x) ? x.toFixed(digits) : "-";
-}
-
-// The task's metric and direction (TaskSpec.metric, .maximize). The API's val_bpb fields
-// hold the loss the loop minimises (-metric for a maximised metric): `shown` turns a loss
-// back into the metric as the task states it.
-function objective(run) {
-  const task = (run && run.request && run.request.task) || {};
-  const maximize = task.maximize === true;
-  return { name: task.metric || "val_bpb", maximize,
-           better: maximize ? "higher is better" : "lower is better",
-           shown: (v) => (typeof v === "number" && isFinite(v) ? (maximize ? -v : v) : undefined) };
-}
-
-function enumName(value, prefix) {
-  return typeof value === "string" ? value.replace(prefix, "").toLowerCase() : String(value);
-}
-
-function setStatus(text, error) {
-  statusLine.textContent = text;
-  statusLine.className = error ? "error" : "";
-}
-
-async function getJSON(url) {
-  const response = await fetch(url, { cache: "no-store" });
-  let body;
-  try {
-    body = await response.json();
-  } catch (e) {
-    throw new Error(`HTTP ${response.status}`);
-  }
-  if (!response.ok) throw new Error(body && body.error ? body.error : `HTTP ${response.status}`);
-  return body;
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 // ---------------------------------------------------------------- runs and ablations
 
@@ -291,84 +219,6 @@ function trialsTable(state, onPick) {
     "seconds"], rows, { id: "trials-table" });
 }
 
-// Best-so-far plot: every measured trial as a dot, the incumbent as a step line, and
-// crashes in their own strip under the axis (no value, so never drawn as one).
-function plot(state) {
-  const W = 760, H = 320, L = 70, R = 16, T = 12, B = 64;
-  const root = svgEl("svg", { id: "plot", width: W, height: H, viewBox: `0 0 ${W} ${H}`,
-                              role: "img" });
-  const done = sortedTrials(state).filter((t) => t.finished);
-  const o = objective(state.run);
-  const measured = done.filter((t) => o.shown(t.finished.val_bpb) !== undefined);
-  if (!measured.length) {
-    root.append(svgEl("text", { x: L, y: T + 20 }, "no measured trial yet"));
-    return root;
-  }
-  const maxTrial = Math.max(1, ...done.map((t) => t.trial));
-  let lo = Math.min(...measured.map((t) => o.shown(t.finished.val_bpb)));
-  let hi = Math.max(...measured.map((t) => o.shown(t.finished.val_bpb)));
-  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
-  const pad = (hi - lo) * 0.06;
-  lo -= pad; hi += pad;
-  const x = (n) => L + (W - L - R) * (n / maxTrial);
-  const y = (v) => T + (H - T - B) * (1 - (v - lo) / (hi - lo));
-  const axisY = H - B;
-  for (let i = 0; i <= 4; i++) {
-    const v = lo + (hi - lo) * i / 4;
-    root.append(svgEl("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
-    root.append(svgEl("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(4)));
-  }
-  root.append(svgEl("line", { class: "axis", x1: L, x2: W - R, y1: axisY, y2: axisY }));
-  root.append(svgEl("line", { class: "axis", x1: L, x2: L, y1: T, y2: axisY }));
-  const step = Math.max(1, Math.ceil(maxTrial / 10));
-  for (let n = 0; n <= maxTrial; n += step) {
-    root.append(svgEl("text", { x: x(n), y: axisY + 14, "text-anchor": "middle" }, n));
-  }
-  root.append(svgEl("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "trial"));
-  root.append(svgEl("text", { x: 12, y: T + (H - T - B) / 2, transform:
-    `rotate(-90 12 ${T + (H - T - B) / 2})`, "text-anchor": "middle" }, `${o.name} (${o.better})`));
-
-  // The incumbent after each trial: new_best events, else the best kept value.
-  const steps = [];
-  if (state.bests.length) {
-    for (const b of state.bests) steps.push([b.trial, o.shown(b.val_bpb)]);
-  } else {
-    let best = Infinity;
-    for (const t of measured) {
-      if (t.finished.status === "TRIAL_STATUS_KEEP" && t.finished.val_bpb < best) {
-        best = t.finished.val_bpb;
-        steps.push([t.trial, o.shown(best)]);
-      }
-    }
-  }
-  if (steps.length) {
-    steps.sort((a, b) => a[0] - b[0]);
-    let d = `M${x(steps[0][0])},${y(steps[0][1])}`;
-    for (let i = 1; i < steps.length; i++) d += `H${x(steps[i][0])}V${y(steps[i][1])}`;
-    d += `H${x(maxTrial)}`;
-    root.append(svgEl("path", { class: "best", d }));
-  }
-  for (const t of measured) {
-    const status = enumName(t.finished.status, "TRIAL_STATUS_");
-    const dot = svgEl("circle", { class: status, cx: x(t.trial), cy: y(o.shown(t.finished.val_bpb)), r: 4,
-                                  "data-trial": t.trial });
-    dot.append(svgEl("title", {}, `trial ${t.trial} ${status}: ${fmt(o.shown(t.finished.val_bpb))}`));
-    root.append(dot);
-  }
-  const crashes = done.filter((t) => !measured.includes(t));
-  const stripY = axisY + 30;
-  root.append(svgEl("text", { x: L - 6, y: stripY + 4, "text-anchor": "end" },
-    `crash (${crashes.length})`));
-  for (const t of crashes) {
-    const cx = x(t.trial);
-    const mark = svgEl("path", { class: "crashmark", d: `M${cx - 4},${stripY - 4}l8,8m0,-8l-8,8`,
-                                 "data-trial": t.trial });
-    mark.append(svgEl("title", {}, `trial ${t.trial} crashed`));
-    root.append(mark);
-  }
-  return root;
-}
-
 async function showTrial(runId, state, n, box) {
   const t = state.trials.get(n) || {};
   const f = t.finished || {};
@@ -424,32 +274,6 @@ function mechanisms(state) {
         td(m.action), td(m.origin), td(m.detail, "desc"))), { id: "mechanism-events" }));
   }
   return el("div", {}, ...parts);
-}
-
-// One lane per mechanism; a mark per lifecycle event at its trial.
-function timeline(state) {
-  const names = [...new Set(state.mech.map((m) => m.mechanism))];
-  const maxTrial = Math.max(1, ...sortedTrials(state).map((t) => t.trial),
-    ...state.mech.map((m) => m.trial));
-  const W = 760, L = 160, R = 16, lane = 22, H = 30 + lane * names.length;
-  const root = svgEl("svg", { id: "timeline", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
-  const x = (n) => L + (W - L - R) * (Math.max(n, 0) / maxTrial);
-  names.forEach((name, i) => {
-    const cy = 12 + lane * i + lane / 2;
-    root.append(svgEl("text", { x: L - 6, y: cy + 4, "text-anchor": "end" },
-      name.length > 24 ? name.slice(0, 23) + "…" : name));
-    root.append(svgEl("line", { class: "grid", x1: L, x2: W - R, y1: cy, y2: cy }));
-    for (const m of state.mech.filter((e) => e.mechanism === name)) {
-      const known = ["kept", "activated", "reverted", "judged"].includes(m.action);
-      const mark = svgEl("circle", { class: "ev-" + (known ? m.action : "other"), cx: x(m.trial),
-                                     cy, r: 5 });
-      mark.append(svgEl("title", {}, `${m.action} at trial ${m.trial}: ${m.detail || ""}`));
-      root.append(mark);
-    }
-  });
-  root.append(svgEl("text", { x: L, y: H - 4 }, "trial 0"));
-  root.append(svgEl("text", { x: W - R, y: H - 4, "text-anchor": "end" }, `trial ${maxTrial}`));
-  return root;
 }
 
 function configTable(state) {
@@ -516,32 +340,6 @@ function ablationBody(spec, runs) {
     (spec.finished_at ? "finished" : "running or stopped")),
     el("h2", {}, `Best ${o.name} per run (${o.better}; fresh: re-evaluated on unseen seeds)`),
     table(header, rows, { id: "arms-table" }), armsPlot(arms, repeats, cells, runs, o));
-}
-
-function armsPlot(arms, repeats, cells, runs, o) {
-  const values = arms.map((arm) => Array.from({ length: repeats }, (_, r) => {
-    const cell = cells[`${arm.name}/${r}`] || {};
-    const run = runs.get(cell.run_id);
-    return run ? o.shown(run.best_val_bpb) : undefined;
-  }).filter((v) => typeof v === "number"));
-  const all = values.flat();
-  const W = 760, L = 130, R = 16, lane = 24, H = 40 + lane * arms.length;
-  const root = svgEl("svg", { id: "arms-plot", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
-  if (!all.length) { root.append(svgEl("text", { x: L, y: 20 }, "no finished run yet")); return root; }
-  let lo = Math.min(...all), hi = Math.max(...all);
-  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
-  const pad = (hi - lo) * 0.05;
-  lo -= pad; hi += pad;
-  const x = (v) => L + (W - L - R) * (v - lo) / (hi - lo);
-  arms.forEach((arm, i) => {
-    const cy = 12 + lane * i + lane / 2;
-    root.append(svgEl("text", { x: L - 6, y: cy + 4, "text-anchor": "end" }, arm.name));
-    root.append(svgEl("line", { class: "grid", x1: L, x2: W - R, y1: cy, y2: cy }));
-    for (const v of values[i]) root.append(svgEl("circle", { class: "keep", cx: x(v), cy, r: 4 }));
-  });
-  root.append(svgEl("text", { x: L, y: H - 4 }, lo.toFixed(4)));
-  root.append(svgEl("text", { x: W - R, y: H - 4, "text-anchor": "end" }, `${hi.toFixed(4)} (${o.better})`));
-  return root;
 }
 
 // ---------------------------------------------------------------- routing
