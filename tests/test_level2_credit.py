@@ -162,7 +162,10 @@ def test_no_round_starts_that_the_run_could_not_judge(
     assert store.mechanisms("run-l2") == []
     notes = [e.payload["detail"] for e in store.events_after("run-l2", 0)
              if e.kind is EventKind.MECHANISM and e.payload["action"] == "round_skipped"]
-    assert notes == ["no new round: 1 trial(s) left, a verdict needs a window of 8"]
+    # Said once, whether the round was due by schedule or by a stall.
+    assert len(notes) == 1 and notes[0].startswith("no new round: "), notes
+    left = int(notes[0].split()[3])
+    assert 0 < left < 8 and notes[0].endswith("a verdict needs a window of 8"), notes
 
 
 def test_findings_of_the_report() -> None:

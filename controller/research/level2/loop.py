@@ -211,5 +211,5 @@ class MechanismLoop:
     def _note(self, index: int, detail: str) -> None:
         row = MechanismRow("(level 2)", "level2", "", status="none")
         payload: dict[str, Any] = {"trial": index, "detail": detail}
-        log.warning("level 2", **payload)
+        log.info("level 2", **payload)  # an event of the run, not a fault
         self.wiring.event("round_skipped", row, index, detail)
