@@ -31,7 +31,7 @@ from tests import ray_cluster
 pytestmark = pytest.mark.docker
 NAMESPACE = "pytest-ray"
 CANARIES = {"ANTHROPIC_API_KEY": "sk-ant-canary-4f1c9e", "OPENAI_API_KEY": "sk-canary-77ab",
-            "BILEVEL_SERVER__TOKEN": "token-canary-d3b2"}
+            "CONTROLLER_TOKEN": "token-canary-d3b2"}
 inside = pytest.mark.skipif(not ray_cluster.in_loopback_namespace(), reason=(
     "runs inside the loopback-only namespace, started by "
     "test_ray_cluster_in_loopback_namespace"))
@@ -283,3 +283,22 @@ def test_two_slots_use_both_nodes_and_a_lost_node_loses_no_trial(
         time.sleep(1)
     left = client.containers.list(all=True, filters=leaked)
     assert left == [], [(c.status, c.labels) for c in left]
+
+
+@inside
+def test_cli_run_on_the_ray_backend_records_the_nodes(
+        cluster: ray_cluster.Cluster, ray_ex: RayExecutor, tmp_path: Path) -> None:
+    """The README's command: an in-process controller with --backend ray."""
+    import sqlite3
+
+    ids = set(_node_ids().values())
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("bilevel")), "run", "--preset", "surrogate",
+         "--trials", "3", "--batch", "2", "--final-seeds", "0", "--backend", "ray",
+         "--ray-address", cluster.address, "--image", ray_ex.image,
+         "--namespace", NAMESPACE, "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "bilevel.sqlite3") as db:
+        rows = db.execute("SELECT idx, finished, node FROM trials ORDER BY idx").fetchall()
+    assert len(rows) == 4 and all(finished == 1 and node in ids for _, finished, node in rows)
