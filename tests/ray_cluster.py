@@ -64,8 +64,10 @@ class Cluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _start(self, args: list[str], slots: int, name: str) -> None:
-        resources = json.dumps({"bilevel_sandbox": slots, f"bilevel_test_{name}": 1})
+    def _start(self, args: list[str], slots: int, name: str,
+               extra: dict[str, float] | None = None) -> None:
+        resources = json.dumps({"bilevel_sandbox": slots, f"bilevel_test_{name}": 1,
+                                **(extra or {})})
         # Each node its own loopback address: a driver on 127.0.0.1 then attaches to
         # the head's raylet, never to a node a test kills.
         ip = f"127.0.0.{len(self.nodes) + 1}"
@@ -78,9 +80,9 @@ class Cluster:
             raise RuntimeError(f"ray start failed: {done.stdout}\n{done.stderr}")
         self.nodes.append(name)
 
-    def start_head(self, slots: int = 1) -> None:
+    def start_head(self, slots: int = 1, extra: dict[str, float] | None = None) -> None:
         self._start(["--head", "--port", str(self.port), "--include-dashboard=false",
-                     "--temp-dir", self.temp_dir], slots, "head")
+                     "--temp-dir", self.temp_dir], slots, "head", extra)
 
     def add_node(self, slots: int = 1) -> str:
         name = f"w{len(self.nodes)}"
