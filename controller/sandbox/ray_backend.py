@@ -16,6 +16,7 @@ is never re-run. Cancel becomes ray.cancel(): the task kills and removes its con
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import uuid
@@ -47,6 +48,7 @@ class RayConfigError(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
+        self.reason = message
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,13 @@ class RayExecutor(SandboxExecutor):
                 f"with the {self.ray_config.slot_resource!r} resource is CPU-only: GPU "
                 "jobs are refused; add GPU nodes or set gpus_per_slot to 0")
 
+    def _check_fits(self, spec: JobSpec) -> None:
+        """A job no live slot node could take would wait in Ray's queue forever."""
+        nodes = [n["Resources"] for n in self.nodes()]
+        if not any(r.get("memory", 0) >= spec.limits.memory_bytes for r in nodes):
+            raise SpecError("limits.memory_bytes", f"{spec.limits.memory_bytes} bytes is more "
+                            "memory than any node of the Ray cluster offers")
+
     def run(self, spec: JobSpec, *, on_output: OutputCallback | None = None,
             on_started: Callable[[], None] | None = None,
             cancel: threading.Event | None = None, slot_held: bool = False,
@@ -176,6 +185,7 @@ class RayExecutor(SandboxExecutor):
             raise SpecError("gpu_ids", "a job never chooses its GPUs: Ray assigns them")
         if self.config.runtime == "runsc" and spec.runtime != "runsc":
             spec = replace(spec, runtime="runsc")
+        self._check_fits(spec)
         if not slot_held and not self._slots.acquire(timeout=slot_timeout):
             raise SandboxBusy("all sandbox slots of the Ray cluster are busy")
         try:
@@ -307,4 +317,6 @@ def parse_backend(backend: str, ray_address: str | None) -> RayConfig | None:
         raise RayConfigError("ray_address", "--backend ray needs --ray-address HOST:PORT")
     config = RayConfig(address=ray_address)
     config.validate()
+    if importlib.util.find_spec("ray") is None:
+        raise RayConfigError("backend", "ray is not installed: pip install -e '.[ray]'")
     return config
