@@ -5,6 +5,8 @@ Level 2, no memory, and a prior taken from an earlier ablation's Level-2 runs on
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from controller.analysis import ablation
@@ -64,3 +66,16 @@ def test_bad_prior_run_ids_are_refused_naming_the_field() -> None:
     with pytest.raises(FieldError) as info:
         OuterSettings(levels=("1", "2"), library_prior_runs=("../etc",)).validate("local")
     assert info.value.field == "outer.library_prior_runs"
+
+
+def test_a_task_directory_is_sent_whole_and_a_best_replaces_its_editable_file() -> None:
+    folder = Path(__file__).resolve().parents[1] / "examples" / "waves-regression"
+    spec = _spec()
+    spec.task = str(folder)
+    request = ablation.run_request(spec, spec.arms[0], 0)
+    assert request.task.preset == "" and not request.task.in_process
+    assert request.task.task_files["train.py"] == (folder / "train.py").read_bytes()
+    assert "bilevel-task.toml" in request.task.task_files
+    fresh = ablation.reeval_request(spec, "RIDGE = 0.5\n", 0).task
+    assert fresh.task_files["train.py"] == b"RIDGE = 0.5\n" and not fresh.train_py
+    assert fresh.task_files["score.py"] == (folder / "score.py").read_bytes()

@@ -29,6 +29,8 @@ from google.protobuf import json_format
 
 from controller.api import enums
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.research.tasks.manifest import load_task_dir
+from controller.store import task_bundle
 
 ALL_ARMS = ("A", "B", "C", "D", "random_search", "tpe", "cmaes", "A-sched", "C-noop")
 DEFAULT_ARMS = tuple(a for a in ALL_ARMS if a != "A-sched")
@@ -209,12 +211,32 @@ def _outer_supported() -> bool:
     return "outer" in rpb.CreateRunRequest.DESCRIPTOR.fields_by_name
 
 
+def task_dir(spec: AblationSpec) -> Path | None:
+    """The task directory `--task` named, or None for a preset name."""
+    path = Path(spec.task)
+    return path if path.is_dir() else None
+
+
+def _task(spec: AblationSpec, source: str | None = None) -> rpb.TaskSpec:
+    """The request's task: a preset by name, or the task directory's files, read here
+    (the controller may be on another host); `source` replaces its editable file (a
+    task directory's baseline is that file, so a best is re-evaluated this way)."""
+    folder = task_dir(spec)
+    if folder is None:
+        return rpb.TaskSpec(preset=spec.task, in_process=spec.in_process,
+                            train_py=source.encode() if source is not None else b"")
+    files = task_bundle.read_task_dir(folder)
+    if source is not None:
+        files[load_task_dir(folder).editable] = source.encode()
+    return rpb.TaskSpec(task_files=files)
+
+
 def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunRequest:
     """The CreateRun request of one cell. Raises ArmUnavailable."""
     if arm.proposer == "llm" and spec.llm is None:
         raise ArmUnavailable(f"arm {arm.name} needs an LLM proposer; none is configured")
     raw: dict[str, Any] = {
-        "task": {"preset": spec.task, "inProcess": spec.in_process},
+        "task": {},
         # No end-of-run check per run: the ablation re-evaluates every best itself.
         "search": {"seed": str(spec.seed_of(repeat)), "batchSize": arm.batch_size,
                    "finalSeeds": 0},
@@ -245,6 +267,7 @@ def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunReque
     try:
         request = rpb.CreateRunRequest()
         json_format.ParseDict(raw, request)
+        request.task.CopyFrom(_task(spec))
         return request
     except json_format.ParseError as exc:
         raise ArmUnavailable(f"arm {arm.name}: this controller's API cannot express it "
@@ -255,8 +278,7 @@ def reeval_request(spec: AblationSpec, source: str, repeat: int) -> rpb.CreateRu
     """A run whose baseline is `source`, measured on the repeat's fresh seeds (the noise
     rule runs the baseline on `fresh_seeds` seeds) and that stops right after it."""
     return rpb.CreateRunRequest(
-        task=rpb.TaskSpec(preset=spec.task, train_py=source.encode(),
-                          in_process=spec.in_process),
+        task=_task(spec, source),
         search=rpb.SearchSettings(seed=spec.fresh_seed_of(repeat),
                                   keep_rule=rpb.KEEP_RULE_NOISE,
                                   noise_seeds=max(spec.fresh_seeds, 2), final_seeds=0),

@@ -20,6 +20,7 @@ from controller.commands.run import embedded_config
 from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError
 from controller.llm.access import add_llm_access_arguments
+from controller.research.tasks.manifest import load_task_dir
 
 EXIT_STALLED = 3
 
@@ -28,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd = sub.add_parser("ablate", help="compare search strategies: arms x repeats, with "
                                         "statistics and a report")
     cmd.add_argument("--task", "--preset", dest="task", default="surrogate",
-                     help="task preset (surrogate: a test bed that runs in milliseconds); "
-                          "--preset is the same flag")
+                     help="a preset name (surrogate: a test bed that runs in "
+                          "milliseconds) or a task directory; --preset is the same flag")
     cmd.add_argument("--repeats", type=int, default=10, help="runs per arm (>= 10 to claim "
                                                              "anything)")
     cmd.add_argument("--trials", type=int, default=20, help="trial budget of every run")
@@ -88,6 +89,8 @@ def _new_spec(args: argparse.Namespace, state_dir: Path) -> AblationSpec:
                                                           args.schedule_batch - 1)):
         if value < 0:
             raise ValueError(f"{flag} must be >= {1 if flag == '--schedule-batch' else 0}")
+    if Path(args.task).is_dir():
+        load_task_dir(args.task)  # a bad manifest fails here, naming its key
     if args.sandboxed and args.task != "surrogate":
         raise ValueError("--sandboxed is for the surrogate (other tasks always run sandboxed)")
     seed = args.seed
