@@ -79,3 +79,16 @@ def test_a_task_directory_is_sent_whole_and_a_best_replaces_its_editable_file() 
     fresh = ablation.reeval_request(spec, "RIDGE = 0.5\n", 0).task
     assert fresh.task_files["train.py"] == b"RIDGE = 0.5\n" and not fresh.train_py
     assert fresh.task_files["score.py"] == (folder / "score.py").read_bytes()
+
+
+def test_progress_says_arm_repeat_outcome_and_eta() -> None:
+    from controller.analysis.runner import progress_line
+    from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+
+    run = rpb.Run(state=rpb.RUN_STATE_SUCCEEDED, baseline_val_bpb=0.98, best_val_bpb=0.97)
+    line = progress_line("search", 3, 10, "C-noop/2", run, 30.0, 3)
+    assert line.startswith("[search 3/10] arm C-noop repeat 2: succeeded")
+    assert "best - baseline in search -1.00e-02" in line and "ETA 1m10s" in line
+    last = progress_line("re-evaluation", 4, 4, "baseline/0", rpb.Run(
+        state=rpb.RUN_STATE_SUCCEEDED, baseline_val_bpb=0.98), 2.0, 4)
+    assert "mean on fresh seeds 0.980000" in last and last.endswith("ETA 0s)")
