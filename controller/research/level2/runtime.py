@@ -27,11 +27,12 @@ from controller.research.level2.records import Effect, Failure, FailureReason, H
 from controller.sandbox.executor import SandboxExecutor, SandboxUnavailable
 from controller.sandbox.session import DeathReason, SandboxSession, SessionDead
 from controller.sandbox.spec import JobSpec, Limits
+from mechanisms import sdk
 from mechanisms.interface import HOOKS
 from mechanisms.wire import LoopState, Proposal, TrialView, Verdict, WireError
 
 T = TypeVar("T")
-SDK_SOURCE = (Path(__file__).resolve().parent / "sdk.py").read_bytes()
+SDK_SOURCE = Path(sdk.__file__).read_bytes()
 HOST_COMMAND = ("python3", "/opt/bilevel/mechanism_host.py", "mechanism.py")
 
 
