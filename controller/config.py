@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.llm.settings import LLMAccess
-from controller.sandbox.executor import ExecutorConfig
-from controller.sandbox.ray_backend import RayConfig
+from controller.sandbox.backend_config import ExecutorConfig, RayConfig
 from controller.sandbox.spec import RUNTIMES, Limits, SpecError
 
 TOKEN_ENV = "BILEVEL_TOKEN"

@@ -26,7 +26,7 @@ from controller.config import (
     default_state_dir,
     read_tokens,
 )
-from controller.sandbox.executor import ExecutorConfig
+from controller.sandbox.backend_config import ExecutorConfig
 from controller.sandbox.gpus import GpuConfigError, GpuSlot, discover, parse_slot_list
 from controller.sandbox.spec import Limits
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 
+from controller.sandbox.backend_config import RayConfig
 from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
-from controller.sandbox.ray_backend import RayConfig
 
 
 class LazyExecutor:

@@ -23,6 +23,7 @@ import requests.exceptions
 import structlog
 
 from controller.sandbox import archive, job_output
+from controller.sandbox.backend_config import ExecutorConfig as ExecutorConfig
 from controller.sandbox.gpus import GpuSlots
 from controller.sandbox.hardening import container_kwargs, runner_job
 from controller.sandbox.image import ImageBuildError, ImageRecipe, image_tag
@@ -50,26 +51,6 @@ class SandboxUnavailable(RuntimeError):
 
 class SandboxBusy(RuntimeError):
     """Every slot is taken and the caller did not want to wait."""
-
-
-@dataclass(frozen=True)
-class ExecutorConfig:
-    """How this controller uses the engine. `image` None means the image built from
-    this checkout's sandbox_image/ (see `bilevel image build`). `runtime` is the
-    deployment's floor: "runsc" runs every job under gVisor, whatever it asks for.
-    With `gpu_slots`, there is one job slot per GPU slot and each job gets its slot's
-    GPUs; without, jobs get no GPU. A job never chooses its GPUs: `gpu_ids` in a spec
-    is refused (see GpuSlots.check_request)."""
-
-    image: str | None = None
-    slots: int = 2
-    namespace: str = "default"
-    docker_url: str | None = None
-    reap_interval_seconds: float = 60.0
-    allowed_images: tuple[str, ...] = ()
-    kill_grace_seconds: float = 5.0
-    runtime: str = "runc"
-    gpu_slots: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass

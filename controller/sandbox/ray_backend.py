@@ -26,6 +26,8 @@ from typing import Any
 
 import structlog
 
+from controller.sandbox.backend_config import RayConfig as RayConfig
+from controller.sandbox.backend_config import RayConfigError as RayConfigError
 from controller.sandbox.executor import (
     ExecutorConfig,
     OutputCallback,
@@ -37,42 +39,8 @@ from controller.sandbox.spec import JobResult, JobSpec, SpecError, Status
 
 log = structlog.get_logger(__name__)
 
-SLOT_RESOURCE = "bilevel_sandbox"
 MAX_SHIPPED_DATA_BYTES = 2 << 30
 _HEAD_CHARS = 64 << 10  # an OutputCapture head/tail is at most this (checked, never trusted)
-
-
-class RayConfigError(ValueError):
-    """Bad Ray backend settings; `field` names the setting."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.reason = message
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    """Where the cluster is and what one slot is: one unit of `slot_resource` (only
-    nodes prepared with Docker, gVisor and the sandbox image advertise it), plus
-    `cpus_per_slot` CPUs and `gpus_per_slot` GPUs of Ray's accounting."""
-
-    address: str
-    slot_resource: str = SLOT_RESOURCE
-    cpus_per_slot: float = 1.0
-    gpus_per_slot: float = 0.0
-    max_attempts: int = 3
-
-    def validate(self) -> None:
-        host, _, port = self.address.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise RayConfigError("ray_address", f"must be HOST:PORT, got {self.address!r}")
-        if not self.slot_resource.replace("_", "").isalnum():
-            raise RayConfigError("ray_slot_resource", f"invalid name {self.slot_resource!r}")
-        if not 0 <= self.cpus_per_slot <= 256 or not 0 <= self.gpus_per_slot <= 16:
-            raise RayConfigError("ray_cpus_per_slot", "cpus in [0, 256], gpus in [0, 16]")
-        if not 1 <= self.max_attempts <= 10:
-            raise RayConfigError("ray_max_attempts", "must be in [1, 10]")
 
 
 @dataclass(frozen=True)
