@@ -18,7 +18,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from controller.research.errors import CapacityError, FieldError, StateConflict
-from controller.sandbox.executor import SandboxBusy, SandboxUnavailable
+from controller.sandbox.backend_config import SandboxBusy, SandboxUnavailable
 from controller.sandbox.spec import SpecError
 from controller.store.artifacts import BadArtifactName
 from controller.store.records import NotFoundError

@@ -1,4 +1,4 @@
-"""The sandbox backends' settings, apart from the backends: the CLI, the config file and
+"""The sandbox backends' settings and errors, apart from the backends: the CLI, the config file and
 the controller's config read them without importing the Docker SDK or Ray (start-up time
 of every command)."""
 
@@ -7,6 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SLOT_RESOURCE = "bilevel_sandbox"
+
+
+class SandboxUnavailable(RuntimeError):
+    """The Docker engine (or the sandbox image) is not usable. Nothing ran."""
+
+
+class SandboxBusy(RuntimeError):
+    """Every slot is taken and the caller did not want to wait."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ import structlog
 
 from controller.sandbox import archive, job_output
 from controller.sandbox.backend_config import ExecutorConfig as ExecutorConfig
+from controller.sandbox.backend_config import SandboxBusy as SandboxBusy
+from controller.sandbox.backend_config import SandboxUnavailable as SandboxUnavailable
 from controller.sandbox.gpus import GpuSlots
 from controller.sandbox.hardening import container_kwargs, runner_job
 from controller.sandbox.image import ImageBuildError, ImageRecipe, image_tag
@@ -43,14 +45,6 @@ from controller.sandbox.spec import (
 log = structlog.get_logger(__name__)
 
 OutputCallback = Callable[[str, bytes], None]
-
-
-class SandboxUnavailable(RuntimeError):
-    """The Docker engine (or the sandbox image) is not usable. Nothing ran."""
-
-
-class SandboxBusy(RuntimeError):
-    """Every slot is taken and the caller did not want to wait."""
 
 
 @dataclass
