@@ -130,8 +130,9 @@ def test_allow_every_library_mechanism_runs_in_the_sandbox(executor: SandboxExec
         values: list[tuple[int, float | None, Status]] = [
             (14, 0.99, "keep"), (3, None, "crash"), (9, 1.2, "discard"), (10, 1.0, "discard"),
             (11, 1.01, "discard"), (12, 1.02, "discard"), (7, 1.03, "discard")]
+        incumbent = dict(INCUMBENT)  # a keep moves it, as in the loop (direct_search needs it)
         for index, (depth, val, status) in enumerate(values, start=1):
-            state = loop_state(index, tuple(history))
+            state = loop_state(index, tuple(history), incumbent)
             records += mechanisms.context(state).records + mechanisms.suggest(state).records
             records += mechanisms.filter(Proposal({"DEPTH": depth}, "step"), state).records
             trial = TrialView(index, {"DEPTH": depth, "LR": 0.01 * (1 + index / 10)},
@@ -139,7 +140,9 @@ def test_allow_every_library_mechanism_runs_in_the_sandbox(executor: SandboxExec
                               status, val, 1.0, crash="boom" if status == "crash" else "")
             records += mechanisms.observe(trial, state).records
             history.append(trial)
-        final = loop_state(len(values) + 1, tuple(history))
+            if status == "keep":
+                incumbent = dict(trial.config)
+        final = loop_state(len(values) + 1, tuple(history), incumbent)
         records += mechanisms.filter(Proposal({"DEPTH": 3, "LR": 0.0130}, "crash again"),
                                      final).records
         records += mechanisms.suggest(final).records
