@@ -171,3 +171,15 @@ def test_leftover_containers_are_removed(executor: SandboxExecutor,
     selector = {"label": [f"io.bilevel.test={marker['io.bilevel.test']}"]}
     assert docker_client.containers.list(all=True, filters=selector) == []
     assert docker_client.volumes.list(filters=selector) == []
+
+
+def test_allow_output_of_a_job_that_ends_at_once_is_never_lost(
+        executor: SandboxExecutor) -> None:
+    """The stream is attached before the container starts: attached after, a job that
+    exits first could come back with empty stdout (seen once in CI, metrics intact)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    job = py_job('print("done")')
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: executor.run(job), range(12)))
+    assert [r.stdout for r in results] == ["done\n"] * 12, [r.detail for r in results]

@@ -179,6 +179,8 @@ class _Job:
         self.stderr = OutputCapture()
         self.container: Any = None
         self.volume: Any = None
+        self._api: Any = None
+        self._output: Any = ()
         self.log = log.bind(job=self.name)
         self.report = job_output.RunnerResult()  # set by _runner_result
 
@@ -189,6 +191,7 @@ class _Job:
             self._create()
             timings["create_s"] = time.monotonic() - t0
             t1 = time.monotonic()
+            self._attach()  # before start: a job that ends at once still has its output
             self.container.start()
             timings["start_s"] = time.monotonic() - t1
             if self.on_started:
@@ -208,6 +211,8 @@ class _Job:
         return replace(result, timings=Timings(**timings))
 
     def _teardown(self) -> None:
+        if self._api is not None:
+            self._api.close()  # idempotent; covers a start that failed after attach
         for obj in (self.container, self.volume):
             if obj is not None:
                 _teardown_quietly(obj)
@@ -225,17 +230,21 @@ class _Job:
         if not self.container.put_archive(RUNNER_DIR, archive.pack_job(self.spec.files, job)):
             raise docker.errors.DockerException("could not place the job's files")
 
+    def _attach(self) -> None:
+        """Open the output stream of the created container. Attached after start, a job
+        that exits first can leave the stream empty (seen: a print lost in CI)."""
+        # A hijacked attach connection must never go back to the shared pool: give the
+        # stream a client of its own and close it when the job ends.
+        self._api = docker.APIClient(**self.ex.client_kwargs, timeout=None)
+        self._output = self._api.attach(self.container.id, stdout=True, stderr=True,
+                                        stream=True, logs=True, demux=True)
+
     def _stream(self) -> None:
         """Copy output into the captures; kill the job when it floods."""
         cap = self.spec.limits.output_bytes
-        # A hijacked attach connection must never go back to the shared pool: give the
-        # stream a client of its own and close it when the job ends.
-        api = docker.APIClient(**self.ex.client_kwargs, timeout=None)
         try:
-            stream = api.attach(self.container.id, stdout=True, stderr=True,
-                                stream=True, logs=True, demux=True)
             flooded = False
-            for out, err in stream:
+            for out, err in self._output:
                 if flooded:
                     continue  # keep draining: a blocked stream keeps the container alive
                 for name, chunk, capture in (("stdout", out, self.stdout),
@@ -254,7 +263,7 @@ class _Job:
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
             return  # the container went away; _wait reports what happened
         finally:
-            api.close()
+            self._api.close()
 
     def _kill(self, reason: Status, detail: str) -> None:
         if self.kill.set(reason, detail):
