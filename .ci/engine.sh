@@ -18,10 +18,13 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 # gVisor needs --network=none here: runsc refuses to start in the root netns otherwise.
-want='{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}}'
+# --oci-seccomp makes gVisor enforce the container's seccomp profile on the job's system
+# calls (controller/sandbox/seccomp.py); without it runsc ignores the profile, and the
+# executor refuses to run jobs under it.
+want='{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--oci-seccomp"]}}}'
 mkdir -p /etc/docker
 config_changed=0
-if [ ! -f /etc/docker/daemon.json ] || ! grep -q '"runsc"' /etc/docker/daemon.json; then
+if [ ! -f /etc/docker/daemon.json ] || ! grep -q '"--oci-seccomp"' /etc/docker/daemon.json; then
   printf '%s\n' "$want" > /etc/docker/daemon.json
   config_changed=1
 fi

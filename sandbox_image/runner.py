@@ -12,17 +12,24 @@ Layout (the container config is controller/sandbox/hardening.py):
   ENOSPC wherever the job hides it (no walk to fool). Its pages count against the
   container's memory limit, so disk_bytes is carved out of memory_bytes when used.
 
-The runner runs as root with only SETUID, SETGID, SETPCAP, KILL, CHOWN and
-DAC_READ_SEARCH, under no-new-privileges. The job runs as uid 10001 with no
-capabilities and an empty bounding set: a process of another uid without CAP_KILL or
-CAP_SYS_PTRACE can neither signal nor trace the runner, under runc or gVisor. When the
-job's main process ends, the runner SIGKILLs every other process (kill(-1)) and reaps
-until none is left, then measures their CPU (getrusage(RUSAGE_CHILDREN)), reads the
-metrics, copies the returned files and writes the result. Everything the job wrote is
-read with O_NOFOLLOW and size caps; the controller still treats the result as
-untrusted and classifies timeouts, OOM and floods itself.
+The runner starts as root with only SETUID, SETGID, SETPCAP, KILL and CHOWN, under
+no-new-privileges and the sandbox's seccomp profile (controller/sandbox/seccomp.py). It
+lays out /job (CHOWN), starts the job as uid 10001 with no capabilities and an empty
+bounding set (SETPCAP, SETUID, SETGID), and then keeps only KILL and SETUID: KILL to end
+every process of the job, SETUID to read what the job wrote as the job's own uid (the
+runner has no DAC_READ_SEARCH or DAC_OVERRIDE: it reads only what the job's uid could).
+A process of another uid without CAP_KILL or CAP_SYS_PTRACE can neither signal nor trace
+the runner, under runc or gVisor. When the job's main process ends, the runner SIGKILLs
+every other process (kill(-1)) and reaps until none is left, then measures their CPU
+(getrusage(RUSAGE_CHILDREN)), reads the metrics, copies the returned files and writes
+the result. Everything the job wrote is read with O_NOFOLLOW and size caps; the
+controller still treats the result as untrusted and classifies timeouts, OOM and floods
+itself.
 
-Standard library only, so it runs in any image with Python 3.
+It is started as `/opt/venv/bin/python3 -I -S runner.py` (controller/sandbox/
+hardening.py): no site processing, no environment, no script directory on sys.path.
+Standard library only, so it runs in any image with Python 3, and it imports nothing a
+job or a task could shadow.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 RUNNER_DIR = "/bilevel"
@@ -58,9 +66,28 @@ MAX_JSON_BYTES = 1 << 20
 MAX_EXCEPTION_ENTRIES = 1000
 MAX_RETURNED_ENTRIES = 10_000
 MAX_RETURNED_DEPTH = 32
+CAP_KILL, CAP_SETUID = 5, 7
+KEPT_CAPS = (CAP_KILL, CAP_SETUID)  # what the runner holds once the job has started
+PR_CAPBSET_DROP = 24
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 DISK_POLL_SECONDS = 0.5
 DISK_FULL_SLACK = 256 << 10  # free bytes below which the job has hit disk_bytes
 _NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def _as_job_user(enabled: bool = True) -> Iterator[None]:
+    """File access as the job's uid (the effective uid; real and saved stay root, so
+    the runner returns to root after): the runner reads only what the job could read,
+    and needs no capability that overrides file permissions."""
+    if not enabled:
+        yield
+        return
+    os.seteuid(JOB_UID)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
 
 
 def _read_json_at(dir_fd: int | None, name: str) -> Any:
@@ -262,11 +289,12 @@ def _kill_group_only(pgid: int) -> None:
             pass
 
 
-def _copy_returned(budget: int) -> str:
+def _copy_returned(budget: int, as_job: bool) -> str:
     """Copy /job/out to the runner's volume (get_archive cannot see a tmpfs): regular
     files up to `budget` bytes (one byte past it marks the overrun for the controller),
     directories, and symlinks as links (never followed; the controller refuses them by
-    name). The job is dead, so nothing moves under this walk. Returns what was skipped."""
+    name). /job/out is read as the job's uid, the copy is written as root. The job is
+    dead, so nothing moves under this walk. Returns what was skipped."""
     skipped: list[str] = []
     used, entries = 0, 0
     stack: list[tuple[str, int]] = [("", 0)]
@@ -274,20 +302,20 @@ def _copy_returned(budget: int) -> str:
     while stack:
         rel, depth = stack.pop()
         try:
-            with os.scandir(os.path.join(OUT_DIR, rel)) as scan:
-                children = sorted(scan, key=lambda e: e.name)
+            with _as_job_user(as_job), os.scandir(os.path.join(OUT_DIR, rel)) as scan:
+                children = sorted(((e.name, e.path, e.stat(follow_symlinks=False).st_mode)
+                                   for e in scan), key=lambda c: c[0])
         except OSError as exc:
             skipped.append(f"{rel or '.'} ({exc.strerror})")
             continue
-        for entry in children:
+        for entry_name, path, mode in children:
             entries += 1
             if entries > MAX_RETURNED_ENTRIES:
                 return f"/job/out has more than {MAX_RETURNED_ENTRIES} entries; the rest " \
                        "was not returned"
-            path, name = entry.path, os.path.join(rel, entry.name)
+            name = os.path.join(rel, entry_name)
             target = os.path.join(RETURNED_DIR, name)
             try:
-                mode = entry.stat(follow_symlinks=False).st_mode
                 if stat.S_ISDIR(mode):
                     if depth + 1 >= MAX_RETURNED_DEPTH:
                         skipped.append(f"{name} (deeper than {MAX_RETURNED_DEPTH})")
@@ -295,9 +323,11 @@ def _copy_returned(budget: int) -> str:
                     os.mkdir(target)
                     stack.append((name, depth + 1))
                 elif stat.S_ISLNK(mode):
-                    os.symlink(os.readlink(path), target)
+                    with _as_job_user(as_job):
+                        link = os.readlink(path)
+                    os.symlink(link, target)
                 elif stat.S_ISREG(mode):
-                    used += _copy_capped(path, target, budget - used + 1)
+                    used += _copy_capped(path, target, budget - used + 1, as_job)
                     if used > budget:
                         return ""
                 else:
@@ -307,8 +337,9 @@ def _copy_returned(budget: int) -> str:
     return "not returned: " + ", ".join(skipped[:20]) if skipped else ""
 
 
-def _copy_capped(src: str, dst: str, limit: int) -> int:
-    fd = os.open(src, _NOFOLLOW)
+def _copy_capped(src: str, dst: str, limit: int, as_job: bool) -> int:
+    with _as_job_user(as_job):
+        fd = os.open(src, _NOFOLLOW)
     try:
         with open(dst, "wb") as out:
             copied = 0
@@ -321,6 +352,34 @@ def _copy_capped(src: str, dst: str, limit: int) -> int:
             return copied
     finally:
         os.close(fd)
+
+
+def _keep_only_runner_caps() -> None:
+    """Once the job has started, the runner needs only KILL and SETUID: empty the
+    bounding set of the rest (needs SETPCAP, so first), then set permitted = effective
+    = KEPT_CAPS and inheritable = none. Whatever runs in this process afterwards holds
+    nothing more."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        if cap in KEPT_CAPS:
+            continue
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == errno.EINVAL:  # past the last capability
+                break
+            raise OSError(ctypes.get_errno(), "cannot drop capability bounding set")
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    mask = sum(1 << cap for cap in KEPT_CAPS)
+    data = (Data * 2)()
+    data[0].effective = data[0].permitted = mask
+    if libc.capset(ctypes.byref(Header(LINUX_CAPABILITY_VERSION_3, 0)), data) != 0:
+        raise OSError(ctypes.get_errno(), "cannot drop the runner's capabilities")
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +399,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError) as exc:
         return {"status": "error", "exit_code": 127, "signal": None,
                 "detail": f"cannot start command {job['command'][0]!r}: {exc}"}
+    if not legacy:
+        _keep_only_runner_caps()
 
     # Forward a polite stop to the job; the controller follows up with SIGKILL.
     signal.signal(signal.SIGTERM, lambda *_: _kill(-child.pid if legacy else -1, signal.SIGTERM))
@@ -366,8 +427,9 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     detail = ""
     if disk_full:
         status, detail = "output_limit", f"the job filled its disk (disk_bytes={disk_bytes})"
-    exception, metrics = _job_reports(child.pid)
-    skipped = _copy_returned(int(job.get("returned_file_bytes", 0)))
+    with _as_job_user(not legacy):
+        exception, metrics = _job_reports(child.pid)
+    skipped = _copy_returned(int(job.get("returned_file_bytes", 0)), not legacy)
     return {
         "status": status,
         "exit_code": 128 + sig if sig else code,

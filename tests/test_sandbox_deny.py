@@ -64,6 +64,25 @@ def test_deny_fork_bomb(executor: SandboxExecutor, runtime: str) -> None:
     assert_healthy(executor, runtime)
 
 
+# A bomb whose every process forks forever: held at its process limit until the wall.
+ENDLESS_FORK_BOMB = """
+    import os
+    while True:
+        try:
+            os.fork()
+        except OSError:
+            pass
+"""
+
+
+def test_deny_endless_fork_bomb_is_a_timeout(executor: SandboxExecutor, runtime: str) -> None:
+    """Under gVisor the sentry needs host tasks of its own while the bomb churns; it
+    used to run out of them (exit 2) and the bomb came back as a sandbox failure."""
+    result = run_py(executor, ENDLESS_FORK_BOMB, runtime, pids=64, wall_seconds=10)
+    assert result.status is Status.TIMEOUT, result
+    assert_healthy(executor, runtime)
+
+
 def test_deny_memory_bomb(executor: SandboxExecutor, runtime: str) -> None:
     result = run_py(executor, """
         hog = []

@@ -135,3 +135,13 @@ def test_runner_stopped_and_killed_by_the_job_in_the_old_layout(
     """, "runsc")
     assert "runner state T" in result.stdout, result
     assert result.status is Status.SANDBOX_ERROR, result
+
+
+def test_endless_fork_bomb_kills_gvisor_at_the_old_host_task_ceiling(
+        executor: SandboxExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_sandbox_deny import ENDLESS_FORK_BOMB
+
+    monkeypatch.setattr(hardening, "host_pids_limit",
+                        lambda spec: spec.limits.pids * 8 + 256)
+    result = run_source(executor, ENDLESS_FORK_BOMB, "runsc", pids=64)
+    assert result.status is Status.SANDBOX_ERROR, result

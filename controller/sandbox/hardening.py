@@ -8,16 +8,24 @@ from typing import Any
 
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
+from controller.sandbox.seccomp import security_opt
 from controller.sandbox.spec import JOB_ROOT, RUNNER_DIR, JobSpec
 
 SANDBOX_UID = 10001
-RUNNER_COMMAND = ["python3", "/opt/bilevel/runner.py"]
-# The runner (PID 1) is root with only these; it starts the job as SANDBOX_UID with no
-# capabilities and an empty bounding set (sandbox_image/runner.py). Another uid without
-# CAP_KILL or CAP_SYS_PTRACE cannot signal or trace the runner, under runc or gVisor.
+# The runner is PID 1 and root: its interpreter is the image's own, by absolute path,
+# isolated (-I: no PYTHON* variables, no user site, no script directory on sys.path) and
+# without site processing (-S: no .pth file or sitecustomize runs), so nothing a task, a
+# job or a package can place on a path is executed or imported by it.
+RUNNER_COMMAND = ["/opt/venv/bin/python3", "-I", "-S", "/opt/bilevel/runner.py"]
+# The runner starts with only these; it starts the job as SANDBOX_UID with no
+# capabilities and an empty bounding set (sandbox_image/runner.py), then keeps only
+# KILL and SETUID for itself (to kill every process of the job and to read what the
+# job wrote as the job's uid). No DAC_READ_SEARCH, ever: with it, `open_by_handle_at`
+# walks the host's filesystem (the "shocker" escape). Another uid without CAP_KILL or
+# CAP_SYS_PTRACE cannot signal or trace the runner, under runc or gVisor.
 # The job's volume is the runner's: job.json, the job's files, the result.
 VOLUME_TARGET = RUNNER_DIR
-RUNNER_CAPS = ["CHOWN", "DAC_READ_SEARCH", "KILL", "SETGID", "SETPCAP", "SETUID"]
+RUNNER_CAPS = ["CHOWN", "KILL", "SETGID", "SETPCAP", "SETUID"]
 # Bound what the json-file log driver keeps on the host; the executor reads the live
 # stream and kills a job at its own output cap long before this.
 LOG_MAX_BYTES = "16m"
@@ -30,13 +38,22 @@ def gpu_device_requests(gpu_ids: tuple[str, ...]) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=list(gpu_ids), capabilities=[["gpu"]])]
 
 
+# Host tasks gVisor's sentry may hold for one sandbox, beyond 16 per job process. Its
+# ptrace platform keeps stub processes and threads for the sandbox's tasks and makes more
+# while a job churns against its process limit: a fork bomb held at pids=64 peaked at
+# 4.2-5.4 thousand host tasks, at pids=256 at 6.5 thousand (5 runs). At the old ceiling
+# of 8 x pids + 256 the sentry died (exit 2) and the bomb came back as a sandbox failure.
+RUNSC_HOST_TASKS = 8192
+
+
 def host_pids_limit(spec: JobSpec) -> int:
     """Under runc the job's processes are host tasks, so the cgroup limit is the job's.
-    gVisor's sentry needs host threads of its own for every task it runs (and dies when
+    gVisor's sentry needs host tasks of its own for the tasks it runs (and dies when
     the cgroup refuses one), so there the job's limit is enforced inside the sandbox as
-    RLIMIT_NPROC by the runner, and the host cgroup gets headroom for the sentry."""
+    RLIMIT_NPROC by the runner, and the host cgroup only bounds the sentry, with room
+    for what it was measured to need (RUNSC_HOST_TASKS)."""
     if spec.runtime == "runsc":
-        return spec.limits.pids * 8 + 256
+        return spec.limits.pids * 16 + RUNSC_HOST_TASKS
     return spec.limits.pids
 
 
@@ -88,7 +105,7 @@ def container_kwargs(spec: JobSpec, *, image: str, name: str, volume: str,
         "network_disabled": True,
         "cap_drop": ["ALL"],
         "cap_add": list(RUNNER_CAPS),
-        "security_opt": ["no-new-privileges:true"],
+        "security_opt": security_opt(spec.runtime),
         "read_only": True,
         "privileged": False,
         "ipc_mode": "private",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,14 +100,24 @@ class DataMount:
         _check_abs_target(f"{where}.target", self.target)
 
 
+# Data mounts go under /data and nowhere else: an allow-list, because every other
+# place in the image (the venv, the interpreter's site dirs, /usr, /etc, /bin, /run, ...)
+# is code or configuration that the runner, the trusted scorer or the job's Python reads.
+DATA_ROOT = "/data"
+_MOUNT_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_MOUNT_DEPTH = 8
+
+
 def _check_abs_target(name: str, target: str) -> None:
-    norm = posixpath.normpath(target)
-    if not target.startswith("/") or norm != target.rstrip("/") or norm in ("/", JOB_ROOT):
-        raise SpecError(name, f"must be a normalized absolute path, got {target!r}")
-    for reserved in (JOB_ROOT, RUNNER_DIR, "/tmp", "/proc", "/sys", "/dev", "/opt/bilevel",
-                     "/usr", "/etc"):
-        if norm == reserved or norm.startswith(reserved + "/"):
-            raise SpecError(name, f"{target!r} is inside reserved path {reserved}")
+    """A data mount's target: /data/<name>[/<name>...], each name of letters, digits,
+    '.', '_' or '-' not starting with a dot, at most MAX_MOUNT_DEPTH deep."""
+    parts = target.split("/")
+    ok = (len(parts) >= 3 and parts[0] == "" and "/" + parts[1] == DATA_ROOT
+          and len(parts) - 2 <= MAX_MOUNT_DEPTH
+          and all(_MOUNT_COMPONENT.fullmatch(p) for p in parts[2:]))
+    if not ok:
+        raise SpecError(name, f"must be a path under {DATA_ROOT}/ such as /data/train "
+                              f"(names of letters, digits, '.', '_', '-'), got {target!r}")
 
 
 def check_relative_path(name: str, path: str) -> str:

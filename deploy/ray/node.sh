@@ -48,6 +48,9 @@ fi
 if [ "$slots" -gt 0 ]; then
   docker info --format '{{json .Runtimes}}' | grep -q runsc || {
     echo "runsc is not registered with Docker on this host (README#gvisor)" >&2; exit 1; }
+  docker info --format '{{json .Runtimes}}' | grep -q -- '--oci-seccomp' || {
+    echo "runsc is registered without --oci-seccomp: gVisor would ignore the sandbox's" \
+         "seccomp profile (README#gvisor)" >&2; exit 1; }
   tag=$("$PY" -c 'import docker
 from controller.sandbox.image import ImageRecipe, image_tag
 print(image_tag(docker.from_env(), ImageRecipe(), build_base=False)[0])' 2>/dev/null || true)
