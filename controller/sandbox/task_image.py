@@ -1,24 +1,28 @@
 """Task images: a task's `requirements` installed on top of the sandbox image.
 
 The wheels are downloaded on the host (`pip download`, binary wheels only, so no package
-code runs there), copied into the build context and installed with `pip install
---no-index`: the build itself has no network. The tag is a hash of the base image's id,
-the requirements and every wheel's sha256, so an image is reused exactly while its inputs
-are unchanged. Every package the sandbox image already has is pinned to its version
-there (a constraints file from the base's `pip freeze`), and the build fails if an
-install changed any file of the base's venv or trusted code, or added an interpreter
-start-up hook (.pth, sitecustomize): the runner and the trusted scorer run that Python.
+code runs there) and checked there before anything is built: every member of every
+wheel must land where controller/sandbox/install_rules.py allows
+(controller/sandbox/wheel_check.py). They are installed by the base's own pip with
+`--no-index`, in a container of the base image without network; the engine's diff of
+that stopped container against the base must again hold only allowed paths
+(controller/sandbox/install_check.py) before it is committed as the task image. No
+Python of the new image runs in either check. The tag is a hash of the base image's id,
+the requirements, every wheel's sha256 and the checks' own code, so an image is reused
+exactly while its inputs are unchanged. Every package the sandbox image already has is
+pinned to its version there (a constraints file from the base's `pip freeze`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
@@ -27,87 +31,42 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 import structlog
+from docker.models.containers import Container
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from controller.sandbox.image import CACHE_DIR, ImageBuildError
+from controller.sandbox.install_check import MAX_SHOWN, install_problems
+from controller.sandbox.install_rules import PROBE_SCRIPT, BaseLayout
+from controller.sandbox.wheel_check import check_wheelhouse
 
 log = structlog.get_logger(__name__)
 _BUILDING = threading.Lock()  # one task-image build at a time in this process
-_FREEZES: dict[str, list[str]] = {}  # base image id -> its `pip freeze`
+# base image id -> its `pip freeze` and its layout (both from the trusted base itself)
+_BASES: dict[str, tuple[list[str], BaseLayout]] = {}
 
 TASK_IMAGE_REPO = "bilevel-task"
 MAX_REQUIREMENTS = 64
 MAX_REQUIREMENT_CHARS = 200
 MAX_WHEELHOUSE_BYTES = 2 << 30  # what one task may add to the sandbox image
 LABEL = "dev.bilevel.task-image"  # value: the base image it was built on
-
-# Runs in the build, before and after the install: records (size, mtime, mode) of every
-# file of the base's venv and trusted code, then refuses any change to them and any new
-# interpreter start-up hook on sys.path. pip writes every file it installs anew (it sets
-# no times), so a file an install overwrote or replaced has a new mtime.
-_CHECK_SCRIPT = r'''
-import json, os, sys, sysconfig
-ROOTS = ("/opt/venv", "/opt/bilevel")
-RECORD = "/tmp/task-wheelhouse-base.json"
-def files():
-    out = {}
-    for root in ROOTS:
-        for d, _, names in os.walk(root):
-            for n in names:
-                p = os.path.join(d, n)
-                if "__pycache__" not in p:
-                    st = os.lstat(p)
-                    out[p] = [st.st_size, st.st_mtime_ns, st.st_mode]
-    return out
-def hooks():
-    dirs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | set(sys.path)
-    found = set()
-    for d in dirs:
-        if os.path.isdir(d):
-            for n in os.listdir(d):
-                if n.endswith(".pth") or n.split(".")[0] in ("sitecustomize", "usercustomize"):
-                    found.add(os.path.join(d, n))
-    return sorted(found)
-if sys.argv[1] == "before":
-    with open(RECORD, "w") as f:
-        json.dump({"files": files(), "hooks": hooks()}, f)
-else:
-    with open(RECORD) as f:
-        base = json.load(f)
-    now = files()
-    changed = sorted(p for p, h in base["files"].items() if now.get(p) != h)
-    new_hooks = sorted(set(hooks()) - set(base["hooks"]))
-    if changed or new_hooks:
-        print("task requirements may not change the sandbox image: changed "
-              f"{changed[:10]}, new start-up hooks {new_hooks[:10]}", file=sys.stderr)
-        sys.exit(1)
-    os.unlink(RECORD)
-'''
-
-_DOCKERFILE = """\
-ARG BASE
-FROM ${BASE}
-COPY check_base.py /tmp/check_base.py
-COPY wheelhouse /tmp/task-wheelhouse
-RUN /opt/venv/bin/python /tmp/check_base.py before \\
- && /opt/venv/bin/pip install --no-cache-dir --no-index --no-compile \\
-        --find-links /tmp/task-wheelhouse -c /tmp/task-wheelhouse/constraints.txt \\
-        -r /tmp/task-wheelhouse/requirements.txt \\
- && /opt/venv/bin/python /tmp/check_base.py after \\
- && rm -rf /tmp/task-wheelhouse /tmp/check_base.py
-"""
-# Test-only switch (the sensitivity twin in tests/test_task_image.py): False builds
-# without the base check, as a plain `pip install` would. Never set from configuration.
-_CHECK_BASE = True
-
-
-def _dockerfile() -> str:
-    if _CHECK_BASE:
-        return _DOCKERFILE
-    return _DOCKERFILE.replace("/opt/venv/bin/python /tmp/check_base.py before", "true") \
-        .replace("/opt/venv/bin/python /tmp/check_base.py after", "true")
+INSTALL_NAME = "bilevel-task-install"  # the install container: <this>-<tag's hash>-<random>
+INSTALL_SECONDS = 1800
+INSTALL_DIR = "/tmp/task-wheelhouse"
+# Run by the base's own Python and pip (-I: no PYTHON* variables, no user site;
+# --isolated: no PIP_* variables or user configuration), wheels only, no byte-compiling;
+# the wheels leave with the install, so the diff holds only what pip installed.
+INSTALL_SCRIPT = (
+    f"python3 -I -B -m pip install --isolated --disable-pip-version-check --no-cache-dir "
+    f"--no-index --no-compile --only-binary=:all: --find-links {INSTALL_DIR} "
+    f"-c {INSTALL_DIR}/constraints.txt -r {INSTALL_DIR}/requirements.txt "
+    f"&& rm -rf {INSTALL_DIR}")
+# What a commit must keep of the base's configuration (the label is added).
+_CONFIG_KEYS = ("Cmd", "Entrypoint", "Env", "User", "WorkingDir", "Volumes",
+                "ExposedPorts", "StopSignal", "Shell", "OnBuild", "Healthcheck")
+_CHECK_SOURCES = ("install_rules.py", "wheel_check.py", "install_check.py", "task_image.py")
 
 
 @dataclass(frozen=True)
@@ -164,6 +123,18 @@ def base_freeze(client: docker.DockerClient, base: str) -> list[str]:
     return [line.strip() for line in lines if re.fullmatch(r"[A-Za-z0-9._-]+==\S+", line.strip())]
 
 
+def base_layout(client: docker.DockerClient, base: str) -> BaseLayout:
+    """Where the base installs, imports from and finds commands (a hardened one-off run
+    of its own Python)."""
+    try:
+        raw = client.containers.run(base, ["python3", "-c", PROBE_SCRIPT],
+                                    network_disabled=True, remove=True, user="10001",
+                                    cap_drop=["ALL"], read_only=True, stderr=False)
+        return BaseLayout.from_probe(raw)
+    except (docker.errors.DockerException, ValueError, KeyError) as exc:
+        raise ImageBuildError(f"cannot read the layout of {base}: {exc}") from exc
+
+
 def _wheel_project(name: str) -> str:
     return canonicalize_name(name.split("-", 1)[0])
 
@@ -214,26 +185,91 @@ def wheel_hashes(wheelhouse: Path) -> list[tuple[str, str]]:
             for w in sorted(wheelhouse.glob("*.whl"))]
 
 
+@functools.cache
+def _check_sources() -> bytes:
+    here = Path(__file__).parent
+    return b"\0".join((here / name).read_bytes() for name in _CHECK_SOURCES)
+
+
 def task_image_tag(base_id: str, requirements: Sequence[str],
                    hashes: Sequence[tuple[str, str]]) -> str:
     digest = hashlib.sha256()
-    digest.update(_dockerfile().encode() + _CHECK_SCRIPT.encode() + base_id.encode() + b"\0")
+    digest.update(_check_sources() + INSTALL_SCRIPT.encode() + base_id.encode() + b"\0")
     digest.update("\n".join(requirements).encode() + b"\0")
     for name, sha in hashes:
         digest.update(f"{name}\0{sha}\0".encode())
     return f"{TASK_IMAGE_REPO}:{digest.hexdigest()[:16]}"
 
 
-def _context(wheelhouse: Path) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in (("Dockerfile", _dockerfile()), ("check_base.py", _CHECK_SCRIPT)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data.encode())
-            tar.addfile(info, io.BytesIO(data.encode()))
-        tar.add(wheelhouse, arcname="wheelhouse")
-    buffer.seek(0)
-    return buffer
+def install_name(tag: str) -> str:
+    """A name for the install container of `tag` (a name, not a label: a commit would
+    copy a label into the image and every job's container)."""
+    return f"{INSTALL_NAME}-{tag.rpartition(':')[2]}-{uuid.uuid4().hex[:8]}"
+
+
+def install_container(client: docker.DockerClient, base: str, wheelhouse: Path,
+                      tag: str) -> Container:
+    """A stopped container of `base` in which pip installed the wheelhouse (no network,
+    no capabilities). The caller removes it."""
+    container = client.containers.create(
+        base, command=["/bin/sh", "-c", INSTALL_SCRIPT], user="0:0",
+        network_disabled=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+        pids_limit=512, mem_limit="4g", name=install_name(tag))
+    try:
+        with tempfile.TemporaryFile(dir=wheelhouse.parent) as archive:
+            with tarfile.open(fileobj=archive, mode="w") as tar:
+                tar.add(wheelhouse, arcname=Path(INSTALL_DIR).name)
+            archive.seek(0)
+            container.put_archive(str(Path(INSTALL_DIR).parent), archive)
+        container.start()
+        code = container.wait(timeout=INSTALL_SECONDS)["StatusCode"]
+        if code != 0:
+            tail = container.logs(tail=40).decode("utf-8", "replace")[-3000:]
+            raise ImageBuildError(f"pip install of the task's wheels for {tag} failed "
+                                  f"(exit {code}):\n{tail}")
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        container.remove(force=True)
+        raise ImageBuildError(f"the install of {tag} failed: {exc}") from exc
+    except BaseException:
+        container.remove(force=True)
+        raise
+    return container
+
+
+def commit_task_image(client: docker.DockerClient, container: Container, base: str,
+                      tag: str) -> None:
+    """Record the install container as `tag`: the base's layers and configuration plus
+    one layer (what the container wrote) and the task-image label."""
+    base_image = client.images.get(base)
+    config = dict(base_image.attrs["Config"])
+    config["Labels"] = {**(config.get("Labels") or {}), LABEL: base}
+    repository, _, name = tag.partition(":")
+    container.commit(repository=repository, tag=name, conf=config, pause=False)
+    image = client.images.get(tag)
+    layers, base_layers = image.attrs["RootFS"]["Layers"], base_image.attrs["RootFS"]["Layers"]
+    differ = [k for k in _CONFIG_KEYS if image.attrs["Config"].get(k) != config.get(k)]
+    if differ or layers[:-1] != base_layers or len(layers) != len(base_layers) + 1:
+        client.images.remove(tag, force=True)
+        raise ImageBuildError(f"the commit of {tag} does not keep {base}'s configuration "
+                              f"({differ}) and layers")
+
+
+def build_task_image(client: docker.DockerClient, base: str, wheelhouse: Path,
+                     tag: str, layout: BaseLayout) -> None:
+    """Install the (statically checked) wheelhouse on `base` and commit it as `tag`,
+    unless what the install wrote differs from the base in any way the rules forbid."""
+    container = install_container(client, base, wheelhouse, tag)
+    try:
+        problems = install_problems(client, container, base, layout)
+        if problems:
+            raise ImageBuildError(
+                f"task image {tag} refused, its install changes the sandbox image: "
+                + "; ".join(problems[:MAX_SHOWN])
+                + (f"; and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN
+                   else ""))
+        commit_task_image(client, container, base, tag)
+    finally:
+        container.remove(force=True)
 
 
 def ensure_task_image(client: docker.DockerClient, base: str,
@@ -251,15 +287,17 @@ def ensure_task_image(client: docker.DockerClient, base: str,
         raise ImageBuildError(f"base image {base} is not built: run `bilevel image "
                               "build`") from exc
     with _BUILDING:  # two runs of one task starting together build it once
-        if base_id not in _FREEZES:
-            _FREEZES[base_id] = base_freeze(client, base)
-        return _ensure(client, base, base_id, requirements, _FREEZES[base_id], source, force)
+        if base_id not in _BASES:
+            _BASES[base_id] = (base_freeze(client, base), base_layout(client, base))
+        constraints, layout = _BASES[base_id]
+        return _ensure(client, base, base_id, requirements, constraints, layout, source,
+                       force)
 
 
 def _ensure(client: docker.DockerClient, base: str, base_id: str,
-            requirements: tuple[str, ...], constraints: list[str], source: WheelSource,
-            force: bool) -> str:
-    """ensure_task_image once the base and its packages are known."""
+            requirements: tuple[str, ...], constraints: list[str], layout: BaseLayout,
+            source: WheelSource, force: bool) -> str:
+    """ensure_task_image once the base, its packages and its layout are known."""
     # The wheel source is not part of the key: the wheels one source chose on this host
     # (say `bilevel image build --task` with --find-links) are what a later run here
     # uses, without asking an index again. --force downloads them anew.
@@ -276,12 +314,7 @@ def _ensure(client: docker.DockerClient, base: str, base_id: str,
             return tag
         except docker.errors.ImageNotFound:
             pass
+    check_wheelhouse(wheelhouse, layout)
     log.info("building task image", tag=tag, base=base, requirements=list(requirements))
-    try:
-        client.images.build(fileobj=_context(wheelhouse), custom_context=True, tag=tag,
-                            rm=True, forcerm=True, buildargs={"BASE": base},
-                            network_mode="none", labels={LABEL: base})
-    except docker.errors.BuildError as exc:
-        tail = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)[-3000:]
-        raise ImageBuildError(f"docker build of {tag} failed: {exc.msg}\n{tail}") from exc
+    build_task_image(client, base, wheelhouse, tag, layout)
     return tag
