@@ -3,7 +3,8 @@
 The training budget is bounded outside the candidate's process (trainer/run.py,
 TrainBound): the sandbox measures phase 1's wall and CPU time, and a phase over budget +
 allowance ends as `over_budget`, is not evaluated, and never kept. The attack edits
-really train longer (the sensitivity twin shows it with the bound switched off).
+really train longer (the sensitivity twin shows it with a bound that is too wide to
+bite). The measured allowance of issue 19 is tested in tests/test_trainer_allowance.py.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from controller.store.records import EventKind, TrialStatus
 from tests.conftest import RUNTIMES
 from tests.test_loop_harness import SyntheticTask, make_loop, run_settings
 from tests.test_trainer_data import tiny_data  # noqa: F401  (session fixture)
-from trainer import run as trainer_run
 from trainer.data import PreparedData
 from trainer.knobs import write_knobs
 from trainer.presets import PRESETS
@@ -63,12 +63,30 @@ def test_the_bound_is_budget_plus_allowance_and_cpu_scales_with_the_cpus() -> No
     assert BOUND.cpu_seconds == BOUND.wall_seconds * SHORT.train_limits.cpus
     real = TrainBound.of(PRESET)
     assert real.wall_seconds == PRESET.budget_seconds + PRESET.train_allowance_seconds
+    assert "fixed" in real.allowance_source
+    measured = TrainBound.of(PRESET, 15.0, 9.5, "measured")
+    assert measured.wall_seconds == 24.5 and measured.allowance_source == "measured"
     assert BOUND.violation(_result(Status.OK, BOUND.wall_seconds - 1, 1.0)) == ""
     assert "wall time" in BOUND.violation(_result(Status.OK, BOUND.wall_seconds + 1, 1.0))
     assert "wall time" in BOUND.violation(_result(Status.TIMEOUT, BOUND.wall_seconds + 1, None))
+    assert "wall time" in BOUND.violation(_result(Status.TIMEOUT, BOUND.wall_seconds, None))
     assert "CPU time" in BOUND.violation(_result(Status.OK, 1.0, BOUND.cpu_seconds + 1))
     assert "cannot be verified" in BOUND.violation(_result(Status.OK, 1.0, None))
     assert BOUND.violation(_result(Status.ERROR, 1.0, None)) == ""  # an ordinary crash
+
+
+def test_reported_training_may_pass_the_budget_by_a_quarter_and_two_steps_only() -> None:
+    def reported(seconds: float, steps: int) -> JobResult:
+        return replace(_result(Status.OK, 5.0, 5.0), metrics={
+            "training_seconds": seconds, "num_steps": steps})
+
+    assert BOUND.violation(reported(2.9, 10)) == ""  # 2.5 + 2 x 0.29
+    assert "reports 3.2 s of training" in BOUND.violation(reported(3.2, 10))
+    assert BOUND.violation(reported(4.0, 2)) == ""  # two steps of 2 s: the last overshot
+    assert BOUND.violation(replace(_result(Status.OK, 5.0, 5.0), metrics={})) == ""
+    assert BOUND.reported_limit({"training_seconds": 100.0, "num_steps": 1000}) == (
+        100.0, 1.25 * BUDGET + 0.2)
+    assert replace(BOUND, check_reported=False).violation(reported(3.2, 10)) == ""
 
 
 @pytest.mark.docker
@@ -89,11 +107,11 @@ def test_deny_buying_training_time_by_rebinding_the_clock_budget(
 @pytest.mark.docker
 @pytest.mark.slow
 def test_buying_training_time_works_without_the_outside_bound(
-        executor: SandboxExecutor, tiny_data: PreparedData,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sensitivity twin: with the bound off the same edit trains 15x its budget, ok."""
-    monkeypatch.setattr(trainer_run, "_ENFORCE_TRAIN_BOUND", False)
-    outcome = run_in_sandbox(executor, BUY_TIME, SHORT, tiny_data, budget_seconds=BUDGET)
+        executor: SandboxExecutor, tiny_data: PreparedData) -> None:  # noqa: F811
+    """Sensitivity twin: under a bound too wide to bite (and no check of the reported
+    seconds) the same edit trains 15x its budget, ok."""
+    wide = replace(BOUND, wall_seconds=1e6, cpu_seconds=1e6, check_reported=False)
+    outcome = run_in_sandbox(executor, BUY_TIME, SHORT, tiny_data, bound=wide)
     assert outcome.ok and outcome.status == "", outcome.error
     assert outcome.metrics["training_seconds"] >= 15 * BUDGET
     assert outcome.train.timings.run_s > BOUND.wall_seconds + 15

@@ -21,7 +21,9 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS))
     parser.add_argument("--train-py", type=Path, default=None,
                         help="candidate train.py (default: the preset applied to trainer/train.py)")
-    parser.add_argument("--runtime", default="runc", choices=("runc", "runsc"))
+    parser.add_argument("--runtime", default="auto", choices=("auto", "runc", "runsc"),
+                        help="gVisor (runsc) or runc; auto (default): runsc where the "
+                             "engine has it registered, else runc with a warning")
     parser.add_argument("--data", default=None,
                         help="text source: 'shakespeare', a folder of .txt, or parquet shards")
     parser.add_argument("--gpu", action="append", default=[], metavar="ID",
@@ -58,10 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         ensure_image(docker.from_env())  # builds once per checkout; reused afterwards
         # --gpu makes one GPU slot of those ids: the executor hands GPUs out, jobs never
         # name their own (issue 11, finding 11).
-        executor = SandboxExecutor(ExecutorConfig(gpu_slots=(tuple(args.gpu),))
-                                   if args.gpu else None)
+        executor = SandboxExecutor(ExecutorConfig(
+            runtime=args.runtime, gpu_slots=(tuple(args.gpu),) if args.gpu else ()))
         try:
-            outcome = run_in_sandbox(executor, source, preset, data, runtime=args.runtime)
+            outcome = run_in_sandbox(executor, source, preset, data,
+                                     runtime=executor.runtime)
         finally:
             executor.close()
     print(outcome.summary())

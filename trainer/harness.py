@@ -4,8 +4,8 @@ Installed read-only in the sandbox image, so an edit of train.py cannot change h
 work. They run inside the candidate's process, though, so a candidate can still bypass
 them (rebind the clock's budget, ignore the seed): the guarantees are kept outside it.
 The trusted side bounds the training phase's wall and CPU time (trainer/run.py), flags a
-candidate whose re-run on another seed is bit-identical, and val_bpb comes only from the
-separate evaluator.
+candidate whose runs at a fixed step count ($TRIAL_FIXED_STEPS) on two seeds are
+bit-identical, and val_bpb comes only from the separate evaluator.
 """
 
 from __future__ import annotations
@@ -24,12 +24,34 @@ import torch
 
 from trainer import archive, flops
 from trainer.shards import Split, data_dir, load_split
-from trainer.summary import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, SEED_ENV, format_summary
+from trainer.summary import (
+    FIXED_STEPS_ENV,
+    METRICS_ENV,
+    MODEL_FILE,
+    OUT_DIR_ENV,
+    SEED_ENV,
+    format_summary,
+)
 
 PROCESS_START = time.time()
 # The trial's seed, chosen by the controller. Read once at import, before train.py runs
 # any line of its own, so a later change of the environment does not move it.
 _TRIAL_SEED = os.environ.get(SEED_ENV, "")
+# The seed check's step count (0: time-budgeted training), read at import like the seed.
+_FIXED_STEPS = os.environ.get(FIXED_STEPS_ENV, "")
+
+
+def fixed_steps() -> int:
+    """$TRIAL_FIXED_STEPS: the step count of a seed-check run, or 0 for a normal run."""
+    if not _FIXED_STEPS:
+        return 0
+    try:
+        steps = int(_FIXED_STEPS)
+    except ValueError:
+        steps = -1
+    if steps < 1:
+        raise ValueError(f"{FIXED_STEPS_ENV}={_FIXED_STEPS!r} is not a positive step count")
+    return steps
 
 
 def seed(default: int) -> int:
@@ -90,14 +112,18 @@ class TrainingClock:
     (the candidate owns this object). The bound is trainer/run.py's, measured outside.
 
     With `max_steps` > 0 the run also stops after that many steps and the schedule
-    follows steps instead of time, so two runs with one seed are identical.
+    follows steps instead of time. Under $TRIAL_FIXED_STEPS (the controller's seed
+    check) the run stops after exactly that many steps and the budget is not consulted,
+    so two runs of one code on one seed are identical whatever the host's speed (with
+    deterministic kernels, as on CPU).
     """
 
     def __init__(self, budget_seconds: float, warmup_steps: int, device: torch.device,
                  max_steps: int = 0) -> None:
         self.budget_seconds = float(budget_seconds)
         self.warmup_steps = int(warmup_steps)
-        self.max_steps = int(max_steps)
+        self.fixed = fixed_steps() > 0
+        self.max_steps = fixed_steps() or int(max_steps)
         self.device = device
         self.training_seconds = 0.0
         self.steps = 0
@@ -124,7 +150,7 @@ class TrainingClock:
     def done(self) -> bool:
         if self.max_steps > 0 and self.steps >= self.max_steps:
             return True
-        return self.training_seconds >= self.budget_seconds
+        return not self.fixed and self.training_seconds >= self.budget_seconds
 
 
 def check_loss(loss: float, step: int, max_loss: float) -> None:

@@ -2,13 +2,18 @@
 
 Phase 1 runs the candidate with only the train split mounted (read-only) and returns
 the archived model from /job/out. Its time budget is enforced here, outside the
-candidate's process: the executor measures the phase's wall time and the runner its CPU
-time, and a phase over budget + the preset's allowance (TrainBound) ends as
-`over_budget` without an evaluation, whatever the candidate did to its own clock. The
-trial's seed goes in as $TRIAL_SEED (harness.seed). Phase 2 runs the trusted
-`trainer.evaluate` with only the validation split mounted and the archive as its
-single input file. val_bpb is taken from phase 2 alone; phase 1's numbers (time,
-steps, MFU) are reported as the candidate stated them, after type checks.
+candidate's process (TrainBound): the executor measures the phase's wall time and the
+runner its CPU time, the job is killed at the bound, and a phase over budget + allowance
+ends as `over_budget` without an evaluation, whatever the candidate did to its own clock.
+The allowance is measured on the host by the task (trainer/calibration.py). A candidate
+that reports more training than 1.25 budgets and two steps is over budget too. The
+trial's seed goes in as $TRIAL_SEED (harness.seed); a seed-check run also gets
+$TRIAL_FIXED_STEPS. Phase 2 runs the trusted `trainer.evaluate` with only the validation
+split mounted and the archive as its single input file, under a wall limit the caller may
+scale with the archive's size. Both phases hold their cores of the host while they run
+(controller/sandbox/cores.py), so time-budgeted jobs never share cores. val_bpb is taken
+from phase 2 alone; phase 1's numbers (time, steps, MFU) are reported as the candidate
+stated them, after type checks.
 
 `run_direct` does the same with host subprocesses, for benchmarks on machines without
 Docker (a GPU box) and for fast tests. It isolates nothing: never use it for LLM code.
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +36,14 @@ from typing import TYPE_CHECKING, Any
 from trainer.data import PreparedData, prepare
 from trainer.presets import PhaseLimits, Preset
 from trainer.shards import DATA_DIR_ENV
-from trainer.summary import METRICS_ENV, MODEL_FILE, OUT_DIR_ENV, SEED_ENV, format_summary
+from trainer.summary import (
+    FIXED_STEPS_ENV,
+    METRICS_ENV,
+    MODEL_FILE,
+    OUT_DIR_ENV,
+    SEED_ENV,
+    format_summary,
+)
 
 if TYPE_CHECKING:
     from controller.sandbox.executor import SandboxExecutor
@@ -54,25 +67,39 @@ EVAL_KEYS = ("val_bpb", "nats", "target_bytes", "target_tokens", "eval_seconds",
 
 
 OVER_BUDGET = "over_budget"
-# Test-only switch (tests/test_trainer_budget.py flips it to show the attack working
-# without the bound); no request or setting reaches it.
-_ENFORCE_TRAIN_BOUND = True
+# Reported training may pass the budget by this fraction of it plus this many mean steps:
+# the clock stops after the step that crosses the budget, and under load one step can
+# take several times the mean (measured: 0.8 s over a 2 s budget, mean step 0.4 s).
+REPORTED_SLACK_FRACTION = 0.25
+REPORTED_SLACK_STEPS = 2
 
 
 @dataclass(frozen=True)
 class TrainBound:
-    """What phase 1 may use, measured outside the candidate: the budget plus the
-    preset's allowance of wall time, and that times the job's cpus of CPU time."""
+    """What phase 1 may use, measured outside the candidate: the budget plus an
+    allowance of wall time, and that times the job's cpus of CPU time. With
+    `check_reported`, the training seconds the candidate reports may not pass the budget
+    by more than the slack above: a check of what a candidate says, which catches one
+    that trains longer and says so (the trusted baseline's runs skip it)."""
 
     budget_seconds: float
     wall_seconds: float
     cpu_seconds: float
+    allowance_seconds: float = 0.0
+    allowance_source: str = ""
+    check_reported: bool = True
 
     @classmethod
-    def of(cls, preset: Preset, budget_seconds: float | None = None) -> TrainBound:
+    def of(cls, preset: Preset, budget_seconds: float | None = None,
+           allowance_seconds: float | None = None, source: str = "") -> TrainBound:
+        """The bound for `budget_seconds` (default: the preset's) plus
+        `allowance_seconds` (default: the preset's fixed allowance)."""
         budget = preset.budget_seconds if budget_seconds is None else float(budget_seconds)
-        wall = budget + preset.train_allowance_seconds
-        return cls(budget, wall, wall * preset.train_limits.cpus)
+        allowance = preset.train_allowance_seconds if allowance_seconds is None \
+            else float(allowance_seconds)
+        wall = budget + allowance
+        return cls(budget, wall, wall * preset.train_limits.cpus, allowance,
+                   source or f"the preset's fixed {allowance:g} s")
 
     def violation(self, result: JobResult) -> str:
         """Why `result` broke the bound, or "" when it kept it."""
@@ -80,9 +107,10 @@ class TrainBound:
 
         wall, cpu = result.timings.run_s, result.cpu_seconds
         budget = f"the {self.budget_seconds:g} s training budget"
-        if wall > self.wall_seconds:  # a kill at the bound (timeout) lands here too
+        if wall > self.wall_seconds or result.status is Status.TIMEOUT:
             return (f"training ran {wall:.1f} s of wall time, over the bound of "
-                    f"{self.wall_seconds:g} s ({budget} + start-up allowance)")
+                    f"{self.wall_seconds:g} s ({budget} + {self.allowance_seconds:g} s "
+                    f"allowance: {self.allowance_source})")
         if result.status is not Status.OK:
             return ""
         if cpu is None:
@@ -91,7 +119,28 @@ class TrainBound:
         if cpu > self.cpu_seconds:
             return (f"training used {cpu:.1f} s of CPU time, over the bound of "
                     f"{self.cpu_seconds:g} s ({budget} + allowance, times the job's cpus)")
+        reported, limit = self.reported_limit(result.metrics)
+        if self.check_reported and reported > limit:
+            return (f"train.py reports {reported:.1f} s of training, over {budget} and "
+                    f"its slack for the last step ({limit:.1f} s)")
         return ""
+
+    def reported_limit(self, metrics: Any) -> tuple[float, float]:
+        """The training seconds phase 1 reported (0 if none) and what it may report."""
+        got = combine(metrics, None)
+        seconds = float(got.get("training_seconds", 0.0))
+        steps = got.get("num_steps", 0)
+        step = seconds / steps if steps > 0 else seconds
+        return seconds, (1 + REPORTED_SLACK_FRACTION) * self.budget_seconds \
+            + REPORTED_SLACK_STEPS * step
+
+    def record(self, result: JobResult) -> dict[str, Any]:
+        """For the trial's metrics: what phase 1 used and the bound it was held to."""
+        return {"wall_s": result.timings.run_s, "cpu_s": result.cpu_seconds,
+                "reported_training_s": self.reported_limit(result.metrics)[0],
+                "budget_s": self.budget_seconds, "wall_bound_s": self.wall_seconds,
+                "cpu_bound_s": self.cpu_seconds, "allowance_s": self.allowance_seconds,
+                "allowance_source": self.allowance_source}
 
 
 @dataclass
@@ -146,57 +195,81 @@ def _describe(result: JobResult, phase: str) -> str:
 
 
 def data_volumes(executor: SandboxExecutor, data: PreparedData) -> tuple[str, str]:
-    """Docker volumes holding the train and val splits (created once per data hash)."""
-    from controller.sandbox.volumes import ensure_data_volume
+    """Docker volumes holding the train and val splits (one per namespace and data hash)."""
+    from controller.sandbox.volumes import data_volume
 
     names = []
     for split, path in (("train", data.train_dir), ("val", data.val_dir)):
-        name = f"bilevel-data-{data.digest}-{split}"
-        names.append(ensure_data_volume(executor.client, name, path, executor.image))
+        names.append(data_volume(executor, f"data-{data.digest}-{split}", path))
     return names[0], names[1]
 
 
 def eval_job_spec(model: bytes, preset: Preset, val_volume: str, runtime: str = "runc",
-                  gpu_ids: tuple[str, ...] = ()) -> JobSpec:
+                  gpu_ids: tuple[str, ...] = (), wall_seconds: float | None = None) -> JobSpec:
     """Phase 2: the trusted evaluator on the archive, through the same hardened
     executor as any job (same runtime, its own preset limits, no network, nothing but
     the archive in /job and the validation split mounted read-only). It reads
-    candidate bytes next to that split, so it gets no privilege a job lacks."""
+    candidate bytes next to that split, so it gets no privilege a job lacks.
+    `wall_seconds` replaces the preset's fixed wall limit (see trainer/calibration.py)."""
     from controller.sandbox.spec import DataMount, JobSpec
 
+    limits = _limits(preset.eval_limits)
+    if wall_seconds is not None:
+        limits = replace(limits, wall_seconds=wall_seconds)
     return JobSpec(files={MODEL_FILE: model}, command=EVAL_COMMAND,
-                   limits=_limits(preset.eval_limits), runtime=runtime, gpu_ids=gpu_ids,
+                   limits=limits, runtime=runtime, gpu_ids=gpu_ids,
                    data_mounts=(DataMount(volume=val_volume, target=VAL_TARGET),),
                    labels={"io.bilevel.phase": "eval"})
+
+
+def _held(executor: SandboxExecutor, spec: JobSpec,
+          cancel: threading.Event | None) -> JobResult:
+    """Run `spec` while holding its cpus of the host's cores (none to hold on a cluster
+    backend); a cancel while waiting for them is a job killed before it started."""
+    from controller.sandbox.spec import JobResult, Status
+
+    gate = executor.cores
+    if gate is None:
+        return executor.run(spec, cancel=cancel)
+    with gate.hold(spec.limits.cpus, cancel) as held:
+        if held:
+            return executor.run(spec, cancel=cancel)
+    return JobResult(status=Status.KILLED, exit_code=None,
+                     detail="cancelled while waiting for free cores; the job never started")
 
 
 def run_in_sandbox(executor: SandboxExecutor, train_py: str, preset: Preset,
                    data: PreparedData | None = None, runtime: str = "runc",
                    gpu_ids: tuple[str, ...] = (),
                    cancel: threading.Event | None = None, seed: int = 42,
-                   budget_seconds: float | None = None) -> RunOutcome:
+                   budget_seconds: float | None = None, *, bound: TrainBound | None = None,
+                   eval_seconds: Callable[[int], float] | None = None,
+                   fixed_steps: int = 0) -> RunOutcome:
     """Train `train_py` (any source) and evaluate it, each phase in its own sandbox.
     Setting `cancel` kills the phase in flight (status killed). `seed` reaches train.py
-    as harness.seed(); `budget_seconds` (default: the preset's) sets the TrainBound."""
+    as harness.seed(). `bound` (default: TrainBound.of the preset and `budget_seconds`)
+    limits phase 1; `eval_seconds(archive bytes)` gives phase 2's wall limit (default:
+    the preset's); `fixed_steps` > 0 makes the training clock stop after that many steps
+    whatever the time (the seed check)."""
     from controller.sandbox.spec import DataMount, JobSpec, Status
 
     data = data or prepare(preset.data)
     train_volume, val_volume = data_volumes(executor, data)
-    bound = TrainBound.of(preset, budget_seconds)
-    limits = _limits(preset.train_limits)
-    if _ENFORCE_TRAIN_BOUND:  # the job is killed at the bound: a timeout is over budget
-        limits = replace(limits, wall_seconds=min(limits.wall_seconds, bound.wall_seconds))
-    train = executor.run(JobSpec(
+    bound = bound or TrainBound.of(preset, budget_seconds)
+    limits = _limits(preset.train_limits)  # killed at the bound: a timeout is over budget
+    limits = replace(limits, wall_seconds=min(limits.wall_seconds, bound.wall_seconds))
+    env = {SEED_ENV: str(int(seed))}
+    if fixed_steps > 0:
+        env[FIXED_STEPS_ENV] = str(int(fixed_steps))
+    train = _held(executor, JobSpec(
         files={"train.py": train_py.encode()}, command=("python", "train.py"),
-        limits=limits, runtime=runtime, gpu_ids=gpu_ids, env={SEED_ENV: str(int(seed))},
+        limits=limits, runtime=runtime, gpu_ids=gpu_ids, env=env,
         data_mounts=(DataMount(volume=train_volume, target=TRAIN_TARGET),),
-        labels={"io.bilevel.phase": "train"}), cancel=cancel)
-    why = bound.violation(train) if _ENFORCE_TRAIN_BOUND else ""
+        labels={"io.bilevel.phase": "train"}), cancel)
+    why = bound.violation(train) if train.status is not Status.KILLED else ""
     if why:
         metrics = combine(train.metrics, None)
-        metrics["train_bound"] = {"wall_s": train.timings.run_s, "cpu_s": train.cpu_seconds,
-                                  "wall_bound_s": bound.wall_seconds,
-                                  "cpu_bound_s": bound.cpu_seconds}
+        metrics["train_bound"] = bound.record(train)
         return RunOutcome(False, metrics, why, train, None, status=OVER_BUDGET)
     model = train.files.get(MODEL_FILE)
     if train.status is not Status.OK or model is None:
@@ -204,10 +277,14 @@ def run_in_sandbox(executor: SandboxExecutor, train_py: str, preset: Preset,
             f"training finished but returned no {MODEL_FILE} (did train.py call "
             "harness.save_model?)")
         return RunOutcome(False, combine(train.metrics, None), why, train, None)
-    evaluation = executor.run(eval_job_spec(model, preset, val_volume, runtime, gpu_ids),
-                              cancel=cancel)
+    wall = eval_seconds(len(model)) if eval_seconds is not None else None
+    evaluation = _held(executor, eval_job_spec(model, preset, val_volume, runtime, gpu_ids,
+                                               wall), cancel)
     metrics = combine(train.metrics, evaluation.metrics)
     metrics["total_seconds"] = train.timings.run_s  # measured by the sandbox, not the job
+    metrics["train_bound"] = bound.record(train)
+    metrics["eval_bound_s"] = wall if wall is not None else preset.eval_limits.wall_seconds
+    metrics["archive_bytes"] = len(model)
     if evaluation.status is not Status.OK or not isinstance(metrics.get("val_bpb"), float):
         return RunOutcome(False, metrics, _describe(evaluation, "evaluation"), train, evaluation)
     return RunOutcome(True, metrics, "", train, evaluation)
@@ -251,7 +328,8 @@ def run_direct(train_py: str, preset: Preset, data: PreparedData | None = None,
         (train_data / "train").symlink_to(data.train_dir.resolve())
     (train_dir / "train.py").write_text(train_py, encoding="utf-8")
     package_root = str(Path(__file__).resolve().parents[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILEVEL_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BILEVEL_") and k != FIXED_STEPS_ENV}
     env.update(PYTHONPATH=package_root, PYTHONUNBUFFERED="1", **{SEED_ENV: str(int(seed))})
     train = _run_phase([sys.executable, "train.py"], train_dir,
                        {**env, DATA_DIR_ENV: str(train_data), OUT_DIR_ENV: str(train_dir / "out")},

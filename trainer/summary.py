@@ -8,6 +8,9 @@ from typing import Any
 OUT_DIR_ENV = "BILEVEL_OUT_DIR"
 METRICS_ENV = "BILEVEL_METRICS"
 SEED_ENV = "TRIAL_SEED"  # the trial's seed, set by the controller (harness.seed)
+# Set by the controller for the seed check: the TrainingClock stops after exactly this
+# many steps, whatever the time, so a run is a function of its code and seed.
+FIXED_STEPS_ENV = "TRIAL_FIXED_STEPS"
 MODEL_FILE = "model.bilevel"
 SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth")

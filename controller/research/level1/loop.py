@@ -157,6 +157,9 @@ class InnerLoop:
         log.info("run started", resumed=bool(trials), next_trial=finished,
                  proposer=self.proposer.label, batch=self.settings.search.batch_size,
                  keep_rule=self.settings.search.keep_rule)
+        plan = getattr(self.task, "parallel_note", None)  # time-budgeted tasks: cores
+        if plan is not None and (note := plan(self.settings.search.batch_size)):
+            log.warning(note)
         self._write_results()
         if finished == 0 and not self._baseline():
             return
@@ -262,11 +265,16 @@ class InnerLoop:
         return Incumbent(run.best_val_bpb, run.noise_sigma, runs)
 
     def _evaluate(self, source: str) -> Evaluation | None:
+        def keeps(values: Sequence[float]) -> bool:  # decides whether the seed check runs
+            return self.rule.judge(values, self._incumbent()).status is TrialStatus.KEEP
+
         if self.settings.search.keep_rule == "greedy":
-            return evaluation.evaluate(self.task, source, self._seeds(1), self.stop.event)
+            return evaluation.evaluate(self.task, source, self._seeds(1), self.stop.event,
+                                       keeps=keeps)
         return evaluation.evaluate(
             self.task, source, self._seeds(2), self.stop.event,
-            confirm=lambda value: self.rule.wants_confirmation(value, self._incumbent()))
+            confirm=lambda value: self.rule.wants_confirmation(value, self._incumbent()),
+            keeps=keeps)
 
     def _in_flight_now(self) -> tuple[str, ...]:
         with self._lock:
@@ -346,6 +354,9 @@ class InnerLoop:
         else:
             verdict = self.rule.judge(result.values, self._incumbent())
             status, reason = verdict.status, verdict.reason
+            if status is TrialStatus.KEEP and result.seed_checked is False:
+                status = TrialStatus.DISCARD  # the incumbent moved while it ran
+                reason += "; not kept: the seed check did not run for it"
         proposal_id = self._proposal_ids.pop(index, "")
         calls = self.calls.calls(self.run_id, proposal_id) if proposal_id else []
         hooks: tuple[dict[str, Any], ...] = ()

@@ -3,10 +3,11 @@
 This is only a filter. It rejects the obvious ways to change the experiment before a
 container is spent on them, and it gives the LLM a reason it can act on; it cannot
 prove anything about Python code. The guarantees live outside the candidate's process:
-the trusted side measures and bounds the training phase's wall and CPU time
-(trainer/run.py: over budget means status `over_budget`, never kept), sets the trial's
-seed (harness.seed) and flags a candidate whose re-run on another seed is bit-identical
-(research/evaluation.py), and val_bpb comes only from the separate trusted evaluator.
+the trusted side measures and bounds the training phase's wall and CPU time against an
+allowance measured on the host (trainer/run.py: over budget means status `over_budget`,
+never kept), sets the trial's seed (harness.seed) and flags a candidate whose runs at a
+fixed step count on two seeds are bit-identical (research/level1/evaluation.py), and
+val_bpb comes only from the separate trusted evaluator.
 
 The trusted harness itself lives in the read-only `trainer` package of the image; what
 train.py holds of it are the lines that call it. A task declares them precisely:
@@ -23,10 +24,18 @@ train.py holds of it are the lines that call it. A task declares them precisely:
 - `knobs`: constants that define the experiment (time budget, seed) keep their value
   and their single binding (no `TIME_BUDGET_SECONDS = float(...)` later on).
 
-For every task, an edit may not add seeding calls (`torch.manual_seed(1234)`,
-`random.seed`, ...), reflection or dynamic code (`setattr`, `globals()`, `exec`, `eval`,
-`compile`, `__import__`, `__dict__`, ...), nor import modules that reach around the
-checks (`importlib`, `sys`, `builtins`, `inspect`, `ctypes`, other `trainer` modules).
+A binding is any form that binds a name (_bound_names): assignment, walrus, for, with,
+except and match targets (`case clock:`), parameters, defs, import aliases, `del`, and
+`global`/`nonlocal` declarations.
+
+For every task, an edit may not add or change a reference to a seeding function or RNG
+constructor, however reached (`torch.manual_seed(1234)`, `from torch import manual_seed
+as r`, `r = random.seed`, `random.Random(7)`, `np.random.default_rng`, a `seed=` or
+`generator=` keyword), reflection or dynamic code (`setattr`, `globals()`, `exec`,
+`eval`, `compile`, `__import__`, `__dict__`, ...), a star import, nor an import the
+baseline lacks from a module that reaches around the checks (`importlib`, `sys`,
+`builtins`, `inspect`, `ctypes`, ...; from `trainer`, any (module, name, alias) beyond
+the baseline's own, so `from trainer import archive` is refused).
 """
 
 from __future__ import annotations
@@ -48,7 +57,10 @@ def _dotted(node: ast.expr) -> str:
 
 
 def _bound_names(tree: ast.Module) -> Counter[str]:
-    """Every name the module binds, anywhere (assignments, defs, imports, loop targets)."""
+    """Every name the module binds or declares, anywhere and in every binding form:
+    assignment, walrus and for/with/comprehension targets, `del`, defs and classes,
+    parameters, import aliases, `except ... as`, match captures (`case x`, `*rest`,
+    `**rest`) and `global`/`nonlocal` declarations."""
     names: Counter[str] = Counter()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
@@ -60,6 +72,12 @@ def _bound_names(tree: ast.Module) -> Counter[str]:
                 names[(alias.asname or alias.name).split(".")[0]] += 1
         elif isinstance(node, ast.arg):
             names[node.arg] += 1
+        elif isinstance(node, ast.MatchAs | ast.MatchStar | ast.ExceptHandler) and node.name:
+            names[node.name] += 1
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names[node.rest] += 1
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            names.update(node.names)
     return names
 
 
@@ -76,10 +94,14 @@ FORBIDDEN_ATTRS = frozenset({
 FORBIDDEN_MODULES = frozenset({
     "importlib", "sys", "builtins", "inspect", "ctypes", "gc", "types", "runpy", "pkgutil",
     "code", "codeop", "marshal", "pickle", "dill", "cffi", "trainer"})
-# Calls that set a random state: the trial's seed comes from the controller.
-SEEDING_ATTRS = frozenset({"manual_seed", "manual_seed_all", "seed", "seed_all",
-                           "set_rng_state", "set_state", "setstate", "default_rng",
-                           "RandomState", "Generator", "fork_rng"})
+# Names that set or make a random state: seeding functions and RNG constructors (torch,
+# random, numpy). The trial's seed comes from the controller.
+SEEDING_NAMES = frozenset({
+    "manual_seed", "manual_seed_all", "seed", "seed_all", "set_rng_state", "set_state",
+    "setstate", "fork_rng", "default_rng", "RandomState", "Generator", "Random",
+    "SeedSequence", "BitGenerator", "PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"})
+# Keyword arguments that hand a function a seed or a generator of its own.
+SEEDING_KEYWORDS = frozenset({"seed", "random_state", "generator"})
 
 
 def _root(node: ast.expr) -> str:
@@ -89,19 +111,44 @@ def _root(node: ast.expr) -> str:
     return node.id if isinstance(node, ast.Name) else ""
 
 
-def _seeding_calls(tree: ast.Module) -> Counter[str]:
-    return Counter(ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call) and (
-        (isinstance(n.func, ast.Attribute) and n.func.attr in SEEDING_ATTRS)
-        or (isinstance(n.func, ast.Name) and n.func.id in SEEDING_ATTRS)))
+def _seeding_name(node: ast.AST) -> bool:
+    """`x.manual_seed` anywhere, or a seeding name read (not one being bound)."""
+    if isinstance(node, ast.Attribute):
+        return node.attr in SEEDING_NAMES
+    return isinstance(node, ast.Name) and node.id in SEEDING_NAMES \
+        and isinstance(node.ctx, ast.Load)
 
 
-def _imported_modules(tree: ast.Module) -> list[str]:
-    out: list[str] = []
+def _seeding_refs(tree: ast.Module) -> Counter[str]:
+    """Every reference to a seeding name, called or not (`r = torch.manual_seed` counts),
+    imported under any alias (`from torch import manual_seed as r`), and every call that
+    passes a seed or generator by keyword; a call is counted with its arguments."""
+    parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    refs: Counter[str] = Counter()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            refs.update(f"from {node.module or '.'} import {a.name}" for a in node.names
+                        if a.name in SEEDING_NAMES)
+        elif _seeding_name(node):
+            call = parents.get(id(node))
+            refs[ast.unparse(call if isinstance(call, ast.Call) and call.func is node
+                             else node)] += 1
+        elif isinstance(node, ast.Call) and any(k.arg in SEEDING_KEYWORDS
+                                                for k in node.keywords):
+            refs[ast.unparse(node)] += 1
+    return refs
+
+
+def _imports(tree: ast.Module) -> Counter[tuple[str, str, str]]:
+    """(module, imported name, alias) of every import: ("trainer", "harness", "") for
+    `from trainer import harness`, ("sys", "", "") for `import sys`."""
+    out: Counter[tuple[str, str, str]] = Counter()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            out.append(node.module)
+            out.update((a.name, "", a.asname or "") for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            out.update((module, a.name, a.asname or "") for a in node.names)
     return out
 
 
@@ -130,15 +177,20 @@ def check_dynamic(base: str, candidate: str) -> None:
                 and node.attr not in old_attrs:
             raise ProposalError("protected", f"the edit uses `.{node.attr}`; reflection is "
                                 "not allowed in train.py")
-    old_modules = set(_imported_modules(old))
-    for module in _imported_modules(new):
-        if module not in old_modules and module.split(".")[0] in FORBIDDEN_MODULES:
-            raise ProposalError("protected", f"the edit imports `{module}`; train.py may not "
-                                "import modules that reach around the harness")
-    before, after = _seeding_calls(old), _seeding_calls(new)
+    for module, name, alias in sorted((_imports(new) - _imports(old)).elements()):
+        text = f"from {module} import {name}" if name else f"import {module}"
+        text += f" as {alias}" if alias else ""
+        if name == "*":
+            raise ProposalError("protected", f"the edit adds `{text}`, which binds names the "
+                                "checks cannot see; import the names you use")
+        if module.split(".")[0] in FORBIDDEN_MODULES or module.startswith("."):
+            raise ProposalError("protected", f"the edit adds `{text}`; train.py may not "
+                                "import modules that reach around the harness (from the "
+                                "trainer package it keeps exactly the baseline's imports)")
+    before, after = _seeding_refs(old), _seeding_refs(new)
     if before != after:
         changed = sorted((after - before).elements()) or sorted((before - after).elements())
-        raise ProposalError("protected", f"the edit adds, removes or changes the seeding call "
+        raise ProposalError("protected", f"the edit adds, removes or changes the seeding "
                             f"`{changed[0]}`; the controller sets the trial's seed "
                             "(harness.seed), so leave the random state alone")
 

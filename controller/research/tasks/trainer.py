@@ -5,12 +5,23 @@ evaluation (train with the train split, then the trusted evaluator computes val_
 The training budget is the baseline's TIME_BUDGET_SECONDS (the run's own definition;
 no candidate can move it) and is enforced outside the candidate (trainer/run.py's
 TrainBound): a phase 1 over it is job status `over_budget`, a crash that is never kept.
-The trial's seed reaches train.py through the environment (harness.seed)."""
+The baseline's own runs are trusted and measure this host (trainer/calibration.py): a
+candidate's allowance beyond the budget and its evaluation's time limit come from them.
+A candidate evaluated before any baseline run was measured (a resumed run) first runs
+the baseline once to measure. The baseline runs under the preset's fixed allowance.
+
+The trial's seed reaches train.py through the environment (harness.seed). The seed
+check (`seed_check_runs`) runs a candidate at SEED_CHECK_STEPS fixed steps on two seeds:
+runs that do not depend on timing, so bit-identical results mean the seed is ignored."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from controller.research.errors import FieldError
 from controller.research.level1.protect import TRAINER, Protected
@@ -19,9 +30,15 @@ from controller.research.settings import TaskSettings
 from controller.research.task import TrialOutcome, outcome_from_job
 from controller.sandbox.executor import SandboxExecutor
 from trainer import knobs as trainer_knobs
+from trainer.calibration import HostCalibration
 from trainer.presets import PRESETS, Preset
 
+if TYPE_CHECKING:
+    from trainer.run import RunOutcome
+
+log = structlog.get_logger(__name__)
 SEED_KNOB = "SEED"
+SEED_CHECK_STEPS = 2  # optimizer steps of a seed-check run: init and data order show
 
 
 def preset_names() -> tuple[str, ...]:
@@ -67,6 +84,8 @@ class TrainerTask:
         self.budget_seconds = float(budget)  # the bound's budget: the baseline's, not a trial's
         self._data: Any = None
         self._data_lock = threading.Lock()
+        self.calibration = HostCalibration()
+        self._calibrating = threading.Lock()
 
     def baseline_source(self) -> str:
         return self._baseline
@@ -88,35 +107,99 @@ class TrainerTask:
                 self._data = prepare(self.preset.data)
             return self._data
 
+    def parallel_note(self, trials: int) -> str:
+        """What running `trials` at once means on this host: "" when the host has the
+        cores for all of them, else the sentence the run logs (controller/sandbox/cores)."""
+        gate = self.executor.cores
+        return gate.plan(trials, self.preset.train_limits.cpus) if gate is not None else ""
+
     def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
-        from trainer.run import OVER_BUDGET, run_in_sandbox
+        baseline = source == self._baseline
+        if not baseline:
+            self._measure_host(cancel)
+        outcome = self._run(source, seed, cancel, trusted=baseline)
+        if baseline:
+            self._record(outcome)
+        return self._outcome(outcome)
+
+    def seed_check_runs(self, source: str, seeds: Sequence[int],
+                        cancel: threading.Event) -> list[tuple[int, TrialOutcome]]:
+        """`source` on each seed at SEED_CHECK_STEPS fixed steps, one after another."""
+        self._measure_host(cancel)
+        runs = []
+        for seed in seeds:
+            if cancel.is_set():
+                break
+            outcome = self._run(source, seed, cancel, trusted=False,
+                                fixed_steps=SEED_CHECK_STEPS)
+            runs.append((seed, self._outcome(outcome)))
+        return runs
+
+    def _run(self, source: str, seed: int, cancel: threading.Event, trusted: bool,
+             fixed_steps: int = 0) -> RunOutcome:
+        from trainer.run import TrainBound, run_in_sandbox
 
         if SEED_KNOB in trainer_knobs.read_knobs(source):
             source = trainer_knobs.write_knobs(source, {SEED_KNOB: seed})
-        outcome = run_in_sandbox(self.executor, source, self.preset, data=self._prepared(),
-                                 runtime=self.runtime, cancel=cancel, seed=seed,
-                                 budget_seconds=self.budget_seconds)
+        if trusted:  # the baseline's own runs: the preset's bound; its report is trusted
+            bound = replace(TrainBound.of(self.preset, self.budget_seconds),
+                            check_reported=False)
+        else:
+            allowance = self.calibration.allowance(self.preset)
+            bound = TrainBound.of(self.preset, self.budget_seconds, allowance.seconds,
+                                  allowance.source)
+        return run_in_sandbox(
+            self.executor, source, self.preset, data=self._prepared(), runtime=self.runtime,
+            cancel=cancel, seed=seed, bound=bound, fixed_steps=fixed_steps,
+            eval_seconds=lambda size: self.calibration.eval_seconds(self.preset, size))
+
+    def _measure_host(self, cancel: threading.Event) -> None:
+        """Run the baseline once if no baseline run has measured this host yet."""
+        with self._calibrating:
+            if self.calibration.measured or cancel.is_set():
+                return
+            log.info("measuring the host with one baseline run before the first candidate")
+            outcome = self._run(self._baseline, 0, cancel, trusted=True)
+            if not self._record(outcome):
+                log.warning("the baseline run that measures this host failed; candidates "
+                            "get the preset's fixed allowance", error=outcome.error)
+
+    def _record(self, outcome: RunOutcome) -> bool:
+        from trainer.summary import MODEL_FILE
+
+        training = outcome.metrics.get("training_seconds")
+        if not outcome.ok or outcome.eval is None or not isinstance(training, int | float):
+            return False
+        self.calibration.record(outcome.train.timings.run_s, float(training),
+                                outcome.eval.timings.run_s,
+                                len(outcome.train.files.get(MODEL_FILE, b"")))
+        return True
+
+    def _outcome(self, outcome: RunOutcome) -> TrialOutcome:
+        from trainer.run import OVER_BUDGET
+
         metrics = dict(outcome.metrics)
+        metrics["host_calibration"] = self.calibration.to_json()
         peak_mb = metrics.get("peak_vram_mb") or metrics.get("peak_rss_mb") or 0.0
         metrics["memory_gb"] = float(peak_mb) / 1024
         phase = outcome.eval if outcome.eval is not None and not outcome.ok else None
         job = phase or (outcome.train if not outcome.ok else outcome.eval)
         result = outcome_from_job(job, metrics)
-        log = outcome_from_job(outcome.train, {}).log if outcome.train is not None else ""
+        text = outcome_from_job(outcome.train, {}).log if outcome.train is not None else ""
         if outcome.eval is not None:
-            log += "\n=== trusted evaluation ===\n" + outcome_from_job(outcome.eval, {}).log
+            text += "\n=== trusted evaluation ===\n" + outcome_from_job(outcome.eval, {}).log
         detail = outcome.error or result.detail
         nodes = [str(getattr(j, "node", "")) for j in (outcome.train, outcome.eval)
                  if j is not None]
         node = ",".join(dict.fromkeys(n for n in nodes if n))
         if outcome.status == OVER_BUDGET:
             return TrialOutcome(job_status=OVER_BUDGET, val_bpb=None,
-                                memory_gb=metrics["memory_gb"], metrics=metrics, log=log,
+                                memory_gb=metrics["memory_gb"], metrics=metrics, log=text,
                                 seconds=outcome.train.timings.run_s, detail=detail,
                                 node=node)
         return TrialOutcome(job_status=result.job_status if not outcome.ok else "ok",
                             val_bpb=result.val_bpb if outcome.ok else None,
                             memory_gb=metrics["memory_gb"], metrics=metrics,
-                            exception=result.exception, log=log,
+                            exception=result.exception, log=text,
                             seconds=metrics.get("total_seconds", result.seconds),
                             detail=detail, node=node)
