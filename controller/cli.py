@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("controller.commands.runs", "list runs"),
     "watch": ("controller.commands.watch", "follow a run's events"),
     "cancel": ("controller.commands.cancel", "cancel a run"),
+    "delete": ("controller.commands.delete", "delete finished runs and what only they used"),
     "artifact": ("controller.commands.artifact", "fetch a run artifact (best/train.py, "
                  "results.tsv, trials/N/...)"),
     "resume": ("controller.commands.resume", "resume a paused run and follow it"),

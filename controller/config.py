@@ -12,8 +12,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.api.admission import (
+    BYTES_KEY,
+    DEFAULT_REQUEST_BYTES,
+    DEFAULT_STREAMS,
+    DEFAULT_STREAMS_PER_CLIENT,
+    MAX_MESSAGE_BYTES,
+)
 from controller.llm.settings import LLMAccess
+from controller.research.retention import RetentionPolicy
 from controller.sandbox.backend_config import ExecutorConfig, RayConfig
+from controller.sandbox.caps import LimitCaps
 from controller.sandbox.spec import RUNTIMES, Limits, SpecError
 
 TOKEN_ENV = "BILEVEL_TOKEN"
@@ -83,9 +92,17 @@ class ServerConfig:
     execute_queue: int = 8  # Execute calls that may wait for a slot
     max_active_runs: int = 4
     default_limits: Limits = field(default_factory=Limits)
+    caps: LimitCaps = field(default_factory=LimitCaps)  # the most a requested job gets
+    # Streaming calls open at once (WatchRun, Execute, ...), in all and per client.
+    max_streams: int = DEFAULT_STREAMS
+    max_streams_per_client: int = DEFAULT_STREAMS_PER_CLIENT
+    max_request_bytes_in_flight: int = DEFAULT_REQUEST_BYTES  # Execute/CreateRun bodies
     shutdown_grace_seconds: float = 10.0
     llm: LLMAccess = field(default_factory=LLMAccess)  # API key files, allowed base URLs
     ray: RayConfig | None = None  # --backend ray: jobs run on this Ray cluster's nodes
+    # Disk budget of the state dir (None: a quarter of its file system, store/disk.py).
+    state_dir_max_bytes: int | None = None
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     def validate(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -97,9 +114,9 @@ class ServerConfig:
             raise ConfigError("--max-runs must be >= 1")
         if self.executor.slots < 1:
             raise ConfigError("--slots must be >= 1")
-        if self.executor.runtime not in RUNTIMES:
+        if self.executor.runtime not in ("auto", *RUNTIMES):
             raise ConfigError(f"sandbox.runtime {self.executor.runtime!r}: use one of "
-                              f"{', '.join(RUNTIMES)}")
+                              f"auto, {', '.join(RUNTIMES)}")
         gpu_slots = self.executor.gpu_slots
         if gpu_slots and self.executor.slots != len(gpu_slots):
             raise ConfigError(f"sandbox.slots = {self.executor.slots} but sandbox.gpus gives "
@@ -108,12 +125,34 @@ class ServerConfig:
         if any(len(t) < 16 for t in self.tokens):
             raise ConfigError("tokens must be at least 16 characters (use `openssl rand "
                               "-hex 32`)")
+        if self.state_dir_max_bytes is not None and self.state_dir_max_bytes < 1 << 20:
+            raise ConfigError("server.state_dir_max_bytes must be at least 1MiB (leave it "
+                              "unset for a quarter of the state dir's file system)")
+        try:
+            self.retention.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.tls is not None:
             self.tls.validate()
+        if self.max_streams < 1 or self.max_streams_per_client < 1:
+            raise ConfigError("server.max_streams and server.max_streams_per_client must "
+                              "be >= 1")
+        if self.max_request_bytes_in_flight < MAX_MESSAGE_BYTES:
+            raise ConfigError(f"{BYTES_KEY} = {self.max_request_bytes_in_flight}: must be at "
+                              f"least {MAX_MESSAGE_BYTES}, the largest request (Execute)")
         try:
             self.default_limits.validate()
         except SpecError as exc:
             raise ConfigError(f"default {exc} (config section [limits])") from None
+        try:
+            self.caps.validate()
+        except SpecError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            self.caps.check(self.default_limits)
+        except SpecError as exc:
+            raise ConfigError(f"default {exc}: lower it in [limits] or raise the cap") \
+                from None
 
     def bind_address(self) -> tuple[str, str | None]:
         """Where to listen, and a warning when no token forces localhost."""

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.api.admission import (
+    DEFAULT_REQUEST_BYTES,
+    DEFAULT_STREAMS,
+    DEFAULT_STREAMS_PER_CLIENT,
+)
 from controller.config import (
     DEFAULT_PORT,
     STATE_DIR_ENV,
@@ -26,7 +31,9 @@ from controller.config import (
     default_state_dir,
     read_tokens,
 )
+from controller.research.retention import RetentionPolicy
 from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.caps import LimitCaps
 from controller.sandbox.gpus import GpuConfigError, GpuSlot, discover, parse_slot_list
 from controller.sandbox.spec import Limits
 
@@ -41,7 +48,11 @@ KEYS: dict[str, str] = {
     "server.token_file": "path",
     "server.max_runs": "int",
     "server.execute_queue": "int",
+    "server.max_streams": "int",
+    "server.max_streams_per_client": "int",
+    "server.max_request_bytes_in_flight": "bytes",
     "server.shutdown_grace_seconds": "float",
+    "server.state_dir_max_bytes": "bytes",
     "server.tls.cert_file": "path",
     "server.tls.key_file": "path",
     "server.tls.client_ca_file": "path",
@@ -54,6 +65,14 @@ KEYS: dict[str, str] = {
     "sandbox.namespace": "str",
     "sandbox.docker_url": "str",
     "sandbox.allowed_images": "list",
+    "sandbox.max_wall_seconds": "float",
+    "sandbox.max_memory_bytes": "bytes",
+    "sandbox.max_cpus": "float",
+    "sandbox.max_pids": "int",
+    "sandbox.max_output_bytes": "bytes",
+    "sandbox.max_returned_file_bytes": "bytes",
+    "sandbox.max_tmp_bytes": "bytes",
+    "sandbox.max_disk_bytes": "bytes",
     "limits.wall_seconds": "float",
     "limits.memory_bytes": "bytes",
     "limits.cpus": "float",
@@ -62,6 +81,9 @@ KEYS: dict[str, str] = {
     "limits.returned_file_bytes": "bytes",
     "limits.tmp_bytes": "bytes",
     "limits.disk_bytes": "bytes",
+    "retention.max_age_days": "float",
+    "retention.max_finished_runs": "int",
+    "retention.sweep_seconds": "float",
 }
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1000**2, "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30,
@@ -251,17 +273,29 @@ def build(values: Mapping[str, Value], environ: Mapping[str, str],
     executor = ExecutorConfig(
         image=get("sandbox.image"), slots=slots, namespace=get("sandbox.namespace", "default"),
         docker_url=get("sandbox.docker_url"), allowed_images=get("sandbox.allowed_images", ()),
-        runtime=get("sandbox.runtime", "runc"), gpu_slots=gpu_slots)
+        runtime=get("sandbox.runtime", "auto"), gpu_slots=gpu_slots)
     limit_fields = {name.split(".")[1]: found.value for name, found in values.items()
                     if name.startswith("limits.") and found.value is not None}
+    cap_fields = {name.removeprefix("sandbox.max_"): found.value
+                  for name, found in values.items()
+                  if name.startswith("sandbox.max_") and found.value is not None}
     return ServerConfig(
         listen=get("server.listen", f"127.0.0.1:{DEFAULT_PORT}"),
         state_dir=get("server.state_dir") or default_state_dir(),
         tokens=tokens, tls=tls, executor=executor,
         execute_queue=get("server.execute_queue", 8),
         max_active_runs=get("server.max_runs", 4),
-        default_limits=Limits(**limit_fields),
-        shutdown_grace_seconds=get("server.shutdown_grace_seconds", 10.0))
+        default_limits=Limits(**limit_fields), caps=LimitCaps(**cap_fields),
+        max_streams=get("server.max_streams", DEFAULT_STREAMS),
+        max_streams_per_client=get("server.max_streams_per_client",
+                                   DEFAULT_STREAMS_PER_CLIENT),
+        max_request_bytes_in_flight=get("server.max_request_bytes_in_flight",
+                                        DEFAULT_REQUEST_BYTES),
+        shutdown_grace_seconds=get("server.shutdown_grace_seconds", 10.0),
+        state_dir_max_bytes=get("server.state_dir_max_bytes"),
+        retention=RetentionPolicy(max_age_days=get("retention.max_age_days"),
+                                  max_finished_runs=get("retention.max_finished_runs"),
+                                  sweep_seconds=get("retention.sweep_seconds", 600.0)))
 
 
 def _gpu_slots(values: Mapping[str, Value], docker_url: str | None, image: str | None,

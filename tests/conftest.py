@@ -46,7 +46,8 @@ def sandbox_image(docker_client: docker.DockerClient) -> str:
 
 @pytest.fixture(scope="session")
 def executor(sandbox_image: str) -> Iterator[SandboxExecutor]:
-    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest"))
+    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest",
+                                        runtime="runc"))
     yield ex
     ex.close()
 
@@ -68,7 +69,7 @@ def setuid_image(docker_client: docker.DockerClient, sandbox_image: str) -> str:
 @pytest.fixture(scope="session")
 def setuid_executor(sandbox_image: str, setuid_image: str) -> Iterator[SandboxExecutor]:
     ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=1, namespace="pytest",
-                                        allowed_images=(setuid_image,)))
+                                        runtime="runc", allowed_images=(setuid_image,)))
     yield ex
     ex.close()
 

@@ -12,6 +12,7 @@ from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.research.errors import FieldError
 from controller.research.settings import RunSettings
+from controller.sandbox.caps import LimitCaps
 from controller.sandbox.spec import Limits
 
 
@@ -64,10 +65,11 @@ def test_a_value_outside_the_set_is_refused_naming_the_field(
 
 def test_execute_runtime_outside_the_set_names_the_field() -> None:
     with pytest.raises(FieldError) as info:
-        convert.job_spec(spb.ExecuteRequest(command=["true"], runtime=_unknown(5)), Limits())
+        convert.job_spec(spb.ExecuteRequest(command=["true"], runtime=_unknown(5)), Limits(),
+                         LimitCaps())
     assert info.value.field == "runtime"
     spec = convert.job_spec(spb.ExecuteRequest(command=["true"], runtime=spb.RUNTIME_RUNSC),
-                            Limits())
+                            Limits(), LimitCaps())
     assert spec.runtime == "runsc"
 
 

@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -30,9 +30,12 @@ from controller.sandbox.reaper import LABEL_NAMESPACE
 
 
 class ServerThread:
-    """ControllerServer on its own event loop in a thread; tests use sync stubs."""
+    """ControllerServer (or a variant of it: `factory`) on its own event loop in a
+    thread; tests use sync stubs."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig,
+                 factory: Callable[[ServerConfig], ControllerServer] = ControllerServer
+                 ) -> None:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.server: ControllerServer | None = None
@@ -42,7 +45,7 @@ class ServerThread:
         def main() -> None:
             asyncio.set_event_loop(self.loop)
             try:
-                self.server = ControllerServer(config)
+                self.server = factory(config)
                 self.port = self.loop.run_until_complete(self.server.start())
             except BaseException as exc:
                 self.error = exc
@@ -69,14 +72,17 @@ def make_config(state_dir: Path, image: str | None, **overrides: Any) -> ServerC
     namespace = overrides.pop("namespace", f"pytest-api-{uuid.uuid4().hex[:8]}")
     executor = ExecutorConfig(image=image, slots=overrides.pop("slots", 2),
                               namespace=namespace,
-                              docker_url=overrides.pop("docker_url", None))
+                              docker_url=overrides.pop("docker_url", None),
+                              runtime=overrides.pop("runtime", "runc"))
     return replace(ServerConfig(listen="127.0.0.1:0", state_dir=state_dir,
                                 executor=executor), **overrides)
 
 
 @contextmanager
-def serving(state_dir: Path, image: str | None, **overrides: Any) -> Iterator[ServerThread]:
-    server = ServerThread(make_config(state_dir, image, **overrides))
+def serving(state_dir: Path, image: str | None,
+            factory: Callable[[ServerConfig], ControllerServer] = ControllerServer,
+            **overrides: Any) -> Iterator[ServerThread]:
+    server = ServerThread(make_config(state_dir, image, **overrides), factory)
     try:
         yield server
     finally:

@@ -1,7 +1,7 @@
 """A foreign-language client: Node's grpc-js built from proto/ alone, against a real
 token-protected server on loopback: health, reflection (v1, with comments), Execute, and a
 run watched across a reconnect (WatchRun after_seq) that misses nothing and sees nothing
-twice. Node and `npm ci` in tests/node_client come from .ci/setup.sh."""
+twice, then deleted (DeleteRun). Node and `npm ci` in tests/node_client come from .ci/setup.sh."""
 
 from __future__ import annotations
 
@@ -58,3 +58,7 @@ def test_a_node_grpc_js_client_built_from_the_proto(tmp_path: Path, sandbox_imag
     assert watch["trials_done"] == 4  # the baseline and max_trials 3
     assert watch["echoed_proposer_kind"] == "PROPOSER_KIND_LOCAL"
     assert watch["has_llm"] is False, "an offline run echoes no LLM settings"
+
+    deleted = report["delete"]
+    assert deleted["run_id"] == watch["run_id"] and deleted["freed_bytes"] > 0
+    assert deleted["get_after"] == "NOT_FOUND"

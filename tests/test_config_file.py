@@ -85,7 +85,7 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
     config = load(None, {"BILEVEL_STATE_DIR": str(tmp_path)}, {}, discover_gpus=_no_gpus)
     assert config.listen == "127.0.0.1:50051"
     assert config.executor.slots == 2 and config.executor.gpu_slots == ()
-    assert config.executor.runtime == "runc"
+    assert config.executor.runtime == "auto"
 
 
 @pytest.mark.parametrize("toml, env, message", [
@@ -95,7 +95,7 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
     ("", {"BILEVEL_SANDBOX__SLOTZ": "2"}, "environment variable BILEVEL_SANDBOX__SLOTZ: "
                                           "unknown setting"),
     ("", {"BILEVEL_LIMITS__MEMORY_BYTES": "lots"}, "BILEVEL_LIMITS__MEMORY_BYTES.*size"),
-    ("[sandbox]\nruntime = \"kata\"\n", {}, "sandbox.runtime 'kata': use one of runc, runsc"),
+    ("[sandbox]\nruntime = \"kata\"\n", {}, "sandbox.runtime 'kata': use one of auto, runc, runsc"),
     ("[server]\nlisten = \"nowhere\"\n", {}, "use HOST:PORT"),
     ("[limits]\ntmp_bytes = \"8GiB\"\n", {}, r"default limits.tmp_bytes.*\[limits\]"),
     ("[server.tls]\ncert_file = \"/x.pem\"\n", {}, "go together"),

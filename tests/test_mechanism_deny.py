@@ -26,7 +26,7 @@ from controller.research.level2.gates import GateSettings, contract_check, gate_
 from controller.research.level2.records import Effect, Failure, FailureReason
 from controller.research.level2.runtime import MechanismSet, MechanismSettings
 from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
-from controller.sandbox.reaper import LABEL_NAMESPACE, LABEL_OWNER, this_owner
+from controller.sandbox.reaper import LABEL_CONTROLLER, LABEL_NAMESPACE, this_owner
 from tests.test_mechanism_sandbox import SPACE, loop_state
 
 pytestmark = pytest.mark.docker
@@ -42,7 +42,7 @@ def bad(body: str) -> str:
 
 def mechanism_containers(executor: SandboxExecutor) -> int:
     return len(executor.client.containers.list(all=True, filters={"label": [
-        "io.bilevel.kind=mechanism", f"{LABEL_OWNER}={this_owner()}"]}))
+        "io.bilevel.kind=mechanism", f"{LABEL_CONTROLLER}={this_owner()}"]}))
 
 
 @pytest.fixture

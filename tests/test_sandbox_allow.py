@@ -129,7 +129,8 @@ def test_allow_reading_data_mount_read_only(executor: SandboxExecutor,
 
 
 def test_allow_concurrent_jobs_bounded_by_slots(sandbox_image: str) -> None:
-    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest"))
+    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest",
+                                        runtime="runc"))
     spans: list[tuple[float, float]] = []
     results = []
     lock = threading.Lock()

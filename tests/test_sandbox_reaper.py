@@ -17,7 +17,6 @@ import docker
 import docker.errors
 import pytest
 
-from controller.sandbox import reaper
 from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
 from controller.sandbox.reaper import LABEL_NAMESPACE, reap
 
@@ -73,7 +72,7 @@ DEAD_OWNER = "no-such-host-for-bilevel:1:1"  # another host, deadline long past:
 def _orphans(client: docker.DockerClient, image: str, namespace: str, count: int) -> list[str]:
     """`count` stopped orphan containers (and one volume each) in `namespace`."""
     labels = {"io.bilevel.managed": "1", LABEL_NAMESPACE: namespace,
-              "io.bilevel.owner": DEAD_OWNER, "io.bilevel.deadline": "0"}
+              "io.bilevel.controller": DEAD_OWNER, "io.bilevel.deadline": "0"}
     ids = []
     for i in range(count):
         name = f"bilevel-reap-race-{namespace}-{i}"
@@ -161,17 +160,15 @@ def test_deny_sweep_aborted_by_a_404_on_remove(docker_client: docker.DockerClien
 
 
 def test_sensitivity_sweep_without_404_tolerance_aborts(
-        docker_client: docker.DockerClient, sandbox_image: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        docker_client: docker.DockerClient, sandbox_image: str) -> None:
     """Twin of the test above: with the tolerance switched off, the same race aborts the
     sweep with NotFound and leaves the remaining orphans behind."""
-    monkeypatch.setattr(reaper, "_REMOVED_IS_FINE", False)
     namespace = f"race-{uuid.uuid4().hex[:8]}"
     _orphans(docker_client, sandbox_image, namespace, 3)
     client = _client_with_rival(namespace)
     try:
         with pytest.raises(docker.errors.NotFound):
-            reap(client, namespace)
+            reap(client, namespace, skip_vanished=False)
         containers, _ = _namespace_objects(docker_client, namespace)
         assert len(containers) == 2
     finally:

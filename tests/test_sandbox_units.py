@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from controller.sandbox import archive
 from controller.sandbox.hardening import container_kwargs, host_pids_limit
 from controller.sandbox.output import OutputCapture
-from controller.sandbox.reaper import LABEL_DEADLINE, LABEL_OWNER, is_orphan, this_owner
+from controller.sandbox.reaper import LABEL_CONTROLLER, LABEL_DEADLINE, is_orphan, this_owner
 from controller.sandbox.spec import DataMount, JobSpec, Limits, SpecError
 
 
@@ -32,8 +32,10 @@ def test_every_hardening_key_is_set() -> None:
     assert kw["network_mode"] == "none"
     assert kw["network_disabled"] is True
     assert kw["cap_drop"] == ["ALL"]
-    assert kw["cap_add"] == ["CHOWN", "DAC_READ_SEARCH", "KILL", "SETGID", "SETPCAP", "SETUID"]
-    assert kw["security_opt"] == ["no-new-privileges:true"]
+    assert kw["cap_add"] == ["CHOWN", "KILL", "SETGID", "SETPCAP", "SETUID"]
+    security = kw["security_opt"]
+    assert isinstance(security, list) and len(security) == 2
+    assert security[0] == "no-new-privileges:true" and security[1].startswith("seccomp={")
     assert kw["read_only"] is True
     assert kw["privileged"] is False
     assert kw["ipc_mode"] == "private"
@@ -49,7 +51,7 @@ def test_every_hardening_key_is_set() -> None:
     assert kw["log_config"]["Config"] == {"max-size": "16m", "max-file": "1"}  # type: ignore[index]
     assert kw["device_requests"] == []
     assert kw["environment"] == {"BILEVEL_JOB": "job-1"}
-    assert kw["command"] == ["python3", "/opt/bilevel/runner.py"]
+    assert kw["command"] == ["/opt/venv/bin/python3", "-I", "-S", "/opt/bilevel/runner.py"]
 
 
 def test_job_volume_is_the_only_writable_mount() -> None:
@@ -162,13 +164,13 @@ def test_output_capture_keeps_exact_head_and_tail(chunks: list[bytes]) -> None:
 
 def test_orphan_rules() -> None:
     now = 1_000_000.0
-    mine = {LABEL_OWNER: this_owner(), LABEL_DEADLINE: str(now + 100)}
+    mine = {LABEL_CONTROLLER: this_owner(), LABEL_DEADLINE: str(now + 100)}
     assert not is_orphan(mine, now)
-    dead = {LABEL_OWNER: f"{socket.gethostname()}:{2**22 + 7}:123", LABEL_DEADLINE: str(now)}
+    dead = {LABEL_CONTROLLER: f"{socket.gethostname()}:{2**22 + 7}:123", LABEL_DEADLINE: str(now)}
     assert is_orphan(dead, now)
-    reused_pid = {LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}:0",
+    reused_pid = {LABEL_CONTROLLER: f"{socket.gethostname()}:{os.getpid()}:0",
                   LABEL_DEADLINE: str(now + 100)}
     assert is_orphan(reused_pid, now)
-    elsewhere = {LABEL_OWNER: "other-host:1:1", LABEL_DEADLINE: str(now - 10)}
+    elsewhere = {LABEL_CONTROLLER: "other-host:1:1", LABEL_DEADLINE: str(now - 10)}
     assert not is_orphan(elsewhere, now)
     assert is_orphan(elsewhere, now + 10_000)

@@ -157,7 +157,9 @@ def test_task_run_over_grpc_resumes_with_the_stored_copy_only(
         stubs = Stubs(server.address)
         wait_for_engine(stubs)
         run = stubs.runs.CreateRun(task_request(files), timeout=120)
-        tampered = stubs.runs.CreateRun(task_request(files), timeout=120)
+        # Identical tasks share one stored copy: the second run's task differs by a file.
+        tampered = stubs.runs.CreateRun(task_request({**files, "NOTES.md": b"copy 2\n"}),
+                                        timeout=120)
         assert run.request.task.task_sha256 == task_bundle.digest(files)
         assert run.request.task.preset == "api-test-task"
         assert not run.request.task.task_files  # stored, not echoed

@@ -6,6 +6,7 @@ metadata only, before any of its body is read (see controller/api/edge.py).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Sequence
 from typing import Any
@@ -24,13 +25,30 @@ class TokenCheck:
         self._tokens = [t.encode() for t in tokens]
 
     def valid(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
+        return self.matching(metadata) is not None
+
+    def matching(self, metadata: Sequence[tuple[str, Any]] | None) -> bytes | None:
+        """The configured token the metadata carries, or None."""
         for key, value in metadata or ():
             if key == "authorization" and isinstance(value, str):
                 scheme, _, token = value.partition(" ")
                 if scheme.lower() == "bearer":
                     given = token.strip().encode()
-                    return any(hmac.compare_digest(given, t) for t in self._tokens)
-        return False
+                    found = [t for t in self._tokens if hmac.compare_digest(given, t)]
+                    return found[0] if found else None
+        return None
 
     def allows(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> bool:
         return method.startswith(HEALTH_PREFIX) or self.valid(metadata)
+
+
+def client_identity(token: bytes | None, peer: str) -> str:
+    """Who a call is from, for the per-client bounds (controller/api/admission.py): the
+    configured token it carries (hashed), else its peer address without the port. Named
+    principals replace this function."""
+    if token is not None:
+        return "token:" + hashlib.sha256(token).hexdigest()[:16]
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return f"{kind}:{rest.rpartition(':')[0]}"
+    return peer

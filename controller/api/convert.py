@@ -25,6 +25,7 @@ from controller.research.settings import (
     TaskSettings,
 )
 from controller.sandbox import bounded_json, job_output
+from controller.sandbox.caps import LimitCaps
 from controller.sandbox.spec import (
     DataMount,
     ExceptionInfo,
@@ -51,10 +52,12 @@ def _named(table: Mapping[str, int], number: int, field: str, default: str | Non
 # Sandbox
 
 
-def job_spec(request: spb.ExecuteRequest, defaults: Limits) -> JobSpec:
-    """The request as a validated JobSpec; zero limits take the server's defaults."""
+def job_spec(request: spb.ExecuteRequest, defaults: Limits, caps: LimitCaps) -> JobSpec:
+    """The request as a validated JobSpec; zero limits take the server's defaults, and
+    none may exceed the server's caps."""
     limits = Limits(**{name: getattr(request.limits, name) or getattr(defaults, name)
                        for name in _LIMIT_FIELDS})
+    caps.check(limits)
     spec = JobSpec(
         files=dict(request.files), command=tuple(request.command), limits=limits,
         runtime=_named(enums.RUNTIMES, request.runtime, "runtime", "runc"),

@@ -1,4 +1,5 @@
-"""The API edge: who may call, how large a request may be, and what bad bytes get.
+"""The API edge: who may call, how large a request may be, what the server takes on at
+once, and what bad bytes get.
 
 Every method's handler is swapped for a request-streaming one that reads the body
 itself (grpc hands it raw bytes), so that:
@@ -6,6 +7,14 @@ itself (grpc hands it raw bytes), so that:
 - a call without a valid token is refused UNAUTHENTICATED before any of its body is
   read or parsed: HTTP/2 flow control stops the sender at its window, so a tokenless
   280 MB request costs the server kilobytes, not the message twice over;
+- a streaming call (WatchRun, Execute, health Watch, reflection) takes a place in the
+  stream budget for its whole life, per client and in all (controller/api/admission.py),
+  or is RESOURCE_EXHAUSTED at once naming the cap; grpc's own cap on concurrent RPCs is
+  the stream budget plus UNARY_RPCS, so idle streams never shut out unary calls;
+- a large-body call (Execute, CreateRun) is admitted before its body is read: an Execute
+  place must be free (checked at once), and when its turn to be read comes its bytes
+  (declared, else its method's cap) must fit the server's budget of body bytes in
+  flight; else RESOURCE_EXHAUSTED, the body unread;
 - a body over its method's cap is RESOURCE_EXHAUSTED naming the cap (only Execute,
   which carries job files, may be large; see METHOD_CAPS);
 - bytes that do not parse as the method's message are INVALID_ARGUMENT (grpc's own
@@ -14,7 +23,7 @@ itself (grpc hands it raw bytes), so that:
   (Each costs about three times its size while it is parsed and converted.)
 
 Server options (server_options) bound the rest: message size, streams per connection,
-concurrent RPCs, metadata size and idle connections.
+metadata size and idle connections.
 """
 
 from __future__ import annotations
@@ -28,11 +37,20 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
-from controller.api.auth import UNAUTHENTICATED_MESSAGE, TokenCheck
-from controller.api.errors import bad_request, too_large
+from controller.api.admission import (
+    CURRENT,
+    DECLARED_BYTES,
+    MAX_MESSAGE_BYTES,
+    Admission,
+    ByteBudget,
+    StreamBudget,
+    Ticket,
+)
+from controller.api.auth import UNAUTHENTICATED_MESSAGE, TokenCheck, client_identity
+from controller.api.errors import bad_request, status_for, too_large
+from controller.research.errors import CapacityError, FieldError
 from controller.store.task_bundle import MAX_BUNDLE_BYTES
 
-MAX_MESSAGE_BYTES = 257 << 20  # the transport's cap: Execute's 256 MiB of files (JobSpec)
 MAX_SEND_BYTES = 300 << 20  # responses (returned files, artifacts): unchanged
 DEFAULT_CAP_BYTES = 64 << 10
 METHOD_CAPS: Mapping[str, int] = {
@@ -43,9 +61,12 @@ METHOD_CAPS: Mapping[str, int] = {
 LARGE_CAP_BYTES = 1 << 20  # methods with a cap above this share the LARGE_READS bound
 LARGE_READS = 2
 MAX_CONCURRENT_STREAMS = 100  # per client connection (HTTP/2 advises at least 100)
-MAX_CONCURRENT_RPCS = 256  # per server; more get RESOURCE_EXHAUSTED at once
+UNARY_RPCS = 256  # grpc's concurrency cap is the stream budget plus this many
 MAX_METADATA_BYTES = 16 << 10
 MAX_CONNECTION_IDLE_MS = 10 * 60 * 1000
+
+# Who a call is from: (the configured token it carries, or None; its peer) -> identity.
+Identify = Callable[[bytes | None, str], str]
 
 # Test-only switch (the sensitivity twin in tests/test_api_edge.py): False reads and
 # parses an unauthenticated body before refusing it, as the server did before. Never set
@@ -61,17 +82,29 @@ def server_options() -> list[tuple[str, Any]]:
             ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS)]
 
 
-class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Installed on every server; with no tokens it checks size and parsing only
-    (a token-less server binds to loopback, see ServerConfig.bind_address)."""
+def max_concurrent_rpcs(max_streams: int) -> int:
+    """grpc's maximum_concurrent_rpcs: every stream the budget allows (max_streams), and
+    room for UNARY_RPCS unary calls beside them."""
+    return max_streams + UNARY_RPCS
 
-    def __init__(self, tokens: Sequence[str] = (),
-                 caps: Mapping[str, int] = METHOD_CAPS,
-                 default_cap: int = DEFAULT_CAP_BYTES) -> None:
+
+class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Installed on every server; with no tokens it checks budgets, size and parsing
+    (a token-less server binds to loopback, see ServerConfig.bind_address).
+
+    `gates`: per method, the places a large-body call of it must find free before its
+    body is read (Execute: the sandbox slots and queue)."""
+
+    def __init__(self, tokens: Sequence[str], streams: StreamBudget, bodies: ByteBudget,
+                 gates: Mapping[str, Admission], caps: Mapping[str, int] = METHOD_CAPS,
+                 default_cap: int = DEFAULT_CAP_BYTES,
+                 identify: Identify = client_identity) -> None:
         self._check = TokenCheck(tokens) if tokens else None
         self._caps = caps
         self._default_cap = default_cap
         self._large = asyncio.Semaphore(LARGE_READS)
+        self.streams, self.bodies, self.gates = streams, bodies, gates
+        self._identify = identify
 
     async def intercept_service(
             self, continuation: Callable[[Any], Awaitable[Any]],
@@ -80,14 +113,83 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method: str = handler_call_details.method
-        allowed = self._check is None or self._check.allows(
-            method, handler_call_details.invocation_metadata)
+        metadata = handler_call_details.invocation_metadata
+        allowed = self._check is None or self._check.allows(method, metadata)
         if not allowed and _REFUSE_BEFORE_READ:
             return _refusing(handler)
         cap = self._caps.get(method, self._default_cap)
+        large = cap > LARGE_CAP_BYTES
         body = _Body(method, cap, handler.request_deserializer,
-                     self._large if cap > LARGE_CAP_BYTES else None, refuse=not allowed)
-        return _guarded(handler, body)
+                     self._large if large else None, refuse=not allowed)
+        streaming = bool(handler.request_streaming or handler.response_streaming)
+        return _guarded(handler, body, _Call(self, method, metadata, cap, streaming,
+                                             large and not handler.request_streaming))
+
+    def client(self, metadata: Sequence[tuple[str, Any]] | None, peer: str) -> str:
+        token = self._check.matching(metadata) if self._check is not None else None
+        return self._identify(token, peer)
+
+
+class _Call:
+    """One call's admission: its stream place and, for a large body, its ticket."""
+
+    def __init__(self, edge: EdgeInterceptor, method: str,
+                 metadata: Sequence[tuple[str, Any]] | None, cap: int, streaming: bool,
+                 large: bool) -> None:
+        self.edge, self.method, self.metadata, self.cap = edge, method, metadata, cap
+        self.streaming, self.large = streaming, large
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, context: Any) -> AsyncIterator[Ticket | None]:
+        """Holds the call's places for its life; refuses at once when one is full."""
+        if not (self.streaming or self.large):
+            yield None
+            return
+        edge = self.edge
+        client = edge.client(self.metadata, context.peer()) if self.streaming else None
+        ticket = None
+        try:
+            if client is not None:
+                edge.streams.enter(client)
+            try:
+                ticket = self._ticket() if self.large else None
+            except BaseException:
+                if client is not None:
+                    edge.streams.leave(client)
+                raise
+        except (CapacityError, FieldError) as exc:
+            await _Body.abort(context, _status(exc))
+        # Each call runs in its own task, with its own copy of the context.
+        CURRENT.set(ticket)
+        try:
+            yield ticket
+        finally:
+            CURRENT.set(None)
+            if client is not None:
+                edge.streams.leave(client)
+            if ticket is not None:
+                ticket.call_ended()
+
+    def _ticket(self) -> Ticket:
+        declared = self._declared()
+        return Ticket(self.edge.bodies, self.cap if declared is None else declared,
+                      declared is not None, self.edge.gates.get(self.method))
+
+    def _declared(self) -> int | None:
+        value = next((v for k, v in self.metadata or () if k == DECLARED_BYTES), None)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.isdigit() or int(value) > self.cap:
+            raise FieldError(f"metadata {DECLARED_BYTES}", (
+                f"must be the request's size in bytes, at most {self.cap} for "
+                f"{self.method}; got {str(value)[:40]!r}"))
+        return int(value)
+
+
+def _status(exc: CapacityError | FieldError) -> Any:
+    status = status_for(exc)
+    assert status is not None  # both are domain errors with a status
+    return status
 
 
 async def _unauthenticated(context: grpc.aio.ServicerContext) -> None:
@@ -118,15 +220,27 @@ class _Body:
         self.method, self.cap, self.parse, self.bound = method, cap, parse, bound
         self.refuse = refuse
 
-    async def one(self, requests: AsyncIterator[bytes], context: Any) -> Any:
-        """The single message of a unary-request call."""
+    async def one(self, requests: AsyncIterator[bytes], context: Any,
+                  ticket: Ticket | None) -> Any:
+        """The single message of a unary-request call; a large one is charged its size."""
         raw: bytes | None = None
         async with self.bound or contextlib.nullcontext():
+            if ticket is not None:
+                try:
+                    ticket.reserve()
+                except CapacityError as exc:
+                    await self.abort(context, _status(exc))
             with contextlib.suppress(StopAsyncIteration):
                 raw = await anext(aiter(requests))
             if raw is None:
-                await self._abort(context, bad_request("request", "no request message"))
+                await self.abort(context, bad_request("request", "no request message"))
                 raise AssertionError("unreachable: abort raises")
+            if ticket is not None:
+                try:
+                    ticket.observed(len(raw))
+                except CapacityError as exc:
+                    del raw
+                    await self.abort(context, _status(exc))
             return await self.parsed(raw, context)
 
     async def each(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
@@ -138,11 +252,11 @@ class _Body:
             self._parse(raw)
             await _unauthenticated(context)
         if len(raw) > self.cap:
-            await self._abort(context, too_large(self.method, len(raw), self.cap))
+            await self.abort(context, too_large(self.method, len(raw), self.cap))
         try:
             return self._parse(raw)
         except Exception as exc:  # any failure of a pure parser is the sender's bytes
-            await self._abort(context, bad_request(
+            await self.abort(context, bad_request(
                 "request", f"not a valid message for {self.method}: "
                 f"{type(exc).__name__}: {exc}"[:500]))
 
@@ -150,38 +264,45 @@ class _Body:
         return raw if self.parse is None else self.parse(raw)
 
     @staticmethod
-    async def _abort(context: Any, status: Any) -> None:
+    async def abort(context: Any, status: Any) -> None:
         await context.abort_with_status(rpc_status.to_status(status))
 
 
-def _guarded(handler: Any, body: _Body) -> Any:
-    """`handler` behind `body`: same response kind, request stream read by us."""
+def _guarded(handler: Any, body: _Body, call: _Call) -> Any:
+    """`handler` behind `body` and `call`'s admission: same response kind, request stream
+    read by us."""
     kwargs = {"response_serializer": handler.response_serializer}
     if not handler.request_streaming:
         if handler.response_streaming:
             inner_stream = handler.unary_stream
 
             async def unary_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-                stream = inner_stream(await body.one(requests, context), context)
-                async for item in _iterate(stream):  # no reference to the request kept here
-                    yield item
+                async with call.admitted(context) as ticket:
+                    stream = inner_stream(await body.one(requests, context, ticket), context)
+                    async for item in _iterate(stream):  # no reference to the request here
+                        yield item
             return grpc.stream_stream_rpc_method_handler(unary_stream, **kwargs)
         inner_unary = handler.unary_unary
 
         async def unary_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
-            return await _resolve(inner_unary(await body.one(requests, context), context))
+            async with call.admitted(context) as ticket:
+                return await _resolve(inner_unary(await body.one(requests, context, ticket),
+                                                  context))
         return grpc.stream_unary_rpc_method_handler(unary_unary, **kwargs)
     if handler.response_streaming:
         inner_streams = handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-            async for item in _iterate(inner_streams(body.each(requests, context), context)):
-                yield item
+            async with call.admitted(context):
+                async for item in _iterate(inner_streams(body.each(requests, context),
+                                                         context)):
+                    yield item
         return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
     inner = handler.stream_unary
 
     async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
-        return await _resolve(inner(body.each(requests, context), context))
+        async with call.admitted(context):
+            return await _resolve(inner(body.each(requests, context), context))
     return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
 
 
@@ -190,6 +311,9 @@ async def _resolve(result: Any) -> Any:
 
 
 async def _iterate(result: Any) -> AsyncIterator[Any]:
+    if inspect.isawaitable(result):  # a coroutine that writes with context.write (health)
+        await result
+        return
     if hasattr(result, "__aiter__"):
         async for item in result:
             yield item

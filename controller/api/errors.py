@@ -90,8 +90,10 @@ def rpc_errors(fn: F) -> F:
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            items = fn(self, request, context)
+            del request  # the handler may drop a large request (Execute) once converted
             try:
-                async for item in fn(self, request, context):
+                async for item in items:
                     yield item
             except Exception as exc:
                 status = status_for(exc)

@@ -14,6 +14,7 @@ from controller.api.errors import rpc_errors
 from controller.api.events import EventHub
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import runs_pb2_grpc
+from controller.research.deletion import RunDeleter
 from controller.research.errors import FieldError
 from controller.research.level2 import report as mechanism_report
 from controller.research.manager import RunManager
@@ -43,11 +44,12 @@ def _decode_page_token(token: str) -> int | None:
 
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
     def __init__(self, manager: RunManager, store: RunStore, artifacts: ArtifactStore,
-                 hub: EventHub) -> None:
+                 hub: EventHub, deleter: RunDeleter) -> None:
         self.manager = manager
         self.store = store
         self.artifacts = artifacts
         self.hub = hub
+        self.deleter = deleter
 
     @rpc_errors
     async def CreateRun(self, request: rpb.CreateRunRequest,
@@ -83,6 +85,14 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                         context: grpc.aio.ServicerContext) -> rpb.Run:
         run_id = _required(request.run_id, "run_id")
         return convert.run(await asyncio.to_thread(self.manager.cancel, run_id))
+
+    @rpc_errors
+    async def DeleteRun(self, request: rpb.DeleteRunRequest,
+                        context: grpc.aio.ServicerContext) -> rpb.DeleteRunResponse:
+        run_id = _required(request.run_id, "run_id")
+        deleted = await asyncio.to_thread(self.deleter.delete, run_id, request.cancel)
+        return rpb.DeleteRunResponse(run_id=run_id, freed_bytes=deleted.freed_bytes,
+                                     removed=deleted.removed, kept=deleted.kept)
 
     @rpc_errors
     async def WatchRun(self, request: rpb.WatchRunRequest,

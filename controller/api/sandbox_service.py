@@ -1,8 +1,11 @@
 """SandboxService: one job per Execute call, streamed as accepted/started/output/finished.
 
 Admission is bounded: at most `slots + queue` calls are in flight; the next one gets
-RESOURCE_EXHAUSTED at once instead of waiting without limit. A client that goes away
-cancels its job (the executor kills and removes the container). A request mounts data
+RESOURCE_EXHAUSTED at once, before its body is read, instead of waiting without limit
+(the edge admits it: controller/api/admission.py). Its place and body bytes are held
+until its job ends. Limits over the server's caps are INVALID_ARGUMENT naming the field
+and the cap. A client that goes away cancels its job (the executor kills and removes the
+container). A request mounts data
 only by the id of a volume published to this controller's clients (see
 controller/sandbox/volumes.py); GPUs are the executor's to hand out.
 """
@@ -20,13 +23,14 @@ import grpc
 import structlog
 
 from controller.api import convert, output_chunks
+from controller.api.admission import Admission, current_ticket
 from controller.api.errors import rpc_errors
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.api.gen.bilevel.v1 import sandbox_pb2_grpc
 from controller.api.output_chunks import Chunk, OutputCoalescer
 from controller.research.engine import LazyExecutor
-from controller.research.errors import CapacityError
 from controller.sandbox import volumes
+from controller.sandbox.caps import LimitCaps
 from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.spec import JobResult, JobSpec, Limits
 
@@ -41,39 +45,20 @@ _STREAMS = {"stdout": spb.ExecuteEvent.Output.STREAM_STDOUT,
             "stderr": spb.ExecuteEvent.Output.STREAM_STDERR}
 
 
-class Admission:
-    """Counts Execute calls in flight (running or queued for a slot). Event-loop only."""
-
-    def __init__(self, slots: int, queue: int) -> None:
-        self.slots = slots
-        self.capacity = slots + queue
-        self.in_flight = 0
-
-    def enter(self) -> int:
-        """Admit one call and return its queue position (0: a slot should be free)."""
-        if self.in_flight >= self.capacity:
-            raise CapacityError(
-                "execute_queue", f"all {self.slots} sandbox slots and "
-                f"{self.capacity - self.slots} queue places are taken; retry later")
-        self.in_flight += 1
-        return max(0, self.in_flight - self.slots)
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-
-
 class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
-    def __init__(self, engine: LazyExecutor, defaults: Limits, queue: int) -> None:
+    def __init__(self, engine: LazyExecutor, defaults: Limits, caps: LimitCaps,
+                 admission: Admission) -> None:
         self.engine = engine
         self.defaults = defaults
-        self.admission = Admission(engine.config.slots, queue)
-        self.pool = ThreadPoolExecutor(max_workers=self.admission.capacity,
+        self.caps = caps
+        self.pool = ThreadPoolExecutor(max_workers=admission.capacity,
                                        thread_name_prefix="execute")
 
     @rpc_errors
     async def Execute(self, request: spb.ExecuteRequest,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[spb.ExecuteEvent]:
-        spec = convert.job_spec(request, self.defaults)
+        ticket = current_ticket()  # the edge's admission, taken before the body was read
+        spec = convert.job_spec(request, self.defaults, self.caps)
         del request  # the spec holds the files now; do not keep the message twice
         if _RESOLVE_DATA_MOUNTS:
             volumes.check_data_ids(spec)
@@ -81,14 +66,14 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         if _RESOLVE_DATA_MOUNTS and spec.data_mounts:
             spec = await asyncio.to_thread(volumes.resolve_data_mounts, executor.client,
                                            executor.config.namespace, spec)
-        position = self.admission.enter()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[_Item] = asyncio.Queue()
         cancel = threading.Event()
         job = loop.run_in_executor(self.pool, self._run, executor, spec, events, loop, cancel)
-        job.add_done_callback(lambda _: self.admission.leave())
+        ticket.keep_until(job)  # the place and the bytes are the job's until it ends
         try:
-            yield spb.ExecuteEvent(accepted=spb.ExecuteEvent.Accepted(queue_position=position))
+            yield spb.ExecuteEvent(accepted=spb.ExecuteEvent.Accepted(
+                queue_position=ticket.position))
             async for event in _stream(job, events):
                 yield event
             result: JobResult = job.result()

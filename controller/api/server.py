@@ -18,18 +18,23 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.api import reflection
-from controller.api.edge import MAX_CONCURRENT_RPCS, EdgeInterceptor, server_options
+from controller.api.admission import Admission, ByteBudget, MemoryGiveBack, StreamBudget
+from controller.api.edge import EdgeInterceptor, max_concurrent_rpcs, server_options
 from controller.api.events import EventHub
 from controller.api.gen.bilevel.v1 import runs_pb2, runs_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
 from controller.api.memory_service import MemoryServicer
 from controller.api.runs_service import RunServicer
 from controller.api.sandbox_service import SandboxServicer
 from controller.config import ConfigError, ServerConfig, TlsConfig
+from controller.research.deletion import Janitor, RunDeleter
 from controller.research.engine import LazyExecutor
 from controller.research.manager import ManagerConfig, RunManager
 from controller.sandbox.executor import SandboxUnavailable
+from controller.store import deletion
 from controller.store.artifacts import ArtifactStore
+from controller.store.disk import DiskBudget
 from controller.store.memory import MemoryStore
+from controller.store.resources import RunResources
 from controller.store.runs import RunStore
 
 log = structlog.get_logger(__name__)
@@ -37,6 +42,7 @@ log = structlog.get_logger(__name__)
 SANDBOX_SERVICE = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
 RUN_SERVICE = runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
 MEMORY_SERVICE = runs_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
+EXECUTE = f"/{SANDBOX_SERVICE}/Execute"
 ENGINE_RETRY_SECONDS = 5.0
 DEFAULT_THREADS = 32  # an Execute request may carry up to 256 MiB of files
 
@@ -58,7 +64,20 @@ class ControllerServer:
         self.engine = LazyExecutor(config.executor, ray=config.ray)
         self.manager = RunManager(self.store, self.artifacts, self.engine,
                                   ManagerConfig(max_active_runs=config.max_active_runs,
-                                                llm=config.llm))
+                                                llm=config.llm, caps=config.caps,
+                                                disk=DiskBudget.of(
+                                                    config.state_dir,
+                                                    config.state_dir_max_bytes)))
+        # What a crash left half done: claims of runs never created, folders of runs
+        # deleted or never created. Safe now: this process holds the state dir and no
+        # create is in flight.
+        RunResources(self.store).drop_dangling()
+        deletion.remove_orphan_files(self.artifacts.root, self.store)
+        self.deleter = RunDeleter(self.store, self.artifacts, lambda: self.engine.get().client,
+                                  config.executor.namespace, self.manager.cancel,
+                                  lambda run_id: run_id in self.manager.active_ids())
+        self.janitor = Janitor(self.deleter, config.retention)
+        self._janitor_task: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -74,16 +93,20 @@ class ControllerServer:
                                                      thread_name_prefix="controller"))
         hub = EventHub(loop)
         self.store.subscribe(hub.notify)
-        # The edge checks tokens before reading a body, then size caps and parsing.
-        server = grpc.aio.server(interceptors=[EdgeInterceptor(self.config.tokens)],
+        # The edge checks tokens and admits (streams, Execute places, body bytes) before
+        # reading a body, then size caps and parsing. grpc's own cap on concurrent calls
+        # leaves room for unary calls beside every stream the edge allows.
+        admission = Admission(self.engine.config.slots, self.config.execute_queue)
+        server = grpc.aio.server(interceptors=[self.edge(admission)],
                                  options=server_options(),
-                                 maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+                                 maximum_concurrent_rpcs=max_concurrent_rpcs(
+                                     self.config.max_streams))
         self._sandbox = SandboxServicer(self.engine, self.config.default_limits,
-                                        self.config.execute_queue)
+                                        self.config.caps, admission)
         sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self._sandbox, server)
         runs_pb2_grpc.add_RunServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            RunServicer(self.manager, self.store, self.artifacts, hub), server)
+            RunServicer(self.manager, self.store, self.artifacts, hub, self.deleter), server)
         runs_pb2_grpc.add_MemoryServiceServicer_to_server(  # type: ignore[no-untyped-call]
             MemoryServicer(MemoryStore(self.store)), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -104,12 +127,21 @@ class ControllerServer:
         await self.health.set(RUN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SANDBOX_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._engine_task = asyncio.create_task(self._connect_engine())
+        self._janitor_task = asyncio.create_task(self._sweep_forever())
         log.info("controller listening", address=address.rsplit(":", 1)[0],
                  port=self.port, tls=self.config.tls is not None,
                  mtls=bool(self.config.tls and self.config.tls.client_ca_file),
                  auth="token" if self.config.tokens else "none (localhost only)",
                  state_dir=str(self.config.state_dir))
         return self.port
+
+    def edge(self, admission: Admission) -> EdgeInterceptor:
+        """The interceptor every call passes (controller/api/edge.py)."""
+        c = self.config
+        return EdgeInterceptor(
+            c.tokens, StreamBudget(c.max_streams, c.max_streams_per_client),
+            ByteBudget(c.max_request_bytes_in_flight, on_release=MemoryGiveBack()),
+            {EXECUTE: admission})
 
     async def _connect_engine(self) -> None:
         """Reach Docker (reaping orphans), then resume unfinished runs; retry while down."""
@@ -126,6 +158,16 @@ class ControllerServer:
         if resumed:
             log.info("resumed runs", runs=resumed)
 
+    async def _sweep_forever(self) -> None:
+        """Retention and the engine sweep (research/deletion.py's Janitor), now and then
+        every retention.sweep_seconds; a failed sweep is logged, the next one retries."""
+        while True:
+            try:
+                await asyncio.to_thread(self.janitor.sweep)
+            except Exception:
+                log.exception("clean-up sweep failed; the next one retries")
+            await asyncio.sleep(self.config.retention.sweep_seconds)
+
     async def stop(self) -> None:
         """Graceful: refuse new work, pause runs (they resume on restart), let calls in
         flight finish within the grace period, then kill and remove what is left."""
@@ -133,11 +175,14 @@ class ControllerServer:
         await self.health.enter_graceful_shutdown()
         if self._engine_task is not None:
             self._engine_task.cancel()
+        if self._janitor_task is not None:
+            self._janitor_task.cancel()
         await asyncio.to_thread(self.manager.shutdown)
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_seconds)
         if self._sandbox is not None:
             await asyncio.to_thread(self._sandbox.close)
+        await asyncio.to_thread(self.janitor.close)  # a sweep in flight ends first
         self.engine.close()
         self.store.close()
         os.close(self._lock_fd)

@@ -16,7 +16,9 @@ from controller.sandbox.spec import JobResult, Limits, SpecError, Status
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser("exec", help="run a Python file in a sandbox container")
     cmd.add_argument("file", type=Path)
-    cmd.add_argument("--runtime", choices=("runc", "runsc"), default="runc")
+    cmd.add_argument("--runtime", choices=("auto", "runc", "runsc"), default="auto",
+                     help="gVisor (runsc) or runc; auto (default): runsc where the engine "
+                          "has it registered, else runc with a warning")
     cmd.add_argument("--timeout", type=float, default=60.0, help="wall-time limit, seconds")
     cmd.add_argument("--memory-mb", type=int, default=1024)
     cmd.add_argument("--cpus", type=float, default=1.0)
@@ -32,15 +34,15 @@ def cmd_exec(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: FILE {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    spec = JobSpec(
-        files={args.file.name: source},
-        command=("python3", args.file.name),
-        limits=Limits(wall_seconds=args.timeout, memory_bytes=args.memory_mb << 20,
-                      cpus=args.cpus),
-        runtime=args.runtime,
-    )
     try:
-        executor = SandboxExecutor(ExecutorConfig(slots=1))
+        executor = SandboxExecutor(ExecutorConfig(slots=1, runtime=args.runtime))
+        spec = JobSpec(
+            files={args.file.name: source},
+            command=("python3", args.file.name),
+            limits=Limits(wall_seconds=args.timeout, memory_bytes=args.memory_mb << 20,
+                          cpus=args.cpus),
+            runtime=executor.runtime,
+        )
         result = executor.run(spec, on_output=_echo if not args.json else None)
     except (SandboxUnavailable, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,7 +3,9 @@
 1. A controller holds the state dir (its lock file names its pid and address): connect
    to it, so a second terminal can list or watch what the first one runs.
 2. A read-only command (runs, watch, artifact): read the SQLite store directly (WAL lets
-   readers in while nobody writes) - no controller, no Docker, no LLM SDK.
+   readers in while nobody writes) - no controller, no Docker, no LLM SDK. `delete`
+   takes this way too, holding the state dir's lock while it deletes
+   (commands/local_delete.py).
 3. Otherwise start a controller in this process (it takes the lock and records its
    address in turn), with its log in <state dir>/bilevel.log.
 
@@ -14,6 +16,7 @@ commands print them the same way.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import fcntl
 import os
@@ -48,11 +51,7 @@ class Holder:
 
 def state_dir_of(args: argparse.Namespace) -> Path:
     """The state dir the flags, file and environment name (no GPU discovery: cheap)."""
-    from controller.commands.serve import FLAG_KEYS, args_get
-
-    flags = {key: args_get(args, dest) for dest, key in FLAG_KEYS.items()}
-    return load(args_get(args, "config"), os.environ, flags,
-                discover_gpus=lambda _url, _image: ()).state_dir
+    return _config_of(args).state_dir
 
 
 def holder_of(state_dir: Path) -> Holder | None:
@@ -144,7 +143,7 @@ async def open_client(args: argparse.Namespace, embedded: Callable[[], ServerCon
             yield client
         return
     if read_only:
-        async with StoreClient(state_dir) as store_client:
+        async with StoreClient(state_dir, lambda: _config_of(args)) as store_client:
             yield store_client
         return
     if embedded is None:
@@ -160,6 +159,15 @@ async def open_client(args: argparse.Namespace, embedded: Callable[[], ServerCon
     async with connect(args, logged) as client:
         client.where = "embedded"  # type: ignore[attr-defined]
         yield client
+
+
+def _config_of(args: argparse.Namespace) -> ServerConfig:
+    """The configuration the flags, file and environment give (no GPU discovery)."""
+    from controller.commands.serve import FLAG_KEYS, args_get
+
+    flags = {key: args_get(args, dest) for dest, key in FLAG_KEYS.items()}
+    return load(args_get(args, "config"), os.environ, flags,
+                discover_gpus=lambda _url, _image: ())
 
 
 def where_of(client: object) -> str:
@@ -181,9 +189,10 @@ class StoreClient:
     metadata: tuple[tuple[str, str], ...] = ()
     where = "store"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path,
+                 config_of: Callable[[], ServerConfig] | None = None) -> None:
         self.state_dir = state_dir
-        self.runs = _StoreRuns(state_dir)
+        self.runs = _StoreRuns(state_dir, config_of)
         self.memory = _StoreMemory(self.runs)
 
     async def __aenter__(self) -> StoreClient:
@@ -206,10 +215,13 @@ class LocalRpcError(grpc.aio.AioRpcError):  # type: ignore[misc]
 
 
 class _StoreRuns:
-    """GetRun, ListRuns, GetArtifact and WatchRun, answered from the store."""
+    """GetRun, ListRuns, GetArtifact and WatchRun, answered from the store; DeleteRun
+    done here under the state dir's lock."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path,
+                 config_of: Callable[[], ServerConfig] | None = None) -> None:
         self.state_dir = state_dir
+        self._config_of = config_of
         self._store: Any = None
 
     def store(self) -> Any:
@@ -271,6 +283,21 @@ class _StoreRuns:
             raise LocalRpcError(exc) from None
         return rpb.Artifact(name=request.name, content_type=content_type(request.name),
                             content=data)
+
+    async def DeleteRun(self, request: rpb.DeleteRunRequest,
+                        metadata: object = None) -> rpb.DeleteRunResponse:
+        from controller.commands.local_delete import delete_locally
+
+        if self._config_of is None:
+            raise ConfigError("--server is required to delete a run")
+        self.close()  # the deletion opens the store itself, under the lock
+        self._store = None
+        try:
+            return await asyncio.to_thread(delete_locally, self._config_of(), request)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise LocalRpcError(exc) from None
 
     async def WatchRun(self, request: rpb.WatchRunRequest,
                        metadata: object = None) -> AsyncIterator[rpb.RunEvent]:

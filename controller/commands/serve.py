@@ -54,9 +54,11 @@ def add_controller_arguments(parser: argparse.ArgumentParser,
                                                  "one per GPU slot)")
     group.add_argument("--gpus", help="'none' (default), 'auto' (every GPU or MIG slice "
                                       "nvidia-smi lists), or ids: '0,1', 'MIG-…', '0+1'")
-    group.add_argument("--runtime", choices=("runc", "runsc"),
+    group.add_argument("--runtime", choices=("auto", "runc", "runsc"),
                        help="the least isolation a job gets: runsc runs every job under "
-                            "gVisor (default runc; a job may still ask for runsc)")
+                            "gVisor; auto (the default) does so where runsc is registered "
+                            "with the engine, else warns and uses runc; runc lets each "
+                            "job choose")
     group.add_argument("--namespace", help="label of this controller's containers; its "
                                            "orphans are reaped (default: default)")
     group.add_argument("--docker-url", help="Docker engine URL (default: from environment)")

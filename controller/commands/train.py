@@ -58,11 +58,11 @@ def _train_task(args: argparse.Namespace, manifest: Any) -> int:
     except (ImageBuildError, ValueError) as exc:
         print(f"error: task image: {exc}", file=sys.stderr)
         return 2
-    executor = SandboxExecutor(ExecutorConfig(image=base))
+    executor = SandboxExecutor(ExecutorConfig(image=base, runtime=args.runtime))
     if image != base:
         executor.allow_image(image)
     try:
-        task = task_from_dir(manifest.root, executor, runtime=args.runtime,
+        task = task_from_dir(manifest.root, executor, runtime=executor.runtime,
                              image=None if image == base else image)
         source = Path(args.train_py).read_text(encoding="utf-8") if args.train_py \
             else task.baseline_source()

@@ -18,6 +18,7 @@ import structlog
 from controller.llm.errors import LLMConfigError
 from controller.llm.settings import LLMAccess
 from controller.llm.types import Provider
+from controller.research.deletion import ENGINE_ERRORS
 from controller.research.engine import LazyExecutor
 from controller.research.errors import CapacityError, FieldError, StateConflict
 from controller.research.level1.loop import InnerLoop, StopSignal
@@ -26,20 +27,27 @@ from controller.research.level1.space import ProposalError
 from controller.research.outer import attach_outer_levels
 from controller.research.settings import RunSettings
 from controller.research.task import Task, memory_key
+from controller.research.tasks.caps import check_task_caps
 from controller.research.tasks.manifest import MANIFEST, TaskError, load_task_dir
 from controller.research.tasks.registry import make_task
+from controller.sandbox.caps import LimitCaps
 from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.image import ImageBuildError
 from controller.sandbox.task_image import WheelSource, ensure_task_image
+from controller.sandbox.task_image_tags import hold_task_image, namespace_tag
+from controller.sandbox.volumes import Sweep, hold_data_volume, named_lock, release_holds
 from controller.store import task_bundle
 from controller.store.artifacts import ArtifactStore
+from controller.store.disk import DiskBudget
 from controller.store.memory import MemoryStore
 from controller.store.records import RunRecord, RunState
+from controller.store.resources import DATA_VOLUME, TASK_IMAGE, RunResources, store_scope
 from controller.store.runs import RunStore
 from mechanisms import library
 
 log = structlog.get_logger(__name__)
 MEMORY_IN_PROMPT = 20  # newest lessons of the task offered to a proposer
+RUNS_KEY = "server.max_runs"
 
 
 @dataclass(frozen=True)
@@ -48,12 +56,23 @@ class ManagerConfig:
     llm: LLMAccess = field(default_factory=LLMAccess)
     # Where the host's pip finds a task's requirements (the operator's choice).
     wheels: WheelSource = field(default_factory=WheelSource)
+    # The most a sent task's phases may ask for (memory, cpus, wall time, outputs).
+    caps: LimitCaps = field(default_factory=LimitCaps)
+    # The state dir's disk budget, checked before a run is created (None: unchecked).
+    disk: DiskBudget | None = None
 
 
 @dataclass
 class _Active:
     thread: threading.Thread
     stop: StopSignal
+
+
+@dataclass
+class _Place:
+    """A run place taken by _reserve; `held` until a run takes it or it is released."""
+
+    held: bool = True
 
 
 class RunManager:
@@ -63,9 +82,12 @@ class RunManager:
         self.artifacts = artifacts
         self.engine = engine
         self.config = config or ManagerConfig()
+        self.resources = RunResources(store)  # the engine objects each run claims
+        self.scope = store_scope(artifacts.root.parent)  # this store, in engine labels
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._starting = threading.Lock()
+        self._reserved = 0  # places taken by creates and resumes not started yet
         self._closing = False
 
     def create(self, settings: RunSettings,
@@ -84,14 +106,12 @@ class RunManager:
             # the stored task's name replaces this once it is loaded (_store_task)
             preset=settings.task.preset or ("task_files" if files else "")))
         settings.validate()
-        with self._lock:
-            if self._closing:
-                raise CapacityError("controller", "the controller is shutting down")
-            if len(self._active) >= self.config.max_active_runs:
-                raise CapacityError("runs", f"{self.config.max_active_runs} runs are active "
-                                    "(the server's --max-runs); wait for one or cancel one")
+        if self.config.disk is not None:  # RESOURCE_EXHAUSTED naming the budget
+            self.config.disk.check(task_bundle.added_bytes(self.artifacts.root, files)
+                                   if files else 0)
         run_id = f"run-{uuid.uuid4().hex[:12]}"
         run: RunRecord | None = None
+        place = self._reserve()
         try:
             if files is not None:
                 settings = self._store_task(run_id, settings, files)
@@ -99,10 +119,13 @@ class RunManager:
             with self._starting:  # so resume_all never takes a new run for an orphan
                 loop = self._loop(run_id, settings, task)  # checks the LLM settings and key
                 run = self.store.create_run(run_id, settings.to_dict())
-                self._start(run.id, loop)
+                self._start(run.id, loop, place)
         except BaseException:
-            if files is not None and run is None:  # no run owns the stored copy
-                task_bundle.remove(self.artifacts.root, run_id)
+            self._release(place)
+            if run is None:  # no run owns the stored copy or the claims
+                self.resources.drop_run(run_id)
+                if files is not None:
+                    task_bundle.remove(self.artifacts.root, run_id)
             raise
         return run
 
@@ -113,6 +136,7 @@ class RunManager:
         folder = task_bundle.store(self.artifacts.root, run_id, files)
         try:
             manifest = load_task_dir(folder)
+            check_task_caps(manifest, self.config.caps)
         except TaskError as exc:  # name the manifest key inside the bundle
             where = "" if exc.field == "task" else f"[{MANIFEST}].{exc.field}"
             raise FieldError(f"{task_bundle.FIELD}{where}", exc.reason) from None
@@ -126,8 +150,9 @@ class RunManager:
             return None
         return task_bundle.load_stored(self.artifacts.root, run_id, settings.task.task_sha256)
 
-    def _task_image(self, executor: SandboxExecutor, folder: Path) -> str | None:
-        """The task image for the manifest's requirements (built once, then reused)."""
+    def _task_image(self, executor: SandboxExecutor, folder: Path, run_id: str) -> str | None:
+        """This controller's tag of the task image for the manifest's requirements (built
+        once, then reused), claimed for the run before it is tagged."""
         requirements = load_task_dir(folder).requirements
         if not requirements:
             return None
@@ -139,8 +164,13 @@ class RunManager:
             raise FieldError(field, str(exc)) from None
         except ImageBuildError as exc:
             raise FieldError(field, f"the task image could not be built: {exc}") from None
-        executor.allow_image(tag)
-        return tag
+        namespace = executor.config.namespace
+        ns_tag = namespace_tag(tag, namespace, self.scope)
+        with named_lock(ns_tag):  # a sweep re-checks the claims under the same lock
+            self.resources.claim(run_id, TASK_IMAGE, ns_tag)
+            hold_task_image(executor.client, tag, namespace, self.scope)
+        executor.allow_image(ns_tag)
+        return ns_tag
 
     def _replay_settings(self, settings: RunSettings) -> RunSettings:
         """A replay re-runs the stored run's own settings with its stored answers."""
@@ -156,9 +186,18 @@ class RunManager:
                                              replay_run=settings.llm.replay_run))
 
     def _task(self, settings: RunSettings, run_id: str) -> Task:
-        executor = self.engine.get()
+        # The run's view of the executor: its jobs are labelled with the run id, and each
+        # data volume it mounts is claimed for it first (sandbox/volumes.py).
+        engine = self.engine.get()
+
+        def claim_data(name: str) -> None:
+            self.resources.claim(run_id, DATA_VOLUME, name)
+            hold_data_volume(engine.client, name, engine.image, engine.config.namespace,
+                             run_id, self.scope)
+
+        executor = engine.for_owner(run_id, claim_data)
         folder = self._task_dir(settings, run_id)
-        image = self._task_image(executor, folder) if folder is not None else None
+        image = self._task_image(executor, folder, run_id) if folder is not None else None
         task = make_task(settings.task, executor, settings.proposer.mode, task_dir=folder,
                          image=image)
         try:
@@ -196,17 +235,43 @@ class RunManager:
             return built[0]
 
         try:
-            attach_outer_levels(loop, self.engine.get(), provider)
+            attach_outer_levels(loop, self.engine.get().for_owner(run_id), provider)
         except LLMConfigError as exc:
             raise FieldError("llm.provider", f"{exc}; to run levels 1.5 and 2 offline use "
                              "--config-controller rule --mechanism-source library") from None
         return loop
 
-    def _start(self, run_id: str, loop: InnerLoop) -> None:
+    def _reserve(self) -> _Place:
+        """A place for a run about to start, or CapacityError naming the quota: the check
+        and the claim are one step under the lock, so concurrent creates never start more
+        than max_active_runs. The place becomes the run's when it starts (_start)."""
+        limit = self.config.max_active_runs
+        with self._lock:
+            if self._closing:
+                raise CapacityError("controller", "the controller is shutting down")
+            used = len(self._active) + self._reserved
+            if used >= limit:
+                raise CapacityError(RUNS_KEY, (
+                    f"{used} of the {limit} runs this server runs at once ({RUNS_KEY}, "
+                    "--max-runs) are active or starting; wait for one or cancel one"))
+            self._reserved += 1
+        return _Place()
+
+    def _release(self, place: _Place) -> None:
+        """Give back a place no run took (a failed create or resume); once only."""
+        with self._lock:
+            if place.held:
+                place.held = False
+                self._reserved -= 1
+
+    def _start(self, run_id: str, loop: InnerLoop, place: _Place | None = None) -> None:
         thread = threading.Thread(target=self._run_loop, args=(run_id, loop),
                                   name=f"loop-{run_id}", daemon=True)
         with self._lock:
             self._active[run_id] = _Active(thread, loop.stop)
+            if place is not None and place.held:  # the run holds it now, as an active run
+                place.held = False
+                self._reserved -= 1
         thread.start()
 
     def _run_loop(self, run_id: str, loop: InnerLoop) -> None:
@@ -221,6 +286,20 @@ class RunManager:
         finally:
             with self._lock:
                 self._active.pop(run_id, None)
+            self._release_holds()
+
+    def _release_holds(self) -> None:
+        """A finished run holds its data volumes no more (a paused one still does); the
+        controller's sweep removes the volumes once nothing holds them."""
+        if not self.engine.ready:  # no engine was reached: nothing was held
+            return
+        try:
+            engine = self.engine.get()
+            release_holds(engine.client, engine.config.namespace, self.scope,
+                          self.resources.run_live, Sweep())
+        except ENGINE_ERRORS as exc:
+            log.info("holds of finished runs kept; the next sweep releases them",
+                     error=str(exc))
 
     def resume_all(self) -> list[str]:
         """Continue every run a previous controller left running."""
@@ -252,17 +331,16 @@ class RunManager:
         if run.state is not RunState.PAUSED:
             raise StateConflict(f"run {run_id}", f"run {run_id} is {run.state.value}, not "
                                 "paused; only a paused run can be resumed")
-        with self._lock:
-            if self._closing:
-                raise CapacityError("controller", "the controller is shutting down")
-            if len(self._active) >= self.config.max_active_runs:
-                raise CapacityError("runs", f"{self.config.max_active_runs} runs are active")
-        settings = RunSettings.from_dict(run.settings)
-        loop = self._loop(run_id, settings, self._task(settings, run_id))
-        with self._starting:
-            if not self.store.unpause_run(run_id):
-                raise StateConflict(f"run {run_id}", f"run {run_id} is no longer paused")
-            self._start(run_id, loop)
+        place = self._reserve()
+        try:
+            settings = RunSettings.from_dict(run.settings)
+            loop = self._loop(run_id, settings, self._task(settings, run_id))
+            with self._starting:
+                if not self.store.unpause_run(run_id):
+                    raise StateConflict(f"run {run_id}", f"run {run_id} is no longer paused")
+                self._start(run_id, loop, place)
+        finally:
+            self._release(place)
         log.info("resumed paused run", run_id=run_id)
         return self.store.get_run(run_id)
 

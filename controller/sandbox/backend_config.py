@@ -21,7 +21,9 @@ class SandboxBusy(RuntimeError):
 class ExecutorConfig:
     """How this controller uses the engine. `image` None means the image built from
     this checkout's sandbox_image/ (see `bilevel image build`). `runtime` is the
-    deployment's floor: "runsc" runs every job under gVisor, whatever it asks for.
+    deployment's floor: "runsc" runs every job under gVisor, whatever it asks for;
+    "auto" does so where runsc is registered with the engine (with --oci-seccomp), and
+    otherwise falls back to runc with a warning; "runc" lets a job choose.
     With `gpu_slots`, there is one job slot per GPU slot and each job gets its slot's
     GPUs; without, jobs get no GPU. A job never chooses its GPUs: `gpu_ids` in a spec
     is refused (see GpuSlots.check_request)."""
@@ -33,7 +35,7 @@ class ExecutorConfig:
     reap_interval_seconds: float = 60.0
     allowed_images: tuple[str, ...] = ()
     kill_grace_seconds: float = 5.0
-    runtime: str = "runc"
+    runtime: str = "auto"
     gpu_slots: tuple[tuple[str, ...], ...] = ()
 
 

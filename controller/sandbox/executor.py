@@ -9,6 +9,7 @@ SandboxUnavailable.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import threading
 import time
@@ -26,11 +27,12 @@ from controller.sandbox import archive, job_output
 from controller.sandbox.backend_config import ExecutorConfig as ExecutorConfig
 from controller.sandbox.backend_config import SandboxBusy as SandboxBusy
 from controller.sandbox.backend_config import SandboxUnavailable as SandboxUnavailable
+from controller.sandbox.cores import CoreGate, host_cores, shared_gate
 from controller.sandbox.gpus import GpuSlots
 from controller.sandbox.hardening import container_kwargs, runner_job
 from controller.sandbox.image import ImageBuildError, ImageRecipe, image_tag
 from controller.sandbox.output import OutputCapture
-from controller.sandbox.reaper import ownership_labels, reap
+from controller.sandbox.reaper import OWNER_EXECUTE, ownership_labels, reap
 from controller.sandbox.spec import (
     RESULT_FILE,
     RETURNED_DIR,
@@ -77,13 +79,23 @@ class SandboxExecutor:
                 f"cannot reach the Docker engine ({exc}); start it (see README#docker) — "
                 "bilevel never runs jobs on the host"
             ) from exc
-        if self.config.runtime == "runsc":
-            self._require_runsc()
+        info = self.client.info()
+        self._runsc_problem = runsc_problem(info)
+        self._runsc_nvproxy = any(str(a).startswith("--nvproxy") and not str(a).endswith(
+            "=false") for a in ((info.get("Runtimes") or {}).get("runsc") or {}).get(
+            "runtimeArgs") or [])
+        # The least isolation any job gets here ("auto": gVisor where it is usable).
+        self.runtime = self._runtime_floor()
         self.image = self.config.image or self._default_image()
         self._allowed = {self.image, *self.config.allowed_images}
         self._gpus = GpuSlots(self.config.gpu_slots)
         self._slots = threading.BoundedSemaphore(len(self._gpus) or self.config.slots)
+        # Time-budgeted jobs hold their cpus of this host's cores (trainer/run.py).
+        self.cores: CoreGate | None = shared_gate(host_cores(self.client.info().get("NCPU")))
         self._stop = threading.Event()
+        # io.bilevel.owner of the jobs; for_owner() makes a run's view of this executor.
+        self.owner = OWNER_EXECUTE
+        self.claim_data: Callable[[str], None] | None = None
         self._reap_once()  # a failed start-up sweep must not stop the controller
         self._reaper = threading.Thread(target=self._reap_forever, name="sandbox-reaper",
                                         daemon=True)
@@ -100,13 +112,28 @@ class SandboxExecutor:
                 "`bilevel image build`") from exc
         return tag
 
+    def _runtime_floor(self) -> str:
+        wanted = self.config.runtime
+        if wanted == "runsc":
+            self._require_runsc()
+            return "runsc"
+        problem = self._runsc_problem
+        if wanted == "auto" and not problem and self.config.gpu_slots \
+                and not self._runsc_nvproxy:
+            problem = "GPU jobs under gVisor need runsc registered with --nvproxy=true"
+        if wanted == "auto" and not problem:
+            return "runsc"
+        log.warning("sandbox jobs run under runc unless they ask for runsc: runc shares the "
+                    "host's kernel, so a kernel bug or a capability the container keeps is "
+                    "a way out (see README#the-sandbox)",
+                    why=problem or "sandbox.runtime = \"runc\" was chosen")
+        return "runc"
+
     def _require_runsc(self) -> None:
-        runtimes = self.client.info().get("Runtimes") or {}
-        if "runsc" not in runtimes:
-            raise SandboxUnavailable(
-                "this deployment runs jobs under gVisor, but runsc is not registered with "
-                "the Docker daemon: add it to /etc/docker/daemon.json (see README#security), "
-                "or set sandbox.runtime = \"runc\" to accept weaker isolation")
+        """A job asked for gVisor: runsc must be registered and enforce our seccomp
+        profile; a job never runs with less isolation than it asked for."""
+        if self._runsc_problem:
+            raise SandboxUnavailable(self._runsc_problem)
 
     def _reap_forever(self) -> None:
         while not self._stop.wait(self.config.reap_interval_seconds):
@@ -123,6 +150,15 @@ class SandboxExecutor:
         image (controller/sandbox/task_image.py). Only trusted code calls this; a request
         never names an image."""
         self._allowed.add(tag)
+
+    def for_owner(self, owner: str,
+                  claim_data: Callable[[str], None] | None = None) -> SandboxExecutor:
+        """This executor as `owner` (a run id) uses it: the same engine, slots and images,
+        its jobs and sessions labelled with the owner, and each data volume it mounts
+        recorded by `claim_data(name)` before it is filled (sandbox/volumes.py)."""
+        view = copy.copy(self)
+        view.owner, view.claim_data = owner, claim_data
+        return view
 
     def close(self) -> None:
         self._stop.set()
@@ -145,8 +181,10 @@ class SandboxExecutor:
         if image not in self._allowed:
             raise SpecError("image", f"{image!r} is not an allowed sandbox image")
         self._gpus.check_request(spec.gpu_ids)
-        if self.config.runtime == "runsc" and spec.runtime != "runsc":
+        if self.runtime == "runsc" and spec.runtime != "runsc":
             spec = replace(spec, runtime="runsc")
+        if spec.runtime == "runsc":
+            self._require_runsc()
         if not slot_held and not self._slots.acquire(timeout=slot_timeout):
             raise SandboxBusy("all sandbox slots are busy")
         gpus: tuple[str, ...] = ()
@@ -221,7 +259,7 @@ class _Job:
         limits = self.spec.limits
         deadline = time.time() + limits.wall_seconds + self.ex.config.kill_grace_seconds + 60
         labels = {**self.spec.labels,
-                  **ownership_labels(self.ex.config.namespace, deadline)}
+                  **ownership_labels(self.ex.config.namespace, deadline, self.ex.owner)}
         self.volume = self.client.volumes.create(name=self.name, labels=labels)
         self.container = self.client.containers.create(
             **container_kwargs(self.spec, image=self.image, name=self.name,
@@ -358,6 +396,26 @@ class _Job:
                 ", ".join(files.refused)
         mapping = {"ok": Status.OK, "error": Status.ERROR, "output_limit": Status.OUTPUT_LIMIT}
         return mapping.get(raw, Status.ERROR), detail
+
+
+def runsc_problem(info: dict[str, Any]) -> str:
+    """Why jobs cannot run under gVisor on this engine ("" when they can): runsc must be
+    registered, and with --oci-seccomp, or gVisor ignores the container's seccomp
+    profile (controller/sandbox/seccomp.py)."""
+    runtimes = info.get("Runtimes") or {}
+    runsc = runtimes.get("runsc")
+    fix = ('register it in /etc/docker/daemon.json as {"runtimes": {"runsc": {"path": '
+           '"/usr/bin/runsc", "runtimeArgs": ["--network=none", "--oci-seccomp"]}}} and '
+           "reload dockerd (see README#gvisor), or set sandbox.runtime = \"runc\" to "
+           "accept weaker isolation")
+    if not isinstance(runsc, dict):
+        return f"jobs are to run under gVisor, but runsc is not registered with the Docker " \
+               f"daemon: {fix}"
+    args = runsc.get("runtimeArgs") or []
+    if "--oci-seccomp" not in args and "--oci-seccomp=true" not in args:
+        return f"runsc is registered without --oci-seccomp, so gVisor would ignore the " \
+               f"sandbox's seccomp profile: {fix}"
+    return ""
 
 
 def _cpu_seconds(runner: dict[str, Any]) -> float | None:

@@ -86,6 +86,7 @@ class RayExecutor(SandboxExecutor):
         self._check_gpus()
         self.config = replace(self.config, slots=slots)
         self._slots = threading.BoundedSemaphore(slots)
+        self.cores = None  # jobs run on the cluster's nodes, placed by Ray's CPU accounting
         # What a node needs to make the same container: the exact image tag, the
         # namespace (ownership labels) and the runtime floor. No Docker URL, no GPU ids.
         self.node_config = ExecutorConfig(
@@ -151,7 +152,7 @@ class RayExecutor(SandboxExecutor):
                             f"image {self.image}")
         if spec.gpu_ids:
             raise SpecError("gpu_ids", "a job never chooses its GPUs: Ray assigns them")
-        if self.config.runtime == "runsc" and spec.runtime != "runsc":
+        if self.runtime == "runsc" and spec.runtime != "runsc":
             spec = replace(spec, runtime="runsc")
         self._check_fits(spec)
         if not slot_held and not self._slots.acquire(timeout=slot_timeout):

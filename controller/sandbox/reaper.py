@@ -1,10 +1,15 @@
 """Find and remove sandbox containers and volumes nobody owns any more.
 
-Every object the executor creates carries labels: the namespace (one per deployment),
-its owner (host, pid and process start time of the controller) and a deadline. An
-object is an orphan when its owner process on this host is gone, or when its deadline
-has long passed (an owner on another host, or a stuck job). A SIGKILLed controller's
-containers are therefore removed by the next controller's start-up sweep.
+Every object a controller creates on the engine carries the namespace (one per
+controller) and its owner (`io.bilevel.owner`: the run id, or "execute" for an Execute
+call, "published" for a data volume handed to clients, "runs" for a data volume the
+namespace's runs share). A job's objects (`io.bilevel.managed`) also carry the
+controller process that must clean them up (host, pid and process start time) and a
+deadline: such an object is an orphan when that process on this host is gone, or when
+its deadline has long passed (a controller on another host, or a stuck job). A
+SIGKILLed controller's containers are therefore removed by the next controller's
+start-up sweep. Shared data volumes are not job objects: the runs that use them are
+counted in the store (controller/sandbox/volumes.py).
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ log = structlog.get_logger(__name__)
 LABEL_MANAGED = "io.bilevel.managed"
 LABEL_NAMESPACE = "io.bilevel.namespace"
 LABEL_OWNER = "io.bilevel.owner"
+LABEL_CONTROLLER = "io.bilevel.controller"
 LABEL_DEADLINE = "io.bilevel.deadline"
 DEADLINE_GRACE_SECONDS = 300.0
+OWNER_EXECUTE = "execute"  # a job of an Execute call, or of no run
+OWNER_PUBLISHED = "published"  # a data volume published to API clients
+OWNER_RUNS = "runs"  # a data volume the namespace's runs share (counted in the store)
 
 
 def _process_start_ticks(pid: int) -> str | None:
@@ -57,17 +66,21 @@ def owner_alive(owner: str) -> bool | None:
     return pid.isdigit() and _process_start_ticks(int(pid)) == ticks
 
 
-def ownership_labels(namespace: str, deadline: float) -> dict[str, str]:
+def ownership_labels(namespace: str, deadline: float,
+                     owner: str = OWNER_EXECUTE) -> dict[str, str]:
+    """Labels of an object this process must remove by `deadline` (a job's container
+    and volume, a helper container)."""
     return {
         LABEL_MANAGED: "1",
         LABEL_NAMESPACE: namespace,
-        LABEL_OWNER: this_owner(),
+        LABEL_OWNER: owner,
+        LABEL_CONTROLLER: this_owner(),
         LABEL_DEADLINE: f"{deadline:.0f}",
     }
 
 
 def is_orphan(labels: dict[str, str], now: float) -> bool:
-    alive = owner_alive(labels.get(LABEL_OWNER, ""))
+    alive = owner_alive(labels.get(LABEL_CONTROLLER, ""))
     if alive is False:
         return True
     try:
@@ -83,12 +96,14 @@ class ReapReport:
     volumes: int = 0
 
 
-def reap(client: docker.DockerClient, namespace: str) -> ReapReport:
+def reap(client: docker.DockerClient, namespace: str, *,
+         skip_vanished: bool = True) -> ReapReport:
     """Remove this namespace's orphaned containers, then their volumes.
 
     Other controllers, jobs tearing down and people remove objects at any moment, so an
     object that is gone by the time we inspect or remove it (404, or a removal already
-    in progress) is skipped: it never aborts the sweep."""
+    in progress) is skipped: it never aborts the sweep. `skip_vanished=False` lets the
+    first such error propagate instead."""
     report = ReapReport()
     selector = [f"{LABEL_MANAGED}=1", f"{LABEL_NAMESPACE}={namespace}"]
     now = time.time()
@@ -96,12 +111,12 @@ def reap(client: docker.DockerClient, namespace: str) -> ReapReport:
     for row in client.api.containers(all=True, filters={"label": selector}):
         if is_orphan(row.get("Labels") or {}, now) and _remove(
                 partial(client.api.remove_container, row["Id"], force=True),
-                "container", row["Id"]):
+                "container", row["Id"], skip_vanished):
             report.containers += 1
     for row in client.api.volumes(filters={"label": selector}).get("Volumes") or []:
         if is_orphan(row.get("Labels") or {}, now) and _remove(
                 partial(client.api.remove_volume, row["Name"], force=True),
-                "volume", row["Name"]):
+                "volume", row["Name"], skip_vanished):
             report.volumes += 1
     if report.containers or report.volumes:
         log.info("reaped orphans", namespace=namespace, containers=report.containers,
@@ -109,10 +124,11 @@ def reap(client: docker.DockerClient, namespace: str) -> ReapReport:
     return report
 
 
-def _remove(remove: Callable[[], object], kind: str, name: str) -> bool:
+def _remove(remove: Callable[[], object], kind: str, name: str,
+            skip_vanished: bool) -> bool:
     """True when this call removed the object; False when it was already gone or is
     still busy (a volume whose container is being removed: the next sweep gets it)."""
-    if not _REMOVED_IS_FINE:
+    if not skip_vanished:
         remove()
         return True
     try:
@@ -124,7 +140,3 @@ def _remove(remove: Callable[[], object], kind: str, name: str) -> bool:
         log.debug("reaper skipped an object", kind=kind, name=name, error=str(exc))
         return False
 
-
-# Test-only switch (tests/test_sandbox_reaper.py's sensitivity twin): False restores the
-# old behaviour, where a 404 during the sweep propagates. Never set from configuration.
-_REMOVED_IS_FINE = True

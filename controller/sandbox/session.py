@@ -198,7 +198,8 @@ class SandboxSession:
         started = time.monotonic()
         client = self.ex.client
         labels = {**self.spec.labels, **ownership_labels(
-            self.ex.config.namespace, time.time() + self.spec.limits.wall_seconds)}
+            self.ex.config.namespace, time.time() + self.spec.limits.wall_seconds,
+            self.ex.owner)}
         try:
             self.volume = client.volumes.create(name=self.name, labels=labels)
             kwargs = container_kwargs(self.spec, image=self.image, name=self.name,

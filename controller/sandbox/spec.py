@@ -167,9 +167,41 @@ class JobSpec:
             if mount.target in targets:
                 raise SpecError(f"data_mounts[{i}].target", f"duplicate target {mount.target!r}")
             targets.add(mount.target)
-        for key in self.env:
-            if not key.isidentifier() or key.startswith("BILEVEL_"):
-                raise SpecError(f"env[{key!r}]", "must be an identifier not starting BILEVEL_")
+        check_env(self.env)
+
+
+# The environment a job may be given (JobSpec.env: an Execute request's env, a task's
+# phases): thread counts of the numeric libraries, TRIAL_* (the controller's per-trial
+# settings: TRIAL_SEED, ...) and TASK_* (a task's own settings). Everything else (LD_*,
+# PYTHON*, PATH, HOME, BILEVEL_*, proxies, locale) is the runner's to set or nobody's.
+JOB_ENV_NAMES = frozenset({
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS", "NUMEXPR_MAX_THREADS", "VECLIB_MAXIMUM_THREADS",
+    "TOKENIZERS_PARALLELISM"})
+JOB_ENV_PREFIXES = ("TRIAL_", "TASK_")
+MAX_ENV_NAMES = 64
+MAX_ENV_VALUE_BYTES = 4096
+MAX_ENV_NAME_CHARS = 128
+
+
+def check_env(env: dict[str, str]) -> None:
+    """SpecError naming env[NAME] unless every name is allowed and every value small."""
+    if len(env) > MAX_ENV_NAMES:
+        raise SpecError("env", f"sets {len(env)} variables; at most {MAX_ENV_NAMES}")
+    for key, value in env.items():
+        where = f"env[{key[:MAX_ENV_NAME_CHARS]!r}]"
+        allowed = key in JOB_ENV_NAMES or (
+            key.startswith(JOB_ENV_PREFIXES) and len(key) <= MAX_ENV_NAME_CHARS
+            and key.isidentifier() and key.isascii())
+        if not allowed:
+            raise SpecError(where, (
+                "is not a variable a job may set: only " + ", ".join(sorted(JOB_ENV_NAMES))
+                + " and names starting " + " or ".join(JOB_ENV_PREFIXES)
+                + " (the runner sets PATH, HOME, PYTHON*, LD_* and BILEVEL_* itself)"))
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_ENV_VALUE_BYTES or "\0" in value:
+            raise SpecError(where, f"value must be at most {MAX_ENV_VALUE_BYTES} bytes "
+                                   f"without NUL characters, got {size} bytes")
 
 
 @dataclass(frozen=True)

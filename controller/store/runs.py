@@ -31,6 +31,7 @@ from controller.store.records import (
     TrialRecord,
     TrialStatus,
 )
+from controller.store.resources import SCHEMA as RESOURCES_SCHEMA
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -104,7 +105,8 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA + LLM_CALLS_SCHEMA + MEMORY_SCHEMA + MECHANISMS_SCHEMA)
+        self._db.executescript(SCHEMA + LLM_CALLS_SCHEMA + MEMORY_SCHEMA + MECHANISMS_SCHEMA
+                               + RESOURCES_SCHEMA)
         for table, column, kind in MIGRATIONS:
             present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in present:

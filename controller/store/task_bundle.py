@@ -7,20 +7,31 @@ paths that would collide on disk, and bounds the count, the depth and the total 
 it stores the bundle under the run's artifact folder (runs/<run_id>/task/) and records
 its hash in the run's settings, so a resumed run loads exactly what was sent, or fails
 saying the stored copy changed.
+
+Identical bundles are stored once: the bytes live in runs/.tasks/<sha256>/ and each
+run's task/ folder holds hard links to them, so the file system counts the runs that
+use a copy (a file's link count) and frees it when the last run's folder and the
+shared copy are removed (`release_unused`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
 import shutil
+import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+import structlog
+
 from controller.research.errors import FieldError
 from controller.sandbox.spec import SpecError, check_relative_path
+
+log = structlog.get_logger(__name__)
 
 FIELD = "task.task_files"
 MAX_BUNDLE_BYTES = 64 << 20  # files and data folders together
@@ -28,6 +39,8 @@ MAX_BUNDLE_FILES = 10_000
 MAX_PATH_CHARS = 1024
 MAX_DEPTH = 16
 SKIPPED_DIRS = ("__pycache__", ".git")  # never sent: caches and history, not the task
+SHARED_DIR = ".tasks"  # under the artifacts root: one copy per distinct bundle
+_SHARED_LOCK = threading.Lock()  # storing and releasing shared copies, in this process
 
 
 class BundleError(FieldError):
@@ -114,21 +127,79 @@ def task_dir(artifacts_root: Path, run_id: str) -> Path:
     return artifacts_root / run_id / "task"
 
 
+def _shared(artifacts_root: Path, sha256: str) -> Path:
+    return artifacts_root / SHARED_DIR / sha256
+
+
+def added_bytes(artifacts_root: Path, files: Mapping[str, bytes]) -> int:
+    """What storing `files` would add to the state dir: nothing when a copy is shared."""
+    if _shared(artifacts_root, digest(files)).is_dir():
+        return 0
+    return sum(len(data) for data in files.values())
+
+
+def _write_tree(folder: Path, files: Mapping[str, bytes]) -> None:
+    for path, data in files.items():
+        dest = folder / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        dest.chmod(0o444)
+
+
+def _holds(folder: Path, files: Mapping[str, bytes]) -> bool:
+    """Whether the shared copy still holds exactly `files` (nobody edited it)."""
+    try:
+        return all((folder / path).read_bytes() == data for path, data in files.items()) \
+            and sum(1 for p in folder.rglob("*") if p.is_file()) == len(files)
+    except OSError:
+        return False
+
+
+def _share(artifacts_root: Path, files: Mapping[str, bytes]) -> Path:
+    """The shared copy of `files`, written unless an intact one exists."""
+    shared = _shared(artifacts_root, digest(files))
+    if shared.is_dir() and _holds(shared, files):
+        return shared
+    # Edited (or cut short) copy: runs that link to it keep their links; new runs get a
+    # fresh copy.
+    shutil.rmtree(shared, ignore_errors=True)
+    staging = shared.parent / f".staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        _write_tree(staging, files)
+        staging.rename(shared)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return shared
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError as exc:  # a file system without hard links: a copy per run
+        log.warning("cannot hard-link a stored task file; copying it", error=str(exc))
+        shutil.copyfile(source, dest)
+        dest.chmod(0o444)
+
+
 def store(artifacts_root: Path, run_id: str, files: Mapping[str, bytes]) -> Path:
-    """Write a checked bundle to the run's task folder (complete or not at all), files
-    read-only; returns the folder."""
+    """Place a checked bundle in the run's task folder (complete or not at all), files
+    read-only, as links to the bundle's shared copy; returns the folder."""
+    files = check_bundle(files)
     target = task_dir(artifacts_root, run_id)
     staging = target.parent / f".task-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        for path, data in check_bundle(files).items():
-            dest = staging / path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(dest, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            dest.chmod(0o444)
+        with _SHARED_LOCK:
+            shared = _share(artifacts_root, files)
+            for path in files:
+                dest = staging / path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(shared / path, dest)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -137,8 +208,32 @@ def store(artifacts_root: Path, run_id: str, files: Mapping[str, bytes]) -> Path
 
 
 def remove(artifacts_root: Path, run_id: str) -> None:
-    """Drop a stored bundle (a CreateRun that failed after storing it)."""
-    shutil.rmtree(task_dir(artifacts_root, run_id), ignore_errors=True)
+    """Drop a run's stored bundle (a CreateRun that failed after storing it), and the
+    shared copy when no other run links to it."""
+    folder = task_dir(artifacts_root, run_id)
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the run's folder, unless it holds more
+        folder.parent.rmdir()
+    release_unused(artifacts_root)
+
+
+def release_unused(artifacts_root: Path) -> int:
+    """Remove the shared copies no run's task folder links to; returns the bytes freed."""
+    freed = 0
+    root = artifacts_root / SHARED_DIR
+    if not root.is_dir():
+        return 0
+    with _SHARED_LOCK:
+        for shared in sorted(root.iterdir()):
+            files = [p for p in shared.rglob("*") if p.is_file()] if shared.is_dir() else []
+            if any(p.stat().st_nlink > 1 for p in files):
+                continue
+            freed += sum(p.stat().st_blocks * 512 for p in files)
+            if shared.is_dir():
+                shutil.rmtree(shared, ignore_errors=True)
+            else:
+                shared.unlink(missing_ok=True)
+    return freed
 
 
 def load_stored(artifacts_root: Path, run_id: str, expected: str) -> Path:

@@ -4,8 +4,13 @@ Each request thread hands its coroutine to the asyncio loop that owns the gRPC c
 and waits for it. Defences, since the page shows hostile text and the controller's
 token stands behind it: a Content-Security-Policy that allows only this origin's
 script (no inline script, so markup that slipped into the DOM could not run), a Host
-check on a loopback bind (a DNS-rebinding page cannot read the API), a cap on requests
+check on a loopback bind (a DNS-rebinding page cannot read the API), caps on requests
 in flight, and nothing but the fixed static files and the JSON routes below.
+
+The event long-poll (`/api/runs/RUN/events`, up to MAX_WAIT_SECONDS each) has places of
+its own, in all and per client address (UiLimits), apart from the other requests': polls
+never take the places of the page, the runs list or an artifact. A request over a bound
+is answered at once, 429 (this client's polls) or 503, with Retry-After.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import ipaddress
 import json
 import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
@@ -33,7 +39,42 @@ STATIC = {"index.html": "text/html; charset=utf-8",
           "plots.js": "text/javascript; charset=utf-8",
           "app.js": "text/javascript; charset=utf-8",
           "app.css": "text/css; charset=utf-8"}
-MAX_IN_FLIGHT = 16
+RETRY_AFTER_SECONDS = 2
+
+
+@dataclass(frozen=True)
+class UiLimits:
+    requests: int = 16  # requests other than event polls, in flight at once
+    polls: int = 16  # event long-polls in flight, all clients
+    polls_per_client: int = 4  # ... from one client address (a page runs one at a time)
+
+
+class PollSlots:
+    """Event long-polls in flight, in all and per client address (thread-safe)."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total, self.per_client = total, per_client
+        self.open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def enter(self, client: str) -> tuple[int, str] | None:
+        """None when admitted, else the HTTP status and why."""
+        with self._lock:
+            held = self.open.get(client, 0)
+            if held >= self.per_client:
+                return 429, (f"this client has {held} event polls open, the most one "
+                             f"client may; retry after {RETRY_AFTER_SECONDS} s")
+            if sum(self.open.values()) >= self.total:
+                return 503, (f"all {self.total} event polls are open; retry after "
+                             f"{RETRY_AFTER_SECONDS} s")
+            self.open[client] = held + 1
+            return None
+
+    def leave(self, client: str) -> None:
+        with self._lock:
+            self.open[client] -= 1
+            if not self.open[client]:
+                del self.open[client]
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                "img-src 'self'; connect-src 'self'; base-uri 'none'; "
@@ -59,12 +100,13 @@ def is_loopback(host: str) -> bool:
 
 class UiServer:
     def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop, host: str,
-                 port: int) -> None:
+                 port: int, limits: UiLimits = UiLimits()) -> None:
         self.backend = backend
         self.loop = loop
         self.static = {name: (resources.files("controller.ui") / "static" / name).read_bytes()
                        for name in STATIC}
-        self.slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self.slots = threading.BoundedSemaphore(limits.requests)
+        self.polls = PollSlots(limits.polls, limits.polls_per_client)
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
@@ -85,6 +127,21 @@ class UiServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(10)
+
+    def enter(self, poll: bool, client: str) -> tuple[int, str] | None:
+        """Take a place for a request (an event poll or another); None when admitted,
+        else the HTTP status and why."""
+        if poll:
+            return self.polls.enter(client)
+        if not self.slots.acquire(blocking=False):
+            return 503, f"too many requests in flight; retry after {RETRY_AFTER_SECONDS} s"
+        return None
+
+    def leave(self, poll: bool, client: str) -> None:
+        if poll:
+            self.polls.leave(client)
+        else:
+            self.slots.release()
 
     def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run a backend coroutine on the client's loop from a request thread."""
@@ -113,6 +170,12 @@ class UiServer:
         return None
 
 
+def is_poll(path: str) -> bool:
+    """GET `path` is the event long-poll (/api/runs/RUN/events)."""
+    parts = path.strip("/").split("/")
+    return len(parts) == 4 and parts[:2] == ["api", "runs"] and parts[3] == "events"
+
+
 def _int(query: dict[str, str], name: str, default: int) -> int:
     try:
         return int(query.get(name, default))
@@ -138,6 +201,8 @@ def _handler(ui: UiServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, code: int, body: bytes, content_type: str) -> None:
             self.send_response(code)
+            if code in (429, 503):
+                self.send_header("Retry-After", str(RETRY_AFTER_SECONDS))
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             for key, value in SECURITY_HEADERS.items():
@@ -160,13 +225,16 @@ def _handler(ui: UiServer) -> type[BaseHTTPRequestHandler]:
                 self._json(403, {"error": f"Host {host[:100]!r} is not this server's "
                                           "loopback address"})
                 return
-            if not ui.slots.acquire(blocking=False):
-                self._json(503, {"error": "too many requests in flight"})
+            poll = is_poll(urlsplit(self.path).path)
+            client = str(self.client_address[0])
+            refused = ui.enter(poll, client)
+            if refused is not None:
+                self._json(refused[0], {"error": refused[1]})
                 return
             try:
                 self._get()
             finally:
-                ui.slots.release()
+                ui.leave(poll, client)
 
         def _get(self) -> None:
             url = urlsplit(self.path)

@@ -139,10 +139,22 @@ async function checkWatchWithReconnect() {
     auth()), (e) => { seqs.push(Number(e.seq)); kinds.push(e.event); });
   const final = await unary(runs, "GetRun", { run_id: run.id });
   return {
-    first_connection: firstConnection, seqs, last_kind: kinds[kinds.length - 1],
-    state: final.state, trials_done: final.trials_done,
+    run_id: run.id, first_connection: firstConnection, seqs,
+    last_kind: kinds[kinds.length - 1], state: final.state, trials_done: final.trials_done,
     echoed_proposer_kind: final.request.proposer.kind, has_llm: final.request.llm !== null,
   };
+}
+
+async function checkDelete(runId) {
+  const deleted = await unary(runs, "DeleteRun", { run_id: runId });
+  let after;
+  try {
+    await unary(runs, "GetRun", { run_id: runId });
+    after = "OK";
+  } catch (err) {
+    after = grpc.status[err.code];
+  }
+  return { run_id: deleted.run_id, freed_bytes: Number(deleted.freed_bytes), get_after: after };
 }
 
 async function main() {
@@ -151,6 +163,7 @@ async function main() {
   report.reflection = await checkReflection();
   report.execute = await checkExecute();
   report.watch = await checkWatchWithReconnect();
+  report.delete = await checkDelete(report.watch.run_id);
   process.stdout.write(JSON.stringify(report) + "\n");
 }
 

@@ -33,7 +33,10 @@ from mechanisms.wire import LoopState, Proposal, TrialView, Verdict, WireError
 
 T = TypeVar("T")
 SDK_SOURCE = Path(sdk.__file__).read_bytes()
-HOST_COMMAND = ("python3", "/opt/bilevel/mechanism_host.py", "mechanism.py")
+# Run with -c, so the working dir (/job/work: mechanism.py and mechanisms/sdk.py) is first
+# on sys.path; a job's environment may not set PYTHONPATH (JobSpec.validate).
+HOST_COMMAND = ("python3", "-c", "import runpy; runpy.run_path("
+                "'/opt/bilevel/mechanism_host.py', run_name='__main__')", "mechanism.py")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class MechanismSettings:
         return JobSpec(
             files={"mechanism.py": source.encode(), "mechanisms/__init__.py": b"",
                    "mechanisms/sdk.py": SDK_SOURCE},
-            command=HOST_COMMAND, runtime=self.runtime, env={"PYTHONPATH": "/job/work"},
+            command=HOST_COMMAND, runtime=self.runtime,
             labels={"io.bilevel.kind": "mechanism"},
             limits=Limits(wall_seconds=self.lifetime_seconds, memory_bytes=self.memory_bytes,
                           cpus=self.cpus, pids=self.pids, output_bytes=self.output_bytes,

@@ -11,7 +11,8 @@ mounts. The metric is the scorer's: one JSON object on the last line of stdout, 
 FORGEABLE is in its description, every summary and report.
 
 Data folders reach jobs only as Docker volumes filled from the task directory the
-controller holds (controller/sandbox/volumes.py), named by their content's hash.
+controller holds (controller/sandbox/volumes.py), named by the controller's namespace and
+their content's hash, and claimed for the run whose executor view the task was given.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class ManifestTask:
         return knobs.write_knobs(source, changes)
 
     def _mounts(self, phase: Phase) -> tuple[DataMount, ...]:
-        from controller.sandbox.volumes import ensure_data_volume
+        from controller.sandbox.volumes import data_volume
 
         assert self.executor is not None
         mounts = []
@@ -163,9 +164,8 @@ class ManifestTask:
             for m in phase.mounts:
                 if m.source not in self._volumes:
                     folder = self.manifest.root / m.source
-                    name = f"bilevel-taskdata-{folder_digest(folder)}"
-                    self._volumes[m.source] = ensure_data_volume(
-                        self.executor.client, name, folder, self.executor.image)
+                    self._volumes[m.source] = data_volume(
+                        self.executor, f"taskdata-{folder_digest(folder)}", folder)
                 mounts.append(DataMount(volume=self._volumes[m.source], target=m.target))
         return tuple(mounts)
 

@@ -339,6 +339,33 @@ class CancelRunRequest(_message.Message):
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
+class DeleteRunRequest(_message.Message):
+    __slots__ = ("run_id", "cancel")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    cancel: bool
+    def __init__(self, run_id: _Optional[str] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class DeleteRunResponse(_message.Message):
+    __slots__ = ("run_id", "freed_bytes", "removed", "kept")
+    class KeptEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    freed_bytes: int
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    kept: _containers.ScalarMap[str, str]
+    def __init__(self, run_id: _Optional[str] = ..., freed_bytes: _Optional[int] = ..., removed: _Optional[_Iterable[str]] = ..., kept: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class ListRunsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]

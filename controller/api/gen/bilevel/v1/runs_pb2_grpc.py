@@ -71,6 +71,11 @@ class RunServiceStub:
                 request_serializer=bilevel_dot_v1_dot_runs__pb2.ResumeRunRequest.SerializeToString,
                 response_deserializer=bilevel_dot_v1_dot_runs__pb2.Run.FromString,
                 _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/bilevel.v1.RunService/DeleteRun',
+                request_serializer=bilevel_dot_v1_dot_runs__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=bilevel_dot_v1_dot_runs__pb2.DeleteRunResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -78,7 +83,9 @@ class RunServiceServicer:
 
     def CreateRun(self, request, context):
         """Start a run. INVALID_ARGUMENT names the field; RESOURCE_EXHAUSTED when the server
-        already runs its maximum number of runs; UNAVAILABLE when the Docker engine is down.
+        already runs its maximum number of runs, or when the state dir would exceed its disk
+        budget (server.state_dir_max_bytes: the QuotaFailure's subject; the message gives
+        the limit and the current use); UNAVAILABLE when the Docker engine is down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +138,20 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRun(self, request, context):
+        """Delete a finished run: its trials, events, mechanism and LLM call records, its
+        artifacts and stored task copy, then the engine objects only it used (its data
+        volumes, this controller's tag of its task image). Lessons learnt from it are kept.
+        NOT_FOUND for an unknown run; FAILED_PRECONDITION for a running or paused run
+        unless `cancel` is set (then it is cancelled first). An engine object that another
+        run still claims, that a container still uses, or that the engine cannot reach now
+        is kept and listed in `kept`: the controller's periodic sweep removes it once
+        nothing uses it. Not undoable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +189,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ResumeRun,
                     request_deserializer=bilevel_dot_v1_dot_runs__pb2.ResumeRunRequest.FromString,
                     response_serializer=bilevel_dot_v1_dot_runs__pb2.Run.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=bilevel_dot_v1_dot_runs__pb2.DeleteRunRequest.FromString,
+                    response_serializer=bilevel_dot_v1_dot_runs__pb2.DeleteRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +385,33 @@ class RunService:
             '/bilevel.v1.RunService/ResumeRun',
             bilevel_dot_v1_dot_runs__pb2.ResumeRunRequest.SerializeToString,
             bilevel_dot_v1_dot_runs__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bilevel.v1.RunService/DeleteRun',
+            bilevel_dot_v1_dot_runs__pb2.DeleteRunRequest.SerializeToString,
+            bilevel_dot_v1_dot_runs__pb2.DeleteRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,62 @@
+"""DeleteRun on a state dir no controller holds (`bilevel delete` without --server).
+
+It takes the state dir's lock for the deletion, so no controller starts on it meanwhile
+(one that tries is told the state dir is in use). No loop runs a run here, so a run left
+running or paused is cancelled in the store. The engine part uses the configured Docker
+engine and namespace; when the engine is unreachable the objects are kept and reported,
+and the next controller's sweep on that namespace removes them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import docker
+
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.config import ServerConfig
+from controller.research.deletion import RunDeleter
+from controller.store.artifacts import ArtifactStore
+from controller.store.records import NotFoundError, RunRecord, RunState
+from controller.store.runs import RunStore
+
+STORE_FILE = "bilevel.sqlite3"
+REASON = "cancelled by request"
+
+
+def delete_locally(config: ServerConfig, request: rpb.DeleteRunRequest) -> rpb.DeleteRunResponse:
+    """Raises NotFoundError, StateConflict, or ConfigError when a controller holds the
+    state dir after all."""
+    from controller.api.server import _lock_state_dir
+
+    state_dir = config.state_dir
+    if not (state_dir / STORE_FILE).exists():  # nothing to delete: do not create a store
+        raise NotFoundError("run", request.run_id, "list runs with `bilevel runs`")
+    lock = _lock_state_dir(state_dir)
+    store = RunStore(state_dir / STORE_FILE)
+    clients: list[docker.DockerClient] = []
+
+    def engine() -> docker.DockerClient:
+        if not clients:
+            url = config.executor.docker_url
+            client = docker.DockerClient(base_url=url) if url else docker.from_env()
+            client.ping()
+            clients.append(client)
+        return clients[0]
+
+    def cancel(run_id: str) -> RunRecord:
+        store.finish_run(run_id, RunState.CANCELLED, REASON, REASON,
+                         {"state": RunState.CANCELLED.value, "reason": REASON})
+        return store.get_run(run_id)
+
+    try:
+        deleted = RunDeleter(store, ArtifactStore(state_dir / "runs"), engine,
+                             config.executor.namespace, cancel).delete(request.run_id,
+                                                                       request.cancel)
+    finally:
+        for client in clients:
+            client.close()
+        store.close()
+        os.close(lock)
+    return rpb.DeleteRunResponse(run_id=request.run_id, freed_bytes=deleted.freed_bytes,
+                                 removed=deleted.removed, kept=deleted.kept)
