@@ -100,12 +100,12 @@ def execute_direct(executor: SandboxExecutor, jobs: int, concurrency: int) -> tu
 async def main(args: argparse.Namespace) -> None:
     configure_logging("console", "warning")
     with tempfile.TemporaryDirectory() as state:
-        config = ServerConfig(listen="127.0.0.1:0", state_dir=Path(state),
+        config = ServerConfig(state_dir=Path(state),
                               executor=ExecutorConfig(slots=args.slots, namespace="bench"),
                               execute_queue=args.jobs)
         server = ControllerServer(config)
-        port = await server.start()
-        async with Client(ClientConfig(f"127.0.0.1:{port}")) as client:
+        await server.start()  # its private Unix socket, as `bilevel run` uses it
+        async with Client(ClientConfig(server.socket.address)) as client:
             overhead = await trial_overhead(server, client, args.trials)
             await execute_grpc(client, args.slots * 2, args.slots)  # warm-up
             grpc_rate, grpc_lat = await execute_grpc(client, args.jobs, args.slots)

@@ -1,10 +1,11 @@
 """Controller memory under concurrent large Execute bodies, and another client's ListRuns.
 
-Starts a controller in a subprocess on loopback (its Docker engine unreachable, so each
-admitted call is read, parsed and converted, then ends UNAVAILABLE: the receive path is
-what is measured), sends COUNT concurrent Execute calls of MIB MiB each from separate
-connections while another client calls ListRuns every 0.2 s, and reads the controller's
-/proc status: peak RSS (VmHWM) and RSS after the calls (retained), each minus RSS before.
+Starts a controller in a subprocess on loopback with a token (TCP needs one; its Docker
+engine unreachable, so each admitted call is read, parsed and converted, then ends
+UNAVAILABLE: the receive path is what is measured), sends COUNT concurrent Execute calls
+of MIB MiB each from separate connections while another client calls ListRuns every
+0.2 s, and reads the controller's /proc status: peak RSS (VmHWM) and RSS after the calls
+(retained), each minus RSS before.
 With --baseline-tree (a checkout of the code before, e.g. `git archive a63fcdb | tar -x
 -C /tmp/base`) both trees run, alternating, in this process; medians of --repeat runs.
 
@@ -37,6 +38,8 @@ from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTE = "/bilevel.v1.SandboxService/Execute"
 LIST_RUNS = "/bilevel.v1.RunService/ListRuns"
+TOKEN = "bench-execute-memory-0123456789"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
 SERVER = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
@@ -45,7 +48,7 @@ SERVER = textwrap.dedent("""
     from controller.sandbox.executor import ExecutorConfig
     async def main():
         server = ControllerServer(ServerConfig(
-            listen="127.0.0.1:0", state_dir=Path(sys.argv[1]),
+            listen="127.0.0.1:0", state_dir=Path(sys.argv[1]), tokens=(sys.argv[2],),
             executor=ExecutorConfig(docker_url="unix:///nonexistent/docker.sock")))
         print("PORT", await server.start(), flush=True)
         await asyncio.Event().wait()
@@ -71,8 +74,8 @@ def status_mib(pid: int, key: str) -> int:
 def one_run(tree: Path, body: bytes, count: int, settle: float) -> Sample:
     with tempfile.TemporaryDirectory() as state:
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        proc = subprocess.Popen([sys.executable, "-c", SERVER, state], cwd=tree, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, state, TOKEN], cwd=tree,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         try:
             assert proc.stdout is not None
             port = next(int(line.split()[1]) for line in proc.stdout
@@ -101,7 +104,7 @@ def _execute(address: str, body: bytes) -> str:
         ("grpc.max_send_message_length", len(body) + (1 << 20)),
         ("grpc.use_local_subchannel_pool", 1)])  # a connection of its own
     try:
-        list(channel.unary_stream(EXECUTE)(body, timeout=300))
+        list(channel.unary_stream(EXECUTE)(body, timeout=300, metadata=AUTH))
         return "OK"
     except grpc.RpcError as exc:
         return str(exc.code().name)
@@ -116,7 +119,7 @@ def _list_runs(address: str, stop: threading.Event, slowest: list[float]) -> Non
     while not stop.is_set():
         started = time.monotonic()
         with contextlib.suppress(grpc.RpcError):  # a failure counts as slow as it was
-            call(request, timeout=60)
+            call(request, timeout=60, metadata=AUTH)
         slowest[0] = max(slowest[0], time.monotonic() - started)
         stop.wait(0.2)
     channel.close()

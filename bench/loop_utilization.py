@@ -93,7 +93,7 @@ def measure(mode: str, trials: int, trial_seconds: float, latency: float, slots:
         stop = StopSignal()
         task = FixedLengthTask(trial_seconds, slots)
         proposer = build_proposer("bench", settings, task, store,
-                                  LLMAccess(allow_any_base_url=True), stop.event)
+                                  LLMAccess().allowing(server.anthropic_url), stop.event)
         InnerLoop("bench", settings, task, proposer, store,
                   ArtifactStore(workdir / mode / "runs"), stop).run()
         rows = store.trials("bench")

@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("controller.commands.report", "write an HTML and Markdown report of a run "
                "or an ablation"),
     "ui": ("controller.commands.ui", "serve a read-only live web view of runs and ablations"),
+    "token": ("controller.commands.token", "create, list or revoke the principals who may "
+              "call the controller"),
+    "audit": ("controller.commands.audit", "read the audit log of calls, or --verify its "
+              "chain"),
 }
 GLOBAL_OPTIONS_WITH_VALUE = ("--log-format", "--log-level")
 

@@ -7,8 +7,8 @@ nothing else reads the environment.
 
 from __future__ import annotations
 
-import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from controller.api.admission import (
     MAX_MESSAGE_BYTES,
 )
 from controller.llm.settings import LLMAccess
+from controller.principals import check_name
+from controller.quotas import QuotaConfigError, Quotas
 from controller.research.retention import RetentionPolicy
 from controller.sandbox.backend_config import ExecutorConfig, RayConfig
 from controller.sandbox.caps import LimitCaps
@@ -83,8 +85,38 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Who may call, beside the shared tokens (`ServerConfig.tokens`, principal
+    "shared"): named principals in the state dir's store (`bilevel token create`), in
+    `principals_file` (store/principals_file.py), and client certificates mapped to them."""
+
+    principals_file: Path | None = None
+    # A verified client certificate's subject CN -> the principal it acts as (mutual TLS
+    # only: server.tls.client_ca_file).
+    certificates: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self, tls: TlsConfig | None) -> None:
+        if self.principals_file is not None and not self.principals_file.is_file():
+            raise ConfigError(f"auth.principals_file {self.principals_file}: no such file")
+        if self.certificates and (tls is None or tls.client_ca_file is None):
+            raise ConfigError("auth.certificates maps client certificates, which only a "
+                              "server that requires them verifies: set "
+                              "server.tls.client_ca_file (--tls-client-ca)")
+        for subject, name in self.certificates.items():
+            try:
+                check_name(name)
+            except ValueError as exc:
+                raise ConfigError(f"auth.certificates.{subject!r}: {exc}") from None
+            if not subject:
+                raise ConfigError("auth.certificates: a certificate subject (CN) is empty")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    # HOST:PORT served over TCP, only where calls authenticate (tcp_address); "": none.
+    # Every controller serves its owner over a Unix socket in the state dir as well
+    # (controller/api/private_socket.py).
+    listen: str = ""
     state_dir: Path = field(default_factory=default_state_dir)
     tokens: tuple[str, ...] = ()
     tls: TlsConfig | None = None
@@ -103,11 +135,18 @@ class ServerConfig:
     # Disk budget of the state dir (None: a quarter of its file system, store/disk.py).
     state_dir_max_bytes: int | None = None
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    # Per-principal quotas and fair-share weights ([quotas.*], controller/quotas.py).
+    quotas: Quotas = field(default_factory=Quotas)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    # Lessons and mechanism verdicts of every principal's runs reach every run's proposer
+    # (memory.shared); off: each principal's runs learn from its own runs only.
+    shared_memory: bool = False
 
     def validate(self) -> None:
         host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"--listen {self.listen!r}: use HOST:PORT (port 0: any free)")
+        if self.listen and (not host or not port.isdigit() or not 0 <= int(port) < 65536):
+            raise ConfigError(f"--listen {self.listen!r}: use HOST:PORT (port 0: any free; "
+                              f"e.g. 127.0.0.1:{DEFAULT_PORT})")
         if self.execute_queue < 0:
             raise ConfigError("--execute-queue must be >= 0")
         if self.max_active_runs < 1:
@@ -132,8 +171,13 @@ class ServerConfig:
             self.retention.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        try:
+            self.quotas.validate()
+        except QuotaConfigError as exc:
+            raise ConfigError(str(exc)) from None
         if self.tls is not None:
             self.tls.validate()
+        self.auth.validate(self.tls)
         if self.max_streams < 1 or self.max_streams_per_client < 1:
             raise ConfigError("server.max_streams and server.max_streams_per_client must "
                               "be >= 1")
@@ -154,21 +198,25 @@ class ServerConfig:
             raise ConfigError(f"default {exc}: lower it in [limits] or raise the cap") \
                 from None
 
-    def bind_address(self) -> tuple[str, str | None]:
-        """Where to listen, and a warning when no token forces localhost."""
-        host, _, port = self.listen.rpartition(":")
-        if self.tokens or _is_loopback(host):
-            return self.listen, None
-        return (f"127.0.0.1:{port}",
-                f"no token configured: listening on 127.0.0.1:{port} only, not {self.listen}; "
-                f"set {TOKEN_ENV} or --token-file to serve other hosts")
+    def authenticates(self, stored_principals: bool = False) -> bool:
+        """Whether a call can name a principal (a token or a mapped certificate): shared
+        tokens, a principals file or certificate mapping are configured, or the state
+        dir's store defines principals (`stored_principals`). Only then is TCP served
+        (tcp_address); a call without a token is the state dir's owner over the private
+        Unix socket only (auth.tokenless_principal)."""
+        return bool(self.tokens or self.auth.principals_file or self.auth.certificates
+                    or stored_principals)
 
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    def tcp_address(self, stored_principals: bool = False) -> str | None:
+        """The TCP address to serve (`listen`), or None: the private Unix socket only.
+        TCP is never served without authentication, loopback included (any user of
+        the host reaches a loopback port): ConfigError naming the fix."""
+        if not self.listen:
+            return None
+        if not self.authenticates(stored_principals):
+            raise ConfigError(
+                f"--listen {self.listen} (server.listen) serves TCP, which needs "
+                "authentication: create a principal (`bilevel token create NAME`), or set "
+                f"{TOKEN_ENV} or --token-file; without --listen the controller serves only "
+                "its own user, over the Unix socket in its state dir")
+        return self.listen

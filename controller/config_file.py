@@ -17,20 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller import quotas
 from controller.api.admission import (
     DEFAULT_REQUEST_BYTES,
     DEFAULT_STREAMS,
     DEFAULT_STREAMS_PER_CLIENT,
 )
 from controller.config import (
-    DEFAULT_PORT,
     STATE_DIR_ENV,
+    AuthConfig,
     ConfigError,
     ServerConfig,
     TlsConfig,
     default_state_dir,
     read_tokens,
 )
+from controller.llm.settings import LLMAccess
 from controller.research.retention import RetentionPolicy
 from controller.sandbox.backend_config import ExecutorConfig
 from controller.sandbox.caps import LimitCaps
@@ -40,8 +42,10 @@ from controller.sandbox.spec import Limits
 CONFIG_ENV = "BILEVEL_CONFIG"
 ENV_PREFIX = "BILEVEL_"
 
-# key -> kind. Kinds: str, int, float, path, bytes (an int or "512MiB"), list (of str),
-# gpus ("none", "auto" or a list of slots).
+# key -> kind. Kinds: str, int, float, bool, path, bytes (an int or "512MiB"), list (of
+# str), table (str -> str; env: key=value,key=value), gpus ("none", "auto" or a list of
+# slots). The [quotas.*] keys are named by
+# principal and come from controller/quotas.py (kind_of).
 KEYS: dict[str, str] = {
     "server.listen": "str",
     "server.state_dir": "path",
@@ -84,6 +88,11 @@ KEYS: dict[str, str] = {
     "retention.max_age_days": "float",
     "retention.max_finished_runs": "int",
     "retention.sweep_seconds": "float",
+    "llm.allowed_base_urls": "list",
+    "llm.principal_key_dir": "path",
+    "auth.principals_file": "path",
+    "auth.certificates": "table",
+    "memory.shared": "bool",
 }
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1000**2, "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30,
@@ -99,7 +108,14 @@ class Value:
     origin: str  # where it came from, for error messages
 
 
+def _kind(key: str) -> str | None:
+    """The kind of a known setting, None for an unknown one."""
+    return KEYS.get(key) or quotas.kind_of(key)
+
+
 def _unknown(key: str, origin: str) -> ConfigError:
+    if key.startswith(quotas.PREFIX):
+        return ConfigError(f"{origin}: unknown setting {key}: {quotas.unknown_reason(key)}")
     close = difflib.get_close_matches(key, KEYS, n=1)
     hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(KEYS)}"
     return ConfigError(f"{origin}: unknown setting {key}{hint}")
@@ -107,9 +123,11 @@ def _unknown(key: str, origin: str) -> ConfigError:
 
 def _coerce(key: str, raw: Any, origin: str) -> Any:
     """The typed value of `raw` for `key`; env values arrive as strings."""
-    kind = KEYS[key]
+    kind = _kind(key)
+    assert kind is not None, key
     where = f"{key} (from {origin})"
-    if isinstance(raw, str) and kind not in ("str", "gpus", "list") and raw.strip() == "":
+    if isinstance(raw, str) and kind not in ("str", "gpus", "list", "table") and \
+            raw.strip() == "":
         return None  # an empty env value or "" in the file unsets an optional setting
     try:
         if kind == "str":
@@ -128,8 +146,16 @@ def _coerce(key: str, raw: Any, origin: str) -> Any:
             if isinstance(raw, bool) or not isinstance(raw, int | float | str):
                 raise TypeError
             return float(raw)
+        if kind == "bool":
+            if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+                return raw.strip().lower() == "true"
+            if not isinstance(raw, bool):
+                raise TypeError
+            return raw
         if kind == "bytes":
             return _size(raw)
+        if kind == "table":
+            return _table(raw)
         if kind == "list":
             items = raw.split(",") if isinstance(raw, str) else raw
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -143,8 +169,10 @@ def _coerce(key: str, raw: Any, origin: str) -> Any:
 
 
 _KIND_HELP = {"str": "string", "path": "path (string)", "int": "integer",
-              "float": "number", "bytes": "size (bytes, or e.g. \"512MiB\", \"2GiB\")",
+              "float": "number", "bool": "boolean (true or false)",
+              "bytes": "size (bytes, or e.g. \"512MiB\", \"2GiB\")",
               "list": "list of strings (env: comma-separated)",
+              "table": "table of strings (env: key=value,key=value)",
               "gpus": "GPU setting (\"none\", \"auto\" or a list like [\"0\", \"1\"])"}
 
 
@@ -157,6 +185,17 @@ def _size(raw: Any) -> int:
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def _table(raw: Any) -> dict[str, str]:
+    if isinstance(raw, str):
+        pairs = [item.partition("=") for item in raw.split(",") if item.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError
+        return {k.strip(): v.strip() for k, _, v in pairs}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise TypeError
+    return dict(raw)
 
 
 def _gpus(raw: Any, where: str) -> str | tuple[GpuSlot, ...]:
@@ -195,7 +234,7 @@ def read_file(path: Path) -> dict[str, Value]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     values = {}
     for key, raw in _flatten(table).items():
-        if key not in KEYS:
+        if _kind(key) is None:
             raise _unknown(key, str(path))
         values[key] = Value(_coerce(key, raw, str(path)), str(path))
     return values
@@ -209,7 +248,7 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Value]:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         key = name[len(ENV_PREFIX):].lower().replace("__", ".")
-        if key not in KEYS:
+        if _kind(key) is None:
             raise _unknown(key, f"environment variable {name}")
         values[key] = Value(_coerce(key, raw, name), name)
     return values
@@ -280,7 +319,7 @@ def build(values: Mapping[str, Value], environ: Mapping[str, str],
                   for name, found in values.items()
                   if name.startswith("sandbox.max_") and found.value is not None}
     return ServerConfig(
-        listen=get("server.listen", f"127.0.0.1:{DEFAULT_PORT}"),
+        listen=get("server.listen", ""),
         state_dir=get("server.state_dir") or default_state_dir(),
         tokens=tokens, tls=tls, executor=executor,
         execute_queue=get("server.execute_queue", 8),
@@ -295,7 +334,24 @@ def build(values: Mapping[str, Value], environ: Mapping[str, str],
         state_dir_max_bytes=get("server.state_dir_max_bytes"),
         retention=RetentionPolicy(max_age_days=get("retention.max_age_days"),
                                   max_finished_runs=get("retention.max_finished_runs"),
-                                  sweep_seconds=get("retention.sweep_seconds", 600.0)))
+                                  sweep_seconds=get("retention.sweep_seconds", 600.0)),
+        quotas=_quotas(values),
+        auth=AuthConfig(principals_file=get("auth.principals_file"),
+                        certificates=get("auth.certificates", {})),
+        shared_memory=get("memory.shared", False),
+        llm=LLMAccess(allowed_base_urls=get("llm.allowed_base_urls", ()),
+                      principal_key_dir=get("llm.principal_key_dir")))
+
+
+def _quotas(values: Mapping[str, Value]) -> quotas.Quotas:
+    """The [quotas.*] settings; ConfigError naming the key and where it came from."""
+    found = {key: v for key, v in values.items() if key.startswith(quotas.PREFIX)}
+    try:
+        return quotas.from_values({key: v.value for key, v in found.items()})
+    except quotas.QuotaConfigError as exc:
+        key = str(exc).split(" ", 1)[0].rstrip(":")
+        origin = found[key].origin if key in found else "the [quotas] settings"
+        raise ConfigError(f"{exc} (from {origin})") from None
 
 
 def _gpu_slots(values: Mapping[str, Value], docker_url: str | None, image: str | None,

@@ -73,7 +73,7 @@ def log_to_file(state_dir: Path) -> Path:
             return path
         if _SINKS.file is not None:
             _SINKS.file.close()
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new one: its user's
         if path.exists() and path.stat().st_size > MAX_FILE_BYTES:
             path.replace(path.with_name(LOG_FILE + ".1"))
         _SINKS.file = path.open("a", encoding="utf-8", errors="replace")

@@ -22,7 +22,7 @@ RUN echo /opt/bilevel-controller > "$(/opt/venv/bin/python -c 'import sysconfig;
  && echo 'bilevel:x:10002:10002:bilevel controller:/var/lib/bilevel:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'bilevel:x:10002:' >> /etc/group \
  && mkdir -p /var/lib/bilevel /etc/bilevel \
- && chown 10002:10002 /var/lib/bilevel \
+ && chown 10002:10002 /var/lib/bilevel && chmod 700 /var/lib/bilevel \
  && chmod -R a-w /opt/bilevel-controller \
  && /opt/venv/bin/bilevel --help >/dev/null
 ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin \

@@ -72,6 +72,7 @@ def test_ablation_survives_a_sigkill_and_resumes_without_redoing_finished_repeat
     after = _spec(tmp_path)
     finished = _finished(after)
     assert len(finished) == 6
+    assert after["principal"] == "local"  # the in-process controller's own user
     assert {k: finished[k] for k in before} == before  # the same runs, not redone
     seeds = {a["name"]: a for a in after["arms"]}  # type: ignore[attr-defined]
     assert set(seeds) == {"A", "random_search"}
@@ -84,6 +85,7 @@ def test_ablation_survives_a_sigkill_and_resumes_without_redoing_finished_repeat
         assert len(search_seeds) == 3  # distinct, recorded seeds
         assert store.get_run(finished["A/0"]).llm_tokens_used > 0
         assert store.get_run(finished["random_search/0"]).llm_tokens_used == 0
+        assert {store.get_run(run_id).owner for run_id in finished.values()} == {"local"}
     finally:
         store.close()
     reeval = after["reeval"]

@@ -78,8 +78,8 @@ class CheckThenStart(RunManager):
 
     barrier = threading.Barrier(CREATES, timeout=60)
 
-    def _reserve(self) -> _Place:
-        place = super()._reserve()
+    def _reserve(self, owner: str, stored_bytes: int = 0) -> _Place:
+        place = super()._reserve(owner, stored_bytes)
         self._release(place)
         with contextlib.suppress(threading.BrokenBarrierError):
             self.barrier.wait()
@@ -116,18 +116,19 @@ SERVER = textwrap.dedent("""
     class Ungated(ControllerServer):  # Execute places are not checked before the read
         def edge(self, admission):
             c = self.config
-            return EdgeInterceptor(c.tokens, StreamBudget(c.max_streams, 99),
+            return EdgeInterceptor(self.auth, StreamBudget(c.max_streams, 99),
                                    ByteBudget(c.max_request_bytes_in_flight), {})
 
     state, image, variant, budget, queue = sys.argv[1:6]
     async def main():
-        config = ServerConfig(listen="127.0.0.1:0", state_dir=Path(state),
+        config = ServerConfig(state_dir=Path(state),
                               executor=ExecutorConfig(image=image, slots=1,
                                                       namespace="pytest-admission"),
                               execute_queue=int(queue),
                               max_request_bytes_in_flight=int(budget))
         server = (Ungated if variant == "ungated" else ControllerServer)(config)
-        print("PORT", await server.start(), flush=True)
+        await server.start()
+        print("ADDRESS", server.socket.address, flush=True)
         await asyncio.Event().wait()
     asyncio.run(main())
 """)
@@ -142,8 +143,8 @@ def controller(state: Path, image: str, variant: str, budget: int = 1 << 30,
                             stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
-        port = next(int(line.split()[1]) for line in proc.stdout if line.startswith(b"PORT"))
-        yield proc.pid, f"127.0.0.1:{port}"
+        yield proc.pid, next(line.split()[1].decode() for line in proc.stdout
+                             if line.startswith(b"ADDRESS"))
     finally:
         proc.kill()
         proc.wait()

@@ -9,6 +9,7 @@ import pytest
 
 from controller.api.admission import Admission, ByteBudget, StreamBudget, Ticket
 from controller.api.auth import client_identity
+from controller.principals import Principal, Role
 from controller.research.errors import CapacityError
 
 
@@ -77,10 +78,10 @@ def test_a_body_over_its_declared_size_is_refused() -> None:
         ticket.observed(11)
 
 
-def test_a_client_is_its_token_else_its_address_without_the_port() -> None:
+def test_a_client_is_its_principal_else_its_address_without_the_port() -> None:
     assert client_identity(None, "ipv4:127.0.0.1:5555") == "ipv4:127.0.0.1"
     assert client_identity(None, "ipv4:127.0.0.1:6666") == "ipv4:127.0.0.1"
     assert client_identity(None, "ipv6:[::1]:5555") == "ipv6:[::1]"
-    token = client_identity(b"secret-token", "ipv4:10.0.0.1:1")
-    assert token.startswith("token:") and "secret" not in token
-    assert token == client_identity(b"secret-token", "ipv4:10.0.0.2:2")
+    alice = Principal("alice", Role.USER)
+    assert client_identity(alice, "ipv4:10.0.0.1:1") == "alice"
+    assert client_identity(alice, "ipv4:10.0.0.2:2") == "alice"  # from anywhere

@@ -1,4 +1,4 @@
-"""Who may call: bearer tokens, TLS and mutual TLS, and the localhost-only default."""
+"""Who may call: bearer tokens, TLS and mutual TLS, and no TCP at all without a token."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import runs_pb2_grpc
 from controller.config import ConfigError, ServerConfig, TlsConfig
-from tests.test_api_harness import Stubs, serving
+from tests.test_api_harness import ServerThread, Stubs, make_config, serving
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 NO_DOCKER = "unix:///nonexistent/docker.sock"
@@ -50,13 +50,17 @@ def test_allow_health_check_without_token(tmp_path: Path) -> None:
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_without_a_token_the_server_binds_localhost_only_and_says_so() -> None:
-    address, warning = ServerConfig(listen="0.0.0.0:7000").bind_address()
-    assert address == "127.0.0.1:7000"
-    assert warning is not None and "no token configured" in warning
-    assert ServerConfig(listen="0.0.0.0:7000", tokens=(TOKEN,)).bind_address() == (
-        "0.0.0.0:7000", None)
-    assert ServerConfig(listen="[::1]:7000").bind_address() == ("[::1]:7000", None)
+def test_deny_tcp_without_a_token_loopback_included(tmp_path: Path) -> None:
+    """Every user of a host reaches its loopback ports: without a token a server serves
+    only its private Unix socket, and asked for TCP it refuses to start, naming the fix."""
+    assert ServerConfig().tcp_address() is None
+    for listen in ("0.0.0.0:7000", "127.0.0.1:7000", "[::1]:7000", "localhost:0"):
+        with pytest.raises(ConfigError, match=r"serves TCP, which needs authentication: "
+                                              r"create a principal \(`bilevel token create"):
+            ServerConfig(listen=listen).tcp_address()
+    assert ServerConfig(listen="0.0.0.0:7000", tokens=(TOKEN,)).tcp_address() == "0.0.0.0:7000"
+    with pytest.raises(ConfigError, match="needs authentication"):
+        ServerThread(make_config(tmp_path, None, docker_url=NO_DOCKER, listen="127.0.0.1:0"))
 
 
 def test_deny_short_tokens() -> None:
@@ -99,7 +103,7 @@ def _tls_health(address: str, pki: Path, client_cert: bool) -> int:
 
 def test_allow_tls_client_that_trusts_the_server_ca(tmp_path: Path, pki: Path) -> None:
     tls = TlsConfig(pki / "server.pem", pki / "server.key")
-    with serving(tmp_path, None, docker_url=NO_DOCKER, tls=tls) as server:
+    with serving(tmp_path, None, docker_url=NO_DOCKER, tls=tls, tokens=(TOKEN,)) as server:
         assert _tls_health(server.address, pki, client_cert=False) == 1
         with pytest.raises(grpc.RpcError):  # plaintext to a TLS port fails
             health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address)).Check(
@@ -108,7 +112,7 @@ def test_allow_tls_client_that_trusts_the_server_ca(tmp_path: Path, pki: Path) -
 
 def test_deny_mtls_client_without_certificate(tmp_path: Path, pki: Path) -> None:
     tls = TlsConfig(pki / "server.pem", pki / "server.key", client_ca_file=pki / "ca.pem")
-    with serving(tmp_path, None, docker_url=NO_DOCKER, tls=tls) as server:
+    with serving(tmp_path, None, docker_url=NO_DOCKER, tls=tls, tokens=(TOKEN,)) as server:
         assert _tls_health(server.address, pki, client_cert=True) == 1
         with pytest.raises(grpc.RpcError) as info:
             _tls_health(server.address, pki, client_cert=False)

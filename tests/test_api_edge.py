@@ -254,8 +254,9 @@ def data_volumes(docker_client: docker.DockerClient, sandbox_image: str,
         "val_split": ensure_data_volume(docker_client, f"bilevel-data-test{tag}-val",
                                         folder, sandbox_image),
         "plain": docker_client.volumes.create(f"bilevel-test-plain-{tag}").name,
-        "foreign": publish_data_volume(docker_client, f"other-{tag}", folder, sandbox_image),
-        "own": publish_data_volume(docker_client, namespace, folder, sandbox_image),
+        "foreign": publish_data_volume(docker_client, f"other-{tag}", folder, sandbox_image,
+                                       "shared"),
+        "own": publish_data_volume(docker_client, namespace, folder, sandbox_image, "shared"),
     }
     try:
         yield made

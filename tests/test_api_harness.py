@@ -59,23 +59,31 @@ class ServerThread:
         started.wait(60)
         if self.error is not None:
             raise self.error
-        self.address = f"127.0.0.1:{self.port}"
+        assert self.server is not None
+        # TCP where it serves TCP (a token configured), else its private Unix socket.
+        self.address: str = (f"127.0.0.1:{self.port}" if self.port
+                             else self.server.socket.address)
 
     def stop(self) -> None:
         if self.server is not None:
             asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(120)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
+        if not self.thread.is_alive():
+            self.loop.close()  # its selector, self-pipe and default executor's threads
 
 
 def make_config(state_dir: Path, image: str | None, **overrides: Any) -> ServerConfig:
+    """A controller on a free loopback port where it has tokens (TCP needs them), else
+    on its private Unix socket only."""
     namespace = overrides.pop("namespace", f"pytest-api-{uuid.uuid4().hex[:8]}")
     executor = ExecutorConfig(image=image, slots=overrides.pop("slots", 2),
                               namespace=namespace,
                               docker_url=overrides.pop("docker_url", None),
                               runtime=overrides.pop("runtime", "runc"))
-    return replace(ServerConfig(listen="127.0.0.1:0", state_dir=state_dir,
-                                executor=executor), **overrides)
+    listen = "127.0.0.1:0" if overrides.get("tokens") else ""
+    return replace(ServerConfig(listen=listen, state_dir=state_dir, executor=executor),
+                   **overrides)
 
 
 @contextmanager

@@ -1,7 +1,9 @@
 """A foreign-language client: Node's grpc-js built from proto/ alone, against a real
-token-protected server on loopback: health, reflection (v1, with comments), Execute, and a
+token-protected server on loopback: health, reflection (v1, with comments), Execute, a
 run watched across a reconnect (WatchRun after_seq) that misses nothing and sees nothing
-twice, then deleted (DeleteRun). Node and `npm ci` in tests/node_client come from .ci/setup.sh."""
+twice, that another principal can neither list nor get, watch, cancel, resume, read or
+delete (each answered as for an unknown run), then deleted by its owner (DeleteRun).
+Node and `npm ci` in tests/node_client come from .ci/setup.sh."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from controller.principals import Role
+from tests.principals_harness import add_principal
 from tests.test_api_harness import serving
 
 pytestmark = pytest.mark.docker
 
 CLIENT = Path(__file__).parent / "node_client"
-TOKEN = "node-client-token-0123456789abcdef"
+TOKEN = "node-client-token-0123456789abcdef"  # principal alice (a user)
+OTHER = "node-other-token-0123456789abcdef"  # principal bob (a user)
 
 
 def _node() -> str:
@@ -30,8 +35,10 @@ def _node() -> str:
 
 def test_a_node_grpc_js_client_built_from_the_proto(tmp_path: Path, sandbox_image: str) -> None:
     node = _node()
-    with serving(tmp_path, sandbox_image, tokens=(TOKEN,)) as server:
-        done = subprocess.run([node, str(CLIENT / "client.js"), server.address, TOKEN],
+    add_principal(tmp_path, "alice", Role.USER, TOKEN)
+    add_principal(tmp_path, "bob", Role.USER, OTHER)
+    with serving(tmp_path, sandbox_image, listen="127.0.0.1:0") as server:
+        done = subprocess.run([node, str(CLIENT / "client.js"), server.address, TOKEN, OTHER],
                               capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -58,6 +65,13 @@ def test_a_node_grpc_js_client_built_from_the_proto(tmp_path: Path, sandbox_imag
     assert watch["trials_done"] == 4  # the baseline and max_trials 3
     assert watch["echoed_proposer_kind"] == "PROPOSER_KIND_LOCAL"
     assert watch["has_llm"] is False, "an offline run echoes no LLM settings"
+
+    cross = report["cross"]
+    assert (cross["owner"], cross["other"]) == ("alice", "bob")
+    assert cross["other_lists_it"] is False and cross["other_lists"] == 0
+    for method, seen in cross["methods"].items():
+        assert seen == {"code": "NOT_FOUND", "same_as_unknown": True, "names_owner": False,
+                        "says_permission": False}, method
 
     deleted = report["delete"]
     assert deleted["run_id"] == watch["run_id"] and deleted["freed_bytes"] > 0

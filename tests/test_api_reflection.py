@@ -53,7 +53,8 @@ def test_both_versions_list_every_service_including_themselves(
     (reply,) = _ask(channel, version, rpb.ServerReflectionRequest(list_services=""))
     names = {s.name for s in reply.list_services_response.service}
     assert names == {"bilevel.v1.SandboxService", "bilevel.v1.RunService",
-                     "bilevel.v1.MemoryService", "grpc.health.v1.Health",
+                     "bilevel.v1.MemoryService", "bilevel.v1.PrincipalService",
+                     "grpc.health.v1.Health",
                      reflection.V1, reflection.V1ALPHA}
 
 
@@ -94,6 +95,7 @@ def test_describe_a_service_gives_a_complete_set_with_the_comments(
     ("bilevel.v1.RunEvent.TrialFinished", "bilevel/v1/runs.proto"),
     ("bilevel.v1.RUNTIME_RUNSC", "bilevel/v1/sandbox.proto"),
     ("bilevel.v1.ExecuteEvent.Output.Stream", "bilevel/v1/sandbox.proto"),
+    ("bilevel.v1.PrincipalService.RevokeToken", "bilevel/v1/principals.proto"),
     ("grpc.health.v1.Health", "grpc_health/v1/health.proto"),
     (reflection.V1, "grpc/reflection/v1/reflection.proto"),
 ])
@@ -101,6 +103,15 @@ def test_symbols_resolve_to_their_file(channel: grpc.Channel, symbol: str, file:
     (reply,) = _ask(channel, reflection.V1,
                     rpb.ServerReflectionRequest(file_containing_symbol=symbol))
     assert _files(reply)[0].name == file
+
+
+def test_the_principal_service_is_described_with_its_comments(channel: grpc.Channel) -> None:
+    (reply,) = _ask(channel, reflection.V1, rpb.ServerReflectionRequest(
+        file_containing_symbol="bilevel.v1.PrincipalService"))
+    file = _files(reply)[0]
+    methods = [m.name for m in file.service[0].method]
+    assert methods == ["WhoAmI", "CreateToken", "ListPrincipals", "RevokeToken"]
+    assert "Admin only" in _comment(file, [6, 0, 2, methods.index("RevokeToken")])
 
 
 def test_reflection_v1_describes_itself_in_its_own_package(channel: grpc.Channel) -> None:

@@ -1,6 +1,7 @@
 """Idle streams cannot shut out other clients (issue 19, part 5): a real controller on
-loopback with two tokens, a run left RUNNING in its store (no engine, so nothing
-finishes it), and one client opening 300 idle WatchRun streams on it."""
+loopback with two principals (admins: both see the run), a run left RUNNING in its store
+(no engine, so nothing finishes it), and one client opening 300 idle WatchRun streams
+on it. A client is a principal: its streams count together over every connection."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from controller.api.admission import Admission, ByteBudget, StreamBudget
 from controller.api.edge import UNARY_RPCS, EdgeInterceptor
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.server import EXECUTE, ControllerServer
+from controller.principals import Role
 from controller.research.settings import RunSettings, TaskSettings
 from controller.store.records import EventKind
 from controller.store.runs import RunStore
+from tests.principals_harness import add_principal
 from tests.test_api_harness import Stubs, serving
 
 TOKEN_A = "stream-client-a-0123456789abcdef"
@@ -34,7 +37,10 @@ ATTACK = 300
 
 
 def running_run(state_dir: Path) -> None:
-    """A run RUNNING in the store with one event: WatchRun sends it, then waits."""
+    """A run RUNNING in the store with one event: WatchRun sends it, then waits; and
+    principals "a" and "b" with TOKEN_A and TOKEN_B."""
+    add_principal(state_dir, "a", Role.ADMIN, TOKEN_A)
+    add_principal(state_dir, "b", Role.ADMIN, TOKEN_B)
     store = RunStore(state_dir / "bilevel.sqlite3")
     settings = RunSettings(task=TaskSettings(preset="surrogate"))
     store.create_run(RUN, settings.to_dict())
@@ -113,7 +119,7 @@ def unary_calls(address: str) -> list[grpc.StatusCode]:
 
 def test_deny_idle_streams_of_one_client_shut_out_the_others(tmp_path: Path) -> None:
     running_run(tmp_path)
-    with serving(tmp_path, None, docker_url=NO_DOCKER, tokens=(TOKEN_A, TOKEN_B),
+    with serving(tmp_path, None, docker_url=NO_DOCKER, listen="127.0.0.1:0",
                  max_streams=STREAMS, max_streams_per_client=PER_CLIENT) as server, \
             clients(server.address) as (a, b):
         refused = [e for e in (a.watch() for _ in range(ATTACK)) if e is not None]
@@ -143,7 +149,7 @@ class Unbudgeted(ControllerServer):
 
     def edge(self, admission: Admission) -> EdgeInterceptor:
         c = self.config
-        return EdgeInterceptor(c.tokens, StreamBudget(10**6, 10**6),
+        return EdgeInterceptor(self.auth, StreamBudget(10**6, 10**6),
                                ByteBudget(c.max_request_bytes_in_flight), {EXECUTE: admission})
 
 
@@ -152,7 +158,7 @@ def test_sensitivity_without_the_stream_budget_idle_streams_shut_out_unary_calls
     running_run(tmp_path)
     assert STREAMS + UNARY_RPCS == ATTACK
     with serving(tmp_path, None, factory=Unbudgeted, docker_url=NO_DOCKER,
-                 tokens=(TOKEN_A, TOKEN_B), max_streams=STREAMS,
+                 listen="127.0.0.1:0", max_streams=STREAMS,
                  max_streams_per_client=PER_CLIENT) as server, \
             clients(server.address) as (a, _):
         assert [a.watch() for _ in range(ATTACK)] == [None] * ATTACK
@@ -160,9 +166,9 @@ def test_sensitivity_without_the_stream_budget_idle_streams_shut_out_unary_calls
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == len(codes)
 
 
-def test_streams_of_a_tokenless_server_are_bounded_per_peer_address(tmp_path: Path) -> None:
-    """Without tokens the client is its address: health Watch streams (open to anyone)
-    count as well."""
+def test_streams_of_tokenless_calls_are_bounded_as_one_clients(tmp_path: Path) -> None:
+    """A server without tokens serves its private socket only, where a call without a
+    token is its owner (LOCAL): one client, whose health Watch streams count as well."""
     with serving(tmp_path, None, docker_url=NO_DOCKER, max_streams=8,
                  max_streams_per_client=3) as server:
         channel = grpc.insecure_channel(server.address)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.api.private_socket import LOCK_FILE
 from controller.commands import local
 
 HOLD = """
@@ -19,7 +20,7 @@ import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 os.ftruncate(fd, 0)
-os.pwrite(fd, f"{os.getpid()}\\n127.0.0.1:4321\\ntls\\n".encode(), 0)
+os.pwrite(fd, f"{os.getpid()}\\nunix:/run/x/controller.sock\\n".encode(), 0)
 print("held", flush=True)
 sys.stdin.read()
 """
@@ -28,7 +29,7 @@ sys.stdin.read()
 @contextmanager
 def held_lock(state_dir: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process holding the state dir's lock as a controller does."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(state_dir / local.LOCK_FILE)],
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(state_dir / LOCK_FILE)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
@@ -40,7 +41,7 @@ def held_lock(state_dir: Path) -> Iterator[subprocess.Popen[str]]:
 
 def test_a_free_or_stale_lock_has_no_holder(tmp_path: Path) -> None:
     assert local.holder_of(tmp_path) is None  # no lock file at all
-    (tmp_path / local.LOCK_FILE).write_text("999999\n127.0.0.1:1\nplain\n")  # dead pid
+    (tmp_path / LOCK_FILE).write_text("999999\nunix:/run/x/controller.sock\n")  # dead
     assert local.holder_of(tmp_path) is None
 
 
@@ -54,7 +55,7 @@ def test_the_holder_and_its_address_are_read_from_the_lock(
             if proc_locks:  # asking never touches the lock
                 patch.setattr(fcntl, "flock", _no_flock)
             holder = local.holder_of(tmp_path)
-        assert holder == local.Holder(str(proc.pid), "127.0.0.1:4321", True)
+        assert holder == local.Holder(str(proc.pid), "unix:/run/x/controller.sock")
     assert local.holder_of(tmp_path) is None  # it exited: the lock is free again
 
 

@@ -17,6 +17,7 @@ import docker
 import pytest
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.commands.local import holder_of
 from tests.test_api_harness import Stubs, leftover_containers, surrogate_run, wait_for_engine
 
 pytestmark = pytest.mark.docker
@@ -26,10 +27,14 @@ pytestmark = pytest.mark.docker
 def bilevel_serve(state_dir: Path, image: str, namespace: str,
                   env: dict[str, str] | None = None) -> Iterator[
         tuple[subprocess.Popen[bytes], str]]:
+    """`bilevel serve` on `state_dir`, and the address a client uses: a loopback port
+    where `env` gives it a token (BILEVEL_TOKEN), else its private Unix socket (the
+    one its lock file names)."""
     port_file = state_dir / f"port-{time.monotonic_ns()}"
+    tcp = ["--listen", "127.0.0.1:0"] if (env or {}).get("BILEVEL_TOKEN") else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "--log-format", "json", "serve",
-         "--listen", "127.0.0.1:0", "--port-file", str(port_file), "--state-dir",
+        [sys.executable, "-m", "controller.cli", "--log-format", "json", "serve", *tcp,
+         "--port-file", str(port_file), "--state-dir",
          str(state_dir), "--image", image, "--namespace", namespace],
         stdout=subprocess.DEVNULL, stderr=open(state_dir / "serve.log", "ab"),  # noqa: SIM115
         env={**os.environ, **(env or {})})
@@ -39,7 +44,10 @@ def bilevel_serve(state_dir: Path, image: str, namespace: str,
             assert proc.poll() is None, (state_dir / "serve.log").read_text()
             assert time.monotonic() < deadline, "bilevel serve did not start"
             time.sleep(0.05)
-        yield proc, f"127.0.0.1:{port_file.read_text().strip()}"
+        port = int(port_file.read_text())
+        holder = holder_of(state_dir)
+        assert holder is not None and holder.address.startswith("unix:"), holder
+        yield proc, f"127.0.0.1:{port}" if port else holder.address
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

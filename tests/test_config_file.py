@@ -83,7 +83,7 @@ def test_nested_tables_have_env_names_too(tmp_path: Path) -> None:
 
 def test_defaults_without_any_file(tmp_path: Path) -> None:
     config = load(None, {"BILEVEL_STATE_DIR": str(tmp_path)}, {}, discover_gpus=_no_gpus)
-    assert config.listen == "127.0.0.1:50051"
+    assert config.listen == "" and config.tcp_address() is None  # the private socket only
     assert config.executor.slots == 2 and config.executor.gpu_slots == ()
     assert config.executor.runtime == "auto"
 
@@ -216,7 +216,7 @@ def test_serve_check_speaks_tls_to_a_running_controller(
     from controller.config import TlsConfig
 
     config = make_config(tmp_path / "state", None, docker_url="unix:///nonexistent/x.sock",
-                         tls=TlsConfig(cert, key))
+                         tls=TlsConfig(cert, key), tokens=("check-token-0123456789abcdef",))
     server = ServerThread(config)
     try:
         code = main(["serve", "--check", "--listen", f"127.0.0.1:{server.port}",
@@ -226,4 +226,17 @@ def test_serve_check_speaks_tls_to_a_running_controller(
         server.stop()
     # A TLS answer: the engine is unreachable, so the sandbox service is not serving.
     assert code == 1
+    assert "bilevel.v1.SandboxService: NOT_SERVING" in capsys.readouterr().out
+
+
+def test_serve_check_without_listen_asks_the_private_socket(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_api_harness import serving
+
+    state = tmp_path / "state"
+    assert main(["serve", "--check", "--state-dir", str(state)]) == 1
+    assert "no controller serves state dir" in capsys.readouterr().err
+    with serving(state, None, docker_url="unix:///nonexistent/x.sock") as server:
+        assert server.address.startswith("unix:")
+        assert main(["serve", "--check", "--state-dir", str(state)]) == 1  # no engine
     assert "bilevel.v1.SandboxService: NOT_SERVING" in capsys.readouterr().out

@@ -173,10 +173,11 @@ def test_deny_a_job_choosing_its_gpus_when_the_controller_assigns_them(
 
 @pytest.mark.docker
 def test_gpu_slots_set_the_number_of_job_slots(gpu_executor: SandboxExecutor) -> None:
-    taken = [gpu_executor.try_acquire() for _ in range(4)]
-    assert taken == [True, True, True, False]
-    for _ in range(3):
-        gpu_executor.release()
+    taken = [gpu_executor.slots.try_acquire("pytest", gpus=1) for _ in range(4)]
+    assert [t is not None for t in taken] == [True, True, True, False]
+    for grant in taken[:3]:
+        assert grant is not None
+        gpu_executor.slots.release(grant)
 
 
 @pytest.mark.docker

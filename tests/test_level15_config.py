@@ -62,7 +62,7 @@ def test_llm_config_loop_applies_capped_adjustments_and_refuses_bad_ones(
         settings.validate()
         parts = make_loop(tmp_path, SyntheticTask(), settings)
         attach_outer_levels(parts.loop, None, lambda: build_run_provider(
-            "run-test", settings, parts.store, LLMAccess(allow_any_base_url=True),
+            "run-test", settings, parts.store, LLMAccess().allowing(server.anthropic_url),
             parts.loop.stop.event))
         parts.loop.run()
     assert parts.store.get_run("run-test").state is RunState.SUCCEEDED

@@ -39,8 +39,9 @@ def surrogate_loop(tmp_path: Path, executor: SandboxExecutor, settings: RunSetti
     loop = InnerLoop("run-l2", settings, SurrogateTask(executor),
                      LocalPerturbation(settings.search.seed, settings.proposer), store,
                      ArtifactStore(tmp_path / "runs"), stop)
+    access = access or LLMAccess().allowing(settings.llm.base_url)
     attach_outer_levels(loop, executor, lambda: build_run_provider(
-        "run-l2", settings, store, access or LLMAccess(allow_any_base_url=True), stop.event))
+        "run-l2", settings, store, access, stop.event))
     return loop, store
 
 

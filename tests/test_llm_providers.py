@@ -52,7 +52,7 @@ def _stack(server: FakeLLMServer, provider: str, records: list[CallRecord],
     return build_provider(
         llm_settings(_url(server, provider), provider, max_attempts=attempts,
                      timeout_seconds=timeout),
-        LLMAccess(allow_any_base_url=True), record=records.append,
+        LLMAccess().allowing(_url(server, provider)), record=records.append,
         budget_spent=lambda: budget, replay_answers=lambda run: {})
 
 

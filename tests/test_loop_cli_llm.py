@@ -94,7 +94,13 @@ def test_an_llm_outage_pauses_the_run_and_bilevel_resume_finishes_it(
     assert len(server.requests) == 2
 
     server.responder = random_params_responder()
-    resumed = bilevel("resume", run_id, *local, env=KEYS)
+    # Its key goes to the run's base URL only if this command's user allows it again:
+    # `run --base-url` allowed it for that command's controller only.
+    refused = bilevel("resume", run_id, *local, env=KEYS)
+    assert refused.returncode == 2 and "--llm-base-url" in refused.stderr
+    assert len(server.requests) == 2
+    resumed = bilevel("resume", run_id, "--llm-base-url", server.anthropic_url, *local,
+                      env=KEYS)
     assert resumed.returncode == 0, resumed.stderr
     assert "succeeded - trial budget of 2 spent" in resumed.stdout
     again = bilevel("resume", run_id, *local, env=KEYS)

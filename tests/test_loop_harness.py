@@ -151,7 +151,7 @@ def make_loop(tmp_path: Path, task: SyntheticTask, settings: RunSettings,
     memory = MemoryStore(store)
     if proposer is None:
         proposer = build_proposer(run_id, settings, task, store,
-                                  LLMAccess(allow_any_base_url=True), stop.event)
+                                  LLMAccess().allowing(settings.llm.base_url), stop.event)
     lessons = [m.text for m in memory.list(task.name)] if use_memory else []
     loop = InnerLoop(run_id, settings, task, proposer, store, artifacts,
                      stop, lessons=lessons, memory=memory)

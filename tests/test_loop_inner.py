@@ -183,7 +183,11 @@ def test_cancel_finishes_the_run_and_does_not_count_the_killed_trial(
     stop = StopSignal()
     task = _StopAfter(SurrogateTask(executor), stop, n=3)
     stop_request = stop.request
-    stop.request = lambda reason: stop_request("cancelled")  # type: ignore[method-assign]
+
+    def cancel_instead(reason: str, by: str = "") -> None:
+        stop_request("cancelled", by)
+
+    stop.request = cancel_instead  # type: ignore[method-assign]
     loop, store = _loop(tmp_path, task, trials=8, stop=stop)  # type: ignore[arg-type]
     loop.run()
     run = store.get_run("run-test")

@@ -71,10 +71,14 @@ def test_memory_is_per_task_and_can_be_listed_and_cleared(tmp_path: Path) -> Non
     memory = MemoryStore(store)
     memory.add([Lesson("surrogate", "run-a", "helped", "A"),
                 Lesson("cpu-tiny", "run-b", "crashed", "B"),
-                Lesson("surrogate", "run-c", "hurt", "C", delta=0.01)])
-    assert [m.text for m in memory.list("surrogate")] == ["C", "A"]  # newest first
-    assert len(memory.list()) == 3
-    assert memory.clear("surrogate") == 2 and [m.text for m in memory.list()] == ["B"]
+                Lesson("surrogate", "run-c", "hurt", "C", delta=0.01)], "alice")
+    memory.add([Lesson("surrogate", "run-d", "helped", "D")], "bob")
+    assert [m.text for m in memory.list("surrogate", owner="alice")] == ["C", "A"]  # newest
+    assert [m.text for m in memory.list("surrogate")] == ["D", "C", "A"]  # every owner's
+    assert {m.owner for m in memory.list()} == {"alice", "bob"}
+    assert memory.clear("surrogate", owner="bob") == 1
+    assert memory.clear("surrogate", owner="alice") == 2
+    assert [m.text for m in memory.list()] == ["B"]
     assert memory.clear() == 1 and memory.list() == []
 
 

@@ -49,7 +49,7 @@ def test_serve_warns_when_it_runs_runc(tmp_path: Path, sandbox_image: str,
     port_file = tmp_path / "port"
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "serve", "--listen", "127.0.0.1:0",
+            [sys.executable, "-m", "controller.cli", "serve",
              "--port-file", str(port_file), "--state-dir", str(tmp_path / "state"),
              "--image", sandbox_image, "--namespace", f"pytest-rt-{os.getpid()}",
              "--runtime", "runc"], stdout=subprocess.DEVNULL, stderr=err)

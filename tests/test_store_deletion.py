@@ -11,6 +11,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from controller.principals import Principal
 from controller.research.deletion import Janitor, RunDeleter
 from controller.research.errors import CapacityError, StateConflict
 from controller.research.retention import RetentionPolicy, expired_runs
@@ -61,7 +62,7 @@ def _finished(store: RunStore, run_id: str, state: RunState = RunState.SUCCEEDED
 
 
 def _deleter(store: RunStore, root: Path) -> RunDeleter:
-    def cancel(run_id: str) -> RunRecord:
+    def cancel(run_id: str, by: Principal) -> RunRecord:
         store.finish_run(run_id, RunState.CANCELLED, "cancelled", "cancelled",
                          {"state": "cancelled"})
         return store.get_run(run_id)
@@ -80,7 +81,8 @@ def test_delete_removes_every_row_of_the_run_and_nothing_of_another(tmp_path: Pa
         RunResources(store).claim(run_id, DATA_VOLUME, f"vol-{run_id}")
     assert {"trials", "events", "llm_calls", "mechanism_calls", "mechanisms",
             "outer_state"} <= set(tables)
-    MemoryStore(store).add([Lesson(task="t", run_id="run-a", kind="helped", text="lr up")])
+    MemoryStore(store).add([Lesson(task="t", run_id="run-a", kind="helped", text="lr up")],
+                           "shared")
     record = deletion.delete_run_rows(store, "run-a")
     assert record.id == "run-a"
     assert set(_rows(store, "run-a").values()) == {0}

@@ -31,6 +31,7 @@ from controller.commands.local import holder_of
 from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply
 from controller.llm.settings import LLMAccess
 from controller.ui import backend
+from controller.ui.web import KEY_HEADER
 from tests.test_api_harness import Stubs, serving, surrogate_run
 from tests.test_loop_harness import TEST_KEY, params_answer
 
@@ -53,11 +54,26 @@ def _hostile_answers() -> Callable[[RecordedRequest], Reply]:
     return answer
 
 
+@dataclass(frozen=True)
+class Page:
+    """A running `bilevel ui`: its base URL and the key its printed URL carries."""
+
+    base: str
+    key: str
+
+    def api(self, path: str) -> str:
+        return f"{self.base}api/{path}"
+
+    def route(self, route: str = "/") -> str:
+        """The URL a browser opens: the key and the page's route in the fragment."""
+        return f"{self.base}#key={self.key}{route}"
+
+
 @contextmanager
 def _ui(server: str | None, state_dir: Path, token_file: Path | None,
-        says: str = "") -> Iterator[str]:
+        says: str = "") -> Iterator[Page]:
     """`bilevel ui` as a user starts it (without --server when `server` is None); yields
-    its base URL, stops it with SIGTERM; `says`: expected on its stderr."""
+    the page it printed, stops it with SIGTERM; `says`: expected on its stderr."""
     port_file = state_dir.parent / f"{state_dir.name}.ui-port"
     port_file.unlink(missing_ok=True)
     extra = ["--token-file", str(token_file)] if token_file is not None else []
@@ -66,23 +82,30 @@ def _ui(server: str | None, state_dir: Path, token_file: Path | None,
         [sys.executable, "-m", "controller.cli", "--log-level", "warning", "ui", "--port",
          "0", "--port-file", str(port_file), "--state-dir", str(state_dir), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed = ""
     try:
         deadline = time.monotonic() + 90
         while not (port_file.exists() and port_file.read_text().strip()):
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "bilevel ui never wrote its port"
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port_file.read_text().strip()}/"
+        assert proc.stdout is not None
+        printed = proc.stdout.readline()  # printed before the port file is written
+        found = re.search(r"ui: (http://127\.0\.0\.1:(\d+)/)#key=([\w-]+) ", printed)
+        assert found is not None and found[2] == port_file.read_text().strip(), printed
+        yield Page(found[1], found[3])
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert "ui: http://127.0.0.1:" in out and says in err
+    assert "ui: http://127.0.0.1:" in printed + out and says in err
 
 
-def _get(url: str) -> tuple[int, Any]:
+def _get(url: str, key: str | None) -> tuple[int, Any]:
+    """GET as the page's script does: with the key (None: without one)."""
+    request = urllib.request.Request(url, headers={KEY_HEADER: key} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -101,7 +124,7 @@ def _chromium(tmp_path: Path, *flags: str) -> str:
 class Live:
     stubs: Stubs
     address: str
-    base: str  # the ui's URL
+    page: Page  # the ui's
     llm: FakeLLMServer
     client_state: Path
 
@@ -118,18 +141,18 @@ def live(tmp_path_factory: pytest.TempPathFactory, sandbox_image: str) -> Iterat
         patch.setenv("OPENAI_API_KEY", TEST_KEY)  # read by the controller in this process
         with FakeLLMServer(responder=_hostile_answers()) as llm, \
                 serving(tmp / "controller", sandbox_image, tokens=(TOKEN,),
-                        llm=LLMAccess(allow_any_base_url=True)) as server, \
-                _ui(server.address, client_state, token_file) as base:
-            yield Live(Stubs(server.address, TOKEN), server.address, base, llm, client_state)
+                        llm=LLMAccess(allowed_base_urls=(llm.openai_url,))) as server, \
+                _ui(server.address, client_state, token_file) as page:
+            yield Live(Stubs(server.address, TOKEN), server.address, page, llm, client_state)
 
 
-def _follow(base: str, run_id: str) -> tuple[list[dict[str, Any]], int]:
+def _follow(page: Page, run_id: str) -> tuple[list[dict[str, Any]], int]:
     """The run's events through the page's long poll until the run ends, and the polls."""
     events: list[dict[str, Any]] = []
     polls = 0
     while True:
-        status, got = _get(f"{base}api/runs/{run_id}/events?after="
-                           f"{events[-1]['seq'] if events else 0}&wait=20")
+        status, got = _get(page.api(f"runs/{run_id}/events?after="
+                                    f"{events[-1]['seq'] if events else 0}&wait=20"), page.key)
         assert status == 200, got
         polls += 1
         events.extend(got["events"])
@@ -146,14 +169,16 @@ def test_ui_follows_a_live_run_and_the_page_shows_every_trial_escaped(
     run = live.stubs.runs.CreateRun(request, metadata=live.stubs.metadata, timeout=30)
 
     # Live: the page's long poll, followed while the run goes, misses nothing.
-    events, polls = _follow(live.base, run.id)
+    events, polls = _follow(live.page, run.id)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert sum("trial_finished" in e for e in events) == TRIALS + 1
     assert "run_finished" in events[-1] and polls >= 2  # updates came as it went
-    status, listed = _get(f"{live.base}api/runs")
+    status, listed = _get(live.page.api("runs"), live.page.key)
     assert status == 200 and run.id in [r["id"] for r in listed["runs"]]
+    status, refused = _get(live.page.api("runs"), None)  # another user of this host
+    assert status == 403 and "open the URL it printed" in refused["error"]
 
-    dom = _chromium(tmp_path, "--dump-dom", f"{live.base}#/run/{run.id}")
+    dom = _chromium(tmp_path, "--dump-dom", live.page.route(f"/run/{run.id}"))
     rows = re.findall(r'<tr class="trial done[^"]*" data-trial="(\d+)"', dom)
     assert rows == [str(n) for n in range(TRIALS + 1)]
     plot = dom.split('<svg id="plot"')[1].split("</svg>")[0]
@@ -169,7 +194,7 @@ def test_ui_follows_a_live_run_and_the_page_shows_every_trial_escaped(
 
     shot = tmp_path / "ui.png"
     _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1100,1400",
-              f"{live.base}#/run/{run.id}")
+              live.page.route(f"/run/{run.id}"))
     colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # drawn, not a blank page
 
@@ -180,7 +205,7 @@ def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path
         levels=[rpb.LEVEL_1, rpb.LEVEL_1_5, rpb.LEVEL_2], mechanism_source="library",
         l15_every_trials=3, l2_every_trials=3, mechanisms=[rpb.InitialMechanism(name="tabu")]))
     run = live.stubs.runs.CreateRun(request, metadata=live.stubs.metadata, timeout=30)
-    events, _ = _follow(live.base, run.id)
+    events, _ = _follow(live.page, run.id)
     final = live.stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id),
                                    metadata=live.stubs.metadata)
     lifecycle = [e["mechanism"] for e in events if "mechanism" in e]
@@ -189,7 +214,7 @@ def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path
     trial = next(n for n in range(1, 9) if live.stubs.runs.GetArtifact(
         rpb.GetArtifactRequest(run_id=run.id, name=f"trials/{n}/diff"),
         metadata=live.stubs.metadata).content)
-    dom = _chromium(tmp_path, "--dump-dom", f"{live.base}#/run/{run.id}/trial/{trial}")
+    dom = _chromium(tmp_path, "--dump-dom", live.page.route(f"/run/{run.id}/trial/{trial}"))
     timeline = dom.split('<svg id="timeline"')[1].split("</svg>")[0]
     assert timeline.count("<circle") == len(lifecycle)
     verdicts = dom.split('<table id="verdicts">')[1].split("</table>")[0]
@@ -205,19 +230,19 @@ def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path
         id="abl-ui-test", task="surrogate", repeats=1, trials=8,
         arms=[ablation.catalogue(False, 2)[0]["C"]],
         cells={"C/0": Cell(run_id=run.id, state="succeeded")}))
-    home = _chromium(tmp_path, "--dump-dom", live.base)
+    home = _chromium(tmp_path, "--dump-dom", live.page.route())
     runs = home.split('<table id="runs-table">')[1].split("</table>")[0]
     assert f'href="#/run/{run.id}">{run.id}</a>' in runs and "<td>1+1.5+2</td>" in runs
     assert 'href="#/ablation/abl-ui-test">abl-ui-test</a>' in home.split(
         '<table id="ablations-table">')[1]
-    page = _chromium(tmp_path, "--dump-dom", f"{live.base}#/ablation/abl-ui-test")
-    arms = page.split('<table id="arms-table">')[1].split("</table>")[0]
+    shown = _chromium(tmp_path, "--dump-dom", live.page.route("/ablation/abl-ui-test"))
+    arms = shown.split('<table id="arms-table">')[1].split("</table>")[0]
     assert f'href="#/run/{run.id}">{final.best_val_bpb:.4f}</a>' in arms
 
     # Without the token the controller refuses the ui, and the page is told why.
     (tmp_path / "other").mkdir()
     with _ui(live.address, tmp_path / "other", None) as anonymous:
-        status, body = _get(f"{anonymous}api/runs")
+        status, body = _get(anonymous.api("runs"), anonymous.key)
         assert status == 502 and "UNAUTHENTICATED" in body["error"]
 
 
@@ -253,16 +278,16 @@ def test_without_server_the_ui_follows_the_holder_then_reads_the_store(
     with serving(state, sandbox_image) as server:
         stubs = Stubs(server.address)
         run = stubs.runs.CreateRun(surrogate_run(trials=2), timeout=30)
-        with _ui(None, state, None, says="connected to the controller holding") as base:
-            live, _ = _follow(base, run.id)
+        with _ui(None, state, None, says="connected to the controller holding") as page:
+            live, _ = _follow(page, run.id)
     assert "run_finished" in live[-1]
     # No controller now: the store is read directly and no controller is started.
-    with _ui(None, state, None) as base:
-        status, listed = _get(f"{base}api/runs")
+    with _ui(None, state, None) as page:
+        status, listed = _get(page.api("runs"), page.key)
         assert status == 200 and [r["id"] for r in listed["runs"]] == [run.id]
         assert listed["runs"][0]["state"] == "RUN_STATE_SUCCEEDED"
-        stored, polls = _follow(base, run.id)
+        stored, polls = _follow(page, run.id)
         assert stored == live and polls == 1
-        status, diff = _get(f"{base}api/runs/{run.id}/artifact?name=trials/1/diff")
+        status, diff = _get(page.api(f"runs/{run.id}/artifact?name=trials/1/diff"), page.key)
         assert status == 200 and diff["text"].startswith("--- a/train.py")
         assert holder_of(state) is None  # the view started no controller

@@ -79,7 +79,9 @@ class Browser:
 
     def _read(self) -> dict[str, Any]:
         while b"\0" not in self.buffer:
-            ready, _, _ = select.select([self.replies], [], [], 60)
+            poller = select.poll()  # select() refuses descriptors past 1024
+            poller.register(self.replies, select.POLLIN)
+            ready = poller.poll(60_000)
             assert ready, "Chromium did not answer within 60 s"
             chunk = os.read(self.replies, 1 << 16)
             assert chunk, "Chromium closed its pipe"
@@ -135,8 +137,8 @@ def test_the_open_page_grows_as_trials_finish(tmp_path: Path, sandbox_image: str
     (tmp_path / "client").mkdir()
     with FakeLLMServer(responder=gate) as llm, \
             serving(tmp_path / "controller", sandbox_image,
-                    llm=LLMAccess(allow_any_base_url=True)) as server, \
-            _ui(server.address, tmp_path / "client", None) as base, \
+                    llm=LLMAccess(allowed_base_urls=(llm.openai_url,))) as server, \
+            _ui(server.address, tmp_path / "client", None) as page, \
             _browser(tmp_path / "chromium") as browser:
         try:
             request = surrogate_run(trials=TRIALS)
@@ -144,7 +146,7 @@ def test_the_open_page_grows_as_trials_finish(tmp_path: Path, sandbox_image: str
             request.llm.provider, request.llm.base_url = "openai", llm.openai_url
             request.llm.model = "fake-model"
             run = Stubs(server.address).runs.CreateRun(request, timeout=30)
-            browser.open(f"{base}#/run/{run.id}")
+            browser.open(page.route(f"/run/{run.id}"))
             # Held: the baseline and the trials before the held proposal, nothing more.
             _until(browser, lambda: browser.js(ROWS) == HELD_AT, f"{HELD_AT} finished trials")
             assert browser.js(DOTS) == HELD_AT

@@ -18,7 +18,7 @@ from typing import Any
 
 from controller.api.client import Client, ClientConfig
 from controller.ui.backend import Backend
-from controller.ui.web import UiServer
+from controller.ui.web import KEY_HEADER, UiServer
 from tests.test_api_harness import serving
 from tests.test_api_streams import NO_DOCKER, RUN, running_run
 
@@ -51,7 +51,7 @@ def page_server(address: str, state_dir: Path,
 def get(ui: UiServer, path: str, source: str = "127.0.0.1") -> tuple[int, dict[str, str], Any]:
     conn = http.client.HTTPConnection("127.0.0.1", ui.port, timeout=60,
                                       source_address=(source, 0))
-    conn.request("GET", path)
+    conn.request("GET", path, headers={KEY_HEADER: ui.key})
     response = conn.getresponse()
     body = json.loads(response.read())
     conn.close()

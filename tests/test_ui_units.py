@@ -1,6 +1,7 @@
 """`bilevel ui`'s HTTP edge without a controller: a real server on loopback refuses what
-it must before any gRPC call (other hosts, writes, unknown paths, artifact names outside
-the documented set), ships its own page under a strict CSP, and caps hostile values."""
+it must before any gRPC call (requests without the page's key, other hosts, writes,
+unknown paths, artifact names outside the documented set), ships its own page under a
+strict CSP, and caps hostile values."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from controller.api.client import Client
 from controller.ui import backend
 from controller.ui.backend import Backend, clip
-from controller.ui.web import UiServer
+from controller.ui.web import KEY_HEADER, UiServer
 
 
 @pytest.fixture
@@ -36,10 +37,13 @@ def ui(tmp_path: Path) -> Iterator[UiServer]:
         thread.join(10)
 
 
-def _request(ui: UiServer, method: str, path: str,
-             host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+def _request(ui: UiServer, method: str, path: str, host: str | None = None,
+             key: str | None = "the page's") -> tuple[int, dict[str, str], bytes]:
+    """A request with the page's key (as its script sends it), another `key`, or none."""
     conn = http.client.HTTPConnection("127.0.0.1", ui.port, timeout=30)
     headers = {"Host": host} if host is not None else {}
+    if key is not None:
+        headers[KEY_HEADER] = ui.key if key == "the page's" else key
     conn.request(method, path, headers=headers)
     response = conn.getresponse()
     body = response.read()
@@ -68,6 +72,20 @@ def test_the_page_and_its_script_come_from_the_package_under_a_strict_policy(
             b'"http://www.w3.org/2000/svg"', b"") and b"https://" not in script
     assert b"http" not in page
     assert _request(ui, "GET", "/static/../backend.py")[0] == 404
+
+
+def test_deny_the_data_without_the_key_printed_in_the_pages_url(ui: UiServer) -> None:
+    """Another user of the host reaches the loopback port too; without the key (printed
+    once to whoever started `bilevel ui`) it gets the page's static files only."""
+    assert ui.url == f"http://127.0.0.1:{ui.port}/#key={ui.key}" and len(ui.key) >= 32
+    for path in ("/api/runs", "/api/runs/run-1", "/api/runs/run-1/events?wait=0",
+                 "/api/ablations"):
+        status, _, body = _request(ui, "GET", path, key=None)
+        assert status == 403 and "open the URL it printed" in _error(body)
+        assert _request(ui, "GET", path, key=ui.key[:-1] + "A")[0] == 403
+    assert _request(ui, "GET", "/", key=None)[0] == 200  # the package's files: no data
+    assert _request(ui, "GET", "/static/app.js", key=None)[0] == 200
+    assert _request(ui, "GET", "/api/ablations")[0] == 200  # with the key
 
 
 def test_other_hosts_writes_and_unknown_names_are_refused(ui: UiServer) -> None:

@@ -1,8 +1,9 @@
 """An ablation: arms x repeats on one task, at equal trial and LLM budgets.
 
-The definition (arms, seeds, budgets) and the run id of every (arm, repeat) cell live
-in one JSON file, `<state>/ablations/<id>/ablation.json`, rewritten atomically after
-each change, so a killed driver resumes where it was (runner.py).
+The definition (arms, seeds, budgets), the principal that drives it and the run id of
+every (arm, repeat) cell live in one JSON file, `<state>/ablations/<id>/ablation.json`,
+rewritten atomically after each change, so a killed driver resumes where it was
+(runner.py).
 
 Arms: A = L1, B = L1+1.5, C = L1+1.5+2, D = L1+2, and controls: `random_search` (true
 random search over the typed ranges), `tpe` and `cmaes` (TPE and CMA-ES: the field's
@@ -131,6 +132,9 @@ class AblationSpec:
     reeval: dict[str, Cell] = field(default_factory=dict)  # "A/3", "baseline/3"
     created_at: float = 0.0
     finished_at: float = 0.0
+    # The principal whose token drives it (PrincipalService.WhoAmI): its runs are that
+    # principal's, so only that principal resumes it.
+    principal: str = ""
 
     def seed_of(self, repeat: int) -> int:
         return self.seed + repeat * SEED_STRIDE
@@ -181,6 +185,7 @@ def folder(state_dir: Path, ablation_id: str) -> Path:
 def save(state_dir: Path, spec: AblationSpec) -> None:
     """Atomic and fsynced: a kill leaves the previous or the new file, never half."""
     path = folder(state_dir, spec.id) / "ablation.json"
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new one: its user's only
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ablation.")
     with os.fdopen(fd, "w") as handle:

@@ -4,6 +4,10 @@ so every run is an ordinary, resumable run of the controller.
 Resuming: a cell whose run finished is never redone; a cell whose run is still
 running (a restarted controller resumes it by itself) is waited for; only cells with
 no run are created. The JSON file is rewritten after every change (ablation.py).
+
+The runs are the caller's (CreateRun makes them its principal's): the ablation records
+that principal when it starts, and only that principal drives it on, since another
+would see none of its runs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from controller.analysis import ablation
 from controller.analysis.ablation import AblationSpec, Arm, ArmUnavailable, Cell
 from controller.api.client import Client
 from controller.api.errors import describe
+from controller.api.gen.bilevel.v1 import principals_pb2 as ppb
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.config import ConfigError
 
 POLL_SECONDS = 0.5
 TERMINAL = {rpb.RUN_STATE_SUCCEEDED: "succeeded", rpb.RUN_STATE_FAILED: "failed",
@@ -49,13 +55,27 @@ class Runner:
         ablation.save(self.state_dir, self.spec)
 
     async def run(self) -> None:
-        """Search cells, then re-evaluations; raises AblationStalled."""
+        """Search cells, then re-evaluations; raises AblationStalled, or ConfigError
+        when the caller is not the ablation's principal."""
+        await self._claim()
         jobs = [(f"{arm.name}/{r}", _search_maker(self.spec, arm, r))
                 for r in range(self.spec.repeats) for arm in self.spec.arms]
         await self._drive(self.spec.cells, jobs, "search")
         await self._reevaluate()
         self.spec.finished_at = self.spec.finished_at or time.time()
         self._save()
+
+    async def _claim(self) -> None:
+        """Record the calling principal on a new ablation; refuse any other on resume."""
+        me = await self.client.principals.WhoAmI(ppb.WhoAmIRequest(),
+                                                 metadata=self.client.metadata)
+        if not self.spec.principal:
+            self.spec.principal = me.name
+            self._save()
+        elif self.spec.principal != me.name:
+            raise ConfigError(f"ablation {self.spec.id} belongs to principal "
+                              f"{self.spec.principal!r}, whose runs it holds; you are "
+                              f"{me.name!r}: resume it with {self.spec.principal}'s token")
 
     async def _drive(self, cells: dict[str, Cell],
                      jobs: list[tuple[str, Callable[[], rpb.CreateRunRequest]]],

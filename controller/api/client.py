@@ -12,7 +12,7 @@ from types import TracebackType
 
 import grpc
 
-from controller.api.gen.bilevel.v1 import runs_pb2_grpc, sandbox_pb2_grpc
+from controller.api.gen.bilevel.v1 import principals_pb2_grpc, runs_pb2_grpc, sandbox_pb2_grpc
 from controller.config import TOKEN_ENV, ConfigError, ServerConfig, read_tokens
 
 SERVER_ENV = "BILEVEL_SERVER"
@@ -31,8 +31,9 @@ class ClientConfig:
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server connection")
     group.add_argument("--server", default=os.environ.get(SERVER_ENV),
-                       help=f"controller address HOST:PORT (env {SERVER_ENV}); without it, "
-                            "a controller is started in this process on --state-dir")
+                       help=f"controller address HOST:PORT, or unix:PATH of its private "
+                            f"socket (env {SERVER_ENV}); without it, the controller holding "
+                            "--state-dir, else one started in this process")
     group.add_argument("--token-file", type=Path,
                        help=f"file with the bearer token (default: env {TOKEN_ENV})")
     group.add_argument("--tls-ca", type=Path, help="CA certificate: connect with TLS")
@@ -74,6 +75,8 @@ class Client:
             self.channel)
         self.sandbox = sandbox_pb2_grpc.SandboxServiceStub(  # type: ignore[no-untyped-call]
             self.channel)
+        self.principals = principals_pb2_grpc.PrincipalServiceStub(  # type: ignore[no-untyped-call]
+            self.channel)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -90,7 +93,8 @@ class Client:
 async def connect(args: argparse.Namespace,
                   embedded: Callable[[], ServerConfig] | None = None) -> AsyncIterator[Client]:
     """A client for `--server`, or else for a controller started in this process on the
-    local state dir (listening on 127.0.0.1 only, on a free port)."""
+    local state dir. That one listens only on its private Unix socket (no TCP, whatever
+    the configuration says): its user's, as the LLM keys it holds are."""
     if args.server:
         async with Client(client_config(args)) as client:
             yield client
@@ -99,13 +103,10 @@ async def connect(args: argparse.Namespace,
         raise ConfigError("--server is required")
     from controller.api.server import ControllerServer
 
-    config = embedded()
-    # Only this process talks to it: it trusts the LLM base URL its own user passes.
-    server = ControllerServer(replace(config, listen="127.0.0.1:0", tokens=(), tls=None,
-                                      llm=replace(config.llm, allow_any_base_url=True)))
-    port = await server.start()
+    server = ControllerServer(replace(embedded(), listen="", tls=None))
+    await server.start()
     try:
-        async with Client(ClientConfig(address=f"127.0.0.1:{port}")) as client:
+        async with Client(ClientConfig(address=server.socket.address)) as client:
             yield client
     finally:
         await server.stop()

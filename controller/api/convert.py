@@ -324,7 +324,7 @@ def run(record: RunRecord, mechanisms: list[Summary] | None = None) -> rpb.Run:
         elapsed_seconds=record.elapsed_seconds, llm_tokens_used=record.llm_tokens_used,
         summary=record.summary, noise_sigma=record.noise_sigma,
         llm_cost_usd=record.llm_cost_usd,
-        mechanisms=[mechanism(s) for s in mechanisms or []])
+        mechanisms=[mechanism(s) for s in mechanisms or []], owner=record.owner)
 
 
 def event(record: EventRecord) -> rpb.RunEvent:
@@ -371,4 +371,4 @@ def event(record: EventRecord) -> rpb.RunEvent:
 def lesson(record: Lesson) -> rpb.Lesson:
     return rpb.Lesson(id=record.id, task=record.task, run_id=record.run_id, kind=record.kind,
                       text=record.text, delta_bpb=record.delta,
-                      created_at=_ts(record.created_at))
+                      created_at=_ts(record.created_at), owner=record.owner)

@@ -4,11 +4,14 @@ once, and what bad bytes get.
 Every method's handler is swapped for a request-streaming one that reads the body
 itself (grpc hands it raw bytes), so that:
 
-- a call without a valid token is refused UNAUTHENTICATED before any of its body is
-  read or parsed: HTTP/2 flow control stops the sender at its window, so a tokenless
-  280 MB request costs the server kilobytes, not the message twice over;
+- the caller is resolved to a principal (controller/api/auth.py) from the call's
+  metadata and transport, and held in `principals.CURRENT` for the whole call (the
+  handler, its stream and the threads it starts: controller/api/identity.py); a call
+  that names none is refused UNAUTHENTICATED before any of its body is read or parsed:
+  HTTP/2 flow control stops the sender at its window, so a tokenless 280 MB request
+  costs the server kilobytes, not the message twice over;
 - a streaming call (WatchRun, Execute, health Watch, reflection) takes a place in the
-  stream budget for its whole life, per client and in all (controller/api/admission.py),
+  stream budget for its whole life, per principal and in all (controller/api/admission.py),
   or is RESOURCE_EXHAUSTED at once naming the cap; grpc's own cap on concurrent RPCs is
   the stream budget plus UNARY_RPCS, so idle streams never shut out unary calls;
 - a large-body call (Execute, CreateRun) is admitted before its body is read: an Execute
@@ -37,6 +40,7 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
+from controller import principals
 from controller.api.admission import (
     CURRENT,
     DECLARED_BYTES,
@@ -46,8 +50,14 @@ from controller.api.admission import (
     StreamBudget,
     Ticket,
 )
-from controller.api.auth import UNAUTHENTICATED_MESSAGE, TokenCheck, client_identity
+from controller.api.auth import (
+    HEALTH_PREFIX,
+    UNAUTHENTICATED_MESSAGE,
+    Authenticator,
+    client_identity,
+)
 from controller.api.errors import bad_request, status_for, too_large
+from controller.principals import Principal
 from controller.research.errors import CapacityError, FieldError
 from controller.store.task_bundle import MAX_BUNDLE_BYTES
 
@@ -64,9 +74,6 @@ MAX_CONCURRENT_STREAMS = 100  # per client connection (HTTP/2 advises at least 1
 UNARY_RPCS = 256  # grpc's concurrency cap is the stream budget plus this many
 MAX_METADATA_BYTES = 16 << 10
 MAX_CONNECTION_IDLE_MS = 10 * 60 * 1000
-
-# Who a call is from: (the configured token it carries, or None; its peer) -> identity.
-Identify = Callable[[bytes | None, str], str]
 
 # Test-only switch (the sensitivity twin in tests/test_api_edge.py): False reads and
 # parses an unauthenticated body before refusing it, as the server did before. Never set
@@ -89,22 +96,20 @@ def max_concurrent_rpcs(max_streams: int) -> int:
 
 
 class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Installed on every server; with no tokens it checks budgets, size and parsing
-    (a token-less server binds to loopback, see ServerConfig.bind_address).
+    """Installed on every server. `auth` resolves each call's principal (a call without
+    a token is its owner's only over the private Unix socket: auth.tokenless_principal).
 
     `gates`: per method, the places a large-body call of it must find free before its
     body is read (Execute: the sandbox slots and queue)."""
 
-    def __init__(self, tokens: Sequence[str], streams: StreamBudget, bodies: ByteBudget,
+    def __init__(self, auth: Authenticator, streams: StreamBudget, bodies: ByteBudget,
                  gates: Mapping[str, Admission], caps: Mapping[str, int] = METHOD_CAPS,
-                 default_cap: int = DEFAULT_CAP_BYTES,
-                 identify: Identify = client_identity) -> None:
-        self._check = TokenCheck(tokens) if tokens else None
+                 default_cap: int = DEFAULT_CAP_BYTES) -> None:
+        self.auth = auth
         self._caps = caps
         self._default_cap = default_cap
         self._large = asyncio.Semaphore(LARGE_READS)
         self.streams, self.bodies, self.gates = streams, bodies, gates
-        self._identify = identify
 
     async def intercept_service(
             self, continuation: Callable[[Any], Awaitable[Any]],
@@ -114,24 +119,18 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return None
         method: str = handler_call_details.method
         metadata = handler_call_details.invocation_metadata
-        allowed = self._check is None or self._check.allows(method, metadata)
-        if not allowed and _REFUSE_BEFORE_READ:
-            return _refusing(handler)
         cap = self._caps.get(method, self._default_cap)
         large = cap > LARGE_CAP_BYTES
         body = _Body(method, cap, handler.request_deserializer,
-                     self._large if large else None, refuse=not allowed)
+                     self._large if large else None, refuse=False)
         streaming = bool(handler.request_streaming or handler.response_streaming)
         return _guarded(handler, body, _Call(self, method, metadata, cap, streaming,
                                              large and not handler.request_streaming))
 
-    def client(self, metadata: Sequence[tuple[str, Any]] | None, peer: str) -> str:
-        token = self._check.matching(metadata) if self._check is not None else None
-        return self._identify(token, peer)
-
 
 class _Call:
-    """One call's admission: its stream place and, for a large body, its ticket."""
+    """One call's principal and admission: its stream place and, for a large body, its
+    ticket."""
 
     def __init__(self, edge: EdgeInterceptor, method: str,
                  metadata: Sequence[tuple[str, Any]] | None, cap: int, streaming: bool,
@@ -139,14 +138,39 @@ class _Call:
         self.edge, self.method, self.metadata, self.cap = edge, method, metadata, cap
         self.streaming, self.large = streaming, large
 
+    async def authenticate(self, context: Any, body: _Body) -> Principal | None:
+        """The caller's principal, read from metadata and transport only; a call that
+        needs one and names none is refused here, its body unread (None is left only for
+        a health call without a token)."""
+        principal = self.edge.auth.principal(self.metadata, context.auth_context(),
+                                             context.peer())
+        if principal is None and not self.method.startswith(HEALTH_PREFIX):
+            if _REFUSE_BEFORE_READ:
+                await _unauthenticated(context)
+            body.refuse = True  # the twin: parse the body, then refuse
+        return principal
+
     @contextlib.asynccontextmanager
-    async def admitted(self, context: Any) -> AsyncIterator[Ticket | None]:
-        """Holds the call's places for its life; refuses at once when one is full."""
+    async def admitted(self, context: Any,
+                       principal: Principal | None) -> AsyncIterator[Ticket | None]:
+        """Holds the call's principal and places for its life; refuses at once when a
+        place is full."""
+        # Each call runs in its own task, with its own copy of the context.
+        principals.CURRENT.set(principal)
+        try:
+            async with self._places(context, principal) as ticket:
+                yield ticket
+        finally:
+            principals.CURRENT.set(None)
+
+    @contextlib.asynccontextmanager
+    async def _places(self, context: Any,
+                      principal: Principal | None) -> AsyncIterator[Ticket | None]:
         if not (self.streaming or self.large):
             yield None
             return
         edge = self.edge
-        client = edge.client(self.metadata, context.peer()) if self.streaming else None
+        client = client_identity(principal, context.peer()) if self.streaming else None
         ticket = None
         try:
             if client is not None:
@@ -159,7 +183,6 @@ class _Call:
                 raise
         except (CapacityError, FieldError) as exc:
             await _Body.abort(context, _status(exc))
-        # Each call runs in its own task, with its own copy of the context.
         CURRENT.set(ticket)
         try:
             yield ticket
@@ -194,22 +217,6 @@ def _status(exc: CapacityError | FieldError) -> Any:
 
 async def _unauthenticated(context: grpc.aio.ServicerContext) -> None:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-
-
-def _refusing(handler: Any) -> Any:
-    """A handler that refuses without reading the request stream at all."""
-    async def refuse(requests: AsyncIterator[bytes], context: Any) -> None:
-        await _unauthenticated(context)
-
-    async def refuse_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-        await _unauthenticated(context)
-        yield  # pragma: no cover - makes this an async generator
-
-    if handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(
-            refuse_stream, response_serializer=handler.response_serializer)
-    return grpc.stream_unary_rpc_method_handler(
-        refuse, response_serializer=handler.response_serializer)
 
 
 class _Body:
@@ -277,7 +284,8 @@ def _guarded(handler: Any, body: _Body, call: _Call) -> Any:
             inner_stream = handler.unary_stream
 
             async def unary_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-                async with call.admitted(context) as ticket:
+                principal = await call.authenticate(context, body)
+                async with call.admitted(context, principal) as ticket:
                     stream = inner_stream(await body.one(requests, context, ticket), context)
                     async for item in _iterate(stream):  # no reference to the request here
                         yield item
@@ -285,7 +293,8 @@ def _guarded(handler: Any, body: _Body, call: _Call) -> Any:
         inner_unary = handler.unary_unary
 
         async def unary_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
-            async with call.admitted(context) as ticket:
+            principal = await call.authenticate(context, body)
+            async with call.admitted(context, principal) as ticket:
                 return await _resolve(inner_unary(await body.one(requests, context, ticket),
                                                   context))
         return grpc.stream_unary_rpc_method_handler(unary_unary, **kwargs)
@@ -293,7 +302,8 @@ def _guarded(handler: Any, body: _Body, call: _Call) -> Any:
         inner_streams = handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-            async with call.admitted(context):
+            principal = await call.authenticate(context, body)
+            async with call.admitted(context, principal):
                 async for item in _iterate(inner_streams(body.each(requests, context),
                                                          context)):
                     yield item
@@ -301,7 +311,8 @@ def _guarded(handler: Any, body: _Body, call: _Call) -> Any:
     inner = handler.stream_unary
 
     async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
-        async with call.admitted(context):
+        principal = await call.authenticate(context, body)
+        async with call.admitted(context, principal):
             return await _resolve(inner(body.each(requests, context), context))
     return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
 

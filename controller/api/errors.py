@@ -17,10 +17,12 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from controller.principals import PermissionDenied
 from controller.research.errors import CapacityError, FieldError, StateConflict
 from controller.sandbox.backend_config import SandboxBusy, SandboxUnavailable
 from controller.sandbox.spec import SpecError
 from controller.store.artifacts import BadArtifactName
+from controller.store.principals import PrincipalExists, UnknownPrincipal
 from controller.store.records import NotFoundError
 
 DOMAIN = "bilevel.dev"
@@ -63,6 +65,20 @@ def status_for(exc: BaseException) -> status_pb2.Status | None:
     if isinstance(exc, NotFoundError):
         return _status(code_pb2.NOT_FOUND, str(exc), error_details_pb2.ResourceInfo(
             resource_type=exc.resource, resource_name=exc.name, description=exc.hint))
+    if isinstance(exc, PermissionDenied):
+        return _status(code_pb2.PERMISSION_DENIED, str(exc), error_details_pb2.ErrorInfo(
+            reason="ROLE", domain=DOMAIN, metadata={"role": exc.principal.role.value}))
+    if isinstance(exc, PrincipalExists):
+        return _status(code_pb2.ALREADY_EXISTS, str(exc), error_details_pb2.ResourceInfo(
+            resource_type="principal", resource_name=exc.name))
+    if isinstance(exc, UnknownPrincipal):
+        if exc.in_file:
+            violation = error_details_pb2.PreconditionFailure.Violation(
+                type="PRINCIPALS_FILE", subject=f"principal {exc.name}", description=str(exc))
+            return _status(code_pb2.FAILED_PRECONDITION, str(exc),
+                           error_details_pb2.PreconditionFailure(violations=[violation]))
+        return _status(code_pb2.NOT_FOUND, str(exc), error_details_pb2.ResourceInfo(
+            resource_type="principal", resource_name=exc.name))
     if isinstance(exc, StateConflict):
         violation = error_details_pb2.PreconditionFailure.Violation(
             type="STATE", subject=exc.subject, description=str(exc))

@@ -1,19 +1,24 @@
-"""RunService: thin mapping from bilevel.v1 run messages to the run manager and store."""
+"""RunService: thin mapping from bilevel.v1 run messages to the run manager and store.
+
+Every method acts for the calling principal (controller/api/identity.py): another
+principal's run is NOT_FOUND, exactly as an unknown one (controller/research/access.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
 
-from controller.api import convert
+from controller.api import convert, pages
 from controller.api.errors import rpc_errors
 from controller.api.events import EventHub
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import runs_pb2_grpc
+from controller.api.identity import caller
+from controller.research import access
 from controller.research.deletion import RunDeleter
 from controller.research.errors import FieldError
 from controller.research.level2 import report as mechanism_report
@@ -33,15 +38,6 @@ def _required(value: str, field: str) -> str:
     return value
 
 
-def _decode_page_token(token: str) -> int | None:
-    if not token:
-        return None
-    try:
-        return int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("rowid:"))
-    except ValueError:
-        raise FieldError("page_token", "is not a token from a previous ListRuns") from None
-
-
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
     def __init__(self, manager: RunManager, store: RunStore, artifacts: ArtifactStore,
                  hub: EventHub, deleter: RunDeleter) -> None:
@@ -58,13 +54,14 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         # A task directory: checked, stored with the run and loaded by the manager.
         files = dict(request.task.task_files) or None
         del request  # the dict holds the bytes now; do not keep the message twice
-        return convert.run(await asyncio.to_thread(self.manager.create, settings, files))
+        return convert.run(await asyncio.to_thread(self.manager.create, settings, files,
+                                                   caller()))
 
     @rpc_errors
     async def GetRun(self, request: rpb.GetRunRequest,
                      context: grpc.aio.ServicerContext) -> rpb.Run:
         run_id = _required(request.run_id, "run_id")
-        record = await asyncio.to_thread(self.store.get_run, run_id)
+        record = await asyncio.to_thread(access.readable, self.store, run_id, caller())
         mechanisms = await asyncio.to_thread(mechanism_report.summaries, self.store, run_id)
         return convert.run(record, mechanisms)
 
@@ -73,24 +70,26 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                        context: grpc.aio.ServicerContext) -> rpb.ListRunsResponse:
         if not 0 <= request.page_size <= MAX_PAGE:
             raise FieldError("page_size", f"must be in [0, {MAX_PAGE}] (0: {DEFAULT_PAGE})")
-        before = _decode_page_token(request.page_token)
+        after = pages.decode(request.page_token)
+        principal = caller()
+        owner = None if principal.sees_everyone else principal.name
         runs, cursor = await asyncio.to_thread(self.store.list_runs,
-                                               request.page_size or DEFAULT_PAGE, before)
-        token = "" if cursor is None else base64.urlsafe_b64encode(
-            f"rowid:{cursor}".encode()).decode()
-        return rpb.ListRunsResponse(runs=[convert.run(r) for r in runs], next_page_token=token)
+                                               request.page_size or DEFAULT_PAGE, after, owner)
+        return rpb.ListRunsResponse(runs=[convert.run(r) for r in runs],
+                                    next_page_token=pages.encode(cursor))
 
     @rpc_errors
     async def CancelRun(self, request: rpb.CancelRunRequest,
                         context: grpc.aio.ServicerContext) -> rpb.Run:
         run_id = _required(request.run_id, "run_id")
-        return convert.run(await asyncio.to_thread(self.manager.cancel, run_id))
+        return convert.run(await asyncio.to_thread(self.manager.cancel, run_id, caller()))
 
     @rpc_errors
     async def DeleteRun(self, request: rpb.DeleteRunRequest,
                         context: grpc.aio.ServicerContext) -> rpb.DeleteRunResponse:
         run_id = _required(request.run_id, "run_id")
-        deleted = await asyncio.to_thread(self.deleter.delete, run_id, request.cancel)
+        deleted = await asyncio.to_thread(self.deleter.delete, run_id, request.cancel,
+                                          caller())
         return rpb.DeleteRunResponse(run_id=run_id, freed_bytes=deleted.freed_bytes,
                                      removed=deleted.removed, kept=deleted.kept)
 
@@ -100,7 +99,8 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         run_id = _required(request.run_id, "run_id")
         if request.after_seq < 0:
             raise FieldError("after_seq", "must be >= 0")
-        await asyncio.to_thread(self.store.get_run, run_id)  # NOT_FOUND early
+        # NOT_FOUND early; the owner of a run never changes, so once is enough.
+        await asyncio.to_thread(access.readable, self.store, run_id, caller())
         seq = request.after_seq
         with self.hub.subscribe(run_id) as wake:
             while True:
@@ -133,7 +133,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
                           context: grpc.aio.ServicerContext) -> rpb.Artifact:
         run_id = _required(request.run_id, "run_id")
         name = _required(request.name, "name")
-        run = await asyncio.to_thread(self.store.get_run, run_id)
+        run = await asyncio.to_thread(access.readable, self.store, run_id, caller())
         data = await asyncio.to_thread(mechanism_report.artifact, self.store, run_id, name)
         if data is None:
             data = await asyncio.to_thread(self.artifacts.read, run_id, name, run.best_trial)
@@ -143,4 +143,4 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     async def ResumeRun(self, request: rpb.ResumeRunRequest,
                         context: grpc.aio.ServicerContext) -> rpb.Run:
         run_id = _required(request.run_id, "run_id")
-        return convert.run(await asyncio.to_thread(self.manager.resume, run_id))
+        return convert.run(await asyncio.to_thread(self.manager.resume, run_id, caller()))

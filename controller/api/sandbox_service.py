@@ -7,7 +7,9 @@ until its job ends. Limits over the server's caps are INVALID_ARGUMENT naming th
 and the cap. A client that goes away cancels its job (the executor kills and removes the
 container). A request mounts data
 only by the id of a volume published to this controller's clients (see
-controller/sandbox/volumes.py); GPUs are the executor's to hand out.
+controller/sandbox/volumes.py); GPUs are the executor's to hand out. The job runs as the
+caller's principal: it waits for a slot under that principal's quotas and fair share
+(controller/sandbox/fair_share.py).
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from controller.api.admission import Admission, current_ticket
 from controller.api.errors import rpc_errors
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.api.gen.bilevel.v1 import sandbox_pb2_grpc
+from controller.api.identity import caller
 from controller.api.output_chunks import Chunk, OutputCoalescer
+from controller.principals import require_writes
 from controller.research.engine import LazyExecutor
 from controller.sandbox import volumes
 from controller.sandbox.caps import LimitCaps
 from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.reaper import OWNER_EXECUTE
 from controller.sandbox.spec import JobResult, JobSpec, Limits
 
 log = structlog.get_logger(__name__)
@@ -58,14 +63,17 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
     async def Execute(self, request: spb.ExecuteRequest,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[spb.ExecuteEvent]:
         ticket = current_ticket()  # the edge's admission, taken before the body was read
+        principal = caller()
+        require_writes(principal, "run sandbox jobs")
         spec = convert.job_spec(request, self.defaults, self.caps)
         del request  # the spec holds the files now; do not keep the message twice
         if _RESOLVE_DATA_MOUNTS:
             volumes.check_data_ids(spec)
-        executor = await asyncio.to_thread(self.engine.get)
+        executor = (await asyncio.to_thread(self.engine.get)).for_owner(
+            OWNER_EXECUTE, principal=principal.name)
         if _RESOLVE_DATA_MOUNTS and spec.data_mounts:
             spec = await asyncio.to_thread(volumes.resolve_data_mounts, executor.client,
-                                           executor.config.namespace, spec)
+                                           executor.config.namespace, spec, principal)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[_Item] = asyncio.Queue()
         cancel = threading.Event()

@@ -10,6 +10,7 @@ import asyncio
 import fcntl
 import os
 import signal
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,12 +20,25 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.api import reflection
 from controller.api.admission import Admission, ByteBudget, MemoryGiveBack, StreamBudget
+from controller.api.audit_interceptor import AuditInterceptor
+from controller.api.auth import Authenticator
 from controller.api.edge import EdgeInterceptor, max_concurrent_rpcs, server_options
 from controller.api.events import EventHub
-from controller.api.gen.bilevel.v1 import runs_pb2, runs_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
+from controller.api.gen.bilevel.v1 import (
+    principals_pb2,
+    principals_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
+    sandbox_pb2,
+    sandbox_pb2_grpc,
+)
 from controller.api.memory_service import MemoryServicer
+from controller.api.principals_service import PrincipalServicer
+from controller.api.private_socket import LOCK_FILE, PrivateSocket
 from controller.api.runs_service import RunServicer
 from controller.api.sandbox_service import SandboxServicer
+from controller.audit.chain import AUDIT_DIR
+from controller.audit.log import AuditLog
 from controller.config import ConfigError, ServerConfig, TlsConfig
 from controller.research.deletion import Janitor, RunDeleter
 from controller.research.engine import LazyExecutor
@@ -34,6 +48,8 @@ from controller.store import deletion
 from controller.store.artifacts import ArtifactStore
 from controller.store.disk import DiskBudget
 from controller.store.memory import MemoryStore
+from controller.store.principals import Directory, PrincipalStore
+from controller.store.principals_file import PrincipalsFile, PrincipalsFileError
 from controller.store.resources import RunResources
 from controller.store.runs import RunStore
 
@@ -42,6 +58,7 @@ log = structlog.get_logger(__name__)
 SANDBOX_SERVICE = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
 RUN_SERVICE = runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
 MEMORY_SERVICE = runs_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
+PRINCIPAL_SERVICE = principals_pb2.DESCRIPTOR.services_by_name["PrincipalService"].full_name
 EXECUTE = f"/{SANDBOX_SERVICE}/Execute"
 ENGINE_RETRY_SECONDS = 5.0
 DEFAULT_THREADS = 32  # an Execute request may carry up to 256 MiB of files
@@ -59,15 +76,26 @@ class ControllerServer:
         config.validate()
         self.config = config
         self._lock_fd = _lock_state_dir(config.state_dir)
+        # Its owner's listener (a call over it without a token is LOCAL, auth.py).
+        self.socket = PrivateSocket.for_state_dir(config.state_dir)
         self.store = RunStore(config.state_dir / "bilevel.sqlite3")
+        # Who may call: read afresh on every call, so a revocation takes effect at once.
+        self.principals = Directory(PrincipalStore(config.state_dir / "bilevel.sqlite3"),
+                                    _principals_file(config))
+        self.auth = Authenticator(config.tokens, self.principals, config.auth.certificates)
+        # Every call recorded before it acts (controller/api/audit_interceptor.py).
+        self.audit = AuditLog(config.state_dir / AUDIT_DIR)
         self.artifacts = ArtifactStore(config.state_dir / "runs")
-        self.engine = LazyExecutor(config.executor, ray=config.ray)
+        # Slots shared between principals within their quotas (sandbox/fair_share.py).
+        self.engine = LazyExecutor(config.executor, ray=config.ray, quotas=config.quotas)
         self.manager = RunManager(self.store, self.artifacts, self.engine,
                                   ManagerConfig(max_active_runs=config.max_active_runs,
                                                 llm=config.llm, caps=config.caps,
                                                 disk=DiskBudget.of(
                                                     config.state_dir,
-                                                    config.state_dir_max_bytes)))
+                                                    config.state_dir_max_bytes),
+                                                quotas=config.quotas,
+                                                shared_memory=config.shared_memory))
         # What a crash left half done: claims of runs never created, folders of runs
         # deleted or never created. Safe now: this process holds the state dir and no
         # create is in flight.
@@ -85,7 +113,9 @@ class ControllerServer:
         self._engine_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        """Bind and start serving; returns the port (useful with --listen HOST:0)."""
+        """Bind and start serving: the private Unix socket, and TCP where `listen` asks
+        and calls authenticate. Returns the TCP port (--listen HOST:0 picks one), 0 when
+        only the socket is served."""
         loop = asyncio.get_running_loop()
         # asyncio.to_thread's pool: store reads, run creation and cancels (which wait for
         # the loop thread). The default (cores + 4) is too small on a 2-core host.
@@ -97,7 +127,9 @@ class ControllerServer:
         # reading a body, then size caps and parsing. grpc's own cap on concurrent calls
         # leaves room for unary calls beside every stream the edge allows.
         admission = Admission(self.engine.config.slots, self.config.execute_queue)
-        server = grpc.aio.server(interceptors=[self.edge(admission)],
+        # The edge first: it resolves the principal the audit records (audit_interceptor.py).
+        server = grpc.aio.server(interceptors=[self.edge(admission),
+                                               AuditInterceptor(self.audit)],
                                  options=server_options(),
                                  maximum_concurrent_rpcs=max_concurrent_rpcs(
                                      self.config.max_streams))
@@ -108,30 +140,38 @@ class ControllerServer:
         runs_pb2_grpc.add_RunServiceServicer_to_server(  # type: ignore[no-untyped-call]
             RunServicer(self.manager, self.store, self.artifacts, hub, self.deleter), server)
         runs_pb2_grpc.add_MemoryServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            MemoryServicer(MemoryStore(self.store)), server)
+            MemoryServicer(MemoryStore(self.store), self.config.shared_memory), server)
+        principals_pb2_grpc.add_PrincipalServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            PrincipalServicer(self.principals), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         # v1 and v1alpha, with the proto comments (grpcurl describe shows them).
         reflection.enable(server, (SANDBOX_SERVICE, RUN_SERVICE, MEMORY_SERVICE,
+                                   PRINCIPAL_SERVICE,
                                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
-        address, warning = self.config.bind_address()
-        if warning:
-            log.warning(warning)
-        if self.config.tls is not None:
-            self.port = server.add_secure_port(address, _credentials(self.config.tls))
-        else:
-            self.port = server.add_insecure_port(address)
-        await server.start()
+        # ConfigError: TCP without authentication
+        tcp = self.config.tcp_address(stored_principals=self.principals.any())
+        try:
+            server.add_insecure_port(self.socket.address)
+            self.socket.bound()
+            if tcp is not None and self.config.tls is not None:
+                self.port = server.add_secure_port(tcp, _credentials(self.config.tls))
+            elif tcp is not None:
+                self.port = server.add_insecure_port(tcp)
+            await server.start()
+        except BaseException:
+            self.socket.close()
+            raise
         self._server = server
-        _record_address(self._lock_fd, address, self.port, self.config.tls is not None)
+        _record_address(self._lock_fd, self.socket.address)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(RUN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SANDBOX_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._engine_task = asyncio.create_task(self._connect_engine())
         self._janitor_task = asyncio.create_task(self._sweep_forever())
-        log.info("controller listening", address=address.rsplit(":", 1)[0],
-                 port=self.port, tls=self.config.tls is not None,
-                 mtls=bool(self.config.tls and self.config.tls.client_ca_file),
-                 auth="token" if self.config.tokens else "none (localhost only)",
+        log.info("controller listening", socket=str(self.socket.path),
+                 tcp=tcp.rsplit(":", 1)[0] if tcp else "none", port=self.port,
+                 tls=tcp is not None and self.config.tls is not None,
+                 mtls=bool(tcp and self.config.tls and self.config.tls.client_ca_file),
                  state_dir=str(self.config.state_dir))
         return self.port
 
@@ -139,7 +179,7 @@ class ControllerServer:
         """The interceptor every call passes (controller/api/edge.py)."""
         c = self.config
         return EdgeInterceptor(
-            c.tokens, StreamBudget(c.max_streams, c.max_streams_per_client),
+            self.auth, StreamBudget(c.max_streams, c.max_streams_per_client),
             ByteBudget(c.max_request_bytes_in_flight, on_release=MemoryGiveBack()),
             {EXECUTE: admission})
 
@@ -180,19 +220,40 @@ class ControllerServer:
         await asyncio.to_thread(self.manager.shutdown)
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_seconds)
+        self.socket.close()
         if self._sandbox is not None:
             await asyncio.to_thread(self._sandbox.close)
         await asyncio.to_thread(self.janitor.close)  # a sweep in flight ends first
         self.engine.close()
         self.store.close()
+        self.principals.store.close()
+        self.audit.close()
         os.close(self._lock_fd)
         log.info("stopped")
 
 
+def _principals_file(config: ServerConfig) -> PrincipalsFile | None:
+    """auth.principals_file, read and checked now: a bad file stops the start."""
+    if config.auth.principals_file is None:
+        return None
+    try:
+        return PrincipalsFile(config.auth.principals_file)
+    except PrincipalsFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _lock_state_dir(state_dir: Path) -> int:
-    """One controller per state dir: two would both resume the same runs."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "controller.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """One controller per state dir: two would both resume the same runs. A new state
+    dir is made 0700 (it holds every run); the lock file, which says where the private
+    socket is, is its owner's only (0600)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(state_dir.stat().st_mode)
+    if mode & 0o077:
+        log.warning("the state dir is open to other users: they can read its runs; "
+                    f"`chmod 700 {state_dir}` closes it", state_dir=str(state_dir),
+                    mode=oct(mode))
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -206,14 +267,11 @@ def _lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
-def _record_address(fd: int, address: str, port: int, tls: bool) -> None:
-    """Next to the pid in the lock file: where a client on this host reaches this
-    controller (`bilevel runs` and friends connect to it instead of failing)."""
-    host = address.rpartition(":")[0].strip("[]")
-    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-    host = f"[{host}]" if ":" in host else host
+def _record_address(fd: int, socket_address: str) -> None:
+    """Next to the pid in the lock file: the private socket, where its owner's commands
+    on this host (`bilevel runs` and friends) reach this controller instead of failing."""
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n{host}:{port}\n{'tls' if tls else 'plain'}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()}\n{socket_address}\n".encode(), 0)
 
 
 async def serve(config: ServerConfig, port_file: Path | None = None) -> None:

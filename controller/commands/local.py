@@ -1,7 +1,8 @@
 """How a command without --server reaches the state dir, cheapest first:
 
-1. A controller holds the state dir (its lock file names its pid and address): connect
-   to it, so a second terminal can list or watch what the first one runs.
+1. A controller holds the state dir (its lock file, readable by its owner only, names
+   its pid and private Unix socket): connect to it over that socket, as its owner
+   (LOCAL, no token), so a second terminal can list or watch what the first one runs.
 2. A read-only command (runs, watch, artifact): read the SQLite store directly (WAL lets
    readers in while nobody writes) - no controller, no Docker, no LLM SDK. `delete`
    takes this way too, holding the state dir's lock while it deletes
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import fcntl
 import os
 import sys
@@ -31,22 +31,21 @@ import grpc
 from grpc_status import rpc_status
 
 from controller.api import convert
-from controller.api.client import Client, client_config, connect
+from controller.api.client import Client, ClientConfig, connect
 from controller.api.errors import status_for
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.api.private_socket import LOCK_FILE, is_private
 from controller.config import ConfigError, ServerConfig
 from controller.config_file import load
 from controller.store.records import EventKind, NotFoundError, RunState
 
-LOCK_FILE = "controller.lock"
 STORE_FILE = "bilevel.sqlite3"
 
 
 @dataclass(frozen=True)
 class Holder:
     pid: str
-    address: str  # "" when the holder did not record one (still starting, or older)
-    tls: bool
+    address: str  # unix:PATH; "" when the holder has not recorded it yet (starting)
 
 
 def state_dir_of(args: argparse.Namespace) -> Path:
@@ -61,8 +60,12 @@ def holder_of(state_dir: Path) -> Holder | None:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise ConfigError(f"{path} is not readable by uid {os.getuid()}: the state dir "
+                          "belongs to another user, whose controller serves only that user; "
+                          "pass your own --state-dir, or --server with a token") from None
     try:
-        lines = os.pread(fd, 256, 0).decode(errors="replace").splitlines() + [""] * 3
+        lines = os.pread(fd, 4096, 0).decode(errors="replace").splitlines() + [""] * 2
         held = _flocked(os.fstat(fd))
         # No /proc/locks, or one that names files by another device (overlayfs): if the
         # recorded pid lives, try the lock itself (held only for an instant).
@@ -75,7 +78,7 @@ def holder_of(state_dir: Path) -> Holder | None:
                 held = True
         if not held:
             return None
-        return Holder(lines[0].strip() or "?", lines[1].strip(), lines[2].strip() == "tls")
+        return Holder(lines[0].strip() or "?", lines[1].strip())
     finally:
         os.close(fd)
 
@@ -132,13 +135,13 @@ async def open_client(args: argparse.Namespace, embedded: Callable[[], ServerCon
             raise ConfigError(f"state dir {state_dir} is in use by another controller (pid "
                               f"{holder.pid}) that has not said where it listens; retry, or "
                               "connect to it with --server")
-        if holder.tls and args.tls_ca is None:
-            raise ConfigError(f"the controller holding {state_dir} (pid {holder.pid}) serves"
-                              f" TLS on {holder.address}: pass --tls-ca (or --server)")
-        mine = client_config(argparse.Namespace(**{**vars(args), "server": holder.address}))
+        if not is_private(holder.address):
+            raise ConfigError(f"the controller holding {state_dir} (pid {holder.pid}) "
+                              f"recorded {holder.address!r}, not its private socket; "
+                              "restart it, or connect with --server")
         print(f"connected to the controller holding {state_dir} (pid {holder.pid}, "
               f"{holder.address})", file=sys.stderr)
-        async with Client(mine) as client:
+        async with Client(ClientConfig(address=holder.address)) as client:
             client.where = "holder"  # type: ignore[attr-defined]
             yield client
         return
@@ -260,13 +263,16 @@ class _StoreRuns:
         store = self.store()
         if store is None:
             return rpb.ListRunsResponse()
-        before = int(base64.urlsafe_b64decode(request.page_token)) if request.page_token \
-            else None
-        runs, cursor = store.list_runs(request.page_size or 50, before)
-        token = "" if cursor is None else base64.urlsafe_b64encode(str(cursor).encode())
+        from controller.api import pages
+
+        try:
+            after = pages.decode(request.page_token)
+        except Exception as exc:
+            raise LocalRpcError(exc) from None
+        # The state dir's owner reads the store as an admin: every principal's runs.
+        runs, cursor = store.list_runs(request.page_size or 50, after)
         return rpb.ListRunsResponse(runs=[convert.run(r) for r in runs],
-                                    next_page_token=token if isinstance(token, str)
-                                    else token.decode())
+                                    next_page_token=pages.encode(cursor))
 
     async def GetArtifact(self, request: rpb.GetArtifactRequest,
                           metadata: object = None) -> rpb.Artifact:

@@ -14,14 +14,17 @@ import os
 import docker
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.audit.offline import recorded
 from controller.config import ServerConfig
+from controller.principals import LOCAL, Principal
+from controller.research.access import cancelled_by
 from controller.research.deletion import RunDeleter
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import NotFoundError, RunRecord, RunState
 from controller.store.runs import RunStore
 
 STORE_FILE = "bilevel.sqlite3"
-REASON = "cancelled by request"
+DELETE_RUN = "/bilevel.v1.RunService/DeleteRun"
 
 
 def delete_locally(config: ServerConfig, request: rpb.DeleteRunRequest) -> rpb.DeleteRunResponse:
@@ -44,19 +47,25 @@ def delete_locally(config: ServerConfig, request: rpb.DeleteRunRequest) -> rpb.D
             clients.append(client)
         return clients[0]
 
-    def cancel(run_id: str) -> RunRecord:
-        store.finish_run(run_id, RunState.CANCELLED, REASON, REASON,
-                         {"state": RunState.CANCELLED.value, "reason": REASON})
+    def cancel(run_id: str, by: Principal) -> RunRecord:
+        reason = cancelled_by(by)
+        store.finish_run(run_id, RunState.CANCELLED, reason, reason,
+                         {"state": RunState.CANCELLED.value, "reason": reason})
         return store.get_run(run_id)
 
-    try:
-        deleted = RunDeleter(store, ArtifactStore(state_dir / "runs"), engine,
-                             config.executor.namespace, cancel).delete(request.run_id,
-                                                                       request.cancel)
+    try:  # in the audit log, as a controller would record it (not at all if it cannot)
+        with recorded(state_dir, LOCAL, DELETE_RUN, request.run_id,
+                      request.ByteSize()) as outcome:
+            deleted = RunDeleter(store, ArtifactStore(state_dir / "runs"), engine,
+                                 config.executor.namespace, cancel).delete(
+                request.run_id, request.cancel, by=LOCAL)  # the state dir's owner
+            response = rpb.DeleteRunResponse(
+                run_id=request.run_id, freed_bytes=deleted.freed_bytes,
+                removed=deleted.removed, kept=deleted.kept)
+            outcome.bytes_out = response.ByteSize()
     finally:
         for client in clients:
             client.close()
         store.close()
         os.close(lock)
-    return rpb.DeleteRunResponse(run_id=request.run_id, freed_bytes=deleted.freed_bytes,
-                                 removed=deleted.removed, kept=deleted.kept)
+    return response

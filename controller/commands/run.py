@@ -189,11 +189,15 @@ def _mechanism(spec: str) -> rpb.InitialMechanism:
 
 
 def embedded_config(args: argparse.Namespace) -> ServerConfig:
-    """The in-process controller's config, with this command's LLM key files; its log
-    goes to the state dir's log file (stderr shows warnings only, unless --verbose)."""
+    """The in-process controller's config, with this command's LLM key files and base
+    URLs: its user's own flags, so `--base-url` is allowed too (their key goes there; no
+    one else reaches this controller). Its log goes to the state dir's log file (stderr
+    shows warnings only, unless --verbose)."""
     from controller.logging import log_to_file
 
-    config = replace(server_config(args), llm=llm_access(args))
+    config = server_config(args)
+    config = replace(config, llm=llm_access(args, config.llm).allowing(
+        getattr(args, "base_url", "") or ""))
     log_to_file(config.state_dir)
     return config
 

@@ -91,8 +91,10 @@ def args_get(args: argparse.Namespace, name: str) -> Any:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser("serve", help="run the controller's gRPC service")
-    cmd.add_argument("--listen", help=f"HOST:PORT (default 127.0.0.1:{DEFAULT_PORT}); without"
-                                      " a token only loopback is served (port 0: any)")
+    cmd.add_argument("--listen", help=f"serve TCP on HOST:PORT too (e.g. 127.0.0.1:"
+                                      f"{DEFAULT_PORT}; port 0: any), which needs a token; "
+                                      "without it only the Unix socket in the state dir "
+                                      "is served, to this user")
     cmd.add_argument("--token-file", dest="server_token_file", type=Path,
                      help="accepted bearer tokens, one per line (default: $BILEVEL_TOKEN)")
     cmd.add_argument("--tls-cert", type=Path, help="server certificate (PEM): serve TLS")
@@ -102,7 +104,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd.add_argument("--execute-queue", type=int,
                      help="Execute calls that may wait for a slot before RESOURCE_EXHAUSTED "
                           "(default 8)")
-    cmd.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    cmd.add_argument("--port-file", type=Path,
+                     help="write the bound TCP port here once serving (0: no TCP)")
     cmd.add_argument("--check", action="store_true",
                      help="do not serve: exit 0 if the controller this config describes "
                           "answers SERVING for the sandbox service on this host, else 1")
@@ -118,7 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           {k: args_get(args, d) for d, k in FLAG_KEYS.items()},
                           discover_gpus=lambda _url, _image: ())
             return check(config)
-        config = replace(server_config(args), llm=llm_access(args))
+        config = server_config(args)
+        config = replace(config, llm=llm_access(args, config.llm))
         from controller.api.server import serve
         from controller.logging import log_to_file
 
@@ -133,15 +137,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def check(config: ServerConfig, timeout: float = 5.0) -> int:
     """Ask the local controller's health service (no token needed) over the configured
-    transport; the sandbox service is SERVING once the engine and image are usable."""
+    TCP transport, or without `listen` over the private socket its lock file names; the
+    sandbox service is SERVING once the engine and image are usable."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from controller.commands.local import holder_of
 
     port = config.listen.rpartition(":")[2]
     if port == "0":
         raise ConfigError("--check needs a fixed port in server.listen")
     address = f"127.0.0.1:{port}"
-    tls = config.tls
+    if not config.listen:
+        holder = holder_of(config.state_dir)
+        if holder is None or not holder.address:
+            print(f"unhealthy: no controller serves state dir {config.state_dir}",
+                  file=sys.stderr)
+            return 1
+        address = holder.address
+    tls = config.tls if config.listen else None
     if tls is not None:
         key_pair = (tls.key_file.read_bytes(), tls.cert_file.read_bytes()) \
             if tls.client_ca_file else (None, None)

@@ -1,10 +1,11 @@
 """`bilevel ui`: serve a read-only live web page of a controller's runs and ablations.
 
 A client of the gRPC API like `runs` and `watch`: `--server ADDR` (with its token and
-TLS flags), else the controller holding the local state dir, else that state dir's
-store read directly. It never starts a controller: a view must not resume runs. The page
-and its script ship in the package (controller/ui/static): nothing comes from the
-internet.
+TLS flags), else the controller holding the local state dir (over its private socket),
+else that state dir's store read directly. It never starts a controller: a view must not
+resume runs. The page and its script ship in the package (controller/ui/static): nothing
+comes from the internet. Its data needs a key that this process makes and prints once,
+in the page's URL: other users of the host reach the port but not the runs.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from controller.config import ConfigError
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser("ui", help="serve a read-only live web view of runs and ablations")
     cmd.add_argument("--host", default="127.0.0.1",
-                     help="address to bind (default 127.0.0.1; anything else shows the runs "
-                          "to whoever can reach it, with no login)")
+                     help="address to bind (default 127.0.0.1; anything else sends the "
+                          "runs and the page's key over plain HTTP)")
     cmd.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free)")
     cmd.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     add_connection_arguments(cmd, read_only=True)
@@ -51,9 +52,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, stop.set)
             ui.start()
             if not is_loopback(args.host):
-                print(f"warning: --host {args.host}: anyone who can reach this address sees "
-                      "every run, without a login", file=sys.stderr)
-            print(f"ui: {ui.url} (read-only; Ctrl-C stops it)", flush=True)
+                print(f"warning: --host {args.host}: plain HTTP; the page's key and every "
+                      "run it shows cross the network unencrypted", file=sys.stderr)
+            print(f"ui: {ui.url} (read-only; the #key part is this page's password; "
+                  "Ctrl-C stops it)", flush=True)
             if args.port_file is not None:
                 args.port_file.write_text(f"{ui.port}\n")
             try:

@@ -1,9 +1,11 @@
 """Controller flags for LLM access: where API keys come from and which base URLs a run
-may send them to. Shared by `bilevel serve` and the commands that embed a controller."""
+may send them to. Shared by `bilevel serve` and the commands that embed a controller;
+they add to the config file's `[llm]` section (controller/config_file.py)."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from controller.config import ConfigError
@@ -21,7 +23,9 @@ def add_llm_access_arguments(parser: argparse.ArgumentParser) -> None:
                             "repeatable")
 
 
-def llm_access(args: argparse.Namespace) -> LLMAccess:
+def llm_access(args: argparse.Namespace, base: LLMAccess | None = None) -> LLMAccess:
+    """`base` (the configured access) with the flags' key files and base URLs added."""
+    base = base or LLMAccess()
     files = []
     for item in getattr(args, "llm_key_file", None) or []:
         provider, sep, path = item.partition("=")
@@ -29,5 +33,5 @@ def llm_access(args: argparse.Namespace) -> LLMAccess:
             raise ConfigError(f"--llm-key-file {item!r}: use PROVIDER=PATH with PROVIDER one "
                               f"of {', '.join(KEY_ENV)}")
         files.append((provider, Path(path)))
-    return LLMAccess(key_files=tuple(files),
-                     allowed_base_urls=tuple(getattr(args, "llm_base_url", None) or []))
+    return replace(base, key_files=(*files, *base.key_files)).allowing(
+        *(getattr(args, "llm_base_url", None) or []))

@@ -4,6 +4,7 @@ run's settings may override."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,12 @@ from typing import Any
 
 from controller.llm.errors import LLMBudgetSpent, LLMError
 from controller.llm.settings import LLMSettings
+from controller.llm.spend import prompt_tokens
 from controller.llm.types import CallTag, LLMRequest, LLMResponse, Provider
+
+# Holds (tokens, USD) of the run's principal's daily quota while a call is in flight
+# (controller/llm/spend.py's DailySpend.claim, bound to the principal).
+Claim = Callable[[int, float], contextlib.AbstractContextManager[None]]
 
 # (input, output) USD per million tokens, by model-name prefix; longest prefix wins.
 PRICES: dict[str, tuple[float, float]] = {
@@ -41,8 +47,11 @@ class Pricing:
                    else table[1])
 
     def cost(self, response: LLMResponse) -> float:
-        return (response.input_tokens * self.input_per_mtok
-                + response.output_tokens * self.output_per_mtok) / 1e6
+        return self.price(response.input_tokens, response.output_tokens)
+
+    def price(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_mtok
+                + output_tokens * self.output_per_mtok) / 1e6
 
 
 @dataclass(frozen=True)
@@ -73,21 +82,31 @@ class CallRecord:
 
 
 class MeteredProvider:
-    """Checks the budget, calls, records the attempt (success or failure)."""
+    """Checks the run's budget, claims the call's bound of the principal's daily quota
+    (`claim`), calls, records the attempt (success or failure)."""
 
     def __init__(self, inner: Provider, pricing: Pricing, record: Callable[[CallRecord], None],
-                 budget_spent: Callable[[], str]) -> None:
+                 budget_spent: Callable[[], str], claim: Claim | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.model = inner.model
         self.pricing = pricing
         self.record = record
         self.budget_spent = budget_spent
+        self.claim = claim
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         reason = self.budget_spent()
         if reason:
             raise LLMBudgetSpent(reason)
+        if self.claim is None:
+            return self._call(request)
+        prompt = prompt_tokens(request.system, (m.content for m in request.messages))
+        with self.claim(prompt + request.max_tokens,
+                        self.pricing.price(prompt, request.max_tokens)):
+            return self._call(request)  # recorded before the claim is given back
+
+    def _call(self, request: LLMRequest) -> LLMResponse:
         start = time.monotonic()
         messages = tuple({"role": m.role, "content": m.content} for m in request.messages)
         try:

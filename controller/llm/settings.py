@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -64,21 +64,32 @@ class LLMSettings:
 @dataclass(frozen=True)
 class LLMAccess:
     """The controller's side: API keys never travel in a run request. A run may name a
-    base URL only if the controller allows it, since the controller's key is sent there."""
+    base URL only if the operator allows it (the key is sent there), whoever calls.
+
+    A principal's own key, where the operator mapped one, is the file
+    `<principal_key_dir>/<principal>/<provider>` (controller/llm/keys.py); a run of that
+    principal uses it, and any other run the server's key."""
 
     key_files: tuple[tuple[str, Path], ...] = ()  # (provider, file holding the key)
     allowed_base_urls: tuple[str, ...] = ()
-    # A controller embedded in one CLI process (loopback, no other clients) trusts the
-    # base URL its own user gives.
-    allow_any_base_url: bool = False
+    principal_key_dir: Path | None = None
+    owner: str = ""  # the principal whose run this access is for ("": none, server keys)
 
     def key_file(self, provider: str) -> Path | None:
         return next((path for name, path in self.key_files if name == provider), None)
 
+    def for_owner(self, owner: str) -> LLMAccess:
+        """This access for a run of `owner`: its own key file first, where mapped."""
+        return replace(self, owner=owner)
+
+    def allowing(self, *base_urls: str) -> LLMAccess:
+        """This access with more allowed base URLs (the operator's own flags)."""
+        added = tuple(u for u in base_urls if u and u not in self.allowed_base_urls)
+        return replace(self, allowed_base_urls=self.allowed_base_urls + added)
+
     def check_base_url(self, base_url: str) -> None:
-        if self.allow_any_base_url:
-            return
         if base_url and base_url.rstrip("/") not in {u.rstrip("/") for u in
                                                      self.allowed_base_urls}:
             raise FieldError("llm.base_url", f"{base_url!r} is not allowed by this controller; "
-                             "start it with --llm-base-url URL (its API key is sent there)")
+                             "its operator allows a URL with --llm-base-url URL or "
+                             "llm.allowed_base_urls (the API key is sent there)")

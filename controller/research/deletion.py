@@ -23,6 +23,8 @@ import docker.errors
 import requests.exceptions
 import structlog
 
+from controller.principals import CONTROLLER, Principal
+from controller.research import access
 from controller.research.errors import StateConflict
 from controller.research.retention import RetentionPolicy, expired_runs
 from controller.sandbox.backend_config import SandboxUnavailable
@@ -63,11 +65,12 @@ class Deleted:
 
 
 class RunDeleter:
-    """`cancel(run_id)` stops a run and returns its record (RunManager.cancel in a
-    controller); `busy(run_id)` says whether a loop of this process still runs it."""
+    """`cancel(run_id, by)` stops a run for principal `by` and returns its record
+    (RunManager.cancel in a controller); `busy(run_id)` says whether a loop of this
+    process still runs it."""
 
     def __init__(self, store: RunStore, artifacts: ArtifactStore, engine: EngineClient,
-                 namespace: str, cancel: Callable[[str], RunRecord],
+                 namespace: str, cancel: Callable[[str, Principal], RunRecord],
                  busy: Callable[[str], bool] = lambda _run_id: False) -> None:
         self.store = store
         self.artifacts = artifacts
@@ -78,16 +81,19 @@ class RunDeleter:
         self._cancel = cancel
         self._busy = busy
 
-    def delete(self, run_id: str, cancel: bool = False) -> Deleted:
-        """Raises NotFoundError, or StateConflict for a run that has not finished (and
-        `cancel` is false) or that is still stopping."""
-        run = self.store.get_run(run_id)
+    def delete(self, run_id: str, cancel: bool = False,
+               by: Principal = CONTROLLER) -> Deleted:
+        """Delete a run for principal `by` (default: the controller's own retention).
+        Raises NotFoundError (also for a run `by` does not see), PermissionDenied, or
+        StateConflict for a run that has not finished (and `cancel` is false) or that is
+        still stopping."""
+        run = access.changeable(self.store, run_id, by, "delete runs")
         if not run.state.terminal:
             if not cancel:
                 raise StateConflict(f"run {run_id}", (
                     f"run {run_id} is {run.state.value}: cancel it first (`bilevel cancel "
                     f"{run_id}`), or delete it with cancel set (`bilevel delete --cancel`)"))
-            run = self._cancel(run_id)
+            run = self._cancel(run_id, by)
         if not run.state.terminal or self._busy(run_id):
             raise StateConflict(f"run {run_id}", f"run {run_id} is still stopping; delete "
                                 "it again in a moment")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+from controller.quotas import Quotas
 from controller.sandbox.backend_config import RayConfig
 from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
 
@@ -16,9 +17,11 @@ class LazyExecutor:
     """With `ray`, the executor is a RayExecutor: jobs run on the cluster's nodes, the
     controller's own engine keeps the mechanism sessions (ray_backend.py)."""
 
-    def __init__(self, config: ExecutorConfig, ray: RayConfig | None = None) -> None:
+    def __init__(self, config: ExecutorConfig, ray: RayConfig | None = None,
+                 quotas: Quotas | None = None) -> None:
         self.config = config
         self.ray = ray
+        self.quotas = quotas or Quotas()  # the principals' slot quotas and weights
         self._executor: SandboxExecutor | None = None
         self._lock = threading.Lock()
 
@@ -30,9 +33,9 @@ class LazyExecutor:
                 if self.ray is not None:
                     from controller.sandbox.ray_backend import RayExecutor
 
-                    self._executor = RayExecutor(self.config, self.ray)
+                    self._executor = RayExecutor(self.config, self.ray, self.quotas)
                 else:
-                    self._executor = SandboxExecutor(self.config)
+                    self._executor = SandboxExecutor(self.config, self.quotas)
             return self._executor
 
     @property

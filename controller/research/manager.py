@@ -7,6 +7,7 @@ that block on the sandbox); the store is the only shared state.
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Mapping
@@ -16,8 +17,13 @@ from pathlib import Path
 import structlog
 
 from controller.llm.errors import LLMConfigError
+from controller.llm.keys import principal_key_file
 from controller.llm.settings import LLMAccess
+from controller.llm.spend import DailySpend
 from controller.llm.types import Provider
+from controller.principals import SHARED, Principal, require_writes
+from controller.quotas import Quotas
+from controller.research import access
 from controller.research.deletion import ENGINE_ERRORS
 from controller.research.engine import LazyExecutor
 from controller.research.errors import CapacityError, FieldError, StateConflict
@@ -25,6 +31,7 @@ from controller.research.level1.loop import InnerLoop, StopSignal
 from controller.research.level1.proposers import build_proposer, build_run_provider
 from controller.research.level1.space import ProposalError
 from controller.research.outer import attach_outer_levels
+from controller.research.run_quotas import RunQuotas
 from controller.research.settings import RunSettings
 from controller.research.task import Task, memory_key
 from controller.research.tasks.caps import check_task_caps
@@ -39,6 +46,7 @@ from controller.sandbox.volumes import Sweep, hold_data_volume, named_lock, rele
 from controller.store import task_bundle
 from controller.store.artifacts import ArtifactStore
 from controller.store.disk import DiskBudget
+from controller.store.llm_calls import CallLog
 from controller.store.memory import MemoryStore
 from controller.store.records import RunRecord, RunState
 from controller.store.resources import DATA_VOLUME, TASK_IMAGE, RunResources, store_scope
@@ -60,18 +68,27 @@ class ManagerConfig:
     caps: LimitCaps = field(default_factory=LimitCaps)
     # The state dir's disk budget, checked before a run is created (None: unchecked).
     disk: DiskBudget | None = None
+    # Runs learn from every principal's lessons and mechanism verdicts (memory.shared);
+    # off: from their owner's runs only.
+    shared_memory: bool = False
+    # Each principal's runs, stored bytes and daily LLM spend (controller/quotas.py).
+    quotas: Quotas = field(default_factory=Quotas)
 
 
 @dataclass
 class _Active:
     thread: threading.Thread
     stop: StopSignal
+    owner: str = SHARED.name
 
 
 @dataclass
 class _Place:
-    """A run place taken by _reserve; `held` until a run takes it or it is released."""
+    """A run place taken by _reserve for `owner`'s run, which is about to store
+    `stored_bytes`; `held` until the run takes it or it is released."""
 
+    owner: str = SHARED.name
+    stored_bytes: int = 0
     held: bool = True
 
 
@@ -87,16 +104,20 @@ class RunManager:
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._starting = threading.Lock()
-        self._reserved = 0  # places taken by creates and resumes not started yet
+        self._pending: list[_Place] = []  # taken by creates and resumes not started yet
+        self.run_quotas = RunQuotas(self.config.quotas, store, artifacts.root)
+        self.spend = DailySpend(self.config.quotas, CallLog(store).usage_of)
         self._closing = False
 
-    def create(self, settings: RunSettings,
-               task_files: Mapping[str, bytes] | None = None) -> RunRecord:
-        """Validate and start a run; `task_files`, a task directory a client sent, is
-        stored with the run and is its task. Raises FieldError, CapacityError,
-        SandboxUnavailable."""
+    def create(self, settings: RunSettings, task_files: Mapping[str, bytes] | None,
+               owner: Principal) -> RunRecord:
+        """Validate and start a run that belongs to `owner`; `task_files`, a task
+        directory a client sent, is stored with the run and is its task. Raises
+        PermissionDenied (a viewer), FieldError, NotFoundError (a replayed run `owner`
+        does not see), CapacityError, SandboxUnavailable."""
+        require_writes(owner, "create runs")
         replay_of = settings.llm.replay_run if settings.llm.provider == "replay" else ""
-        settings = self._replay_settings(settings)
+        settings = self._replay_settings(settings, owner)
         if task_files is None and settings.task.task_sha256 and replay_of:
             task_files = task_bundle.read_task_dir(task_bundle.load_stored(
                 self.artifacts.root, replay_of, settings.task.task_sha256))
@@ -111,14 +132,15 @@ class RunManager:
                                    if files else 0)
         run_id = f"run-{uuid.uuid4().hex[:12]}"
         run: RunRecord | None = None
-        place = self._reserve()
+        place = self._reserve(owner.name, sum(len(d) for d in files.values()) if files else 0)
         try:
             if files is not None:
                 settings = self._store_task(run_id, settings, files)
-            task = self._task(settings, run_id)
+            task = self._task(settings, run_id, owner.name)
             with self._starting:  # so resume_all never takes a new run for an orphan
-                loop = self._loop(run_id, settings, task)  # checks the LLM settings and key
-                run = self.store.create_run(run_id, settings.to_dict())
+                # checks the LLM settings and key
+                loop = self._loop(run_id, settings, task, owner.name)
+                run = self.store.create_run(run_id, settings.to_dict(), owner.name)
                 self._start(run.id, loop, place)
         except BaseException:
             self._release(place)
@@ -172,22 +194,25 @@ class RunManager:
         executor.allow_image(ns_tag)
         return ns_tag
 
-    def _replay_settings(self, settings: RunSettings) -> RunSettings:
-        """A replay re-runs the stored run's own settings with its stored answers."""
+    def _replay_settings(self, settings: RunSettings, owner: Principal) -> RunSettings:
+        """A replay re-runs the stored run's own settings with its stored answers; only a
+        run `owner` sees may be replayed (NotFoundError otherwise)."""
         if settings.proposer.kind != "llm" or settings.llm.provider != "replay":
             return settings
         if not settings.llm.replay_run:
             raise FieldError("llm.replay_run", "names the run to replay")
-        original = RunSettings.from_dict(self.store.get_run(settings.llm.replay_run).settings)
+        original = RunSettings.from_dict(
+            access.readable(self.store, settings.llm.replay_run, owner).settings)
         if original.proposer.kind != "llm":
             raise FieldError("llm.replay_run", f"run {settings.llm.replay_run} did not use an "
                              "LLM proposer; there is nothing to replay")
         return replace(original, llm=replace(original.llm, provider="replay",
                                              replay_run=settings.llm.replay_run))
 
-    def _task(self, settings: RunSettings, run_id: str) -> Task:
-        # The run's view of the executor: its jobs are labelled with the run id, and each
-        # data volume it mounts is claimed for it first (sandbox/volumes.py).
+    def _task(self, settings: RunSettings, run_id: str, owner: str) -> Task:
+        # The run's view of the executor: its jobs are labelled with the run id and its
+        # owner, and each data volume it mounts is claimed for it first
+        # (sandbox/volumes.py).
         engine = self.engine.get()
 
         def claim_data(name: str) -> None:
@@ -195,7 +220,7 @@ class RunManager:
             hold_data_volume(engine.client, name, engine.image, engine.config.namespace,
                              run_id, self.scope)
 
-        executor = engine.for_owner(run_id, claim_data)
+        executor = engine.for_owner(run_id, claim_data, principal=owner)
         folder = self._task_dir(settings, run_id)
         image = self._task_image(executor, folder, run_id) if folder is not None else None
         task = make_task(settings.task, executor, settings.proposer.mode, task_dir=folder,
@@ -210,68 +235,87 @@ class RunManager:
                                  f"(built-ins: {', '.join(library.names())}); pass a file")
         return task
 
-    def _loop(self, run_id: str, settings: RunSettings, task: Task) -> InnerLoop:
+    def _loop(self, run_id: str, settings: RunSettings, task: Task, owner: str) -> InnerLoop:
         stop = StopSignal()
+        # The owner's own key where the operator mapped one (llm/keys.py); the server's
+        # key is spent within the owner's daily LLM quota.
+        llm = self.config.llm.for_owner(owner)
+        own_key = principal_key_file(llm, settings.llm.provider) is not None
+        claim = None if own_key else functools.partial(self.spend.claim, owner)
         try:
-            proposer = build_proposer(run_id, settings, task, self.store, self.config.llm,
-                                      stop.event)
+            proposer = build_proposer(run_id, settings, task, self.store, llm, stop.event,
+                                      claim)
         except LLMConfigError as exc:
             raise FieldError("llm.provider", str(exc)) from None
         replaying = settings.llm.provider == "replay" and settings.proposer.kind == "llm"
         memory = MemoryStore(self.store)
-        lessons = [m.text for m in memory.list(memory_key(task), MEMORY_IN_PROMPT)] \
+        # Whose lessons and mechanism verdicts the run learns from (None: everyone's).
+        memory_owner = None if self.config.shared_memory else owner
+        lessons = [m.text for m in memory.list(memory_key(task), MEMORY_IN_PROMPT,
+                                               owner=memory_owner)] \
             if settings.proposer.use_memory and settings.proposer.kind == "llm" else []
         loop = InnerLoop(run_id, settings, task, proposer, self.store, self.artifacts, stop,
                          lessons=lessons,
                          # no_memory: neither read nor write (ablation repeats stay apart)
                          memory=None if replaying or not settings.proposer.use_memory
-                         else memory)
+                         else memory, memory_owner=memory_owner)
         built: list[Provider] = []
 
         def provider() -> Provider:  # one provider stack for Levels 1.5 and 2
             if not built:
                 built.append(build_run_provider(run_id, settings, self.store,
-                                                self.config.llm, stop.event))
+                                                llm, stop.event, claim))
             return built[0]
 
         try:
-            attach_outer_levels(loop, self.engine.get().for_owner(run_id), provider)
+            attach_outer_levels(loop, self.engine.get().for_owner(run_id, principal=owner),
+                                provider)
         except LLMConfigError as exc:
             raise FieldError("llm.provider", f"{exc}; to run levels 1.5 and 2 offline use "
                              "--config-controller rule --mechanism-source library") from None
         return loop
 
-    def _reserve(self) -> _Place:
-        """A place for a run about to start, or CapacityError naming the quota: the check
-        and the claim are one step under the lock, so concurrent creates never start more
-        than max_active_runs. The place becomes the run's when it starts (_start)."""
+    def _reserve(self, owner: str, stored_bytes: int = 0) -> _Place:
+        """A place for `owner`'s run about to start (storing `stored_bytes`), or
+        CapacityError naming the limit: the server's max_runs, the owner's runs and
+        stored_bytes quotas (run_quotas.py). The checks and the claim are one step under
+        the lock, so concurrent creates never start more than a limit allows. The place
+        becomes the run's when it starts (_start)."""
         limit = self.config.max_active_runs
         with self._lock:
             if self._closing:
                 raise CapacityError("controller", "the controller is shutting down")
-            used = len(self._active) + self._reserved
+            used = len(self._active) + len(self._pending)
             if used >= limit:
                 raise CapacityError(RUNS_KEY, (
                     f"{used} of the {limit} runs this server runs at once ({RUNS_KEY}, "
                     "--max-runs) are active or starting; wait for one or cancel one"))
-            self._reserved += 1
-        return _Place()
+            pending = [p for p in self._pending if p.owner == owner]
+            self.run_quotas.check(
+                owner, sum(a.owner == owner for a in self._active.values()) + len(pending),
+                sum(p.stored_bytes for p in pending), stored_bytes)
+            place = _Place(owner, stored_bytes)
+            self._pending.append(place)
+        return place
 
     def _release(self, place: _Place) -> None:
         """Give back a place no run took (a failed create or resume); once only."""
         with self._lock:
             if place.held:
                 place.held = False
-                self._reserved -= 1
+                self._pending.remove(place)
 
-    def _start(self, run_id: str, loop: InnerLoop, place: _Place | None = None) -> None:
+    def _start(self, run_id: str, loop: InnerLoop, place: _Place | None = None,
+               owner: str = SHARED.name) -> None:
+        """Start the run's loop, as `place`'s owner's run (or `owner`'s without one)."""
         thread = threading.Thread(target=self._run_loop, args=(run_id, loop),
                                   name=f"loop-{run_id}", daemon=True)
         with self._lock:
-            self._active[run_id] = _Active(thread, loop.stop)
+            self._active[run_id] = _Active(thread, loop.stop,
+                                           place.owner if place is not None else owner)
             if place is not None and place.held:  # the run holds it now, as an active run
                 place.held = False
-                self._reserved -= 1
+                self._pending.remove(place)
         thread.start()
 
     def _run_loop(self, run_id: str, loop: InnerLoop) -> None:
@@ -309,7 +353,8 @@ class RunManager:
         for run in runs:
             settings = RunSettings.from_dict(run.settings)
             try:
-                loop = self._loop(run.id, settings, self._task(settings, run.id))
+                loop = self._loop(run.id, settings, self._task(settings, run.id, run.owner),
+                                  run.owner)
             except FieldError as exc:
                 if settings.proposer.kind == "llm" and exc.field.startswith("llm."):
                     # e.g. the key is missing in this controller: keep the run for later
@@ -320,21 +365,23 @@ class RunManager:
                                        "reason": f"cannot resume: {exc}"})
                 continue
             log.info("resuming run", run_id=run.id, trials_done=run.trials_done)
-            self._start(run.id, loop)
+            self._start(run.id, loop, owner=run.owner)
             resumed.append(run.id)
         return resumed
 
-    def resume(self, run_id: str) -> RunRecord:
+    def resume(self, run_id: str, by: Principal) -> RunRecord:
         """Continue a paused run (after an LLM outage, or a missing key now provided).
-        Raises NotFoundError, StateConflict (not paused), FieldError, CapacityError."""
-        run = self.store.get_run(run_id)
+        Raises NotFoundError (also for a run `by` does not see), PermissionDenied,
+        StateConflict (not paused), FieldError, CapacityError."""
+        run = access.changeable(self.store, run_id, by, "resume runs")
         if run.state is not RunState.PAUSED:
             raise StateConflict(f"run {run_id}", f"run {run_id} is {run.state.value}, not "
                                 "paused; only a paused run can be resumed")
-        place = self._reserve()
+        place = self._reserve(run.owner)
         try:
             settings = RunSettings.from_dict(run.settings)
-            loop = self._loop(run_id, settings, self._task(settings, run_id))
+            loop = self._loop(run_id, settings, self._task(settings, run_id, run.owner),
+                              run.owner)
             with self._starting:
                 if not self.store.unpause_run(run_id):
                     raise StateConflict(f"run {run_id}", f"run {run_id} is no longer paused")
@@ -344,22 +391,22 @@ class RunManager:
         log.info("resumed paused run", run_id=run_id)
         return self.store.get_run(run_id)
 
-    def cancel(self, run_id: str, wait_seconds: float = 30.0) -> RunRecord:
-        """Stop a run; the trial in flight is killed and not counted. Raises NotFoundError
-        or StateConflict when the run has already finished."""
-        run = self.store.get_run(run_id)
+    def cancel(self, run_id: str, by: Principal, wait_seconds: float = 30.0) -> RunRecord:
+        """Stop a run; the trial in flight is killed and not counted, and the run's stop
+        reason says who cancelled it. Raises NotFoundError (also for a run `by` does not
+        see), PermissionDenied, or StateConflict when the run has already finished."""
+        run = access.changeable(self.store, run_id, by, "cancel runs")
         if run.state.terminal:
             raise StateConflict(f"run {run_id}",
                                 f"run {run_id} has already finished ({run.state.value})")
         with self._lock:
             active = self._active.get(run_id)
         if active is None:  # running in the store but no loop here (e.g. resume failed)
-            self.store.finish_run(run_id, RunState.CANCELLED, "cancelled by request",
-                                  "cancelled by request",
-                                  {"state": RunState.CANCELLED.value,
-                                   "reason": "cancelled by request"})
+            reason = access.cancelled_by(by)
+            self.store.finish_run(run_id, RunState.CANCELLED, reason, reason,
+                                  {"state": RunState.CANCELLED.value, "reason": reason})
         else:
-            active.stop.request("cancelled")
+            active.stop.request("cancelled", by=by.name)
             active.thread.join(wait_seconds)
         return self.store.get_run(run_id)
 

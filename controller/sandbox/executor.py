@@ -23,16 +23,19 @@ import docker.errors
 import requests.exceptions
 import structlog
 
+from controller.principals import SHARED
+from controller.quotas import Quotas
 from controller.sandbox import archive, job_output
 from controller.sandbox.backend_config import ExecutorConfig as ExecutorConfig
 from controller.sandbox.backend_config import SandboxBusy as SandboxBusy
 from controller.sandbox.backend_config import SandboxUnavailable as SandboxUnavailable
 from controller.sandbox.cores import CoreGate, host_cores, shared_gate
+from controller.sandbox.fair_share import FairShare
 from controller.sandbox.gpus import GpuSlots
 from controller.sandbox.hardening import container_kwargs, runner_job
 from controller.sandbox.image import ImageBuildError, ImageRecipe, image_tag
 from controller.sandbox.output import OutputCapture
-from controller.sandbox.reaper import OWNER_EXECUTE, ownership_labels, reap
+from controller.sandbox.reaper import LABEL_PRINCIPAL, OWNER_EXECUTE, ownership_labels, reap
 from controller.sandbox.spec import (
     RESULT_FILE,
     RETURNED_DIR,
@@ -64,10 +67,13 @@ class _Kill:
 
 
 class SandboxExecutor:
-    """Thread-safe: at most `config.slots` jobs run at once."""
+    """Thread-safe: at most `config.slots` jobs run at once, the slots shared fairly
+    between principals within their quotas (fair_share.py)."""
 
-    def __init__(self, config: ExecutorConfig | None = None) -> None:
+    def __init__(self, config: ExecutorConfig | None = None,
+                 quotas: Quotas | None = None) -> None:
         self.config = config or ExecutorConfig()
+        self.quotas = quotas or Quotas()
         self.client_kwargs: dict[str, Any] = (
             {"base_url": self.config.docker_url} if self.config.docker_url
             else docker.utils.kwargs_from_env())
@@ -89,14 +95,18 @@ class SandboxExecutor:
         self.image = self.config.image or self._default_image()
         self._allowed = {self.image, *self.config.allowed_images}
         self._gpus = GpuSlots(self.config.gpu_slots)
-        self._slots = threading.BoundedSemaphore(len(self._gpus) or self.config.slots)
+        self.slots = FairShare(len(self._gpus) or self.config.slots, len(self._gpus),
+                               self.quotas)
         # Time-budgeted jobs hold their cpus of this host's cores (trainer/run.py).
         self.cores: CoreGate | None = shared_gate(host_cores(self.client.info().get("NCPU")))
         self._stop = threading.Event()
-        # io.bilevel.owner of the jobs; for_owner() makes a run's view of this executor.
+        # io.bilevel.owner of the jobs, and the principal whose slots they take;
+        # for_owner() makes a run's (or an Execute caller's) view of this executor.
         self.owner = OWNER_EXECUTE
+        self.principal = SHARED.name
         self.claim_data: Callable[[str], None] | None = None
         self._reap_once()  # a failed start-up sweep must not stop the controller
+        self._view = False  # for_owner's views share this executor's engine connections
         self._reaper = threading.Thread(target=self._reap_forever, name="sandbox-reaper",
                                         daemon=True)
         self._reaper.start()
@@ -151,31 +161,35 @@ class SandboxExecutor:
         never names an image."""
         self._allowed.add(tag)
 
-    def for_owner(self, owner: str,
-                  claim_data: Callable[[str], None] | None = None) -> SandboxExecutor:
-        """This executor as `owner` (a run id) uses it: the same engine, slots and images,
-        its jobs and sessions labelled with the owner, and each data volume it mounts
+    def for_owner(self, owner: str, claim_data: Callable[[str], None] | None = None,
+                  principal: str | None = None) -> SandboxExecutor:
+        """This executor as `owner` (a run id) of `principal` uses it: the same engine,
+        slots and images, its jobs and sessions labelled with the owner, its jobs
+        taking the principal's share of the slots, and each data volume it mounts
         recorded by `claim_data(name)` before it is filled (sandbox/volumes.py)."""
         view = copy.copy(self)
         view.owner, view.claim_data = owner, claim_data
+        view.principal = principal or self.principal
+        view._view = True
         return view
 
     def close(self) -> None:
+        """Stop the reaper and let go of the engine's connections (a view, for_owner's,
+        shares them and leaves them open)."""
+        if self._view:
+            return
         self._stop.set()
-
-    def try_acquire(self) -> bool:
-        """Take a slot without waiting (callers that refuse work when full)."""
-        return self._slots.acquire(blocking=False)
-
-    def release(self) -> None:
-        self._slots.release()
+        self._reaper.join(timeout=30)
+        self.client.close()
 
     def run(self, spec: JobSpec, *, on_output: OutputCallback | None = None,
             on_started: Callable[[], None] | None = None,
-            cancel: threading.Event | None = None, slot_held: bool = False,
+            cancel: threading.Event | None = None,
             slot_timeout: float | None = None) -> JobResult:
-        """Run one job to completion. Raises SpecError for an invalid spec, SandboxBusy
-        when no slot frees within `slot_timeout`; every other outcome is a JobResult."""
+        """Run one job to completion, once the fair-share rule gives it a slot. Raises
+        SpecError for an invalid spec, SandboxBusy when no slot frees within
+        `slot_timeout`; every other outcome is a JobResult (status killed when `cancel`
+        is set while it waits)."""
         spec.validate()
         image = spec.image or self.image
         if image not in self._allowed:
@@ -185,8 +199,10 @@ class SandboxExecutor:
             spec = replace(spec, runtime="runsc")
         if spec.runtime == "runsc":
             self._require_runsc()
-        if not slot_held and not self._slots.acquire(timeout=slot_timeout):
-            raise SandboxBusy("all sandbox slots are busy")
+        grant = self.slots.acquire(self.principal, gpus=1 if len(self._gpus) else 0,
+                                   timeout=slot_timeout, cancel=cancel)
+        if grant is None:
+            return self._not_started(cancel)
         gpus: tuple[str, ...] = ()
         try:
             gpus = self._gpus.take()
@@ -195,7 +211,14 @@ class SandboxExecutor:
             return _Job(self, spec, image, on_output, on_started, cancel).run()
         finally:
             self._gpus.give(gpus)
-            self._slots.release()
+            self.slots.release(grant)
+
+    def _not_started(self, cancel: threading.Event | None) -> JobResult:
+        """A job that got no slot: cancelled while it waited, or SandboxBusy."""
+        if cancel is not None and cancel.is_set():
+            return JobResult(status=Status.KILLED, exit_code=None,
+                             detail="cancelled while waiting for a sandbox slot")
+        raise SandboxBusy("all sandbox slots are busy")
 
 
 class _Job:
@@ -258,7 +281,7 @@ class _Job:
     def _create(self) -> None:
         limits = self.spec.limits
         deadline = time.time() + limits.wall_seconds + self.ex.config.kill_grace_seconds + 60
-        labels = {**self.spec.labels,
+        labels = {**self.spec.labels, LABEL_PRINCIPAL: self.ex.principal,
                   **ownership_labels(self.ex.config.namespace, deadline, self.ex.owner)}
         self.volume = self.client.volumes.create(name=self.name, labels=labels)
         self.container = self.client.containers.create(

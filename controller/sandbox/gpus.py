@@ -133,8 +133,9 @@ def discover(client: docker.DockerClient | None, image: str | None) -> tuple[Gpu
 
 
 class GpuSlots:
-    """The free GPU slots of one executor. The executor's slot semaphore bounds the
-    holders to the number of slots, so `take` never finds the pool empty."""
+    """The free GPU slots of one executor. The executor's slot scheduler
+    (fair_share.py) grants a GPU job only while a GPU slot is free, so `take` never
+    finds the pool empty."""
 
     def __init__(self, slots: Sequence[GpuSlot]) -> None:
         self.slots = tuple(slots)

@@ -26,15 +26,16 @@ from typing import Any
 
 import structlog
 
+from controller.quotas import Quotas
 from controller.sandbox.backend_config import RayConfig as RayConfig
 from controller.sandbox.backend_config import RayConfigError as RayConfigError
 from controller.sandbox.executor import (
     ExecutorConfig,
     OutputCallback,
-    SandboxBusy,
     SandboxExecutor,
     SandboxUnavailable,
 )
+from controller.sandbox.fair_share import FairShare
 from controller.sandbox.spec import JobResult, JobSpec, SpecError, Status
 
 log = structlog.get_logger(__name__)
@@ -63,10 +64,11 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
 class RayExecutor(SandboxExecutor):
     """Thread-safe; at most as many jobs in flight as the cluster has slots."""
 
-    def __init__(self, config: ExecutorConfig, ray_config: RayConfig) -> None:
+    def __init__(self, config: ExecutorConfig, ray_config: RayConfig,
+                 quotas: Quotas | None = None) -> None:
         ray_config.validate()
         # Jobs never take GPUs on the controller's host: Ray assigns them on the node.
-        super().__init__(replace(config, gpu_slots=()))
+        super().__init__(replace(config, gpu_slots=()), quotas)
         import ray
 
         self.ray_config = ray_config
@@ -85,7 +87,10 @@ class RayExecutor(SandboxExecutor):
                 f"`ray start ... --resources '{{\"{ray_config.slot_resource}\": N}}'`")
         self._check_gpus()
         self.config = replace(self.config, slots=slots)
-        self._slots = threading.BoundedSemaphore(slots)
+        # The cluster's slots, shared between principals as the local ones are; each
+        # is a GPU slot too when a slot takes GPUs.
+        gpu = self.ray_config.gpus_per_slot > 0
+        self.slots = FairShare(slots, slots if gpu else 0, self.quotas)
         self.cores = None  # jobs run on the cluster's nodes, placed by Ray's CPU accounting
         # What a node needs to make the same container: the exact image tag, the
         # namespace (ownership labels) and the runtime floor. No Docker URL, no GPU ids.
@@ -141,7 +146,7 @@ class RayExecutor(SandboxExecutor):
 
     def run(self, spec: JobSpec, *, on_output: OutputCallback | None = None,
             on_started: Callable[[], None] | None = None,
-            cancel: threading.Event | None = None, slot_held: bool = False,
+            cancel: threading.Event | None = None,
             slot_timeout: float | None = None) -> JobResult:
         spec.validate()
         image = spec.image or self.image
@@ -155,12 +160,14 @@ class RayExecutor(SandboxExecutor):
         if self.runtime == "runsc" and spec.runtime != "runsc":
             spec = replace(spec, runtime="runsc")
         self._check_fits(spec)
-        if not slot_held and not self._slots.acquire(timeout=slot_timeout):
-            raise SandboxBusy("all sandbox slots of the Ray cluster are busy")
+        grant = self.slots.acquire(self.principal, gpus=1 if self.slots.gpu_slots else 0,
+                                   timeout=slot_timeout, cancel=cancel)
+        if grant is None:
+            return self._not_started(cancel)
         try:
             result = self._attempts(spec, on_started, cancel)
         finally:
-            self._slots.release()
+            self.slots.release(grant)
         if on_output is not None:  # no live stream through Ray: the capture, at the end
             for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
                 if text:
@@ -172,7 +179,7 @@ class RayExecutor(SandboxExecutor):
 
         return NodeJob(spec=spec, config=self.node_config,
                        gpus_per_slot=self.ray_config.gpus_per_slot,
-                       job_id=uuid.uuid4().hex, board=self._board,
+                       job_id=uuid.uuid4().hex, board=self._board, principal=self.principal,
                        data=tuple(self._ship(m.volume) for m in spec.data_mounts))
 
     def _ship(self, volume: str) -> Any:

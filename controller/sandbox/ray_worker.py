@@ -27,7 +27,9 @@ import docker.types
 import ray
 import ray.exceptions
 
+from controller.principals import SHARED
 from controller.sandbox.executor import ExecutorConfig, SandboxExecutor, SandboxUnavailable
+from controller.sandbox.reaper import OWNER_EXECUTE
 from controller.sandbox.spec import DataMount, JobResult, JobSpec, Status
 
 LABEL_NODE = "io.bilevel.ray.node"
@@ -57,6 +59,7 @@ class NodeJob:
     labels: dict[str, str] = field(default_factory=dict)
     job_id: str = ""
     board: Any = None  # the controller's CancelBoard actor handle
+    principal: str = SHARED.name  # whose job it is (its container's label)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def run_on_node(job: NodeJob) -> NodeResult:
         raise NodeRefused(f"Ray node {node} was given a GPU job but holds no GPU: only "
                           "nodes started with GPUs and the slot resource may run it")
     config = replace(job.config, gpu_slots=(gpus,) if gpus else (), slots=1)
-    executor = _executor(config)
+    executor = _executor(config).for_owner(OWNER_EXECUTE, principal=job.principal)
     try:
         executor.client.images.get(executor.image)
     except docker.errors.ImageNotFound:

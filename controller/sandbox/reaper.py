@@ -32,6 +32,7 @@ LABEL_NAMESPACE = "io.bilevel.namespace"
 LABEL_OWNER = "io.bilevel.owner"
 LABEL_CONTROLLER = "io.bilevel.controller"
 LABEL_DEADLINE = "io.bilevel.deadline"
+LABEL_PRINCIPAL = "io.bilevel.principal"  # whose job it is (a run's owner, a caller)
 DEADLINE_GRACE_SECONDS = 300.0
 OWNER_EXECUTE = "execute"  # a job of an Execute call, or of no run
 OWNER_PUBLISHED = "published"  # a data volume published to API clients

@@ -47,7 +47,7 @@ from controller.sandbox.bounded_json import Caps, JSONLimitError
 from controller.sandbox.executor import SandboxExecutor, SandboxUnavailable
 from controller.sandbox.hardening import VOLUME_TARGET, container_kwargs, runner_job
 from controller.sandbox.output import OutputCapture
-from controller.sandbox.reaper import ownership_labels
+from controller.sandbox.reaper import LABEL_PRINCIPAL, ownership_labels
 from controller.sandbox.spec import ExceptionInfo, JobSpec, SpecError
 
 log = structlog.get_logger(__name__)
@@ -60,6 +60,14 @@ REPLY_CAPS = Caps(max_bytes=MAX_LINE_BYTES, max_depth=32, max_str=256 << 10,
 # with plain json.loads, as before. Never set from configuration.
 _BOUNDED_REPLIES = True
 _HEADER = struct.Struct(">BxxxL")
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether `sock` has data (or EOF) within `timeout` seconds. poll, not select: a
+    controller holding many connections has descriptors past select's limit of 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
@@ -141,8 +149,7 @@ class _Frames:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        readable, _, _ = select.select([self.sock], [], [], remaining)
-        if not readable:
+        if not _readable(self.sock, remaining):
             raise TimeoutError
         chunk = self.sock.recv(1 << 16)
         if not chunk:
@@ -197,7 +204,7 @@ class SandboxSession:
         """Create, attach and start the container; return the seconds it took."""
         started = time.monotonic()
         client = self.ex.client
-        labels = {**self.spec.labels, **ownership_labels(
+        labels = {**self.spec.labels, LABEL_PRINCIPAL: self.ex.principal, **ownership_labels(
             self.ex.config.namespace, time.time() + self.spec.limits.wall_seconds,
             self.ex.owner)}
         try:
@@ -362,6 +369,6 @@ def _discard(sock: socket.socket | None, stop: threading.Event) -> None:
         return
     with contextlib.suppress(OSError, ValueError):
         while not stop.is_set():
-            readable, _, _ = select.select([sock], [], [], 0.1)
+            readable = _readable(sock, 0.1)
             if readable and not sock.recv(1 << 16):
                 return

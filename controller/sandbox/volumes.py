@@ -6,7 +6,8 @@ matters when the controller itself runs in a container.
 Two kinds: trusted code (a task's data folders, trainer/run.py's train and validation
 splits) mounts volumes by Docker name through JobSpec directly; an API client can mount
 only a volume published for clients (`publish_data_volume`), by the id it was handed,
-and only in the controller namespace that published it (`resolve_data_mounts`).
+only in the controller namespace that published it, and only as the principal it was
+published for or an admin (`resolve_data_mounts`): to anyone else the id is unknown.
 Nothing else, in particular no evaluation split and no other Docker volume, is
 mountable from a request.
 
@@ -44,10 +45,12 @@ import docker
 import docker.errors
 import structlog
 
+from controller.principals import SHARED, Principal
 from controller.sandbox.hardening import SANDBOX_UID
 from controller.sandbox.reaper import (
     LABEL_NAMESPACE,
     LABEL_OWNER,
+    LABEL_PRINCIPAL,
     OWNER_EXECUTE,
     OWNER_PUBLISHED,
     OWNER_RUNS,
@@ -192,20 +195,25 @@ def ensure_data_volume(client: docker.DockerClient, name: str, source: Path,
 
 
 def publish_data_volume(client: docker.DockerClient, namespace: str, source: Path,
-                        image: str) -> str:
-    """Copy `source` into a new volume that API clients of controller namespace
-    `namespace` may mount; returns its id (what ExecuteRequest.data_mounts[].volume
-    names). The id is issued only once the copy is complete."""
+                        image: str, principal: str) -> str:
+    """Copy `source` into a new volume that principal `principal` (and admins) may mount
+    as an API client of controller namespace `namespace`; returns its id (what
+    ExecuteRequest.data_mounts[].volume names). The id is issued only once the copy is
+    complete."""
     data_id = f"data-{uuid.uuid4().hex[:20]}"
     labels = {LABEL_DATA: "1", LABEL_DATA_ID: data_id, LABEL_MOUNTABLE: "1",
-              LABEL_NAMESPACE: namespace, LABEL_OWNER: OWNER_PUBLISHED}
+              LABEL_NAMESPACE: namespace, LABEL_OWNER: OWNER_PUBLISHED,
+              LABEL_PRINCIPAL: principal}
     client.volumes.create(name=f"bilevel-{data_id}", labels=labels)
     _fill(client, f"bilevel-{data_id}", source, image, labels)
     return data_id
 
 
-def mountable_volume(client: docker.DockerClient, namespace: str, data_id: str) -> str | None:
-    """The Docker name of the client-mountable volume `data_id` of `namespace`, or None."""
+def mountable_volume(client: docker.DockerClient, namespace: str, data_id: str,
+                     principal: Principal) -> str | None:
+    """The Docker name of the client-mountable volume `data_id` of `namespace` that
+    `principal` sees (published for it, or it is an admin; a volume published before
+    principals is "shared"'s), or None."""
     if not DATA_ID.match(data_id):
         return None
     rows = client.api.volumes(filters={"label": [
@@ -214,7 +222,8 @@ def mountable_volume(client: docker.DockerClient, namespace: str, data_id: str) 
     want = {LABEL_DATA: "1", LABEL_DATA_ID: data_id, LABEL_MOUNTABLE: "1",
             LABEL_NAMESPACE: namespace}
     names = [row["Name"] for row in rows
-             if all((row.get("Labels") or {}).get(k) == v for k, v in want.items())]
+             if all((row.get("Labels") or {}).get(k) == v for k, v in want.items())
+             and principal.sees((row.get("Labels") or {}).get(LABEL_PRINCIPAL, SHARED.name))]
     return names[0] if len(names) == 1 else None
 
 
@@ -225,13 +234,15 @@ def check_data_ids(spec: JobSpec) -> None:
             raise SpecError(f"data_mounts[{i}].volume", _REFUSED.format(mount.volume))
 
 
-def resolve_data_mounts(client: docker.DockerClient, namespace: str, spec: JobSpec) -> JobSpec:
-    """`spec` from a request with each data id replaced by its volume's Docker name;
-    SpecError naming `data_mounts[i].volume` for an id this namespace did not publish."""
+def resolve_data_mounts(client: docker.DockerClient, namespace: str, spec: JobSpec,
+                        principal: Principal) -> JobSpec:
+    """`spec` from `principal`'s request with each data id replaced by its volume's
+    Docker name; SpecError naming `data_mounts[i].volume` for an id this namespace did
+    not publish for that principal (the same error as for an id nobody published)."""
     check_data_ids(spec)
     mounts = []
     for i, mount in enumerate(spec.data_mounts):
-        name = mountable_volume(client, namespace, mount.volume)
+        name = mountable_volume(client, namespace, mount.volume, principal)
         if name is None:
             raise SpecError(f"data_mounts[{i}].volume", _REFUSED.format(mount.volume))
         mounts.append(DataMount(volume=name, target=mount.target))

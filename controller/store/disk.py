@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +23,24 @@ DEFAULT_FRACTION = 0.25  # of the file system's size, when the key is not set
 
 def usage_bytes(root: Path) -> int:
     """Bytes the files and folders under `root` take, each inode counted once."""
+    return usage_of((root,))
+
+
+def usage_of(roots: Iterable[Path]) -> int:
+    """Bytes the files and folders under all of `roots` take, each inode counted once
+    (a task copy that two of the roots link to counts once)."""
     seen: set[tuple[int, int]] = set()
     total = 0
-    for folder, dirs, names in os.walk(root):
-        for name in (*dirs, *names):
-            try:
-                st = os.lstat(os.path.join(folder, name))
-            except FileNotFoundError:
-                continue  # removed while we walked
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
+    for root in roots:
+        for folder, dirs, names in os.walk(root):
+            for name in (*dirs, *names):
+                try:
+                    st = os.lstat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue  # removed while we walked
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
     return total
 
 

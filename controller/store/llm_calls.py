@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     time REAL NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
+CREATE INDEX IF NOT EXISTS llm_calls_by_time ON llm_calls(time);
 """
 
 
@@ -52,6 +53,15 @@ class CallLog:
             tx.db.execute("UPDATE runs SET llm_tokens_used = llm_tokens_used + ?, "
                           "llm_cost_usd = llm_cost_usd + ? WHERE id = ?",
                           (call.input_tokens + call.output_tokens, call.cost_usd, run_id))
+
+    def usage_of(self, owner: str, since: float) -> tuple[int, float]:
+        """(tokens, USD) the calls of `owner`'s runs used since `since` (a time.time()),
+        every attempt counted, failed ones included (llm/spend.py's daily quotas)."""
+        rows = self.store.query(
+            "SELECT COALESCE(SUM(c.input_tokens + c.output_tokens), 0) AS tokens, "
+            "COALESCE(SUM(c.cost_usd), 0.0) AS usd FROM llm_calls c JOIN runs r ON "
+            "r.id = c.run_id WHERE r.owner = ? AND c.time >= ?", (owner, since))
+        return int(rows[0]["tokens"]), float(rows[0]["usd"])
 
     def calls(self, run_id: str, proposal_id: str | None = None) -> list[dict[str, Any]]:
         """The stored calls in order, each as CallRecord.to_dict() plus its seq."""

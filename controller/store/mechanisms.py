@@ -186,12 +186,14 @@ class MechanismLog:
                                 skipped=tuple(str(x) for x in r.get("skipped", []))))
         return out
 
-    def outcomes(self, exclude_run: str) -> list[Outcome]:
+    def outcomes(self, exclude_run: str, owner: str | None = None) -> list[Outcome]:
         """Every judged mechanism of the other runs in this store (kept, reverted or
-        disabled), oldest run first, with the run's task preset."""
+        disabled) that belong to principal `owner` (None: to anyone), oldest run first,
+        with the run's task preset."""
         rows = self.store.query(
             "SELECT m.run_id, m.row_json, r.settings_json FROM mechanisms m JOIN runs r ON "
-            "r.id = m.run_id WHERE m.run_id != ? ORDER BY r.rowid, m.ord", (exclude_run,))
+            "r.id = m.run_id WHERE m.run_id != ? AND (? IS NULL OR r.owner = ?) "
+            "ORDER BY r.rowid, m.ord", (exclude_run, owner, owner))
         out = []
         for row in rows:
             raw = json.loads(row["row_json"])

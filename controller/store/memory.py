@@ -1,5 +1,6 @@
 """Lessons distilled from finished runs, per task, offered to proposers of later runs.
-Only prompts read them: the sandbox and the evaluator never do."""
+Only prompts read them: the sandbox and the evaluator never do. Each lesson belongs to
+the principal whose run it came from (lessons made before principals: "shared")."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ CREATE TABLE IF NOT EXISTS lessons (
 );
 CREATE INDEX IF NOT EXISTS lessons_by_task ON lessons (task, id);
 """
+# Added after the first release (store/runs.py runs the migrations).
+MIGRATIONS = (("lessons", "owner", "TEXT NOT NULL DEFAULT 'shared'"),)
 KINDS = ("helped", "hurt", "crashed")
 
 
@@ -34,38 +37,46 @@ class Lesson:
     delta: float | None = None  # val_bpb change against the incumbent (negative: better)
     id: int = 0
     created_at: float = 0.0
+    owner: str = ""  # the principal whose run it came from (set when stored)
 
 
 class MemoryStore:
     def __init__(self, store: RunStore) -> None:
         self.store = store
 
-    def add(self, lessons: list[Lesson]) -> None:
+    def add(self, lessons: list[Lesson], owner: str) -> None:
+        """Store lessons of a run that belongs to principal `owner`."""
         now = time.time()
         with self.store.transaction() as tx:
             for lesson in lessons:
                 assert lesson.kind in KINDS, lesson.kind
                 tx.db.execute("INSERT INTO lessons (task, run_id, kind, text, delta, "
-                              "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                              "created_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
                               (lesson.task, lesson.run_id, lesson.kind, lesson.text,
-                               lesson.delta, now))
+                               lesson.delta, now, owner))
 
-    def list(self, task: str | None = None, limit: int = 1000) -> list[Lesson]:
-        """Newest first."""
-        sql = "SELECT * FROM lessons"
-        args: tuple[object, ...] = ()
-        if task:
-            sql += " WHERE task = ?"
-            args = (task,)
-        rows = self.store.query(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+    def list(self, task: str | None = None, limit: int = 1000,
+             owner: str | None = None) -> list[Lesson]:
+        """Newest first; of one task (None: all) and one owner (None: every owner)."""
+        where, args = _where(task, owner)
+        rows = self.store.query(f"SELECT * FROM lessons{where} ORDER BY id DESC LIMIT ?",
+                                (*args, limit))
         return [Lesson(task=r["task"], run_id=r["run_id"], kind=r["kind"], text=r["text"],
-                       delta=r["delta"], id=r["id"], created_at=r["created_at"]) for r in rows]
+                       delta=r["delta"], id=r["id"], created_at=r["created_at"],
+                       owner=r["owner"]) for r in rows]
 
-    def clear(self, task: str | None = None) -> int:
-        """Delete lessons (of one task, or all); returns how many."""
+    def clear(self, task: str | None = None, owner: str | None = None) -> int:
+        """Delete lessons of one task (None: all) and one owner (None: every owner);
+        returns how many."""
+        where, args = _where(task, owner)
         with self.store.transaction() as tx:
-            if task:
-                cur = tx.db.execute("DELETE FROM lessons WHERE task = ?", (task,))
-            else:
-                cur = tx.db.execute("DELETE FROM lessons")
-            return int(cur.rowcount)
+            return int(tx.db.execute(f"DELETE FROM lessons{where}", args).rowcount)
+
+
+def _where(task: str | None, owner: str | None) -> tuple[str, tuple[str, ...]]:
+    terms = [(column, value) for column, value in (("task", task), ("owner", owner))
+             if value]
+    if not terms:
+        return "", ()
+    return (" WHERE " + " AND ".join(f"{column} = ?" for column, _ in terms),
+            tuple(value for _, value in terms))

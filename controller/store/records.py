@@ -57,6 +57,15 @@ class RunRecord:
     summary: str = ""
     noise_sigma: float | None = None  # std of val_bpb over the baseline's seeds
     llm_cost_usd: float = 0.0
+    owner: str = "shared"  # the principal it belongs to (controller/principals.py)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the next page of ListRuns starts: after this run (newest first)."""
+
+    created_at: float
+    run_id: str
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,9 @@ class EventRecord:
     time: float
     kind: EventKind
     payload: dict[str, Any]
+
+
+RUN_HINT = "list runs with `bilevel runs`"  # what a NotFoundError for a run suggests
 
 
 class NotFoundError(KeyError):

@@ -16,11 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from controller.principals import SHARED
 from controller.store.llm_calls import SCHEMA as LLM_CALLS_SCHEMA
 from controller.store.mechanisms import SCHEMA as MECHANISMS_SCHEMA
 from controller.store.mechanisms import HookCall, MechanismLog, MechanismRow
+from controller.store.memory import MIGRATIONS as MEMORY_MIGRATIONS
 from controller.store.memory import SCHEMA as MEMORY_SCHEMA
 from controller.store.records import (
+    RUN_HINT,
+    Cursor,
     EventKind,
     EventRecord,
     NotFoundError,
@@ -92,7 +96,11 @@ MIGRATIONS = (
     # filter replaced it: what the trial's credit goes to (research/mechanism_wiring.py).
     ("trials", "proposal_source", "TEXT NOT NULL DEFAULT ''"),
     ("trials", "node", "TEXT NOT NULL DEFAULT ''"),  # Ray node id(s) (sandbox/ray_backend.py)
+    # The principal the run belongs to; runs made before principals are "shared"'s.
+    ("runs", "owner", f"TEXT NOT NULL DEFAULT '{SHARED.name}'"),
 )
+# After the migrations: ListRuns of one principal, newest first.
+INDEXES = "CREATE INDEX IF NOT EXISTS runs_by_owner ON runs (owner, created_at, id);"
 
 Listener = Callable[[str], None]
 
@@ -107,10 +115,11 @@ class RunStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA + LLM_CALLS_SCHEMA + MEMORY_SCHEMA + MECHANISMS_SCHEMA
                                + RESOURCES_SCHEMA)
-        for table, column, kind in MIGRATIONS:
+        for table, column, kind in MIGRATIONS + MEMORY_MIGRATIONS:
             present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self._db.executescript(INDEXES)
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
 
@@ -147,28 +156,41 @@ class RunStore:
 
     # Runs
 
-    def create_run(self, run_id: str, settings: dict[str, Any]) -> RunRecord:
+    def create_run(self, run_id: str, settings: dict[str, Any],
+                   owner: str = SHARED.name) -> RunRecord:
         now = time.time()
         with self._tx() as tx:
-            tx.db.execute("INSERT INTO runs (id, state, settings_json, created_at, updated_at)"
-                          " VALUES (?, ?, ?, ?, ?)",
-                          (run_id, RunState.RUNNING.value, json.dumps(settings), now, now))
+            tx.db.execute("INSERT INTO runs (id, state, settings_json, created_at, updated_at,"
+                          " owner) VALUES (?, ?, ?, ?, ?, ?)",
+                          (run_id, RunState.RUNNING.value, json.dumps(settings), now, now,
+                           owner))
         return self.get_run(run_id)
 
     def get_run(self, run_id: str) -> RunRecord:
         rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
         if not rows:
-            raise NotFoundError("run", run_id, "list runs with `bilevel runs`")
+            raise NotFoundError("run", run_id, RUN_HINT)
         return _run(rows[0])
 
-    def list_runs(self, limit: int, before: int | None) -> tuple[list[RunRecord], int | None]:
-        """Newest first; returns the page and the cursor of the next page (None: last)."""
+    def list_runs(self, limit: int, after: Cursor | None = None,
+                  owner: str | None = None) -> tuple[list[RunRecord], Cursor | None]:
+        """Newest first (created_at, then id), only `owner`'s runs unless it is None;
+        returns the page and the cursor of the next page (None: last). A cursor is the
+        last run of a page, so it names nothing but a run the caller was shown."""
+        where: list[str] = []
+        args: list[str | float] = []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [after.created_at, after.created_at, after.run_id]
         rows = self._query(
-            "SELECT rowid AS cursor, * FROM runs WHERE rowid < ? ORDER BY rowid DESC LIMIT ?",
-            (before if before is not None else 2**62, limit + 1))
-        page = rows[:limit]
+            "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") +
+            " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1))
+        page = [_run(r) for r in rows[:limit]]
         more = len(rows) > limit
-        return [_run(r) for r in page], (int(page[-1]["cursor"]) if more and page else None)
+        return page, (Cursor(page[-1].created_at, page[-1].id) if more and page else None)
 
     def running_runs(self) -> list[RunRecord]:
         rows = self._query("SELECT * FROM runs WHERE state = ? ORDER BY rowid",
@@ -364,7 +386,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
         last_status=TrialStatus(row["last_status"]) if row["last_status"] else None,
         stop_reason=row["stop_reason"], elapsed_seconds=row["elapsed_seconds"],
         llm_tokens_used=row["llm_tokens_used"], summary=row["summary"],
-        noise_sigma=row["noise_sigma"], llm_cost_usd=row["llm_cost_usd"])
+        noise_sigma=row["noise_sigma"], llm_cost_usd=row["llm_cost_usd"], owner=row["owner"])
 
 
 def _trial(row: sqlite3.Row) -> TrialRecord:

@@ -2,10 +2,13 @@
 
 Each request thread hands its coroutine to the asyncio loop that owns the gRPC client
 and waits for it. Defences, since the page shows hostile text and the controller's
-token stands behind it: a Content-Security-Policy that allows only this origin's
-script (no inline script, so markup that slipped into the DOM could not run), a Host
-check on a loopback bind (a DNS-rebinding page cannot read the API), caps on requests
-in flight, and nothing but the fixed static files and the JSON routes below.
+token stands behind it: every JSON route needs this process's key (KEY_HEADER; a random
+secret printed once in the page's URL, so another user of the same host, who can reach
+a loopback port too, reads nothing), a Content-Security-Policy that allows only this
+origin's script (no inline script, so markup that slipped into the DOM could not run),
+a Host check on a loopback bind (a DNS-rebinding page cannot read the API), caps on
+requests in flight, and nothing but the fixed static files (the package's, which hold
+no data: served without the key) and the JSON routes below.
 
 The event long-poll (`/api/runs/RUN/events`, up to MAX_WAIT_SECONDS each) has places of
 its own, in all and per client address (UiLimits), apart from the other requests': polls
@@ -16,8 +19,10 @@ is answered at once, 429 (this client's polls) or 503, with Retry-After.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
+import secrets
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -40,6 +45,9 @@ STATIC = {"index.html": "text/html; charset=utf-8",
           "app.js": "text/javascript; charset=utf-8",
           "app.css": "text/css; charset=utf-8"}
 RETRY_AFTER_SECONDS = 2
+KEY_HEADER = "X-Bilevel-Key"  # the page's script sends the key it took from its URL
+KEY_REFUSED = ("this page needs the key `bilevel ui` printed: open the URL it printed "
+               "(http://HOST:PORT/#key=...)")
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,7 @@ class UiServer:
                  port: int, limits: UiLimits = UiLimits()) -> None:
         self.backend = backend
         self.loop = loop
+        self.key = secrets.token_urlsafe(32)  # this process's; in `url` only
         self.static = {name: (resources.files("controller.ui") / "static" / name).read_bytes()
                        for name in STATIC}
         self.slots = threading.BoundedSemaphore(limits.requests)
@@ -111,7 +120,7 @@ class UiServer:
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{self.port}/"
+        self.url = f"http://{shown}:{self.port}/#key={self.key}"  # printed once, to its user
         # On loopback only these names may reach it (DNS rebinding); bound wider, the
         # network can reach it anyway and any name is accepted.
         self.allowed_hosts: set[str] | None = (
@@ -127,6 +136,10 @@ class UiServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(10)
+
+    def keyed(self, given: str | None) -> bool:
+        """Whether a request carries this process's key (constant-time compare)."""
+        return given is not None and hmac.compare_digest(given.encode(), self.key.encode())
 
     def enter(self, poll: bool, client: str) -> tuple[int, str] | None:
         """Take a place for a request (an event poll or another); None when admitted,
@@ -225,7 +238,11 @@ def _handler(ui: UiServer) -> type[BaseHTTPRequestHandler]:
                 self._json(403, {"error": f"Host {host[:100]!r} is not this server's "
                                           "loopback address"})
                 return
-            poll = is_poll(urlsplit(self.path).path)
+            path = urlsplit(self.path).path
+            if path.startswith("/api/") and not ui.keyed(self.headers.get(KEY_HEADER)):
+                self._json(403, {"error": KEY_REFUSED})
+                return
+            poll = is_poll(path)
             client = str(self.client_address[0])
             refused = ui.enter(poll, client)
             if refused is not None:

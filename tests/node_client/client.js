@@ -3,7 +3,9 @@
 // client author relies on and prints one JSON report; tests/test_api_node_client.py
 // starts a real server on loopback, runs this and asserts the report.
 //
-// usage: node client.js HOST:PORT TOKEN
+// usage: node client.js HOST:PORT TOKEN OTHER_TOKEN
+// TOKEN and OTHER_TOKEN are two principals' (users): OTHER_TOKEN's calls on TOKEN's run
+// are the cross-principal checks.
 "use strict";
 
 const path = require("path");
@@ -11,7 +13,7 @@ const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 const descriptor = require("protobufjs/ext/descriptor");
 
-const [address, token] = process.argv.slice(2);
+const [address, token, otherToken] = process.argv.slice(2);
 const PROTO_ROOT = path.resolve(__dirname, "..", "..", "proto");
 const LOADER = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
 
@@ -19,7 +21,8 @@ function load(files, includeDirs) {
   return grpc.loadPackageDefinition(protoLoader.loadSync(files, { ...LOADER, includeDirs }));
 }
 
-const bilevel = load(["bilevel/v1/runs.proto", "bilevel/v1/sandbox.proto"], [PROTO_ROOT]).bilevel.v1;
+const bilevel = load(["bilevel/v1/runs.proto", "bilevel/v1/sandbox.proto",
+  "bilevel/v1/principals.proto"], [PROTO_ROOT]).bilevel.v1;
 const health = load(["health/v1/health.proto"],
   [path.dirname(require.resolve("grpc-health-check/package.json")) + "/proto"]).grpc.health.v1;
 const reflectionRoot = path.dirname(require.resolve("@grpc/reflection/package.json")) + "/build/proto";
@@ -28,13 +31,14 @@ const reflection = load(["grpc/reflection/v1/reflection.proto"], [reflectionRoot
 const creds = grpc.credentials.createInsecure();
 const runs = new bilevel.RunService(address, creds);
 const sandbox = new bilevel.SandboxService(address, creds);
+const principals = new bilevel.PrincipalService(address, creds);
 const healthClient = new health.Health(address, creds);
 const reflectionClient = new reflection.ServerReflection(address, creds);
 
 // The documented auth: `authorization: Bearer <token>` call metadata.
-function auth() {
+function auth(bearer = token) {
   const md = new grpc.Metadata();
-  md.set("authorization", `Bearer ${token}`);
+  md.set("authorization", `Bearer ${bearer}`);
   return md;
 }
 
@@ -145,6 +149,56 @@ async function checkWatchWithReconnect() {
   };
 }
 
+// The other principal calls every RunService method on the run: each must answer as
+// for a run that does not exist.
+async function outcome(call) {
+  try {
+    await call();
+    return { code: "OK", details: "" };
+  } catch (err) {
+    return { code: grpc.status[err.code], details: err.details || "" };
+  }
+}
+
+function watchAll(runId, md) {
+  return stream(runs.WatchRun({ run_id: runId }, md), () => {});
+}
+
+async function checkCrossPrincipal(runId) {
+  const other = auth(otherToken);
+  const unknownId = "run-000000000000";
+  const calls = {
+    GetRun: (id) => unary(runs, "GetRun", { run_id: id }, other),
+    CancelRun: (id) => unary(runs, "CancelRun", { run_id: id }, other),
+    ResumeRun: (id) => unary(runs, "ResumeRun", { run_id: id }, other),
+    DeleteRun: (id) => unary(runs, "DeleteRun", { run_id: id, cancel: true }, other),
+    GetArtifact: (id) => unary(runs, "GetArtifact", { run_id: id, name: "best/train.py" }, other),
+    WatchRun: (id) => watchAll(id, other),
+  };
+  const methods = {};
+  for (const [name, call] of Object.entries(calls)) {
+    const seen = await outcome(() => call(runId));
+    const unknown = await outcome(() => call(unknownId));
+    methods[name] = {
+      code: seen.code,
+      same_as_unknown: seen.code === unknown.code &&
+        seen.details.split(runId).join("X") === unknown.details.split(unknownId).join("X"),
+      names_owner: seen.details.includes(me.name),
+      says_permission: seen.details.toLowerCase().includes("permission"),
+    };
+  }
+  const listed = await unary(runs, "ListRuns", { page_size: 500 }, other);
+  const them = await unary(principals, "WhoAmI", {}, other);
+  const owner = await unary(runs, "GetRun", { run_id: runId });
+  return {
+    methods, other: them.name, owner: owner.owner,
+    other_lists_it: listed.runs.some((r) => r.id === runId),
+    other_lists: listed.runs.length,
+  };
+}
+
+let me = { name: "" };
+
 async function checkDelete(runId) {
   const deleted = await unary(runs, "DeleteRun", { run_id: runId });
   let after;
@@ -162,7 +216,9 @@ async function main() {
   report.health = await checkHealth();
   report.reflection = await checkReflection();
   report.execute = await checkExecute();
+  me = await unary(principals, "WhoAmI", {});
   report.watch = await checkWatchWithReconnect();
+  report.cross = await checkCrossPrincipal(report.watch.run_id);
   report.delete = await checkDelete(report.watch.run_id);
   process.stdout.write(JSON.stringify(report) + "\n");
 }

@@ -74,16 +74,17 @@ POLL_SECONDS = 0.5  # how often the coordinator looks at the stop signal while w
 
 
 class StopSignal:
-    """Set by CancelRun ("cancelled") or a controller shutdown ("shutdown"). A shutdown
-    leaves the run resumable; a cancel finishes it."""
+    """Set by CancelRun ("cancelled", `by` the principal that cancelled) or a controller
+    shutdown ("shutdown"). A shutdown leaves the run resumable; a cancel finishes it."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason: str | None = None
+        self.by = ""
 
-    def request(self, reason: str) -> None:
+    def request(self, reason: str, by: str = "") -> None:
         if self.reason is None:
-            self.reason = reason
+            self.reason, self.by = reason, by
         self.event.set()
 
 
@@ -99,7 +100,8 @@ def llm_budget_reason(run: RunRecord, budgets: Budgets) -> str:
 class InnerLoop:
     def __init__(self, run_id: str, settings: RunSettings, task: Task, proposer: Proposer,
                  store: RunStore, artifacts: ArtifactStore, stop: StopSignal,
-                 lessons: Sequence[str] = (), memory: MemoryStore | None = None) -> None:
+                 lessons: Sequence[str] = (), memory: MemoryStore | None = None,
+                 memory_owner: str | None = None) -> None:
         self.run_id = run_id
         self.settings = settings
         self.task = task
@@ -109,6 +111,9 @@ class InnerLoop:
         self.stop = stop
         self.lessons = tuple(lessons)  # memory of earlier runs, for the prompt only
         self.memory = memory  # where this run's lessons go when it finishes (None: nowhere)
+        # Whose earlier runs it learns from (lessons, Level 2's verdicts): its owner's, or
+        # None when the operator shares memory between principals.
+        self.memory_owner = memory_owner
         self.space: SearchSpace = task.search_space().without(settings.search.frozen_knobs)
         self.validator = Validator(task, self.space)
         self.rule = make_rule(settings.search)
@@ -408,7 +413,7 @@ class InnerLoop:
 
     def _stopped(self) -> None:
         if self.stop.reason == "cancelled":
-            self._finish(RunState.CANCELLED, "cancelled by request")
+            self._finish(RunState.CANCELLED, f"cancelled by {self.stop.by or 'request'}")
         else:
             log.info("run paused for shutdown; it resumes when the controller restarts")
 
@@ -435,7 +440,7 @@ class InnerLoop:
                 and self.memory is not None:
             lessons = distill(memory_key(self.task), self.run_id,
                               self.store.trials(self.run_id), objective)
-            self.memory.add(lessons)
+            self.memory.add(lessons, run.owner)
             log.info("lessons stored", count=len(lessons), task=memory_key(self.task))
         log.info("run finished", state=state.value, summary=summary)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from controller.llm.accounting import Pricing
+from controller.llm.accounting import Claim, Pricing
 from controller.llm.factory import build_provider
 from controller.llm.settings import LLMAccess
 from controller.llm.types import Provider
@@ -21,18 +21,21 @@ from controller.store.runs import RunStore
 
 
 def build_run_provider(run_id: str, settings: RunSettings, store: RunStore,
-                       access: LLMAccess, stop: threading.Event) -> Provider:
+                       access: LLMAccess, stop: threading.Event,
+                       claim: Claim | None = None) -> Provider:
     """The run's provider stack; every call is recorded with the run and counts against
-    its budget. Raises LLMConfigError (no key) or FieldError (bad LLM settings)."""
+    its budget, and against its principal's daily quota through `claim`. Raises
+    LLMConfigError (no key) or FieldError (bad LLM settings)."""
     calls = CallLog(store)
     return build_provider(
         settings.llm, access, record=lambda call: calls.record(run_id, call),
         budget_spent=lambda: llm_budget_reason(store.get_run(run_id), settings.budgets),
-        replay_answers=calls.replay_answers, stop=stop)
+        replay_answers=calls.replay_answers, stop=stop, claim=claim)
 
 
 def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunStore,
-                   access: LLMAccess, stop: threading.Event) -> Proposer:
+                   access: LLMAccess, stop: threading.Event,
+                   claim: Claim | None = None) -> Proposer:
     """Raises LLMConfigError (no key) or FieldError (bad LLM settings)."""
     kind, seed = settings.proposer.kind, settings.search.seed
     if kind == "local":
@@ -48,7 +51,7 @@ def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunSto
     if kind != "llm":
         raise FieldError("proposer.kind", RENAMED_PROPOSERS.get(
             kind, f"must be one of {PROPOSERS}, got {kind!r}"))
-    provider = build_run_provider(run_id, settings, store, access, stop)
+    provider = build_run_provider(run_id, settings, store, access, stop, claim)
     protected = task.protected.describe() if settings.proposer.mode == "code" else ""
     llm = settings.llm
     return LLMProposer(provider, settings.proposer, Pricing.for_settings(llm), run_id,

@@ -185,7 +185,8 @@ class MechanismLoop:
             # Without memory (an ablation's repeat) earlier runs' verdicts are not read:
             # repeats must not depend on each other or on the order they finished in.
             # Named prior runs: only their verdicts (an earlier ablation's, say).
-            outcomes = self.log.outcomes(self.loop.run_id) \
+            # Only runs of the same principal, unless the operator shares memory.
+            outcomes = self.log.outcomes(self.loop.run_id, self.loop.memory_owner) \
                 if self.loop.settings.proposer.use_memory or prior else []
             if prior:
                 outcomes = [o for o in outcomes if o.run_id in prior]

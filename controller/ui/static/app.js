@@ -355,5 +355,6 @@ function route() {
   else current = homeView();
 }
 
+takeKey();
 window.addEventListener("hashchange", route);
 route();

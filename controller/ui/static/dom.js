@@ -62,8 +62,22 @@ function setStatus(text, error) {
   statusLine.className = error ? "error" : "";
 }
 
+// The page's key: `bilevel ui` prints its URL once with "#key=..." (a fragment: never
+// sent to a server; a route may follow it: "#key=K/run/RUN"). It is kept in this
+// origin's localStorage (no other port or site reads it) and sent with every API
+// request; without it the API answers 403.
+const KEY_ITEM = "bilevel-ui-key";
+
+function takeKey() {
+  const found = /^#key=([A-Za-z0-9_-]{16,128})(\/.*)?$/.exec(location.hash);
+  if (!found) return;
+  localStorage.setItem(KEY_ITEM, found[1]);
+  history.replaceState(null, "", location.pathname + location.search + "#" + (found[2] || "/"));
+}
+
 async function getJSON(url) {
-  const response = await fetch(url, { cache: "no-store" });
+  const key = localStorage.getItem(KEY_ITEM) || "";
+  const response = await fetch(url, { cache: "no-store", headers: { "X-Bilevel-Key": key } });
   let body;
   try {
     body = await response.json();

@@ -284,7 +284,7 @@ class MechanismSummary(_message.Message):
     def __init__(self, name: _Optional[str] = ..., origin: _Optional[str] = ..., field: _Optional[str] = ..., status: _Optional[_Union[MechanismStatus, str]] = ..., calls: _Optional[int] = ..., effective: _Optional[int] = ..., failures: _Optional[int] = ..., injected: _Optional[bool] = ..., reason: _Optional[str] = ..., finding: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary", "noise_sigma", "llm_cost_usd", "mechanisms")
+    __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary", "noise_sigma", "llm_cost_usd", "mechanisms", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -302,6 +302,7 @@ class Run(_message.Message):
     NOISE_SIGMA_FIELD_NUMBER: _ClassVar[int]
     LLM_COST_USD_FIELD_NUMBER: _ClassVar[int]
     MECHANISMS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: RunState
     request: CreateRunRequest
@@ -319,7 +320,8 @@ class Run(_message.Message):
     noise_sigma: float
     llm_cost_usd: float
     mechanisms: _containers.RepeatedCompositeFieldContainer[MechanismSummary]
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., request: _Optional[_Union[CreateRunRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_done: _Optional[int] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., best_trial: _Optional[int] = ..., last_status: _Optional[_Union[TrialStatus, str]] = ..., stop_reason: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., llm_tokens_used: _Optional[int] = ..., summary: _Optional[str] = ..., noise_sigma: _Optional[float] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms: _Optional[_Iterable[_Union[MechanismSummary, _Mapping]]] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., request: _Optional[_Union[CreateRunRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_done: _Optional[int] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., best_trial: _Optional[int] = ..., last_status: _Optional[_Union[TrialStatus, str]] = ..., stop_reason: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., llm_tokens_used: _Optional[int] = ..., summary: _Optional[str] = ..., noise_sigma: _Optional[float] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms: _Optional[_Iterable[_Union[MechanismSummary, _Mapping]]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -574,7 +576,7 @@ class Artifact(_message.Message):
     def __init__(self, name: _Optional[str] = ..., content_type: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class Lesson(_message.Message):
-    __slots__ = ("id", "task", "run_id", "kind", "text", "delta_bpb", "created_at")
+    __slots__ = ("id", "task", "run_id", "kind", "text", "delta_bpb", "created_at", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -582,6 +584,7 @@ class Lesson(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     DELTA_BPB_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: int
     task: str
     run_id: str
@@ -589,7 +592,8 @@ class Lesson(_message.Message):
     text: str
     delta_bpb: float
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[int] = ..., task: _Optional[str] = ..., run_id: _Optional[str] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ..., delta_bpb: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[int] = ..., task: _Optional[str] = ..., run_id: _Optional[str] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ..., delta_bpb: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListLessonsRequest(_message.Message):
     __slots__ = ("task", "limit")

@@ -86,26 +86,31 @@ class RunServiceServicer:
         already runs its maximum number of runs, or when the state dir would exceed its disk
         budget (server.state_dir_max_bytes: the QuotaFailure's subject; the message gives
         the limit and the current use); UNAVAILABLE when the Docker engine is down.
+        The run belongs to the caller; PERMISSION_DENIED for a viewer. A run named by
+        llm.replay_run or outer.library_prior_runs must be one the caller sees (else
+        NOT_FOUND, as for an unknown run).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND for an unknown run and for another principal's run alike.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """Newest first.
+        """Newest first; only the caller's runs (an admin's: every principal's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelRun(self, request, context):
-        """FAILED_PRECONDITION when the run has already finished.
+        """FAILED_PRECONDITION when the run has already finished; PERMISSION_DENIED for a
+        viewer. The run's stop_reason says who cancelled it ("cancelled by <principal>").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +119,7 @@ class RunServiceServicer:
     def WatchRun(self, request, context):
         """Every event with seq > after_seq, then live events; ends after run_finished.
         A client that reconnects with the last seq it saw misses nothing and sees nothing twice.
+        NOT_FOUND for an unknown run and for another principal's run alike.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,7 +130,9 @@ class RunServiceServicer:
         "trials/<n>/log".
         "trials/<n>/llm.json" (every prompt and answer behind trial n's proposal).
         "mechanisms.md" (each mechanism's calls, effects, gates and status),
-        "mechanisms/<name>.py" (a mechanism's source, to promote into another run).
+        "mechanisms/<name>.py" (a mechanism's source, to promote into another run),
+        "task/<path>" (a file of the task directory the run was sent).
+        NOT_FOUND for an unknown run or artifact, and for another principal's run alike.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,7 +140,7 @@ class RunServiceServicer:
 
     def ResumeRun(self, request, context):
         """Continue a run paused because its LLM failed for good (retries spent, bad key).
-        FAILED_PRECONDITION when the run is not paused.
+        FAILED_PRECONDITION when the run is not paused; PERMISSION_DENIED for a viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,7 +150,8 @@ class RunServiceServicer:
         """Delete a finished run: its trials, events, mechanism and LLM call records, its
         artifacts and stored task copy, then the engine objects only it used (its data
         volumes, this controller's tag of its task image). Lessons learnt from it are kept.
-        NOT_FOUND for an unknown run; FAILED_PRECONDITION for a running or paused run
+        NOT_FOUND for an unknown run and for another principal's run alike;
+        PERMISSION_DENIED for a viewer; FAILED_PRECONDITION for a running or paused run
         unless `cancel` is set (then it is cancelled first). An engine object that another
         run still claims, that a container still uses, or that the engine cannot reach now
         is kept and listed in `kept`: the controller's periodic sweep removes it once
@@ -425,7 +434,11 @@ class RunService:
 
 class MemoryServiceStub:
     """Lessons distilled from finished runs, offered to LLM proposers of later runs on the
-    same task (never to the evaluator).
+    same task (never to the evaluator). A principal's runs learn from its own runs'
+    lessons only, unless the operator shares memory (memory.shared): then from every
+    principal's. ListLessons shows what the caller's runs would read (an admin: all);
+    ClearLessons deletes only the caller's (an admin's: every principal's) and is
+    PERMISSION_DENIED for a viewer.
     """
 
     def __init__(self, channel):
@@ -448,7 +461,11 @@ class MemoryServiceStub:
 
 class MemoryServiceServicer:
     """Lessons distilled from finished runs, offered to LLM proposers of later runs on the
-    same task (never to the evaluator).
+    same task (never to the evaluator). A principal's runs learn from its own runs'
+    lessons only, unless the operator shares memory (memory.shared): then from every
+    principal's. ListLessons shows what the caller's runs would read (an admin: all);
+    ClearLessons deletes only the caller's (an admin's: every principal's) and is
+    PERMISSION_DENIED for a viewer.
     """
 
     def ListLessons(self, request, context):
@@ -486,7 +503,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class MemoryService:
     """Lessons distilled from finished runs, offered to LLM proposers of later runs on the
-    same task (never to the evaluator).
+    same task (never to the evaluator). A principal's runs learn from its own runs'
+    lessons only, unless the operator shares memory (memory.shared): then from every
+    principal's. ListLessons shows what the caller's runs would read (an admin: all);
+    ClearLessons deletes only the caller's (an admin's: every principal's) and is
+    PERMISSION_DENIED for a viewer.
     """
 
     @staticmethod

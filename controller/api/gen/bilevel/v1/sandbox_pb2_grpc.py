@@ -56,7 +56,9 @@ class SandboxServiceServicer:
         after at most 50 ms without a newline, so a partial line (a prompt, a progress bar)
         still arrives promptly.
         RESOURCE_EXHAUSTED when every slot and queue place is taken; UNAVAILABLE when the
-        Docker engine is down; INVALID_ARGUMENT names the offending field.
+        Docker engine is down; INVALID_ARGUMENT names the offending field; PERMISSION_DENIED
+        for a viewer. The job's container is labelled with the caller's principal
+        (io.bilevel.principal).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
