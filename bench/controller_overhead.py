@@ -1,7 +1,7 @@
 """Controller overhead: what the service adds around sandbox jobs.
 
 1. Per-trial overhead of the Level-1 loop (propose, validate, store, artifacts, events,
-   gRPC) = trial period - time inside SandboxExecutor.run, on the surrogate task.
+   gRPC) = trial period - time inside the backend's run_job, on the surrogate task.
 2. Execute throughput with trivial jobs through gRPC vs the executor called directly,
    at the same concurrency (= sandbox slots).
 
@@ -28,7 +28,9 @@ from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.api.server import ControllerServer
 from controller.config import ServerConfig
 from controller.logging import configure_logging
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.factory import make_backend
 from controller.sandbox.spec import JobSpec
 
 TRIVIAL = b"print('ok')\n"
@@ -47,7 +49,7 @@ def _timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
 async def trial_overhead(server: ControllerServer, client: Client, trials: int) -> dict[str, float]:
     executor = await asyncio.to_thread(server.engine.get)
     job_seconds: list[float] = []
-    executor.run = _timed(executor.run, job_seconds)  # type: ignore[method-assign]
+    executor.run_job = _timed(executor.run_job, job_seconds)  # type: ignore[method-assign]
     run = await client.runs.CreateRun(rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset="surrogate"), budgets=rpb.Budgets(max_trials=trials)))
     finished: list[float] = []
@@ -80,14 +82,14 @@ async def execute_grpc(client: Client, jobs: int, concurrency: int) -> tuple[flo
     return jobs / (time.perf_counter() - t0), statistics.median(latencies)
 
 
-def execute_direct(executor: SandboxExecutor, jobs: int, concurrency: int) -> tuple[float, float]:
+def execute_direct(executor: SandboxBackend, jobs: int, concurrency: int) -> tuple[float, float]:
     latencies: list[float] = []
     lock = threading.Lock()
     spec = JobSpec(files={"m.py": TRIVIAL}, command=("python3", "m.py"))
 
     def one(_: int) -> None:
         t0 = time.perf_counter()
-        executor.run(spec)
+        executor.run_job(spec)
         with lock:
             latencies.append(time.perf_counter() - t0)
 
@@ -110,7 +112,7 @@ async def main(args: argparse.Namespace) -> None:
             await execute_grpc(client, args.slots * 2, args.slots)  # warm-up
             grpc_rate, grpc_lat = await execute_grpc(client, args.jobs, args.slots)
         await server.stop()
-    direct = SandboxExecutor(ExecutorConfig(slots=args.slots, namespace="bench-direct"))
+    direct = make_backend(ExecutorConfig(slots=args.slots, namespace="bench-direct"))
     execute_direct(direct, args.slots * 2, args.slots)
     direct_rate, direct_lat = execute_direct(direct, args.jobs, args.slots)
     direct.close()

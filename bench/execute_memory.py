@@ -45,7 +45,7 @@ SERVER = textwrap.dedent("""
     from pathlib import Path
     from controller.api.server import ControllerServer
     from controller.config import ServerConfig
-    from controller.sandbox.executor import ExecutorConfig
+    from controller.sandbox.backend_config import ExecutorConfig
     async def main():
         server = ControllerServer(ServerConfig(
             listen="127.0.0.1:0", state_dir=Path(sys.argv[1]), tokens=(sys.argv[2],),

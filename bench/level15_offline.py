@@ -21,9 +21,8 @@ from pathlib import Path
 from scipy import stats
 
 from controller.logging import configure_logging
-from controller.research.level1 import knobs
 from controller.research.level1.loop import InnerLoop, StopSignal
-from controller.research.level1.proposer import LocalPerturbation
+from controller.research.level1.offline.local import LocalPerturbation
 from controller.research.outer import attach_outer_levels
 from controller.research.settings import (
     Budgets,
@@ -35,6 +34,7 @@ from controller.research.settings import (
 from controller.research.tasks.surrogate import SOURCE, SurrogateTask
 from controller.store.artifacts import ArtifactStore
 from controller.store.runs import RunStore
+from trainer import knobs
 
 
 def exact_surrogate() -> SurrogateTask:

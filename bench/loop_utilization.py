@@ -20,24 +20,28 @@ import argparse
 import json
 import os
 import random
+import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply, Script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fake LLM server
+
 from controller.llm.settings import LLMAccess, LLMSettings
 from controller.logging import configure_logging
-from controller.research.level1 import knobs
 from controller.research.level1.loop import InnerLoop, StopSignal
-from controller.research.level1.proposers import build_proposer
 from controller.research.level1.protect import SURROGATE
-from controller.research.level1.space import KnobValue, SearchSpace
+from controller.research.level1.run_proposer import build_proposer
+from controller.research.level1.space import SearchSpace
 from controller.research.settings import Budgets, ProposerSettings, RunSettings, SearchSettings
 from controller.research.task import TrialOutcome
 from controller.research.tasks.surrogate import SOURCE, SPACE
 from controller.store.artifacts import ArtifactStore
 from controller.store.runs import RunStore
+from tests.fake_llm_server import FakeLLMServer, RecordedRequest, Reply, Script
+from trainer import knobs
+from trainer.knobs import KnobValue
 
 MODES = {"sequential": (1, False), "pipelined": (1, True), "batched+pipelined": (0, True)}
 

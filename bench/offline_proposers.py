@@ -1,7 +1,7 @@
 """Offline proposers compared on the surrogate's response surface, in-process.
 
-Runs the real inner loop (real store, real keep rule) with each offline proposer
-(local, random_search, tpe, cmaes) for a few seeds, on the surrogate task scored by the
+Runs the real inner loop (real store, real keep rule) with each offline proposer of the
+registry (research/level1/offline/) for a few seeds, on the surrogate task scored by the
 controller in this process (`SurrogateTask(None)`: no sandbox), so a 30-trial run takes
 seconds. Prints the best val_bpb per run and the mean per proposer.
 
@@ -18,8 +18,9 @@ from pathlib import Path
 
 from controller.llm.settings import LLMAccess
 from controller.logging import configure_logging
+from controller.research.level1 import offline
 from controller.research.level1.loop import InnerLoop, StopSignal
-from controller.research.level1.proposers import build_proposer
+from controller.research.level1.run_proposer import build_proposer
 from controller.research.settings import Budgets, ProposerSettings, RunSettings, SearchSettings
 from controller.research.tasks.surrogate import SurrogateTask
 from controller.store.artifacts import ArtifactStore
@@ -52,7 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--kinds", default="local,random_search,tpe,cmaes")
+    parser.add_argument("--kinds", default=",".join(offline.names()),
+                        help="comma-separated offline proposers (default: all)")
     args = parser.parse_args()
     configure_logging(level="warning")
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.factory import make_backend
 from controller.sandbox.spec import JobSpec, Limits, Status
 
 PAYLOADS = {
@@ -31,11 +33,11 @@ def bare(source: str, folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def sandboxed(executor: SandboxExecutor, source: str, runtime: str) -> float:
+def sandboxed(executor: SandboxBackend, source: str, runtime: str) -> float:
     spec = JobSpec(files={"main.py": source.encode()}, command=("python3", "main.py"),
                    runtime=runtime, limits=Limits(wall_seconds=120, memory_bytes=2 << 30))
     started = time.perf_counter()
-    result = executor.run(spec)
+    result = executor.run_job(spec)
     elapsed = time.perf_counter() - started
     if result.status is not Status.OK:
         raise SystemExit(f"{runtime} job failed: {result}")
@@ -46,7 +48,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    executor = SandboxExecutor(ExecutorConfig(slots=1, namespace="bench"))
+    executor = make_backend(ExecutorConfig(slots=1, namespace="bench"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, source in PAYLOADS.items():

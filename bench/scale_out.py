@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.research.settings import TaskSettings
 from controller.research.tasks.surrogate import SurrogateTask
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.factory import make_backend
 from controller.sandbox.spec import JobSpec, Limits, Status
 from tests import ray_cluster
 
@@ -39,9 +41,9 @@ NAMESPACE = "bench-scale-out"
 
 
 class Timed:
-    """An executor wrapper that adds up the seconds its jobs held a slot."""
+    """A backend wrapper that adds up the seconds its jobs held a slot."""
 
-    def __init__(self, inner: SandboxExecutor) -> None:
+    def __init__(self, inner: SandboxBackend) -> None:
         self.inner = inner
         self.busy = 0.0
         self.nodes: dict[str, int] = {}
@@ -50,9 +52,9 @@ class Timed:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def run(self, spec: JobSpec, **kwargs: Any) -> Any:
+    def run_job(self, spec: JobSpec, **kwargs: Any) -> Any:
         started = time.monotonic()
-        result = self.inner.run(spec, **kwargs)
+        result = self.inner.run_job(spec, **kwargs)
         with self._lock:
             self.busy += time.monotonic() - started
             self.nodes[result.node or "local"] = self.nodes.get(result.node or "local", 0) + 1
@@ -67,7 +69,7 @@ def _task(kind: str, executor: Any) -> Any:
     return TrainerTask(TaskSettings(preset="cpu-tiny"), executor)
 
 
-def measure(kind: str, executor: SandboxExecutor, trials: int) -> dict[str, Any]:
+def measure(kind: str, executor: SandboxBackend, trials: int) -> dict[str, Any]:
     timed = Timed(executor)
     task = _task(kind, timed)
     source = task.baseline_source()
@@ -83,14 +85,14 @@ def measure(kind: str, executor: SandboxExecutor, trials: int) -> dict[str, Any]
             "jobs_per_node": sorted(timed.nodes.values()), "not_ok": bad}
 
 
-def overhead(executor: SandboxExecutor, jobs: int, parallel: int = 1) -> float:
+def overhead(executor: SandboxBackend, jobs: int, parallel: int = 1) -> float:
     """Median seconds of a trivial job, `parallel` at a time."""
     spec = JobSpec(files={"main.py": b"print('hi')\n"}, command=("python3", "main.py"),
                    limits=Limits(wall_seconds=60, memory_bytes=256 << 20))
 
     def one(_: int) -> float:
         started = time.monotonic()
-        assert executor.run(spec).status is Status.OK
+        assert executor.run_job(spec).status is Status.OK
         return time.monotonic() - started
 
     with ThreadPoolExecutor(parallel) as pool:
@@ -99,20 +101,19 @@ def overhead(executor: SandboxExecutor, jobs: int, parallel: int = 1) -> float:
 
 
 def inside(args: argparse.Namespace) -> dict[str, Any]:
-    import docker
+    from controller.sandbox.backend_config import RayConfig
+    from controller.sandbox.image import ensure_local_image
+    from controller.sandbox.ray_backend import RayExecutor
 
-    from controller.sandbox.image import ImageRecipe, ensure_image
-    from controller.sandbox.ray_backend import RayConfig, RayExecutor
-
-    image = ensure_image(docker.from_env(timeout=120), ImageRecipe())
+    image = ensure_local_image()
     config = ExecutorConfig(image=image, slots=SLOTS, namespace=NAMESPACE)
     cluster = ray_cluster.new_cluster()
     out: dict[str, Any] = {"slots": SLOTS, "cpus": os.cpu_count()}
     try:
         cluster.start_head(slots=1, extra={"bench_one_node": SLOTS})
         cluster.add_node(slots=1)
-        backends = {
-            "docker": SandboxExecutor(config),
+        backends: dict[str, SandboxBackend] = {
+            "docker": make_backend(config),
             "ray_1_node": RayExecutor(config, RayConfig(address=cluster.address,
                                                         slot_resource="bench_one_node")),
             "ray_2_nodes": RayExecutor(config, RayConfig(address=cluster.address)),

@@ -20,10 +20,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from controller.sandbox.backend_config import ExecutorConfig
 from trainer.data import prepare
+from trainer.direct import RunOutcome, run_direct
 from trainer.knobs import write_knobs
 from trainer.presets import PRESETS, Preset
-from trainer.run import RunOutcome, run_direct, run_in_sandbox
 
 
 def _row(name: str, where: str, outcome: RunOutcome) -> dict[str, Any]:
@@ -50,14 +51,13 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def _sandbox(preset: Preset, source: str) -> RunOutcome | None:
+    from controller.research.tasks.trainer_run import run_in_sandbox
+    from controller.sandbox.factory import make_backend
+    from controller.sandbox.image import ensure_local_image
+
     try:
-        import docker
-
-        from controller.sandbox.executor import SandboxExecutor
-        from controller.sandbox.image import ensure_image
-
-        ensure_image(docker.from_env(timeout=10))
-        executor = SandboxExecutor()
+        ensure_local_image()
+        executor = make_backend(ExecutorConfig())
     except Exception as exc:  # no engine or image: report and carry on
         print(f"sandbox unavailable, skipping: {exc}", file=sys.stderr)
         return None

@@ -1,8 +1,12 @@
-"""Controller settings as typed dataclasses, built and validated once at the edge (CLI).
+"""The controller's configuration as typed dataclasses, validated once at the edge.
 
-The single source of configuration: the TOML file, BILEVEL_<SECTION>__<KEY> environment
-variables and flags are merged by controller/config_file.py into a ServerConfig;
-nothing else reads the environment.
+The TOML file, BILEVEL_<SECTION>__<KEY> environment variables and flags are mapped onto
+a ServerConfig by controller/config_file.py, through the one table of keys
+(controller/config_keys.py); nothing else reads the environment. Each section is the
+settings dataclass of its concept (ExecutorConfig and BackendConfig of the sandbox,
+LLMAccess, Limits and LimitCaps, RetentionPolicy, Quotas), and every `validate()` of
+them raises the one error of a setting, FieldError naming its key
+(controller/errors.py).
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from controller.api.admission import (
     DEFAULT_STREAMS_PER_CLIENT,
     MAX_MESSAGE_BYTES,
 )
+from controller.errors import FieldError
 from controller.llm.settings import LLMAccess
 from controller.principals import check_name
-from controller.quotas import QuotaConfigError, Quotas
+from controller.quotas import Quotas
 from controller.research.retention import RetentionPolicy
-from controller.sandbox.backend_config import ExecutorConfig, RayConfig
+from controller.sandbox.backend_config import BackendConfig, ExecutorConfig
 from controller.sandbox.caps import LimitCaps
-from controller.sandbox.spec import RUNTIMES, Limits, SpecError
+from controller.sandbox.spec import RUNTIMES, Limits
 
 TOKEN_ENV = "BILEVEL_TOKEN"
 STATE_DIR_ENV = "BILEVEL_STATE_DIR"
@@ -33,7 +38,19 @@ DEFAULT_PORT = 50051
 
 
 class ConfigError(ValueError):
-    """A setting is invalid; the message names the flag and what would be valid."""
+    """The configuration or a command's flags cannot be used: the message says which
+    setting and what to do (the CLI prints it and exits 2). `field` names the setting at
+    fault, where one is."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+    @classmethod
+    def of(cls, exc: FieldError, where: str = "") -> ConfigError:
+        """`exc` said of the setting as its user gave it (`where`: e.g. "--slots", or
+        "sandbox.slots (from /etc/bilevel/bilevel.toml)"; default: the key)."""
+        return cls(f"{where or exc.field}: {exc.reason}", exc.field)
 
 
 def default_state_dir() -> Path:
@@ -72,16 +89,17 @@ class TlsConfig:
     server_name: str = "localhost"
 
     def validate(self) -> None:
-        for flag, path in (("--tls-cert", self.cert_file), ("--tls-key", self.key_file),
-                           ("--tls-client-ca", self.client_ca_file),
-                           ("server.tls.ca_file", self.ca_file)):
+        for key, path in (("server.tls.cert_file", self.cert_file),
+                          ("server.tls.key_file", self.key_file),
+                          ("server.tls.client_ca_file", self.client_ca_file),
+                          ("server.tls.ca_file", self.ca_file)):
             if path is None:
                 continue
             if not path.is_file():
-                raise ConfigError(f"{flag} {path}: no such file")
+                raise FieldError(key, f"{path}: no such file")
             if not os.access(path, os.R_OK):
-                raise ConfigError(f"{flag} {path}: not readable by uid {os.getuid()}; give "
-                                  "the controller's user or group read access")
+                raise FieldError(key, f"{path}: not readable by uid {os.getuid()}; give "
+                                      "the controller's user or group read access")
 
 
 @dataclass(frozen=True)
@@ -97,18 +115,18 @@ class AuthConfig:
 
     def validate(self, tls: TlsConfig | None) -> None:
         if self.principals_file is not None and not self.principals_file.is_file():
-            raise ConfigError(f"auth.principals_file {self.principals_file}: no such file")
+            raise FieldError("auth.principals_file", f"{self.principals_file}: no such file")
         if self.certificates and (tls is None or tls.client_ca_file is None):
-            raise ConfigError("auth.certificates maps client certificates, which only a "
-                              "server that requires them verifies: set "
-                              "server.tls.client_ca_file (--tls-client-ca)")
+            raise FieldError("auth.certificates", "maps client certificates, which only a "
+                             "server that requires them verifies: set "
+                             "server.tls.client_ca_file (--tls-client-ca)")
         for subject, name in self.certificates.items():
             try:
                 check_name(name)
             except ValueError as exc:
-                raise ConfigError(f"auth.certificates.{subject!r}: {exc}") from None
+                raise FieldError(f"auth.certificates.{subject!r}", str(exc)) from None
             if not subject:
-                raise ConfigError("auth.certificates: a certificate subject (CN) is empty")
+                raise FieldError("auth.certificates", "a certificate subject (CN) is empty")
 
 
 @dataclass(frozen=True)
@@ -131,7 +149,8 @@ class ServerConfig:
     max_request_bytes_in_flight: int = DEFAULT_REQUEST_BYTES  # Execute/CreateRun bodies
     shutdown_grace_seconds: float = 10.0
     llm: LLMAccess = field(default_factory=LLMAccess)  # API key files, allowed base URLs
-    ray: RayConfig | None = None  # --backend ray: jobs run on this Ray cluster's nodes
+    # Which backend runs the jobs (sandbox.backend, --backend: docker or ray).
+    backend: BackendConfig = field(default_factory=BackendConfig)
     # Disk budget of the state dir (None: a quarter of its file system, store/disk.py).
     state_dir_max_bytes: int | None = None
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
@@ -143,60 +162,54 @@ class ServerConfig:
     shared_memory: bool = False
 
     def validate(self) -> None:
+        """ConfigError naming the first invalid setting (check's FieldError)."""
+        try:
+            self.check()
+        except FieldError as exc:
+            raise ConfigError.of(exc) from None
+
+    def check(self) -> None:
+        """FieldError naming the key of the first invalid setting."""
         host, _, port = self.listen.rpartition(":")
         if self.listen and (not host or not port.isdigit() or not 0 <= int(port) < 65536):
-            raise ConfigError(f"--listen {self.listen!r}: use HOST:PORT (port 0: any free; "
-                              f"e.g. 127.0.0.1:{DEFAULT_PORT})")
+            raise FieldError("server.listen", f"{self.listen!r}: use HOST:PORT (port 0: any "
+                             f"free; e.g. 127.0.0.1:{DEFAULT_PORT})")
         if self.execute_queue < 0:
-            raise ConfigError("--execute-queue must be >= 0")
+            raise FieldError("server.execute_queue", "must be >= 0")
         if self.max_active_runs < 1:
-            raise ConfigError("--max-runs must be >= 1")
+            raise FieldError("server.max_runs", "must be >= 1")
         if self.executor.slots < 1:
-            raise ConfigError("--slots must be >= 1")
+            raise FieldError("sandbox.slots", "must be >= 1")
+        self.backend.validate()
         if self.executor.runtime not in ("auto", *RUNTIMES):
-            raise ConfigError(f"sandbox.runtime {self.executor.runtime!r}: use one of "
-                              f"auto, {', '.join(RUNTIMES)}")
+            raise FieldError("sandbox.runtime", f"{self.executor.runtime!r}: use one of "
+                             f"auto, {', '.join(RUNTIMES)}")
         gpu_slots = self.executor.gpu_slots
         if gpu_slots and self.executor.slots != len(gpu_slots):
-            raise ConfigError(f"sandbox.slots = {self.executor.slots} but sandbox.gpus gives "
-                              f"{len(gpu_slots)} GPU slots: with GPUs there is one job slot "
-                              "per GPU slot; leave sandbox.slots unset")
+            raise FieldError("sandbox.slots", f"{self.executor.slots} but sandbox.gpus gives "
+                             f"{len(gpu_slots)} GPU slots: with GPUs there is one job slot "
+                             "per GPU slot; leave sandbox.slots unset")
         if any(len(t) < 16 for t in self.tokens):
-            raise ConfigError("tokens must be at least 16 characters (use `openssl rand "
-                              "-hex 32`)")
+            raise FieldError("tokens", "each must be at least 16 characters (use `openssl "
+                             f"rand -hex 32`; server.token_file or ${TOKEN_ENV})")
         if self.state_dir_max_bytes is not None and self.state_dir_max_bytes < 1 << 20:
-            raise ConfigError("server.state_dir_max_bytes must be at least 1MiB (leave it "
-                              "unset for a quarter of the state dir's file system)")
-        try:
-            self.retention.validate()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        try:
-            self.quotas.validate()
-        except QuotaConfigError as exc:
-            raise ConfigError(str(exc)) from None
+            raise FieldError("server.state_dir_max_bytes", "must be at least 1MiB (leave it "
+                             "unset for a quarter of the state dir's file system)")
+        self.retention.validate()
+        self.quotas.validate()
         if self.tls is not None:
             self.tls.validate()
         self.auth.validate(self.tls)
-        if self.max_streams < 1 or self.max_streams_per_client < 1:
-            raise ConfigError("server.max_streams and server.max_streams_per_client must "
-                              "be >= 1")
+        if self.max_streams < 1:
+            raise FieldError("server.max_streams", "must be >= 1")
+        if self.max_streams_per_client < 1:
+            raise FieldError("server.max_streams_per_client", "must be >= 1")
         if self.max_request_bytes_in_flight < MAX_MESSAGE_BYTES:
-            raise ConfigError(f"{BYTES_KEY} = {self.max_request_bytes_in_flight}: must be at "
-                              f"least {MAX_MESSAGE_BYTES}, the largest request (Execute)")
-        try:
-            self.default_limits.validate()
-        except SpecError as exc:
-            raise ConfigError(f"default {exc} (config section [limits])") from None
-        try:
-            self.caps.validate()
-        except SpecError as exc:
-            raise ConfigError(str(exc)) from None
-        try:
-            self.caps.check(self.default_limits)
-        except SpecError as exc:
-            raise ConfigError(f"default {exc}: lower it in [limits] or raise the cap") \
-                from None
+            raise FieldError(BYTES_KEY, f"{self.max_request_bytes_in_flight}: must be at "
+                             f"least {MAX_MESSAGE_BYTES}, the largest request (Execute)")
+        self.default_limits.validate()  # the defaults of a request that sets none
+        self.caps.validate()
+        self.caps.check(self.default_limits)
 
     def authenticates(self, stored_principals: bool = False) -> bool:
         """Whether a call can name a principal (a token or a mapped certificate): shared

@@ -1,10 +1,14 @@
-"""One configuration file (TOML) with environment overrides, merged into a ServerConfig.
+"""The one place the controller's settings are read: built-in defaults, the config file
+(TOML), the environment and the command line, mapped onto ServerConfig (config.py)
+through the table of keys (config_keys.py).
 
 Precedence, lowest first: built-in defaults, the file (--config or $BILEVEL_CONFIG),
 environment variables BILEVEL_<SECTION>__<KEY> (BILEVEL_SANDBOX__GPUS=0,1;
-BILEVEL_SERVER__TLS__CERT_FILE=...), then flags given on the command line. Every key is
-known and typed: a typo or a wrong type stops the controller at start, naming the key,
-where the value came from and what would be valid. deploy/bilevel.toml documents them.
+BILEVEL_SERVER__TLS__CERT_FILE=...), then flags given on the command line (a repeatable
+flag adds to the list the file gives). Every key is known and typed: a typo, a wrong
+type or an invalid value stops the controller at start with a ConfigError naming the
+key (or the flag), where the value came from and what would be valid.
+deploy/bilevel.toml documents the keys.
 """
 
 from __future__ import annotations
@@ -32,68 +36,18 @@ from controller.config import (
     default_state_dir,
     read_tokens,
 )
+from controller.config_keys import ENV_PREFIX, KEYS, flag_of, kind_of
+from controller.errors import FieldError
+from controller.llm.keys import KEY_ENV
 from controller.llm.settings import LLMAccess
 from controller.research.retention import RetentionPolicy
-from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.backend_config import BackendConfig, ExecutorConfig
 from controller.sandbox.caps import LimitCaps
-from controller.sandbox.gpus import GpuConfigError, GpuSlot, discover, parse_slot_list
+from controller.sandbox.gpus import GpuConfigError, GpuSlot, discover_on, parse_slot_list
 from controller.sandbox.spec import Limits
 
 CONFIG_ENV = "BILEVEL_CONFIG"
-ENV_PREFIX = "BILEVEL_"
-
-# key -> kind. Kinds: str, int, float, bool, path, bytes (an int or "512MiB"), list (of
-# str), table (str -> str; env: key=value,key=value), gpus ("none", "auto" or a list of
-# slots). The [quotas.*] keys are named by
-# principal and come from controller/quotas.py (kind_of).
-KEYS: dict[str, str] = {
-    "server.listen": "str",
-    "server.state_dir": "path",
-    "server.token_file": "path",
-    "server.max_runs": "int",
-    "server.execute_queue": "int",
-    "server.max_streams": "int",
-    "server.max_streams_per_client": "int",
-    "server.max_request_bytes_in_flight": "bytes",
-    "server.shutdown_grace_seconds": "float",
-    "server.state_dir_max_bytes": "bytes",
-    "server.tls.cert_file": "path",
-    "server.tls.key_file": "path",
-    "server.tls.client_ca_file": "path",
-    "server.tls.ca_file": "path",
-    "server.tls.server_name": "str",
-    "sandbox.image": "str",
-    "sandbox.runtime": "str",
-    "sandbox.slots": "int",
-    "sandbox.gpus": "gpus",
-    "sandbox.namespace": "str",
-    "sandbox.docker_url": "str",
-    "sandbox.allowed_images": "list",
-    "sandbox.max_wall_seconds": "float",
-    "sandbox.max_memory_bytes": "bytes",
-    "sandbox.max_cpus": "float",
-    "sandbox.max_pids": "int",
-    "sandbox.max_output_bytes": "bytes",
-    "sandbox.max_returned_file_bytes": "bytes",
-    "sandbox.max_tmp_bytes": "bytes",
-    "sandbox.max_disk_bytes": "bytes",
-    "limits.wall_seconds": "float",
-    "limits.memory_bytes": "bytes",
-    "limits.cpus": "float",
-    "limits.pids": "int",
-    "limits.output_bytes": "bytes",
-    "limits.returned_file_bytes": "bytes",
-    "limits.tmp_bytes": "bytes",
-    "limits.disk_bytes": "bytes",
-    "retention.max_age_days": "float",
-    "retention.max_finished_runs": "int",
-    "retention.sweep_seconds": "float",
-    "llm.allowed_base_urls": "list",
-    "llm.principal_key_dir": "path",
-    "auth.principals_file": "path",
-    "auth.certificates": "table",
-    "memory.shared": "bool",
-}
+COMMAND_LINE = "command line"
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1000**2, "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30,
           "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40}
@@ -108,9 +62,15 @@ class Value:
     origin: str  # where it came from, for error messages
 
 
-def _kind(key: str) -> str | None:
-    """The kind of a known setting, None for an unknown one."""
-    return KEYS.get(key) or quotas.kind_of(key)
+def where(key: str, origin: str = "") -> str:
+    """A setting as its user gave it: the flag, or the key and where its value came from
+    (`origin`; "": none gave it, and the key is named with its flag)."""
+    flag = flag_of(key)
+    if origin == COMMAND_LINE and flag:
+        return flag
+    if origin:
+        return f"{key} (from {origin})"
+    return f"{key} ({flag})" if flag else key
 
 
 def _unknown(key: str, origin: str) -> ConfigError:
@@ -123,9 +83,8 @@ def _unknown(key: str, origin: str) -> ConfigError:
 
 def _coerce(key: str, raw: Any, origin: str) -> Any:
     """The typed value of `raw` for `key`; env values arrive as strings."""
-    kind = _kind(key)
+    kind = kind_of(key)
     assert kind is not None, key
-    where = f"{key} (from {origin})"
     if isinstance(raw, str) and kind not in ("str", "gpus", "list", "table") and \
             raw.strip() == "":
         return None  # an empty env value or "" in the file unsets an optional setting
@@ -161,18 +120,19 @@ def _coerce(key: str, raw: Any, origin: str) -> Any:
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 raise TypeError
             return tuple(i.strip() for i in items if i.strip())
-        return _gpus(raw, where)
+        return _gpus(raw, f"{key} (from {origin})")
     except ConfigError:
         raise
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {raw!r} is not a valid {_KIND_HELP[kind]}") from None
+        raise ConfigError(f"{where(key, origin)}: {raw!r} is not a valid "
+                          f"{_KIND_HELP[kind]}", key) from None
 
 
 _KIND_HELP = {"str": "string", "path": "path (string)", "int": "integer",
               "float": "number", "bool": "boolean (true or false)",
               "bytes": "size (bytes, or e.g. \"512MiB\", \"2GiB\")",
               "list": "list of strings (env: comma-separated)",
-              "table": "table of strings (env: key=value,key=value)",
+              "table": "table of strings (env: key=value,key=value; a flag: key=value)",
               "gpus": "GPU setting (\"none\", \"auto\" or a list like [\"0\", \"1\"])"}
 
 
@@ -190,7 +150,7 @@ def _size(raw: Any) -> int:
 def _table(raw: Any) -> dict[str, str]:
     if isinstance(raw, str):
         pairs = [item.partition("=") for item in raw.split(",") if item.strip()]
-        if any(not sep for _, sep, _ in pairs):
+        if any(not sep or not k.strip() or not v.strip() for k, sep, v in pairs):
             raise ValueError
         return {k.strip(): v.strip() for k, _, v in pairs}
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
@@ -198,16 +158,16 @@ def _table(raw: Any) -> dict[str, str]:
     return dict(raw)
 
 
-def _gpus(raw: Any, where: str) -> str | tuple[GpuSlot, ...]:
+def _gpus(raw: Any, at: str) -> str | tuple[GpuSlot, ...]:
     if isinstance(raw, str) and raw.strip().lower() in ("none", "auto"):
         return raw.strip().lower()
     entries = raw.split(",") if isinstance(raw, str) else raw
     if not isinstance(entries, list) or not all(isinstance(e, str | int) for e in entries):
         raise TypeError
     try:
-        return parse_slot_list((str(e) for e in entries), where)
+        return parse_slot_list((str(e) for e in entries), at)
     except GpuConfigError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc), "sandbox.gpus") from None
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -234,7 +194,7 @@ def read_file(path: Path) -> dict[str, Value]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     values = {}
     for key, raw in _flatten(table).items():
-        if _kind(key) is None:
+        if kind_of(key) is None:
             raise _unknown(key, str(path))
         values[key] = Value(_coerce(key, raw, str(path)), str(path))
     return values
@@ -248,17 +208,37 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Value]:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         key = name[len(ENV_PREFIX):].lower().replace("__", ".")
-        if _kind(key) is None:
+        if kind_of(key) is None:
             raise _unknown(key, f"environment variable {name}")
         values[key] = Value(_coerce(key, raw, name), name)
     return values
 
 
 def flag_values(flags: Mapping[str, Any]) -> dict[str, Value]:
-    """Flags given on the command line ({key: value}, None meaning not given)."""
-    return {key: Value(_coerce(key, value, "command line") if isinstance(value, str)
-                       else value, "command line")
-            for key, value in flags.items() if value is not None}
+    """Flags given on the command line ({key: value}, None or [] meaning not given); a
+    repeatable flag's values are a list."""
+    out = {}
+    for key, value in flags.items():
+        if value is None or value == []:
+            continue
+        if isinstance(value, list) and kind_of(key) == "table":
+            pairs = [_coerce(key, item, COMMAND_LINE) for item in value]
+            value = {k: v for pair in pairs for k, v in pair.items()}
+        elif isinstance(value, str | list):
+            value = _coerce(key, value, COMMAND_LINE)
+        out[key] = Value(value, COMMAND_LINE)
+    return out
+
+
+def _merge(lower: Value | None, flag: Value) -> Value:
+    """A repeatable flag adds to the list the file or environment gives: key files of
+    the command line first, base URLs after the configured ones."""
+    if lower is None or lower.value is None:
+        return flag
+    if isinstance(flag.value, dict):
+        return Value({**lower.value, **flag.value}, f"{lower.origin} and {COMMAND_LINE}")
+    added = tuple(v for v in flag.value if v not in lower.value)
+    return Value(tuple(lower.value) + added, f"{lower.origin} and {COMMAND_LINE}")
 
 
 def load(config_path: Path | None, environ: Mapping[str, str],
@@ -270,24 +250,21 @@ def load(config_path: Path | None, environ: Mapping[str, str],
     if config_path is not None:
         merged.update(read_file(config_path))
     merged.update(read_env(environ))
-    merged.update(flag_values(flags))
-    config = build(merged, environ, discover_gpus or _discover)
-    config.validate()
+    for key, flag in flag_values(flags).items():
+        setting = KEYS.get(key)
+        merged[key] = _merge(merged.get(key), flag) if setting and setting.repeat else flag
+    try:
+        config = build(merged, discover_gpus or discover_on)
+        config.check()
+    except FieldError as exc:
+        found = merged.get(exc.field)
+        raise ConfigError.of(exc, where(exc.field, found.origin if found else "")) from None
     return config
 
 
-def _discover(docker_url: str | None, image: str | None) -> tuple[GpuSlot, ...]:
-    import docker
-
-    try:
-        client = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
-    except docker.errors.DockerException:
-        client = None
-    return discover(client, image)
-
-
-def build(values: Mapping[str, Value], environ: Mapping[str, str],
-          discover_gpus: Discover) -> ServerConfig:
+def build(values: Mapping[str, Value], discover_gpus: Discover) -> ServerConfig:
+    """The ServerConfig the values give (not validated: ServerConfig.check). FieldError
+    names a key whose value cannot be used at all."""
     def get(key: str, default: Any = None) -> Any:
         found = values.get(key)
         return default if found is None or found.value is None else found.value
@@ -296,14 +273,15 @@ def build(values: Mapping[str, Value], environ: Mapping[str, str],
     cert, key = get("server.tls.cert_file"), get("server.tls.key_file")
     if cert or key:
         if not (cert and key):
-            raise ConfigError("server.tls.cert_file (--tls-cert) and server.tls.key_file "
-                              "(--tls-key) go together")
+            raise FieldError("server.tls.key_file" if cert else "server.tls.cert_file",
+                             "server.tls.cert_file (--tls-cert) and server.tls.key_file "
+                             "(--tls-key) go together")
         tls = TlsConfig(cert, key, get("server.tls.client_ca_file"),
                         ca_file=get("server.tls.ca_file"),
                         server_name=get("server.tls.server_name", "localhost"))
     elif get("server.tls.client_ca_file"):
-        raise ConfigError("server.tls.client_ca_file (--tls-client-ca) needs "
-                          "server.tls.cert_file and server.tls.key_file")
+        raise FieldError("server.tls.client_ca_file", "needs server.tls.cert_file and "
+                         "server.tls.key_file (--tls-cert, --tls-key)")
     token_file = get("server.token_file")
     tokens = read_tokens(token_file) if token_file else read_tokens(None)
     gpu_slots = _gpu_slots(values, get("sandbox.docker_url"), get("sandbox.image"),
@@ -322,6 +300,7 @@ def build(values: Mapping[str, Value], environ: Mapping[str, str],
         listen=get("server.listen", ""),
         state_dir=get("server.state_dir") or default_state_dir(),
         tokens=tokens, tls=tls, executor=executor,
+        backend=BackendConfig.of(get("sandbox.backend"), get("sandbox.ray_address")),
         execute_queue=get("server.execute_queue", 8),
         max_active_runs=get("server.max_runs", 4),
         default_limits=Limits(**limit_fields), caps=LimitCaps(**cap_fields),
@@ -335,23 +314,22 @@ def build(values: Mapping[str, Value], environ: Mapping[str, str],
         retention=RetentionPolicy(max_age_days=get("retention.max_age_days"),
                                   max_finished_runs=get("retention.max_finished_runs"),
                                   sweep_seconds=get("retention.sweep_seconds", 600.0)),
-        quotas=_quotas(values),
+        quotas=quotas.from_values({k: v.value for k, v in values.items()
+                                   if k.startswith(quotas.PREFIX)}),
         auth=AuthConfig(principals_file=get("auth.principals_file"),
                         certificates=get("auth.certificates", {})),
         shared_memory=get("memory.shared", False),
-        llm=LLMAccess(allowed_base_urls=get("llm.allowed_base_urls", ()),
+        llm=LLMAccess(key_files=_key_files(get("llm.key_files", {})),
+                      allowed_base_urls=get("llm.allowed_base_urls", ()),
                       principal_key_dir=get("llm.principal_key_dir")))
 
 
-def _quotas(values: Mapping[str, Value]) -> quotas.Quotas:
-    """The [quotas.*] settings; ConfigError naming the key and where it came from."""
-    found = {key: v for key, v in values.items() if key.startswith(quotas.PREFIX)}
-    try:
-        return quotas.from_values({key: v.value for key, v in found.items()})
-    except quotas.QuotaConfigError as exc:
-        key = str(exc).split(" ", 1)[0].rstrip(":")
-        origin = found[key].origin if key in found else "the [quotas] settings"
-        raise ConfigError(f"{exc} (from {origin})") from None
+def _key_files(table: Mapping[str, str]) -> tuple[tuple[str, Path], ...]:
+    for provider in table:
+        if provider not in KEY_ENV:
+            raise FieldError("llm.key_files", f"{provider!r}: use PROVIDER=PATH with "
+                             f"PROVIDER one of {', '.join(KEY_ENV)}")
+    return tuple((provider, Path(path)) for provider, path in table.items())
 
 
 def _gpu_slots(values: Mapping[str, Value], docker_url: str | None, image: str | None,
@@ -365,7 +343,8 @@ def _gpu_slots(values: Mapping[str, Value], docker_url: str | None, image: str |
             return discover_gpus(docker_url, image)
         except GpuConfigError as exc:
             origin = found.origin if found is not None else "default"
-            raise ConfigError(f"sandbox.gpus = \"auto\" (from {origin}): {exc}") from None
+            raise ConfigError(f"sandbox.gpus = \"auto\" (from {origin}): {exc}",
+                              "sandbox.gpus") from None
     if not isinstance(setting, tuple):
-        raise ConfigError(f"sandbox.gpus: unexpected value {setting!r}")
+        raise FieldError("sandbox.gpus", f"unexpected value {setting!r}")
     return setting

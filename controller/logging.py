@@ -81,13 +81,6 @@ def log_to_file(state_dir: Path) -> Path:
     return path
 
 
-def close_log_file() -> None:
-    with _SINKS.lock:
-        if _SINKS.file is not None:
-            _SINKS.file.close()
-        _SINKS.file, _SINKS.path = None, None
-
-
 def _fan_out(_logger: Any, _method: str, event: structlog.typing.EventDict) -> str:
     level = _level(str(event.get("level", "info")))
     line = json.dumps(event, default=repr)

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from controller.errors import FieldError
 from controller.principals import check_name
 from controller.research.errors import CapacityError
 
@@ -55,10 +56,6 @@ _FIX = {
 }
 
 
-class QuotaConfigError(ValueError):
-    """A quota setting is invalid; the message names its key."""
-
-
 @dataclass(frozen=True)
 class QuotaLimits:
     """One principal's limits (None: unlimited) and fair-share weight."""
@@ -75,18 +72,18 @@ class QuotaLimits:
         for name in ("runs", "stored_bytes", "llm_tokens_per_day"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise QuotaConfigError(f"{table}.{name} = {value}: must be >= 0 (0 allows none)")
+                raise FieldError(f"{table}.{name}", f"must be >= 0 (0 allows none), got {value}")
         for name in ("slots", "gpu_slots"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise QuotaConfigError(
-                    f"{table}.{name} = {value}: must be >= 1, or its jobs would wait forever "
-                    "(set runs = 0 to keep a principal from running anything)")
+                raise FieldError(f"{table}.{name}", f"must be >= 1, got {value}: its jobs "
+                                 "would wait forever (set runs = 0 to keep a principal from "
+                                 "running anything)")
         usd = self.llm_usd_per_day
         if usd is not None and not (math.isfinite(usd) and usd >= 0):
-            raise QuotaConfigError(f"{table}.llm_usd_per_day = {usd}: must be a number >= 0")
+            raise FieldError(f"{table}.llm_usd_per_day", f"must be a number >= 0, got {usd}")
         if not (math.isfinite(self.weight) and 0 < self.weight <= 1000):
-            raise QuotaConfigError(f"{table}.weight = {self.weight}: must be in (0, 1000]")
+            raise FieldError(f"{table}.weight", f"must be in (0, 1000], got {self.weight}")
 
 
 @dataclass(frozen=True)
@@ -174,7 +171,7 @@ def from_values(values: Mapping[str, Any]) -> Quotas:
         try:
             check_name(principal)
         except ValueError as exc:
-            raise QuotaConfigError(f"{key}: {exc}") from None
+            raise FieldError(key, str(exc)) from None
         if name == "exempt":
             if value:
                 exempt.add(principal)

@@ -27,22 +27,30 @@ def rng(state: Json, salt: str) -> random.Random:
     return random.Random(f"{state['seed']}:{state['trial_index']}:{salt}")
 
 
+def log_scaled(knob: Json) -> bool:
+    """Whether a numeric knob is measured on a log scale: log knobs and powers of two
+    (with a positive range)."""
+    return bool(knob["log"] or knob["power_of_two"]) and float(knob["low"]) > 0
+
+
 def unit(knob: Json, value: Any) -> float:
-    """A numeric value mapped to [0, 1] over its range (log scale for log knobs)."""
+    """A numeric value mapped to [0, 1] over its range (log scale for log knobs and
+    powers of two, so doubling a batch is the same step anywhere in its range)."""
     low, high = float(knob["low"]), float(knob["high"])
     if high <= low:
         return 0.0
     v = min(max(float(value), low), high)
-    if knob["log"] and low > 0:
+    if log_scaled(knob):
         return (math.log(v) - math.log(low)) / (math.log(high) - math.log(low))
     return (v - low) / (high - low)
 
 
 def from_unit(knob: Json, u: float) -> Any:
-    """The valid value of `knob` nearest to position `u` in [0, 1] of its range."""
-    u = min(max(u, 0.0), 1.0)
+    """The valid value of `knob` nearest to position `u` in [0, 1] of its range (the
+    inverse of `unit`)."""
+    u = min(max(float(u), 0.0), 1.0)
     low, high = float(knob["low"]), float(knob["high"])
-    if knob["log"] and low > 0:
+    if log_scaled(knob):
         value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
     else:
         value = low + u * (high - low)

@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from controller.research.level1.space import Knob, KnobValue, ProposalError, SearchSpace
+from controller.research.level1.space import Knob, ProposalError, SearchSpace
+from trainer.knobs import KnobValue
 
 TRIAL_STATUSES = ("keep", "discard", "crash")
 ACTIONS = ("accept", "reject", "replace")
@@ -125,7 +126,7 @@ def config_from_json(raw: Json, path: str) -> dict[str, KnobValue]:
 
 
 @dataclass(frozen=True)
-class Proposal:
+class MechanismProposal:
     """A candidate change to the incumbent, as mechanisms suggest or rewrite it."""
 
     changes: dict[str, KnobValue]
@@ -136,7 +137,7 @@ class Proposal:
                 "description": self.description}
 
     @classmethod
-    def from_json(cls, raw: Json, space: SearchSpace, path: str = "proposal") -> Proposal:
+    def from_json(cls, raw: Json, space: SearchSpace, path: str = "proposal") -> MechanismProposal:
         d = _dict(raw, path)
         extra = set(d) - {"changes", "description"}
         if extra:
@@ -225,15 +226,15 @@ class LoopState:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class FilterVerdict:
     """A filter's answer about one proposal."""
 
     action: Literal["accept", "reject", "replace"]
     reason: str = ""
-    proposal: Proposal | None = None
+    proposal: MechanismProposal | None = None
 
     @classmethod
-    def from_json(cls, raw: Json, space: SearchSpace) -> Verdict:
+    def from_json(cls, raw: Json, space: SearchSpace) -> FilterVerdict:
         d = _dict(raw, "verdict")
         action = d.get("action")
         reason = d.get("reason", "")
@@ -244,6 +245,6 @@ class Verdict:
         if action == "reject" and not reason.strip():
             raise WireError("verdict.reason", "a reject must say why")
         if action == "replace":
-            proposal = Proposal.from_json(d.get("proposal"), space, "verdict.proposal")
+            proposal = MechanismProposal.from_json(d.get("proposal"), space, "verdict.proposal")
             return cls("replace", reason[:2000], proposal)
         return cls(action, reason[:2000])

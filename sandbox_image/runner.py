@@ -76,13 +76,10 @@ _NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @contextlib.contextmanager
-def _as_job_user(enabled: bool = True) -> Iterator[None]:
+def _as_job_user() -> Iterator[None]:
     """File access as the job's uid (the effective uid; real and saved stay root, so
     the runner returns to root after): the runner reads only what the job could read,
     and needs no capability that overrides file permissions."""
-    if not enabled:
-        yield
-        return
     os.seteuid(JOB_UID)
     try:
         yield
@@ -166,9 +163,10 @@ def _copy_tree_for_job(src: str, dst: str) -> list[str]:
     return made
 
 
-def _prepare(legacy: bool) -> str:
-    """Lay out /job for the job; return an error text if its files do not fit."""
-    os.chmod(RUNNER_DIR, 0o755 if legacy else 0o700)
+def _prepare() -> str:
+    """Lay out /job for the job; return an error text if its files do not fit. The
+    runner's own directory (job.json, the result) stays root's alone."""
+    os.chmod(RUNNER_DIR, 0o700)
     os.chmod(JOB_ROOT, 0o755)
     made = [WORK_DIR, OUT_DIR, REPORT_DIR, f"{REPORT_DIR}/{EXCEPTIONS_NAME}"]
     for path in made:
@@ -181,10 +179,6 @@ def _prepare(legacy: bool) -> str:
         return f"the job's files do not fit in its disk (disk_bytes): {exc}"
     for path in made:
         os.chown(path, JOB_UID, JOB_GID)
-    if legacy:  # test-only: the old layout, where the job could write the result
-        for dirpath, _dirs, files in os.walk(RUNNER_DIR):
-            for name in [dirpath, *(os.path.join(dirpath, f) for f in files)]:
-                os.chown(name, JOB_UID, JOB_GID)
     return ""
 
 
@@ -205,15 +199,14 @@ def _become_job_user() -> None:
         raise OSError("the job's uid did not stick")
 
 
-def _start_child(disk_bytes: int, nproc: int | None, *, drop: bool) -> None:
+def _start_child(disk_bytes: int, nproc: int | None) -> None:
     """Runs in the forked child before exec."""
     resource.setrlimit(resource.RLIMIT_FSIZE, (disk_bytes, disk_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if nproc:  # only under gVisor, where the count is per sandbox (see hardening.py)
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     os.umask(0o022)
-    if drop:
-        _become_job_user()
+    _become_job_user()
 
 
 def _child_env(job: dict[str, Any]) -> dict[str, str]:
@@ -281,15 +274,7 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _kill_group_only(pgid: int) -> None:
-    """Test-only (the old layout): what escaped the job's process group survives."""
-    _kill(-pgid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-
-
-def _copy_returned(budget: int, as_job: bool) -> str:
+def _copy_returned(budget: int) -> str:
     """Copy /job/out to the runner's volume (get_archive cannot see a tmpfs): regular
     files up to `budget` bytes (one byte past it marks the overrun for the controller),
     directories, and symlinks as links (never followed; the controller refuses them by
@@ -302,7 +287,7 @@ def _copy_returned(budget: int, as_job: bool) -> str:
     while stack:
         rel, depth = stack.pop()
         try:
-            with _as_job_user(as_job), os.scandir(os.path.join(OUT_DIR, rel)) as scan:
+            with _as_job_user(), os.scandir(os.path.join(OUT_DIR, rel)) as scan:
                 children = sorted(((e.name, e.path, e.stat(follow_symlinks=False).st_mode)
                                    for e in scan), key=lambda c: c[0])
         except OSError as exc:
@@ -323,11 +308,11 @@ def _copy_returned(budget: int, as_job: bool) -> str:
                     os.mkdir(target)
                     stack.append((name, depth + 1))
                 elif stat.S_ISLNK(mode):
-                    with _as_job_user(as_job):
+                    with _as_job_user():
                         link = os.readlink(path)
                     os.symlink(link, target)
                 elif stat.S_ISREG(mode):
-                    used += _copy_capped(path, target, budget - used + 1, as_job)
+                    used += _copy_capped(path, target, budget - used + 1)
                     if used > budget:
                         return ""
                 else:
@@ -337,8 +322,8 @@ def _copy_returned(budget: int, as_job: bool) -> str:
     return "not returned: " + ", ".join(skipped[:20]) if skipped else ""
 
 
-def _copy_capped(src: str, dst: str, limit: int, as_job: bool) -> int:
-    with _as_job_user(as_job):
+def _copy_capped(src: str, dst: str, limit: int) -> int:
+    with _as_job_user():
         fd = os.open(src, _NOFOLLOW)
     try:
         with open(dst, "wb") as out:
@@ -385,25 +370,21 @@ def _keep_only_runner_caps() -> None:
 def run(job: dict[str, Any]) -> dict[str, Any]:
     disk_bytes = int(job["disk_bytes"])
     nproc = int(job["nproc"]) if job.get("nproc") else None
-    legacy = bool(job.get("_test_legacy_layout"))
-    failed = _prepare(legacy)
+    failed = _prepare()
     if failed:
         return {"status": "output_limit", "exit_code": None, "signal": None, "detail": failed}
-    if legacy:
-        _become_job_user()
     started = time.monotonic()
     try:
         child = subprocess.Popen(
             list(job["command"]), cwd=WORK_DIR, env=_child_env(job), start_new_session=True,
-            preexec_fn=lambda: _start_child(disk_bytes, nproc, drop=not legacy))
+            preexec_fn=lambda: _start_child(disk_bytes, nproc))
     except (OSError, subprocess.SubprocessError) as exc:
         return {"status": "error", "exit_code": 127, "signal": None,
                 "detail": f"cannot start command {job['command'][0]!r}: {exc}"}
-    if not legacy:
-        _keep_only_runner_caps()
+    _keep_only_runner_caps()
 
     # Forward a polite stop to the job; the controller follows up with SIGKILL.
-    signal.signal(signal.SIGTERM, lambda *_: _kill(-child.pid if legacy else -1, signal.SIGTERM))
+    signal.signal(signal.SIGTERM, lambda *_: _kill(-1, signal.SIGTERM))
     disk_full = False
     next_disk_check = 0.0
     code: int | None = None
@@ -415,10 +396,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         if code is None:
             time.sleep(0.05)
     # Nothing of the job may outlive its main process: daemons, stray workers, all.
-    if legacy:
-        _kill_group_only(child.pid)
-    else:
-        _kill_everything()
+    _kill_everything()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     child.returncode = code
     disk_full = disk_full or _disk_full()
@@ -427,9 +405,9 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     detail = ""
     if disk_full:
         status, detail = "output_limit", f"the job filled its disk (disk_bytes={disk_bytes})"
-    with _as_job_user(not legacy):
+    with _as_job_user():
         exception, metrics = _job_reports(child.pid)
-    skipped = _copy_returned(int(job.get("returned_file_bytes", 0)), not legacy)
+    skipped = _copy_returned(int(job.get("returned_file_bytes", 0)))
     return {
         "status": status,
         "exit_code": 128 + sig if sig else code,

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.image import ImageRecipe, ensure_image
 
 RUNTIMES = ("runc", "runsc")
@@ -45,8 +47,8 @@ def sandbox_image(docker_client: docker.DockerClient) -> str:
 
 
 @pytest.fixture(scope="session")
-def executor(sandbox_image: str) -> Iterator[SandboxExecutor]:
-    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest",
+def executor(sandbox_image: str) -> Iterator[SandboxBackend]:
+    ex = DockerExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest",
                                         runtime="runc"))
     yield ex
     ex.close()
@@ -67,8 +69,8 @@ def setuid_image(docker_client: docker.DockerClient, sandbox_image: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def setuid_executor(sandbox_image: str, setuid_image: str) -> Iterator[SandboxExecutor]:
-    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=1, namespace="pytest",
+def setuid_executor(sandbox_image: str, setuid_image: str) -> Iterator[SandboxBackend]:
+    ex = DockerExecutor(ExecutorConfig(image=sandbox_image, slots=1, namespace="pytest",
                                         runtime="runc", allowed_images=(setuid_image,)))
     yield ex
     ex.close()

@@ -26,8 +26,7 @@ from typing import Any
 import docker
 import pytest
 
-from controller.sandbox import executor as executor_module
-from controller.sandbox import hardening
+from controller.sandbox import docker_job, hardening
 from controller.sandbox.spec import DataMount, JobResult
 
 # Debian's site.py scans <prefix>/lib/python3/dist-packages, a folder the venv does not
@@ -157,7 +156,7 @@ class Layers:
             out["cap_add"] = [*out["cap_add"], *self.extra_caps]
             return out
 
-        monkeypatch.setattr(executor_module, "container_kwargs", patched)
+        monkeypatch.setattr(docker_job, "container_kwargs", patched)
 
     def site_processing(self) -> None:
         """The runner started as a plain `python3`: site dirs and .pth files processed."""

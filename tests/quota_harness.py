@@ -21,6 +21,7 @@ from controller.api.server import ControllerServer
 from controller.config import ServerConfig
 from controller.principals import Role
 from controller.sandbox.fair_share import FairShare
+from controller.sandbox.slotted import SlottedBackend
 from controller.store.principals import PrincipalStore
 from tests.test_api_harness import ServerThread, Stubs, serving, wait_for_engine
 
@@ -58,7 +59,9 @@ def quota_failure(error: grpc.RpcError) -> tuple[str, str]:
 def slots_of(server: ServerThread) -> FairShare:
     """The controller's own slot scheduler (for what waits and what holds now)."""
     assert server.server is not None
-    return server.server.engine.get().slots
+    backend = server.server.engine.get()
+    assert isinstance(backend, SlottedBackend)
+    return backend.slots
 
 
 class FifoSlots(FairShare):
@@ -74,9 +77,10 @@ class FifoServer(ControllerServer):
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
-        executor = self.engine.get()
-        executor.slots = FifoSlots(executor.slots.slots, executor.slots.gpu_slots,
-                                   executor.slots.quotas)
+        backend = self.engine.get()
+        assert isinstance(backend, SlottedBackend)
+        backend.slots = FifoSlots(backend.slots.slots, backend.slots.gpu_slots,
+                                  backend.slots.quotas)
 
 
 class Job:

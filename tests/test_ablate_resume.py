@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.llm.fake_server import FakeLLMServer
 from controller.store.runs import RunStore
+from tests.fake_llm_server import FakeLLMServer
 from tests.test_loop_harness import TEST_KEY, random_params_responder
 
 pytestmark = pytest.mark.docker

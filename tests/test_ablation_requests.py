@@ -12,7 +12,7 @@ import pytest
 from controller.analysis import ablation
 from controller.analysis.ablation import AblationSpec, Cell
 from controller.api import convert
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 from controller.research.settings import OuterSettings
 
 
@@ -85,10 +85,10 @@ def test_progress_says_arm_repeat_outcome_and_eta() -> None:
     from controller.analysis.runner import progress_line
     from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 
-    run = rpb.Run(state=rpb.RUN_STATE_SUCCEEDED, baseline_val_bpb=0.98, best_val_bpb=0.97)
+    run = rpb.Run(state=rpb.RUN_STATE_SUCCEEDED, baseline_loss=0.98, best_loss=0.97)
     line = progress_line("search", 3, 10, "C-noop/2", run, 30.0, 3)
     assert line.startswith("[search 3/10] arm C-noop repeat 2: succeeded")
     assert "best - baseline in search -1.00e-02" in line and "ETA 1m10s" in line
     last = progress_line("re-evaluation", 4, 4, "baseline/0", rpb.Run(
-        state=rpb.RUN_STATE_SUCCEEDED, baseline_val_bpb=0.98), 2.0, 4)
+        state=rpb.RUN_STATE_SUCCEEDED, baseline_loss=0.98), 2.0, 4)
     assert "mean on fresh seeds 0.980000" in last and last.endswith("ETA 0s)")

@@ -111,7 +111,7 @@ SERVER = textwrap.dedent("""
     from controller.api.edge import EdgeInterceptor
     from controller.api.server import ControllerServer
     from controller.config import ServerConfig
-    from controller.sandbox.executor import ExecutorConfig
+    from controller.sandbox.backend_config import ExecutorConfig
 
     class Ungated(ControllerServer):  # Execute places are not checked before the read
         def edge(self, admission):

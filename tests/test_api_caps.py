@@ -17,8 +17,8 @@ import pytest
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from controller.config import ConfigError
 from controller.config_file import load
+from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.caps import LimitCaps
-from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.spec import JobSpec, Limits, SpecError
 from controller.store.task_bundle import read_task_dir
 from tests.test_api_harness import Stubs, field_violations, serving
@@ -190,19 +190,19 @@ ATTACK_ENV = {"LD_PRELOAD": "/job/work/evil.so", "PYTHONPATH": "/job/work/shadow
 
 
 @pytest.mark.docker
-def test_deny_the_executor_refuses_a_loader_environment(executor: SandboxExecutor) -> None:
+def test_deny_the_executor_refuses_a_loader_environment(executor: SandboxBackend) -> None:
     spec = JobSpec(files={"main.py": PROBE.encode()}, command=("python3", "main.py"),
                    env=ATTACK_ENV, limits=Limits(wall_seconds=30))
     with pytest.raises(SpecError) as info:
-        executor.run(spec)
+        executor.run_job(spec)
     assert info.value.field.startswith("env[")
 
 
 @pytest.mark.docker
 def test_sensitivity_without_the_allow_list_the_loader_environment_reaches_the_job(
-        executor: SandboxExecutor) -> None:
+        executor: SandboxBackend) -> None:
     spec = EnvUnchecked(files={"main.py": PROBE.encode()}, command=("python3", "main.py"),
                         env=ATTACK_ENV, limits=Limits(wall_seconds=30))
-    result = executor.run(spec)
+    result = executor.run_job(spec)
     assert "preload /job/work/evil.so" in result.stdout, result
     assert "shadow True" in result.stdout, result

@@ -10,7 +10,7 @@ import pytest
 from controller.api import convert, enums
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 from controller.research.settings import RunSettings
 from controller.sandbox.caps import LimitCaps
 from controller.sandbox.spec import Limits
@@ -116,3 +116,51 @@ def test_every_internal_value_has_an_enum_and_back() -> None:
         for value in values:
             assert enums.from_enum(table, enums.to_enum(table, value), None) == value
     assert RunSettings().task.runtime in enums.RUNTIMES
+
+
+def test_min_improvement_is_read_under_its_new_and_its_deprecated_name() -> None:
+    def rule(**search: float) -> float:
+        return convert.run_settings(_request(
+            search=rpb.SearchSettings(**search))).search.min_improvement  # type: ignore[arg-type]
+
+    assert rule(min_improvement=0.01) == rule(min_improvement_bpb=0.01) == 0.01
+    assert rule(min_improvement=0.01, min_improvement_bpb=0.01) == 0.01
+    with pytest.raises(FieldError) as info:
+        rule(min_improvement=0.01, min_improvement_bpb=0.02)
+    assert info.value.field == "search.min_improvement"
+    echo = convert.echo_request(convert.run_settings(_request(
+        search=rpb.SearchSettings(min_improvement=0.01))))
+    assert echo.search.min_improvement == echo.search.min_improvement_bpb == 0.01
+
+
+def test_loss_fields_carry_the_stored_loss_and_so_do_their_deprecated_names() -> None:
+    from controller.store.memory import Lesson
+    from controller.store.records import EventKind, EventRecord, RunRecord, RunState
+
+    run = convert.run(RunRecord("run-x", RunState.SUCCEEDED, RunSettings().to_dict(), 0.0,
+                                0.0, trials_done=3, baseline_val_bpb=-0.5,
+                                best_val_bpb=-0.75, best_trial=2))
+    assert (run.baseline_loss, run.best_loss) == (-0.5, -0.75)
+    assert (run.baseline_val_bpb, run.best_val_bpb) == (-0.5, -0.75)
+
+    def event(kind: EventKind, **payload: object) -> rpb.RunEvent:
+        return convert.event(EventRecord("run-x", 1, 0.0, kind, payload))
+
+    finished = event(EventKind.TRIAL_FINISHED, trial=1, status="keep", val_bpb=-0.75,
+                     memory_gb=0.0, metrics_json="{}", job_status="ok", seconds=1.0,
+                     description="d").trial_finished
+    assert finished.loss == finished.val_bpb == -0.75
+    crashed = event(EventKind.TRIAL_FINISHED, trial=2, status="crash", val_bpb=None,
+                    memory_gb=0.0, metrics_json="{}", job_status="error", seconds=1.0,
+                    description="d").trial_finished
+    assert not crashed.HasField("loss") and not crashed.HasField("val_bpb")
+    best = event(EventKind.NEW_BEST, trial=1, val_bpb=-0.75, previous_val_bpb=-0.5).new_best
+    assert (best.loss, best.previous_loss) == (best.val_bpb, best.previous_val_bpb) == (
+        -0.75, -0.5)
+    first = event(EventKind.NEW_BEST, trial=0, val_bpb=-0.5, previous_val_bpb=None).new_best
+    assert not first.HasField("previous_loss")
+    end = event(EventKind.RUN_FINISHED, state="succeeded", reason="r",
+                baseline_val_bpb=-0.5, best_val_bpb=-0.75).run_finished
+    assert (end.baseline_loss, end.best_loss) == (end.baseline_val_bpb, end.best_val_bpb)
+    lesson = convert.lesson(Lesson("t", "run-x", "helped", "text", delta=-0.25))
+    assert lesson.delta_loss == lesson.delta_bpb == -0.25

@@ -26,10 +26,11 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from controller.api import enums, reflection, sandbox_service
+from controller.api import convert, enums, reflection
 from controller.api.edge import DEFAULT_CAP_BYTES
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.volumes import ensure_data_volume, publish_data_volume
 from tests.test_api_harness import Stubs, field_violations, serving
 
@@ -42,11 +43,25 @@ MALFORMED = b"\x0a\x7f"  # field 1, 127 bytes long, then nothing: truncated
 SERVER = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
+    from controller import principals
     from controller.api import edge
+    from controller.api.auth import HEALTH_PREFIX
     from controller.api.server import ControllerServer
     from controller.config import ServerConfig
-    from controller.sandbox.executor import ExecutorConfig
-    edge._REFUSE_BEFORE_READ = sys.argv[3] == "refuse-before-read"
+    from controller.sandbox.backend_config import ExecutorConfig
+    if sys.argv[3] == "read-then-refuse":  # the twin: the edge as it was, built here
+        async def authenticate(call, context):  # no refusal before the body is read
+            return call.edge.auth.principal(call.metadata, context.auth_context(),
+                                            context.peer())
+        read = edge._Body.one
+        async def read_then_refuse(body, requests, context, ticket):
+            message = await read(body, requests, context, ticket)
+            if principals.CURRENT.get() is None and \
+                    not body.method.startswith(HEALTH_PREFIX):
+                await edge._unauthenticated(context)
+            return message
+        edge._Call.authenticate = authenticate
+        edge._Body.one = read_then_refuse
     async def main():
         server = ControllerServer(ServerConfig(
             listen="127.0.0.1:0", state_dir=Path(sys.argv[1]), tokens=(sys.argv[2],),
@@ -242,7 +257,7 @@ def _read_request(volume: str, runtime: str = "runc") -> spb.ExecuteRequest:
 @pytest.fixture
 def data_volumes(docker_client: docker.DockerClient, sandbox_image: str,
                  tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A stand-in validation split (made the way trainer/run.py makes it), a plain Docker
+    """A stand-in validation split (made the way the trainer task makes it), a plain Docker
     volume, and one published volume in this test's namespace and one in another."""
     folder = tmp_path / "data"
     folder.mkdir()
@@ -294,9 +309,11 @@ def test_deny_data_mounts_of_volumes_not_published_to_clients(
 def test_sensitivity_unchecked_data_mounts_read_the_validation_split(
         tmp_path: Path, sandbox_image: str, data_volumes: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Twin: with the resolution switched off, a request mounts the validation split by
-    its Docker name and reads it (the attack of finding 10)."""
-    monkeypatch.setattr(sandbox_service, "_RESOLVE_DATA_MOUNTS", False)
+    """Twin: with a backend that takes a request's data mounts as they are (no id check,
+    no resolution), a request mounts the validation split by its Docker name and reads
+    it."""
+    monkeypatch.setattr(convert, "check_data_ids", lambda _spec: None)
+    monkeypatch.setattr(DockerExecutor, "resolve_data", lambda _self, spec, _principal: spec)
     with serving(tmp_path / "state", sandbox_image,
                  namespace=data_volumes["namespace"]) as server:
         events = list(Stubs(server.address).sandbox.Execute(

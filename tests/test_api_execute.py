@@ -12,7 +12,7 @@ import docker
 import grpc
 import pytest
 
-from controller.api import output_chunks, sandbox_service
+from controller.api import output_chunks
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 from tests.test_api_harness import Stubs, field_violations, leftover_containers, serving
 
@@ -58,12 +58,13 @@ def _stdout(server_address: str, code: str) -> list[bytes]:
 def test_output_arrives_as_whole_lines_and_without_coalescing_as_writes(
         tmp_path: Path, sandbox_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A held partial line waits for its newline (the flush interval is set long here, so
-    this does not depend on timing). Twin: with the coalescer off (the old path) the same
-    job's writes arrive as nine events, most of them partial lines."""
+    this does not depend on timing). Twin: with a coalescer that passes each write on as
+    it comes, the same job's writes arrive as nine events, most of them partial lines."""
     monkeypatch.setattr(output_chunks, "FLUSH_SECONDS", 30.0)
     with serving(tmp_path, sandbox_image) as server:
         coalesced = _stdout(server.address, PIECES)
-        monkeypatch.setattr(sandbox_service, "_COALESCE_OUTPUT", False)
+        monkeypatch.setattr(output_chunks.OutputCoalescer, "feed",
+                            lambda _self, stream, data, _now: [(stream, data)])
         raw = _stdout(server.address, PIECES)
     assert coalesced == [b"line 0\n", b"line 1\n", b"line 2\n"]
     assert b"".join(raw) == LINES

@@ -25,7 +25,7 @@ from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import runs_pb2_grpc, sandbox_pb2_grpc
 from controller.api.server import ControllerServer
 from controller.config import ServerConfig
-from controller.sandbox.executor import ExecutorConfig
+from controller.sandbox.backend_config import ExecutorConfig
 from controller.sandbox.reaper import LABEL_NAMESPACE
 
 

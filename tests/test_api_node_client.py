@@ -1,8 +1,9 @@
 """A foreign-language client: Node's grpc-js built from proto/ alone, against a real
 token-protected server on loopback: health, reflection (v1, with comments), Execute, a
 run watched across a reconnect (WatchRun after_seq) that misses nothing and sees nothing
-twice, that another principal can neither list nor get, watch, cancel, resume, read or
-delete (each answered as for an unknown run), then deleted by its owner (DeleteRun).
+twice and whose loss fields agree with their deprecated names, that another principal
+can neither list nor get, watch, cancel, resume, read or delete (each answered as for an
+unknown run), then deleted by its owner (DeleteRun).
 Node and `npm ci` in tests/node_client come from .ci/setup.sh."""
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def test_a_node_grpc_js_client_built_from_the_proto(tmp_path: Path, sandbox_imag
     assert watch["trials_done"] == 4  # the baseline and max_trials 3
     assert watch["echoed_proposer_kind"] == "PROPOSER_KIND_LOCAL"
     assert watch["has_llm"] is False, "an offline run echoes no LLM settings"
+    loss = watch["loss"]
+    assert (loss["metric"], loss["maximize"]) == ("val_bpb", False)
+    assert isinstance(loss["best"], float) and loss["best"] <= loss["baseline"]
+    assert loss["deprecated"] == [loss["baseline"], loss["best"]]
+    assert loss["trials"] and all(new == old for new, old in loss["trials"])
 
     cross = report["cross"]
     assert (cross["owner"], cross["other"]) == ("alice", "bob")

@@ -46,7 +46,11 @@ def test_run_lifecycle_create_watch_get_list_and_artifacts(
         final = stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id))
         assert final.state == rpb.RUN_STATE_SUCCEEDED
         assert final.trials_done == 5 and final.stop_reason == "trial budget of 4 spent"
-        assert final.best_val_bpb <= final.baseline_val_bpb
+        assert final.best_loss <= final.baseline_loss
+        # The deprecated names still carry the same values for one release.
+        assert (final.baseline_val_bpb, final.best_val_bpb) == (final.baseline_loss,
+                                                                final.best_loss)
+        assert [f.val_bpb for f in finished] == [f.loss for f in finished]
 
         listed = stubs.runs.ListRuns(rpb.ListRunsRequest())
         assert [r.id for r in listed.runs] == [run.id]

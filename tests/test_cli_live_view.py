@@ -48,11 +48,11 @@ def trial_events(trial: int, val: float, status: rpb.TrialStatus,
     started = rpb.RunEvent(time=_at(start), trial_started=rpb.RunEvent.TrialStarted(
         trial=trial, attempt=1))
     finished = rpb.RunEvent(time=_at(start + 2), trial_finished=rpb.RunEvent.TrialFinished(
-        trial=trial, status=status, val_bpb=val, description=f"change number {trial}",
+        trial=trial, status=status, loss=val, description=f"change number {trial}",
         started_at=_at(start), ended_at=_at(start + 2)))
     events = [started, finished]
     if status == rpb.TRIAL_STATUS_KEEP:
-        events.append(rpb.RunEvent(new_best=rpb.RunEvent.NewBest(trial=trial, val_bpb=val)))
+        events.append(rpb.RunEvent(new_best=rpb.RunEvent.NewBest(trial=trial, loss=val)))
     return events
 
 
@@ -186,7 +186,8 @@ def test_deny_escape_sequences_in_descriptions_reach_no_terminal() -> None:
 
 def test_sensitivity_without_sanitizing_the_escapes_take_over_the_screen(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(live_view, "_SANITIZE", False)
+    # The weakened view: every character passes through as the proposer wrote it.
+    monkeypatch.setattr(live_view, "_escape", lambda ch: ch)
     screen, piped = _hostile_screen()
     shown = "\n".join(screen)
     assert "\\x1b" not in shown and "\x1b[2J" in piped  # the raw bytes went out

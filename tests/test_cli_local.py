@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from controller.api.private_socket import LOCK_FILE
-from controller.commands import local
+from controller.commands import holder as lock_holder
 
 HOLD = """
 import fcntl, os, sys
@@ -40,23 +40,23 @@ def held_lock(state_dir: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def test_a_free_or_stale_lock_has_no_holder(tmp_path: Path) -> None:
-    assert local.holder_of(tmp_path) is None  # no lock file at all
+    assert lock_holder.holder_of(tmp_path) is None  # no lock file at all
     (tmp_path / LOCK_FILE).write_text("999999\nunix:/run/x/controller.sock\n")  # dead
-    assert local.holder_of(tmp_path) is None
+    assert lock_holder.holder_of(tmp_path) is None
 
 
 @pytest.mark.parametrize("proc_locks", [True, False], ids=["proc-locks", "flock-probe"])
 def test_the_holder_and_its_address_are_read_from_the_lock(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc_locks: bool) -> None:
     if not proc_locks:  # /proc/locks unreadable, or blind to this file (overlayfs)
-        monkeypatch.setattr(local, "_flocked", lambda _st: None)
+        monkeypatch.setattr(lock_holder, "_flocked", lambda _st: None)
     with held_lock(tmp_path) as proc:
         with monkeypatch.context() as patch:
             if proc_locks:  # asking never touches the lock
                 patch.setattr(fcntl, "flock", _no_flock)
-            holder = local.holder_of(tmp_path)
-        assert holder == local.Holder(str(proc.pid), "unix:/run/x/controller.sock")
-    assert local.holder_of(tmp_path) is None  # it exited: the lock is free again
+            holder = lock_holder.holder_of(tmp_path)
+        assert holder == lock_holder.Holder(str(proc.pid), "unix:/run/x/controller.sock")
+    assert lock_holder.holder_of(tmp_path) is None  # it exited: the lock is free again
 
 
 def _no_flock(*_args: object) -> None:

@@ -17,7 +17,7 @@ import docker
 import pytest
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
-from controller.commands.local import holder_of
+from controller.commands.holder import holder_of
 from tests.test_api_harness import Stubs, leftover_containers, surrogate_run, wait_for_engine
 
 pytestmark = pytest.mark.docker
@@ -70,7 +70,7 @@ def test_sigkill_mid_run_then_restart_completes_the_run_exactly_once(
         time.sleep(0.15)  # let the trial's container start
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    killed_best = [e.new_best.val_bpb for e in seen if e.HasField("new_best")][-1]
+    killed_best = [e.new_best.loss for e in seen if e.HasField("new_best")][-1]
 
     with bilevel_serve(tmp_path, sandbox_image, namespace) as (_, address):
         stubs = Stubs(address)
@@ -98,8 +98,8 @@ def test_sigkill_mid_run_then_restart_completes_the_run_exactly_once(
     assert (rerun.trial, rerun.attempt) == (resumed[0].next_trial, 2)
     # The resumed loop continued from the incumbent: keeps only ever lower the best.
     bests = [e.new_best for e in everything if e.HasField("new_best")]
-    assert all(b.val_bpb < b.previous_val_bpb for b in bests[1:])
+    assert all(b.loss < b.previous_loss for b in bests[1:])
     first_after = next((e.new_best for e in after if e.HasField("new_best")), None)
     if first_after is not None:
-        assert first_after.previous_val_bpb == killed_best
+        assert first_after.previous_loss == killed_best
     assert leftover_containers(docker_client, namespace) == []

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from controller.llm.fake_server import FakeLLMServer
 from controller.research.level1.loop import InnerLoop, StopSignal
-from controller.research.level1.proposer import LocalPerturbation
+from controller.research.level1.offline.local import LocalPerturbation
 from controller.research.level1.space import Knob, SearchSpace
 from controller.research.level2.gates import static_check
 from controller.research.outer import attach_outer_levels
@@ -25,12 +24,13 @@ from controller.research.settings import (
     OuterSettings,
     RunSettings,
 )
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.store.artifacts import ArtifactStore
 from controller.store.runs import RunStore
 from mechanisms import library
 from mechanisms.library.cma_advisor import CmaAdvisor
 from mechanisms.wire import LoopState, TrialView
+from tests.fake_llm_server import FakeLLMServer
 from tests.test_loop_harness import (
     TEST_KEY,
     SyntheticTask,
@@ -125,7 +125,7 @@ def test_a_frozen_knob_restarts_it_on_the_smaller_space() -> None:
 
 @pytest.mark.docker
 def test_in_a_run_its_hooks_run_in_the_sandbox_and_its_suggestions_become_trials(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     settings = RunSettings(budgets=Budgets(max_trials=10), outer=OuterSettings(
         mechanisms=(InitialMechanism("cma_advisor"),), suggest_every=2))
     settings.validate()
@@ -154,7 +154,7 @@ def test_in_a_run_its_hooks_run_in_the_sandbox_and_its_suggestions_become_trials
 
 @pytest.mark.docker
 def test_an_llm_proposer_is_shown_the_advisors_state(
-        tmp_path: Path, executor: SandboxExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, executor: SandboxBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
     with FakeLLMServer(responder=random_params_responder()) as fake:
         settings = replace(run_settings(4, llm_settings(fake.anthropic_url)), outer=OuterSettings(

@@ -11,7 +11,8 @@ import pytest
 
 from controller.cli import build_parser
 from controller.config import ConfigError, ServerConfig
-from controller.config_file import KEYS, load, read_file
+from controller.config_file import load, read_file
+from controller.config_keys import KEYS
 from controller.sandbox.gpus import GpuConfigError, GpuSlot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,9 +96,13 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
     ("", {"BILEVEL_SANDBOX__SLOTZ": "2"}, "environment variable BILEVEL_SANDBOX__SLOTZ: "
                                           "unknown setting"),
     ("", {"BILEVEL_LIMITS__MEMORY_BYTES": "lots"}, "BILEVEL_LIMITS__MEMORY_BYTES.*size"),
-    ("[sandbox]\nruntime = \"kata\"\n", {}, "sandbox.runtime 'kata': use one of auto, runc, runsc"),
+    ("[sandbox]\nruntime = \"kata\"\n", {}, r"sandbox.runtime \(from .*bilevel.toml\): 'kata': "
+                                            "use one of auto, runc, runsc"),
     ("[server]\nlisten = \"nowhere\"\n", {}, "use HOST:PORT"),
-    ("[limits]\ntmp_bytes = \"8GiB\"\n", {}, r"default limits.tmp_bytes.*\[limits\]"),
+    ("[limits]\ntmp_bytes = \"8GiB\"\n", {}, r"limits.tmp_bytes \(from .*bilevel.toml\): must "
+                                          "be at least 1 MiB and at most limits.memory_bytes"),
+    ("", {"BILEVEL_SANDBOX__MAX_CPUS": "0"}, r"sandbox.max_cpus \(from "
+                                             r"BILEVEL_SANDBOX__MAX_CPUS\): must be"),
     ("[server.tls]\ncert_file = \"/x.pem\"\n", {}, "go together"),
     ("[server.tls]\nclient_ca_file = \"/x.pem\"\n", {}, "needs server.tls.cert_file"),
     ("[server\n", {}, "not valid TOML"),
@@ -187,6 +192,43 @@ def test_the_deploy_example_uses_only_known_keys() -> None:
     values = read_file(REPO / "deploy" / "bilevel.toml")
     assert set(values) <= set(KEYS)
     assert values["sandbox.runtime"].value == "runsc"
+
+
+def test_every_flag_sets_the_key_it_is_listed_with(tmp_path: Path) -> None:
+    """The controller's flags are made from the table of keys: a flag overrides its key
+    and an invalid value is told as the flag the user typed."""
+    from controller.commands.controller_flags import flags_of, server_config
+
+    args = build_parser(["serve"]).parse_args(
+        ["serve", "--state-dir", str(tmp_path), "--slots", "3", "--namespace", "cli",
+         "--max-runs", "2", "--execute-queue", "5", "--runtime", "runc"])
+    flags = flags_of(args)
+    assert {k for k, s in KEYS.items() if s.flag} == set(flags)
+    config = server_config(args)
+    assert (config.executor.slots, config.executor.namespace, config.executor.runtime) == (
+        3, "cli", "runc")
+    assert (config.max_active_runs, config.execute_queue, config.state_dir) == (
+        2, 5, tmp_path)
+    bad = build_parser(["serve"]).parse_args(["serve", "--state-dir", str(tmp_path),
+                                              "--listen", "nowhere"])
+    with pytest.raises(ConfigError, match=r"^--listen: 'nowhere': use HOST:PORT"):
+        server_config(bad)
+
+
+def test_llm_key_files_come_from_the_file_and_the_flags_add_to_them(tmp_path: Path) -> None:
+    toml = ('[llm]\nallowed_base_urls = ["https://a.example"]\n'
+            '[llm.key_files]\nanthropic = "/keys/a"\nopenai = "/keys/o"\n')
+    config = _load(tmp_path, toml, flags={
+        "llm.key_files": ["openai=/cli/o"], "llm.allowed_base_urls": ["https://b.example"]})
+    assert config.llm.key_file("anthropic") == Path("/keys/a")
+    assert config.llm.key_file("openai") == Path("/cli/o")  # the command line's wins
+    assert config.llm.allowed_base_urls == ("https://a.example", "https://b.example")
+    env = _load(tmp_path, env={"BILEVEL_LLM__KEY_FILES": "openai=/env/o"})
+    assert env.llm.key_file("openai") == Path("/env/o")
+    with pytest.raises(ConfigError, match=r"^--llm-key-file: 'gemini': use PROVIDER=PATH"):
+        _load(tmp_path, flags={"llm.key_files": ["gemini=/k"]})
+    with pytest.raises(ConfigError, match=r"^--llm-key-file: 'openai' is not a valid table"):
+        _load(tmp_path, flags={"llm.key_files": ["openai"]})
 
 
 def test_serve_stops_at_start_with_the_error_and_exit_code_2(

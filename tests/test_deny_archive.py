@@ -1,11 +1,11 @@
-"""Issue 11 #1: a model archive cannot keep state, read or write out of bounds, or
-mutate its inputs inside the trusted evaluator.
+"""A model archive cannot keep state, read or write out of bounds, or mutate its inputs
+inside the trusted evaluator.
 
-The hostile archives (tests/hostile_archives.py) are real bilevel-graph/1 files that
-the old loader accepted. In-process tests cover the loader; the docker tests send the
-stateful forger through the real phase-2 sandbox (trainer.run.eval_job_spec) under
-runc and runsc. The sensitivity tests flip the private `_ENFORCE_PURITY` switch to show
-the same archives succeeding without the fix.
+The hostile archives (tests/hostile_archives.py) are real bilevel-graph/1 files that a
+deny-list loader accepts. In-process tests cover the loader; the docker tests send the
+stateful forger through the real phase-2 sandbox (tasks/trainer_run.py's eval_job_spec) under
+runc and runsc. The sensitivity tests load the same archives with the protections
+taken out (tests/weak_archive.py) and show the attacks working.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from tests import hostile_archives as hostile
+from tests import weak_archive
 from tests.test_trainer_data import tiny_data  # noqa: F401  (session fixture)
 from trainer import archive, archive_ops
 from trainer.archive import ArchiveError, load_archive
@@ -49,7 +50,7 @@ def split(tmp_path: Path) -> Split:
 
 @pytest.fixture()
 def unenforced(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(archive, "_ENFORCE_PURITY", False)
+    weak_archive.weaken(monkeypatch)
     yield
 
 
@@ -88,9 +89,9 @@ def test_deny_stateful_forger_by_fresh_instances_alone(
         split: Split, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even with its op let through, fresh weights per call leave the forger stateless:
     it then always peeks, and the probe catches it."""
-    monkeypatch.setattr(archive, "_ENFORCE_PURITY", False)
+    monkeypatch.setattr(archive, "_resolve", weak_archive.resolve_by_denylist)
     model = load_archive(FORGER)
-    monkeypatch.setattr(archive, "_ENFORCE_PURITY", True)  # calls are fresh instances
+    monkeypatch.undo()  # the loaded model now runs as the product runs it: fresh instances
     with pytest.raises(CausalityViolation, match="causal"):
         evaluate_bpb(model, split, BATCH, CPU, seed=11)
     assert not model.weights["phase_mean"].any()  # its stored state never changed
@@ -117,8 +118,9 @@ def test_sensitivity_reshape_alias_reads_past_its_storage_without_the_fix(
     script = textwrap.dedent(f"""
         import torch
         from pathlib import Path
+        from tests import weak_archive
         from trainer import archive
-        archive._ENFORCE_PURITY = False
+        weak_archive.weaken()
         model = archive.load_archive(Path({str(path)!r}).read_bytes())
         print("shape", tuple(model(torch.zeros({BATCH}, {SEQ}, dtype=torch.long)).shape))
     """)
@@ -140,8 +142,9 @@ def test_sensitivity_out_of_bounds_write_crashes_the_evaluator_without_the_fix(
     script = textwrap.dedent(f"""
         import torch
         from pathlib import Path
+        from tests import weak_archive
         from trainer import archive
-        archive._ENFORCE_PURITY = False
+        weak_archive.weaken()
         model = archive.load_archive(Path({str(path)!r}).read_bytes())
         model(torch.zeros({BATCH}, {SEQ}, dtype=torch.long))
         print("survived")
@@ -226,14 +229,14 @@ def test_export_refuses_a_model_that_builds_strided_views() -> None:
 
 
 def test_phase_two_job_is_a_plain_hardened_job() -> None:
+    from controller.research.tasks.trainer_run import VAL_TARGET, eval_job_spec
     from trainer.presets import PRESETS
-    from trainer.run import VAL_TARGET, eval_job_spec
 
     preset = PRESETS["cpu-tiny"]
     spec = eval_job_spec(b"archive", preset, "val-volume", "runsc", ("0",))
     assert spec.command[:3] == ("python", "-P", "-m")  # /job is not on sys.path
     assert list(spec.files) == ["model.bilevel"] and spec.image is None
-    assert [(m.volume, m.target) for m in spec.data_mounts] == [("val-volume", VAL_TARGET)]
+    assert [(m.source, m.target) for m in spec.data_mounts] == [("val-volume", VAL_TARGET)]
     assert spec.runtime == "runsc" and spec.gpu_ids == ("0",)
     assert spec.limits.wall_seconds == preset.eval_limits.wall_seconds
     assert spec.limits.memory_bytes == preset.eval_limits.memory_bytes
@@ -251,15 +254,15 @@ def test_deny_hostile_archive_in_the_phase_two_sandbox(
         tiny_data: PreparedData) -> None:  # noqa: F811
     """The forger (val_bpb 0.031 with probe difference 0.0 on this split before the fix)
     and the out-of-bounds writer (SIGSEGV before) are refused at load, in the real job."""
+    from controller.research.tasks.trainer_run import data_refs, eval_job_spec
     from controller.sandbox.spec import Status
     from trainer.presets import PRESETS
-    from trainer.run import data_volumes, eval_job_spec
 
     preset = PRESETS["cpu-tiny"]
     build = {"forger": hostile.stateful_forger, "oob_write": hostile.out_of_bounds_write}
     data = build[attack](preset.data.eval_batch_size, preset.data.seq_len, 257)
-    _, val_volume = data_volumes(executor, tiny_data)
-    result = executor.run(eval_job_spec(data, preset, val_volume, runtime))
+    _, val_data = data_refs(executor, tiny_data)
+    result = executor.run_job(eval_job_spec(data, preset, val_data, runtime))
     assert result.status is Status.ERROR, result
     assert result.exception is not None and result.exception.type == "ArchiveError"
     assert refused in result.exception.message

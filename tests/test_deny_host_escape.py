@@ -19,8 +19,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from controller.research.tasks.manifest import TaskError, load_task_dir
-from controller.sandbox.executor import SandboxExecutor
+from controller.research.tasks.errors import TaskError
+from controller.research.tasks.manifest import load_task_dir
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.spec import DataMount, JobResult, JobSpec, Limits, SpecError, Status
 from tests.host_escape import (
     CAP,
@@ -59,12 +61,12 @@ def escape(docker_client: docker.DockerClient, sandbox_image: str) -> Iterator[E
             remove_volume(docker_client, volume)
 
 
-def attack(executor: SandboxExecutor, escape: Escape, runtime: str,
+def attack(executor: SandboxBackend, escape: Escape, runtime: str,
            mount: type[DataMount] = UncheckedMount) -> JobResult:
     spec = JobSpec(files={"main.py": b"print('job ran')\n"}, command=("python3", "main.py"),
                    runtime=runtime, limits=Limits(wall_seconds=60),
-                   data_mounts=(mount(volume=escape.volume, target=SITE_DIR),))
-    return executor.run(spec)
+                   data_mounts=(mount(source=escape.volume, target=SITE_DIR),))
+    return executor.run_job(spec)
 
 
 # The mount allow-list: data goes under /data/ and nowhere else.
@@ -79,7 +81,7 @@ def attack(executor: SandboxExecutor, escape: Escape, runtime: str,
 def test_deny_mount_targets_outside_data(target: str) -> None:
     with pytest.raises(SpecError) as caught:
         JobSpec(files={}, command=("true",),
-                data_mounts=(DataMount(volume="v", target=target),)).validate()
+                data_mounts=(DataMount(source="v", target=target),)).validate()
     assert caught.value.field == "data_mounts[0].target"
     assert "under /data/" in caught.value.reason
 
@@ -87,7 +89,7 @@ def test_deny_mount_targets_outside_data(target: str) -> None:
 @pytest.mark.parametrize("target", ["/data/train", "/data/eval", "/data/a/b-c/d_e.1"])
 def test_allow_mount_targets_under_data(target: str) -> None:
     JobSpec(files={}, command=("true",),
-            data_mounts=(DataMount(volume="v", target=target),)).validate()
+            data_mounts=(DataMount(source="v", target=target),)).validate()
 
 
 def test_deny_a_manifest_mounting_on_a_site_dir(tmp_path: Path) -> None:
@@ -112,7 +114,7 @@ def test_deny_a_manifest_mounting_on_a_site_dir(tmp_path: Path) -> None:
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_deny_site_dir_mount_is_refused_with_the_other_layers_off(
-        executor: SandboxExecutor, escape: Escape, monkeypatch: pytest.MonkeyPatch,
+        executor: SandboxBackend, escape: Escape, monkeypatch: pytest.MonkeyPatch,
         runtime: str) -> None:
     layers = Layers(monkeypatch)
     layers.site_processing()
@@ -127,7 +129,7 @@ def test_deny_site_dir_mount_is_refused_with_the_other_layers_off(
 
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_escape_works_with_every_layer_off(executor: SandboxExecutor, escape: Escape,
+def test_escape_works_with_every_layer_off(executor: SandboxBackend, escape: Escape,
                                            monkeypatch: pytest.MonkeyPatch,
                                            runtime: str) -> None:
     layers = Layers(monkeypatch)
@@ -149,7 +151,7 @@ def test_escape_works_with_every_layer_off(executor: SandboxExecutor, escape: Es
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_deny_runner_runs_no_site_hook_with_the_other_layers_off(
-        executor: SandboxExecutor, escape: Escape, monkeypatch: pytest.MonkeyPatch,
+        executor: SandboxBackend, escape: Escape, monkeypatch: pytest.MonkeyPatch,
         runtime: str) -> None:
     layers = Layers(monkeypatch)
     layers.dac_read_search()
@@ -166,7 +168,7 @@ def test_deny_runner_runs_no_site_hook_with_the_other_layers_off(
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_deny_runner_holds_no_dac_read_search_with_the_other_layers_off(
-        executor: SandboxExecutor, escape: Escape, monkeypatch: pytest.MonkeyPatch,
+        executor: SandboxBackend, escape: Escape, monkeypatch: pytest.MonkeyPatch,
         runtime: str) -> None:
     layers = Layers(monkeypatch)
     layers.site_processing()
@@ -184,7 +186,7 @@ def test_deny_runner_holds_no_dac_read_search_with_the_other_layers_off(
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_deny_seccomp_refuses_file_handles_with_the_other_layers_off(
-        executor: SandboxExecutor, escape: Escape, monkeypatch: pytest.MonkeyPatch,
+        executor: SandboxBackend, escape: Escape, monkeypatch: pytest.MonkeyPatch,
         runtime: str) -> None:
     layers = Layers(monkeypatch)
     layers.site_processing()
@@ -225,8 +227,8 @@ print(json.dumps(out))
 """
 
 
-def forbidden_calls(executor: SandboxExecutor, runtime: str) -> dict[str, int]:
-    result = executor.run(JobSpec(files={"main.py": FORBIDDEN_CALLS.encode()},
+def forbidden_calls(executor: SandboxBackend, runtime: str) -> dict[str, int]:
+    result = executor.run_job(JobSpec(files={"main.py": FORBIDDEN_CALLS.encode()},
                                   command=("python3", "main.py"), runtime=runtime))
     assert result.status is Status.OK, result
     return proc_status(result)
@@ -234,7 +236,7 @@ def forbidden_calls(executor: SandboxExecutor, runtime: str) -> dict[str, int]:
 
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_deny_seccomp_refuses_calls_no_job_needs(executor: SandboxExecutor,
+def test_deny_seccomp_refuses_calls_no_job_needs(executor: SandboxBackend,
                                                 runtime: str) -> None:
     out = forbidden_calls(executor, runtime)
     assert out == dict.fromkeys(out, -errno.EPERM), out
@@ -243,7 +245,7 @@ def test_deny_seccomp_refuses_calls_no_job_needs(executor: SandboxExecutor,
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_io_uring_and_ptrace_work_under_dockers_default_profile(
-        executor: SandboxExecutor, monkeypatch: pytest.MonkeyPatch, runtime: str) -> None:
+        executor: SandboxBackend, monkeypatch: pytest.MonkeyPatch, runtime: str) -> None:
     Layers(monkeypatch).docker_seccomp()
     out = forbidden_calls(executor, runtime)
     assert out["io_uring_setup"] >= 0, out  # an io_uring instance: a large kernel surface
@@ -256,8 +258,8 @@ def test_io_uring_and_ptrace_work_under_dockers_default_profile(
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_deny_runner_capabilities_beyond_kill_and_setuid_after_start(
-        executor: SandboxExecutor, runtime: str) -> None:
-    result = executor.run(JobSpec(files={"main.py": READ_RUNNER_CAPS.encode()},
+        executor: SandboxBackend, runtime: str) -> None:
+    result = executor.run_job(JobSpec(files={"main.py": READ_RUNNER_CAPS.encode()},
                                   command=("python3", "main.py"), runtime=runtime))
     caps = proc_status(result)
     kept = mask("KILL", "SETUID")
@@ -269,12 +271,12 @@ def test_deny_runner_capabilities_beyond_kill_and_setuid_after_start(
 def test_runner_keeps_its_start_up_capabilities_without_the_drop(
         docker_client: docker.DockerClient, sandbox_image: str, runtime: str) -> None:
     image = runner_image_without_cap_drop(docker_client, sandbox_image)
-    from controller.sandbox.executor import ExecutorConfig
+    from controller.sandbox.backend_config import ExecutorConfig
 
-    ex = SandboxExecutor(ExecutorConfig(image=image, slots=1, namespace="pytest",
+    ex = DockerExecutor(ExecutorConfig(image=image, slots=1, namespace="pytest",
                                         runtime="runc"))
     try:
-        result = ex.run(JobSpec(files={"main.py": READ_RUNNER_CAPS.encode()},
+        result = ex.run_job(JobSpec(files={"main.py": READ_RUNNER_CAPS.encode()},
                                 command=("python3", "main.py"), runtime=runtime))
     finally:
         ex.close()

@@ -19,7 +19,9 @@ import docker.errors
 import pytest
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.backend import Sweep
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.reaper import LABEL_NAMESPACE, LABEL_OWNER
 from controller.sandbox.spec import DataMount, JobResult, JobSpec, Limits, Status
 from controller.sandbox.task_image_tags import (
@@ -31,7 +33,6 @@ from controller.sandbox.task_image_tags import (
 from controller.sandbox.volumes import (
     LABEL_HOLDS,
     LABEL_STORE,
-    Sweep,
     data_volume_name,
     ensure_data_volume,
     hold_data_volume,
@@ -176,7 +177,7 @@ def test_sweep_skips_a_volume_a_job_is_using_and_the_job_succeeds(
         namespace: str) -> None:
     """An unclaimed volume that a running job mounts: the sweep's removal meets the
     engine's 409, keeps it, and the job reads its data to the end."""
-    executor = SandboxExecutor(ExecutorConfig(image=sandbox_image, namespace=namespace))
+    executor = DockerExecutor(ExecutorConfig(image=sandbox_image, namespace=namespace))
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.txt").write_text("42\n")
     name = data_volume_name(namespace, "test-data")
@@ -185,9 +186,9 @@ def test_sweep_skips_a_volume_a_job_is_using_and_the_job_succeeds(
     spec = JobSpec(files={"main.py": b"import time\ntime.sleep(3)\n"
                                      b"print(open('/data/in/x.txt').read().strip())\n"},
                    command=("python3", "main.py"), limits=Limits(wall_seconds=60),
-                   data_mounts=(DataMount(volume=name, target="/data/in"),))
+                   data_mounts=(DataMount(source=name, target="/data/in"),))
     results: list[JobResult] = []
-    job = threading.Thread(target=lambda: results.append(executor.run(spec)))
+    job = threading.Thread(target=lambda: results.append(executor.run_job(spec)))
     job.start()
     try:
         wait_running_job(docker_client, "execute", namespace)

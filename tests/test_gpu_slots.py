@@ -14,7 +14,8 @@ import docker
 import pytest
 
 from controller.sandbox import executor as executor_module
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.gpus import (
     GpuConfigError,
     GpuSlots,
@@ -107,7 +108,8 @@ def test_discovery_never_falls_back_to_cpu_silently(monkeypatch: pytest.MonkeyPa
 
 
 class _Recorder:
-    """Stands in for executor._Job: records the spec each job got, holds it a while."""
+    """Stands in for the Docker backend's DockerJob: records the spec each job got,
+    holds it a while."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -136,13 +138,13 @@ class _Recorder:
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
     fake = _Recorder()
-    monkeypatch.setattr(executor_module, "_Job", fake)
+    monkeypatch.setattr(executor_module, "DockerJob", fake)
     return fake
 
 
 @pytest.fixture
-def gpu_executor(sandbox_image: str) -> Iterator[SandboxExecutor]:
-    ex = SandboxExecutor(ExecutorConfig(
+def gpu_executor(sandbox_image: str) -> Iterator[DockerExecutor]:
+    ex = DockerExecutor(ExecutorConfig(
         image=sandbox_image, namespace=f"pytest-gpu-{uuid.uuid4().hex[:8]}",
         gpu_slots=(("0",), ("1",), ("MIG-x",))))
     yield ex
@@ -150,10 +152,10 @@ def gpu_executor(sandbox_image: str) -> Iterator[SandboxExecutor]:
 
 
 @pytest.mark.docker
-def test_concurrent_jobs_each_get_their_own_gpu_slot(gpu_executor: SandboxExecutor,
+def test_concurrent_jobs_each_get_their_own_gpu_slot(gpu_executor: DockerExecutor,
                                                      recorder: _Recorder) -> None:
     spec = JobSpec(files={}, command=("true",))
-    threads = [threading.Thread(target=gpu_executor.run, args=(spec,)) for _ in range(12)]
+    threads = [threading.Thread(target=gpu_executor.run_job, args=(spec,)) for _ in range(12)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -165,14 +167,14 @@ def test_concurrent_jobs_each_get_their_own_gpu_slot(gpu_executor: SandboxExecut
 
 @pytest.mark.docker
 def test_deny_a_job_choosing_its_gpus_when_the_controller_assigns_them(
-        gpu_executor: SandboxExecutor, recorder: _Recorder) -> None:
+        gpu_executor: DockerExecutor, recorder: _Recorder) -> None:
     with pytest.raises(SpecError, match="assigned by the controller"):
-        gpu_executor.run(JobSpec(files={}, command=("true",), gpu_ids=("1",)))
+        gpu_executor.run_job(JobSpec(files={}, command=("true",), gpu_ids=("1",)))
     assert recorder.seen == []
 
 
 @pytest.mark.docker
-def test_gpu_slots_set_the_number_of_job_slots(gpu_executor: SandboxExecutor) -> None:
+def test_gpu_slots_set_the_number_of_job_slots(gpu_executor: DockerExecutor) -> None:
     taken = [gpu_executor.slots.try_acquire("pytest", gpus=1) for _ in range(4)]
     assert [t is not None for t in taken] == [True, True, True, False]
     for grant in taken[:3]:
@@ -183,11 +185,11 @@ def test_gpu_slots_set_the_number_of_job_slots(gpu_executor: SandboxExecutor) ->
 @pytest.mark.docker
 def test_a_runsc_deployment_runs_every_job_under_gvisor(sandbox_image: str,
                                                         recorder: _Recorder) -> None:
-    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, runtime="runsc",
+    ex = DockerExecutor(ExecutorConfig(image=sandbox_image, runtime="runsc",
                                         namespace=f"pytest-gpu-{uuid.uuid4().hex[:8]}"))
     try:
-        ex.run(JobSpec(files={}, command=("true",), runtime="runc"))
-        ex.run(JobSpec(files={}, command=("true",), runtime="runsc"))
+        ex.run_job(JobSpec(files={}, command=("true",), runtime="runc"))
+        ex.run_job(JobSpec(files={}, command=("true",), runtime="runsc"))
     finally:
         ex.close()
     assert [s.runtime for s in recorder.seen] == ["runsc", "runsc"]
@@ -197,10 +199,10 @@ def test_a_runsc_deployment_runs_every_job_under_gvisor(sandbox_image: str,
 def test_a_gpu_job_on_an_engine_without_nvidia_support_fails_as_a_sandbox_error(
         sandbox_image: str) -> None:
     """The request reaches Docker with the slot's ids; this engine has no GPU driver."""
-    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, gpu_slots=(("0",),),
+    ex = DockerExecutor(ExecutorConfig(image=sandbox_image, gpu_slots=(("0",),),
                                         namespace=f"pytest-gpu-{uuid.uuid4().hex[:8]}"))
     try:
-        result = ex.run(JobSpec(files={}, command=("true",)))
+        result = ex.run_job(JobSpec(files={}, command=("true",)))
     finally:
         ex.close()
     assert result.status == Status.SANDBOX_ERROR

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,26 +31,35 @@ from hypothesis import strategies as st
 
 from controller.api import convert, enums
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
-from controller.research.level1 import evaluation, knobs
+from controller.research.level1 import evaluation
 from controller.research.level1.loop import InnerLoop, StopSignal
-from controller.research.level1.proposer import LocalPerturbation
+from controller.research.level1.offline.local import LocalPerturbation
 from controller.research.level2.records import Effect, FailureReason
 from controller.research.level2.runtime import MechanismSet, MechanismSettings
 from controller.research.settings import Budgets, RunSettings, SearchSettings
 from controller.research.task import TrialOutcome
 from controller.research.tasks.surrogate import KNOB_NAMES, SOURCE, SurrogateTask
-from controller.sandbox import archive, bounded_json, job_output, session
+from controller.sandbox import archive, bounded_json, job_output, replies
+from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.bounded_json import Caps, JSONLimitError
-from controller.sandbox.executor import SandboxExecutor
-from controller.sandbox.session import MAX_LINE_BYTES, Reply, SessionDead, _Frames, parse_reply
+from controller.sandbox.replies import MAX_LINE_BYTES, Reply, SessionDead, parse_reply
+from controller.sandbox.session import _Frames
 from controller.sandbox.spec import JobResult, Status
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import RunState, TrialStatus
 from controller.store.runs import RunStore
-from mechanisms.wire import LoopState, Proposal, TrialView, Verdict, WireError, knob_from_json
+from mechanisms.wire import (
+    FilterVerdict,
+    LoopState,
+    MechanismProposal,
+    TrialView,
+    WireError,
+    knob_from_json,
+)
 from tests.conftest import RUNTIMES
 from tests.test_api_harness import Stubs, serving
 from tests.test_mechanism_sandbox import SPACE, loop_state
+from trainer import knobs
 
 PROPERTY = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -274,10 +284,10 @@ def test_unsafe_names_are_refused_and_listed_escaped() -> None:
 def test_parse_reply_is_a_reply_or_a_protocol_death(data: bytes) -> None:
     reply = parse_reply(data, 1)
     if isinstance(reply, SessionDead):
-        assert reply.reason is session.DeathReason.PROTOCOL
+        assert reply.reason is replies.DeathReason.PROTOCOL
         return
     assert isinstance(reply, Reply)
-    _assert_bounded(reply.result, session.REPLY_CAPS)
+    _assert_bounded(reply.result, replies.REPLY_CAPS)
     if reply.error is not None:
         _proto(JobResult(status=Status.ERROR, exit_code=1, exception=reply.error))
 
@@ -318,7 +328,7 @@ def test_frames_reader_returns_lines_or_raises_only_its_errors(
             assert b"\n" not in line and len(line) <= MAX_LINE_BYTES
             assert isinstance(parse_reply(line, 1), Reply | SessionDead)
     except SessionDead as dead:
-        assert dead.reason is session.DeathReason.OUTPUT_LIMIT
+        assert dead.reason is replies.DeathReason.OUTPUT_LIMIT
     finally:
         sock.close()
         thread.join(5)
@@ -341,10 +351,11 @@ def test_a_100_mb_line_is_refused_at_the_cap_not_buffered(cap: int, reason: str)
 @given(json_ish)
 def test_wire_parsers_raise_only_wire_errors(raw: Any) -> None:
     parsers: list[Callable[[], object]] = [
-        lambda: Proposal.from_json(raw, SPACE), lambda: Verdict.from_json(raw, SPACE),
+        lambda: MechanismProposal.from_json(raw, SPACE),
+        lambda: FilterVerdict.from_json(raw, SPACE),
         lambda: TrialView.from_json(raw), lambda: LoopState.from_json(raw),
-        lambda: knob_from_json(raw), lambda: Proposal.from_json({"changes": raw}, SPACE),
-        lambda: Verdict.from_json({"action": "replace", "reason": "r",
+        lambda: knob_from_json(raw), lambda: MechanismProposal.from_json({"changes": raw}, SPACE),
+        lambda: FilterVerdict.from_json({"action": "replace", "reason": "r",
                                    "proposal": {"changes": {"DEPTH": raw}}}, SPACE),
         lambda: LoopState.from_json({**loop_state(1).to_json(), "history": raw})]
     for parse in parsers:
@@ -456,7 +467,7 @@ def test_deny_forged_job_output_over_grpc(tmp_path: Path, sandbox_image: str,
 
 @pytest.mark.docker
 def test_deny_forged_record_in_a_run_fails_only_its_trial(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     # Every candidate (any knob off the baseline's value) forges its record.
     base = {name: value for name, value in knobs.read_knobs(SOURCE.read_text()).items()
             if name in KNOB_NAMES}
@@ -475,7 +486,7 @@ def test_deny_forged_record_in_a_run_fails_only_its_trial(
 
 
 @pytest.fixture(params=RUNTIMES)
-def mechanisms(executor: SandboxExecutor, request: pytest.FixtureRequest
+def mechanisms(executor: SandboxBackend, request: pytest.FixtureRequest
                ) -> Iterator[MechanismSet]:
     settings_ = MechanismSettings(runtime=request.param, call_timeout_seconds=5.0)
     with MechanismSet(executor, SPACE, settings_) as active:
@@ -518,10 +529,11 @@ def test_deny_mechanism_deep_json_or_huge_line_is_disabled_promptly(
 
 @pytest.mark.docker
 def test_sensitivity_unbounded_replies_let_deep_json_escape(
-        executor: SandboxExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The twin of the deep-JSON deny test: with plain json.loads the RecursionError
-    # escapes the mechanism set, which is what failed whole runs before.
-    monkeypatch.setattr(session, "_BOUNDED_REPLIES", False)
+        executor: SandboxBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The twin of the deep-JSON deny test: with plain json.loads in place of the bounded
+    # parser, the RecursionError escapes the mechanism set (it failed whole runs).
+    monkeypatch.setattr(replies, "bounded_json", SimpleNamespace(
+        loads=lambda raw, _caps, _what: json.loads(raw)))
     with MechanismSet(executor, SPACE, MechanismSettings(call_timeout_seconds=5.0)) as active:
         payload = 'b\'{"id": 2, "ok": true, "result": \' + b"[" * 100000 + b"]" * 100000 + b"}\\n"'
         assert active.activate("bad", _writer(payload)).failure is None

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.llm.fake_server import FakeLLMServer, Reply
 from controller.llm.settings import LLMAccess
-from controller.research.level1.proposers import build_run_provider
+from controller.research.level1.run_proposer import build_run_provider
 from controller.research.level15.loop import AdjustmentError, ConfigState, validate
 from controller.research.outer import attach_outer_levels
 from controller.research.settings import OuterSettings
 from controller.store.records import EventKind, RunState
+from tests.fake_llm_server import FakeLLMServer, Reply
 from tests.test_loop_harness import TEST_KEY, SyntheticTask, llm_settings, make_loop, run_settings
 
 KNOBS = ["DEPTH", "MATRIX_LR", "EMBEDDING_LR", "WEIGHT_DECAY"]

@@ -11,15 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from controller.llm.fake_server import FakeLLMServer
 from controller.research.level2 import report as mechanism_report
 from controller.research.level2.report import finding
 from controller.research.settings import Budgets, InitialMechanism, OuterSettings, RunSettings
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.store.mechanisms import ACTIVE, MechanismLog, MechanismRow
 from controller.store.records import EventKind, RunState, TrialStatus
 from mechanisms.interface import ACTING_HOOKS
-from tests.test_level2_mechanisms import _mechanism, designer, surrogate_loop
+from tests.fake_llm_server import FakeLLMServer
+from tests.test_level2_mechanisms import (
+    _mechanism,
+    assert_verdict_is_the_stated_one,
+    designer,
+    surrogate_loop,
+)
 from tests.test_loop_harness import TEST_KEY, llm_settings
 
 pytestmark = pytest.mark.docker
@@ -40,7 +45,7 @@ OOMER = _mechanism('''
 
 
 def test_credit_goes_to_the_suggestion_that_ran_and_oom_is_not_blamed_on_the_candidate(
-        tmp_path: Path, executor: SandboxExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, executor: SandboxBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
     _, responder = designer([("steady", "numerical schedules", STEADY)])
     with FakeLLMServer(responder=responder) as server:  # type: ignore[arg-type]
@@ -91,7 +96,10 @@ def test_credit_goes_to_the_suggestion_that_ran_and_oom_is_not_blamed_on_the_can
     assert crashes and crashes <= without
     assert steady.score["test"].startswith("one-sided paired randomisation test")
     assert len(steady.score["pairs"]) == 4 and steady.score["effective"] == 4
-    assert steady.status in ("kept", "reverted") and steady.reason
+    assert_verdict_is_the_stated_one(store, "run-l2", settings.search.seed, steady)
+    # Each of oomer's OOMs is the WITHOUT half of a judged pair: it counts against the
+    # arm without steady, never against steady.
+    assert crashes <= {without for _, without in steady.score["pairs"]}
     summary = {s.row.name: s for s in mechanism_report.summaries(store, "run-l2")}
     assert summary["steady"].changed_trials == len(
         [t for t in trials.values() if t.proposal_source == "mechanism:steady"])
@@ -113,7 +121,7 @@ TALKER = _mechanism('''
 
 
 def test_freeze_skips_a_suggestion_keeps_the_mechanism_and_idle_differs_from_uncalled(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     settings = RunSettings(budgets=Budgets(max_trials=7), outer=OuterSettings(
         suggest_every=1, mechanisms=(InitialMechanism("pinner", PINNER),
                                      InitialMechanism("noop"),
@@ -154,7 +162,7 @@ def test_freeze_skips_a_suggestion_keeps_the_mechanism_and_idle_differs_from_unc
 
 
 def test_no_round_starts_that_the_run_could_not_judge(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     settings = RunSettings(budgets=Budgets(max_trials=6), outer=OuterSettings(
         levels=("1", "2"), mechanism_source="library", l2_every=5))
     loop, store = surrogate_loop(tmp_path, executor, settings)

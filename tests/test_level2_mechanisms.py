@@ -1,6 +1,7 @@
 """Level 2 inside real runs on the surrogate task: mechanisms run in sandboxes, their
 hook calls are stored with the trials, bad ones are stopped at the right gate or
-disabled at runtime while the run goes on, and hurting or idle ones are reverted."""
+disabled at runtime while the run goes on, one that reaches for the network is stopped
+by its sandbox, and each verdict is the one the stated test gives on the stored trials."""
 
 from __future__ import annotations
 
@@ -11,26 +12,36 @@ from pathlib import Path
 
 import pytest
 
-from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply, Script
 from controller.llm.settings import LLMAccess
 from controller.research.level1.loop import InnerLoop, StopSignal
-from controller.research.level1.proposer import LocalPerturbation
-from controller.research.level1.proposers import build_run_provider
+from controller.research.level1.offline.local import LocalPerturbation
+from controller.research.level1.run_proposer import build_run_provider
+from controller.research.level2 import gates
 from controller.research.level2 import report as mechanism_report
+from controller.research.level2 import verdict as level2_verdict
 from controller.research.outer import attach_outer_levels
 from controller.research.settings import Budgets, OuterSettings, RunSettings
 from controller.research.tasks.surrogate import SurrogateTask
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.store.artifacts import ArtifactStore
-from controller.store.mechanisms import DISABLED, GATE_REJECTED, KEPT, REVERTED
+from controller.store.mechanisms import (
+    DISABLED,
+    GATE_REJECTED,
+    KEPT,
+    REVERTED,
+    MechanismLog,
+    MechanismRow,
+)
 from controller.store.records import EventKind, RunState
 from controller.store.runs import RunStore
+from mechanisms.interface import ACTING_HOOKS
+from tests.fake_llm_server import FakeLLMServer, RecordedRequest, Reply, Script
 from tests.test_loop_harness import TEST_KEY, llm_settings
 
 pytestmark = pytest.mark.docker
 
 
-def surrogate_loop(tmp_path: Path, executor: SandboxExecutor, settings: RunSettings,
+def surrogate_loop(tmp_path: Path, executor: SandboxBackend, settings: RunSettings,
                    access: LLMAccess | None = None) -> tuple[InnerLoop, RunStore]:
     settings.validate()
     store = RunStore(tmp_path / "db.sqlite3")
@@ -45,8 +56,36 @@ def surrogate_loop(tmp_path: Path, executor: SandboxExecutor, settings: RunSetti
     return loop, store
 
 
+def stated_verdict(store: RunStore, run_id: str, seed: int,
+                   row: MechanismRow) -> level2_verdict.MechanismVerdict:
+    """The verdict the stated test gives on what the store holds: the arms the coins
+    assigned, the trials' scores, and the WITH trials the candidate's hooks changed."""
+    assert row.activated_at is not None and row.window_end is not None
+    arms = MechanismLog(store).outer_state(run_id, f"arms:{row.name}")
+    assert arms is not None, row.name
+    with_ = [i for i in arms["with"] if i <= row.window_end]
+    scores, _, _ = level2_verdict.trial_scores(store.trials(run_id),
+                                               store.get_run(run_id).noise_sigma)
+    changed = {c.trial for c in store.mechanism_records(run_id)
+               if c.mechanism == row.name and c.trial in with_ and c.hook in ACTING_HOOKS
+               and c.effective}
+    return level2_verdict.decide(seed, row.name, row.activated_at, row.window_end, with_,
+                                 arms["without"], scores, len(changed))
+
+
+def assert_verdict_is_the_stated_one(store: RunStore, run_id: str, seed: int,
+                                     row: MechanismRow) -> None:
+    expected = stated_verdict(store, run_id, seed, row)
+    assert expected.judged, expected
+    assert row.status == (KEPT if expected.keep else REVERTED), (row, expected)
+    assert row.score["p"] == expected.p and row.score["pairs"] == [
+        list(pair) for pair in expected.pairs], (row.score, expected)
+    verbs = ("kept",) if expected.keep else ("reverted", "idle", "never called")
+    assert row.reason.startswith(verbs), row.reason
+
+
 def test_library_mechanisms_are_chosen_by_the_bandit_and_judged_by_the_coin_design(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     settings = RunSettings(budgets=Budgets(max_trials=20), outer=OuterSettings(
         levels=("1", "2"), mechanism_source="library", l2_every=4))
     loop, store = surrogate_loop(tmp_path, executor, settings)
@@ -58,12 +97,12 @@ def test_library_mechanisms_are_chosen_by_the_bandit_and_judged_by_the_coin_desi
     first, second = rows
     for row in rows:
         assert row.origin == "library" and "bandit: Thompson draw" in row.field, row.field
-    # Each was judged over its own window of 8 by the stated test.
+    # Each was judged over its own window of 8 by the stated test, and its verdict is
+    # the one that test gives on the stored trials.
     for row in rows:
-        assert row.status in (KEPT, REVERTED), row
         assert row.score["test"].startswith("one-sided paired randomisation test")
-        assert len(row.score["pairs"]) == 4 and row.reason.startswith(
-            ("kept", "reverted", "idle", "never called")), row.reason
+        assert len(row.score["pairs"]) == 4
+        assert_verdict_is_the_stated_one(store, "run-l2", settings.search.seed, row)
     assert second.activated_at is not None and first.window_end is not None
     assert second.activated_at > first.window_end
     calls = store.mechanism_records("run-l2")
@@ -139,13 +178,13 @@ HURTS = _mechanism('''
 ''')
 
 
-def network(port: int) -> str:
+def network(host: str, port: int) -> str:
     return _mechanism(f'''
         import socket
 
         class Caller:
             def filter(self, proposal, state):
-                socket.create_connection(("172.17.0.1", {port}), timeout=1).close()
+                socket.create_connection(({host!r}, {port}), timeout=1).close()
                 return {{"action": "accept"}}
     ''')
 
@@ -181,12 +220,12 @@ def designer(codes: list[tuple[str, str, str]]) -> tuple[
 
 
 def test_bad_mechanisms_are_stopped_or_disabled_and_the_run_goes_on(
-        tmp_path: Path, executor: SandboxExecutor, listener: tuple[int, list[str]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, executor: SandboxBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
-    port, accepted = listener
     codes = [("not_python", "typos", "class Broken(:\n    pass\n"),
-             ("caller", "networking", network(port)),
+             # refused by the static gate before it runs: the address (TEST-NET-1) is
+             # never dialled; the next test lets it run against a real listener
+             ("caller", "networking", network("192.0.2.1", 9)),
              ("reader", "file systems", FILES),
              ("raiser", "software faults", RAISES),
              ("hanger", "halting problems", HANGS),
@@ -211,7 +250,6 @@ def test_bad_mechanisms_are_stopped_or_disabled_and_the_run_goes_on(
     assert "not valid Python" in rows["not_python"].reason
     assert "'socket' is not allowed" in rows["caller"].reason
     assert "'open' is not allowed" in rows["reader"].reason
-    assert accepted == []
     for name, reason in (("raiser", "raised"), ("hanger", "timeout"), ("hog", "oom")):
         row = rows[name]
         assert row.status == DISABLED, row
@@ -235,3 +273,38 @@ def test_bad_mechanisms_are_stopped_or_disabled_and_the_run_goes_on(
     # Its WITH trials all OOM; the paired test sees it far behind its WITHOUT twins.
     assert giant.status == REVERTED and giant.reason.startswith("reverted"), giant
     assert giant.score["effect"] < 0 and giant.score["p"] > 0.1, giant.score
+
+
+def test_deny_network_from_a_mechanism_in_a_run_is_the_sandboxs_doing(
+        tmp_path: Path, executor: SandboxBackend, bridge_gateway: str,
+        listener: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The static gate refuses `socket` (above); here it waves the caller through, so
+    the caller's filter really tries to connect to a listener on this machine while the
+    contract gate exercises it. Its sandbox has no network: the connection fails, the
+    listener sees nobody, the mechanism is refused and the run goes on."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
+    port, accepted = listener
+    source = network(bridge_gateway, port)
+    static_check = gates.static_check
+
+    def waved_through(code: str, settings: gates.GateSettings | None = None
+                      ) -> gates.GateVerdict:
+        if code.strip() == source.strip():
+            return gates.GateVerdict("static", True, "waved through by the test")
+        return static_check(code, settings)
+
+    monkeypatch.setattr(gates, "static_check", waved_through)
+    _, responder = designer([("caller", "networking", source)])
+    with FakeLLMServer(responder=responder) as server:  # type: ignore[arg-type]
+        settings = RunSettings(
+            budgets=Budgets(max_trials=6), llm=llm_settings(server.anthropic_url),
+            outer=OuterSettings(levels=("1", "2"), mechanism_source="llm", l2_every=2,
+                                code_retries=0, max_l2_rounds=1))
+        loop, store = surrogate_loop(tmp_path, executor, settings)
+        loop.run()
+    assert store.get_run("run-l2").state is RunState.SUCCEEDED
+    [row] = store.mechanisms("run-l2")
+    assert row.status == GATE_REJECTED, row
+    assert [g["gate"] for g in row.gates] == ["static", "contract"], row.gates
+    assert "filter: raised" in row.reason and "OSError" in row.traceback, row.reason
+    assert accepted == []

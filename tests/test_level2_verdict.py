@@ -1,6 +1,6 @@
-"""Level 2's verdict as statistics: the coin design and its test (research/level2_verdict.py)
+"""Level 2's verdict as statistics: the coin design and its test (research/level2/verdict.py)
 over many simulated runs of a fast in-process (1+1) search on a noisy toy objective, and
-the offline library bandit (research/level2_design.py). Pure logic: no sandbox."""
+the offline library bandit (research/level2/design.py). Pure logic: no sandbox."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _objective(x: list[float], rng: random.Random) -> float:
     return sum((a - b) ** 2 for a, b in zip(x, OPTIMUM, strict=True)) + rng.gauss(0, SIGMA)
 
 
-def simulate(seed: int, start: int, kind: str) -> v.Verdict:
+def simulate(seed: int, start: int, kind: str) -> v.MechanismVerdict:
     """One run of a greedy (1+1) search with a candidate on trial from `start`.
     "noop": on its WITH trials it proposes exactly like the proposer (a placebo that
     does change the trial); "good": it moves the incumbent halfway to the optimum."""

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from controller.llm.fake_server import FakeLLMServer, Reply
 from controller.llm.limits import CALL_MAX_TOKENS
 from controller.llm.types import ChatMessage, LLMRequest
 from controller.research.task import TrialOutcome
+from tests.fake_llm_server import FakeLLMServer, Reply
 from tests.test_llm_providers import _raw, _stack
 from tests.test_loop_harness import (
     TEST_KEY,
@@ -89,7 +89,7 @@ def test_a_timed_out_call_is_retried_with_more_patience_and_fewer_tokens(
 
 @dataclass
 class FactsTask(SyntheticTask):
-    """The synthetic task reporting the trainer's summary facts, as trainer/run.py does."""
+    """The synthetic task reporting the trainer's summary facts, as the trainer task does."""
 
     def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
         outcome = super().evaluate(source, seed, cancel)

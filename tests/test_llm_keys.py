@@ -19,14 +19,14 @@ import grpc
 import pytest
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.errors import FieldError
 from controller.llm.errors import LLMConfigError
 from controller.llm.factory import build_provider
-from controller.llm.fake_server import FakeLLMServer, Reply
 from controller.llm.keys import principal_key_file, resolve_key
 from controller.llm.settings import LLMAccess
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
 from controller.principals import Role
-from controller.research.errors import FieldError
+from tests.fake_llm_server import FakeLLMServer, Reply
 from tests.other_uid import OTHER_UID
 from tests.principals_harness import add_principal
 from tests.test_api_harness import Stubs, field_violations, serving, surrogate_run

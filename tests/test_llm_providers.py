@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import structlog
 
+from controller.errors import FieldError
 from controller.llm.accounting import CallRecord, MeteredProvider, Pricing
 from controller.llm.errors import LLMBudgetSpent, LLMConfigError, LLMUnavailable
 from controller.llm.factory import build_provider
-from controller.llm.fake_server import Fail, FakeLLMServer, Malformed, Reply
 from controller.llm.keys import ApiKey, resolve_key
 from controller.llm.providers import AnthropicProvider, OpenAIProvider
 from controller.llm.retry import RetryingProvider
 from controller.llm.settings import LLMAccess, LLMSettings
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
-from controller.research.errors import FieldError
+from tests.fake_llm_server import Fail, FakeLLMServer, Malformed, Reply
 from tests.test_loop_harness import TEST_KEY, llm_settings
 
 PROVIDERS = ("anthropic", "openai")

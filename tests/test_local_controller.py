@@ -34,10 +34,10 @@ import pytest
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.private_socket import LOCK_FILE, PRIVATE_DIR, SOCKET_NAME
-from controller.commands.local import holder_of
-from controller.llm.fake_server import FakeLLMServer, Reply
+from controller.commands.holder import holder_of
 from controller.research.settings import RunSettings, TaskSettings
 from controller.store.runs import RunStore
+from tests.fake_llm_server import FakeLLMServer, Reply
 from tests.other_uid import listening, other_python, probe, relay
 from tests.test_api_harness import Stubs, field_violations, surrogate_run, wait_for_engine
 from tests.test_loop_harness import params_answer
@@ -48,12 +48,12 @@ NO_DOCKER = "unix:///nonexistent/docker.sock"
 SEEDED = "run-ownersrun001"
 
 EMBEDDED = textwrap.dedent("""
-    import argparse, asyncio, signal, sys
+    import asyncio, signal, sys
     from pathlib import Path
-    from controller.api.client import connect
+    from controller.api.client import embedded
     from controller.config import ServerConfig
     from controller.llm.settings import LLMAccess
-    from controller.sandbox.executor import ExecutorConfig
+    from controller.sandbox.backend_config import ExecutorConfig
 
     state, image, docker_url, namespace, allowed = sys.argv[1:6]
 
@@ -68,7 +68,7 @@ EMBEDDED = textwrap.dedent("""
             llm=LLMAccess().allowing(allowed))  # its user's --llm-base-url / --base-url
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        async with connect(argparse.Namespace(server=None), lambda: config):
+        async with embedded(config):
             print("READY", flush=True)
             await stop.wait()
     asyncio.run(main())

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.llm.fake_server import FakeLLMServer
 from controller.research.level1.loop import StopSignal
 from controller.store.records import EventKind, RunState
+from tests.fake_llm_server import FakeLLMServer
 from tests.test_loop_harness import (
     TEST_KEY,
     SyntheticTask,

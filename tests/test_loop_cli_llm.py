@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.llm.fake_server import Fail, FakeLLMServer
+from tests.fake_llm_server import Fail, FakeLLMServer
 from tests.test_cli_commands import bilevel
 from tests.test_loop_harness import TEST_KEY, random_params_responder
 

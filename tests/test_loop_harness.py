@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.llm.fake_server import RecordedRequest, Reply, Script
 from controller.llm.settings import LLMAccess, LLMSettings
-from controller.research.level1 import knobs
 from controller.research.level1.loop import InnerLoop, StopSignal
 from controller.research.level1.proposer import Proposer
-from controller.research.level1.proposers import build_proposer
 from controller.research.level1.protect import SURROGATE, Protected
-from controller.research.level1.space import KnobValue, SearchSpace
+from controller.research.level1.run_proposer import build_proposer
+from controller.research.level1.space import SearchSpace
 from controller.research.settings import (
     Budgets,
     ProposerSettings,
@@ -34,6 +32,9 @@ from controller.research.tasks.surrogate import SOURCE, SPACE
 from controller.store.artifacts import ArtifactStore
 from controller.store.memory import MemoryStore
 from controller.store.runs import RunStore
+from tests.fake_llm_server import RecordedRequest, Reply, Script
+from trainer import knobs
+from trainer.knobs import KnobValue
 
 SIGMA = 3e-4
 TEST_KEY = "sk-test-not-a-real-key-0123456789"

@@ -10,17 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.research.level1 import knobs
 from controller.research.level1.loop import InnerLoop, StopSignal
-from controller.research.level1.proposer import LocalPerturbation, ProposerContext
-from controller.research.level1.space import ProposalError
+from controller.research.level1.offline.local import LocalPerturbation
+from controller.research.level1.proposer import ProposerContext
 from controller.research.settings import Budgets, ProposerSettings, RunSettings, SearchSettings
 from controller.research.task import TrialOutcome
 from controller.research.tasks.surrogate import SOURCE, SPACE, SurrogateTask
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import EventKind, RunState, TrialStatus
 from controller.store.runs import RunStore
+from trainer import knobs
 
 BASELINE = SOURCE.read_text()
 
@@ -40,7 +40,7 @@ def test_write_knobs_changes_one_line_per_knob_and_keeps_comments() -> None:
                if a != b]
     assert changed == [("DEPTH = 8  # transformer layers", "DEPTH = 9  # transformer layers"),
                        ("MATRIX_LR = 0.04", "MATRIX_LR = 0.05")]
-    with pytest.raises(ProposalError):
+    with pytest.raises(knobs.KnobError, match="unknown knob 'NOT_THERE'"):
         knobs.write_knobs(BASELINE, {"NOT_THERE": 1})
 
 
@@ -83,7 +83,7 @@ def _loop(tmp_path: Path, task: SurrogateTask, trials: int, stop: StopSignal | N
 
 @pytest.mark.docker
 def test_short_run_lowers_val_bpb_or_says_honestly_that_it_did_not(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     loop, store = _loop(tmp_path, SurrogateTask(executor), trials=10)
     loop.run()
     run = store.get_run("run-test")
@@ -104,7 +104,7 @@ def test_short_run_lowers_val_bpb_or_says_honestly_that_it_did_not(
 
 @pytest.mark.docker
 def test_crash_is_recorded_with_its_traceback_and_the_run_goes_on(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     crashing = BASELINE.replace("def main():", "def main():\n    if (DEPTH, EMBEDDING_LR, "
                                 "MATRIX_LR, WEIGHT_DECAY) != (8, 0.6, 0.04, 0.2):\n"
                                 "        raise RuntimeError('diverged')")
@@ -122,7 +122,7 @@ def test_crash_is_recorded_with_its_traceback_and_the_run_goes_on(
 
 
 @pytest.mark.docker
-def test_baseline_crash_fails_the_run(tmp_path: Path, executor: SandboxExecutor) -> None:
+def test_baseline_crash_fails_the_run(tmp_path: Path, executor: SandboxBackend) -> None:
     loop, store = _loop(tmp_path, SurrogateTask(executor, baseline="raise SystemExit(3)\n"),
                         trials=3)
     loop.run()
@@ -150,7 +150,7 @@ class _StopAfter:
 
 @pytest.mark.docker
 def test_restart_continues_from_the_incumbent_without_losing_or_repeating_trials(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     stop = StopSignal()
     task = _StopAfter(SurrogateTask(executor), stop, n=5)
     loop, store = _loop(tmp_path, task, trials=8, stop=stop)  # type: ignore[arg-type]
@@ -179,7 +179,7 @@ def test_restart_continues_from_the_incumbent_without_losing_or_repeating_trials
 
 @pytest.mark.docker
 def test_cancel_finishes_the_run_and_does_not_count_the_killed_trial(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     stop = StopSignal()
     task = _StopAfter(SurrogateTask(executor), stop, n=3)
     stop_request = stop.request

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller.api import convert
+from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.research.level1.keep import GreedyRule, Incumbent, NoiseAwareRule
 from controller.research.level1.proposer import Proposal, ProposerContext
 from controller.store.records import TrialStatus
@@ -64,6 +67,19 @@ def test_the_noise_rule_measures_sigma_on_the_baseline_seeds(tmp_path: Path) -> 
     assert run.noise_sigma is not None and 0.2 * SIGMA < run.noise_sigma < 3 * SIGMA
     assert run.baseline_val_bpb == pytest.approx(
         sum(e["val_bpb"] for e in baseline.metrics["evaluations"]) / 4)
+
+
+def test_a_request_that_leaves_noise_seeds_unset_measures_sigma_on_eight_seeds(
+        tmp_path: Path) -> None:
+    """The API's "0 means 8": the baseline of such a run is evaluated on seeds 0..7."""
+    request = rpb.CreateRunRequest(task=rpb.TaskSpec(preset="surrogate"),
+                                   search=rpb.SearchSettings(keep_rule=rpb.KEEP_RULE_NOISE),
+                                   budgets=rpb.Budgets(max_trials=1))
+    settings = run_settings(1, **asdict(convert.run_settings(request).search))
+    parts = make_loop(tmp_path, SyntheticTask(), settings, proposer=Scripted(_noise_only))
+    parts.loop.run()
+    baseline = parts.store.trials("run-test")[0]
+    assert [e["seed"] for e in baseline.metrics["evaluations"]] == list(range(8))
 
 
 def _lr_for_gain(gain: float) -> float:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.llm.fake_server import Fail, FakeLLMServer, Reply
 from controller.llm.settings import LLMSettings
 from controller.research.level1.final_check import FRESH_SEED_OFFSET
 from controller.store.llm_calls import CallLog
 from controller.store.records import EventKind, RunState, TrialStatus
+from tests.fake_llm_server import Fail, FakeLLMServer, Reply
 from tests.test_loop_harness import (
     TEST_KEY,
     SyntheticTask,

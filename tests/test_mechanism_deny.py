@@ -25,7 +25,9 @@ import pytest
 from controller.research.level2.gates import GateSettings, contract_check, gate_and_activate
 from controller.research.level2.records import Effect, Failure, FailureReason
 from controller.research.level2.runtime import MechanismSet, MechanismSettings
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.reaper import LABEL_CONTROLLER, LABEL_NAMESPACE, this_owner
 from tests.test_mechanism_sandbox import SPACE, loop_state
 
@@ -40,20 +42,25 @@ def bad(body: str) -> str:
         textwrap.dedent(body), " " * 8)
 
 
-def mechanism_containers(executor: SandboxExecutor) -> int:
-    return len(executor.client.containers.list(all=True, filters={"label": [
-        "io.bilevel.kind=mechanism", f"{LABEL_CONTROLLER}={this_owner()}"]}))
+def mechanism_containers() -> int:
+    """The mechanism sessions this process has on the engine."""
+    client = docker.from_env()
+    try:
+        return len(client.containers.list(all=True, filters={"label": [
+            "io.bilevel.kind=mechanism", f"{LABEL_CONTROLLER}={this_owner()}"]}))
+    finally:
+        client.close()
 
 
 @pytest.fixture
-def with_survivor(executor: SandboxExecutor, request: pytest.FixtureRequest
+def with_survivor(executor: SandboxBackend, request: pytest.FixtureRequest
                   ) -> Iterator[MechanismSet]:
     runtime = getattr(request, "param", "runc")
     settings = MechanismSettings(runtime=runtime, call_timeout_seconds=1.5)
     with MechanismSet(executor, SPACE, settings) as mechanisms:
         assert mechanisms.activate("survivor", SURVIVOR).failure is None
         yield mechanisms
-    assert mechanism_containers(executor) == 0
+    assert mechanism_containers() == 0
 
 
 def disable(mechanisms: MechanismSet, source: str, hook: str = "context") -> Failure:
@@ -87,14 +94,14 @@ def test_deny_hook_that_raises_is_disabled_with_its_traceback(
 
 @pytest.mark.parametrize("with_survivor", ["runc", "runsc"], indirect=True)
 def test_deny_hook_that_hangs_is_killed_at_its_limit(
-        executor: SandboxExecutor, with_survivor: MechanismSet) -> None:
+        executor: SandboxBackend, with_survivor: MechanismSet) -> None:
     failure = disable(with_survivor, bad('''
         while True:
             pass
     '''))
     assert failure.reason is FailureReason.TIMEOUT
     assert "longer than 1.5 s" in failure.message
-    assert mechanism_containers(executor) == 1  # only the survivor's session is left
+    assert mechanism_containers() == 1  # only the survivor's session is left
 
 
 def test_deny_unbounded_memory_is_disabled_as_oom(with_survivor: MechanismSet) -> None:
@@ -200,7 +207,7 @@ def test_deny_module_that_does_not_load(with_survivor: MechanismSet) -> None:
 
 # -- the gates stop the same modules before they reach a run ------------------------------
 
-def test_gate_static_stops_invalid_python_and_network(executor: SandboxExecutor) -> None:
+def test_gate_static_stops_invalid_python_and_network(executor: SandboxBackend) -> None:
     with MechanismSet(executor, SPACE) as mechanisms:
         for source, reason in (("class M(:\n", "not valid Python"),
                                (bad("import socket\nreturn ''"), "'socket'"),
@@ -217,21 +224,23 @@ def test_gate_static_stops_invalid_python_and_network(executor: SandboxExecutor)
     ("hog = []\nwhile True:\n    hog.append(bytearray(16 << 20))", "context: oom"),
     ("import random\nreturn str(random.Random().random())", "not deterministic"),
 ])
-def test_gate_contract_stops_misbehaving_mechanisms(executor: SandboxExecutor, body: str,
+def test_gate_contract_stops_misbehaving_mechanisms(executor: SandboxBackend, body: str,
                                                     reason: str) -> None:
     verdict = contract_check(executor, SPACE, "candidate", bad(body), GateSettings(),
                              MechanismSettings(call_timeout_seconds=1.5))
     assert not verdict.passed
     assert verdict.reason.startswith(reason), verdict.reason
-    assert mechanism_containers(executor) == 0
+    assert mechanism_containers() == 0
 
 
 SESSION_OWNER = textwrap.dedent("""
     import sys, time
     from controller.research.level1.space import Knob, SearchSpace
-    from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+    from controller.sandbox.backend import SandboxBackend
+    from controller.sandbox.backend_config import ExecutorConfig
+    from controller.sandbox.executor import DockerExecutor
     from controller.research.level2.runtime import MechanismSet
-    ex = SandboxExecutor(ExecutorConfig(image=sys.argv[1], namespace=sys.argv[2]))
+    ex = DockerExecutor(ExecutorConfig(image=sys.argv[1], namespace=sys.argv[2]))
     mechanisms = MechanismSet(ex, SearchSpace((Knob("WD", "float", 0.0, 1.0),)))
     mechanisms.activate("m", "class M:\\n    def context(self, s):\\n        return ''\\n")
     print("active", flush=True)
@@ -251,7 +260,7 @@ def test_deny_leftover_sessions_after_controller_sigkill(
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert len(docker_client.containers.list(filters=selector)) == 1  # left running
-    SandboxExecutor(ExecutorConfig(image=sandbox_image, namespace=namespace)).close()
+    DockerExecutor(ExecutorConfig(image=sandbox_image, namespace=namespace)).close()
     assert docker_client.containers.list(all=True, filters=selector) == []
     assert docker_client.volumes.list(filters=selector) == []
 

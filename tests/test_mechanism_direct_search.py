@@ -10,9 +10,10 @@ import random
 import statistics
 from typing import Any
 
-from controller.research.level1.space import Knob, KnobValue, SearchSpace
+from controller.research.level1.space import Knob, SearchSpace
 from mechanisms.library.direct_search import DirectSearch
 from mechanisms.wire import LoopState, TrialView
+from trainer.knobs import KnobValue
 
 SPACE = SearchSpace((Knob("X", "float", 0.0, 1.0), Knob("Y", "float", 0.0, 1.0),
                      Knob("N", "int", 1, 64, log=True), Knob("MODE", "choice", choices=("a", "b"))))

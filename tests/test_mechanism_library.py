@@ -15,12 +15,12 @@ import pytest
 from controller.research.level1.space import Knob, SearchSpace
 from controller.research.level2.gates import static_check
 from mechanisms import library, sdk
-from mechanisms.library.bandit import SCALES, StepBandit
 from mechanisms.library.crash_memory import CrashMemory
 from mechanisms.library.elite_crossover import EliteCrossover
 from mechanisms.library.latin_hypercube import LatinHypercube
 from mechanisms.library.noop import NoOp
-from mechanisms.library.plateau import PlateauRestart
+from mechanisms.library.plateau_restart import PlateauRestart
+from mechanisms.library.step_bandit import SCALES, StepBandit
 from mechanisms.library.tabu import TabuSearch
 from mechanisms.wire import LoopState, TrialView
 

@@ -16,9 +16,9 @@ import pytest
 from controller.research.level1.space import Knob, SearchSpace
 from controller.research.level2.records import Effect
 from controller.research.level2.runtime import MechanismSet
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from mechanisms import library
-from mechanisms.wire import LoopState, Proposal, TrialView
+from mechanisms.wire import LoopState, MechanismProposal, TrialView
 
 pytestmark = pytest.mark.docker
 
@@ -48,7 +48,7 @@ def _history() -> tuple[TrialView, ...]:
 
 
 def test_allow_library_mechanisms_act_from_the_history_alone(
-        executor: SandboxExecutor) -> None:
+        executor: SandboxBackend) -> None:
     incumbent = {**BASE, "DEPTH": 10, "WD": 0.15}
     state = LoopState(SPACE, incumbent, 0.98, 7, 5, _history())
     names = ("crash_memory", "tabu", "plateau_restart", "elite_crossover")
@@ -56,15 +56,15 @@ def test_allow_library_mechanisms_act_from_the_history_alone(
         for name in names:
             assert mechanisms.activate(name, library.source(name)).failure is None
         # A local proposer's small LR step, next to trial 5's: a revisit.
-        revisit = mechanisms.filter(Proposal({"LR": 0.0105}, "local step"), state)
+        revisit = mechanisms.filter(MechanismProposal({"LR": 0.0105}, "local step"), state)
         assert revisit.value is None
         [tabu] = [r for r in revisit.records if r.mechanism == "tabu"]
         assert tabu.effect is Effect.REJECTED and "trial 5" in tabu.detail
-        deep = mechanisms.filter(Proposal({"DEPTH": 14}, "deeper"), state)
+        deep = mechanisms.filter(MechanismProposal({"DEPTH": 14}, "deeper"), state)
         assert deep.value is None
         [crash] = [r for r in deep.records if r.mechanism == "crash_memory"]
         assert crash.effect is Effect.REJECTED and "trial 4" in crash.detail
-        fresh = mechanisms.filter(Proposal({"LR": 0.004}, "the other way"), state)
+        fresh = mechanisms.filter(MechanismProposal({"LR": 0.004}, "the other way"), state)
         assert fresh.value is not None
         assert all(r.effect is Effect.ACCEPTED for r in fresh.records)
         found = mechanisms.suggest(state)

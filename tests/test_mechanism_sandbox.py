@@ -12,13 +12,14 @@ from typing import Any, Literal
 
 import pytest
 
-from controller.research.level1.space import Knob, KnobValue, SearchSpace
+from controller.research.level1.space import Knob, SearchSpace
 from controller.research.level2.gates import gate_and_activate
-from controller.research.level2.records import Effect, HookRecord, summarize
+from controller.research.level2.records import Effect, HookRecord, summarize_hook_calls
 from controller.research.level2.runtime import MechanismSet, MechanismSettings
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from mechanisms import library
-from mechanisms.wire import LoopState, Proposal, TrialView
+from mechanisms.wire import LoopState, MechanismProposal, TrialView
+from trainer.knobs import KnobValue
 
 pytestmark = pytest.mark.docker
 Status = Literal["keep", "discard", "crash"]
@@ -80,7 +81,7 @@ def effects(records: list[HookRecord], name: str) -> list[Effect]:
 
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
 def test_allow_good_mechanism_passes_gates_and_changes_proposals(
-        executor: SandboxExecutor, runtime: str) -> None:
+        executor: SandboxBackend, runtime: str) -> None:
     with MechanismSet(executor, SPACE, MechanismSettings(runtime=runtime)) as mechanisms:
         admission = gate_and_activate(mechanisms, "shaper", GOOD)
         assert admission.passed, admission.verdicts
@@ -91,12 +92,12 @@ def test_allow_good_mechanism_passes_gates_and_changes_proposals(
 
         context = mechanisms.context(state)
         assert "[shaper] Shaper has seen 0 trials" in context.value
-        deep = mechanisms.filter(Proposal({"DEPTH": 14}, "deeper"), state)
+        deep = mechanisms.filter(MechanismProposal({"DEPTH": 14}, "deeper"), state)
         assert deep.value is None
-        high = mechanisms.filter(Proposal({"LR": 0.4, "WD": 0.3}, "hotter"), state)
-        assert high.value == Proposal({"LR": 0.2, "WD": 0.3}, "halved LR")
-        fine = mechanisms.filter(Proposal({"WD": 0.3}, "fine"), state)
-        assert fine.value == Proposal({"WD": 0.3}, "fine")
+        high = mechanisms.filter(MechanismProposal({"LR": 0.4, "WD": 0.3}, "hotter"), state)
+        assert high.value == MechanismProposal({"LR": 0.2, "WD": 0.3}, "halved LR")
+        fine = mechanisms.filter(MechanismProposal({"WD": 0.3}, "fine"), state)
+        assert fine.value == MechanismProposal({"WD": 0.3}, "fine")
         suggested = mechanisms.suggest(state)
         assert [(s.mechanism, s.proposal.description) for s in suggested.value] == [
             ("shaper", "shaper step")]
@@ -112,13 +113,13 @@ def test_allow_good_mechanism_passes_gates_and_changes_proposals(
         assert effects(records, "noop") == [
             Effect.NO_EFFECT, Effect.ACCEPTED, Effect.ACCEPTED, Effect.NO_EFFECT,
             Effect.OBSERVED]
-        summary = summarize(records, mechanisms.active)
+        summary = summarize_hook_calls(records, mechanisms.active)
         assert summary["shaper"].injected and summary["shaper"].effective == 4
         assert summary["noop"].calls == 5 and not summary["noop"].injected
         assert "Shaper has seen 1 trials" in mechanisms.context(loop_state(2)).value
 
 
-def test_allow_every_library_mechanism_runs_in_the_sandbox(executor: SandboxExecutor) -> None:
+def test_allow_every_library_mechanism_runs_in_the_sandbox(executor: SandboxBackend) -> None:
     """All built-ins in one set over a short synthetic run; each but the no-op changes
     something, which the summary reports as injected."""
     with MechanismSet(executor, SPACE) as mechanisms:
@@ -134,7 +135,7 @@ def test_allow_every_library_mechanism_runs_in_the_sandbox(executor: SandboxExec
         for index, (depth, val, status) in enumerate(values, start=1):
             state = loop_state(index, tuple(history), incumbent)
             records += mechanisms.context(state).records + mechanisms.suggest(state).records
-            records += mechanisms.filter(Proposal({"DEPTH": depth}, "step"), state).records
+            records += mechanisms.filter(MechanismProposal({"DEPTH": depth}, "step"), state).records
             trial = TrialView(index, {"DEPTH": depth, "LR": 0.01 * (1 + index / 10)},
                               {**INCUMBENT, "DEPTH": depth, "LR": 0.01 * (1 + index / 10)},
                               status, val, 1.0, crash="boom" if status == "crash" else "")
@@ -143,11 +144,11 @@ def test_allow_every_library_mechanism_runs_in_the_sandbox(executor: SandboxExec
             if status == "keep":
                 incumbent = dict(trial.config)
         final = loop_state(len(values) + 1, tuple(history), incumbent)
-        records += mechanisms.filter(Proposal({"DEPTH": 3, "LR": 0.0130}, "crash again"),
+        records += mechanisms.filter(MechanismProposal({"DEPTH": 3, "LR": 0.0130}, "crash again"),
                                      final).records
         records += mechanisms.suggest(final).records
         assert mechanisms.disabled == {}
-        summary = summarize(records, library.names())
+        summary = summarize_hook_calls(records, library.names())
         for name in library.names():
             assert summary[name].calls > 0, name
             assert summary[name].injected == (name != "noop"), (name, summary[name])
@@ -168,7 +169,7 @@ def _drive(mechanisms: MechanismSet, steps: range) -> list[tuple[Any, ...]]:
         changes, val, status = SEQUENCE[i]
         state = loop_state(i + 1, history)
         outcomes = [mechanisms.context(state).records, mechanisms.suggest(state).records,
-                    mechanisms.filter(Proposal(changes, "p"), state).records]
+                    mechanisms.filter(MechanismProposal(changes, "p"), state).records]
         transcript += [(r.mechanism, r.hook, r.effect, r.detail, r.proposals)
                        for records in outcomes for r in records]
         trial = TrialView(i + 1, changes, {**INCUMBENT, **changes}, status, val, 1.0)
@@ -180,7 +181,7 @@ def _drive(mechanisms: MechanismSet, steps: range) -> list[tuple[Any, ...]]:
 STATEFUL = ("step_bandit", "plateau_restart", "crash_memory", "tabu")
 
 
-def test_state_round_trip_resumes_identically(executor: SandboxExecutor) -> None:
+def test_state_round_trip_resumes_identically(executor: SandboxBackend) -> None:
     """Closed after 4 trials and restarted from save_state(), the set answers the
     remaining trials exactly as one that never stopped."""
     stateful = STATEFUL
@@ -204,12 +205,12 @@ def test_state_round_trip_resumes_identically(executor: SandboxExecutor) -> None
     assert ("crash_memory", "filter", Effect.REJECTED) in [e[:3] for e in after]
 
 
-def test_session_start_and_call_latency_are_small(executor: SandboxExecutor) -> None:
+def test_session_start_and_call_latency_are_small(executor: SandboxBackend) -> None:
     with MechanismSet(executor, SPACE) as mechanisms:
         record = mechanisms.activate("noop", library.source("noop"))
         assert record.seconds < 5.0, record
         state = loop_state(1)
         started = time.monotonic()
         for _ in range(20):
-            mechanisms.filter(Proposal({"WD": 0.3}, "x"), state)
+            mechanisms.filter(MechanismProposal({"WD": 0.3}, "x"), state)
         assert (time.monotonic() - started) / 20 < 0.1

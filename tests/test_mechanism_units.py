@@ -9,8 +9,8 @@ import pytest
 from controller.research.level1.space import Knob, SearchSpace
 from controller.research.level2.contract import synthetic_states
 from controller.research.level2.gates import static_check
-from controller.research.level2.records import Effect, HookRecord, summarize
-from mechanisms.wire import LoopState, Proposal, TrialView, Verdict, WireError
+from controller.research.level2.records import Effect, HookRecord, summarize_hook_calls
+from mechanisms.wire import FilterVerdict, LoopState, MechanismProposal, TrialView, WireError
 
 SPACE = SearchSpace((
     Knob("DEPTH", "int", 2, 16),
@@ -41,9 +41,9 @@ def test_state_round_trips_with_tuple_choices() -> None:
 
 
 def test_proposal_from_json_accepts_valid_changes() -> None:
-    parsed = Proposal.from_json({"changes": {"BETAS": [0.9, 0.99], "DEPTH": 9},
+    parsed = MechanismProposal.from_json({"changes": {"BETAS": [0.9, 0.99], "DEPTH": 9},
                                  "description": "d"}, SPACE)
-    assert parsed == Proposal({"BETAS": (0.9, 0.99), "DEPTH": 9}, "d")
+    assert parsed == MechanismProposal({"BETAS": (0.9, 0.99), "DEPTH": 9}, "d")
 
 
 @pytest.mark.parametrize(("raw", "path"), [
@@ -57,7 +57,7 @@ def test_proposal_from_json_accepts_valid_changes() -> None:
 ])
 def test_deny_malformed_proposal(raw: Any, path: str) -> None:
     with pytest.raises(WireError) as info:
-        Proposal.from_json(raw, SPACE)
+        MechanismProposal.from_json(raw, SPACE)
     assert info.value.path == path
 
 
@@ -67,7 +67,7 @@ def test_deny_malformed_proposal(raw: Any, path: str) -> None:
 ])
 def test_deny_malformed_verdict(raw: Any) -> None:
     with pytest.raises(WireError):
-        Verdict.from_json(raw, SPACE)
+        FilterVerdict.from_json(raw, SPACE)
 
 
 def test_static_gate_allows_a_plain_mechanism() -> None:
@@ -124,7 +124,7 @@ def test_summary_counts_effective_calls_and_flags_the_uninjected() -> None:
                _record("noop", "context", Effect.NO_EFFECT),
                _record("noop", "observe", Effect.OBSERVED),
                _record("bad", "context", Effect.FAILED)]
-    summary = summarize(records, mechanisms=["tabu", "noop", "bad", "never_called"])
+    summary = summarize_hook_calls(records, mechanisms=["tabu", "noop", "bad", "never_called"])
     assert (summary["tabu"].calls, summary["tabu"].effective) == (2, 1)
     assert summary["tabu"].injected
     assert summary["noop"].calls == 2 and not summary["noop"].injected

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.llm.fake_server import FakeLLMServer, Reply
 from controller.research.lessons import distill
 from controller.store.memory import Lesson, MemoryStore
 from controller.store.runs import RunStore
+from tests.fake_llm_server import FakeLLMServer, Reply
 from tests.test_loop_harness import (
     TEST_KEY,
     SyntheticTask,

@@ -18,22 +18,19 @@ from controller.analysis.ablation import AblationSpec, run_request
 from controller.analysis.runner import plan
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.run import proposer_kind
+from controller.errors import FieldError
 from controller.llm.settings import LLMAccess
-from controller.research.errors import FieldError
-from controller.research.level1 import knobs
+from controller.research.level1 import offline
 from controller.research.level1.loop import InnerLoop, StopSignal
-from controller.research.level1.optimizers import (
-    CmaEsProposer,
-    TPEProposer,
-    distribution,
-    from_internal,
-    to_internal,
-    trial_configs,
-)
-from controller.research.level1.proposer import LocalPerturbation, ProposerContext, RandomSearch
-from controller.research.level1.proposers import build_proposer
+from controller.research.level1.offline.cmaes import CmaEsProposer
+from controller.research.level1.offline.local import LocalPerturbation
+from controller.research.level1.offline.random_search import RandomSearch
+from controller.research.level1.offline.tpe import TPEProposer, distribution
+from controller.research.level1.proposer import ProposerContext
 from controller.research.level1.protect import SURROGATE, Protected
-from controller.research.level1.space import Knob, KnobValue, SearchSpace
+from controller.research.level1.run_proposer import build_proposer
+from controller.research.level1.space import Knob, SearchSpace
+from controller.research.level1.typed_points import from_internal, to_internal, trial_configs
 from controller.research.settings import (
     Budgets,
     ProposerSettings,
@@ -44,6 +41,8 @@ from controller.research.task import TrialOutcome
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import TrialRecord, TrialStatus
 from controller.store.runs import RunStore
+from trainer import knobs
+from trainer.knobs import KnobValue
 
 TOY_SPACE = SearchSpace((
     Knob("LR", "float", 1e-4, 1.0, log=True),
@@ -276,15 +275,16 @@ def test_tpe_and_cmaes_beat_random_search_on_a_smooth_objective(tmp_path: Path) 
 def test_the_cli_flag_and_the_ablation_arm_point_from_random_to_the_new_names() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=r"'local'.*'random_search'"):
         proposer_kind("random")
-    kinds = ["local", "random_search", "tpe", "cmaes", "llm"]
+    kinds = [*offline.names(), "llm"]
     assert [proposer_kind(k) for k in kinds] == kinds
     spec = AblationSpec(id="abl-test", task="surrogate", repeats=2, trials=30)
     said: list[str] = []
-    plan(spec, ["A", "random_search", "tpe", "cmaes"], False, said.append)
-    # Offline, random search is its own arm now (it used to be skipped as "identical to A").
+    armed = [p.name for p in offline.all_proposers() if p.arm]
+    assert {"random_search", "tpe", "cmaes"} <= set(armed)
+    plan(spec, ["A", *armed], False, said.append)
+    # Offline, random search is its own arm (not skipped as "identical to A").
     assert spec.skipped == {} and not said
-    assert {a.name: a.proposer for a in spec.arms} == {
-        "A": "local", "random_search": "random_search", "tpe": "tpe", "cmaes": "cmaes"}
+    assert {a.name: a.proposer for a in spec.arms} == {"A": "local", **{n: n for n in armed}}
     assert run_request(spec, spec.arm("tpe"), 1).proposer.kind == rpb.PROPOSER_KIND_TPE
     with pytest.raises(ValueError, match="now 'random_search'"):
         plan(AblationSpec(id="abl-test", task="surrogate", repeats=1, trials=1), ["random"],

@@ -22,7 +22,7 @@ from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.server import ControllerServer
 from controller.config import ServerConfig
 from controller.principals import Principal
-from controller.store.principals import Directory
+from controller.store.directory import Directory
 from controller.store.runs import RunStore
 from tests.principals_harness import RUNS, Caller, cluster, code_of, prepare
 from tests.test_api_harness import ServerThread
@@ -205,12 +205,12 @@ def test_a_store_from_before_principals_is_shared_s(tmp_path: Path) -> None:
     belong to principal "shared" when it is opened."""
     import sqlite3
 
-    from controller.store import memory, runs
+    from controller.store import db as schema
     from controller.store.memory import MemoryStore
 
     path = tmp_path / "bilevel.sqlite3"
     db = sqlite3.connect(path)
-    db.executescript(runs.SCHEMA + memory.SCHEMA)  # the tables as first released
+    db.executescript(schema.RUNS + schema.LESSONS)  # the tables as first released
     db.execute("INSERT INTO runs (id, state, settings_json, created_at, updated_at) "
                "VALUES ('run-old000000000', 'succeeded', '{}', 1, 1)")
     db.execute("INSERT INTO lessons (task, run_id, kind, text, created_at) "

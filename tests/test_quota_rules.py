@@ -69,12 +69,13 @@ def test_without_quota_settings_nothing_is_limited(tmp_path: Path) -> None:
     ("[quotas.principals.alice]\nruns = \"many\"\n", {},
      "quotas.principals.alice.runs (from"),
     ("[quotas.principals.alice]\nslots = 0\n", {},
-     "quotas.principals.alice.slots = 0: must be >= 1"),
+     "bilevel.toml): must be >= 1, got 0: its jobs would wait forever"),
     ("", {"BILEVEL_QUOTAS__DEFAULT__WEIGHT": "0"},
-     "quotas.default.weight = 0.0: must be in (0, 1000] (from "
-     "BILEVEL_QUOTAS__DEFAULT__WEIGHT)"),
-    ("[quotas.principals.Alice]\nruns = 1\n", {}, "quotas.principals.Alice.runs: principal "
-     "name 'Alice': use 1-63 of a-z 0-9 . _ -, starting with a letter (from"),
+     "quotas.default.weight (from BILEVEL_QUOTAS__DEFAULT__WEIGHT): must be in (0, 1000], "
+     "got 0.0"),
+    ("[quotas.principals.Alice]\nruns = 1\n", {}, "quotas.principals.Alice.runs (from "),
+    ("[quotas.principals.Alice]\nruns = 1\n", {}, "bilevel.toml): principal name 'Alice': "
+     "use 1-63 of a-z 0-9 . _ -, starting with a letter"),
     ("[quotas.principals.alice]\nexempt = \"yes\"\n", {}, "is not a valid boolean"),
 ])
 def test_deny_invalid_quota_settings_naming_the_key(tmp_path: Path, toml: str,

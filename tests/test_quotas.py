@@ -21,7 +21,6 @@ import pytest
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.server import ControllerServer
 from controller.config import ServerConfig
-from controller.llm.fake_server import FakeLLMServer
 from controller.llm.settings import LLMAccess
 from controller.principals import Role
 from controller.quotas import QuotaLimits, Quotas
@@ -29,6 +28,7 @@ from controller.research.manager import RunManager, _Place
 from controller.sandbox import executor as executor_module
 from controller.sandbox.backend_config import ExecutorConfig
 from controller.sandbox.spec import JobResult, JobSpec, Status
+from tests.fake_llm_server import FakeLLMServer
 from tests.quota_harness import Job, principals_serving, quota_failure, slots_of, until
 from tests.test_api_harness import Stubs
 from tests.test_loop_harness import random_params_responder
@@ -238,13 +238,13 @@ def test_deny_llm_calls_over_a_principals_daily_token_and_usd_quotas(
 
 
 class HeldGpuJob:
-    """Stands in for executor._Job: reports started, holds the GPU slot it was given
-    until its call is cancelled."""
+    """Stands in for the Docker backend's DockerJob: reports started, holds the GPU slot
+    it was given until its call is cancelled."""
 
     seen: ClassVar[list[tuple[str, ...]]] = []
 
-    def __init__(self, _executor: Any, spec: JobSpec, _image: str, _on_output: Any,
-                 on_started: Callable[[], None] | None,
+    def __init__(self, _engine: Any, spec: JobSpec, _image: str, _labels: Any, _grace: Any,
+                 _on_output: Any, on_started: Callable[[], None] | None,
                  cancel: threading.Event | None) -> None:
         self.spec, self.on_started, self.cancel = spec, on_started, cancel
 
@@ -261,7 +261,7 @@ def test_a_principal_at_its_gpu_slot_quota_waits_while_another_uses_free_gpus(
         tmp_path: Path, sandbox_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """3 GPU slots; alice may hold 1 (quotas.principals.alice.gpu_slots): her second
     GPU job waits with 2 GPU slots free, bob's two start at once on them."""
-    monkeypatch.setattr(executor_module, "_Job", HeldGpuJob)
+    monkeypatch.setattr(executor_module, "DockerJob", HeldGpuJob)
     HeldGpuJob.seen = []
     gpus = ExecutorConfig(image=sandbox_image, slots=3, runtime="runc",
                           namespace=f"pytest-quota-{uuid.uuid4().hex[:8]}",

@@ -21,8 +21,15 @@ import docker
 import pytest
 
 from controller.research.tasks.surrogate import SOURCE, SurrogateTask
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor, SandboxUnavailable
-from controller.sandbox.ray_backend import RayConfig, RayExecutor
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.backend_config import (
+    BackendConfig,
+    ExecutorConfig,
+    RayConfig,
+    SandboxUnavailable,
+)
+from controller.sandbox.factory import make_backend
+from controller.sandbox.ray_backend import RayExecutor
 from controller.sandbox.reaper import LABEL_NAMESPACE
 from controller.sandbox.spec import JobSpec, Limits, Status
 from controller.store.records import RunState
@@ -68,15 +75,18 @@ def cluster() -> Iterator[ray_cluster.Cluster]:
 
 @pytest.fixture(scope="module")
 def ray_ex(cluster: ray_cluster.Cluster, sandbox_image: str) -> Iterator[RayExecutor]:
-    ex = RayExecutor(ExecutorConfig(image=sandbox_image, namespace=NAMESPACE),
-                     RayConfig(address=cluster.address))
+    """The Ray backend as the controller builds it (sandbox.backend = "ray")."""
+    ex = make_backend(ExecutorConfig(image=sandbox_image, namespace=NAMESPACE),
+                      BackendConfig("ray", RayConfig(address=cluster.address)))
+    assert isinstance(ex, RayExecutor)  # typed so: some tests read its lost-job record
     yield ex
     ex.close()
 
 
 @pytest.fixture(scope="module")
-def local_ex(sandbox_image: str) -> Iterator[SandboxExecutor]:
-    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, namespace=NAMESPACE))
+def local_ex(sandbox_image: str) -> Iterator[SandboxBackend]:
+    """The Docker backend as the controller builds it (the default)."""
+    ex = make_backend(ExecutorConfig(image=sandbox_image, namespace=NAMESPACE))
     yield ex
     ex.close()
 
@@ -116,13 +126,15 @@ CASES = {
 
 @inside
 def test_execute_through_ray_returns_the_docker_statuses(
-        ray_ex: RayExecutor, local_ex: SandboxExecutor) -> None:
+        ray_ex: RayExecutor, local_ex: SandboxBackend) -> None:
+    """The same specs through the backend protocol of each: the same statuses."""
     ids = _node_ids()
     assert set(ids) == {"head", "w1"}
     results: dict[str, Any] = {}
+    cluster: SandboxBackend = ray_ex
 
     def one(name: str) -> None:
-        results[name] = ray_ex.run(CASES[name])
+        results[name] = cluster.run_job(CASES[name])
 
     threads = [threading.Thread(target=one, args=(n,)) for n in CASES]
     for t in threads:
@@ -131,7 +143,7 @@ def test_execute_through_ray_returns_the_docker_statuses(
         t.join()
     lost_before = len(ray_ex.lost)
     for name, spec in CASES.items():
-        local = local_ex.run(spec)
+        local = local_ex.run_job(spec)
         remote = results[name]
         assert remote.status is local.status, (name, remote.detail, local.detail)
         assert remote.node in ids.values() and local.node == ""
@@ -151,18 +163,16 @@ def test_execute_through_ray_returns_the_docker_statuses(
 def test_data_mounts_reach_the_node_hash_checked(ray_ex: RayExecutor,
                                                  tmp_path: Path) -> None:
     from controller.sandbox.spec import DataMount
-    from controller.sandbox.volumes import ensure_data_volume
 
     (tmp_path / "split.txt").write_text("tokens " * 100)
-    volume = ensure_data_volume(ray_ex.client, "bilevel-data-raytest-split", tmp_path,
-                                ray_ex.image)
+    source = ray_ex.ensure_data("data-raytest-split", tmp_path)  # the controller's copy
     spec = JobSpec(files={"main.py": b"print(len(open('/data/s/split.txt').read()))"},
                    command=("python", "main.py"),
-                   data_mounts=(DataMount(volume=volume, target="/data/s"),))
-    results = [ray_ex.run(spec) for _ in range(2)]
+                   data_mounts=(DataMount(source=source, target="/data/s"),))
+    results = [ray_ex.run_job(spec) for _ in range(2)]
     assert [r.status for r in results] == [Status.OK, Status.OK]
     assert all(r.stdout.strip() == "700" for r in results)
-    shipped = ray_ex._shipped[volume]
+    shipped = ray_ex._shipped[source]
     local = docker.from_env().volumes.get(f"bilevel-node-data-{shipped.digest[:40]}")
     assert local.attrs["Labels"]["io.bilevel.data.sha256"] == shipped.digest
 
@@ -173,7 +183,7 @@ def test_controller_secrets_never_reach_ray_workers(ray_ex: RayExecutor) -> None
 
     assert all(os.environ[k] == v for k, v in CANARIES.items())  # the driver has them
     spec = _py("import os\nprint(sorted(os.environ.items()))")
-    result = ray_ex.run(spec)
+    result = ray_ex.run_job(spec)
     assert result.status is Status.OK
     assert not any(v in result.stdout for v in CANARIES.values())
 
@@ -219,7 +229,7 @@ def test_cancel_reaches_the_remote_container(ray_ex: RayExecutor) -> None:
     client = docker.from_env()
     cancel = threading.Event()
     box: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: box.update(r=ray_ex.run(
+    runner = threading.Thread(target=lambda: box.update(r=ray_ex.run_job(
         _py("import time\nprint('started', flush=True)\ntime.sleep(120)", wall_seconds=200),
         cancel=cancel)))
     runner.start()

@@ -138,8 +138,8 @@ def test_every_valued_point_is_on_the_axis_or_marked_and_crashes_are_apart() -> 
     assert {p.index for p in lay.above} == {4, 9}  # the two far outliers
     assert {p.index for p in lay.crashed} == {3, 8}
     on_axis = lay.baseline + lay.kept + lay.discarded
-    assert all(p.val_bpb is not None and low <= p.val_bpb <= high for p in on_axis)
-    assert all(p.val_bpb is not None and p.val_bpb > high for p in lay.above)
+    assert all(p.loss is not None and low <= p.loss <= high for p in on_axis)
+    assert all(p.loss is not None and p.loss > high for p in lay.above)
     assert sum(lay.counts().values()) == len(TRIALS)  # each trial drawn exactly once
     nan = [*pts[:3], Point(3, float("nan"), "discard", "nan")]
     assert [p.index for p in layout(nan).crashed] == [3]  # no value: not a measurement

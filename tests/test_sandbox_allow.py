@@ -13,7 +13,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor, SandboxUnavailable
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.backend_config import ExecutorConfig, SandboxUnavailable
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.spec import DataMount, JobSpec, Limits, Status
 from controller.sandbox.volumes import ensure_data_volume
 
@@ -28,8 +30,8 @@ def py_job(source: str, runtime: str = "runc", **extra: object) -> JobSpec:
 
 
 @both_runtimes
-def test_allow_metrics_returned(executor: SandboxExecutor, runtime: str) -> None:
-    result = executor.run(py_job("""
+def test_allow_metrics_returned(executor: SandboxBackend, runtime: str) -> None:
+    result = executor.run_job(py_job("""
         import json, os
         print("training...")
         with open(os.environ["BILEVEL_METRICS"], "w") as f:
@@ -44,9 +46,9 @@ def test_allow_metrics_returned(executor: SandboxExecutor, runtime: str) -> None
 
 
 @both_runtimes
-def test_allow_traceback_of_raised_exception_as_frames(executor: SandboxExecutor,
+def test_allow_traceback_of_raised_exception_as_frames(executor: SandboxBackend,
                                                        runtime: str) -> None:
-    result = executor.run(py_job("""
+    result = executor.run_job(py_job("""
         def load(path):
             return open(path).read()
 
@@ -68,7 +70,7 @@ def test_allow_traceback_of_raised_exception_as_frames(executor: SandboxExecutor
 
 
 @both_runtimes
-def test_allow_files_in_and_out(executor: SandboxExecutor, runtime: str) -> None:
+def test_allow_files_in_and_out(executor: SandboxBackend, runtime: str) -> None:
     spec = JobSpec(
         files={"main.py": b"import pathlib, shutil\n"
                           b"text = pathlib.Path('conf/params.txt').read_text()\n"
@@ -77,13 +79,13 @@ def test_allow_files_in_and_out(executor: SandboxExecutor, runtime: str) -> None
                           b"pathlib.Path('/job/out/blob.bin').write_bytes(bytes(range(256)))\n",
                "conf/params.txt": b"lr=0.04\n"},
         command=("python3", "main.py"), runtime=runtime)
-    result = executor.run(spec)
+    result = executor.run_job(spec)
     assert result.status is Status.OK, result
     assert result.files == {"nested/echo.txt": b"LR=0.04\n", "blob.bin": bytes(range(256))}
 
 
-def test_allow_torch_computation(executor: SandboxExecutor) -> None:
-    result = executor.run(py_job("""
+def test_allow_torch_computation(executor: SandboxBackend) -> None:
+    result = executor.run_job(py_job("""
         import json, os, torch
         torch.manual_seed(0)
         w = torch.randn(64, 64, requires_grad=True)
@@ -96,14 +98,14 @@ def test_allow_torch_computation(executor: SandboxExecutor) -> None:
     assert result.metrics["grad_norm"] > 0
 
 
-def test_allow_torch_under_gvisor(executor: SandboxExecutor) -> None:
-    result = executor.run(py_job("import torch; print(torch.arange(4).sum().item())", "runsc"))
+def test_allow_torch_under_gvisor(executor: SandboxBackend) -> None:
+    result = executor.run_job(py_job("import torch; print(torch.arange(4).sum().item())", "runsc"))
     assert result.status is Status.OK, result
     assert result.stdout.strip() == "6"
 
 
 @both_runtimes
-def test_allow_reading_data_mount_read_only(executor: SandboxExecutor,
+def test_allow_reading_data_mount_read_only(executor: SandboxBackend,
                                             docker_client: docker.DockerClient,
                                             runtime: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
@@ -111,7 +113,7 @@ def test_allow_reading_data_mount_read_only(executor: SandboxExecutor,
         name = f"bilevel-test-data-{uuid.uuid4().hex[:8]}"
         ensure_data_volume(docker_client, name, Path(folder), executor.image)
     try:
-        result = executor.run(py_job("""
+        result = executor.run_job(py_job("""
             import json
             text = open("/data/train/shard.txt").read()
             try:
@@ -120,7 +122,7 @@ def test_allow_reading_data_mount_read_only(executor: SandboxExecutor,
             except OSError as exc:
                 write = exc.strerror
             print(json.dumps({"text": text, "write": write}))
-        """, runtime, data_mounts=(DataMount(volume=name, target="/data/train"),)))
+        """, runtime, data_mounts=(DataMount(source=name, target="/data/train"),)))
         assert result.status is Status.OK, result
         assert '"text": "hello data"' in result.stdout
         assert '"write": "Read-only file system"' in result.stdout
@@ -129,7 +131,7 @@ def test_allow_reading_data_mount_read_only(executor: SandboxExecutor,
 
 
 def test_allow_concurrent_jobs_bounded_by_slots(sandbox_image: str) -> None:
-    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest",
+    ex = DockerExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest",
                                         runtime="runc"))
     spans: list[tuple[float, float]] = []
     results = []
@@ -137,7 +139,7 @@ def test_allow_concurrent_jobs_bounded_by_slots(sandbox_image: str) -> None:
 
     def one() -> None:
         started = time.monotonic()
-        res = ex.run(py_job("import time; time.sleep(1.5)"))
+        res = ex.run_job(py_job("import time; time.sleep(1.5)"))
         with lock:
             spans.append((started, time.monotonic()))
             results.append(res)
@@ -159,28 +161,28 @@ def test_allow_concurrent_jobs_bounded_by_slots(sandbox_image: str) -> None:
 
 def test_unavailable_engine_fails_loudly_and_runs_nothing() -> None:
     with pytest.raises(SandboxUnavailable, match="bilevel never runs jobs on the host"):
-        SandboxExecutor(ExecutorConfig(docker_url="unix:///nonexistent/docker.sock"))
+        DockerExecutor(ExecutorConfig(docker_url="unix:///nonexistent/docker.sock"))
 
 
-def test_leftover_containers_are_removed(executor: SandboxExecutor,
+def test_leftover_containers_are_removed(executor: SandboxBackend,
                                         docker_client: docker.DockerClient) -> None:
     marker = {"io.bilevel.test": uuid.uuid4().hex}
     for source in ("print(1)", "raise SystemExit(3)", "import time; time.sleep(30)"):
         spec = JobSpec(files={"main.py": source.encode()}, command=("python3", "main.py"),
                        limits=Limits(wall_seconds=2), labels=marker)
-        executor.run(spec)
+        executor.run_job(spec)
     selector = {"label": [f"io.bilevel.test={marker['io.bilevel.test']}"]}
     assert docker_client.containers.list(all=True, filters=selector) == []
     assert docker_client.volumes.list(filters=selector) == []
 
 
 def test_allow_output_of_a_job_that_ends_at_once_is_never_lost(
-        executor: SandboxExecutor) -> None:
+        executor: SandboxBackend) -> None:
     """The stream is attached before the container starts: attached after, a job that
     exits first could come back with empty stdout (seen once in CI, metrics intact)."""
     from concurrent.futures import ThreadPoolExecutor
 
     job = py_job('print("done")')
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda _: executor.run(job), range(12)))
+        results = list(pool.map(lambda _: executor.run_job(job), range(12)))
     assert [r.stdout for r in results] == ["done\n"] * 12, [r.detail for r in results]

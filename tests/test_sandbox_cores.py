@@ -1,6 +1,7 @@
 """Time-budgeted jobs never share cores (controller/sandbox/cores.py, issue 19 #4): the
 gate's arithmetic and order as pure logic, and three concurrent training phases through
-the real executor and trainer/run.py on a gate of two cores running one at a time."""
+the real executor and the trainer task's run_in_sandbox on a gate of two cores running
+one at a time."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ import structlog
 
 from controller.research.settings import TaskSettings
 from controller.research.tasks.trainer import TrainerTask
+from controller.research.tasks.trainer_run import run_in_sandbox
+from controller.sandbox.backend_config import ExecutorConfig
 from controller.sandbox.cores import CoreGate, host_cores, quota_cores
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.spec import Status
 from tests.test_loop_harness import SyntheticTask, make_loop, run_settings
 from tests.test_trainer_data import tiny_data  # noqa: F401  (session fixture)
 from trainer.data import PreparedData
 from trainer.presets import PRESETS
-from trainer.run import run_in_sandbox
 
 PRESET = PRESETS["cpu-tiny"]
 
@@ -85,7 +87,7 @@ print("end", repr(time.time()), flush=True)
 @pytest.mark.docker
 def test_three_time_budgeted_submissions_on_a_two_core_host_run_one_at_a_time(
         sandbox_image: str, tiny_data: PreparedData) -> None:  # noqa: F811
-    executor = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=3,
+    executor = DockerExecutor(ExecutorConfig(image=sandbox_image, slots=3,
                                               namespace="pytest"))
     executor.cores = CoreGate(2)  # this host, as far as the gate knows, has two cores
     try:

@@ -14,20 +14,20 @@ import textwrap
 
 import pytest
 
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.spec import JobResult, JobSpec, Limits, Status
 
 pytestmark = [pytest.mark.docker, pytest.mark.parametrize("runtime", ["runc", "runsc"])]
 
 
-def run_py(executor: SandboxExecutor, source: str, runtime: str, **limits: float) -> JobResult:
+def run_py(executor: SandboxBackend, source: str, runtime: str, **limits: float) -> JobResult:
     spec = JobSpec(files={"main.py": textwrap.dedent(source).encode()},
                    command=("python3", "main.py"), runtime=runtime,
                    limits=Limits(**{"wall_seconds": 30.0, **limits}))  # type: ignore[arg-type]
-    return executor.run(spec)
+    return executor.run_job(spec)
 
 
-def assert_healthy(executor: SandboxExecutor, runtime: str) -> None:
+def assert_healthy(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, "print('still fine')", runtime)
     assert result.status is Status.OK, result
     assert result.stdout.strip() == "still fine"
@@ -40,7 +40,7 @@ def json_line(result: JobResult) -> dict[str, object]:
     return parsed
 
 
-def test_deny_fork_bomb(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_fork_bomb(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         import json, os, time
         started = 0
@@ -75,7 +75,7 @@ ENDLESS_FORK_BOMB = """
 """
 
 
-def test_deny_endless_fork_bomb_is_a_timeout(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_endless_fork_bomb_is_a_timeout(executor: SandboxBackend, runtime: str) -> None:
     """Under gVisor the sentry needs host tasks of its own while the bomb churns; it
     used to run out of them (exit 2) and the bomb came back as a sandbox failure."""
     result = run_py(executor, ENDLESS_FORK_BOMB, runtime, pids=64, wall_seconds=10)
@@ -83,7 +83,7 @@ def test_deny_endless_fork_bomb_is_a_timeout(executor: SandboxExecutor, runtime:
     assert_healthy(executor, runtime)
 
 
-def test_deny_memory_bomb(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_memory_bomb(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         hog = []
         while True:
@@ -93,7 +93,7 @@ def test_deny_memory_bomb(executor: SandboxExecutor, runtime: str) -> None:
     assert_healthy(executor, runtime)
 
 
-def test_deny_filling_tmp(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_filling_tmp(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         import json, os
         written = 0
@@ -114,7 +114,7 @@ def test_deny_filling_tmp(executor: SandboxExecutor, runtime: str) -> None:
     assert_healthy(executor, runtime)
 
 
-def test_deny_filling_job_disk(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_filling_job_disk(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         import time
         for i in range(10_000):
@@ -126,7 +126,7 @@ def test_deny_filling_job_disk(executor: SandboxExecutor, runtime: str) -> None:
     assert_healthy(executor, runtime)
 
 
-def test_deny_output_flood(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_output_flood(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         import sys
         print("first line")
@@ -139,7 +139,7 @@ def test_deny_output_flood(executor: SandboxExecutor, runtime: str) -> None:
     assert_healthy(executor, runtime)
 
 
-def test_deny_ignoring_sigterm_past_deadline(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_ignoring_sigterm_past_deadline(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         import signal, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -157,7 +157,7 @@ def _host_addresses() -> list[str]:
     return [line.split()[3].split("/")[0] for line in out.splitlines()]
 
 
-def test_deny_network(executor: SandboxExecutor, runtime: str,
+def test_deny_network(executor: SandboxBackend, runtime: str,
                       listener: tuple[int, list[str]]) -> None:
     port, accepted = listener
     targets = sorted(set(_host_addresses()))
@@ -187,7 +187,7 @@ def test_deny_network(executor: SandboxExecutor, runtime: str,
     assert_healthy(executor, runtime)
 
 
-def test_deny_reading_controller_environment(executor: SandboxExecutor, runtime: str,
+def test_deny_reading_controller_environment(executor: SandboxBackend, runtime: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-planted-secret-4242")
     assert os.environ["ANTHROPIC_API_KEY"] == "sk-planted-secret-4242"
@@ -205,7 +205,7 @@ def test_deny_reading_controller_environment(executor: SandboxExecutor, runtime:
     assert "ANTHROPIC_API_KEY" not in result.stdout
 
 
-def test_deny_writing_outside_writable_paths(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_writing_outside_writable_paths(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         import json
         outcomes = {}
@@ -224,7 +224,7 @@ def test_deny_writing_outside_writable_paths(executor: SandboxExecutor, runtime:
     assert_healthy(executor, runtime)
 
 
-def test_deny_mount_unshare_and_capabilities(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_mount_unshare_and_capabilities(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         import ctypes, json, os
         libc = ctypes.CDLL(None, use_errno=True)
@@ -260,7 +260,7 @@ def test_deny_mount_unshare_and_capabilities(executor: SandboxExecutor, runtime:
     assert_healthy(executor, runtime)
 
 
-def test_deny_ptrace_of_the_runner(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_ptrace_of_the_runner(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         import ctypes, json, os
         libc = ctypes.CDLL(None, use_errno=True)
@@ -282,16 +282,17 @@ def test_deny_ptrace_of_the_runner(executor: SandboxExecutor, runtime: str) -> N
     assert_healthy(executor, runtime)
 
 
-def test_deny_setuid_escalation(setuid_executor: SandboxExecutor, runtime: str) -> None:
-    # setuid_executor's image has a setuid-root copy of `id` (tests/conftest.py).
+def test_deny_setuid_escalation(setuid_executor: SandboxBackend, setuid_image: str,
+                                runtime: str) -> None:
+    # setuid_executor allows setuid_image, with a setuid-root copy of `id` (conftest.py).
     spec = JobSpec(files={}, command=("/usr/local/bin/suid-id", "-u"), runtime=runtime,
-                   image=setuid_executor.config.allowed_images[0])
-    result = setuid_executor.run(spec)
+                   image=setuid_image)
+    result = setuid_executor.run_job(spec)
     assert result.status is Status.OK, result
     assert result.stdout.strip() == "10001"
 
 
-def test_deny_returned_symlinks(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_returned_symlinks(executor: SandboxBackend, runtime: str) -> None:
     result = run_py(executor, """
         import os
         open("/job/out/ok.txt", "w").write("fine")

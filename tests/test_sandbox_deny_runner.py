@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.spec import JobResult, JobSpec, Limits, Status
 
 pytestmark = [pytest.mark.docker, pytest.mark.parametrize("runtime", ["runc", "runsc"])]
 
 
-def run_py(executor: SandboxExecutor, source: str, runtime: str, **limits: float) -> JobResult:
+def run_py(executor: SandboxBackend, source: str, runtime: str, **limits: float) -> JobResult:
     spec = JobSpec(files={"main.py": textwrap.dedent(source).encode()},
                    command=("python3", "main.py"), runtime=runtime,
                    limits=Limits(**{"wall_seconds": 60.0, **limits}))  # type: ignore[arg-type]
-    return executor.run(spec)
+    return executor.run_job(spec)
 
 
 def json_line(result: JobResult) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def json_line(result: JobResult) -> dict[str, Any]:
     return parsed
 
 
-def test_deny_hiding_cpu_time_in_an_orphan(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_hiding_cpu_time_in_an_orphan(executor: SandboxBackend, runtime: str) -> None:
     """CPU burnt by a double-forked orphan counts: the runner reaps it and measures
     every reaped process (getrusage(RUSAGE_CHILDREN))."""
     result = run_py(executor, """
@@ -72,7 +72,7 @@ HIDDEN_DISK_FILL = """
 """
 
 
-def test_deny_hiding_disk_use_in_a_0300_directory(executor: SandboxExecutor,
+def test_deny_hiding_disk_use_in_a_0300_directory(executor: SandboxBackend,
                                                   runtime: str) -> None:
     """Before: the runner walked /job as the job's uid and saw nothing in the 0300
     directory (1.4 GB written under a 256 MiB limit). Now /job is a tmpfs of disk_bytes."""
@@ -136,7 +136,7 @@ PREWRITTEN_FORGERY = """
 """.replace("FORGED_LITERAL", repr(FORGED))
 
 
-def test_deny_forging_the_result_from_a_daemon(executor: SandboxExecutor,
+def test_deny_forging_the_result_from_a_daemon(executor: SandboxBackend,
                                                runtime: str) -> None:
     """Before: the daemon outlived the process-group kill and replaced the result (ok,
     exit 0, its metrics). Now every job process dies before the runner reads anything,
@@ -148,7 +148,7 @@ def test_deny_forging_the_result_from_a_daemon(executor: SandboxExecutor,
     assert result.timings.run_s < 15  # the daemon did not keep the container alive
 
 
-def test_deny_forging_the_result_by_prewriting_it(executor: SandboxExecutor,
+def test_deny_forging_the_result_by_prewriting_it(executor: SandboxBackend,
                                                   runtime: str) -> None:
     result = run_py(executor, PREWRITTEN_FORGERY, runtime)
     report = json_line(result)
@@ -183,7 +183,7 @@ SIGNAL_THE_RUNNER = """
 """
 
 
-def test_deny_signalling_the_runner(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_signalling_the_runner(executor: SandboxBackend, runtime: str) -> None:
     """Before, under gVisor, the job (same uid) could SIGKILL or SIGSTOP PID 1; a
     stopped runner stopped watching the job. Now the job is another uid without caps."""
     result = run_py(executor, SIGNAL_THE_RUNNER, runtime)
@@ -197,7 +197,7 @@ def test_deny_signalling_the_runner(executor: SandboxExecutor, runtime: str) -> 
     assert result.exit_code == 0
 
 
-def test_deny_runner_reading_through_links(executor: SandboxExecutor, runtime: str) -> None:
+def test_deny_runner_reading_through_links(executor: SandboxBackend, runtime: str) -> None:
     """The runner is root: what the job leaves for it to read (metrics, exception
     records, returned files) is opened without following links, so a link cannot make
     it read the runner's own files (here job.json) back to the job's submitter."""

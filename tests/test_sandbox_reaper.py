@@ -17,17 +17,20 @@ import docker
 import docker.errors
 import pytest
 
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.reaper import LABEL_NAMESPACE, reap
 
 pytestmark = pytest.mark.docker
 
 CONTROLLER = textwrap.dedent("""
     import sys
-    from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+    from controller.sandbox.backend import SandboxBackend
+    from controller.sandbox.backend_config import ExecutorConfig
+    from controller.sandbox.executor import DockerExecutor
     from controller.sandbox.spec import JobSpec, Limits
-    ex = SandboxExecutor(ExecutorConfig(image=sys.argv[1], namespace=sys.argv[2]))
-    ex.run(JobSpec(files={"main.py": b"import time; time.sleep(300)"},
+    ex = DockerExecutor(ExecutorConfig(image=sys.argv[1], namespace=sys.argv[2]))
+    ex.run_job(JobSpec(files={"main.py": b"import time; time.sleep(300)"},
                    command=("python3", "main.py"), limits=Limits(wall_seconds=600)))
 """)
 
@@ -60,7 +63,7 @@ def test_deny_leftover_containers_after_controller_sigkill(
     containers, volumes = _namespace_objects(docker_client, namespace)
     assert len(containers) == 1 and len(volumes) == 1, "SIGKILL should leave the job behind"
 
-    SandboxExecutor(ExecutorConfig(image=sandbox_image, namespace=namespace)).close()
+    DockerExecutor(ExecutorConfig(image=sandbox_image, namespace=namespace)).close()
     assert _namespace_objects(docker_client, namespace) == ([], [])
 
 
@@ -153,7 +156,7 @@ def test_deny_sweep_aborted_by_a_404_on_remove(docker_client: docker.DockerClien
         assert _namespace_objects(docker_client, namespace) == ([], [])
         # The executor's start-up sweep meets the same race without failing to start.
         _orphans(docker_client, sandbox_image, namespace, 2)
-        SandboxExecutor(ExecutorConfig(image=sandbox_image, namespace=namespace)).close()
+        DockerExecutor(ExecutorConfig(image=sandbox_image, namespace=namespace)).close()
     finally:
         _remove_all(docker_client, namespace)
         client.close()

@@ -12,7 +12,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor, runsc_problem
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.executor import DockerExecutor, runsc_problem
 from controller.sandbox.spec import JobSpec, Status
 
 GOOD = {"Runtimes": {"runc": {"path": "runc"}, "runsc": {
@@ -30,10 +31,10 @@ def test_runsc_problem_names_what_is_missing_and_the_fix() -> None:
 
 @pytest.mark.docker
 def test_auto_runs_every_job_under_gvisor_where_it_is_registered(sandbox_image: str) -> None:
-    ex = SandboxExecutor(ExecutorConfig(image=sandbox_image, slots=1, namespace="pytest"))
+    ex = DockerExecutor(ExecutorConfig(image=sandbox_image, slots=1, namespace="pytest"))
     try:
         assert ex.config.runtime == "auto" and ex.runtime == "runsc"
-        result = ex.run(JobSpec(files={"main.py": b"import os; print(os.uname().release)"},
+        result = ex.run_job(JobSpec(files={"main.py": b"import os; print(os.uname().release)"},
                                 command=("python3", "main.py"), runtime="runc"))
     finally:
         ex.close()

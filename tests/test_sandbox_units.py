@@ -55,7 +55,7 @@ def test_every_hardening_key_is_set() -> None:
 
 
 def test_job_volume_is_the_only_writable_mount() -> None:
-    kw = kwargs_for(data_mounts=(DataMount(volume="tokens", target="/data/train"),))
+    kw = kwargs_for(data_mounts=(DataMount(source="tokens", target="/data/train"),))
     mounts = {m["Target"]: m for m in kw["mounts"]}  # type: ignore[attr-defined]
     assert mounts["/bilevel"]["ReadOnly"] is False and mounts["/bilevel"]["Source"] == "vol-1"
     assert mounts["/data/train"]["ReadOnly"] is True
@@ -88,10 +88,10 @@ def test_gvisor_gets_host_pid_headroom_and_in_sandbox_limit() -> None:
     ({"limits": Limits(pids=1)}, "limits.pids"),
     ({"limits": Limits(memory_bytes=64 << 20, tmp_bytes=128 << 20)}, "limits.tmp_bytes"),
     ({"gpu_ids": ("0; rm -rf /",)}, "gpu_ids"),
-    ({"data_mounts": (DataMount(volume="v", target="/job/x"),)}, "data_mounts[0].target"),
-    ({"data_mounts": (DataMount(volume="v", target="relative"),)}, "data_mounts[0].target"),
-    ({"data_mounts": (DataMount(volume="/host/path", target="/data"),)},
-     "data_mounts[0].volume"),
+    ({"data_mounts": (DataMount(source="v", target="/job/x"),)}, "data_mounts[0].target"),
+    ({"data_mounts": (DataMount(source="v", target="relative"),)}, "data_mounts[0].target"),
+    ({"data_mounts": (DataMount(source="/host/path", target="/data"),)},
+     "data_mounts[0].source"),
     ({"env": {"BILEVEL_METRICS": "/etc/x"}}, "env['BILEVEL_METRICS']"),
 ])
 def test_invalid_spec_names_the_field(fields: dict[str, object], field_name: str) -> None:

@@ -22,7 +22,7 @@ from controller.research.level1.protect import TRAINER
 from controller.research.settings import TaskSettings
 from controller.research.task import TrialOutcome
 from controller.research.tasks.trainer import SEED_CHECK_STEPS, TrainerTask
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.store.records import TrialStatus
 from tests.test_loop_harness import SyntheticTask, make_loop, run_settings
 from tests.test_trainer_budget import _Edits
@@ -88,7 +88,7 @@ def test_the_seed_free_edit_passes_the_static_filter() -> None:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_deny_a_seed_ignoring_candidate_is_flagged_by_the_fixed_step_check(
-        executor: SandboxExecutor) -> None:
+        executor: SandboxBackend) -> None:
     task = TrainerTask(TaskSettings(preset="cpu-tiny", train_py=BASELINE), executor)
     result = evaluation.evaluate(task, SEED_FREE, [11], threading.Event(),
                                  keeps=lambda values: True)
@@ -107,7 +107,7 @@ def test_deny_a_seed_ignoring_candidate_is_flagged_by_the_fixed_step_check(
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_seed_ignoring_candidate_passes_the_time_budgeted_confirmation(
-        executor: SandboxExecutor) -> None:
+        executor: SandboxBackend) -> None:
     """Sensitivity twin: with the fixed-step check not asked for, only the old rule
     looks (two time-budgeted runs on two seeds), and it never sees bit-identity."""
     task = TrainerTask(TaskSettings(preset="cpu-tiny", train_py=BASELINE), executor)
@@ -121,7 +121,7 @@ def test_a_seed_ignoring_candidate_passes_the_time_budgeted_confirmation(
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_allow_an_honest_candidate_passes_the_seed_check(executor: SandboxExecutor) -> None:
+def test_allow_an_honest_candidate_passes_the_seed_check(executor: SandboxBackend) -> None:
     task = TrainerTask(TaskSettings(preset="cpu-tiny", train_py=BASELINE), executor)
     result = evaluation.evaluate(task, HONEST, [11], threading.Event(),
                                  keeps=lambda values: True)

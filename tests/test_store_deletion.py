@@ -8,13 +8,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import docker
 import pytest
 
 from controller.principals import Principal
 from controller.research.deletion import Janitor, RunDeleter
 from controller.research.errors import CapacityError, StateConflict
 from controller.research.retention import RetentionPolicy, expired_runs
+from controller.sandbox.backend import RunObjects
+from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.factory import run_objects
 from controller.store import deletion, task_bundle
 from controller.store.artifacts import ArtifactStore
 from controller.store.disk import BUDGET_KEY, DiskBudget, usage_bytes
@@ -67,10 +69,11 @@ def _deleter(store: RunStore, root: Path) -> RunDeleter:
                          {"state": "cancelled"})
         return store.get_run(run_id)
 
-    def engine() -> docker.DockerClient:  # a real engine that is not there
-        return docker.DockerClient(base_url="unix:///nonexistent/docker.sock")
+    def engine() -> RunObjects:  # a real engine that is not there
+        return run_objects(ExecutorConfig(docker_url="unix:///nonexistent/docker.sock",
+                                          namespace="ns"))
 
-    return RunDeleter(store, ArtifactStore(root), engine, "ns", cancel)
+    return RunDeleter(store, ArtifactStore(root), engine, cancel)
 
 
 def test_delete_removes_every_row_of_the_run_and_nothing_of_another(tmp_path: Path) -> None:

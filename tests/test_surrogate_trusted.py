@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 from controller.research.settings import TaskSettings
 from controller.research.tasks.registry import make_task
 from controller.research.tasks.surrogate import SOURCE, SurrogateTask
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from tests.conftest import RUNTIMES
 
 BASELINE = SOURCE.read_text()
@@ -23,7 +23,7 @@ FORGED = BASELINE.replace(
 
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_deny_a_forged_surrogate_metric_does_not_count(executor: SandboxExecutor,
+def test_deny_a_forged_surrogate_metric_does_not_count(executor: SandboxBackend,
                                                        runtime: str) -> None:
     assert FORGED != BASELINE
     task = SurrogateTask(executor, runtime=runtime)
@@ -36,7 +36,7 @@ def test_deny_a_forged_surrogate_metric_does_not_count(executor: SandboxExecutor
 
 
 @pytest.mark.docker
-def test_a_crash_in_the_sandbox_is_still_the_trials_crash(executor: SandboxExecutor) -> None:
+def test_a_crash_in_the_sandbox_is_still_the_trials_crash(executor: SandboxBackend) -> None:
     crashing = BASELINE.replace("def main():", "def main():\n    raise RuntimeError('boom')", 1)
     outcome = SurrogateTask(executor).evaluate(crashing, 0, threading.Event())
     assert outcome.crashed and outcome.exception is not None

@@ -249,7 +249,7 @@ def test_replay_of_a_task_dir_run_gets_its_own_copy_of_the_stored_task(
     import random
     import re
 
-    from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply, Script
+    from tests.fake_llm_server import FakeLLMServer, RecordedRequest, Reply, Script
     from tests.test_cli_commands import bilevel
     from tests.test_loop_harness import TEST_KEY, params_answer
 

@@ -1,21 +1,25 @@
 """A task directory's candidate cannot see the eval data or the scorer, and cannot set
 its own metric: the trusted scorer's number is the trial's (real engine, runc and
-runsc). The sensitivity twins flip the test-only switches of
-controller/research/tasks/generic.py and show the same candidate winning."""
+runsc). The sensitivity twins weaken the task here, in the test (the scorer's files and
+mounts handed to phase 1; the metric taken from phase 1), and show the same candidate
+winning."""
 
 from __future__ import annotations
 
 import json
 import textwrap
 import threading
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from controller.research.tasks import generic
 from controller.research.tasks.generic import ManifestTask
 from controller.research.tasks.manifest import load_task_dir
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.spec import JobResult
 from tests.conftest import RUNTIMES
 
 pytestmark = pytest.mark.docker
@@ -81,6 +85,43 @@ def attack_task(root: Path) -> ManifestTask:
     return ManifestTask(load_task_dir(root), None)
 
 
+def scorer_visible(task: ManifestTask) -> None:
+    """The weakened task: phase 1 runs on the scorer's copy of the task directory (its
+    files included) with the scorer's mounts as well as its own."""
+    m = task.manifest
+    assert m.train is not None and m.score is not None
+    task.manifest = replace(m, train=replace(m.train, mounts=m.train.mounts + m.score.mounts))
+    task._phase1 = task._phase2
+
+
+class Recording:
+    """A sandbox backend that passes every call through and keeps each job's result."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.results: list[JobResult] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = attr(*args, **kwargs)
+            if isinstance(out, JobResult):
+                self.results.append(out)
+            return out
+        return call
+
+
+def metric_from_candidate(task: ManifestTask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weakened task: the trial's metric is what phase 1 claimed, not the scorer's."""
+    jobs = Recording(task.executor)
+    monkeypatch.setattr(task, "executor", jobs)
+    scorer_metrics = generic.result_metrics
+    monkeypatch.setattr(generic, "result_metrics", lambda _: scorer_metrics(jobs.results[0]))
+
+
 def seen_of(log: str) -> dict[str, str | None]:
     line = next(line for line in log.splitlines() if line.startswith("SEEN "))
     seen: dict[str, str | None] = json.loads(line[5:])
@@ -89,7 +130,7 @@ def seen_of(log: str) -> dict[str, str | None]:
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_deny_candidate_reading_eval_data_or_forging_the_metric(
-        tmp_path: Path, executor: SandboxExecutor, runtime: str) -> None:
+        tmp_path: Path, executor: SandboxBackend, runtime: str) -> None:
     task = attack_task(tmp_path)
     task.executor, task.runtime = executor, runtime
     outcome = task.evaluate(task.baseline_source(), 7, threading.Event())
@@ -104,26 +145,26 @@ def test_deny_candidate_reading_eval_data_or_forging_the_metric(
 
 
 def test_candidate_reads_eval_data_when_the_scorer_is_not_hidden(
-        tmp_path: Path, executor: SandboxExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(generic, "_HIDE_SCORER_FROM_CANDIDATE", False)
+        tmp_path: Path, executor: SandboxBackend) -> None:
     task = attack_task(tmp_path)
     task.executor = executor
+    scorer_visible(task)
     outcome = task.evaluate(task.baseline_source(), 7, threading.Event())
     assert seen_of(outcome.log)["/data/eval/target.txt"] == "0.5"
     assert outcome.val_bpb == pytest.approx(0.0)  # the leaked target scores perfectly
 
 
 def test_candidate_forges_the_metric_when_it_is_taken_from_phase_1(
-        tmp_path: Path, executor: SandboxExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(generic, "_METRIC_FROM_SCORER", False)
+        tmp_path: Path, executor: SandboxBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     task = attack_task(tmp_path)
     task.executor = executor
+    metric_from_candidate(task, monkeypatch)
     outcome = task.evaluate(task.baseline_source(), 7, threading.Event())
     assert outcome.val_bpb == pytest.approx(0.0)
 
 
 def test_hostile_outputs_stay_input_and_the_scorer_failing_is_a_crash(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     """Phase 1 writes a fake score.py into its outputs and a model the scorer refuses:
     the trusted score.py runs (from the task's copy), and its failure is the trial's
     crash with no metric, whatever phase 1 printed."""
@@ -144,7 +185,7 @@ def test_hostile_outputs_stay_input_and_the_scorer_failing_is_a_crash(
 
 
 def test_a_task_without_a_scorer_takes_the_candidates_number_and_says_so(
-        tmp_path: Path, executor: SandboxExecutor) -> None:
+        tmp_path: Path, executor: SandboxBackend) -> None:
     """No [score]: the metric is phase 1's own (here forged to 0.0), and the trial
     says it is forgeable."""
     from controller.research.task import FORGEABLE

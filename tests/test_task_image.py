@@ -22,7 +22,7 @@ import pytest
 
 from controller import cli
 from controller.sandbox import task_image
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.image import ImageBuildError
 from controller.sandbox.install_rules import BaseLayout
 from controller.sandbox.spec import JobSpec, Limits, Status
@@ -68,7 +68,7 @@ def test_requirements_are_names_not_options_or_urls() -> None:
 
 @pytest.mark.docker
 def test_task_image_built_from_local_wheels_reused_and_used_by_jobs(
-        docker_client: docker.DockerClient, sandbox_image: str, executor: SandboxExecutor,
+        docker_client: docker.DockerClient, sandbox_image: str, executor: SandboxBackend,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """An honest wheel (a pure package with a console script) passes both checks, and
@@ -132,7 +132,7 @@ def test_task_image_built_from_local_wheels_reused_and_used_by_jobs(
     # image's own packages are still there.
     executor.allow_image(tag)
     for runtime in RUNTIMES:
-        result = executor.run(JobSpec(
+        result = executor.run_job(JobSpec(
             files={"main.py": b"import bileveltinypkg, numpy\nprint(bileveltinypkg.VALUE)\n",
                    "run.sh": b"python3 main.py && bilevel-tiny\n"},
             command=("sh", "run.sh"), runtime=runtime, image=tag,
@@ -199,10 +199,10 @@ def unchecked_image(client: docker.DockerClient, base: str, wheelhouse: Path,
         container.remove(force=True)
 
 
-def job_output(executor: SandboxExecutor, tag: str, main: bytes,
+def job_output(executor: SandboxBackend, tag: str, main: bytes,
                command: tuple[str, ...] = ("python3", "main.py")) -> str:
     executor.allow_image(tag)
-    result = executor.run(JobSpec(files={"main.py": main}, command=command, image=tag,
+    result = executor.run_job(JobSpec(files={"main.py": main}, command=command, image=tag,
                                   limits=Limits(wall_seconds=60)))
     assert result.status is Status.OK, (result.detail, result.stderr)
     return result.stdout + result.stderr
@@ -252,7 +252,7 @@ def test_sensitivity_hidden_pth_refused_by_the_image_comparison_alone(
 
 @pytest.mark.docker
 def test_sensitivity_hidden_pth_runs_in_jobs_with_neither_check(
-        docker_client: docker.DockerClient, sandbox_image: str, executor: SandboxExecutor,
+        docker_client: docker.DockerClient, sandbox_image: str, executor: SandboxBackend,
         base_facts: tuple[list[str], BaseLayout], tmp_path: Path, test_tag: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The twin of that twin: installed without either check, the hook runs in every
@@ -295,7 +295,7 @@ def test_sensitivity_sitecustomize_pyc_refused_by_the_image_comparison_alone(
 
 @pytest.mark.docker
 def test_sensitivity_sitecustomize_pyc_runs_in_jobs_with_neither_check(
-        docker_client: docker.DockerClient, public_like_base: str, executor: SandboxExecutor,
+        docker_client: docker.DockerClient, public_like_base: str, executor: SandboxBackend,
         base_facts: tuple[list[str], BaseLayout], tmp_path: Path, test_tag: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """On a base whose standard library has no sitecustomize, sourceless bytecode in
@@ -342,7 +342,7 @@ def test_sensitivity_python3_shadow_refused_by_the_image_comparison_alone(
 
 @pytest.mark.docker
 def test_sensitivity_python3_shadow_runs_as_the_root_runner_with_neither_check(
-        docker_client: docker.DockerClient, sandbox_image: str, executor: SandboxExecutor,
+        docker_client: docker.DockerClient, sandbox_image: str, executor: SandboxBackend,
         base_facts: tuple[list[str], BaseLayout], tmp_path: Path, test_tag: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Installed without either check, the wheel's script is the runner's interpreter:

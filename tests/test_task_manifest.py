@@ -198,17 +198,17 @@ def test_a_task_without_a_scorer_says_its_metric_is_forgeable(tmp_path: Path) ->
 
 
 def test_summary_line_names_the_metric_its_direction_and_a_forgeable_one() -> None:
-    from controller.research.level1.loop import summarize
+    from controller.research.level1.loop import run_summary_line
     from controller.store.records import RunRecord, RunState
 
     run = RunRecord("run-x", RunState.SUCCEEDED, {}, 0.0, 0.0, trials_done=5,
                     baseline_val_bpb=-0.5, best_val_bpb=-0.75, best_trial=3)
-    text = summarize(run, "done", None, Objective("r2", "maximize"))
+    text = run_summary_line(run, "done", None, Objective("r2", "maximize"))
     assert "best r2 0.750000 (trial 3) was 0.250000 above the baseline 0.500000" in text
     assert "val_bpb" not in text and FORGEABLE not in text
-    forged = summarize(run, "done", None, Objective("acc", "maximize", self_reported=True))
+    forged = run_summary_line(run, "done", None, Objective("acc", "maximize", self_reported=True))
     assert forged.endswith(FORGEABLE)
-    gpt = summarize(RunRecord("run-y", RunState.SUCCEEDED, {}, 0.0, 0.0, trials_done=2,
+    gpt = run_summary_line(RunRecord("run-y", RunState.SUCCEEDED, {}, 0.0, 0.0, trials_done=2,
                               baseline_val_bpb=1.5, best_val_bpb=1.5, best_trial=0), "done")
     assert gpt == "done; no improvement over the baseline val_bpb 1.500000 in 1 trials"
 

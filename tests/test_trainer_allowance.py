@@ -17,13 +17,13 @@ import pytest
 from controller.research.level1.protect import TRAINER
 from controller.research.settings import TaskSettings
 from controller.research.tasks.trainer import TrainerTask
-from controller.sandbox.executor import SandboxExecutor
+from controller.research.tasks.trainer_run import OVER_BUDGET, TrainBound, run_in_sandbox
+from controller.sandbox.backend import SandboxBackend
 from tests.conftest import RUNTIMES
 from tests.test_trainer_data import tiny_data  # noqa: F401  (session fixture)
 from trainer.calibration import EVAL_CAP, OVERHEAD_MARGIN, HostCalibration
 from trainer.data import PreparedData
 from trainer.presets import PRESETS
-from trainer.run import OVER_BUDGET, TrainBound, run_in_sandbox
 
 PRESET = PRESETS["cpu-tiny"]
 BUDGET = PRESET.budget_seconds  # the issue's 15 s
@@ -84,7 +84,7 @@ def test_the_evaluation_limit_scales_with_the_archive_and_the_measured_speed() -
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_deny_training_outside_the_clock_is_over_budget_under_the_measured_allowance(
-        executor: SandboxExecutor, runtime: str) -> None:
+        executor: SandboxBackend, runtime: str) -> None:
     task = TrainerTask(TaskSettings(preset="cpu-tiny", runtime=runtime), executor)
     for edit in (UNTIMED, STRETCH):
         TRAINER.check(BASELINE, edit)  # the static filter lets both through
@@ -115,7 +115,7 @@ def test_deny_training_outside_the_clock_is_over_budget_under_the_measured_allow
 @pytest.mark.docker
 @pytest.mark.slow
 def test_training_outside_the_clock_is_accepted_with_the_old_fixed_allowance(
-        executor: SandboxExecutor, tiny_data: PreparedData) -> None:  # noqa: F811
+        executor: SandboxBackend, tiny_data: PreparedData) -> None:  # noqa: F811
     """Sensitivity twin: the same edit under the old 15 + 45 s bound comes back ok,
     having trained 2.6 budgets while it reports one."""
     outcome = run_in_sandbox(executor, UNTIMED, PRESET, tiny_data, bound=OLD)
@@ -129,7 +129,7 @@ def test_training_outside_the_clock_is_accepted_with_the_old_fixed_allowance(
 @pytest.mark.docker
 @pytest.mark.slow
 def test_deny_reporting_training_past_the_budget_is_over_budget(
-        executor: SandboxExecutor, tiny_data: PreparedData) -> None:  # noqa: F811
+        executor: SandboxBackend, tiny_data: PreparedData) -> None:  # noqa: F811
     outcome = run_in_sandbox(executor, STRETCH, PRESET, tiny_data, bound=OLD)
     assert outcome.status == OVER_BUDGET and outcome.eval is None, outcome.error
     assert "train.py reports" in outcome.error
@@ -139,7 +139,7 @@ def test_deny_reporting_training_past_the_budget_is_over_budget(
 @pytest.mark.docker
 @pytest.mark.slow
 def test_the_issues_stretching_edit_is_kept_without_the_reported_seconds_check(
-        executor: SandboxExecutor, tiny_data: PreparedData) -> None:  # noqa: F811
+        executor: SandboxBackend, tiny_data: PreparedData) -> None:  # noqa: F811
     """Sensitivity twin, and the issue's observation: under the old fixed allowance and
     no check of what it reports, the 42 s edit comes back ok with a better val_bpb."""
     outcome = run_in_sandbox(executor, STRETCH, PRESET, tiny_data,

@@ -1,10 +1,11 @@
 """Issue 11, finding 2: a candidate cannot buy training time or pick its seed.
 
-The training budget is bounded outside the candidate's process (trainer/run.py,
-TrainBound): the sandbox measures phase 1's wall and CPU time, and a phase over budget +
-allowance ends as `over_budget`, is not evaluated, and never kept. The attack edits
-really train longer (the sensitivity twin shows it with a bound that is too wide to
-bite). The measured allowance of issue 19 is tested in tests/test_trainer_allowance.py.
+The training budget is bounded outside the candidate's process (TrainBound in
+controller/research/tasks/trainer_run.py): the sandbox measures phase 1's wall and CPU
+time, and a phase over budget + allowance ends as `over_budget`, is not evaluated, and
+never kept. The attack edits really train longer (the sensitivity twin shows it with a
+bound that is too wide to bite). The measured allowance of issue 19 is tested in
+tests/test_trainer_allowance.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from controller.research.level1.validate import Validator
 from controller.research.settings import TaskSettings
 from controller.research.task import TrialOutcome
 from controller.research.tasks.trainer import TrainerTask
-from controller.sandbox.executor import SandboxExecutor
+from controller.research.tasks.trainer_run import OVER_BUDGET, TrainBound, run_in_sandbox
+from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.spec import JobResult, Status, Timings
 from controller.store.records import EventKind, TrialStatus
 from tests.conftest import RUNTIMES
@@ -35,7 +37,6 @@ from tests.test_trainer_data import tiny_data  # noqa: F401  (session fixture)
 from trainer.data import PreparedData
 from trainer.knobs import write_knobs
 from trainer.presets import PRESETS
-from trainer.run import OVER_BUDGET, TrainBound, run_in_sandbox
 
 PRESET = PRESETS["cpu-tiny"]
 BUDGET = 2.0  # a short budget keeps these tests quick
@@ -93,7 +94,7 @@ def test_reported_training_may_pass_the_budget_by_a_quarter_and_two_steps_only()
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_deny_buying_training_time_by_rebinding_the_clock_budget(
-        executor: SandboxExecutor, tiny_data: PreparedData, runtime: str) -> None:  # noqa: F811
+        executor: SandboxBackend, tiny_data: PreparedData, runtime: str) -> None:  # noqa: F811
     outcome = run_in_sandbox(executor, BUY_TIME, SHORT, tiny_data, runtime=runtime,
                              budget_seconds=BUDGET)
     assert not outcome.ok and outcome.status == OVER_BUDGET, outcome.error
@@ -107,7 +108,7 @@ def test_deny_buying_training_time_by_rebinding_the_clock_budget(
 @pytest.mark.docker
 @pytest.mark.slow
 def test_buying_training_time_works_without_the_outside_bound(
-        executor: SandboxExecutor, tiny_data: PreparedData) -> None:  # noqa: F811
+        executor: SandboxBackend, tiny_data: PreparedData) -> None:  # noqa: F811
     """Sensitivity twin: under a bound too wide to bite (and no check of the reported
     seconds) the same edit trains 15x its budget, ok."""
     wide = replace(BOUND, wall_seconds=1e6, cpu_seconds=1e6, check_reported=False)
@@ -134,7 +135,7 @@ class _Edits:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_deny_an_over_budget_trial_is_recorded_and_shown_as_over_budget_and_not_kept(
-        tmp_path: Path, executor: SandboxExecutor, tiny_data: PreparedData) -> None:  # noqa: F811
+        tmp_path: Path, executor: SandboxBackend, tiny_data: PreparedData) -> None:  # noqa: F811
     task = TrainerTask(TaskSettings(preset="cpu-tiny", train_py=BASELINE), executor)
     assert task.budget_seconds == BUDGET
     Validator(task, task.search_space()).code(BASELINE, LONGER_LOOP)  # the filter passes it

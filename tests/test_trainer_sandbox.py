@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from controller.research.tasks.trainer_run import run_in_sandbox
 from tests.test_trainer_data import tiny_data  # noqa: F401  (session fixture)
 from trainer.data import PreparedData
+from trainer.direct import run_direct
 from trainer.knobs import write_knobs
 from trainer.presets import PRESETS
-from trainer.run import run_direct, run_in_sandbox
 
 pytestmark = pytest.mark.docker
 PRESET = PRESETS["cpu-tiny"]
@@ -38,11 +39,11 @@ def executor() -> Iterator[Any]:
         client.ping()
     except Exception as exc:  # no engine: these tests cannot run here
         pytest.skip(f"Docker engine not reachable: {exc}")
-    from controller.sandbox.executor import SandboxExecutor
+    from controller.sandbox.executor import DockerExecutor
     from controller.sandbox.image import ensure_image
 
     ensure_image(client)
-    executor = SandboxExecutor()
+    executor = DockerExecutor()
     yield executor
     executor.close()
 

@@ -27,11 +27,11 @@ from controller.analysis import ablation
 from controller.analysis.ablation import AblationSpec, Cell
 from controller.api.client import Client, ClientConfig
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
-from controller.commands.local import holder_of
-from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply
+from controller.commands.holder import holder_of
 from controller.llm.settings import LLMAccess
 from controller.ui import backend
 from controller.ui.web import KEY_HEADER
+from tests.fake_llm_server import FakeLLMServer, RecordedRequest, Reply
 from tests.test_api_harness import Stubs, serving, surrogate_run
 from tests.test_loop_harness import TEST_KEY, params_answer
 
@@ -237,7 +237,7 @@ def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path
         '<table id="ablations-table">')[1]
     shown = _chromium(tmp_path, "--dump-dom", live.page.route("/ablation/abl-ui-test"))
     arms = shown.split('<table id="arms-table">')[1].split("</table>")[0]
-    assert f'href="#/run/{run.id}">{final.best_val_bpb:.4f}</a>' in arms
+    assert f'href="#/run/{run.id}">{final.best_loss:.4f}</a>' in arms
 
     # Without the token the controller refuses the ui, and the page is told why.
     (tmp_path / "other").mkdir()

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
-from controller.llm.fake_server import FakeLLMServer, RecordedRequest, Reply
 from controller.llm.settings import LLMAccess
+from tests.fake_llm_server import FakeLLMServer, RecordedRequest, Reply
 from tests.test_api_harness import Stubs, serving, surrogate_run
 from tests.test_loop_harness import TEST_KEY, params_answer
 from tests.test_ui import HOSTILE, _ui

@@ -8,10 +8,10 @@ as call targets and feeds shape expressions to ``sympy.sympify`` (an ``eval``): 
 them would run candidate code next to the validation data. Here loading is JSON parsing
 plus ``torch.frombuffer``; running is a loop calling only allowlisted ``aten`` ops.
 
-The model must also be a pure function of its input (issue 11 #1: a stateful model that
-remembers the scored batch can replay its logits on the causality probe). So only pure
-ops run (trainer.archive_ops: allowlist + torch's schema + tensor bounds), and every call
-gets fresh copies of the weights in a fresh environment, with the RNG reseeded: nothing
+The model must also be a pure function of its input (a stateful model that remembers
+the scored batch could replay its logits on the causality probe). So only pure ops run
+(trainer.archive_ops: allowlist + torch's schema + tensor bounds), and every call gets
+fresh copies of the weights in a fresh environment, with the RNG reseeded: nothing
 one call computes can reach the next.
 
 Archive layout: 8-byte little-endian header length, UTF-8 JSON header, tensor bytes.
@@ -40,14 +40,7 @@ MAX_NODES = 200_000
 MAX_TENSORS = 100_000
 MAX_TENSOR_BYTES = 4 << 30  # all weights together
 MAX_ARG_DEPTH = 8
-# Test-only switch: False restores the pre-issue-11 behaviour (denylist of names ending
-# in "_", weights shared and mutable across calls, no bounds check of op outputs) so the
-# sensitivity tests can show the attacks working. No request or setting reaches it.
-_ENFORCE_PURITY = True
 _OP_NAME = re.compile(r"^aten::([a-z_][a-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
-# The old denylist; used only with _ENFORCE_PURITY off (the sensitivity tests).
-_DENY_OPS = frozenset({"from_file", "_print", "set_", "set", "_pin_memory", "pin_memory",
-                       "_local_scalar_dense", "copy_", "resize_", "_assert_async"})
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
     "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
@@ -191,18 +184,10 @@ def _resolve(target: str) -> Callable[..., Any]:
     if not match:
         raise ArchiveError(f"operator {target!r} is not an allowed ATen operator")
     name, overload = match.groups()
-    if _ENFORCE_PURITY:
-        try:
-            return archive_ops.resolve(name, overload)
-        except OpRefused as exc:
-            raise ArchiveError(str(exc)) from None
-    if name in _DENY_OPS or name.endswith("_") or overload == "out":
-        raise ArchiveError(f"operator {target!r} is not allowed in an evaluated model")
-    packet = getattr(torch.ops.aten, name, None)
-    op = getattr(packet, overload, None) if packet is not None else None
-    if not isinstance(op, torch._ops.OpOverload):
-        raise ArchiveError(f"operator {target!r} does not exist in this torch")
-    return op
+    try:
+        return archive_ops.resolve(name, overload)
+    except OpRefused as exc:
+        raise ArchiveError(str(exc)) from None
 
 
 @dataclass
@@ -243,20 +228,21 @@ class ArchivedModel:
                 return _MEMORY_FORMATS[inner]
         return value
 
+    def _weight(self, name: str) -> torch.Tensor:
+        """A call's own copy of a weight: what one call writes, the next never sees."""
+        return self.weights[name].clone()
+
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        pure = _ENFORCE_PURITY
-        if pure:
-            torch.manual_seed(0)  # no random stream that counts the calls
-            idx = idx.clone()
+        torch.manual_seed(0)  # no random stream that counts the calls
+        idx = idx.clone()
         env: dict[str, Any] = {}
         for node in self.nodes:
             op = node["op"]
             if op == "input":
                 env[node["name"]] = idx
             elif op == "weight":
-                weight = self.weights[node["name"]]
-                env[node["name"]] = weight.clone() if pure else weight
+                env[node["name"]] = self._weight(node["name"])
             elif op == "call":
                 fn = node["fn"]
                 args = self._decode(node["args"], env)
@@ -268,8 +254,7 @@ class ArchivedModel:
                                        "output and an int")
                 try:
                     result = fn(*args, **kwargs)
-                    if pure:
-                        archive_ops.check_outputs(result, f"node {node['name']}")
+                    archive_ops.check_outputs(result, f"node {node['name']}")
                 except OpRefused as exc:
                     raise ArchiveError(str(exc)) from None
                 env[node["name"]] = result

@@ -7,7 +7,7 @@ out of bounds), reads no uninitialised memory (``empty*`` hands back freed block
 the previous pass's logits), draws no random numbers, and builds no view from explicit
 strides or offsets (``as_strided``, ``_reshape_alias``: an out-of-bounds read or write).
 
-Three layers, each enough on its own for the attacks of issue 11 #1:
+Three layers, each enough on its own against a stateful, out-of-bounds or mutating graph:
 * ``ALLOWED_OPS``: ATen names known to be pure, deterministic and bounds-checked;
 * the op's own schema (``torch._C.FunctionSchema``): any overload that writes an
   argument (``Tensor(a!)``, ``is_mutable``) or takes ``stride``/``storage_offset`` and

@@ -15,7 +15,7 @@ target of another, and batches mix rows from across the split in an order fixed 
 archive's hash (reproducible, yet unknown when the model was trained).
 
 The probe is only sound for a pure model: one that remembered the scored batch could
-replay its logits on the probe pass (issue 11 #1). An archived model is pure by
+replay its logits on the probe pass. An archived model is pure by
 construction: only side-effect-free ATen ops load, and every call — scored pass and
 probe alike — is a fresh instance with its own copies of the weights (trainer.archive).
 """

@@ -3,9 +3,10 @@
 Installed read-only in the sandbox image, so an edit of train.py cannot change how they
 work. They run inside the candidate's process, though, so a candidate can still bypass
 them (rebind the clock's budget, ignore the seed): the guarantees are kept outside it.
-The trusted side bounds the training phase's wall and CPU time (trainer/run.py), flags a
-candidate whose runs at a fixed step count ($TRIAL_FIXED_STEPS) on two seeds are
-bit-identical, and val_bpb comes only from the separate evaluator.
+The trusted side bounds the training phase's wall and CPU time (the controller's
+controller/research/tasks/trainer_run.py), flags a candidate whose runs at a fixed step
+count ($TRIAL_FIXED_STEPS) on two seeds are bit-identical, and val_bpb comes only from
+the separate evaluator.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ class TrainingClock:
     """Counts training wall time after the first `warmup_steps` steps, up to a budget.
 
     This drives the schedule and tells an honest train.py when to stop; it is no bound
-    (the candidate owns this object). The bound is trainer/run.py's, measured outside.
+    (the candidate owns this object). The bound is the controller's (TrainBound in
+    controller/research/tasks/trainer_run.py), measured outside.
 
     With `max_steps` > 0 the run also stops after that many steps and the schedule
     follows steps instead of time. Under $TRIAL_FIXED_STEPS (the controller's seed

@@ -5,9 +5,10 @@ every (arm, repeat) cell live in one JSON file, `<state>/ablations/<id>/ablation
 rewritten atomically after each change, so a killed driver resumes where it was
 (runner.py).
 
-Arms: A = L1, B = L1+1.5, C = L1+1.5+2, D = L1+2, and controls: `random_search` (true
-random search over the typed ranges), `tpe` and `cmaes` (TPE and CMA-ES: the field's
-offline optimizers, Level 1 only), `A-sched` (A on C's batch schedule, no mechanisms) and
+Arms: A = L1, B = L1+1.5, C = L1+1.5+2, D = L1+2, and controls: one arm per offline
+proposer that registers one (research/level1/offline/: `random_search`, true random
+search over the typed ranges; `tpe`, `cmaes` and `sobol`, the field's offline
+optimizers; Level 1 only), `A-sched` (A on C's batch schedule, no mechanisms) and
 `C-noop` (C's levels with the library's no-op mechanism instead of Level 2). Without an
 LLM, A-D use the offline `local` proposer (a (1+1) perturbation of the incumbent).
 Repeat r of every arm uses the same seed (paired design); the final bests are
@@ -30,11 +31,14 @@ from google.protobuf import json_format
 
 from controller.api import enums
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.research.level1 import offline
 from controller.research.tasks.manifest import load_task_dir
 from controller.store import task_bundle
 
-ALL_ARMS = ("A", "B", "C", "D", "random_search", "tpe", "cmaes", "A-sched", "C-noop")
-DEFAULT_ARMS = tuple(a for a in ALL_ARMS if a != "A-sched")
+PROPOSER_ARMS = tuple(p for p in offline.all_proposers() if p.arm)  # Level 1, that proposer
+ALL_ARMS = ("A", "B", "C", "D", *(p.name for p in PROPOSER_ARMS), "A-sched", "C-noop")
+DEFAULT_ARMS = ("A", "B", "C", "D", *(p.name for p in PROPOSER_ARMS if p.default_arm),
+                "C-noop")
 RENAMED_ARMS = {"random": "arm 'random' is now 'random_search' (true random search over the "
                           "typed ranges; the old arm ran the local perturbation A runs)"}
 CONTROL = "A"
@@ -51,7 +55,7 @@ class Arm:
     name: str
     title: str
     levels: tuple[str, ...]
-    proposer: str  # "llm" or an offline kind (settings.OFFLINE_PROPOSERS)
+    proposer: str  # "llm" or an offline proposer's name
     batch_size: int = 1
     mechanisms: tuple[str, ...] = ()  # library mechanisms it starts with
     llm_outer: bool = False  # with an LLM: L1.5 and L2 ask it (else rule / library)
@@ -64,7 +68,7 @@ class Arm:
 def catalogue(llm: bool, schedule_batch: int) -> tuple[dict[str, Arm], dict[str, str]]:
     """The arms and the reasons some are skipped (none today). Without an LLM every level
     runs its offline form (local proposer, rule-based L1.5, library mechanisms); the
-    random-search, TPE and CMA-ES arms are offline either way."""
+    offline proposers' arms are offline either way."""
     p = "llm" if llm else "local"
     off = "" if llm else "offline: local proposer"
     l15 = "" if llm else ", rule-based L1.5"
@@ -80,10 +84,7 @@ def catalogue(llm: bool, schedule_batch: int) -> tuple[dict[str, Arm], dict[str,
                  schedule_batch, llm_outer=llm),
         "D": Arm("D", "L1 + L2" + note(off + l2), ("1", "2"), p, schedule_batch,
                  llm_outer=llm),
-        "random_search": Arm("random_search", "control: random search over the typed ranges",
-                             ("1",), "random_search"),
-        "tpe": Arm("tpe", "field: Optuna's TPE sampler (offline)", ("1",), "tpe"),
-        "cmaes": Arm("cmaes", "field: CMA-ES (offline)", ("1",), "cmaes"),
+        **{k.name: Arm(k.name, k.arm, ("1",), k.name) for k in PROPOSER_ARMS},
         "A-sched": Arm("A-sched", "control: A on C's batch schedule, no mechanisms",
                        ("1",), p, schedule_batch),
         "C-noop": Arm("C-noop", "control: C's levels with the no-op mechanism",

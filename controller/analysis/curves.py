@@ -1,4 +1,4 @@
-"""Best-so-far curves: the incumbent's val_bpb after each trial, as in Karpathy's
+"""Best-so-far curves: the incumbent's loss after each trial, as in Karpathy's
 progress chart, and the normalised area under it (how fast a search improves).
 
 Crashes and discards leave the frontier flat; a run that stopped early is padded with
@@ -22,7 +22,7 @@ class Point:
     """One finished trial on the progress chart."""
 
     index: int
-    val_bpb: float | None  # None: crashed or invalid
+    loss: float | None  # None: crashed or invalid
     status: str
     description: str
 
@@ -33,7 +33,7 @@ def points(trials: Sequence[TrialRecord]) -> list[Point]:
 
 
 def best_so_far(trials: Sequence[TrialRecord], budget: int | None = None) -> list[float]:
-    """Incumbent val_bpb after trial 0..budget (kept trials only; greedy or noise rule).
+    """Incumbent loss after trial 0..budget (kept trials only; greedy or noise rule).
     Before any kept trial the value is nan."""
     kept = {t.index: t.val_bpb for t in trials
             if t.finished and t.status is TrialStatus.KEEP and t.val_bpb is not None}
@@ -60,7 +60,8 @@ def improvement_curve(trials: Sequence[TrialRecord], budget: int) -> FloatArray:
 
 def normalized_auc(improvement: FloatArray) -> float:
     """Mean improvement over trials 1..T: the area under the improvement curve divided
-    by the trial budget, in val_bpb. Rewards finding gains early, not only finally."""
+    by the trial budget, in the loss's units. Rewards finding gains early, not only
+    finally."""
     tail = improvement[1:]
     if tail.size == 0 or not np.all(np.isfinite(tail)):
         return math.nan

@@ -36,7 +36,8 @@ def cap(text: str, limit: int) -> str:
 
 @dataclass(frozen=True)
 class MechanismStats:
-    """Hook calls of one mechanism in one run (`summarize` in research/level2/records.py)."""
+    """Hook calls of one mechanism in one run (as `summarize_hook_calls` in
+    research/level2/records.py counts them)."""
 
     mechanism: str
     calls: int
@@ -63,7 +64,7 @@ class RunData:
     @property
     def objective(self) -> Objective:
         """The task's metric and direction, as the server recorded them with the run
-        (runs from before it did are val_bpb runs). Stored values are the loss."""
+        (a run stored without them is a val_bpb run). Stored values are the loss."""
         task = self.run.settings.get("task", {})
         return Objective(str(task.get("metric") or "val_bpb"),
                          str(task.get("direction") or "minimize"),

@@ -61,9 +61,9 @@ class Layout:
 
 
 def _value(p: Point) -> float | None:
-    if p.status == "crash" or p.val_bpb is None or not math.isfinite(p.val_bpb):
+    if p.status == "crash" or p.loss is None or not math.isfinite(p.loss):
         return None
-    return p.val_bpb
+    return p.loss
 
 
 def layout(points: Sequence[Point]) -> Layout:
@@ -109,7 +109,7 @@ def progress_chart(points: Sequence[Point], title: str,
 
     def scatter(group: list[Point], label: str, **style: object) -> None:
         if group:
-            ax.scatter([p.index for p in group], [show(p.val_bpb or 0.0) for p in group],
+            ax.scatter([p.index for p in group], [show(p.loss or 0.0) for p in group],
                        label=f"{label} ({len(group)})", **style)
 
     scatter(lay.discarded, "discarded", s=14, color=GREY, zorder=2)
@@ -120,7 +120,7 @@ def progress_chart(points: Sequence[Point], title: str,
     if frontier:
         last = max(p.index for p in points)
         xs = [p.index for p in frontier] + [last]
-        ys = [show(p.val_bpb or 0.0) for p in frontier] + [show(frontier[-1].val_bpb or 0.0)]
+        ys = [show(p.loss or 0.0) for p in frontier] + [show(frontier[-1].loss or 0.0)]
         ax.step(xs, ys, where="post", color=GREEN, linewidth=1.5, label="best so far",
                 zorder=1)
     if lay.ylim is not None:
@@ -132,7 +132,7 @@ def progress_chart(points: Sequence[Point], title: str,
                        s=60, color=ORANGE, edgecolor="black", linewidth=0.5, clip_on=False,
                        zorder=4, label=f"discarded, off the axis ({len(lay.above)})")
         for p in lay.above[:12]:
-            ax.annotate(f"{show(p.val_bpb or 0.0):.4g}", (p.index, edge), xytext=(0, offset),
+            ax.annotate(f"{show(p.loss or 0.0):.4g}", (p.index, edge), xytext=(0, offset),
                         textcoords="offset points", ha="center", fontsize=7, color=ORANGE)
     strip.scatter([p.index for p in lay.crashed], [0.0] * len(lay.crashed), marker="x",
                   s=40, color=RED, label=f"crashed, no value ({len(lay.crashed)})")
@@ -153,7 +153,7 @@ def progress_chart(points: Sequence[Point], title: str,
 
 def arm_curves(curves: dict[str, FloatArray], control: str, title: str,
                identical: dict[str, str] | None = None, loss: str = "val_bpb") -> str:
-    """One panel per arm: its mean best-so-far Δval_bpb against the baseline (lower is
+    """One panel per arm: its mean best-so-far Δ`loss` against the baseline (lower is
     better) with a 95% bootstrap band, and the control arm's mean dashed in each panel.
     `identical` maps an arm to the arm it duplicates; its panel says so."""
     drawn = {name: data for name, data in curves.items()

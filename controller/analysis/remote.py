@@ -66,8 +66,8 @@ def run_record(run: rpb.Run) -> RunRecord:
         id=run.id, state=state, settings=settings,
         created_at=run.created_at.ToNanoseconds() / 1e9,
         updated_at=run.updated_at.ToNanoseconds() / 1e9, trials_done=run.trials_done,
-        baseline_val_bpb=_opt(run, "baseline_val_bpb"), best_val_bpb=_opt(run, "best_val_bpb"),
-        best_trial=run.best_trial if run.HasField("best_val_bpb") else None,
+        baseline_val_bpb=_opt(run, "baseline_loss"), best_val_bpb=_opt(run, "best_loss"),
+        best_trial=run.best_trial if run.HasField("best_loss") else None,
         last_status=_status(run.last_status), stop_reason=run.stop_reason,
         elapsed_seconds=run.elapsed_seconds, llm_tokens_used=run.llm_tokens_used,
         summary=run.summary, noise_sigma=_opt(run, "noise_sigma"),
@@ -77,7 +77,7 @@ def run_record(run: rpb.Run) -> RunRecord:
 def trial_record(run_id: str, t: rpb.RunEvent.TrialFinished) -> TrialRecord:
     return TrialRecord(
         run_id=run_id, index=t.trial, finished=True, attempt=1, description=t.description,
-        changes={}, status=_status(t.status), val_bpb=_opt(t, "val_bpb"),
+        changes={}, status=_status(t.status), val_bpb=_opt(t, "loss"),
         memory_gb=t.memory_gib, job_status=_job_status(t.job_status), seconds=t.run_seconds,
         hypothesis=t.hypothesis, started_at=t.started_at.ToNanoseconds() / 1e9,
         ended_at=t.ended_at.ToNanoseconds() / 1e9, llm_tokens=t.llm_tokens,

@@ -130,8 +130,8 @@ class Runner:
         cell.state = TERMINAL[run.state]
         if not reevaluation:
             return cell
-        if run.HasField("baseline_val_bpb"):
-            cell.value = run.baseline_val_bpb  # for a re-evaluation: the fresh-seed mean
+        if run.HasField("baseline_loss"):
+            cell.value = run.baseline_loss  # for a re-evaluation: the fresh-seed mean
         if run.HasField("noise_sigma"):
             cell.sigma = run.noise_sigma
         return cell
@@ -191,10 +191,10 @@ def progress_line(phase: str, done: int, total: int, key: str, run: rpb.Run,
     and the ETA of the phase (from this session's pace)."""
     arm, _, repeat = key.rpartition("/")
     outcome = TERMINAL.get(run.state, state_name(run.state))
-    if phase == "search" and run.HasField("best_val_bpb") and run.HasField("baseline_val_bpb"):
-        outcome += f", best - baseline in search {run.best_val_bpb - run.baseline_val_bpb:+.2e}"
-    elif phase != "search" and run.HasField("baseline_val_bpb"):
-        outcome += f", mean on fresh seeds {run.baseline_val_bpb:.6f}"
+    if phase == "search" and run.HasField("best_loss") and run.HasField("baseline_loss"):
+        outcome += f", best - baseline in search {run.best_loss - run.baseline_loss:+.2e}"
+    elif phase != "search" and run.HasField("baseline_loss"):
+        outcome += f", mean on fresh seeds {run.baseline_loss:.6f}"
     left = total - done
     eta = _clock(elapsed / finished_here * left) if finished_here and left else "0s"
     return (f"[{phase} {done}/{total}] arm {arm} repeat {repeat}: {outcome} "

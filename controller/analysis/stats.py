@@ -29,7 +29,7 @@ FloatArray = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with its bootstrap confidence interval (nan when n < 2)."""
+    """A point estimate with its confidence interval (nan bounds when n < 2)."""
 
     estimate: float
     low: float
@@ -49,14 +49,10 @@ class Comparison:
     test: str  # "paired permutation" or "Mann-Whitney U"
     n_arm: int
     n_control: int
-    effect: float  # mean(arm) - mean(control); negative = the arm reaches lower val_bpb
+    effect: float  # mean(arm) - mean(control); negative = the arm reaches a lower loss
     p_value: float
     p_holm: float = math.nan
     min_p: float = math.nan  # the smallest p this test can give at these n
-
-    @property
-    def underpowered(self) -> bool:
-        return self.min_p > 0.05
 
 
 def t_mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
@@ -72,29 +68,6 @@ def t_mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Interv
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(data.std(ddof=1)) / \
         math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n)
-
-
-def bootstrap_mean_ci(values: Sequence[float], confidence: float = CONFIDENCE,
-                      seed: int = 0) -> Interval:
-    """Mean with a BCa bootstrap CI; falls back to the percentile method when BCa is
-    undefined (e.g. all values equal)."""
-    data = np.asarray(values, dtype=np.float64)
-    n = int(data.size)
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    mean = float(data.mean())
-    if n < 2:
-        return Interval(mean, math.nan, math.nan, n)
-    if np.all(data == data[0]):
-        return Interval(mean, mean, mean, n)
-    rng = np.random.default_rng(seed)
-    for method in ("BCa", "percentile"):
-        res = stats.bootstrap((data,), np.mean, confidence_level=confidence,
-                              n_resamples=RESAMPLES, method=method, rng=rng)
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if math.isfinite(low) and math.isfinite(high):
-            return Interval(mean, low, high, n)
-    return Interval(mean, math.nan, math.nan, n)
 
 
 def bootstrap_band(curves: FloatArray, confidence: float = CONFIDENCE,

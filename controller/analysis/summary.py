@@ -65,7 +65,7 @@ class AblationSummary:
     best: RunData | None  # the run with the lowest fresh-seed value
 
 
-def summarize(spec: AblationSpec, state: StateDir) -> AblationSummary:
+def summarize_ablation(spec: AblationSpec, state: StateDir) -> AblationSummary:
     arms: list[ArmSummary] = []
     warnings: list[str] = []
     best: tuple[float, RunData] | None = None

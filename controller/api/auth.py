@@ -5,7 +5,7 @@ asks `Authenticator.principal` with the call's metadata and its transport's auth
 context only, before any of its body is read:
 
 - `authorization: Bearer <token>`: one of the server's shared tokens (server.tokens,
-  $BILEVEL_TOKEN: principal "shared", an admin, as every token was before principals),
+  $BILEVEL_TOKEN: principal "shared", an admin: one operator's own tokens),
   else a principal's token in the state dir's store or the principals file, looked up
   afresh on each call (a revoked token fails its very next call); an unknown token is
   refused, whatever else the call carries;
@@ -23,7 +23,7 @@ from typing import Any
 
 from controller.api.private_socket import is_private
 from controller.principals import LOCAL, SHARED, Principal
-from controller.store.principals import Directory
+from controller.store.directory import Directory
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 UNAUTHENTICATED_MESSAGE = ("missing or invalid bearer token: pass --token-file or set "

@@ -1,10 +1,10 @@
-"""Client side of bilevel.v1 for the CLI and tests: channel, credentials, stubs."""
+"""Client side of bilevel.v1 for the CLI, the analysis runner and tests: a typed
+ClientConfig, the channel with its credentials, and the stubs. The CLI maps its flags
+and environment onto ClientConfig (controller/commands/connection.py)."""
 
 from __future__ import annotations
 
-import argparse
-import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,48 +13,32 @@ from types import TracebackType
 import grpc
 
 from controller.api.gen.bilevel.v1 import principals_pb2_grpc, runs_pb2_grpc, sandbox_pb2_grpc
-from controller.config import TOKEN_ENV, ConfigError, ServerConfig, read_tokens
-
-SERVER_ENV = "BILEVEL_SERVER"
+from controller.config import ServerConfig
+from controller.errors import FieldError
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    address: str
+    address: str  # HOST:PORT, or unix:PATH of a controller's private socket
     token: str | None = None
     tls_ca: Path | None = None  # set: TLS, verifying the server against this CA
     tls_cert: Path | None = None  # with tls_key: mutual TLS
     tls_key: Path | None = None
     tls_server_name: str | None = None  # override the name checked in the server's cert
 
-
-def add_client_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("server connection")
-    group.add_argument("--server", default=os.environ.get(SERVER_ENV),
-                       help=f"controller address HOST:PORT, or unix:PATH of its private "
-                            f"socket (env {SERVER_ENV}); without it, the controller holding "
-                            "--state-dir, else one started in this process")
-    group.add_argument("--token-file", type=Path,
-                       help=f"file with the bearer token (default: env {TOKEN_ENV})")
-    group.add_argument("--tls-ca", type=Path, help="CA certificate: connect with TLS")
-    group.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
-    group.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
-    group.add_argument("--tls-server-name", help="expected name in the server certificate")
-
-
-def client_config(args: argparse.Namespace) -> ClientConfig:
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together")
-    tokens = read_tokens(args.token_file)
-    return ClientConfig(address=args.server, token=tokens[0] if tokens else None,
-                        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                        tls_server_name=args.tls_server_name)
+    def validate(self) -> None:
+        if not self.address:
+            raise FieldError("address", "is required (HOST:PORT or unix:PATH)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise FieldError("tls_key" if self.tls_cert else "tls_cert",
+                             "the client certificate and its key go together")
 
 
 class Client:
     """Async stubs plus the call metadata (bearer token) every call needs."""
 
     def __init__(self, config: ClientConfig) -> None:
+        config.validate()
         options: list[tuple[str, object]] = [
             ("grpc.max_receive_message_length", 300 << 20),
             ("grpc.max_send_message_length", 300 << 20)]
@@ -90,20 +74,14 @@ class Client:
 
 
 @asynccontextmanager
-async def connect(args: argparse.Namespace,
-                  embedded: Callable[[], ServerConfig] | None = None) -> AsyncIterator[Client]:
-    """A client for `--server`, or else for a controller started in this process on the
-    local state dir. That one listens only on its private Unix socket (no TCP, whatever
-    the configuration says): its user's, as the LLM keys it holds are."""
-    if args.server:
-        async with Client(client_config(args)) as client:
-            yield client
-        return
-    if embedded is None:
-        raise ConfigError("--server is required")
+async def embedded(config: ServerConfig) -> AsyncIterator[Client]:
+    """A client of a controller started in this process on `config`'s state dir. That
+    one listens only on its private Unix socket (no TCP, whatever `config` says): its
+    user's, as the LLM keys it holds are."""
+    # Imported here: the server and the research stack cost every client's start-up.
     from controller.api.server import ControllerServer
 
-    server = ControllerServer(replace(embedded(), listen="", tls=None))
+    server = ControllerServer(replace(config, listen="", tls=None))
     await server.start()
     try:
         async with Client(ClientConfig(address=server.socket.address)) as client:

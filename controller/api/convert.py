@@ -12,8 +12,8 @@ from controller.api import enums
 from controller.api.enums import UnknownValue
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
+from controller.errors import FieldError
 from controller.llm.settings import LLMSettings
-from controller.research.errors import FieldError
 from controller.research.level2.report import Summary
 from controller.research.settings import (
     Budgets,
@@ -25,6 +25,7 @@ from controller.research.settings import (
     TaskSettings,
 )
 from controller.sandbox import bounded_json, job_output
+from controller.sandbox.backend import check_data_ids
 from controller.sandbox.caps import LimitCaps
 from controller.sandbox.spec import (
     DataMount,
@@ -62,9 +63,10 @@ def job_spec(request: spb.ExecuteRequest, defaults: Limits, caps: LimitCaps) -> 
         files=dict(request.files), command=tuple(request.command), limits=limits,
         runtime=_named(enums.RUNTIMES, request.runtime, "runtime", "runc"),
         gpu_ids=tuple(request.gpu_ids),
-        data_mounts=tuple(DataMount(volume=m.volume, target=m.target)
+        data_mounts=tuple(DataMount(source=m.volume, target=m.target)
                           for m in request.data_mounts),
         env=dict(request.env))
+    check_data_ids(spec)  # a request mounts data only by a published id
     spec.validate()
     return spec
 
@@ -145,7 +147,7 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
                           runtime=_named(enums.RUNTIMES, request.task.runtime,
                                          "task.runtime", "runc")),
         search=SearchSettings(seed=search.seed, frozen_knobs=tuple(search.frozen_knobs),
-                              min_improvement=search.min_improvement_bpb,
+                              min_improvement=_min_improvement(search),
                               keep_rule=_named(enums.KEEP_RULES, search.keep_rule,
                                                "search.keep_rule", "greedy"),
                               noise_seeds=search.noise_seeds or SearchSettings().noise_seeds,
@@ -195,6 +197,15 @@ def outer_settings(o: rpb.OuterSettings) -> OuterSettings:
         library_prior_runs=tuple(o.library_prior_runs))
 
 
+def _min_improvement(search: rpb.SearchSettings) -> float:
+    """`min_improvement`, or its deprecated name `min_improvement_bpb` when it is 0."""
+    new, old = search.min_improvement, search.min_improvement_bpb
+    if new and old and new != old:
+        raise FieldError("search.min_improvement", f"is {new} but its deprecated name "
+                         f"min_improvement_bpb says {old}: set only min_improvement")
+    return new or old
+
+
 def _opt(message: Any, name: str, default: Any) -> Any:
     """An `optional` proto field's value, or the default when it is unset."""
     return getattr(message, name) if message.HasField(name) else default
@@ -210,6 +221,7 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
                           maximize=t.direction == "maximize",
                           metric_self_reported=t.self_reported, in_process=t.in_process),
         search=rpb.SearchSettings(seed=s.seed, frozen_knobs=s.frozen_knobs,
+                                  min_improvement=s.min_improvement,
                                   min_improvement_bpb=s.min_improvement,
                                   keep_rule=enums.to_enum(enums.KEEP_RULES, s.keep_rule),
                                   noise_seeds=s.noise_seeds, noise_margin_sigma=s.noise_margin,
@@ -265,6 +277,7 @@ def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
         out.search.ClearField("noise_seeds")
         out.search.ClearField("noise_margin_sigma")
     else:
+        out.search.ClearField("min_improvement")
         out.search.ClearField("min_improvement_bpb")
     if not settings.uses_llm():
         out.ClearField("llm")
@@ -317,8 +330,9 @@ def run(record: RunRecord, mechanisms: list[Summary] | None = None) -> rpb.Run:
         id=record.id, state=run_state(record.state),
         request=echo_request(RunSettings.from_dict(record.settings)),
         created_at=_ts(record.created_at), updated_at=_ts(record.updated_at),
-        trials_done=record.trials_done, baseline_val_bpb=record.baseline_val_bpb,
-        best_val_bpb=record.best_val_bpb,
+        trials_done=record.trials_done, baseline_loss=record.baseline_val_bpb,
+        best_loss=record.best_val_bpb,
+        baseline_val_bpb=record.baseline_val_bpb, best_val_bpb=record.best_val_bpb,
         best_trial=record.best_trial if record.best_trial is not None else 0,
         last_status=trial_status(record.last_status), stop_reason=record.stop_reason,
         elapsed_seconds=record.elapsed_seconds, llm_tokens_used=record.llm_tokens_used,
@@ -338,7 +352,8 @@ def event(record: EventRecord) -> rpb.RunEvent:
         out.trial_started.CopyFrom(rpb.RunEvent.TrialStarted(**p))
     elif record.kind is EventKind.TRIAL_FINISHED:
         out.trial_finished.CopyFrom(rpb.RunEvent.TrialFinished(
-            trial=p["trial"], status=trial_status(p["status"]), val_bpb=p["val_bpb"],
+            trial=p["trial"], status=trial_status(p["status"]), loss=p["val_bpb"],
+            val_bpb=p["val_bpb"],
             memory_gib=p["memory_gb"], metrics_json=p["metrics_json"],
             job_status=job_status_name(p["job_status"]),
             exception=exception_info(p.get("exception")), run_seconds=p["seconds"],
@@ -348,10 +363,13 @@ def event(record: EventRecord) -> rpb.RunEvent:
             mechanisms_json=p.get("mechanisms_json", ""),
             proposal_source=p.get("proposal_source", ""), node_id=p.get("node", "")))
     elif record.kind is EventKind.NEW_BEST:
-        out.new_best.CopyFrom(rpb.RunEvent.NewBest(**p))
+        out.new_best.CopyFrom(rpb.RunEvent.NewBest(
+            trial=p["trial"], loss=p["val_bpb"], previous_loss=p.get("previous_val_bpb"),
+            val_bpb=p["val_bpb"], previous_val_bpb=p.get("previous_val_bpb")))
     elif record.kind is EventKind.RUN_FINISHED:
         out.run_finished.CopyFrom(rpb.RunEvent.RunFinished(
             state=run_state(p["state"]), reason=p["reason"],
+            baseline_loss=p.get("baseline_val_bpb"), best_loss=p.get("best_val_bpb"),
             baseline_val_bpb=p.get("baseline_val_bpb"), best_val_bpb=p.get("best_val_bpb"),
             improved=bool(p.get("improved")), summary=p.get("summary", "")))
     elif record.kind is EventKind.RUN_PAUSED:
@@ -370,5 +388,5 @@ def event(record: EventRecord) -> rpb.RunEvent:
 
 def lesson(record: Lesson) -> rpb.Lesson:
     return rpb.Lesson(id=record.id, task=record.task, run_id=record.run_id, kind=record.kind,
-                      text=record.text, delta_bpb=record.delta,
+                      text=record.text, delta_loss=record.delta, delta_bpb=record.delta,
                       created_at=_ts(record.created_at), owner=record.owner)

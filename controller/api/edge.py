@@ -57,8 +57,9 @@ from controller.api.auth import (
     client_identity,
 )
 from controller.api.errors import bad_request, status_for, too_large
+from controller.errors import FieldError
 from controller.principals import Principal
-from controller.research.errors import CapacityError, FieldError
+from controller.research.errors import CapacityError
 from controller.store.task_bundle import MAX_BUNDLE_BYTES
 
 MAX_SEND_BYTES = 300 << 20  # responses (returned files, artifacts): unchanged
@@ -74,11 +75,6 @@ MAX_CONCURRENT_STREAMS = 100  # per client connection (HTTP/2 advises at least 1
 UNARY_RPCS = 256  # grpc's concurrency cap is the stream budget plus this many
 MAX_METADATA_BYTES = 16 << 10
 MAX_CONNECTION_IDLE_MS = 10 * 60 * 1000
-
-# Test-only switch (the sensitivity twin in tests/test_api_edge.py): False reads and
-# parses an unauthenticated body before refusing it, as the server did before. Never set
-# from configuration.
-_REFUSE_BEFORE_READ = True
 
 
 def server_options() -> list[tuple[str, Any]]:
@@ -122,7 +118,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         cap = self._caps.get(method, self._default_cap)
         large = cap > LARGE_CAP_BYTES
         body = _Body(method, cap, handler.request_deserializer,
-                     self._large if large else None, refuse=False)
+                     self._large if large else None)
         streaming = bool(handler.request_streaming or handler.response_streaming)
         return _guarded(handler, body, _Call(self, method, metadata, cap, streaming,
                                              large and not handler.request_streaming))
@@ -138,16 +134,14 @@ class _Call:
         self.edge, self.method, self.metadata, self.cap = edge, method, metadata, cap
         self.streaming, self.large = streaming, large
 
-    async def authenticate(self, context: Any, body: _Body) -> Principal | None:
+    async def authenticate(self, context: Any) -> Principal | None:
         """The caller's principal, read from metadata and transport only; a call that
         needs one and names none is refused here, its body unread (None is left only for
         a health call without a token)."""
         principal = self.edge.auth.principal(self.metadata, context.auth_context(),
                                              context.peer())
         if principal is None and not self.method.startswith(HEALTH_PREFIX):
-            if _REFUSE_BEFORE_READ:
-                await _unauthenticated(context)
-            body.refuse = True  # the twin: parse the body, then refuse
+            await _unauthenticated(context)
         return principal
 
     @contextlib.asynccontextmanager
@@ -223,9 +217,8 @@ class _Body:
     """Reads, size-checks and parses request messages of one call."""
 
     def __init__(self, method: str, cap: int, parse: Callable[[bytes], Any] | None,
-                 bound: asyncio.Semaphore | None, refuse: bool) -> None:
+                 bound: asyncio.Semaphore | None) -> None:
         self.method, self.cap, self.parse, self.bound = method, cap, parse, bound
-        self.refuse = refuse
 
     async def one(self, requests: AsyncIterator[bytes], context: Any,
                   ticket: Ticket | None) -> Any:
@@ -255,9 +248,6 @@ class _Body:
             yield await self.parsed(raw, context)
 
     async def parsed(self, raw: bytes, context: Any) -> Any:
-        if self.refuse:  # only with _REFUSE_BEFORE_READ off: parse, then refuse
-            self._parse(raw)
-            await _unauthenticated(context)
         if len(raw) > self.cap:
             await self.abort(context, too_large(self.method, len(raw), self.cap))
         try:
@@ -284,7 +274,7 @@ def _guarded(handler: Any, body: _Body, call: _Call) -> Any:
             inner_stream = handler.unary_stream
 
             async def unary_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-                principal = await call.authenticate(context, body)
+                principal = await call.authenticate(context)
                 async with call.admitted(context, principal) as ticket:
                     stream = inner_stream(await body.one(requests, context, ticket), context)
                     async for item in _iterate(stream):  # no reference to the request here
@@ -293,7 +283,7 @@ def _guarded(handler: Any, body: _Body, call: _Call) -> Any:
         inner_unary = handler.unary_unary
 
         async def unary_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
-            principal = await call.authenticate(context, body)
+            principal = await call.authenticate(context)
             async with call.admitted(context, principal) as ticket:
                 return await _resolve(inner_unary(await body.one(requests, context, ticket),
                                                   context))
@@ -302,7 +292,7 @@ def _guarded(handler: Any, body: _Body, call: _Call) -> Any:
         inner_streams = handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-            principal = await call.authenticate(context, body)
+            principal = await call.authenticate(context)
             async with call.admitted(context, principal):
                 async for item in _iterate(inner_streams(body.each(requests, context),
                                                          context)):
@@ -311,7 +301,7 @@ def _guarded(handler: Any, body: _Body, call: _Call) -> Any:
     inner = handler.stream_unary
 
     async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
-        principal = await call.authenticate(context, body)
+        principal = await call.authenticate(context)
         async with call.admitted(context, principal):
             return await _resolve(inner(body.each(requests, context), context))
     return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)

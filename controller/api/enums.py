@@ -1,5 +1,6 @@
 """The API's closed sets (proto enums) against the internal string values code beyond the
-API keeps. Light to import (only the generated messages): the CLI builds requests with it.
+API keeps. Light to import (the generated messages and the offline proposers' registry,
+which imports no optimizer library): the CLI builds requests with it.
 
 UNSPECIFIED (0) means the field's default where it has one; a number no table lists (a
 newer client, a hand-built message) is refused with the field named, never guessed.
@@ -12,16 +13,20 @@ from typing import TypeVar
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
+from controller.research.level1 import offline
 
 E = TypeVar("E", bound=int)
 
 RUNTIMES: Mapping[str, spb.Runtime] = {"runc": spb.RUNTIME_RUNC, "runsc": spb.RUNTIME_RUNSC}
 KEEP_RULES: Mapping[str, rpb.KeepRule] = {"greedy": rpb.KEEP_RULE_GREEDY,
                                           "noise": rpb.KEEP_RULE_NOISE}
+# By name: proposer kind "random_search" is PROPOSER_KIND_RANDOM_SEARCH. The kinds are
+# the offline registry's plus "llm"; test_proposer_registry fails when the proto's enum
+# and the registry disagree.
 PROPOSER_KINDS: Mapping[str, rpb.ProposerKind] = {
-    "local": rpb.PROPOSER_KIND_LOCAL, "random_search": rpb.PROPOSER_KIND_RANDOM_SEARCH,
-    "tpe": rpb.PROPOSER_KIND_TPE, "cmaes": rpb.PROPOSER_KIND_CMAES,
-    "llm": rpb.PROPOSER_KIND_LLM}
+    name: rpb.ProposerKind.Value(f"PROPOSER_KIND_{name.upper()}")
+    for name in (*offline.names(), "llm")
+    if f"PROPOSER_KIND_{name.upper()}" in rpb.ProposerKind.DESCRIPTOR.values_by_name}
 PROPOSER_MODES: Mapping[str, rpb.ProposerMode] = {"params": rpb.PROPOSER_MODE_PARAMS,
                                      "code": rpb.PROPOSER_MODE_CODE}
 LEVELS: Mapping[str, rpb.Level] = {"1": rpb.LEVEL_1, "1.5": rpb.LEVEL_1_5, "2": rpb.LEVEL_2}

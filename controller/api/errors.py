@@ -17,10 +17,10 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from controller.errors import FieldError
 from controller.principals import PermissionDenied
-from controller.research.errors import CapacityError, FieldError, StateConflict
+from controller.research.errors import CapacityError, StateConflict
 from controller.sandbox.backend_config import SandboxBusy, SandboxUnavailable
-from controller.sandbox.spec import SpecError
 from controller.store.artifacts import BadArtifactName
 from controller.store.principals import PrincipalExists, UnknownPrincipal
 from controller.store.records import NotFoundError
@@ -56,9 +56,7 @@ def too_large(method: str, size: int, cap: int) -> status_pb2.Status:
 
 def status_for(exc: BaseException) -> status_pb2.Status | None:
     """The status for a known domain error; None for anything else (a bug: INTERNAL)."""
-    if isinstance(exc, FieldError):
-        return bad_request(exc.field, exc.reason)
-    if isinstance(exc, SpecError):
+    if isinstance(exc, FieldError):  # SpecError and TaskError too
         return bad_request(exc.field, exc.reason)
     if isinstance(exc, BadArtifactName):
         return bad_request("name", str(exc))

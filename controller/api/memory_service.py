@@ -11,17 +11,15 @@ import asyncio
 
 import grpc
 
-from controller.api import convert
 from controller.api.errors import rpc_errors
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import runs_pb2_grpc
 from controller.api.identity import caller
+from controller.api.queries import list_lessons
+from controller.errors import FieldError
 from controller.principals import require_writes
-from controller.research.errors import FieldError
+from controller.research import access
 from controller.store.memory import MemoryStore
-
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 10_000
 
 
 class MemoryServicer(runs_pb2_grpc.MemoryServiceServicer):
@@ -32,13 +30,8 @@ class MemoryServicer(runs_pb2_grpc.MemoryServiceServicer):
     @rpc_errors
     async def ListLessons(self, request: rpb.ListLessonsRequest,
                           context: grpc.aio.ServicerContext) -> rpb.ListLessonsResponse:
-        if not 0 <= request.limit <= MAX_LIMIT:
-            raise FieldError("limit", f"must be in [0, {MAX_LIMIT}] (0: {DEFAULT_LIMIT})")
-        principal = caller()
-        owner = None if self.shared or principal.sees_everyone else principal.name
-        lessons = await asyncio.to_thread(self.memory.list, request.task or None,
-                                          request.limit or DEFAULT_LIMIT, owner)
-        return rpb.ListLessonsResponse(lessons=[convert.lesson(x) for x in lessons])
+        return await asyncio.to_thread(list_lessons, self.memory, request, caller(),
+                                       self.shared)
 
     @rpc_errors
     async def ClearLessons(self, request: rpb.ClearLessonsRequest,
@@ -48,6 +41,6 @@ class MemoryServicer(runs_pb2_grpc.MemoryServiceServicer):
                              "(or name one task)")
         principal = caller()
         require_writes(principal, "clear lessons")
-        owner = None if principal.sees_everyone else principal.name
+        owner = access.listed_owner(principal)
         deleted = await asyncio.to_thread(self.memory.clear, request.task or None, owner)
         return rpb.ClearLessonsResponse(deleted=deleted)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import math
 
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 from controller.store.records import Cursor
 
 PREFIX = "v2:"

@@ -17,9 +17,10 @@ from controller.api.errors import rpc_errors
 from controller.api.gen.bilevel.v1 import principals_pb2 as ppb
 from controller.api.gen.bilevel.v1 import principals_pb2_grpc
 from controller.api.identity import caller
+from controller.errors import FieldError
 from controller.principals import LOCAL, SHARED, Principal, Role, check_name, require_admin
-from controller.research.errors import FieldError
-from controller.store.principals import Directory, PrincipalExists, PrincipalRow
+from controller.store.directory import Directory
+from controller.store.principals import PrincipalExists, PrincipalRow
 
 log = structlog.get_logger(__name__)
 ROLES = {Role.ADMIN: ppb.ROLE_ADMIN, Role.USER: ppb.ROLE_USER, Role.VIEWER: ppb.ROLE_VIEWER}

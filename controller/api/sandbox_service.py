@@ -4,12 +4,13 @@ Admission is bounded: at most `slots + queue` calls are in flight; the next one 
 RESOURCE_EXHAUSTED at once, before its body is read, instead of waiting without limit
 (the edge admits it: controller/api/admission.py). Its place and body bytes are held
 until its job ends. Limits over the server's caps are INVALID_ARGUMENT naming the field
-and the cap. A client that goes away cancels its job (the executor kills and removes the
-container). A request mounts data
-only by the id of a volume published to this controller's clients (see
-controller/sandbox/volumes.py); GPUs are the executor's to hand out. The job runs as the
-caller's principal: it waits for a slot under that principal's quotas and fair share
-(controller/sandbox/fair_share.py).
+and the cap. A client that goes away cancels its job (the backend kills and removes it).
+A request mounts data only by the id of data published to this controller's clients
+(the backend's resolve_data, controller/sandbox/backend.py); GPUs are the backend's to
+hand out. The job runs as the caller's principal: it waits for a slot under that
+principal's quotas and fair share (controller/sandbox/fair_share.py). Its output is
+coalesced into chunks (output_chunks.py), so a job that writes a byte at a time does not
+cost an event per byte.
 """
 
 from __future__ import annotations
@@ -32,26 +33,19 @@ from controller.api.gen.bilevel.v1 import sandbox_pb2_grpc
 from controller.api.identity import caller
 from controller.api.output_chunks import Chunk, OutputCoalescer
 from controller.principals import require_writes
-from controller.research.engine import LazyExecutor
-from controller.sandbox import volumes
+from controller.research.engine import LazyBackend
+from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.caps import LimitCaps
-from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.reaper import OWNER_EXECUTE
 from controller.sandbox.spec import JobResult, JobSpec, Limits
 
 log = structlog.get_logger(__name__)
-# Test-only switch (tests/test_api_edge.py's sensitivity twin): False passes a request's
-# data_mounts volume names to Docker unchecked, as before. Never set from configuration.
-_RESOLVE_DATA_MOUNTS = True
-# Test-only switch (tests/test_api_execute.py's twin): False sends each write of the job
-# as its own Output event, as before. Never set from configuration.
-_COALESCE_OUTPUT = True
 _STREAMS = {"stdout": spb.ExecuteEvent.Output.STREAM_STDOUT,
             "stderr": spb.ExecuteEvent.Output.STREAM_STDERR}
 
 
 class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
-    def __init__(self, engine: LazyExecutor, defaults: Limits, caps: LimitCaps,
+    def __init__(self, engine: LazyBackend, defaults: Limits, caps: LimitCaps,
                  admission: Admission) -> None:
         self.engine = engine
         self.defaults = defaults
@@ -67,13 +61,9 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         require_writes(principal, "run sandbox jobs")
         spec = convert.job_spec(request, self.defaults, self.caps)
         del request  # the spec holds the files now; do not keep the message twice
-        if _RESOLVE_DATA_MOUNTS:
-            volumes.check_data_ids(spec)
         executor = (await asyncio.to_thread(self.engine.get)).for_owner(
             OWNER_EXECUTE, principal=principal.name)
-        if _RESOLVE_DATA_MOUNTS and spec.data_mounts:
-            spec = await asyncio.to_thread(volumes.resolve_data_mounts, executor.client,
-                                           executor.config.namespace, spec, principal)
+        spec = await asyncio.to_thread(executor.resolve_data, spec, principal)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[_Item] = asyncio.Queue()
         cancel = threading.Event()
@@ -93,7 +83,7 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
                 cancel.set()
 
     @staticmethod
-    def _run(executor: SandboxExecutor, spec: JobSpec,
+    def _run(executor: SandboxBackend, spec: JobSpec,
              events: asyncio.Queue[_Item], loop: asyncio.AbstractEventLoop,
              cancel: threading.Event) -> JobResult:
         def emit(item: _Item) -> None:
@@ -102,9 +92,9 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         def on_output(stream: str, chunk: bytes) -> None:
             emit((stream, chunk, time.monotonic()))  # coalesced on the loop, by arrival
 
-        return executor.run(spec, on_output=on_output, cancel=cancel,
-                            on_started=lambda: emit(spb.ExecuteEvent(
-                                started=spb.ExecuteEvent.Started())))
+        return executor.run_job(spec, on_output=on_output, cancel=cancel,
+                                on_started=lambda: emit(spb.ExecuteEvent(
+                                    started=spb.ExecuteEvent.Started())))
 
     def close(self) -> None:
         """Wait for jobs still running (cancelled ones tear down within seconds)."""
@@ -154,6 +144,4 @@ def _events(chunks: OutputCoalescer, item: _Item) -> list[spb.ExecuteEvent]:
     if isinstance(item, spb.ExecuteEvent):
         return [*_outputs(chunks.flush()), item]
     stream, data, arrived = item
-    if not _COALESCE_OUTPUT:
-        return _outputs([(stream, data)])
     return _outputs(chunks.feed(stream, data, arrived))

@@ -41,14 +41,15 @@ from controller.audit.chain import AUDIT_DIR
 from controller.audit.log import AuditLog
 from controller.config import ConfigError, ServerConfig, TlsConfig
 from controller.research.deletion import Janitor, RunDeleter
-from controller.research.engine import LazyExecutor
+from controller.research.engine import LazyBackend
 from controller.research.manager import ManagerConfig, RunManager
-from controller.sandbox.executor import SandboxUnavailable
+from controller.sandbox.backend_config import SandboxUnavailable
 from controller.store import deletion
 from controller.store.artifacts import ArtifactStore
+from controller.store.directory import Directory
 from controller.store.disk import DiskBudget
 from controller.store.memory import MemoryStore
-from controller.store.principals import Directory, PrincipalStore
+from controller.store.principals import PrincipalStore
 from controller.store.principals_file import PrincipalsFile, PrincipalsFileError
 from controller.store.resources import RunResources
 from controller.store.runs import RunStore
@@ -87,7 +88,7 @@ class ControllerServer:
         self.audit = AuditLog(config.state_dir / AUDIT_DIR)
         self.artifacts = ArtifactStore(config.state_dir / "runs")
         # Slots shared between principals within their quotas (sandbox/fair_share.py).
-        self.engine = LazyExecutor(config.executor, ray=config.ray, quotas=config.quotas)
+        self.engine = LazyBackend(config.executor, config.backend, config.quotas)
         self.manager = RunManager(self.store, self.artifacts, self.engine,
                                   ManagerConfig(max_active_runs=config.max_active_runs,
                                                 llm=config.llm, caps=config.caps,
@@ -101,8 +102,8 @@ class ControllerServer:
         # create is in flight.
         RunResources(self.store).drop_dangling()
         deletion.remove_orphan_files(self.artifacts.root, self.store)
-        self.deleter = RunDeleter(self.store, self.artifacts, lambda: self.engine.get().client,
-                                  config.executor.namespace, self.manager.cancel,
+        self.deleter = RunDeleter(self.store, self.artifacts, self.engine.get,
+                                  self.manager.cancel,
                                   lambda run_id: run_id in self.manager.active_ids())
         self.janitor = Janitor(self.deleter, config.retention)
         self._janitor_task: asyncio.Task[None] | None = None

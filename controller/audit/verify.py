@@ -29,7 +29,9 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class ChainVerdict:
+    """What verifying the audit log's hash chain found."""
+
     records: int  # whole records read, up to the first problem
     head: Head | None
     problem: Problem | None
@@ -47,7 +49,7 @@ def parse(raw: bytes) -> dict[str, Any] | None:
     return record
 
 
-def verify(directory: Path) -> Verdict:
+def verify(directory: Path) -> ChainVerdict:
     """Raises FileNotFoundError when there is neither a log nor a head."""
     log_path, head_path = directory / LOG_FILE, directory / HEAD_FILE
     try:
@@ -55,10 +57,10 @@ def verify(directory: Path) -> Verdict:
     except FileNotFoundError:
         head = None
     except ValueError as exc:
-        return Verdict(0, None, Problem(None, f"{head_path}: {exc}"))
+        return ChainVerdict(0, None, Problem(None, f"{head_path}: {exc}"))
     if not log_path.exists() and head is not None:
-        return Verdict(0, head, Problem(1, f"is missing: {log_path} was removed, and its "
-                                           f"head records {head.count} records"))
+        return ChainVerdict(0, head, Problem(1, f"is missing: {log_path} was removed, and its "
+                                                f"head records {head.count} records"))
     with open(log_path, "rb") as f:  # FileNotFoundError: neither log nor head
         count, problem = _walk(f, head)
     if problem is None and head is None and count:
@@ -67,7 +69,7 @@ def verify(directory: Path) -> Verdict:
     if problem is None and head is not None and head.count > count:
         problem = Problem(count + 1, f"is missing: the log ends after {count} records but "
                                      f"its head records {head.count}: the log was cut")
-    return Verdict(count, head, problem)
+    return ChainVerdict(count, head, problem)
 
 
 def _walk(lines: Iterator[bytes], head: Head | None) -> tuple[int, Problem | None]:

@@ -14,12 +14,15 @@ from pathlib import Path
 from controller.analysis import ablation
 from controller.analysis.ablation import ALL_ARMS, DEFAULT_ARMS, AblationSpec
 from controller.analysis.runner import AblationStalled, Runner, plan
-from controller.api.client import add_client_arguments, connect
+from controller.commands.connection import add_client_arguments, connect
+from controller.commands.controller_flags import (
+    add_controller_arguments,
+    add_llm_access_arguments,
+    server_config,
+)
 from controller.commands.report import write_ablation_report
 from controller.commands.run import embedded_config
-from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError
-from controller.llm.access import add_llm_access_arguments
 from controller.research.tasks.manifest import load_task_dir
 
 EXIT_STALLED = 3
@@ -35,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                                              "anything)")
     cmd.add_argument("--trials", type=int, default=20, help="trial budget of every run")
     cmd.add_argument("--arms", default=",".join(DEFAULT_ARMS),
-                     help=f"comma-separated, from {','.join(ALL_ARMS)} (default: all but "
-                          "A-sched, which equals A at --schedule-batch 1)")
+                     help=f"comma-separated, from {','.join(ALL_ARMS)} (default: "
+                          f"{','.join(DEFAULT_ARMS)}; A-sched equals A at --schedule-batch 1)")
     cmd.add_argument("--seed", type=int, default=None,
                      help="repeat r searches with seed + 1000 r (default: drawn at random "
                           "and printed; pass it to repeat an ablation exactly)")

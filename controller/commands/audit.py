@@ -19,7 +19,7 @@ from typing import Any
 
 from controller.audit.chain import AUDIT_DIR, LOG_FILE
 from controller.audit.verify import records, verify
-from controller.commands.serve import add_controller_arguments
+from controller.commands.controller_flags import add_controller_arguments, state_dir_of
 from controller.config import ConfigError
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -63,8 +63,6 @@ def since(text: str) -> datetime:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from controller.commands.local import state_dir_of
-
     try:
         directory = state_dir_of(args) / AUDIT_DIR
     except ConfigError as exc:

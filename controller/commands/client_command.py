@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from controller.api.client import Client, add_client_arguments
+from controller.api.client import Client
 from controller.api.errors import describe
+from controller.commands.connection import add_client_arguments
+from controller.commands.controller_flags import add_controller_arguments, server_config
 from controller.commands.local import open_client
-from controller.commands.serve import add_controller_arguments, server_config
 from controller.config import ConfigError, ServerConfig
 
 Body = Callable[[Client], Awaitable[int]]

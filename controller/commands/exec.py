@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from controller.commands.live_view import terminal_safe
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor, SandboxUnavailable
+from controller.sandbox.backend_config import ExecutorConfig, SandboxUnavailable
+from controller.sandbox.factory import make_backend
 from controller.sandbox.spec import JobResult, Limits, SpecError, Status
 
 
@@ -35,7 +36,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print(f"error: FILE {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     try:
-        executor = SandboxExecutor(ExecutorConfig(slots=1, runtime=args.runtime))
+        executor = make_backend(ExecutorConfig(slots=1, runtime=args.runtime))
         spec = JobSpec(
             files={args.file.name: source},
             command=("python3", args.file.name),
@@ -43,7 +44,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
                           cpus=args.cpus),
             runtime=executor.runtime,
         )
-        result = executor.run(spec, on_output=_echo if not args.json else None)
+        result = executor.run_job(spec, on_output=_echo if not args.json else None)
     except (SandboxUnavailable, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from google.rpc import error_details_pb2
 
 from controller.api.errors import describe, details_of
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 
 # Request field -> the `bilevel run` flag that sets it (old and new proto names).
 FIELD_FLAGS = {

@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import docker
-
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 from controller.research.tasks.manifest import load_task_dir
-from controller.sandbox.image import ImageBuildError, ImageRecipe, ensure_image
-from controller.sandbox.task_image import WheelSource, ensure_task_image
+from controller.sandbox.backend_config import SandboxUnavailable
+from controller.sandbox.image import ImageBuildError, ImageRecipe, ensure_local_image
+from controller.sandbox.task_image import WheelSource, ensure_local_task_image
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,20 +38,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def cmd_build(args: argparse.Namespace) -> int:
     try:
-        client = docker.from_env()
-        tag = ensure_image(client, ImageRecipe(base=args.base), force=args.force)
+        tag = ensure_local_image(recipe=ImageRecipe(base=args.base), force=args.force)
         if args.task is not None:
             requirements = load_task_dir(args.task).requirements
             source = WheelSource(find_links=tuple(args.find_links), no_index=args.no_index)
-            tag = ensure_task_image(client, tag, requirements, source, force=args.force)
+            tag = ensure_local_task_image(tag, requirements, source, force=args.force)
     except FieldError as exc:
         print(f"error: task {args.task}: {exc}")
         return 1
     except (ImageBuildError, ValueError) as exc:
         print(f"error: {exc}")
         return 1
-    except docker.errors.DockerException as exc:
-        print(f"error: cannot reach the Docker engine: {exc}")
+    except SandboxUnavailable as exc:
+        print(f"error: {exc}")
         return 1
     print(tag)
     return 0

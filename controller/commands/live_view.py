@@ -31,9 +31,6 @@ _RULE_BREAKS = {spb.JOB_STATUS_OVER_BUDGET: "over_budget",
 _STYLE = {"keep": "green", "discard": "", "crash": "red"}
 DESCRIPTION_CHARS = 200  # of a description in a line or cell: it is the proposer's text
 CHROME_LINES = 9  # title, header, borders and the status lines around the table's rows
-# Test-only switch (tests/test_cli_live_view.py's sensitivity twin): False prints what a
-# proposer or mechanism wrote as is, escape sequences included. Never configurable.
-_SANITIZE = True
 
 
 def printable(text: str, limit: int = DESCRIPTION_CHARS) -> str:
@@ -42,16 +39,13 @@ def printable(text: str, limit: int = DESCRIPTION_CHARS) -> str:
     (ESC sequences that move the cursor or clear the screen, bidi overrides) are shown
     as escapes instead of acted on. Cut to `limit` characters."""
     text = " ".join(text.split())[:limit]
-    if not _SANITIZE:
-        return text
     return "".join(map(_escape, text))
 
 
 def terminal_safe(text: str) -> str:
     """Many lines of untrusted text (a job's log) for a terminal: as `printable`, but
     keeping newlines and tabs, and uncut."""
-    return text if not _SANITIZE else "".join(
-        ch if ch in "\n\t" else _escape(ch) for ch in text)
+    return "".join(ch if ch in "\n\t" else _escape(ch) for ch in text)
 
 
 def _escape(ch: str) -> str:
@@ -64,7 +58,7 @@ def _escape(ch: str) -> str:
 class Row:
     trial: int
     status: str
-    val_bpb: float | None
+    value: float | None  # in the task's metric, as shown
     best: float | None  # the best after this trial
     seconds: float | None
     description: str
@@ -81,13 +75,13 @@ class RunView:
         self.wall_budget = run.request.budgets.max_wall_seconds
         self.console = console
         self.done = run.trials_done
-        # Values are shown in the task's metric: the API's val_bpb is the loss (negated
-        # for a maximised metric, TaskSpec.maximize).
+        # Values are shown in the task's metric: the API's loss fields hold the loss
+        # (the metric negated for a maximised metric, TaskSpec.maximize).
         self.metric = run.request.task.metric or "val_bpb"
         self.sign = -1.0 if run.request.task.maximize else 1.0
-        self.baseline = self.sign * run.baseline_val_bpb if run.HasField("baseline_val_bpb") \
+        self.baseline = self.sign * run.baseline_loss if run.HasField("baseline_loss") \
             else None
-        self.best = self.sign * run.best_val_bpb if run.HasField("best_val_bpb") else None
+        self.best = self.sign * run.best_loss if run.HasField("best_loss") else None
         self.rows: list[Row] = []
         self.running: dict[int, float] = {}  # trial -> start (epoch seconds)
         self.finish_times: list[float] = []
@@ -126,7 +120,7 @@ class RunView:
             table.add_row("", Text(f"... {hidden} earlier", style="dim"), "", "", "", "")
         for row in rows[hidden:]:
             table.add_row(str(row.trial), Text(row.status, style=_STYLE.get(row.status, "")),
-                          _fmt(row.val_bpb), _fmt(row.best), _secs(row.seconds),
+                          _fmt(row.value), _fmt(row.best), _secs(row.seconds),
                           Text(row.description))
         return Group(table, Text(self._status_line(running), no_wrap=True,
                                  overflow="ellipsis"))
@@ -177,7 +171,7 @@ class RunView:
         elif kind == "trial_finished":
             self._finished(event.trial_finished, at)
         elif kind == "new_best":
-            self.best = self.sign * event.new_best.val_bpb
+            self.best = self.sign * event.new_best.loss
         elif kind == "run_finished":
             self.phase = "finished"
         elif kind == "mechanism":
@@ -198,7 +192,7 @@ class RunView:
 
     def _finished(self, t: rpb.RunEvent.TrialFinished, at: float) -> None:
         status = _RULE_BREAKS.get(t.job_status) or _STATUS.get(t.status, "?")
-        val = self.sign * t.val_bpb if t.HasField("val_bpb") else None
+        val = self.sign * t.loss if t.HasField("loss") else None
         if t.trial == 0 and val is not None:
             self.baseline = val
         if t.status == rpb.TRIAL_STATUS_KEEP and val is not None:

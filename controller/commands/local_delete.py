@@ -3,15 +3,14 @@
 It takes the state dir's lock for the deletion, so no controller starts on it meanwhile
 (one that tries is told the state dir is in use). No loop runs a run here, so a run left
 running or paused is cancelled in the store. The engine part uses the configured Docker
-engine and namespace; when the engine is unreachable the objects are kept and reported,
-and the next controller's sweep on that namespace removes them.
+engine and namespace (sandbox/factory.py's run_objects); when the engine is unreachable
+the objects are kept and reported, and the next controller's sweep on that namespace
+removes them.
 """
 
 from __future__ import annotations
 
 import os
-
-import docker
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.audit.offline import recorded
@@ -19,11 +18,13 @@ from controller.config import ServerConfig
 from controller.principals import LOCAL, Principal
 from controller.research.access import cancelled_by
 from controller.research.deletion import RunDeleter
+from controller.sandbox.backend import RunObjects
+from controller.sandbox.factory import run_objects
 from controller.store.artifacts import ArtifactStore
+from controller.store.db import STORE_FILE
 from controller.store.records import NotFoundError, RunRecord, RunState
 from controller.store.runs import RunStore
 
-STORE_FILE = "bilevel.sqlite3"
 DELETE_RUN = "/bilevel.v1.RunService/DeleteRun"
 
 
@@ -37,15 +38,12 @@ def delete_locally(config: ServerConfig, request: rpb.DeleteRunRequest) -> rpb.D
         raise NotFoundError("run", request.run_id, "list runs with `bilevel runs`")
     lock = _lock_state_dir(state_dir)
     store = RunStore(state_dir / STORE_FILE)
-    clients: list[docker.DockerClient] = []
+    opened: list[RunObjects] = []
 
-    def engine() -> docker.DockerClient:
-        if not clients:
-            url = config.executor.docker_url
-            client = docker.DockerClient(base_url=url) if url else docker.from_env()
-            client.ping()
-            clients.append(client)
-        return clients[0]
+    def engine() -> RunObjects:
+        if not opened:
+            opened.append(run_objects(config.executor))
+        return opened[0]
 
     def cancel(run_id: str, by: Principal) -> RunRecord:
         reason = cancelled_by(by)
@@ -57,15 +55,15 @@ def delete_locally(config: ServerConfig, request: rpb.DeleteRunRequest) -> rpb.D
         with recorded(state_dir, LOCAL, DELETE_RUN, request.run_id,
                       request.ByteSize()) as outcome:
             deleted = RunDeleter(store, ArtifactStore(state_dir / "runs"), engine,
-                                 config.executor.namespace, cancel).delete(
+                                 cancel).delete(
                 request.run_id, request.cancel, by=LOCAL)  # the state dir's owner
             response = rpb.DeleteRunResponse(
                 run_id=request.run_id, freed_bytes=deleted.freed_bytes,
                 removed=deleted.removed, kept=deleted.kept)
             outcome.bytes_out = response.ByteSize()
     finally:
-        for client in clients:
-            client.close()
+        for objects in opened:
+            objects.close()
         store.close()
         os.close(lock)
     return response

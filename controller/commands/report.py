@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.api.client import SERVER_ENV, add_client_arguments
-from controller.commands.serve import server_config
+from controller.commands.connection import SERVER_ENV, add_client_arguments
+from controller.commands.controller_flags import server_config
 from controller.config import ConfigError
 from controller.config_file import CONFIG_ENV
 from controller.store.records import NotFoundError
@@ -62,12 +62,12 @@ def write_ablation_report(state_dir: Path, ablation_id: str,
     from controller.analysis import ablation
     from controller.analysis.data import StateDir
     from controller.analysis.report_ablation import ablation_report
-    from controller.analysis.summary import summarize
+    from controller.analysis.summary import summarize_ablation
 
     spec = ablation.load(state_dir, ablation_id)
     state = StateDir(state_dir)
     try:
-        report = ablation_report(summarize(spec, state))
+        report = ablation_report(summarize_ablation(spec, state))
     finally:
         state.close()
     return _write(report, out or ablation.folder(state_dir, ablation_id))

@@ -8,10 +8,10 @@ import sys
 from controller.api.client import Client
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.client_command import add_connection_arguments, run_client_command
+from controller.commands.controller_flags import add_llm_access_arguments
 from controller.commands.local import check_detach, where_of
 from controller.commands.run import embedded_config, follow
 from controller.config import ConfigError
-from controller.llm.access import add_llm_access_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -12,20 +12,27 @@ import grpc
 from rich.console import Console
 
 from controller.api import enums
-from controller.api.client import Client, add_client_arguments
+from controller.api.client import Client
 from controller.api.errors import describe
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.commands.connection import add_client_arguments
+from controller.commands.controller_flags import (
+    add_controller_arguments,
+    add_llm_access_arguments,
+    server_config,
+    state_dir_of,
+)
 from controller.commands.flags import check_request, describe_for_flags, field_message
 from controller.commands.live_view import RunView, printable
-from controller.commands.local import check_detach, open_client, state_dir_of
-from controller.commands.serve import add_controller_arguments, server_config
+from controller.commands.local import check_detach, open_client
 from controller.config import ConfigError, ServerConfig
-from controller.llm.access import add_llm_access_arguments, llm_access
-from controller.logging import LOG_FILE
-from controller.research.errors import FieldError
+from controller.errors import FieldError
+from controller.logging import LOG_FILE, log_to_file
+from controller.research.level1 import offline
 from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS
 from controller.research.tasks.manifest import load_task_dir
 from controller.store import task_bundle
+from mechanisms import library
 
 RECONNECT_ATTEMPTS = 30
 EXIT_PAUSED = 3
@@ -47,7 +54,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd.add_argument("--freeze", action="append", default=[], metavar="KNOB",
                      help="a knob the proposer must not change (repeatable)")
     cmd.add_argument("--min-improvement", type=float, default=0.0,
-                     help="keep only if val_bpb drops by more than this")
+                     help="keep only if the loss (the task's metric) improves by more "
+                          "than this")
     cmd.add_argument("--keep-rule", choices=("greedy", "noise"), default="greedy",
                      help="greedy: keep any improvement; noise: measure the noise on "
                           "--noise-seeds baseline seeds, keep gains that pass a t test at "
@@ -68,10 +76,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     llm = cmd.add_argument_group("proposer")
     llm.add_argument("--proposer", type=proposer_kind, default=None,
                      metavar="{" + ",".join(PROPOSERS) + "}",
-                     help="offline, no API key: local ((1+1) perturbation of the incumbent; "
-                          "the default without --provider), random_search (uniform over the "
-                          "typed ranges), tpe (Optuna's TPE), cmaes (CMA-ES); llm: an LLM "
-                          "proposes (the default with --provider)")
+                     help=proposer_help())
     llm.add_argument("--provider", choices=("anthropic", "openai", "replay"),
                      help="LLM provider (implies --proposer llm); openai means any "
                           "OpenAI-compatible endpoint (DeepSeek, vLLM, Ollama) with --base-url")
@@ -111,8 +116,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     outer.add_argument("--l2-window", type=int, default=0,
                        help="trials a new mechanism is scored over (0: --l2-every)")
     outer.add_argument("--mechanisms", default="", metavar="NAME|FILE,...",
-                       help="starting mechanisms: built-in names or .py files (e.g. one "
-                            "exported with `bilevel artifact RUN mechanisms/NAME.py`)")
+                       help="starting mechanisms: built-in names (" +
+                            ", ".join(library.names()) + ") or .py files (e.g. one exported "
+                            "with `bilevel artifact RUN mechanisms/NAME.py`)")
     outer.add_argument("--explore-domain", action="append", default=[], metavar="FIELD",
                        help="a field the L2 explore prompt may name (repeatable; default: "
                             "none, so the LLM picks fields itself)")
@@ -141,7 +147,7 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
                           runtime=enums.to_enum(enums.RUNTIMES, args.runtime or "runc"),
                           task_files=task_files),
         search=rpb.SearchSettings(seed=args.seed, frozen_knobs=args.freeze,
-                                  min_improvement_bpb=args.min_improvement,
+                                  min_improvement=args.min_improvement,
                                   keep_rule=enums.to_enum(enums.KEEP_RULES, args.keep_rule),
                                   noise_seeds=args.noise_seeds,
                                   noise_margin_sigma=args.noise_margin, batch_size=args.batch,
@@ -171,6 +177,13 @@ def _levels(levels: list[str]) -> list[rpb.Level]:
         raise ConfigError(f"--levels: {exc}") from None
 
 
+def proposer_help() -> str:
+    """--proposer's help, from the offline proposers' registry."""
+    kinds = "; ".join(f"{p.name}: {p.description}" for p in offline.all_proposers())
+    return (f"offline, no API key - {kinds}; llm: an LLM proposes (the default with "
+            "--provider)")
+
+
 def proposer_kind(value: str) -> str:
     """--proposer's type: a known kind; a renamed one says what it is called now."""
     if value in RENAMED_PROPOSERS:
@@ -193,10 +206,8 @@ def embedded_config(args: argparse.Namespace) -> ServerConfig:
     URLs: its user's own flags, so `--base-url` is allowed too (their key goes there; no
     one else reaches this controller). Its log goes to the state dir's log file (stderr
     shows warnings only, unless --verbose)."""
-    from controller.logging import log_to_file
-
     config = server_config(args)
-    config = replace(config, llm=llm_access(args, config.llm).allowing(
+    config = replace(config, llm=config.llm.allowing(
         getattr(args, "base_url", "") or ""))
     log_to_file(config.state_dir)
     return config

@@ -47,7 +47,7 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
             run.id, state,
             run.request.task.preset, f"{max(run.trials_done - 1, 0)}/"
             f"{run.request.budgets.max_trials}",
-            _metric(run, "baseline_val_bpb"), _metric(run, "best_val_bpb"),
+            _metric(run, "baseline_loss"), _metric(run, "best_loss"),
             run.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
     Console(width=140).print(table)
     if idle and any(run.state == rpb.RUN_STATE_RUNNING for run in runs):

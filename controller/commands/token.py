@@ -20,22 +20,24 @@ from datetime import UTC, datetime
 
 import grpc
 
-from controller.api.client import add_client_arguments, client_config
+from controller.api.client import Client
 from controller.api.errors import describe
 from controller.api.gen.bilevel.v1 import principals_pb2 as ppb
-from controller.commands.serve import add_controller_arguments, server_config
+from controller.commands.connection import add_client_arguments, required_client_config
+from controller.commands.controller_flags import add_controller_arguments, server_config
 from controller.config import ConfigError
 from controller.principals import Role
+from controller.store.db import STORE_FILE
+from controller.store.directory import Directory
 from controller.store.principals import (
-    Directory,
     PrincipalExists,
     PrincipalRow,
     PrincipalStore,
     UnknownPrincipal,
     token_digest,
 )
+from controller.store.principals_file import PrincipalsFile, PrincipalsFileError
 
-STORE_FILE = "bilevel.sqlite3"
 ROLE_NAMES = {ppb.ROLE_ADMIN: Role.ADMIN, ppb.ROLE_USER: Role.USER,
               ppb.ROLE_VIEWER: Role.VIEWER}
 
@@ -84,8 +86,6 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def _local(args: argparse.Namespace) -> int:
     """On the state dir's store, as its owner."""
-    from controller.store.principals_file import PrincipalsFile, PrincipalsFileError
-
     config = server_config(args)
     try:
         file = PrincipalsFile(config.auth.principals_file) \
@@ -122,9 +122,7 @@ def _local(args: argparse.Namespace) -> int:
 
 async def _remote(args: argparse.Namespace) -> int:
     """Through the controller at --server (PrincipalService, admins only)."""
-    from controller.api.client import Client
-
-    async with Client(client_config(args)) as client:
+    async with Client(required_client_config(args)) as client:
         stub, md = client.principals, client.metadata
         if args.action == "create":
             role = next(k for k, v in ROLE_NAMES.items() if v.value == args.role)

@@ -1,5 +1,5 @@
 """`bilevel train`: one candidate, no search. Without --task (or with a GPT preset's) it
-is the trainer's own command (trainer/cli.py); with a task directory it runs the
+is the GPT preset's command (train_preset.py); with a task directory it runs the
 task's two phases once (controller/research/tasks/generic.py) and prints the metric."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from trainer.cli import add_train_parser
-from trainer.cli import cmd_train as trainer_train
+from controller.commands.train_preset import add_train_parser
+from controller.commands.train_preset import cmd_train as trainer_train
 
 
 def add_parser(sub: Any) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     if not args.task:
         return trainer_train(args)
-    from controller.research.errors import FieldError
+    from controller.errors import FieldError
     from controller.research.tasks.manifest import load_task_dir
     from controller.research.tasks.registry import resolve_task_dir
 
@@ -42,25 +42,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_task(args: argparse.Namespace, manifest: Any) -> int:
-    import docker
-
-    from controller.research.errors import FieldError
+    from controller.errors import FieldError
     from controller.research.task import objective_of
     from controller.research.tasks.registry import task_from_dir
-    from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
-    from controller.sandbox.image import ImageBuildError, ensure_image
-    from controller.sandbox.task_image import ensure_task_image
+    from controller.sandbox.backend_config import ExecutorConfig
+    from controller.sandbox.factory import make_backend
+    from controller.sandbox.image import ImageBuildError, ensure_local_image
 
-    client = docker.from_env(timeout=120)
     try:
-        base = ensure_image(client)
-        image = ensure_task_image(client, base, manifest.requirements)
+        base = ensure_local_image()
+    except ImageBuildError as exc:
+        print(f"error: sandbox image: {exc}", file=sys.stderr)
+        return 2
+    executor = make_backend(ExecutorConfig(image=base, runtime=args.runtime))
+    try:
+        image = executor.ensure_task_image(manifest.requirements)
     except (ImageBuildError, ValueError) as exc:
+        executor.close()
         print(f"error: task image: {exc}", file=sys.stderr)
         return 2
-    executor = SandboxExecutor(ExecutorConfig(image=base, runtime=args.runtime))
-    if image != base:
-        executor.allow_image(image)
     try:
         task = task_from_dir(manifest.root, executor, runtime=executor.runtime,
                              image=None if image == base else image)

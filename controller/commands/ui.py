@@ -35,7 +35,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         print(f"error: --port {args.port}: use 0..65535 (0: any free port)", file=sys.stderr)
         return 2
-    from controller.commands.local import open_client, state_dir_of
+    # Imported here: the web view's stack costs `bilevel ui --help` otherwise.
+    from controller.commands.controller_flags import state_dir_of
+    from controller.commands.local import open_client
     from controller.ui.backend import Backend
     from controller.ui.web import UiServer, is_loopback
 

@@ -8,8 +8,9 @@ import sys
 from controller.api.client import Client
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.commands.client_command import add_connection_arguments, run_client_command
-from controller.commands.local import STALLED_NOTE, StoreClient, where_of
+from controller.commands.local import where_of
 from controller.commands.run import follow
+from controller.commands.store_client import STALLED_NOTE, StoreClient
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

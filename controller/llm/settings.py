@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 
 PROVIDERS = ("anthropic", "openai", "replay")
 DEFAULT_MODELS = {"anthropic": "claude-sonnet-5-5"}

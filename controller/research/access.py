@@ -39,6 +39,11 @@ def changeable(store: RunStore, run_id: str, by: Principal, action: str) -> RunR
     return run
 
 
+def listed_owner(by: Principal) -> str | None:
+    """Whose runs and lessons `by` lists: its own, or everyone's (None) for an admin."""
+    return None if by.sees_everyone else by.name
+
+
 def cancelled_by(principal: Principal) -> str:
     """A cancelled run's stop reason."""
     return f"cancelled by {principal.name}"

@@ -18,23 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import docker
-import docker.errors
-import requests.exceptions
 import structlog
 
 from controller.principals import CONTROLLER, Principal
 from controller.research import access
 from controller.research.errors import StateConflict
 from controller.research.retention import RetentionPolicy, expired_runs
+from controller.sandbox.backend import ClaimIndex, RunObjects, Sweep
 from controller.sandbox.backend_config import SandboxUnavailable
-from controller.sandbox.task_image_tags import release_task_image, sweep_task_images
-from controller.sandbox.volumes import (
-    Sweep,
-    release_holds,
-    remove_data_volume,
-    sweep_data_volumes,
-)
 from controller.store import deletion
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import NotFoundError, RunRecord
@@ -49,9 +40,8 @@ from controller.store.runs import RunStore
 
 log = structlog.get_logger(__name__)
 
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
-                 SandboxUnavailable)
-EngineClient = Callable[[], docker.DockerClient]  # raises one of ENGINE_ERRORS when down
+# The backend's objects; raises SandboxUnavailable when the engine is down.
+EngineObjects = Callable[[], RunObjects]
 
 
 @dataclass
@@ -69,15 +59,14 @@ class RunDeleter:
     (RunManager.cancel in a controller); `busy(run_id)` says whether a loop of this
     process still runs it."""
 
-    def __init__(self, store: RunStore, artifacts: ArtifactStore, engine: EngineClient,
-                 namespace: str, cancel: Callable[[str, Principal], RunRecord],
+    def __init__(self, store: RunStore, artifacts: ArtifactStore, engine: EngineObjects,
+                 cancel: Callable[[str, Principal], RunRecord],
                  busy: Callable[[str], bool] = lambda _run_id: False) -> None:
         self.store = store
         self.artifacts = artifacts
         self.engine = engine
-        self.namespace = namespace
-        self.scope = store_scope(artifacts.root.parent)
         self.resources = RunResources(store)
+        self.index = claim_index(store_scope(artifacts.root.parent), self.resources)
         self._cancel = cancel
         self._busy = busy
 
@@ -111,22 +100,20 @@ class RunDeleter:
         if not claims:
             return sweep
         try:
-            client = self.engine()
+            objects = self.engine()
             if any(kind == DATA_VOLUME for kind, _ in claims):  # the run's holds go first
-                release_holds(client, self.namespace, self.scope, self.resources.run_live,
-                              sweep)
+                objects.release_holds(self.index, sweep)
             for kind, name in claims:
                 if kind == DATA_VOLUME:
-                    remove_data_volume(client, name, self.resources.data_volume_claimed,
-                                       sweep)
+                    objects.remove_data(name, self.index, sweep)
                 elif kind == TASK_IMAGE:
-                    release_task_image(client, name, self.resources.image_claimed, sweep)
-        except ENGINE_ERRORS as exc:
+                    objects.remove_task_image(name, self.index, sweep)
+        except SandboxUnavailable as exc:
             log.warning("engine objects of a deleted run kept; a later sweep removes them",
                         error=str(exc))
             for _, name in claims:
                 if name not in sweep.removed:
-                    sweep.kept.setdefault(name, f"the Docker engine is unavailable: {exc}")
+                    sweep.kept.setdefault(name, f"the sandbox engine is unavailable: {exc}")
         return sweep
 
 
@@ -164,18 +151,18 @@ class Janitor:
                 continue  # deleted by a client meanwhile
             report.deleted.append(run_id)
             report.removed += deleted.removed
-        resources = self.deleter.resources
         try:
-            client = self.deleter.engine()
-            namespace, scope = self.deleter.namespace, self.deleter.scope
-            for sweep in (sweep_data_volumes(client, namespace, scope, resources.run_live,
-                                             resources.data_volume_claimed, store_gone),
-                          sweep_task_images(client, namespace, scope,
-                                            resources.image_claimed)):
-                report.removed += sweep.removed
-                report.kept.update(sweep.kept)
-        except ENGINE_ERRORS as exc:
+            sweep = self.deleter.engine().sweep(self.deleter.index)
+            report.removed += sweep.removed
+            report.kept.update(sweep.kept)
+        except SandboxUnavailable as exc:
             log.info("engine sweep skipped; the next one retries", error=str(exc))
         if report.deleted:
             log.info("retention deleted finished runs", runs=report.deleted)
         return report
+
+
+def claim_index(store: str, resources: RunResources) -> ClaimIndex:
+    """What the store `resources` reads says about the objects its runs claim."""
+    return ClaimIndex(store, resources.run_live, resources.data_volume_claimed,
+                      resources.image_claimed, store_gone)

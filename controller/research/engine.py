@@ -1,4 +1,4 @@
-"""One SandboxExecutor per controller, created on first use.
+"""One sandbox backend per controller, created on first use.
 
 The server starts (and answers health checks) while the Docker engine is down; each use
 retries the connection and raises SandboxUnavailable until the engine is back.
@@ -9,40 +9,35 @@ from __future__ import annotations
 import threading
 
 from controller.quotas import Quotas
-from controller.sandbox.backend_config import RayConfig
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.backend_config import BackendConfig, ExecutorConfig
+from controller.sandbox.factory import make_backend
 
 
-class LazyExecutor:
-    """With `ray`, the executor is a RayExecutor: jobs run on the cluster's nodes, the
-    controller's own engine keeps the mechanism sessions (ray_backend.py)."""
+class LazyBackend:
+    """The configured backend (controller/sandbox/factory.py), built on first use."""
 
-    def __init__(self, config: ExecutorConfig, ray: RayConfig | None = None,
+    def __init__(self, config: ExecutorConfig, backend: BackendConfig | None = None,
                  quotas: Quotas | None = None) -> None:
         self.config = config
-        self.ray = ray
+        self.backend = backend or BackendConfig()
         self.quotas = quotas or Quotas()  # the principals' slot quotas and weights
-        self._executor: SandboxExecutor | None = None
+        self._backend: SandboxBackend | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> SandboxExecutor:
-        """The executor; raises SandboxUnavailable when the engine or image is missing."""
+    def get(self) -> SandboxBackend:
+        """The backend; raises SandboxUnavailable when the engine or image is missing."""
         with self._lock:
-            if self._executor is None:
-                # The constructor pings the engine and reaps this namespace's orphans.
-                if self.ray is not None:
-                    from controller.sandbox.ray_backend import RayExecutor
-
-                    self._executor = RayExecutor(self.config, self.ray, self.quotas)
-                else:
-                    self._executor = SandboxExecutor(self.config, self.quotas)
-            return self._executor
+            if self._backend is None:
+                # Building it connects to the engine and reaps this namespace's orphans.
+                self._backend = make_backend(self.config, self.backend, self.quotas)
+            return self._backend
 
     @property
     def ready(self) -> bool:
-        return self._executor is not None
+        return self._backend is not None
 
     def close(self) -> None:
         with self._lock:
-            if self._executor is not None:
-                self._executor.close()
+            if self._backend is not None:
+                self._backend.close()

@@ -1,16 +1,7 @@
-"""Domain errors the API maps to precise gRPC status codes (see controller/api/errors.py)."""
+"""Errors of runs as resources that the API maps to precise gRPC status codes (see
+controller/api/errors.py); an invalid setting is controller/errors.py's FieldError."""
 
 from __future__ import annotations
-
-
-class FieldError(ValueError):
-    """A request field is invalid. `field` is its path in the request, e.g.
-    "budgets.max_trials"; the message says what would be valid."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 class CapacityError(RuntimeError):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from controller.errors import FieldError
 from controller.llm.errors import LLMConfigError
 from controller.llm.keys import principal_key_file
 from controller.llm.settings import LLMAccess
@@ -24,25 +25,25 @@ from controller.llm.types import Provider
 from controller.principals import SHARED, Principal, require_writes
 from controller.quotas import Quotas
 from controller.research import access
-from controller.research.deletion import ENGINE_ERRORS
-from controller.research.engine import LazyExecutor
-from controller.research.errors import CapacityError, FieldError, StateConflict
+from controller.research.deletion import claim_index
+from controller.research.engine import LazyBackend
+from controller.research.errors import CapacityError, StateConflict
 from controller.research.level1.loop import InnerLoop, StopSignal
-from controller.research.level1.proposers import build_proposer, build_run_provider
+from controller.research.level1.run_proposer import build_proposer, build_run_provider
 from controller.research.level1.space import ProposalError
 from controller.research.outer import attach_outer_levels
 from controller.research.run_quotas import RunQuotas
 from controller.research.settings import RunSettings
 from controller.research.task import Task, memory_key
 from controller.research.tasks.caps import check_task_caps
-from controller.research.tasks.manifest import MANIFEST, TaskError, load_task_dir
+from controller.research.tasks.errors import TaskError
+from controller.research.tasks.manifest import MANIFEST, load_task_dir
 from controller.research.tasks.registry import make_task
+from controller.sandbox.backend import RunClaims, SandboxBackend, Sweep
+from controller.sandbox.backend_config import SandboxUnavailable
 from controller.sandbox.caps import LimitCaps
-from controller.sandbox.executor import SandboxExecutor
 from controller.sandbox.image import ImageBuildError
-from controller.sandbox.task_image import WheelSource, ensure_task_image
-from controller.sandbox.task_image_tags import hold_task_image, namespace_tag
-from controller.sandbox.volumes import Sweep, hold_data_volume, named_lock, release_holds
+from controller.sandbox.task_image import WheelSource
 from controller.store import task_bundle
 from controller.store.artifacts import ArtifactStore
 from controller.store.disk import DiskBudget
@@ -93,7 +94,7 @@ class _Place:
 
 
 class RunManager:
-    def __init__(self, store: RunStore, artifacts: ArtifactStore, engine: LazyExecutor,
+    def __init__(self, store: RunStore, artifacts: ArtifactStore, engine: LazyBackend,
                  config: ManagerConfig | None = None) -> None:
         self.store = store
         self.artifacts = artifacts
@@ -172,27 +173,19 @@ class RunManager:
             return None
         return task_bundle.load_stored(self.artifacts.root, run_id, settings.task.task_sha256)
 
-    def _task_image(self, executor: SandboxExecutor, folder: Path, run_id: str) -> str | None:
-        """This controller's tag of the task image for the manifest's requirements (built
-        once, then reused), claimed for the run before it is tagged."""
+    def _task_image(self, executor: SandboxBackend, folder: Path) -> str | None:
+        """The run's task image for the manifest's requirements (built once, then
+        reused), claimed for the run (the executor is the run's view)."""
         requirements = load_task_dir(folder).requirements
         if not requirements:
             return None
         field = f"{task_bundle.FIELD}[{MANIFEST}].requirements"
         try:
-            tag = ensure_task_image(executor.client, executor.image, requirements,
-                                    self.config.wheels)
-        except ValueError as exc:
-            raise FieldError(field, str(exc)) from None
+            return executor.ensure_task_image(requirements, self.config.wheels)
         except ImageBuildError as exc:
             raise FieldError(field, f"the task image could not be built: {exc}") from None
-        namespace = executor.config.namespace
-        ns_tag = namespace_tag(tag, namespace, self.scope)
-        with named_lock(ns_tag):  # a sweep re-checks the claims under the same lock
-            self.resources.claim(run_id, TASK_IMAGE, ns_tag)
-            hold_task_image(executor.client, tag, namespace, self.scope)
-        executor.allow_image(ns_tag)
-        return ns_tag
+        except ValueError as exc:
+            raise FieldError(field, str(exc)) from None
 
     def _replay_settings(self, settings: RunSettings, owner: Principal) -> RunSettings:
         """A replay re-runs the stored run's own settings with its stored answers; only a
@@ -210,19 +203,15 @@ class RunManager:
                                              replay_run=settings.llm.replay_run))
 
     def _task(self, settings: RunSettings, run_id: str, owner: str) -> Task:
-        # The run's view of the executor: its jobs are labelled with the run id and its
-        # owner, and each data volume it mounts is claimed for it first
-        # (sandbox/volumes.py).
-        engine = self.engine.get()
-
-        def claim_data(name: str) -> None:
-            self.resources.claim(run_id, DATA_VOLUME, name)
-            hold_data_volume(engine.client, name, engine.image, engine.config.namespace,
-                             run_id, self.scope)
-
-        executor = engine.for_owner(run_id, claim_data, principal=owner)
+        # The run's view of the backend: its jobs are labelled with the run id and its
+        # owner, and each data reference and task image it uses is claimed for it first
+        # (sandbox/backend.py).
+        claims = RunClaims(self.scope,
+                           functools.partial(self.resources.claim, run_id, DATA_VOLUME),
+                           functools.partial(self.resources.claim, run_id, TASK_IMAGE))
+        executor = self.engine.get().for_owner(run_id, principal=owner, claims=claims)
         folder = self._task_dir(settings, run_id)
-        image = self._task_image(executor, folder, run_id) if folder is not None else None
+        image = self._task_image(executor, folder) if folder is not None else None
         task = make_task(settings.task, executor, settings.proposer.mode, task_dir=folder,
                          image=image)
         try:
@@ -338,10 +327,8 @@ class RunManager:
         if not self.engine.ready:  # no engine was reached: nothing was held
             return
         try:
-            engine = self.engine.get()
-            release_holds(engine.client, engine.config.namespace, self.scope,
-                          self.resources.run_live, Sweep())
-        except ENGINE_ERRORS as exc:
+            self.engine.get().release_holds(claim_index(self.scope, self.resources), Sweep())
+        except SandboxUnavailable as exc:
             log.info("holds of finished runs kept; the next sweep releases them",
                      error=str(exc))
 

@@ -14,10 +14,10 @@ from controller.research.level2.runtime import MechanismSettings
 from controller.research.level2.wiring import MechanismWiring, MechanizedProposer
 from controller.research.level15.loop import ConfigLoop, LLMController, RuleController
 from controller.research.task import loss_note, objective_of
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 
 
-def attach_outer_levels(loop: InnerLoop, executor: SandboxExecutor | None,
+def attach_outer_levels(loop: InnerLoop, executor: SandboxBackend | None,
                         provider: Callable[[], Provider],
                         mechanism_settings: MechanismSettings | None = None,
                         gate_settings: GateSettings | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from controller.errors import FieldError
 from controller.store.records import RunState
 
 if TYPE_CHECKING:
@@ -28,15 +29,15 @@ class RetentionPolicy:
     sweep_seconds: float = 600.0  # between two sweeps
 
     def validate(self) -> None:
-        """ValueError naming the key."""
+        """FieldError naming the key."""
         if self.max_age_days is not None and not self.max_age_days > 0:
-            raise ValueError("retention.max_age_days must be > 0 (leave it unset to keep "
+            raise FieldError("retention.max_age_days", "must be > 0 (leave it unset to keep "
                              "runs whatever their age)")
         if self.max_finished_runs is not None and self.max_finished_runs < 0:
-            raise ValueError("retention.max_finished_runs must be >= 0 (leave it unset for "
-                             "no cap)")
+            raise FieldError("retention.max_finished_runs", "must be >= 0 (leave it unset "
+                             "for no cap)")
         if not self.sweep_seconds > 0:
-            raise ValueError("retention.sweep_seconds must be > 0")
+            raise FieldError("retention.sweep_seconds", "must be > 0")
 
     @property
     def enabled(self) -> bool:

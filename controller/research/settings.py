@@ -6,19 +6,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from controller.errors import FieldError
 from controller.llm.settings import LLMSettings
-from controller.research.errors import FieldError
+from controller.research.level1 import offline
 from controller.sandbox.spec import RUNTIMES
 
-# Offline proposers (no LLM): "local" moves one or two knobs of the incumbent (a (1+1)
-# local search); "random_search" draws every knob uniformly over its typed range (the
-# control arm); "tpe" (Optuna's TPE sampler) and "cmaes" (CMA-ES) are the field's
-# optimizers (research/optimizers.py).
-OFFLINE_PROPOSERS = ("local", "random_search", "tpe", "cmaes")
+# The offline proposers (no LLM) are their registry's (research/level1/offline/).
+OFFLINE_PROPOSERS = offline.names()
 PROPOSERS = (*OFFLINE_PROPOSERS, "llm")
-RENAMED_PROPOSERS = {"random": "'random' was renamed: use 'local' (the (1+1) perturbation "
-                               "of the incumbent it was) or 'random_search' (true random "
-                               "search over the typed ranges)"}
+RENAMED_PROPOSERS = offline.RENAMED
 MODES = ("params", "code")
 KEEP_RULES = ("greedy", "noise")
 MAX_TRIALS = 100_000
@@ -98,7 +94,7 @@ class InitialMechanism:
 
 @dataclass(frozen=True)
 class OuterSettings:
-    """Levels 1.5 and 2 and the mechanism wiring (research/level15.py, level2.py)."""
+    """Levels 1.5 and 2 and the mechanism wiring (research/level15/, research/level2/)."""
 
     levels: tuple[str, ...] = ("1",)
     mechanisms: tuple[InitialMechanism, ...] = ()  # the starting set

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controller.research.level1.protect import Protected
-from controller.research.level1.space import KnobValue, SearchSpace
+from controller.research.level1.space import SearchSpace
 from controller.sandbox.spec import JobResult, Status
+from trainer.knobs import KnobValue
 
 FORGEABLE = "metric self-reported by the candidate (forgeable)"
 

@@ -54,7 +54,7 @@ def pack_job(files: dict[str, bytes], job: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-MAX_REFUSED = 20  # refused entries listed by name; the rest are counted
+MAX_NAMED_REFUSALS = 20  # refused entries listed by name; the rest are counted
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
@@ -99,7 +99,7 @@ def unpack_returned(chunks: Iterable[bytes], *, root: str, max_bytes: int) -> Un
     """Read the regular files of a get_archive stream of `root` (e.g. "out/").
 
     Linear in the archive: one pass, a running byte count. Refused entries are listed
-    with their names escaped, at most MAX_REFUSED of them."""
+    with their names escaped, at most MAX_NAMED_REFUSALS of them."""
     result = Unpacked()
     used = 0
     refused = 0
@@ -126,7 +126,7 @@ def unpack_returned(chunks: Iterable[bytes], *, root: str, max_bytes: int) -> Un
                     why = "over the returned-file budget"
                 if why:
                     refused += 1
-                    if refused <= MAX_REFUSED:
+                    if refused <= MAX_NAMED_REFUSALS:
                         result.refused.append(f"{escaped(member.name)} ({why})")
                     continue
                 handle = tar.extractfile(member)
@@ -138,8 +138,8 @@ def unpack_returned(chunks: Iterable[bytes], *, root: str, max_bytes: int) -> Un
         result.over_budget = True
     except tarfile.TarError as exc:  # a truncated or corrupt stream: keep what was read
         result.refused.append(f"the rest of the archive ({escaped(str(exc))})")
-    if refused > MAX_REFUSED:
-        result.refused.append(f"and {refused - MAX_REFUSED} more")
+    if refused > MAX_NAMED_REFUSALS:
+        result.refused.append(f"and {refused - MAX_NAMED_REFUSALS} more")
     return result
 
 

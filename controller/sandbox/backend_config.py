@@ -1,10 +1,14 @@
-"""The sandbox backends' settings and errors, apart from the backends: the CLI, the config file and
-the controller's config read them without importing the Docker SDK or Ray (start-up time
-of every command)."""
+"""The sandbox backends' settings and errors, apart from the backends: the CLI, the config
+file and the controller's config read them without importing the Docker SDK or Ray
+(start-up time of every command). An invalid setting raises FieldError naming its key
+(controller/errors.py); the configuration loader says where its value came from."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+
+from controller.errors import FieldError
 
 SLOT_RESOURCE = "bilevel_sandbox"
 
@@ -39,15 +43,6 @@ class ExecutorConfig:
     gpu_slots: tuple[tuple[str, ...], ...] = ()
 
 
-class RayConfigError(ValueError):
-    """Bad Ray backend settings; `field` names the setting."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.reason = message
-
-
 @dataclass(frozen=True)
 class RayConfig:
     """Where the cluster is and what one slot is: one unit of `slot_resource` (only
@@ -63,10 +58,51 @@ class RayConfig:
     def validate(self) -> None:
         host, _, port = self.address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise RayConfigError("ray_address", f"must be HOST:PORT, got {self.address!r}")
+            raise FieldError(RAY_ADDRESS_KEY, f"must be HOST:PORT, got {self.address!r}")
         if not self.slot_resource.replace("_", "").isalnum():
-            raise RayConfigError("ray_slot_resource", f"invalid name {self.slot_resource!r}")
-        if not 0 <= self.cpus_per_slot <= 256 or not 0 <= self.gpus_per_slot <= 16:
-            raise RayConfigError("ray_cpus_per_slot", "cpus in [0, 256], gpus in [0, 16]")
+            raise FieldError("ray.slot_resource", f"invalid name {self.slot_resource!r}")
+        if not 0 <= self.cpus_per_slot <= 256:
+            raise FieldError("ray.cpus_per_slot", f"must be in [0, 256], got "
+                                                  f"{self.cpus_per_slot:g}")
+        if not 0 <= self.gpus_per_slot <= 16:
+            raise FieldError("ray.gpus_per_slot", f"must be in [0, 16], got "
+                                                  f"{self.gpus_per_slot:g}")
         if not 1 <= self.max_attempts <= 10:
-            raise RayConfigError("ray_max_attempts", "must be in [1, 10]")
+            raise FieldError("ray.max_attempts", f"must be in [1, 10], got "
+                                                 f"{self.max_attempts}")
+
+
+BACKENDS = ("docker", "ray")
+BACKEND_KEY = "sandbox.backend"
+RAY_ADDRESS_KEY = "sandbox.ray_address"
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which backend runs sandbox jobs (factory.py builds it): "docker", this host's
+    Docker engine, or "ray", the nodes of the Ray cluster `ray` names."""
+
+    kind: str = "docker"
+    ray: RayConfig | None = None
+
+    @classmethod
+    def of(cls, kind: str | None, ray_address: str | None) -> BackendConfig:
+        """The settings `sandbox.backend` and `sandbox.ray_address` give (unchecked)."""
+        return cls(kind or "docker", RayConfig(ray_address) if ray_address else None)
+
+    def validate(self) -> None:
+        """FieldError naming the setting."""
+        if self.kind not in BACKENDS:
+            raise FieldError(BACKEND_KEY, f"use one of {', '.join(BACKENDS)}, got "
+                                          f"{self.kind!r}")
+        if self.kind == "docker":
+            if self.ray is not None:
+                raise FieldError(RAY_ADDRESS_KEY, "is only for the ray backend (--backend "
+                                                  "ray)")
+            return
+        if self.ray is None:
+            raise FieldError(RAY_ADDRESS_KEY, f"{BACKEND_KEY} = \"ray\" (--backend ray) "
+                                              "needs HOST:PORT of the cluster's head")
+        self.ray.validate()
+        if importlib.util.find_spec("ray") is None:
+            raise FieldError(BACKEND_KEY, "ray is not installed: pip install -e '.[ray]'")

@@ -3,8 +3,8 @@
 A time-budgeted training job measures its host as much as its code: two such jobs on
 the same cores each get fewer steps, their start-up and export stretch towards the
 training bound, and an evaluation next to them can miss its time limit. So the trainer's
-phases (trainer/run.py) hold their `cpus` of this host's cores while they run, and wait,
-first come first served, while the cores are taken. Other jobs (mechanism sessions,
+phases (research/tasks/trainer_run.py) hold their `cpus` of this host's cores while they
+run, and wait, first come first served, while the cores are taken. Other jobs (mechanism sessions,
 ad-hoc jobs) do not take part: only work whose result depends on time does.
 
 The count is the smallest of what this process may run on (its CPU affinity and its

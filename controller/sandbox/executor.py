@@ -1,112 +1,71 @@
-"""Run a JobSpec in a hardened Docker container and return a JobResult.
+"""The Docker backend: sandbox jobs and sessions in hardened containers on one Docker
+engine (the SandboxBackend protocol, backend.py).
 
-The executor owns classification: a timeout, an output flood and a cancel are kills it
-made itself and records before killing, so the status never depends on guessing from
-exit code 137. It never runs anything on the host: without a reachable engine it raises
-SandboxUnavailable.
+It never runs anything on the host: without a reachable engine it raises
+SandboxUnavailable. Jobs run as docker_job.py's DockerJob, sessions as session.py's
+DockerSession; data volumes (volumes.py) and task images (task_image.py) are made here
+and removed by docker_objects.py. A reaper thread removes the namespace's orphans.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import math
 import threading
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-import docker
 import docker.errors
-import requests.exceptions
 import structlog
 
-from controller.principals import SHARED
+from controller.principals import Principal
 from controller.quotas import Quotas
-from controller.sandbox import archive, job_output
-from controller.sandbox.backend_config import ExecutorConfig as ExecutorConfig
-from controller.sandbox.backend_config import SandboxBusy as SandboxBusy
-from controller.sandbox.backend_config import SandboxUnavailable as SandboxUnavailable
+from controller.sandbox import volumes
+from controller.sandbox.backend import ClaimIndex, OutputCallback, Sweep
+from controller.sandbox.backend_config import ExecutorConfig, SandboxUnavailable
 from controller.sandbox.cores import CoreGate, host_cores, shared_gate
+from controller.sandbox.docker_engine import DockerEngine, engine_calls
+from controller.sandbox.docker_job import DockerJob
+from controller.sandbox.docker_objects import DockerObjects
 from controller.sandbox.fair_share import FairShare
 from controller.sandbox.gpus import GpuSlots
-from controller.sandbox.hardening import container_kwargs, runner_job
 from controller.sandbox.image import ImageBuildError, ImageRecipe, image_tag
-from controller.sandbox.output import OutputCapture
-from controller.sandbox.reaper import LABEL_PRINCIPAL, OWNER_EXECUTE, ownership_labels, reap
-from controller.sandbox.spec import (
-    RESULT_FILE,
-    RETURNED_DIR,
-    RUNNER_DIR,
-    JobResult,
-    JobSpec,
-    SpecError,
-    Status,
-    Timings,
-)
+from controller.sandbox.reaper import LABEL_PRINCIPAL, ownership_labels, reap
+from controller.sandbox.session import DockerSession
+from controller.sandbox.slotted import SlottedBackend
+from controller.sandbox.spec import JobResult, JobSpec, SpecError
+from controller.sandbox.task_image import WheelSource, ensure_task_image
+from controller.sandbox.task_image_tags import hold_task_image, namespace_tag
 
 log = structlog.get_logger(__name__)
 
-OutputCallback = Callable[[str, bytes], None]
 
-
-@dataclass
-class _Kill:
-    """Why the executor killed a job; first reason wins."""
-
-    reason: Status | None = None
-    detail: str = ""
-
-    def set(self, reason: Status, detail: str) -> bool:
-        if self.reason is None:
-            self.reason, self.detail = reason, detail
-            return True
-        return False
-
-
-class SandboxExecutor:
-    """Thread-safe: at most `config.slots` jobs run at once, the slots shared fairly
-    between principals within their quotas (fair_share.py)."""
+class DockerExecutor(SlottedBackend):
+    """Thread-safe: at most `config.slots` jobs run at once (one per GPU slot with
+    GPUs), the slots shared fairly between principals within their quotas."""
 
     def __init__(self, config: ExecutorConfig | None = None,
                  quotas: Quotas | None = None) -> None:
-        self.config = config or ExecutorConfig()
-        self.quotas = quotas or Quotas()
-        self.client_kwargs: dict[str, Any] = (
-            {"base_url": self.config.docker_url} if self.config.docker_url
-            else docker.utils.kwargs_from_env())
-        try:
-            self.client = docker.DockerClient(**self.client_kwargs, timeout=60)
-            self.client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise SandboxUnavailable(
-                f"cannot reach the Docker engine ({exc}); start it (see README#docker) — "
-                "bilevel never runs jobs on the host"
-            ) from exc
-        info = self.client.info()
+        config = config or ExecutorConfig()
+        quotas = quotas or Quotas()
+        self.engine = DockerEngine.connect(config.docker_url)
+        info = self.engine.client.info()
         self._runsc_problem = runsc_problem(info)
         self._runsc_nvproxy = any(str(a).startswith("--nvproxy") and not str(a).endswith(
             "=false") for a in ((info.get("Runtimes") or {}).get("runsc") or {}).get(
             "runtimeArgs") or [])
+        self._gpus = GpuSlots(config.gpu_slots)
+        super().__init__(config, quotas, FairShare(len(self._gpus) or config.slots,
+                                                   len(self._gpus), quotas))
         # The least isolation any job gets here ("auto": gVisor where it is usable).
         self.runtime = self._runtime_floor()
-        self.image = self.config.image or self._default_image()
-        self._allowed = {self.image, *self.config.allowed_images}
-        self._gpus = GpuSlots(self.config.gpu_slots)
-        self.slots = FairShare(len(self._gpus) or self.config.slots, len(self._gpus),
-                               self.quotas)
-        # Time-budgeted jobs hold their cpus of this host's cores (trainer/run.py).
-        self.cores: CoreGate | None = shared_gate(host_cores(self.client.info().get("NCPU")))
+        self.image = config.image or self._default_image()
+        # Time-budgeted jobs hold their cpus of this host's cores (cores.py).
+        self.cores: CoreGate | None = shared_gate(host_cores(info.get("NCPU")))
+        self.objects = DockerObjects(self.engine, config.namespace)
         self._stop = threading.Event()
-        # io.bilevel.owner of the jobs, and the principal whose slots they take;
-        # for_owner() makes a run's (or an Execute caller's) view of this executor.
-        self.owner = OWNER_EXECUTE
-        self.principal = SHARED.name
-        self.claim_data: Callable[[str], None] | None = None
-        self._reap_once()  # a failed start-up sweep must not stop the controller
-        self._view = False  # for_owner's views share this executor's engine connections
+        self._reap_quietly()  # a failed start-up sweep must not stop the controller
         self._reaper = threading.Thread(target=self._reap_forever, name="sandbox-reaper",
                                         daemon=True)
         self._reaper.start()
@@ -114,8 +73,8 @@ class SandboxExecutor:
     def _default_image(self) -> str:
         # Only look: starting a controller must never run debootstrap or a build.
         try:
-            tag, _ = image_tag(self.client, ImageRecipe(), build_base=False)
-            self.client.images.get(tag)
+            tag, _ = image_tag(self.engine.client, ImageRecipe(), build_base=False)
+            self.engine.client.images.get(tag)
         except (ImageBuildError, docker.errors.ImageNotFound) as exc:
             raise SandboxUnavailable(
                 f"the sandbox image for this checkout is not built ({exc}): run "
@@ -147,31 +106,18 @@ class SandboxExecutor:
 
     def _reap_forever(self) -> None:
         while not self._stop.wait(self.config.reap_interval_seconds):
-            self._reap_once()
+            self._reap_quietly()
 
-    def _reap_once(self) -> None:
+    def _reap_quietly(self) -> None:
         try:
-            reap(self.client, self.config.namespace)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            self.reap()
+        except SandboxUnavailable as exc:
             log.warning("reaper sweep failed; the next one retries", error=str(exc))
 
-    def allow_image(self, tag: str) -> None:
-        """Let jobs run in `tag`: a task image this controller built on its own sandbox
-        image (controller/sandbox/task_image.py). Only trusted code calls this; a request
-        never names an image."""
-        self._allowed.add(tag)
-
-    def for_owner(self, owner: str, claim_data: Callable[[str], None] | None = None,
-                  principal: str | None = None) -> SandboxExecutor:
-        """This executor as `owner` (a run id) of `principal` uses it: the same engine,
-        slots and images, its jobs and sessions labelled with the owner, its jobs
-        taking the principal's share of the slots, and each data volume it mounts
-        recorded by `claim_data(name)` before it is filled (sandbox/volumes.py)."""
-        view = copy.copy(self)
-        view.owner, view.claim_data = owner, claim_data
-        view.principal = principal or self.principal
-        view._view = True
-        return view
+    def reap(self) -> int:
+        with engine_calls():
+            report = reap(self.engine.client, self.config.namespace)
+        return report.containers + report.volumes
 
     def close(self) -> None:
         """Stop the reaper and let go of the engine's connections (a view, for_owner's,
@@ -180,245 +126,101 @@ class SandboxExecutor:
             return
         self._stop.set()
         self._reaper.join(timeout=30)
-        self.client.close()
+        self.engine.close()
 
-    def run(self, spec: JobSpec, *, on_output: OutputCallback | None = None,
-            on_started: Callable[[], None] | None = None,
-            cancel: threading.Event | None = None,
-            slot_timeout: float | None = None) -> JobResult:
-        """Run one job to completion, once the fair-share rule gives it a slot. Raises
-        SpecError for an invalid spec, SandboxBusy when no slot frees within
-        `slot_timeout`; every other outcome is a JobResult (status killed when `cancel`
-        is set while it waits)."""
-        spec.validate()
-        image = spec.image or self.image
-        if image not in self._allowed:
-            raise SpecError("image", f"{image!r} is not an allowed sandbox image")
+    def labels(self, spec: JobSpec, seconds: float) -> dict[str, str]:
+        """A job's or session's labels: its own, its principal, and the ownership that
+        lets the reaper remove it `seconds` from now at the latest."""
+        return {**spec.labels, LABEL_PRINCIPAL: self.principal,
+                **ownership_labels(self.config.namespace, time.time() + seconds, self.owner)}
+
+    def _admit(self, spec: JobSpec, image: str) -> None:
         self._gpus.check_request(spec.gpu_ids)
-        if self.runtime == "runsc" and spec.runtime != "runsc":
-            spec = replace(spec, runtime="runsc")
         if spec.runtime == "runsc":
             self._require_runsc()
-        grant = self.slots.acquire(self.principal, gpus=1 if len(self._gpus) else 0,
-                                   timeout=slot_timeout, cancel=cancel)
-        if grant is None:
-            return self._not_started(cancel)
+
+    def _run_held(self, spec: JobSpec, image: str, on_output: OutputCallback | None,
+                  on_started: Callable[[], None] | None,
+                  cancel: threading.Event | None) -> JobResult:
         gpus: tuple[str, ...] = ()
         try:
             gpus = self._gpus.take()
             if gpus:
                 spec = replace(spec, gpu_ids=gpus)
-            return _Job(self, spec, image, on_output, on_started, cancel).run()
+            grace = self.config.kill_grace_seconds
+            labels = self.labels(spec, spec.limits.wall_seconds + grace + 60)
+            return DockerJob(self.engine, spec, image, labels, grace, on_output, on_started,
+                             cancel).run()
         finally:
             self._gpus.give(gpus)
-            self.slots.release(grant)
 
-    def _not_started(self, cancel: threading.Event | None) -> JobResult:
-        """A job that got no slot: cancelled while it waited, or SandboxBusy."""
-        if cancel is not None and cancel.is_set():
-            return JobResult(status=Status.KILLED, exit_code=None,
-                             detail="cancelled while waiting for a sandbox slot")
-        raise SandboxBusy("all sandbox slots are busy")
+    def open_session(self, spec: JobSpec) -> DockerSession:
+        spec.validate()
+        image = spec.image or self.image
+        if not self.allowed(image):
+            raise SpecError("image", f"{image!r} is not an allowed sandbox image")
+        session = DockerSession(self.engine, spec, image,
+                                self.labels(spec, spec.limits.wall_seconds))
+        session.start()
+        return session
 
+    # Data: volumes.py holds the rules.
 
-class _Job:
-    """One job's lifecycle: volume, container, stream, wait, collect, teardown."""
+    def ensure_data(self, stem: str, source: Path) -> str:
+        with engine_calls():
+            return volumes.data_volume(self.engine.client, self.config.namespace, stem,
+                                       source, self.image, self._claim_data)
 
-    def __init__(self, executor: SandboxExecutor, spec: JobSpec, image: str,
-                 on_output: OutputCallback | None, on_started: Callable[[], None] | None,
-                 cancel: threading.Event | None) -> None:
-        self.ex = executor
-        self.client = executor.client
-        self.spec = spec
-        self.image = image
-        self.on_output = on_output
-        self.on_started = on_started
-        self.cancel = cancel
-        self.name = f"bilevel-job-{uuid.uuid4().hex[:12]}"
-        self.kill = _Kill()
-        self.stdout = OutputCapture()
-        self.stderr = OutputCapture()
-        self.container: Any = None
-        self.volume: Any = None
-        self._api: Any = None
-        self._output: Any = ()
-        self.log = log.bind(job=self.name)
-        self.report = job_output.RunnerResult()  # set by _runner_result
+    def _claim_data(self, name: str) -> None:
+        """Claim volume `name` for this view's run in the store, then hold it on the
+        engine (volumes.py), before it is filled or mounted."""
+        if self.claims is None:
+            return
+        self.claims.claim_data(name)
+        volumes.hold_data_volume(self.engine.client, name, self.image,
+                                 self.config.namespace, self.owner, self.claims.store)
 
-    def run(self) -> JobResult:
-        t0 = time.monotonic()
-        timings: dict[str, float] = {}
-        try:
-            self._create()
-            timings["create_s"] = time.monotonic() - t0
-            t1 = time.monotonic()
-            self._attach()  # before start: a job that ends at once still has its output
-            self.container.start()
-            timings["start_s"] = time.monotonic() - t1
-            if self.on_started:
-                self.on_started()
-            t2 = time.monotonic()
-            exit_code = self._wait()
-            timings["run_s"] = time.monotonic() - t2
-            result = self._collect(exit_code)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            self.log.error("sandbox failure", error=str(exc))
-            result = JobResult(status=Status.SANDBOX_ERROR, exit_code=None,
-                               detail=f"sandbox failure: {exc}")
-        finally:
-            t3 = time.monotonic()
-            self._teardown()
-            timings["teardown_s"] = time.monotonic() - t3
-        return replace(result, timings=Timings(**timings))
+    def publish_data(self, source: Path, principal: str) -> str:
+        with engine_calls():
+            return volumes.publish_data_volume(self.engine.client, self.config.namespace,
+                                               source, self.image, principal)
 
-    def _teardown(self) -> None:
-        if self._api is not None:
-            self._api.close()  # idempotent; covers a start that failed after attach
-        for obj in (self.container, self.volume):
-            if obj is not None:
-                _teardown_quietly(obj)
+    def resolve_data(self, spec: JobSpec, principal: Principal) -> JobSpec:
+        if not spec.data_mounts:
+            return spec
+        with engine_calls():
+            return volumes.resolve_data_mounts(self.engine.client, self.config.namespace,
+                                               spec, principal)
 
-    def _create(self) -> None:
-        limits = self.spec.limits
-        deadline = time.time() + limits.wall_seconds + self.ex.config.kill_grace_seconds + 60
-        labels = {**self.spec.labels, LABEL_PRINCIPAL: self.ex.principal,
-                  **ownership_labels(self.ex.config.namespace, deadline, self.ex.owner)}
-        self.volume = self.client.volumes.create(name=self.name, labels=labels)
-        self.container = self.client.containers.create(
-            **container_kwargs(self.spec, image=self.image, name=self.name,
-                               volume=self.volume.name, labels=labels))
-        job = runner_job(self.spec)
-        if not self.container.put_archive(RUNNER_DIR, archive.pack_job(self.spec.files, job)):
-            raise docker.errors.DockerException("could not place the job's files")
+    def ensure_task_image(self, requirements: Sequence[str],
+                          wheels: WheelSource | None = None) -> str:
+        with engine_calls():
+            tag = ensure_task_image(self.engine.client, self.image, requirements, wheels)
+            if tag != self.image and self.claims is not None:
+                # This controller's own tag, claimed for the run before it is tagged; a
+                # sweep re-checks the claims under the same lock.
+                ns_tag = namespace_tag(tag, self.config.namespace, self.claims.store)
+                with volumes.named_lock(ns_tag):
+                    self.claims.claim_image(ns_tag)
+                    hold_task_image(self.engine.client, tag, self.config.namespace,
+                                    self.claims.store)
+                tag = ns_tag
+        self.allow_image(tag)
+        return tag
 
-    def _attach(self) -> None:
-        """Open the output stream of the created container. Attached after start, a job
-        that exits first can leave the stream empty (seen: a print lost in CI)."""
-        # A hijacked attach connection must never go back to the shared pool: give the
-        # stream a client of its own and close it when the job ends.
-        self._api = docker.APIClient(**self.ex.client_kwargs, timeout=None)
-        self._output = self._api.attach(self.container.id, stdout=True, stderr=True,
-                                        stream=True, logs=True, demux=True)
+    # RunObjects: docker_objects.py.
 
-    def _stream(self) -> None:
-        """Copy output into the captures; kill the job when it floods."""
-        cap = self.spec.limits.output_bytes
-        try:
-            flooded = False
-            for out, err in self._output:
-                if flooded:
-                    continue  # keep draining: a blocked stream keeps the container alive
-                for name, chunk, capture in (("stdout", out, self.stdout),
-                                             ("stderr", err, self.stderr)):
-                    if not chunk:
-                        continue
-                    capture.feed(chunk)
-                    if self.on_output:
-                        self.on_output(name, chunk)
-                if self.stdout.total + self.stderr.total > cap:
-                    flooded = True
-                    # Kill from another thread: this one must keep reading, or the
-                    # engine cannot finish the kill while the stream is blocked.
-                    threading.Thread(target=self._kill, daemon=True, args=(
-                        Status.OUTPUT_LIMIT, f"output exceeded {cap} bytes")).start()
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
-            return  # the container went away; _wait reports what happened
-        finally:
-            self._api.close()
+    def release_holds(self, index: ClaimIndex, sweep: Sweep) -> None:
+        self.objects.release_holds(index, sweep)
 
-    def _kill(self, reason: Status, detail: str) -> None:
-        if self.kill.set(reason, detail):
-            self.log.info("killing job", reason=reason.value, detail=detail)
-        with contextlib.suppress(docker.errors.APIError):  # already stopped
-            self.container.kill()
+    def remove_data(self, name: str, index: ClaimIndex, sweep: Sweep) -> None:
+        self.objects.remove_data(name, index, sweep)
 
-    def _wait(self) -> int | None:
-        streamer = threading.Thread(target=self._stream, name=f"{self.name}-out", daemon=True)
-        streamer.start()
-        deadline = time.monotonic() + self.spec.limits.wall_seconds
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._kill(Status.TIMEOUT,
-                           f"exceeded wall time of {self.spec.limits.wall_seconds:g} s")
-                break
-            if self.cancel is not None and self.cancel.is_set():
-                self._kill(Status.KILLED, "cancelled")
-                break
-            try:
-                self.container.wait(timeout=min(remaining, 0.5))
-                break
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                continue  # wait's read timed out; check the deadline and cancel again
-        state = self.container.wait(timeout=30 + self.ex.config.kill_grace_seconds)
-        streamer.join(timeout=5)
-        code = state.get("StatusCode")
-        return int(code) if code is not None else None
+    def remove_task_image(self, tag: str, index: ClaimIndex, sweep: Sweep) -> None:
+        self.objects.remove_task_image(tag, index, sweep)
 
-    def _collect(self, exit_code: int | None) -> JobResult:
-        self.container.reload()
-        oom_flag = bool(self.container.attrs["State"].get("OOMKilled"))
-        runner = self._runner_result()
-        limits = self.spec.limits
-        files = archive.Unpacked()
-        if self.kill.reason is None and runner:  # the runner copied them, job dead
-            chunks, _ = self.container.get_archive(RETURNED_DIR)
-            files = archive.unpack_returned(chunks, root="out",
-                                            max_bytes=limits.returned_file_bytes)
-        status, detail = self._classify(exit_code, oom_flag, runner, files)
-        report = self.report
-        notes = [n for n in (report.problem, report.metrics_error and
-                             f"metrics dropped: {report.metrics_error}") if n]
-        detail = "; ".join([detail, *notes] if detail else notes)
-        return JobResult(
-            status=status,
-            exit_code=report.exit_code if report.exit_code is not None else exit_code,
-            stdout_head=self.stdout.head(), stdout_tail=self.stdout.tail(),
-            stderr_head=self.stderr.head(), stderr_tail=self.stderr.tail(),
-            output_bytes=self.stdout.total + self.stderr.total,
-            exception=report.exception,
-            metrics=report.metrics,
-            files=files.files,
-            detail=detail,
-            cpu_seconds=_cpu_seconds(runner),
-        )
-
-    def _runner_result(self) -> dict[str, Any]:
-        """The runner's report, every field checked (job_output.py); {} if unusable."""
-        try:
-            chunks, _ = self.container.get_archive(RESULT_FILE)
-        except docker.errors.NotFound:
-            return {}
-        self.report = job_output.runner_result(
-            archive.read_single(chunks, max_bytes=job_output.RESULT_BYTES))
-        return self.report.fields()
-
-    def _classify(self, exit_code: int | None, oom_flag: bool, runner: dict[str, Any],
-                  files: archive.Unpacked) -> tuple[Status, str]:
-        limits = self.spec.limits
-        if self.kill.reason is not None:
-            return self.kill.reason, self.kill.detail
-        if oom_flag:
-            return Status.OOM, f"killed for exceeding memory of {limits.memory_bytes} bytes"
-        if not runner:
-            # We did not kill it, so the runner itself died: the job cannot signal it
-            # (another uid), so this is the sandbox failing, not the job's doing.
-            if exit_code == 137 and _looks_like_oom(self):
-                return Status.OOM, f"killed for exceeding memory of {limits.memory_bytes} bytes"
-            return Status.SANDBOX_ERROR, \
-                f"the sandbox runner ended (exit {exit_code}) without a result"
-        raw = str(runner.get("status", ""))
-        detail = str(runner.get("detail", ""))
-        if runner.get("signal") == 9 and _looks_like_oom(self):
-            return Status.OOM, f"killed for exceeding memory of {limits.memory_bytes} bytes"
-        if files.over_budget:
-            return Status.OUTPUT_LIMIT, (f"returned files exceed {limits.returned_file_bytes}"
-                                         " bytes")
-        if files.refused:
-            detail = (detail + "; " if detail else "") + "refused returned files: " + \
-                ", ".join(files.refused)
-        mapping = {"ok": Status.OK, "error": Status.ERROR, "output_limit": Status.OUTPUT_LIMIT}
-        return mapping.get(raw, Status.ERROR), detail
+    def sweep(self, index: ClaimIndex) -> Sweep:
+        return self.objects.sweep(index)
 
 
 def runsc_problem(info: dict[str, Any]) -> str:
@@ -439,28 +241,3 @@ def runsc_problem(info: dict[str, Any]) -> str:
         return f"runsc is registered without --oci-seccomp, so gVisor would ignore the " \
                f"sandbox's seccomp profile: {fix}"
     return ""
-
-
-def _cpu_seconds(runner: dict[str, Any]) -> float | None:
-    """The runner's CPU measurement, if it is a finite non-negative number."""
-    raw = runner.get("cpu_seconds")
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        return None
-    value = float(raw)
-    return value if math.isfinite(value) and value >= 0 else None
-
-
-def _looks_like_oom(job: _Job) -> bool:
-    """gVisor does not always set OOMKilled; a SIGKILL we did not send, with the
-    kernel's OOM message in the output, is the memory limit."""
-    text = job.stderr.tail() + job.stdout.tail()
-    return "Out of memory" in text or "MemoryError" in text
-
-
-def _teardown_quietly(obj: Any) -> None:
-    try:
-        obj.remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    except docker.errors.APIError as exc:
-        log.warning("teardown failed; the reaper will retry", error=str(exc))

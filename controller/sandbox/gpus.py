@@ -132,6 +132,19 @@ def discover(client: docker.DockerClient | None, image: str | None) -> tuple[Gpu
     return slots
 
 
+def discover_on(docker_url: str | None, image: str | None) -> tuple[GpuSlot, ...]:
+    """`discover` with the engine at `docker_url` (default: from the environment) as the
+    fallback prober; an engine that does not answer is no fallback."""
+    try:
+        client = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
+    except docker.errors.DockerException:
+        return discover(None, image)
+    try:
+        return discover(client, image)
+    finally:
+        client.close()
+
+
 class GpuSlots:
     """The free GPU slots of one executor. The executor's slot scheduler
     (fair_share.py) grants a GPU job only while a GPU slot is free, so `take` never

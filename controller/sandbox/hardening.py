@@ -87,7 +87,7 @@ def container_kwargs(spec: JobSpec, *, image: str, name: str, volume: str,
     in the /job tmpfs."""
     limits = spec.limits
     mounts = [Mount(target=VOLUME_TARGET, source=volume, type="volume", read_only=False)]
-    mounts += [Mount(target=m.target, source=m.volume, type="volume", read_only=True)
+    mounts += [Mount(target=m.target, source=m.source, type="volume", read_only=True)
                for m in spec.data_mounts]
     env = {"BILEVEL_JOB": name}
     if spec.gpu_ids:

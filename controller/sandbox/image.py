@@ -24,6 +24,8 @@ import docker
 import docker.errors
 import structlog
 
+from controller.sandbox.docker_engine import DockerEngine, engine_calls
+
 log = structlog.get_logger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -213,3 +215,16 @@ def ensure_image(client: docker.DockerClient, recipe: ImageRecipe | None = None,
         raise ImageBuildError(f"docker build of {tag} failed: {exc.msg}\n{tail}") from exc
     client.images.get(tag).tag(recipe.repo, "latest")
     return tag
+
+
+def ensure_local_image(docker_url: str | None = None, recipe: ImageRecipe | None = None,
+                       *, force: bool = False) -> str:
+    """The tag of `recipe`'s sandbox image (default: this checkout's) on the engine at
+    `docker_url` (default: from the environment), built only if missing or `force`;
+    SandboxUnavailable when the engine does not answer or fails."""
+    engine = DockerEngine.connect(docker_url, timeout=120)
+    try:
+        with engine_calls():
+            return ensure_image(engine.client, recipe, force=force)
+    finally:
+        engine.close()

@@ -1,12 +1,12 @@
-"""The Ray sandbox backend: the same `JobSpec -> JobResult` seam as SandboxExecutor, with
-each job run as a Ray task on a node of a Ray cluster (ray_worker.py runs it there, in
-the same hardened container, through that node's Docker engine).
+"""The Ray sandbox backend: each job runs as a Ray task on a node of a Ray cluster
+(ray_worker.py runs it there, in the same hardened container, through that node's
+Docker engine). It implements the SandboxBackend protocol (backend.py).
 
-Why a subclass: the controller keeps its own Docker engine for what stays on its host -
-mechanism sessions (level2/runtime.py, interactive and called a few times per trial, so
-the round trip through a cluster would cost more than it spreads) and reading data
-volumes to ship - while `run()` goes to the cluster. Loops, API and store see an
-executor like any other; the result carries the Ray node id it ran on.
+What stays on the controller's host goes through a DockerExecutor of the controller's
+own engine (`local`): mechanism sessions (interactive and called a few times per trial,
+so the round trip through a cluster would cost more than it spreads), the data volumes
+that jobs mount (read there and shipped to the nodes), task images and the reaping of
+the namespace's orphans. The result of a job carries the Ray node id it ran on.
 
 A node that dies (or a Ray worker that crashes) mid-job is not the job's doing: the job
 is run again on another node, up to `max_attempts` times, and the loss is recorded in
@@ -16,27 +16,33 @@ is never re-run. Cancel becomes ray.cancel(): the task kills and removes its con
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import structlog
 
+from controller.principals import Principal
 from controller.quotas import Quotas
-from controller.sandbox.backend_config import RayConfig as RayConfig
-from controller.sandbox.backend_config import RayConfigError as RayConfigError
-from controller.sandbox.executor import (
-    ExecutorConfig,
+from controller.sandbox.backend import (
+    ClaimIndex,
+    MechanismSession,
     OutputCallback,
-    SandboxExecutor,
-    SandboxUnavailable,
+    RunClaims,
+    Sweep,
 )
+from controller.sandbox.backend_config import ExecutorConfig, RayConfig, SandboxUnavailable
+from controller.sandbox.cores import CoreGate
+from controller.sandbox.docker_engine import engine_calls
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.fair_share import FairShare
+from controller.sandbox.slotted import SlottedBackend
 from controller.sandbox.spec import JobResult, JobSpec, SpecError, Status
+from controller.sandbox.task_image import WheelSource
 
 log = structlog.get_logger(__name__)
 
@@ -61,37 +67,30 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
             rex.OutOfMemoryError, rex.TaskUnschedulableError)
 
 
-class RayExecutor(SandboxExecutor):
+class RayExecutor(SlottedBackend):
     """Thread-safe; at most as many jobs in flight as the cluster has slots."""
 
     def __init__(self, config: ExecutorConfig, ray_config: RayConfig,
                  quotas: Quotas | None = None) -> None:
         ray_config.validate()
-        # Jobs never take GPUs on the controller's host: Ray assigns them on the node.
-        super().__init__(replace(config, gpu_slots=()), quotas)
-        import ray
-
+        quotas = quotas or Quotas()
         self.ray_config = ray_config
-        if not ray.is_initialized():
-            try:
-                ray.init(address=ray_config.address, namespace="bilevel",
-                         log_to_driver=False, logging_level=logging.WARNING)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise SandboxUnavailable(f"cannot connect to the Ray cluster at "
-                                         f"{ray_config.address}: {exc}") from exc
-        slots = self.cluster_slots()
-        if slots < 1:
-            raise SandboxUnavailable(
-                f"no live node of the Ray cluster at {ray_config.address} offers the "
-                f"{ray_config.slot_resource!r} resource: start each prepared node with "
-                f"`ray start ... --resources '{{\"{ray_config.slot_resource}\": N}}'`")
-        self._check_gpus()
-        self.config = replace(self.config, slots=slots)
+        # Jobs never take GPUs on the controller's host: Ray assigns them on the node.
+        self.local = DockerExecutor(replace(config, gpu_slots=()), quotas)
+        try:
+            slots = self._connect()
+        except BaseException:
+            self.local.close()
+            raise
         # The cluster's slots, shared between principals as the local ones are; each
         # is a GPU slot too when a slot takes GPUs.
-        gpu = self.ray_config.gpus_per_slot > 0
-        self.slots = FairShare(slots, slots if gpu else 0, self.quotas)
-        self.cores = None  # jobs run on the cluster's nodes, placed by Ray's CPU accounting
+        gpu = ray_config.gpus_per_slot > 0
+        super().__init__(replace(config, gpu_slots=(), slots=slots), quotas,
+                         FairShare(slots, slots if gpu else 0, quotas))
+        self.image = self.local.image
+        self.runtime = self.local.runtime
+        # Jobs run on the cluster's nodes, placed by Ray's CPU accounting: no host gate.
+        self.cores: CoreGate | None = None
         # What a node needs to make the same container: the exact image tag, the
         # namespace (ownership labels) and the runtime floor. No Docker URL, no GPU ids.
         self.node_config = ExecutorConfig(
@@ -101,8 +100,81 @@ class RayExecutor(SandboxExecutor):
         self.lost: list[LostJob] = []
         self._shipped: dict[str, Any] = {}
         self._ship_lock = threading.Lock()
+        import ray
+
         self._remote = ray.remote(_run_on_node_entry)
         self._board = self._cancel_board()
+
+    def _connect(self) -> int:
+        """Attach to the cluster; its slot count (SandboxUnavailable when it has none)."""
+        import ray
+
+        address = self.ray_config.address
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, namespace="bilevel",
+                         log_to_driver=False, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise SandboxUnavailable(f"cannot connect to the Ray cluster at "
+                                         f"{address}: {exc}") from exc
+        slots = self.cluster_slots()
+        resource = self.ray_config.slot_resource
+        if slots < 1:
+            raise SandboxUnavailable(
+                f"no live node of the Ray cluster at {address} offers the {resource!r} "
+                f"resource: start each prepared node with `ray start ... --resources "
+                f"'{{\"{resource}\": N}}'`")
+        self._check_gpus()
+        return slots
+
+    def for_owner(self, owner: str, *, principal: str | None = None,
+                  claims: RunClaims | None = None) -> Self:
+        view = super().for_owner(owner, principal=principal, claims=claims)
+        view.local = self.local.for_owner(owner, principal=principal, claims=claims)
+        return view
+
+    def close(self) -> None:
+        """Let go of the controller's engine (a view leaves it open)."""
+        if not self._view:
+            self.local.close()
+
+    # What stays on the controller's host: its own engine.
+
+    def open_session(self, spec: JobSpec) -> MechanismSession:
+        return self.local.open_session(spec)
+
+    def ensure_data(self, stem: str, source: Path) -> str:
+        return self.local.ensure_data(stem, source)
+
+    def publish_data(self, source: Path, principal: str) -> str:
+        return self.local.publish_data(source, principal)
+
+    def resolve_data(self, spec: JobSpec, principal: Principal) -> JobSpec:
+        return self.local.resolve_data(spec, principal)
+
+    def ensure_task_image(self, requirements: Sequence[str],
+                          wheels: WheelSource | None = None) -> str:
+        """Built on the controller's engine; the nodes run only the deployment's sandbox
+        image, so a job in a task image is refused (run_job)."""
+        return self.local.ensure_task_image(requirements, wheels)
+
+    def reap(self) -> int:
+        """The controller's engine; each node's executor reaps what it made there."""
+        return self.local.reap()
+
+    def release_holds(self, index: ClaimIndex, sweep: Sweep) -> None:
+        self.local.release_holds(index, sweep)
+
+    def remove_data(self, name: str, index: ClaimIndex, sweep: Sweep) -> None:
+        self.local.remove_data(name, index, sweep)
+
+    def remove_task_image(self, tag: str, index: ClaimIndex, sweep: Sweep) -> None:
+        self.local.remove_task_image(tag, index, sweep)
+
+    def sweep(self, index: ClaimIndex) -> Sweep:
+        return self.local.sweep(index)
+
+    # Jobs: on the cluster.
 
     def _cancel_board(self) -> Any:
         """The CancelBoard actor, pinned to this controller's own Ray node."""
@@ -144,30 +216,18 @@ class RayExecutor(SandboxExecutor):
             raise SpecError("limits.memory_bytes", f"{spec.limits.memory_bytes} bytes is more "
                             "memory than any node of the Ray cluster offers")
 
-    def run(self, spec: JobSpec, *, on_output: OutputCallback | None = None,
-            on_started: Callable[[], None] | None = None,
-            cancel: threading.Event | None = None,
-            slot_timeout: float | None = None) -> JobResult:
-        spec.validate()
-        image = spec.image or self.image
-        if image not in self._allowed:
-            raise SpecError("image", f"{image!r} is not an allowed sandbox image")
+    def _admit(self, spec: JobSpec, image: str) -> None:
         if image != self.image:
             raise SpecError("image", "the Ray backend runs only the deployment's sandbox "
                             f"image {self.image}")
         if spec.gpu_ids:
             raise SpecError("gpu_ids", "a job never chooses its GPUs: Ray assigns them")
-        if self.runtime == "runsc" and spec.runtime != "runsc":
-            spec = replace(spec, runtime="runsc")
         self._check_fits(spec)
-        grant = self.slots.acquire(self.principal, gpus=1 if self.slots.gpu_slots else 0,
-                                   timeout=slot_timeout, cancel=cancel)
-        if grant is None:
-            return self._not_started(cancel)
-        try:
-            result = self._attempts(spec, on_started, cancel)
-        finally:
-            self.slots.release(grant)
+
+    def _run_held(self, spec: JobSpec, image: str, on_output: OutputCallback | None,
+                  on_started: Callable[[], None] | None,
+                  cancel: threading.Event | None) -> JobResult:
+        result = self._attempts(spec, on_started, cancel)
         if on_output is not None:  # no live stream through Ray: the capture, at the end
             for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
                 if text:
@@ -180,20 +240,20 @@ class RayExecutor(SandboxExecutor):
         return NodeJob(spec=spec, config=self.node_config,
                        gpus_per_slot=self.ray_config.gpus_per_slot,
                        job_id=uuid.uuid4().hex, board=self._board, principal=self.principal,
-                       data=tuple(self._ship(m.volume) for m in spec.data_mounts))
+                       data=tuple(self._ship(m.source) for m in spec.data_mounts))
 
-    def _ship(self, volume: str) -> Any:
-        """The volume's contents in Ray's object store, read once per controller."""
+    def _ship(self, source: str) -> Any:
+        """The data's contents in Ray's object store, read once per controller."""
         import ray
 
         from controller.sandbox.ray_worker import ShippedData, export_volume
 
-        with self._ship_lock:
-            if volume not in self._shipped:
-                digest, blob = export_volume(self.client, self.image, volume,
+        with self._ship_lock, engine_calls():
+            if source not in self._shipped:
+                digest, blob = export_volume(self.local.engine.client, self.image, source,
                                              MAX_SHIPPED_DATA_BYTES)
-                self._shipped[volume] = ShippedData(digest=digest, tar=ray.put(blob))
-            return self._shipped[volume]
+                self._shipped[source] = ShippedData(digest=digest, tar=ray.put(blob))
+            return self._shipped[source]
 
     def _attempts(self, spec: JobSpec, on_started: Callable[[], None] | None,
                   cancel: threading.Event | None) -> JobResult:
@@ -279,20 +339,3 @@ def _run_on_node_entry(job: Any) -> Any:
     from controller.sandbox.ray_worker import run_on_node
 
     return run_on_node(job)
-
-
-def parse_backend(backend: str, ray_address: str | None) -> RayConfig | None:
-    """The Ray settings of `--backend`/`--ray-address`; None for the Docker backend."""
-    if backend == "docker":
-        if ray_address:
-            raise RayConfigError("ray_address", "is only for --backend ray")
-        return None
-    if backend != "ray":
-        raise RayConfigError("backend", f"must be docker or ray, got {backend!r}")
-    if not ray_address:
-        raise RayConfigError("ray_address", "--backend ray needs --ray-address HOST:PORT")
-    config = RayConfig(address=ray_address)
-    config.validate()
-    if importlib.util.find_spec("ray") is None:
-        raise RayConfigError("backend", "ray is not installed: pip install -e '.[ray]'")
-    return config

@@ -1,12 +1,12 @@
 """What a Ray task runs on its node: one sandbox job through that node's own Docker engine.
 
 This is our trusted code (the Ray cluster runs it); the job's code still only ever runs
-inside the hardened container that the node-local SandboxExecutor creates, exactly as on
+inside the hardened container that the node-local DockerExecutor creates, exactly as on
 the controller's host. The task gets the JobSpec, the executor settings (image tag pinned
 by the controller, namespace, runtime floor) and, per data mount, a content hash and a Ray
 object holding the data: nothing from the controller's environment, no API key, no token.
 
-One SandboxExecutor per settings lives in each Ray worker process: its start-up sweep and
+One DockerExecutor per settings lives in each Ray worker process: its start-up sweep and
 reaper thread remove the containers a dead worker on this node left behind (ownership
 labels, reaper.py), so leaked containers are reaped by the node that made them.
 """
@@ -28,7 +28,8 @@ import ray
 import ray.exceptions
 
 from controller.principals import SHARED
-from controller.sandbox.executor import ExecutorConfig, SandboxExecutor, SandboxUnavailable
+from controller.sandbox.backend_config import ExecutorConfig, SandboxUnavailable
+from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.reaper import OWNER_EXECUTE
 from controller.sandbox.spec import DataMount, JobResult, JobSpec, Status
 
@@ -95,14 +96,14 @@ def _cancelled(job: NodeJob) -> bool:
         return False  # the board is unreachable: keep running; the wall limit still holds
 
 
-_EXECUTORS: dict[ExecutorConfig, SandboxExecutor] = {}
+_EXECUTORS: dict[ExecutorConfig, DockerExecutor] = {}
 _LOCK = threading.Lock()
 
 
-def _executor(config: ExecutorConfig) -> SandboxExecutor:
+def _executor(config: ExecutorConfig) -> DockerExecutor:
     with _LOCK:
         if config not in _EXECUTORS:
-            _EXECUTORS[config] = SandboxExecutor(config)
+            _EXECUTORS[config] = DockerExecutor(config)
         return _EXECUTORS[config]
 
 
@@ -117,7 +118,7 @@ def run_on_node(job: NodeJob) -> NodeResult:
     config = replace(job.config, gpu_slots=(gpus,) if gpus else (), slots=1)
     executor = _executor(config).for_owner(OWNER_EXECUTE, principal=job.principal)
     try:
-        executor.client.images.get(executor.image)
+        executor.engine.client.images.get(executor.image)
     except docker.errors.ImageNotFound:
         raise NodeRefused(f"Ray node {node} lacks the sandbox image {executor.image}: load "
                           "or build it there (see deploy/ray/)") from None
@@ -131,7 +132,7 @@ def run_on_node(job: NodeJob) -> NodeResult:
 
     def work() -> None:
         try:
-            box["result"] = executor.run(spec, cancel=cancel)
+            box["result"] = executor.run_job(spec, cancel=cancel)
         except BaseException as exc:  # handed to the task's thread, raised there
             box["error"] = exc
 
@@ -151,7 +152,7 @@ def run_on_node(job: NodeJob) -> NodeResult:
     return NodeResult(box["result"], node)
 
 
-def _local_mounts(executor: SandboxExecutor, job: NodeJob) -> JobSpec:
+def _local_mounts(executor: DockerExecutor, job: NodeJob) -> JobSpec:
     """The spec with each data mount pointing at this node's copy of its data, made
     from the shipped tar (hash-checked) the first time this node needs it."""
     mounts = []
@@ -159,7 +160,7 @@ def _local_mounts(executor: SandboxExecutor, job: NodeJob) -> JobSpec:
         name = f"bilevel-node-data-{data.digest[:40]}"
         with _LOCK:
             _ensure_volume(executor, name, data)
-        mounts.append(DataMount(volume=name, target=mount.target))
+        mounts.append(DataMount(source=name, target=mount.target))
     return replace(job.spec, data_mounts=tuple(mounts))
 
 
@@ -171,8 +172,8 @@ def _helper(client: docker.DockerClient, image: str, volume: str) -> Any:
         mounts=[docker.types.Mount(target=_SRC, source=volume, type="volume")])
 
 
-def _ensure_volume(executor: SandboxExecutor, name: str, data: ShippedData) -> None:
-    client = executor.client
+def _ensure_volume(executor: DockerExecutor, name: str, data: ShippedData) -> None:
+    client = executor.engine.client
     try:
         volume = client.volumes.get(name)
         if (volume.attrs.get("Labels") or {}).get(LABEL_DIGEST) == data.digest and \

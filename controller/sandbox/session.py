@@ -1,6 +1,7 @@
-"""A long-lived hardened container spoken to with JSON lines over its stdio.
+"""A long-lived hardened container on a Docker engine, spoken to with JSON lines over its
+stdio: the Docker backend's mechanism session (backend.py's MechanismSession).
 
-One-shot jobs (executor.py) suit trials; a search mechanism is called a few times per
+One-shot jobs (docker_job.py) suit trials; a search mechanism is called a few times per
 trial for the whole run, so it gets a session: the same hardened container config
 (`container_kwargs`), the same job-volume layout and in-container runner as PID 1, plus
 an open stdin. Requests go in on stdin, one JSON line each; the container answers one
@@ -19,14 +20,12 @@ ctrl-q) can never appear in a request.
 
 Every failure of the container - a call past its time limit, death (OOM or otherwise),
 a flood of output, a reply that is not the protocol - kills the session and raises
-`SessionDead`; nothing is retried. A failure *reported* by the code inside (an
-exception it raised) is a normal `Reply` with `ok=False`.
+`SessionDead`; nothing is retried (replies.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import select
 import socket
@@ -34,31 +33,29 @@ import struct
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import docker
 import docker.errors
-import requests.exceptions
 import structlog
 
-from controller.sandbox import archive, bounded_json, job_output
-from controller.sandbox.bounded_json import Caps, JSONLimitError
-from controller.sandbox.executor import SandboxExecutor, SandboxUnavailable
+from controller.sandbox import archive
+from controller.sandbox.backend_config import SandboxUnavailable
+from controller.sandbox.docker_engine import ENGINE_ERRORS, DockerEngine
 from controller.sandbox.hardening import VOLUME_TARGET, container_kwargs, runner_job
 from controller.sandbox.output import OutputCapture
-from controller.sandbox.reaper import LABEL_PRINCIPAL, ownership_labels
-from controller.sandbox.spec import ExceptionInfo, JobSpec, SpecError
+from controller.sandbox.replies import (
+    MAX_LINE_BYTES,
+    DeathReason,
+    Reply,
+    SessionDead,
+    parse_reply,
+)
+from controller.sandbox.spec import JobSpec
 
 log = structlog.get_logger(__name__)
 
-MAX_LINE_BYTES = 1 << 20
-# A reply is state, history or proposals: deep nesting or huge strings are an attack.
-REPLY_CAPS = Caps(max_bytes=MAX_LINE_BYTES, max_depth=32, max_str=256 << 10,
-                  max_items=100_000)
-# Test-only switch (tests/test_hostile_output.py's sensitivity twin): False parses replies
-# with plain json.loads, as before. Never set from configuration.
-_BOUNDED_REPLIES = True
 _HEADER = struct.Struct(">BxxxL")
 
 
@@ -68,38 +65,9 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
     return bool(poller.poll(max(0.0, timeout) * 1000))
-_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
-class DeathReason(enum.StrEnum):
-    """Why a session ended against its will."""
-
-    TIMEOUT = "timeout"
-    OOM = "oom"
-    DIED = "died"
-    OUTPUT_LIMIT = "output_limit"
-    PROTOCOL = "protocol"
-    SANDBOX_ERROR = "sandbox_error"
-
-
-class SessionDead(RuntimeError):
-    """The session is gone; `reason` says why and `stderr` holds what it last printed."""
-
-    def __init__(self, reason: DeathReason, detail: str, stderr: str = "") -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.stderr = stderr
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One answer. `ok=False` carries the exception the code inside reported."""
-
-    ok: bool
-    result: Any
-    error: ExceptionInfo | None
-    seconds: float  # round trip seen by the controller
+_DOCKER_ERRORS = (*ENGINE_ERRORS, OSError)
 
 
 class _Frames:
@@ -179,16 +147,16 @@ class _Frames:
                 raise SessionDead(DeathReason.OUTPUT_LIMIT, f"output exceeded {self.cap} bytes")
 
 
-class SandboxSession:
-    """One interactive container. Not thread-safe: one call at a time."""
+class DockerSession:
+    """One interactive container, labelled with `labels` (ownership and deadline,
+    reaper.py). Not thread-safe: one call at a time."""
 
-    def __init__(self, executor: SandboxExecutor, spec: JobSpec) -> None:
-        spec.validate()
-        self.ex = executor
+    def __init__(self, engine: DockerEngine, spec: JobSpec, image: str,
+                 labels: dict[str, str]) -> None:
+        self.engine = engine
         self.spec = spec
-        self.image = spec.image or executor.image
-        if self.image != executor.image and self.image not in executor.config.allowed_images:
-            raise SpecError("image", f"{self.image!r} is not an allowed sandbox image")
+        self.image = image
+        self.labels = labels
         self.name = f"bilevel-session-{uuid.uuid4().hex[:12]}"
         self.container: Any = None
         self.volume: Any = None
@@ -203,20 +171,17 @@ class SandboxSession:
     def start(self) -> float:
         """Create, attach and start the container; return the seconds it took."""
         started = time.monotonic()
-        client = self.ex.client
-        labels = {**self.spec.labels, LABEL_PRINCIPAL: self.ex.principal, **ownership_labels(
-            self.ex.config.namespace, time.time() + self.spec.limits.wall_seconds,
-            self.ex.owner)}
+        client = self.engine.client
         try:
-            self.volume = client.volumes.create(name=self.name, labels=labels)
+            self.volume = client.volumes.create(name=self.name, labels=self.labels)
             kwargs = container_kwargs(self.spec, image=self.image, name=self.name,
-                                      volume=self.volume.name, labels=labels)
+                                      volume=self.volume.name, labels=self.labels)
             self.container = client.containers.create(**{**kwargs, "stdin_open": True})
             job = runner_job(self.spec)
             if not self.container.put_archive(VOLUME_TARGET,
                                               archive.pack_job(self.spec.files, job)):
                 raise docker.errors.DockerException("could not place the session's files")
-            self._api = docker.APIClient(**self.ex.client_kwargs, timeout=None)
+            self._api = self.engine.dedicated()
             raw = self._api.attach_socket(self.container.id, params={
                 "stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             self._sock = getattr(raw, "_sock", raw)
@@ -338,29 +303,11 @@ class SandboxSession:
         if self.dead is None:
             self.dead = SessionDead(DeathReason.DIED, "the session was closed")
 
-    def __enter__(self) -> SandboxSession:
+    def __enter__(self) -> DockerSession:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def parse_reply(raw: bytes, rid: int) -> Reply | SessionDead:
-    """One protocol line as a Reply, or the PROTOCOL death it earns. Never raises: the
-    line is parsed with caps on size and depth (bounded_json), and an error record is
-    bounded like a job's exception record."""
-    try:
-        reply = bounded_json.loads(raw, REPLY_CAPS, "reply") if _BOUNDED_REPLIES \
-            else json.loads(raw)
-    except (JSONLimitError, ValueError) as exc:
-        return SessionDead(DeathReason.PROTOCOL, f"{exc}: {raw[:200]!r}")
-    if not isinstance(reply, dict) or reply.get("id") != rid or \
-            not isinstance(reply.get("ok"), bool):
-        return SessionDead(DeathReason.PROTOCOL, f"malformed reply: {raw[:200]!r}")
-    if reply["ok"]:
-        return Reply(ok=True, result=reply.get("result"), error=None, seconds=0.0)
-    return Reply(ok=False, result=None, seconds=0.0,
-                 error=job_output.exception_info(reply.get("error"), required=False))
 
 
 def _discard(sock: socket.socket | None, stop: threading.Event) -> None:

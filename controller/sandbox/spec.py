@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.errors import FieldError
+
 RUNTIMES = ("runc", "runsc")
 
 # Where things live inside every sandbox container (see sandbox_image/runner.py):
@@ -26,13 +28,8 @@ RESULT_FILE = "/bilevel/result.json"
 RETURNED_DIR = "/bilevel/out"
 
 
-class SpecError(ValueError):
-    """A JobSpec field is invalid. `field` names it so the API can report it."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.reason = message
+class SpecError(FieldError):
+    """A JobSpec field is invalid; `field` names it (e.g. limits.memory_bytes)."""
 
 
 class Status(enum.StrEnum):
@@ -88,15 +85,18 @@ class Limits:
 
 @dataclass(frozen=True)
 class DataMount:
-    """A named Docker volume mounted read-only into the job (e.g. prepared token shards)."""
+    """Data mounted read-only into the job at `target` (e.g. prepared token shards).
+    `source` is a data reference the backend handed out (backend.py: ensure_data,
+    resolve_data), never a host path."""
 
-    volume: str
+    source: str
     target: str
 
     def validate(self, index: int) -> None:
         where = f"data_mounts[{index}]"
-        if not self.volume or "/" in self.volume:
-            raise SpecError(f"{where}.volume", f"must be a Docker volume name, got {self.volume!r}")
+        if not self.source or "/" in self.source:
+            raise SpecError(f"{where}.source",
+                            f"must be a data reference of the backend, got {self.source!r}")
         _check_abs_target(f"{where}.target", self.target)
 
 

@@ -37,6 +37,7 @@ from docker.models.containers import Container
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from controller.sandbox.docker_engine import DockerEngine, engine_calls
 from controller.sandbox.image import CACHE_DIR, ImageBuildError
 from controller.sandbox.install_check import MAX_SHOWN, install_problems
 from controller.sandbox.install_rules import PROBE_SCRIPT, BaseLayout
@@ -318,3 +319,16 @@ def _ensure(client: docker.DockerClient, base: str, base_id: str,
     log.info("building task image", tag=tag, base=base, requirements=list(requirements))
     build_task_image(client, base, wheelhouse, tag, layout)
     return tag
+
+
+def ensure_local_task_image(base: str, requirements: Sequence[str],
+                            source: WheelSource | None = None, *, force: bool = False,
+                            docker_url: str | None = None) -> str:
+    """ensure_task_image on the engine at `docker_url` (default: from the environment);
+    SandboxUnavailable when the engine does not answer or fails."""
+    engine = DockerEngine.connect(docker_url, timeout=120)
+    try:
+        with engine_calls():
+            return ensure_task_image(engine.client, base, requirements, source, force=force)
+    finally:
+        engine.close()

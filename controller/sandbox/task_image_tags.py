@@ -20,8 +20,9 @@ import docker
 import docker.errors
 import structlog
 
+from controller.sandbox.backend import Sweep
 from controller.sandbox.task_image import TASK_IMAGE_REPO
-from controller.sandbox.volumes import Sweep, named_lock, namespace_part
+from controller.sandbox.volumes import named_lock, namespace_part
 
 log = structlog.get_logger(__name__)
 

@@ -1,12 +1,13 @@
-"""Read-only data volumes: a host folder copied once into a labelled Docker volume.
+"""The Docker backend's data: host folders copied once into labelled, read-only volumes.
 
 Volumes (not bind mounts) keep jobs independent of the controller's filesystem, which
-matters when the controller itself runs in a container.
+matters when the controller itself runs in a container. A volume's name is the data
+reference a JobSpec's `DataMount.source` names.
 
-Two kinds: trusted code (a task's data folders, trainer/run.py's train and validation
-splits) mounts volumes by Docker name through JobSpec directly; an API client can mount
-only a volume published for clients (`publish_data_volume`), by the id it was handed,
-only in the controller namespace that published it, and only as the principal it was
+Two kinds: trusted code (a task's data folders, the trainer's train and validation
+splits) gets a reference from the backend's `ensure_data`; an API client can mount only
+a volume published for clients (`publish_data_volume`), by the id it was handed, only
+in the controller namespace that published it, and only as the principal it was
 published for or an admin (`resolve_data_mounts`): to anyone else the id is unknown.
 Nothing else, in particular no evaluation split and no other Docker volume, is
 mountable from a request.
@@ -14,11 +15,11 @@ mountable from a request.
 A run's data volume (`data_volume`) belongs to the controller's namespace: its name
 holds the namespace and its content's hash (`bilevel-<namespace>-<stem>`), so two
 controllers in two namespaces never share one, and the namespace's runs share it (owner
-label "runs"). A run claims it before it is filled or mounted (executor.claim_data: the
-claim is recorded in the store, and a holder - a never-started container that mounts
-the volume, labelled with the run and the controller's store - is created). A volume
-that any container mounts, a holder or a job of any controller, is one the engine
-refuses to remove (409): so a clean-up, even by another controller sharing the
+label "runs"). A run claims it before it is filled or mounted (the executor's claim:
+the claim is recorded in the store, and a holder - a never-started container that
+mounts the volume, labelled with the run and the controller's store - is created). A
+volume that any container mounts, a holder or a job of any controller, is one the
+engine refuses to remove (409): so a clean-up, even by another controller sharing the
 namespace, never pulls a volume from under a run that will mount it again.
 `sweep_data_volumes` removes this store's holders of runs that are no longer running or
 paused, then every volume of the namespace that nothing holds. Filling, claiming and
@@ -37,15 +38,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import docker
 import docker.errors
 import structlog
 
 from controller.principals import SHARED, Principal
+from controller.sandbox.backend import DATA_ID, NOT_PUBLISHED, Sweep, check_data_ids
 from controller.sandbox.hardening import SANDBOX_UID
 from controller.sandbox.reaper import (
     LABEL_NAMESPACE,
@@ -58,9 +60,6 @@ from controller.sandbox.reaper import (
 )
 from controller.sandbox.spec import DataMount, JobSpec, SpecError
 
-if TYPE_CHECKING:
-    from controller.sandbox.executor import SandboxExecutor
-
 log = structlog.get_logger(__name__)
 
 LABEL_DATA = "io.bilevel.data"
@@ -68,7 +67,6 @@ LABEL_DATA_ID = "io.bilevel.data.id"
 LABEL_MOUNTABLE = "io.bilevel.data.mountable"  # "1" only on volumes published for clients
 LABEL_HOLDS = "io.bilevel.data.holds"  # on a holder container: the volume it holds
 LABEL_STORE = "io.bilevel.store"  # on a holder: the controller store whose run it holds for
-DATA_ID = re.compile(r"^data-[0-9a-f]{20}$")
 _FILL_TARGET = "/fill"
 _COMPLETE_MARK = ".bilevel-complete"
 HELPER_SECONDS = 3600.0  # a fill or probe container left longer than this is an orphan
@@ -101,18 +99,16 @@ def shared_labels(namespace: str) -> dict[str, str]:
             LABEL_OWNER: OWNER_RUNS}
 
 
-def data_volume(executor: SandboxExecutor, stem: str, source: Path) -> str:
-    """The Docker name of the executor namespace's volume holding `source` (`stem`: its
-    kind and content hash), claimed for the executor's owner, then filled unless a
-    complete copy exists."""
-    namespace = executor.config.namespace
+def data_volume(client: docker.DockerClient, namespace: str, stem: str, source: Path,
+                image: str, claim: Callable[[str], None]) -> str:
+    """The Docker name of `namespace`'s volume holding `source` (`stem`: its kind and
+    content hash), claimed (`claim(name)`), then filled unless a complete copy exists."""
     name = data_volume_name(namespace, stem)
     labels = shared_labels(namespace)
     with named_lock(name):  # a sweep re-checks the claims under the same lock
-        executor.client.volumes.create(name=name, labels=labels)  # an existing one stays
-        if executor.claim_data is not None:
-            executor.claim_data(name)
-        return ensure_data_volume(executor.client, name, source, executor.image, labels)
+        client.volumes.create(name=name, labels=labels)  # an existing one stays
+        claim(name)
+        return ensure_data_volume(client, name, source, image, labels)
 
 
 def hold_data_volume(client: docker.DockerClient, name: str, image: str, namespace: str,
@@ -227,13 +223,6 @@ def mountable_volume(client: docker.DockerClient, namespace: str, data_id: str,
     return names[0] if len(names) == 1 else None
 
 
-def check_data_ids(spec: JobSpec) -> None:
-    """A request's data_mounts name data ids; anything else is refused before Docker."""
-    for i, mount in enumerate(spec.data_mounts):
-        if not DATA_ID.match(mount.volume):
-            raise SpecError(f"data_mounts[{i}].volume", _REFUSED.format(mount.volume))
-
-
 def resolve_data_mounts(client: docker.DockerClient, namespace: str, spec: JobSpec,
                         principal: Principal) -> JobSpec:
     """`spec` from `principal`'s request with each data id replaced by its volume's
@@ -242,24 +231,11 @@ def resolve_data_mounts(client: docker.DockerClient, namespace: str, spec: JobSp
     check_data_ids(spec)
     mounts = []
     for i, mount in enumerate(spec.data_mounts):
-        name = mountable_volume(client, namespace, mount.volume, principal)
+        name = mountable_volume(client, namespace, mount.source, principal)
         if name is None:
-            raise SpecError(f"data_mounts[{i}].volume", _REFUSED.format(mount.volume))
-        mounts.append(DataMount(volume=name, target=mount.target))
+            raise SpecError(f"data_mounts[{i}].volume", NOT_PUBLISHED.format(mount.source))
+        mounts.append(DataMount(source=name, target=mount.target))
     return replace(spec, data_mounts=tuple(mounts))
-
-
-_REFUSED = ("{!r} is not a data volume published to clients of this controller: give "
-            "the id (data-...) the controller handed out; Docker volume names and "
-            "evaluation data cannot be mounted from a request")
-
-
-@dataclass
-class Sweep:
-    """What a sweep removed, and what it kept and why (name -> reason)."""
-
-    removed: list[str] = field(default_factory=list)
-    kept: dict[str, str] = field(default_factory=dict)
 
 
 def remove_data_volume(client: docker.DockerClient, name: str,

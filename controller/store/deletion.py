@@ -24,7 +24,7 @@ from pathlib import Path
 
 from controller.store import task_bundle
 from controller.store.records import NotFoundError, RunRecord
-from controller.store.runs import RunStore, _run
+from controller.store.runs import RunStore, run_from_row
 
 DELETED_PREFIX = ".deleted-"
 _RUN_DIR = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -53,7 +53,7 @@ def delete_run_rows(store: RunStore, run_id: str) -> RunRecord:
             tx.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (run_id,))
         tx.db.execute("DELETE FROM run_resources WHERE run_id = ?", (run_id,))
         tx.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-    return _run(row)
+    return run_from_row(row)
 
 
 def delete_run(store: RunStore, artifacts_root: Path, run_id: str) -> tuple[RunRecord, int]:

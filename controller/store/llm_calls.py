@@ -4,38 +4,16 @@ the per-call/per-trial/per-run accounting, and the source a replay reads."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.llm.accounting import CallRecord
 from controller.llm.types import LLMResponse
-
-if TYPE_CHECKING:
-    from controller.store.runs import RunStore
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS llm_calls (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    seq INTEGER NOT NULL,
-    trial INTEGER NOT NULL,
-    call INTEGER NOT NULL,
-    purpose TEXT NOT NULL,
-    proposal_id TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    model TEXT NOT NULL,
-    record_json TEXT NOT NULL,
-    error TEXT NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL,
-    time REAL NOT NULL,
-    PRIMARY KEY (run_id, seq)
-);
-CREATE INDEX IF NOT EXISTS llm_calls_by_time ON llm_calls(time);
-"""
+from controller.store.db import Database
+from controller.store.records import RUN_HINT, NotFoundError
 
 
 class CallLog:
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     def record(self, run_id: str, call: CallRecord) -> None:
@@ -76,7 +54,8 @@ class CallLog:
     def replay_answers(self, run_id: str) -> dict[tuple[int, int], LLMResponse]:
         """(trial, call) -> the answer the run's trials were built from: successful calls
         of each begun trial's own proposal (not of proposals a stop threw away)."""
-        self.store.get_run(run_id)  # NotFoundError for an unknown run
+        if not self.store.query("SELECT 1 FROM runs WHERE id = ?", (run_id,)):
+            raise NotFoundError("run", run_id, RUN_HINT)
         rows = self.store.query(
             "SELECT c.trial, c.call, c.record_json FROM llm_calls c JOIN trials t ON "
             "t.run_id = c.run_id AND t.idx = c.trial AND t.proposal_id = c.proposal_id "

@@ -20,40 +20,9 @@ import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from controller.store.runs import RunStore, _Tx
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS mechanism_calls (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    trial INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    mechanism TEXT NOT NULL,
-    hook TEXT NOT NULL,
-    effect TEXT NOT NULL,
-    effective INTEGER NOT NULL,
-    seconds REAL NOT NULL,
-    record_json TEXT NOT NULL,
-    PRIMARY KEY (run_id, trial, seq)
-);
-CREATE TABLE IF NOT EXISTS mechanisms (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    name TEXT NOT NULL,
-    ord INTEGER NOT NULL,
-    row_json TEXT NOT NULL,
-    state_json TEXT,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (run_id, name)
-);
-CREATE TABLE IF NOT EXISTS outer_state (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    key TEXT NOT NULL,
-    value_json TEXT NOT NULL,
-    PRIMARY KEY (run_id, key)
-);
-"""
+from controller.store.db import Database, Tx
 
 # Statuses of a mechanism row.
 PROPOSED = "proposed"  # written by Level 2, not gated yet
@@ -122,13 +91,13 @@ class Outcome:
 
 
 class MechanismLog:
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     # Writes
 
     @staticmethod
-    def write_calls(tx: _Tx, run_id: str, trial: int, records: list[dict[str, Any]],
+    def write_calls(tx: Tx, run_id: str, trial: int, records: list[dict[str, Any]],
                     states: dict[str, Any] | None) -> None:
         """Inside finish_trial's transaction: the trial's hook calls and the states the
         mechanisms saved after observing it (so a resume continues from exactly here)."""

@@ -6,25 +6,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from controller.store.runs import RunStore
+from controller.store.db import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS lessons (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    task TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    text TEXT NOT NULL,
-    delta REAL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS lessons_by_task ON lessons (task, id);
-"""
-# Added after the first release (store/runs.py runs the migrations).
-MIGRATIONS = (("lessons", "owner", "TEXT NOT NULL DEFAULT 'shared'"),)
 KINDS = ("helped", "hurt", "crashed")
 
 
@@ -41,7 +25,7 @@ class Lesson:
 
 
 class MemoryStore:
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     def add(self, lessons: list[Lesson], owner: str) -> None:

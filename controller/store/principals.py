@@ -9,7 +9,7 @@ the hash, never on how the given token compares with other principals' tokens.
 for the run store's writers), so the API edge reads it on every call: a principal
 revoked by another process (`bilevel token revoke` on the state dir) is refused on its
 very next call. Principals an operator keeps in a file (auth.principals_file,
-store/principals_file.py) are read beside these: `Directory` is both.
+store/principals_file.py) are read beside these: store/directory.py is both.
 """
 
 from __future__ import annotations
@@ -21,12 +21,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from controller.principals import Principal, Role, check_name, check_new_name
-
-if TYPE_CHECKING:
-    from controller.store.principals_file import PrincipalsFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS principals (
@@ -144,48 +140,3 @@ class PrincipalStore:
         with self._lock:
             cur = self._db.execute("DELETE FROM principals WHERE name = ?", (check_name(name),))
         return cur.rowcount == 1
-
-
-class Directory:
-    """Every principal an operator defined: the store's and the file's (for a name in
-    both, the store's). Each call reads them afresh (the file only when it changed)."""
-
-    def __init__(self, store: PrincipalStore, file: PrincipalsFile | None = None) -> None:
-        self.store = store
-        self.file = file
-
-    def by_token(self, token: str) -> Principal | None:
-        digest = token_digest(token)
-        found = self.store.by_digest(digest)
-        if found is None and self.file is not None:
-            found = self.file.by_digest(digest)
-            if found is not None and self.store.by_name(found.name) is not None:
-                return None  # the store's principal of that name has another token
-        return found
-
-    def by_name(self, name: str) -> Principal | None:
-        found = self.store.by_name(name)
-        if found is None and self.file is not None:
-            found = self.file.by_name(name)
-        return found
-
-    def rows(self) -> list[PrincipalRow]:
-        rows = self.store.rows()
-        names = {r.name for r in rows}
-        if self.file is not None:
-            rows += [r for r in self.file.rows() if r.name not in names]
-        return sorted(rows, key=lambda r: r.name)
-
-    def any(self) -> bool:
-        return bool(self.rows())
-
-    def create(self, name: str, role: Role) -> str:
-        if self.file is not None and self.file.by_name(name) is not None:
-            raise PrincipalExists(name, FILE)
-        return self.store.create(name, role)
-
-    def revoke(self, name: str) -> None:
-        """UnknownPrincipal when the store has no such principal."""
-        if not self.store.revoke(name):
-            raise UnknownPrincipal(name, self.file is not None and
-                                   self.file.by_name(name) is not None)

@@ -19,23 +19,10 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from controller.store.db import Database
 from controller.store.records import RunState
 
-if TYPE_CHECKING:
-    from controller.store.runs import RunStore
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS run_resources (
-    run_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    claimed_at REAL NOT NULL,
-    PRIMARY KEY (run_id, kind, name)
-);
-CREATE INDEX IF NOT EXISTS run_resources_by_name ON run_resources (kind, name);
-"""
 DATA_VOLUME = "data_volume"
 TASK_IMAGE = "task_image"
 KINDS = (DATA_VOLUME, TASK_IMAGE)
@@ -57,7 +44,7 @@ def store_gone(scope: str) -> bool:
 
 
 class RunResources:
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     def claim(self, run_id: str, kind: str, name: str) -> None:

@@ -1,27 +1,19 @@
-"""SQLite (WAL) store of runs, trials and run events. Thread-safe; durable on commit.
+"""Runs, their trials and their events in the store (the database: store/db.py).
 
-Every write that produces events appends them in the same transaction, then tells the
-listeners (after the commit), so a client never sees an event whose state is not on
-disk. Events carry a gap-free per-run sequence number.
+Every write that produces events appends them in the same transaction, so the events
+and the state they announce commit together.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from controller.principals import SHARED
-from controller.store.llm_calls import SCHEMA as LLM_CALLS_SCHEMA
-from controller.store.mechanisms import SCHEMA as MECHANISMS_SCHEMA
+from controller.store.db import Database
 from controller.store.mechanisms import HookCall, MechanismLog, MechanismRow
-from controller.store.memory import MIGRATIONS as MEMORY_MIGRATIONS
-from controller.store.memory import SCHEMA as MEMORY_SCHEMA
 from controller.store.records import (
     RUN_HINT,
     Cursor,
@@ -35,131 +27,18 @@ from controller.store.records import (
     TrialRecord,
     TrialStatus,
 )
-from controller.store.resources import SCHEMA as RESOURCES_SCHEMA
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    settings_json TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    trials_done INTEGER NOT NULL DEFAULT 0,
-    baseline_val_bpb REAL,
-    best_val_bpb REAL,
-    best_trial INTEGER,
-    last_status TEXT,
-    stop_reason TEXT NOT NULL DEFAULT '',
-    elapsed_seconds REAL NOT NULL DEFAULT 0,
-    llm_tokens_used INTEGER NOT NULL DEFAULT 0,
-    summary TEXT NOT NULL DEFAULT '',
-    last_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS trials (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    idx INTEGER NOT NULL,
-    finished INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    description TEXT NOT NULL,
-    changes_json TEXT NOT NULL,
-    status TEXT,
-    val_bpb REAL,
-    memory_gb REAL NOT NULL DEFAULT 0,
-    metrics_json TEXT NOT NULL DEFAULT '{}',
-    job_status TEXT NOT NULL DEFAULT '',
-    exception_json TEXT,
-    seconds REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, idx)
-);
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    seq INTEGER NOT NULL,
-    time REAL NOT NULL,
-    kind TEXT NOT NULL,
-    payload_json TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-);
-"""
-# Columns added after the first release; a store created before gets them on open.
-MIGRATIONS = (
-    ("runs", "noise_sigma", "REAL"),
-    ("runs", "llm_cost_usd", "REAL NOT NULL DEFAULT 0"),
-    ("trials", "hypothesis", "TEXT NOT NULL DEFAULT ''"),
-    ("trials", "parent", "INTEGER"),
-    ("trials", "fix_of", "INTEGER"),
-    ("trials", "proposal_id", "TEXT NOT NULL DEFAULT ''"),
-    ("trials", "started_at", "REAL NOT NULL DEFAULT 0"),
-    ("trials", "ended_at", "REAL NOT NULL DEFAULT 0"),
-    ("trials", "llm_tokens", "INTEGER NOT NULL DEFAULT 0"),
-    ("trials", "llm_cost_usd", "REAL NOT NULL DEFAULT 0"),
-    # "baseline", "proposer", "mechanism:<name>" (its suggestion ran), "+filter" when a
-    # filter replaced it: what the trial's credit goes to (research/mechanism_wiring.py).
-    ("trials", "proposal_source", "TEXT NOT NULL DEFAULT ''"),
-    ("trials", "node", "TEXT NOT NULL DEFAULT ''"),  # Ray node id(s) (sandbox/ray_backend.py)
-    # The principal the run belongs to; runs made before principals are "shared"'s.
-    ("runs", "owner", f"TEXT NOT NULL DEFAULT '{SHARED.name}'"),
-)
-# After the migrations: ListRuns of one principal, newest first.
-INDEXES = "CREATE INDEX IF NOT EXISTS runs_by_owner ON runs (owner, created_at, id);"
-
-Listener = Callable[[str], None]
 
 
-class RunStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA + LLM_CALLS_SCHEMA + MEMORY_SCHEMA + MECHANISMS_SCHEMA
-                               + RESOURCES_SCHEMA)
-        for table, column, kind in MIGRATIONS + MEMORY_MIGRATIONS:
-            present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in present:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        self._db.executescript(INDEXES)
-        self._lock = threading.Lock()
-        self._listeners: list[Listener] = []
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def subscribe(self, listener: Listener) -> None:
-        """`listener(run_id)` is called after each commit that appended events."""
-        self._listeners.append(listener)
-
-    @contextmanager
-    def _tx(self, run_id: str | None = None) -> Iterator[_Tx]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            tx = _Tx(self._db)
-            try:
-                yield tx
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        if tx.appended and run_id is not None:
-            for listener in self._listeners:
-                listener(run_id)
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
-
-    # For the store's sibling modules (llm_calls, memory): one connection, one lock.
-    transaction = _tx
-    query = _query
+class RunStore(Database):
+    """The store: its runs, trials and events here, the other tables through the
+    modules that take it (MechanismLog, CallLog, MemoryStore, RunResources)."""
 
     # Runs
 
     def create_run(self, run_id: str, settings: dict[str, Any],
                    owner: str = SHARED.name) -> RunRecord:
         now = time.time()
-        with self._tx() as tx:
+        with self.transaction() as tx:
             tx.db.execute("INSERT INTO runs (id, state, settings_json, created_at, updated_at,"
                           " owner) VALUES (?, ?, ?, ?, ?, ?)",
                           (run_id, RunState.RUNNING.value, json.dumps(settings), now, now,
@@ -167,10 +46,10 @@ class RunStore:
         return self.get_run(run_id)
 
     def get_run(self, run_id: str) -> RunRecord:
-        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        rows = self.query("SELECT * FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise NotFoundError("run", run_id, RUN_HINT)
-        return _run(rows[0])
+        return run_from_row(rows[0])
 
     def list_runs(self, limit: int, after: Cursor | None = None,
                   owner: str | None = None) -> tuple[list[RunRecord], Cursor | None]:
@@ -185,27 +64,27 @@ class RunStore:
         if after is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             args += [after.created_at, after.created_at, after.run_id]
-        rows = self._query(
+        rows = self.query(
             "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") +
             " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1))
-        page = [_run(r) for r in rows[:limit]]
+        page = [run_from_row(r) for r in rows[:limit]]
         more = len(rows) > limit
         return page, (Cursor(page[-1].created_at, page[-1].id) if more and page else None)
 
     def running_runs(self) -> list[RunRecord]:
-        rows = self._query("SELECT * FROM runs WHERE state = ? ORDER BY rowid",
+        rows = self.query("SELECT * FROM runs WHERE state = ? ORDER BY rowid",
                            (RunState.RUNNING.value,))
-        return [_run(r) for r in rows]
+        return [run_from_row(r) for r in rows]
 
     def append_event(self, run_id: str, kind: EventKind, payload: dict[str, Any]) -> None:
-        with self._tx(run_id) as tx:
+        with self.transaction(run_id) as tx:
             tx.event(run_id, kind, payload)
 
     def finish_run(self, run_id: str, state: RunState, reason: str, summary: str,
                    payload: dict[str, Any]) -> bool:
         """Move a running run to a terminal state with its run_finished event; False if
         it had already finished (the first caller wins)."""
-        with self._tx(run_id) as tx:
+        with self.transaction(run_id) as tx:
             row = tx.db.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise NotFoundError("run", run_id)
@@ -221,7 +100,7 @@ class RunStore:
 
     def pause_run(self, run_id: str, reason: str) -> bool:
         """Running -> paused with a run_paused event; False if it was not running."""
-        with self._tx(run_id) as tx:
+        with self.transaction(run_id) as tx:
             cur = tx.db.execute("UPDATE runs SET state = ?, stop_reason = ?, updated_at = ? "
                                 "WHERE id = ? AND state = ?",
                                 (RunState.PAUSED.value, reason, time.time(), run_id,
@@ -233,7 +112,7 @@ class RunStore:
 
     def unpause_run(self, run_id: str) -> bool:
         """Paused -> running (the loop's run_started event follows); False if not paused."""
-        with self._tx() as tx:
+        with self.transaction() as tx:
             cur = tx.db.execute("UPDATE runs SET state = ?, stop_reason = '', updated_at = ? "
                                 "WHERE id = ? AND state = ?",
                                 (RunState.RUNNING.value, time.time(), run_id,
@@ -246,7 +125,7 @@ class RunStore:
                     changes: dict[str, Any], meta: TrialMeta | None = None) -> int:
         """Record a trial about to run; returns its attempt (2+ when a restart re-runs a
         trial that never finished). Emits trial_proposed once and trial_started always."""
-        with self._tx(run_id) as tx:
+        with self.transaction(run_id) as tx:
             row = tx.db.execute("SELECT finished, attempt FROM trials WHERE run_id = ? AND "
                                 "idx = ?", (run_id, index)).fetchone()
             if row is not None and row["finished"] == 1:
@@ -281,8 +160,9 @@ class RunStore:
     def finish_trial(self, run_id: str, done: TrialFinish, elapsed_seconds: float) -> None:
         """The trial's result, the run's counters and incumbent, and the trial_finished
         (and new_best) events, in one transaction."""
-        with self._tx(run_id) as tx:
-            run = _run(tx.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+        with self.transaction(run_id) as tx:
+            run = run_from_row(tx.db.execute("SELECT * FROM runs WHERE id = ?",
+                                             (run_id,)).fetchone())
             cur = tx.db.execute(
                 "UPDATE trials SET finished = 1, status = ?, val_bpb = ?, memory_gb = ?, "
                 "metrics_json = ?, job_status = ?, exception_json = ?, seconds = ?, "
@@ -329,7 +209,7 @@ class RunStore:
                     "previous_val_bpb": run.best_val_bpb})
 
     def trials(self, run_id: str) -> list[TrialRecord]:
-        rows = self._query("SELECT * FROM trials WHERE run_id = ? ORDER BY idx", (run_id,))
+        rows = self.query("SELECT * FROM trials WHERE run_id = ? ORDER BY idx", (run_id,))
         return [_trial(r) for r in rows]
 
     def mechanism_records(self, run_id: str, trial: int | None = None) -> list[HookCall]:
@@ -341,29 +221,11 @@ class RunStore:
         return MechanismLog(self).mechanisms(run_id)
 
     def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
-        rows = self._query("SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq "
+        rows = self.query("SELECT * FROM events WHERE run_id = ? AND seq > ? ORDER BY seq "
                            "LIMIT ?", (run_id, after_seq, limit))
         return [EventRecord(run_id=r["run_id"], seq=r["seq"], time=r["time"],
                             kind=EventKind(r["kind"]), payload=json.loads(r["payload_json"]))
                 for r in rows]
-
-
-class _Tx:
-    """One open transaction; `event` appends with the next sequence number."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.appended = False
-
-    def event(self, run_id: str, kind: EventKind, payload: dict[str, Any]) -> None:
-        row = self.db.execute("UPDATE runs SET last_seq = last_seq + 1 WHERE id = ? "
-                              "RETURNING last_seq", (run_id,)).fetchone()
-        if row is None:
-            raise NotFoundError("run", run_id)
-        self.db.execute("INSERT INTO events (run_id, seq, time, kind, payload_json) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (run_id, row[0], time.time(), kind.value, json.dumps(payload)))
-        self.appended = True
 
 
 def _per_mechanism(records: tuple[dict[str, Any], ...]) -> dict[str, Any]:
@@ -377,7 +239,7 @@ def _per_mechanism(records: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     return out
 
 
-def _run(row: sqlite3.Row) -> RunRecord:
+def run_from_row(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
         id=row["id"], state=RunState(row["state"]), settings=json.loads(row["settings_json"]),
         created_at=row["created_at"], updated_at=row["updated_at"],

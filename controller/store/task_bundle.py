@@ -28,7 +28,7 @@ from pathlib import Path
 
 import structlog
 
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 from controller.sandbox.spec import SpecError, check_relative_path
 
 log = structlog.get_logger(__name__)

@@ -29,26 +29,6 @@ SIGMA0 = 1.0 / 6.0
 MAX_CONTEXT = 1500
 
 
-def _log_scaled(knob: Any) -> bool:
-    return bool(knob["log"] or knob["power_of_two"]) and float(knob["low"]) > 0
-
-
-def to_unit(knob: Any, value: Any) -> float:
-    low, high = float(knob["low"]), float(knob["high"])
-    v = min(max(float(value), low), high)
-    if _log_scaled(knob):
-        return (math.log(v) - math.log(low)) / (math.log(high) - math.log(low))
-    return (v - low) / (high - low)
-
-
-def from_unit(knob: Any, u: float) -> Any:
-    low, high = float(knob["low"]), float(knob["high"])
-    u = min(max(float(u), 0.0), 1.0)
-    if _log_scaled(knob):
-        return sdk.snap(knob, math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
-    return sdk.snap(knob, low + u * (high - low))
-
-
 class CmaAdvisor:
     def __init__(self) -> None:
         self.names: list[str] = []  # the numeric knobs, in space order
@@ -74,7 +54,7 @@ class CmaAdvisor:
         table = sdk.knobs(state)
         d = len(names)
         self.names = names
-        self.mean = [to_unit(table[n], state["incumbent"][n]) for n in names]
+        self.mean = [sdk.unit(table[n], state["incumbent"][n]) for n in names]
         self.sigma = SIGMA0
         self.cov = np.eye(d).tolist()
         self.ps, self.pc = [0.0] * d, [0.0] * d
@@ -93,7 +73,7 @@ class CmaAdvisor:
         value = None if trial["status"] == "crash" else trial["val_bpb"]
         if value is not None and (self.best is None or value < self.best["val_bpb"]):
             self.best = {"index": trial["index"], "val_bpb": value}
-        self.pending.append([[to_unit(table[n], config[n]) for n in self.names], value])
+        self.pending.append([[sdk.unit(table[n], config[n]) for n in self.names], value])
         if len(self.pending) >= self._lambda():
             self._tell()
 
@@ -155,7 +135,7 @@ class CmaAdvisor:
             if bool(np.all((x >= 0) & (x <= 1))):
                 break
         table = sdk.knobs(state)
-        return {n: from_unit(table[n], float(u)) for n, u in zip(self.names, x, strict=True)}
+        return {n: sdk.from_unit(table[n], float(u)) for n, u in zip(self.names, x, strict=True)}
 
     def suggest(self, state: Any) -> list[Any]:
         self._ready(state)
@@ -172,7 +152,7 @@ class CmaAdvisor:
         if not self.names:
             return ""
         table = sdk.knobs(state)
-        mean = {n: from_unit(table[n], u) for n, u in zip(self.names, self.mean, strict=True)}
+        mean = {n: sdk.from_unit(table[n], u) for n, u in zip(self.names, self.mean, strict=True)}
         spread = [math.sqrt(max(self.cov[i][i], 0.0)) * self.sigma
                   for i in range(len(self.names))]
         wide = self.names[max(range(len(spread)), key=lambda i: spread[i])]

@@ -21,35 +21,12 @@ acts from its first call and resumes trivially.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from mechanisms import sdk
 
 TOLERANCE = 1e-9  # normalised distance under which two configurations are the same
 MIRROR = 0.5  # the mirrored step, as a share of the failed one
-
-
-def _log_scaled(knob: Any) -> bool:
-    return bool(knob["log"] or knob["power_of_two"]) and float(knob["low"]) > 0
-
-
-def to_unit(knob: Any, value: Any) -> float:
-    low, high = float(knob["low"]), float(knob["high"])
-    if high <= low:
-        return 0.0
-    v = min(max(float(value), low), high)
-    if _log_scaled(knob):
-        return (math.log(v) - math.log(low)) / (math.log(high) - math.log(low))
-    return (v - low) / (high - low)
-
-
-def from_unit(knob: Any, u: float) -> Any:
-    low, high = float(knob["low"]), float(knob["high"])
-    u = min(max(float(u), 0.0), 1.0)
-    if _log_scaled(knob):
-        return sdk.snap(knob, math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
-    return sdk.snap(knob, low + u * (high - low))
 
 
 class DirectSearch:
@@ -60,14 +37,15 @@ class DirectSearch:
     def _step(self, state: Any, start: Any, end: Any) -> dict[str, float]:
         """end - start on the numeric knobs, in normalised units."""
         table = self._numeric(state)
-        return {n: to_unit(k, end[n]) - to_unit(k, start[n]) for n, k in table.items()
+        return {n: sdk.unit(k, end[n]) - sdk.unit(k, start[n]) for n, k in table.items()
                 if n in start and n in end and end[n] != start[n]}
 
     def _apply(self, state: Any, steps: dict[str, float], factor: float) -> dict[str, Any]:
         table = self._numeric(state)
         point = dict(state["incumbent"])
         for name, d in steps.items():
-            point[name] = from_unit(table[name], to_unit(table[name], point[name]) + factor * d)
+            knob = table[name]
+            point[name] = sdk.from_unit(knob, sdk.unit(knob, point[name]) + factor * d)
         return point
 
     def _origin(self, trial: Any, kept: list[Any]) -> Any:

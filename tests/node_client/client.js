@@ -139,13 +139,25 @@ async function checkWatchWithReconnect() {
   });
   const firstConnection = seqs.length;
   const kinds = [];
+  const finished = [];
   await stream(runs.WatchRun({ run_id: run.id, after_seq: String(seqs[seqs.length - 1]) },
-    auth()), (e) => { seqs.push(Number(e.seq)); kinds.push(e.event); });
+    auth()), (e) => {
+    seqs.push(Number(e.seq));
+    kinds.push(e.event);
+    if (e.event === "trial_finished") finished.push(e.trial_finished);
+  });
   const final = await unary(runs, "GetRun", { run_id: run.id });
   return {
     run_id: run.id, first_connection: firstConnection, seqs,
     last_kind: kinds[kinds.length - 1], state: final.state, trials_done: final.trials_done,
     echoed_proposer_kind: final.request.proposer.kind, has_llm: final.request.llm !== null,
+    // The task-neutral loss, the metric and direction it is in, and the deprecated names.
+    loss: {
+      metric: final.request.task.metric, maximize: final.request.task.maximize,
+      baseline: final.baseline_loss, best: final.best_loss,
+      deprecated: [final.baseline_val_bpb, final.best_val_bpb],
+      trials: finished.map((t) => [t.loss, t.val_bpb]),
+    },
   };
 }
 

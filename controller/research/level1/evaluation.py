@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 
 from controller.research.task import Task, TrialOutcome
-from controller.sandbox.executor import SandboxUnavailable
+from controller.sandbox.backend_config import SandboxUnavailable
 from controller.sandbox.spec import Status
 
 log = structlog.get_logger(__name__)

@@ -1,7 +1,7 @@
 """Keep rules: when does a candidate replace the incumbent?
 
 `GreedyRule` keeps any strict improvement (Karpathy's loop; the paper's group A).
-`NoiseAwareRule` first measures the noise sigma of val_bpb by running the baseline with
+`NoiseAwareRule` first measures the noise sigma of the loss by running the baseline with
 k seeds (default 8). A candidate's gain over the incumbent is then measured in units of
 the noise of that difference, s * sqrt(1/n + 1/m) for n candidate and m incumbent
 evaluations: a t statistic, because s is an estimate with k - 1 degrees of freedom (with
@@ -30,13 +30,13 @@ from controller.store.records import TrialStatus
 
 @dataclass(frozen=True)
 class Incumbent:
-    val_bpb: float  # mean over its evaluations
+    loss: float  # mean over its evaluations
     sigma: float | None  # noise of one evaluation; None under the greedy rule
     evaluations: int = 1  # how many runs its mean is over
 
 
 @dataclass(frozen=True)
-class Verdict:
+class KeepDecision:
     status: TrialStatus
     reason: str
 
@@ -44,11 +44,11 @@ class Verdict:
 class KeepRule(Protocol):
     baseline_seeds: int  # evaluations of the baseline
 
-    def wants_confirmation(self, val_bpb: float, incumbent: Incumbent) -> bool:
+    def wants_confirmation(self, loss: float, incumbent: Incumbent) -> bool:
         """After a candidate's first evaluation: run it again on another seed?"""
         ...
 
-    def judge(self, values: Sequence[float], incumbent: Incumbent) -> Verdict: ...
+    def judge(self, values: Sequence[float], incumbent: Incumbent) -> KeepDecision: ...
 
     def sigma(self, baseline_values: Sequence[float]) -> float | None: ...
 
@@ -59,29 +59,26 @@ class GreedyRule:
     def __init__(self, min_improvement: float = 0.0) -> None:
         self.min_improvement = min_improvement
 
-    def wants_confirmation(self, val_bpb: float, incumbent: Incumbent) -> bool:
+    def wants_confirmation(self, loss: float, incumbent: Incumbent) -> bool:
         return False
 
-    def judge(self, values: Sequence[float], incumbent: Incumbent) -> Verdict:
+    def judge(self, values: Sequence[float], incumbent: Incumbent) -> KeepDecision:
         value = statistics.fmean(values)
-        gain = incumbent.val_bpb - value
+        gain = incumbent.loss - value
         if gain > self.min_improvement:
-            return Verdict(TrialStatus.KEEP, f"improves the incumbent by {gain:.6f}")
-        return Verdict(TrialStatus.DISCARD, f"does not beat the incumbent ({-gain:+.6f})")
+            return KeepDecision(TrialStatus.KEEP, f"improves the incumbent by {gain:.6f}")
+        return KeepDecision(TrialStatus.DISCARD, f"does not beat the incumbent ({-gain:+.6f})")
 
     def sigma(self, baseline_values: Sequence[float]) -> float | None:
         return None
 
 
 class NoiseAwareRule:
-    def __init__(self, seeds: int, margin: float, *, _sigma_is_exact: bool = False) -> None:
+    def __init__(self, seeds: int, margin: float) -> None:
         if seeds < 2:
             raise ValueError("measuring noise needs at least 2 seeds")
         self.baseline_seeds = seeds
         self.margin = margin
-        # Test-only: the old rule that treated the estimated sigma as exact (z quantiles),
-        # so a test can show the false-keep rate it had.
-        self._sigma_is_exact = _sigma_is_exact
         self.confirm_threshold = self.threshold(margin / 2)
         self.keep_threshold = self.threshold(margin)
 
@@ -92,7 +89,7 @@ class NoiseAwareRule:
 
     def threshold(self, z: float) -> float:
         """The t value with the tail probability that `z` has under a normal."""
-        if self._sigma_is_exact or not math.isfinite(z):
+        if not math.isfinite(z):
             return z
         return float(stats.t.isf(stats.norm.sf(z), self.df))
 
@@ -108,25 +105,25 @@ class NoiseAwareRule:
             return math.inf if gain > 0 else -math.inf
         return gain / noise
 
-    def wants_confirmation(self, val_bpb: float, incumbent: Incumbent) -> bool:
-        return self.statistic(incumbent.val_bpb - val_bpb, 1, incumbent) > \
+    def wants_confirmation(self, loss: float, incumbent: Incumbent) -> bool:
+        return self.statistic(incumbent.loss - loss, 1, incumbent) > \
             self.confirm_threshold
 
-    def judge(self, values: Sequence[float], incumbent: Incumbent) -> Verdict:
-        gain = incumbent.val_bpb - statistics.fmean(values)
+    def judge(self, values: Sequence[float], incumbent: Incumbent) -> KeepDecision:
+        gain = incumbent.loss - statistics.fmean(values)
         t = self.statistic(gain, len(values), incumbent)
         text = f"gain {gain:+.6f} (t = {t:+.2f} over {len(values)} run(s), df {self.df})"
         if len(values) < 2:
             if gain <= 0:
-                return Verdict(TrialStatus.DISCARD, f"{text}: no gain over the incumbent")
+                return KeepDecision(TrialStatus.DISCARD, f"{text}: no gain over the incumbent")
             if t <= self.confirm_threshold:
-                return Verdict(TrialStatus.DISCARD, f"{text} is within the noise (a "
+                return KeepDecision(TrialStatus.DISCARD, f"{text} is within the noise (a "
                                f"confirmation run needs t > {self.confirm_threshold:.2f})")
-            return Verdict(TrialStatus.DISCARD, f"{text}: no confirmation run was made")
+            return KeepDecision(TrialStatus.DISCARD, f"{text}: no confirmation run was made")
         if t > self.keep_threshold:
-            return Verdict(TrialStatus.KEEP, f"{text} beats the keep threshold t > "
+            return KeepDecision(TrialStatus.KEEP, f"{text} beats the keep threshold t > "
                                              f"{self.keep_threshold:.2f}, confirmed by a re-run")
-        return Verdict(TrialStatus.DISCARD, f"{text} was not confirmed (needs t > "
+        return KeepDecision(TrialStatus.DISCARD, f"{text} was not confirmed (needs t > "
                                             f"{self.keep_threshold:.2f})")
 
 

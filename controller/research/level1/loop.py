@@ -12,7 +12,7 @@ a finished one twice. Proposals always start from the incumbent best (or, for a 
 fix, from the crashed candidate). An LLM that fails for good pauses the run.
 
 Later levels hook in here: `context_hooks` (text for the proposer's prompt),
-`mechanisms` (research/mechanism_wiring.py: suggest/filter around the proposer, observe
+`mechanisms` (research/level2/wiring.py: suggest/filter around the proposer, observe
 in `_judge`), `after_trial` (Levels 1.5 and 2, after each judged trial), `set_frozen`
 (Level 1.5), and `start_hooks` / `exit_hooks` around `run`.
 """
@@ -120,7 +120,7 @@ class InnerLoop:
         self.calls = CallLog(store)
         self.planner = Planner(run_id, settings, task, proposer, store, artifacts,
                                self.space, self.validator, self.lessons)
-        # Text for the proposer's prompt; the mechanism level (issue 6) adds its hooks.
+        # Text for the proposer's prompt; Level 2's mechanisms add their hooks here.
         self.context_hooks: list[ContextHook] = self.planner.context_hooks
         self.mechanisms: MechanismWiring | None = None
         self.after_trial: list[Callable[[int], None]] = []  # called with each judged index
@@ -430,7 +430,7 @@ class InnerLoop:
                 self._stopped()  # a shutdown: the resumed run checks again
                 return
         objective = objective_of(self.task)
-        summary = summarize(run, reason, check, objective)
+        summary = run_summary_line(run, reason, check, objective)
         improved = check.beats if check is not None else False
         if self.store.finish_run(self.run_id, state, reason, summary, {
                 "state": state.value, "reason": reason, "baseline_val_bpb": run.baseline_val_bpb,
@@ -462,8 +462,8 @@ class InnerLoop:
         return check
 
 
-def summarize(run: RunRecord, reason: str, check: FinalCheck | None = None,
-              objective: Objective = GPT) -> str:
+def run_summary_line(run: RunRecord, reason: str, check: FinalCheck | None = None,
+                     objective: Objective = GPT) -> str:
     """One honest line: the search's numbers (in the task's metric), and whether the best
     beats the baseline on fresh seeds - "beats" only when the paired interval excludes 0.
     A task without a trusted scorer says its metric is forgeable."""

@@ -4,10 +4,11 @@ This is only a filter. It rejects the obvious ways to change the experiment befo
 container is spent on them, and it gives the LLM a reason it can act on; it cannot
 prove anything about Python code. The guarantees live outside the candidate's process:
 the trusted side measures and bounds the training phase's wall and CPU time against an
-allowance measured on the host (trainer/run.py: over budget means status `over_budget`,
-never kept), sets the trial's seed (harness.seed) and flags a candidate whose runs at a
-fixed step count on two seeds are bit-identical (research/level1/evaluation.py), and
-val_bpb comes only from the separate trusted evaluator.
+allowance measured on the host (research/tasks/trainer_run.py: over budget means status
+`over_budget`, never kept), sets the trial's seed (harness.seed) and flags a candidate
+whose runs at a fixed step count on two seeds are bit-identical
+(research/level1/evaluation.py), and val_bpb comes only from the separate trusted
+evaluator.
 
 The trusted harness itself lives in the read-only `trainer` package of the image; what
 train.py holds of it are the lines that call it. A task declares them precisely:
@@ -44,8 +45,9 @@ import ast
 from collections import Counter
 from dataclasses import dataclass
 
-from controller.research.level1 import knobs as knob_io
 from controller.research.level1.space import ProposalError
+from trainer import knobs as knob_io
+from trainer import pysource
 
 
 def _dotted(node: ast.expr) -> str:
@@ -165,7 +167,7 @@ def _store_targets(tree: ast.Module) -> list[ast.expr]:
 def check_dynamic(base: str, candidate: str) -> None:
     """The rules for every task: no reflection, no new seeding, no reaching imports.
     Only what the candidate adds counts: a baseline may use what it likes."""
-    old, new = ast.parse(base), ast.parse(candidate)
+    old, new = pysource.parse(base), pysource.parse(candidate)
     old_names = {n.id for n in ast.walk(old) if isinstance(n, ast.Name)}
     old_attrs = {n.attr for n in ast.walk(old) if isinstance(n, ast.Attribute)}
     for node in ast.walk(new):
@@ -218,10 +220,10 @@ class Protected:
 
     def check(self, base: str, candidate: str) -> None:
         """Raise ProposalError("protected", why) if `candidate` touches a protected part."""
-        old, new = ast.parse(base), ast.parse(candidate)
+        old, new = pysource.parse(base), pysource.parse(candidate)
         self._check_calls(old, new)
         for statement in self.imports:
-            wanted = ast.dump(ast.parse(statement).body[0])
+            wanted = ast.dump(pysource.parse(statement).body[0])
             if wanted not in {ast.dump(s) for s in new.body}:
                 raise ProposalError("protected", f"the edit removes or changes `{statement}`;"
                                     " it must stay as a top-level statement")

@@ -1,4 +1,6 @@
-"""Typed knobs of a train.py and the ranges a proposal must stay within."""
+"""The search space: the knobs of a task's editable file that a search may move, each
+with its typed range, and the check that a proposal stays within them. (A knob's value
+and where it sits in the file are read by trainer/knobs.py.)"""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-KnobValue = int | float | str | bool | tuple[Any, ...]
+from trainer.knobs import KnobValue
 
 
 class ProposalError(ValueError):

@@ -9,9 +9,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from controller.research.level1 import knobs as knob_io
-from controller.research.level1.space import KnobValue, ProposalError, SearchSpace
+from controller.research.level1.space import ProposalError, SearchSpace
 from controller.research.task import Task
+from trainer import knobs as knob_io
+from trainer import pysource
+from trainer.knobs import KnobValue
 
 SEED_KNOB = re.compile(r"^(\w+_)?SEED$")
 
@@ -65,14 +67,14 @@ class Validator:
         if candidate == base:
             raise ProposalError("edits", "the edits leave train.py unchanged")
         self._compiles(candidate)
-        if ast.dump(ast.parse(candidate)) == ast.dump(ast.parse(base)):
+        if ast.dump(pysource.parse(candidate)) == ast.dump(pysource.parse(base)):
             raise ProposalError("edits", "the edits change only comments or layout; nothing "
                                 "would run differently")
         self.task.protected.check(base, candidate)
         old, new = knob_io.read_knobs(base), knob_io.read_knobs(candidate)
         seeds = {k: old[k] for k in new if is_seed_knob(k) and k in old and new[k] != old[k]}
-        if seeds and ast.dump(ast.parse(knob_io.write_knobs(candidate, seeds))) == ast.dump(
-                ast.parse(base)):
+        unseeded = knob_io.write_knobs(candidate, seeds) if seeds else ""
+        if seeds and ast.dump(pysource.parse(unseeded)) == ast.dump(pysource.parse(base)):
             raise ProposalError("edits", "the edits only change the seed; that is not an "
                                 "experiment")
 

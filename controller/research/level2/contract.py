@@ -13,11 +13,12 @@ from __future__ import annotations
 import random
 from typing import Any, Literal
 
-from controller.research.level1.space import KnobValue, SearchSpace
+from controller.research.level1.space import SearchSpace
 from controller.research.level2.records import Failure, FailureReason
 from controller.research.level2.runtime import MechanismSet
 from mechanisms import sdk
-from mechanisms.wire import LoopState, Proposal, TrialView, space_to_json
+from mechanisms.wire import LoopState, MechanismProposal, TrialView, space_to_json
+from trainer.knobs import KnobValue
 
 STATUSES: tuple[Literal["keep", "discard", "crash"], ...] = ("keep", "discard", "crash",
                                                             "discard")
@@ -80,7 +81,7 @@ def exercise(mechanisms: MechanismSet, name: str, source: str, seed: int,
     transcript: list[tuple[Any, ...]] = []
     for state in synthetic_states(mechanisms.space, seed, count):
         space_json = space_to_json(state.space)
-        proposal = Proposal(_random_changes(space_json, state.incumbent, rnd), "synthetic")
+        proposal = MechanismProposal(_random_changes(space_json, state.incumbent, rnd), "synthetic")
         trial = TrialView(state.trial_index, proposal.changes,
                           {**state.incumbent, **proposal.changes}, "discard",
                           (state.best_val_bpb or 1.0) + 0.01, state.best_val_bpb)

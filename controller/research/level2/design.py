@@ -53,14 +53,14 @@ def choose_from_library(tried: set[str], outcomes: Sequence[Outcome], task: str,
     """(name, why) by Thompson sampling: each untried built-in draws from
     Beta(1 + kept, 1 + reverted or disabled), counted over earlier runs in this store on
     the same task (over every task when it has none there); the highest draw wins. With
-    no history every built-in is equally likely, so no fixed order favours one; the
-    draws are seeded by the run's seed and the round, so a run is reproducible. The
+    no history every built-in is equally likely, so no fixed order favours one; each
+    built-in's draw is seeded by the run's seed, the round and its name, so a run is
+    reproducible and adding a built-in leaves the others' draws as they were. The
     evidence is the verdicts of Level 2's randomised test, not the objective's formula,
     so it means the same for any objective. None when every built-in was tried."""
     left = [n for n in library.names() if n not in tried and n not in CONTROLS]
     if not left:
         return None
-    rng = random.Random(f"{seed}:{round_}:library")
     counts: dict[str, tuple[int, int, str]] = {}
     draws: dict[str, float] = {}
     for name in left:
@@ -69,7 +69,8 @@ def choose_from_library(tried: set[str], outcomes: Sequence[Outcome], task: str,
         pool, where = (here, f"on {task}") if here else (mine, "on any task")
         kept = sum(o.status == KEPT for o in pool)
         counts[name] = (kept, len(pool) - kept, where)
-        draws[name] = rng.betavariate(1 + kept, 1 + len(pool) - kept)
+        draws[name] = random.Random(f"{seed}:{round_}:library:{name}").betavariate(
+            1 + kept, 1 + len(pool) - kept)
     best = max(left, key=lambda n: draws[n])
     kept, lost, where = counts[best]
     return best, (f"bandit: Thompson draw {draws[best]:.2f} from Beta(1+{kept}, 1+{lost}) - "

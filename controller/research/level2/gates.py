@@ -25,8 +25,9 @@ from controller.research.level1.space import SearchSpace
 from controller.research.level2.contract import exercise
 from controller.research.level2.records import Failure
 from controller.research.level2.runtime import MechanismSet, MechanismSettings
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from mechanisms.interface import ACTING_HOOKS, HOOKS
+from trainer import pysource
 
 ALLOWED_IMPORTS = ("__future__", "math", "random", "statistics", "itertools", "collections",
                    "functools", "heapq", "bisect", "dataclasses", "typing", "json", "re",
@@ -36,7 +37,7 @@ BANNED_NAMES = frozenset({
     "getattr", "setattr", "delattr", "breakpoint", "input", "memoryview", "exit", "quit",
     "help", "__builtins__", "__loader__", "__spec__"})
 SELF_NAMES = frozenset({"self", "cls"})
-# numpy (and typing) names that reach files, raw memory, C or eval (issue 11 #13): refused
+# numpy (and typing) names that reach files, raw memory, C or eval: refused
 # as attributes of anything but self/cls, as imported names and as submodules. A
 # best-effort list: the sandbox, not this gate, is what contains a mechanism.
 DENIED_ATTRIBUTES = frozenset({
@@ -154,7 +155,7 @@ def static_check(source: str, settings: GateSettings | None = None) -> GateVerdi
     if len(source.encode()) > settings.max_source_bytes:
         return verdict(False, f"source exceeds {settings.max_source_bytes} bytes")
     try:
-        tree = ast.parse(source, filename="mechanism.py")
+        tree = pysource.parse(source, filename="mechanism.py")
     except SyntaxError as exc:
         return verdict(False, f"not valid Python: {exc.msg} (line {exc.lineno})",
                        "".join(traceback.format_exception_only(exc)))
@@ -175,7 +176,7 @@ def static_check(source: str, settings: GateSettings | None = None) -> GateVerdi
     return verdict(True, f"{name} defines {', '.join(sorted(hooks))}")
 
 
-def contract_check(executor: SandboxExecutor, space: SearchSpace, name: str, source: str,
+def contract_check(executor: SandboxBackend, space: SearchSpace, name: str, source: str,
                    settings: GateSettings | None = None,
                    mechanism_settings: MechanismSettings | None = None) -> GateVerdict:
     """Gate 2: exercise every hook in two fresh sandboxed sessions; both must pass and

@@ -1,11 +1,11 @@
 """Level 2, the mechanism loop: every `l2_every` trials (sooner when no trial was kept for
-half of that), a round picks one new mechanism - from the LLM (research/level2_design.py)
+half of that), a round picks one new mechanism - from the LLM (research/level2/design.py)
 or, offline, from the built-in library by a bandit over how each fared in earlier runs -
 passes it through the gates cheapest first (static -> sandboxed contract test ->
 activation) and puts it on trial. One candidate at a time; the mechanisms already kept
 stay, so the previous set is the fallback.
 
-The verdict is a concurrent randomised comparison (research/level2_verdict.py): over
+The verdict is a concurrent randomised comparison (research/level2/verdict.py): over
 the candidate's window (`window`, at least 8 trials) a seeded coin per pair of trials
 runs one WITH the candidate and one WITHOUT, each trial scores its improvement over the
 incumbent in noise sigmas, and a one-sided paired randomisation test decides: KEPT when
@@ -15,7 +15,7 @@ the one before it instead would confound the mechanism with the stage of the sea
 with too few complete pairs (pipelined trials proposed before activation, crash fixes)
 is extended once; no round starts when fewer trials are left than a window needs, and a
 candidate whose window a wall-time stop or a cancel cuts short is "not judged".
-A candidate that fails at runtime is disabled at once (mechanism_wiring.py) and its
+A candidate that fails at runtime is disabled at once (research/level2/wiring.py) and its
 traceback goes to the next round's explore prompt.
 """
 
@@ -113,7 +113,7 @@ class MechanismLoop:
         self.round(index, "stall" if since < self.outer.l2_every else "schedule")
 
     def judge(self, row: MechanismRow, index: int) -> None:
-        """The stated test of level2_verdict.py over the window's with/without pairs."""
+        """The stated test of research/level2/verdict.py over the window's with/without pairs."""
         assert row.activated_at is not None and row.window_end is not None
         run_id = self.loop.run_id
         start, end = row.activated_at, row.window_end

@@ -6,8 +6,8 @@ verdict changed the trial (a reject made the proposer try again, a replacement r
 prompt text reached a proposer that reads prompts. A suggestion the loop did not use, or
 prompt text for a trial that a suggestion then took over, is *offered*; a filter verdict
 that a later filter or the retry limit overrode is *superseded* - neither is effective
-(research/mechanism_wiring.py re-labels them once the trial's proposal is settled).
-`summarize` reports calls and effective calls per mechanism; one with calls but none
+(research/level2/wiring.py re-labels them once the trial's proposal is settled).
+`summarize_hook_calls` reports calls and effective calls per mechanism; one with calls but none
 effective ran and had nothing to do, one with no call was never asked - different
 findings, reported apart, and neither is evidence that the mechanism helps.
 """
@@ -127,7 +127,7 @@ class MechanismSummary:
         return self.effective > 0
 
 
-def summarize(records: Iterable[HookRecord],
+def summarize_hook_calls(records: Iterable[HookRecord],
               mechanisms: Iterable[str] = ()) -> dict[str, MechanismSummary]:
     """Per mechanism: calls, effective calls, failures. Names in `mechanisms` with no
     record at all appear with zero calls, so an uncalled mechanism is visible."""

@@ -24,12 +24,13 @@ from typing import Any, Generic, TypeVar
 
 from controller.research.level1.space import SearchSpace
 from controller.research.level2.records import Effect, Failure, FailureReason, HookRecord
-from controller.sandbox.executor import SandboxExecutor, SandboxUnavailable
-from controller.sandbox.session import DeathReason, SandboxSession, SessionDead
+from controller.sandbox.backend import MechanismSession, SandboxBackend
+from controller.sandbox.backend_config import SandboxUnavailable
+from controller.sandbox.replies import DeathReason, SessionDead
 from controller.sandbox.spec import JobSpec, Limits
 from mechanisms import sdk
 from mechanisms.interface import HOOKS
-from mechanisms.wire import LoopState, Proposal, TrialView, Verdict, WireError
+from mechanisms.wire import FilterVerdict, LoopState, MechanismProposal, TrialView, WireError
 
 T = TypeVar("T")
 SDK_SOURCE = Path(sdk.__file__).read_bytes()
@@ -76,13 +77,13 @@ class Outcome(Generic[T]):
 @dataclass(frozen=True)
 class Suggestion:
     mechanism: str
-    proposal: Proposal
+    proposal: MechanismProposal
 
 
 @dataclass
 class _Active:
     name: str
-    session: SandboxSession
+    session: MechanismSession
     hooks: tuple[str, ...]
 
 
@@ -100,7 +101,7 @@ _DEATH = {DeathReason.TIMEOUT: FailureReason.TIMEOUT, DeathReason.OOM: FailureRe
 class MechanismSet:
     """Active mechanisms of one run, in activation order. One caller at a time."""
 
-    def __init__(self, executor: SandboxExecutor, space: SearchSpace,
+    def __init__(self, executor: SandboxBackend, space: SearchSpace,
                  settings: MechanismSettings | None = None) -> None:
         self.executor = executor
         self.space = space
@@ -123,9 +124,8 @@ class MechanismSet:
         if name in self._active:
             raise ValueError(f"mechanism {name!r} is already active")
         started = time.monotonic()
-        session = SandboxSession(self.executor, self.settings.job_spec(source))
         try:
-            session.start()
+            session = self.executor.open_session(self.settings.job_spec(source))
         except SandboxUnavailable as exc:
             failure = Failure(name, "start", FailureReason.SANDBOX_ERROR, str(exc))
             return self._failed(name, "start", None, started, failure)
@@ -155,10 +155,10 @@ class MechanismSet:
                              skip=skip)
         return Outcome("\n\n".join(parts), records)
 
-    def filter(self, proposal: Proposal, state: LoopState,
-               skip: Collection[str] = ()) -> Outcome[Proposal | None]:
+    def filter(self, proposal: MechanismProposal, state: LoopState,
+               skip: Collection[str] = ()) -> Outcome[MechanismProposal | None]:
         """Pass the proposal through each filter in turn; None once one rejects it."""
-        current: list[Proposal | None] = [proposal]
+        current: list[MechanismProposal | None] = [proposal]
         records: list[HookRecord] = []
         payload = state.to_json()
         for name in list(self._active):
@@ -294,12 +294,12 @@ class MechanismSet:
                                  "frozen by Level 1.5")
         return bool(touched)
 
-    def _verdict(self, name: str, result: Any, current: list[Proposal | None]
+    def _verdict(self, name: str, result: Any, current: list[MechanismProposal | None]
                  ) -> tuple[Effect, str, tuple[dict[str, Any], ...]]:
         if isinstance(result, dict) and result.get("action") == "replace" and \
                 self._frozen_in(result.get("proposal"), "replacement"):
             return Effect.ACCEPTED, "replacement skipped (frozen knob); proposal kept", ()
-        verdict = Verdict.from_json(result, self.space)
+        verdict = FilterVerdict.from_json(result, self.space)
         before = current[0]
         if verdict.action == "reject":
             current[0] = None
@@ -317,7 +317,7 @@ class MechanismSet:
         if len(result) > self.settings.max_suggestions:
             raise ValueError(f"{len(result)} suggestions, over the limit of "
                              f"{self.settings.max_suggestions}")
-        proposals = [Proposal.from_json(p, self.space, f"suggest[{i}]")
+        proposals = [MechanismProposal.from_json(p, self.space, f"suggest[{i}]")
                      for i, p in enumerate(result)
                      if not self._frozen_in(p, f"suggest[{i}]")]
         found += [Suggestion(name, p) for p in proposals]

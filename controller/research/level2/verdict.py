@@ -97,7 +97,9 @@ def trial_scores(trials: Sequence[TrialRecord], sigma: float | None
 
 
 @dataclass(frozen=True)
-class Verdict:
+class MechanismVerdict:
+    """Level 2's decision on a mechanism after its judging window: keep it or revert it."""
+
     keep: bool
     judged: bool  # False: too few complete pairs for the test
     p: float | None
@@ -146,22 +148,24 @@ def p_value(diffs: Sequence[float], seed: str) -> float:
 
 
 def decide(seed: int, name: str, start: int, end: int, with_: Sequence[int],
-           without: Sequence[int], scores: Mapping[int, float], changed: int) -> Verdict:
+           without: Sequence[int], scores: Mapping[int, float],
+           changed: int) -> MechanismVerdict:
     pairs = complete_pairs(start, end, with_, without, scores)
     if len(pairs) < MIN_PAIRS:
-        return Verdict(False, False, None, None, pairs, changed,
-                       f"not judged: {len(pairs)} complete with/without pairs in trials "
-                       f"{start}-{end}, the test needs {MIN_PAIRS} to reach p <= {ALPHA:g}")
+        return MechanismVerdict(False, False, None, None, pairs, changed,
+                                f"not judged: {len(pairs)} complete with/without pairs in "
+                                f"trials {start}-{end}, the test needs {MIN_PAIRS} to reach "
+                                f"p <= {ALPHA:g}")
     diffs = [scores[a] - scores[b] for a, b in pairs]
     effect = sum(diffs) / len(diffs)
     p = p_value(diffs, f"{seed}:{name}:{start}")
     stats = (f"mean(y_with - y_without) = {effect:+.2f} sigma over {len(pairs)} pairs, "
              f"one-sided randomisation p = {p:.3f}")
     if changed == 0:
-        return Verdict(False, True, p, effect, pairs, changed,
-                       f"reverted: it changed none of its WITH trials ({stats})")
+        return MechanismVerdict(False, True, p, effect, pairs, changed,
+                                f"reverted: it changed none of its WITH trials ({stats})")
     keep = p <= ALPHA
     verb = "kept" if keep else "reverted"
     why = f"p <= {ALPHA:g}" if keep else f"p > {ALPHA:g}: no evidence it helps"
-    return Verdict(keep, True, p, effect, pairs, changed,
-                   f"{verb}: {stats}; {why}; it changed {changed} WITH trial(s)")
+    return MechanismVerdict(keep, True, p, effect, pairs, changed,
+                            f"{verb}: {stats}; {why}; it changed {changed} WITH trial(s)")

@@ -5,7 +5,7 @@
   PLACE of the proposer's proposal for that trial (recorded as the trial's
   `proposal_source` "mechanism:<name>"); on other trials suggest is not called;
 - Level 2's candidate (`put_on_trial`): on the trials of its window a seeded coin per
-  pair of trials (research/level2_verdict.py) runs it WITH or WITHOUT; left out, none of
+  pair of trials (research/level2/verdict.py) runs it WITH or WITHOUT; left out, none of
   its hooks but observe is called; in, its suggestion goes first and it suggests on
   every such trial, whatever `suggest_every`; each assignment is stored for its verdict;
 - `filter`: every proposal (the proposer's or a suggestion) passes the filters; a reject
@@ -41,7 +41,7 @@ from controller.research.level2.records import Effect, HookRecord
 from controller.research.level2.runtime import MechanismSet, MechanismSettings, Outcome, Suggestion
 from controller.research.settings import RunSettings
 from controller.research.task import Task
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.store.artifacts import ArtifactStore
 from controller.store.mechanisms import (
     ACTIVE,
@@ -54,8 +54,7 @@ from controller.store.mechanisms import (
 from controller.store.records import EventKind, NotFoundError, TrialRecord, TrialStatus
 from controller.store.runs import RunStore
 from mechanisms import library
-from mechanisms.wire import LoopState, TrialView
-from mechanisms.wire import Proposal as WireProposal
+from mechanisms.wire import LoopState, MechanismProposal, TrialView
 
 log = structlog.get_logger(__name__)
 HISTORY = 30  # finished trials shown to mechanisms in the loop state
@@ -66,7 +65,7 @@ NEEDED = {Effect.REJECTED: "retried", Effect.REPLACED: "changed"}
 
 class MechanismWiring:
     def __init__(self, run_id: str, settings: RunSettings, task: Task, store: RunStore,
-                 artifacts: ArtifactStore, executor: SandboxExecutor, space: SearchSpace,
+                 artifacts: ArtifactStore, executor: SandboxBackend, space: SearchSpace,
                  mechanism_settings: MechanismSettings | None = None,
                  gate_settings: GateSettings | None = None) -> None:
         self.run_id = run_id
@@ -231,9 +230,9 @@ class MechanismWiring:
         self._handle_failures(out.records, index)
         return out.value
 
-    def _filter(self, index: int, proposal: WireProposal, state: LoopState,
-                skip: frozenset[str]) -> WireProposal | None:
-        verdict: WireProposal | None = self._call(
+    def _filter(self, index: int, proposal: MechanismProposal, state: LoopState,
+                skip: frozenset[str]) -> MechanismProposal | None:
+        verdict: MechanismProposal | None = self._call(
             index, lambda: self.mset.filter(proposal, state, skip))
         return verdict
 
@@ -295,7 +294,7 @@ class MechanismWiring:
             if proposal.invalid or not proposal.changes:
                 break
             current = proposal
-            wire = WireProposal(dict(current.changes), current.description[:2000])
+            wire = MechanismProposal(dict(current.changes), current.description[:2000])
             before = len(self._pending[index])
             verdict = self._filter(index, wire, state, skip)
             after = len(self._pending[index])

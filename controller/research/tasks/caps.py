@@ -7,7 +7,8 @@ The error names the manifest key, in the manifest's unit, and the setting that r
 
 from __future__ import annotations
 
-from controller.research.tasks.manifest import TaskError, TaskManifest
+from controller.research.tasks.errors import TaskError
+from controller.research.tasks.manifest import TaskManifest
 from controller.sandbox.caps import LimitCaps, over_cap
 
 

@@ -10,9 +10,10 @@ mounts. The metric is the scorer's: one JSON object on the last line of stdout, 
 `$BILEVEL_METRICS`. A task without [score] takes the metric from phase 1, and says so:
 FORGEABLE is in its description, every summary and report.
 
-Data folders reach jobs only as Docker volumes filled from the task directory the
-controller holds (controller/sandbox/volumes.py), named by the controller's namespace and
-their content's hash, and claimed for the run whose executor view the task was given.
+Data folders reach jobs only as the backend's data copies of the task directory the
+controller holds (the backend's ensure_data, controller/sandbox/backend.py), one per
+content hash in the controller's namespace, claimed for the run whose view of the
+backend the task was given.
 """
 
 from __future__ import annotations
@@ -23,20 +24,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from controller.research.level1 import knobs
 from controller.research.level1.protect import Protected
-from controller.research.level1.space import KnobValue, SearchSpace
+from controller.research.level1.space import SearchSpace
 from controller.research.task import FORGEABLE, Objective, TrialOutcome, outcome_from_job
+from controller.research.tasks.errors import TaskError
 from controller.research.tasks.knob_rules import search_space
 from controller.research.tasks.manifest import (
     Phase,
-    TaskError,
     TaskManifest,
     copied_files,
     phase1_files,
 )
 from controller.sandbox import bounded_json
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.job_output import metrics_of
 from controller.sandbox.spec import (
     OUT_DIR,
@@ -47,13 +47,10 @@ from controller.sandbox.spec import (
     SpecError,
     Status,
 )
+from trainer import knobs
+from trainer.knobs import KnobValue
 
 SEED_ENV = "TRIAL_SEED"
-# Test-only switches (tests/test_task_deny.py's sensitivity twins flip them; nothing a
-# request or a manifest says reaches them): phase 1 without the scorer's mounts and
-# files, and the metric from phase 2 only.
-_HIDE_SCORER_FROM_CANDIDATE = True
-_METRIC_FROM_SCORER = True
 MAX_DATA_FILES = 100_000
 MAX_DATA_BYTES = 4 << 30
 LAST_LINE_CAPS = bounded_json.Caps(max_bytes=64 << 10, max_depth=8, max_str=4096,
@@ -116,7 +113,7 @@ class ManifestTask:
 
     allows_code_edits = True
 
-    def __init__(self, manifest: TaskManifest, executor: SandboxExecutor | None,
+    def __init__(self, manifest: TaskManifest, executor: SandboxBackend | None,
                  runtime: str = "runc", image: str | None = None) -> None:
         if manifest.builtin or manifest.train is None:
             raise TaskError("builtin", "a builtin task is built by the registry")
@@ -129,7 +126,7 @@ class ManifestTask:
         self.objective = Objective(manifest.metric, manifest.direction,
                                    self_reported=manifest.self_reported)
         self._baseline = manifest.editable_source()
-        self._space = search_space(manifest, self._baseline)
+        self._space = search_space(manifest.editable, manifest.knobs, self._baseline)
         self.protected = Protected()
         scorer = ("a trusted scorer the candidate cannot see or change computes "
                   f"{manifest.metric} afterwards" if manifest.score else FORGEABLE)
@@ -140,7 +137,7 @@ class ManifestTask:
             f"{scorer}.")
         self._phase1 = phase1_files(manifest)
         self._phase2 = copied_files(manifest)
-        self._volumes: dict[str, str] = {}
+        self._data: dict[str, str] = {}  # folder -> the backend's data reference
         self._lock = threading.Lock()
 
     def baseline_source(self) -> str:
@@ -156,17 +153,15 @@ class ManifestTask:
         return knobs.write_knobs(source, changes)
 
     def _mounts(self, phase: Phase) -> tuple[DataMount, ...]:
-        from controller.sandbox.volumes import data_volume
-
         assert self.executor is not None
         mounts = []
-        with self._lock:  # filled once per folder and content
+        with self._lock:  # copied once per folder and content
             for m in phase.mounts:
-                if m.source not in self._volumes:
+                if m.source not in self._data:
                     folder = self.manifest.root / m.source
-                    self._volumes[m.source] = data_volume(
-                        self.executor, f"taskdata-{folder_digest(folder)}", folder)
-                mounts.append(DataMount(volume=self._volumes[m.source], target=m.target))
+                    self._data[m.source] = self.executor.ensure_data(
+                        f"taskdata-{folder_digest(folder)}", folder)
+                mounts.append(DataMount(source=self._data[m.source], target=m.target))
         return tuple(mounts)
 
     def _spec(self, phase: Phase, files: dict[str, bytes], command: tuple[str, ...],
@@ -181,14 +176,12 @@ class ManifestTask:
                                     "no executor was given")
         m, train = self.manifest, self.manifest.train
         assert train is not None
+        # Phase 1 gets neither the scorer's files nor its mounts: the candidate can
+        # neither read the evaluation data nor learn how it is scored.
         files = {**self._phase1, m.editable: source.encode()}
-        phase1 = train
-        if not _HIDE_SCORER_FROM_CANDIDATE and m.score is not None:
-            files = {**self._phase2, m.editable: source.encode()}
-            phase1 = replace(train, mounts=train.mounts + m.score.mounts)
         command = ("python3", "-c", _LINK, train.outputs, *train.command)
-        first = self.executor.run(self._spec(
-            phase1, files, command, train.output_mb << 20, {SEED_ENV: str(int(seed))},
+        first = self.executor.run_job(self._spec(
+            train, files, command, train.output_mb << 20, {SEED_ENV: str(int(seed))},
             "train"), cancel=cancel)
         if first.status is not Status.OK or m.score is None:
             claimed = {} if m.score is not None else result_metrics(first)
@@ -198,7 +191,7 @@ class ManifestTask:
             return outcome
         inputs = {f"{train.outputs}/{rel}": data for rel, data in first.files.items()}
         try:
-            second = self.executor.run(self._spec(
+            second = self.executor.run_job(self._spec(
                 m.score, {**self._phase2, **inputs}, m.score.command, 1 << 20, {}, "score"),
                 cancel=cancel)
         except SpecError as exc:  # e.g. outputs past the files cap: the candidate's doing
@@ -206,7 +199,7 @@ class ManifestTask:
                 "type": "SpecError", "message": str(exc), "frames": []},
                 log=outcome_from_job(first, {}).log, seconds=first.timings.run_s,
                 detail=f"phase 1's outputs cannot be handed to the scorer: {exc}")
-        scored = result_metrics(second) if _METRIC_FROM_SCORER else result_metrics(first)
+        scored = result_metrics(second)  # only the trusted scorer's number counts
         outcome = outcome_from_job(second, scored, self.objective)
         log = (outcome_from_job(first, {}).log + "\n=== trusted scorer ===\n" + outcome.log)
         detail = outcome.detail

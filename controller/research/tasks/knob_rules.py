@@ -11,13 +11,28 @@ ranges from the manifest's [knobs] table or, where it names none, this default r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from controller.research.level1 import knobs as knob_io
 from controller.research.level1.space import Knob, SearchSpace
-from controller.research.tasks.manifest import TaskError as FieldError
+from controller.research.tasks.errors import TaskError
+from trainer import knobs as knob_io
 
 MAX_KNOBS = 64
+
+
+@dataclass(frozen=True)
+class KnobRange:
+    """One entry of the manifest's [knobs] table."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    power_of_two: bool = False
+    choices: tuple[Any, ...] = ()
+    excluded: bool = False  # `NAME = false`: never a knob
 
 
 def default_knob(name: str, value: Any) -> Knob | None:
@@ -38,15 +53,15 @@ def default_knob(name: str, value: Any) -> Knob | None:
     return None
 
 
-def search_space(task: Any, source: str) -> SearchSpace:
-    """The typed space of `source` under `task`'s [knobs]; FieldError names the knob
-    whose range does not fit its constant."""
+def search_space(editable: str, knob_ranges: Sequence[KnobRange], source: str) -> SearchSpace:
+    """The typed space of `source` (the task's `editable` file) under the manifest's
+    [knobs]; TaskError names the knob whose range does not fit its constant."""
     constants = knob_io.read_knobs(source)
-    ranges = {r.name: r for r in task.knobs}
+    ranges = {r.name: r for r in knob_ranges}
     for name in ranges:
         if name not in constants:
-            raise FieldError(f"knobs.{name}", f"{task.editable} has no top-level literal "
-                                              f"constant {name}")
+            raise TaskError(f"knobs.{name}", f"{editable} has no top-level literal "
+                                             f"constant {name}")
     knobs: list[Knob] = []
     for name, value in constants.items():
         given = ranges.get(name)
@@ -56,30 +71,33 @@ def search_space(task: Any, source: str) -> SearchSpace:
         if knob is not None:
             knobs.append(knob)
     if len(knobs) > MAX_KNOBS:
-        raise FieldError("knobs", f"{task.editable} has {len(knobs)} knobs, over "
-                                  f"{MAX_KNOBS}; fix some with NAME = false")
+        raise TaskError("knobs", f"{editable} has {len(knobs)} knobs, over "
+                                 f"{MAX_KNOBS}; fix some with NAME = false")
     return SearchSpace(tuple(knobs))
 
 
-def _ranged(given: Any, value: Any) -> Knob:
+def _ranged(given: KnobRange, value: Any) -> Knob:
     field = f"knobs.{given.name}"
     if given.choices:
         if value not in given.choices:
-            raise FieldError(f"{field}.choices", f"does not contain the default {value!r}")
+            raise TaskError(f"{field}.choices", f"does not contain the default {value!r}")
         return Knob(given.name, "choice", choices=given.choices)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FieldError(field, f"a numeric range for a non-number constant {value!r}; "
-                                "give choices")
-    if not given.low <= value <= given.high:
-        raise FieldError(field, f"range [{given.low}, {given.high}] does not contain the "
-                                f"default {value!r}")
+        raise TaskError(field, f"a numeric range for a non-number constant {value!r}; "
+                               "give choices")
+    low, high = given.low, given.high
+    if low is None or high is None:
+        raise TaskError(field, "give low and high, or choices")
+    if not low <= value <= high:
+        raise TaskError(field, f"range [{low}, {high}] does not contain the default "
+                               f"{value!r}")
     if isinstance(value, int):
-        if given.low != int(given.low) or given.high != int(given.high):
-            raise FieldError(field, f"the constant is an int ({value}); give int bounds")
+        if low != int(low) or high != int(high):
+            raise TaskError(field, f"the constant is an int ({value}); give int bounds")
         if given.power_of_two and value & (value - 1) != 0:
-            raise FieldError(field, f"power_of_two, but the default {value} is not one")
-        return Knob(given.name, "int", int(given.low), int(given.high), log=given.log,
+            raise TaskError(field, f"power_of_two, but the default {value} is not one")
+        return Knob(given.name, "int", int(low), int(high), log=given.log,
                     power_of_two=given.power_of_two)
     if given.power_of_two:
-        raise FieldError(f"{field}.power_of_two", "only for int constants")
-    return Knob(given.name, "float", float(given.low), float(given.high), log=given.log)
+        raise TaskError(f"{field}.power_of_two", "only for int constants")
+    return Knob(given.name, "float", float(low), float(high), log=given.log)

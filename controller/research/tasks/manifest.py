@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.research.errors import FieldError
+from controller.research.tasks.errors import TaskError
+from controller.research.tasks.knob_rules import KnobRange, search_space
+from controller.sandbox.spec import DataMount, SpecError
 
 MANIFEST = "bilevel-task.toml"
 DIRECTIONS = ("minimize", "maximize")
@@ -47,10 +49,6 @@ _TOP = {"name", "editable", "metric", "direction", "description", "requirements"
 _TRAIN = {"command", "mounts", "wall_seconds", "memory_mb", "cpus", "outputs", "output_mb"}
 _SCORE = {"command", "mounts", "wall_seconds", "memory_mb", "cpus", "files"}
 _KNOB = {"low", "high", "log", "power_of_two", "choices"}
-
-
-class TaskError(FieldError):
-    """A task directory or its manifest is invalid; `field` names the manifest key."""
 
 
 @dataclass(frozen=True)
@@ -71,17 +69,6 @@ class Phase:
     outputs: str = "out"  # train only: what it writes for the scorer
     output_mb: int = 64  # train only: cap on what it writes there
     files: tuple[str, ...] = ()  # score only: files phase 1 never gets
-
-
-@dataclass(frozen=True)
-class KnobRange:
-    name: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    power_of_two: bool = False
-    choices: tuple[Any, ...] = ()
-    excluded: bool = False  # `NAME = false`: never a knob
 
 
 @dataclass(frozen=True)
@@ -193,8 +180,6 @@ def _command(raw: Any, field: str) -> tuple[str, ...]:
 
 
 def _mounts(root: Path, raw: Any, field: str) -> tuple[Mount, ...]:
-    from controller.sandbox.spec import DataMount, SpecError
-
     if not isinstance(raw, dict):
         raise _fail(field, f"must be a table {{\"dir\" = \"/target\"}}, got {raw!r}")
     mounts = []
@@ -203,7 +188,7 @@ def _mounts(root: Path, raw: Any, field: str) -> tuple[Mount, ...]:
         if not isinstance(target, str):
             raise _fail(f"{field}.{source}", f"target must be a string, got {target!r}")
         try:
-            DataMount(volume="v", target=target).validate(0)
+            DataMount(source="v", target=target).validate(0)
         except SpecError as exc:
             raise _fail(f"{field}.{source}", f"target {exc.reason}") from None
         mounts.append(Mount(src, target))
@@ -406,8 +391,6 @@ def phase1_files(task: TaskManifest) -> dict[str, bytes]:
 
 
 def _check_knobs(task: TaskManifest) -> None:
-    from controller.research.tasks.knob_rules import search_space
-
     try:
         source = task.editable_source()
     except UnicodeDecodeError:
@@ -416,4 +399,4 @@ def _check_knobs(task: TaskManifest) -> None:
         compile(source, task.editable, "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise _fail("editable", f"{task.editable} does not compile: {exc}") from None
-    search_space(task, source)
+    search_space(task.editable, task.knobs, source)

@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 from controller.research.settings import TaskSettings
 from controller.research.task import Task
 from controller.research.tasks import trainer
 from controller.research.tasks.generic import ManifestTask
 from controller.research.tasks.manifest import TaskManifest, load_task_dir
 from controller.research.tasks.surrogate import SurrogateTask
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 
 BUILTIN_DIR = Path(__file__).resolve().parents[3] / "trainer" / "tasks"
 
@@ -43,7 +43,7 @@ def resolve_task_dir(name_or_dir: str) -> Path:
                              f"({', '.join(preset_names())})")
 
 
-def make_task(settings: TaskSettings, executor: SandboxExecutor,
+def make_task(settings: TaskSettings, executor: SandboxBackend,
               proposer_mode: str = "params", task_dir: Path | None = None,
               image: str | None = None) -> Task:
     """Build the run's task: from `task_dir` (a task directory the controller holds),
@@ -52,7 +52,7 @@ def make_task(settings: TaskSettings, executor: SandboxExecutor,
     return task_of(manifest, settings, executor, proposer_mode, image)
 
 
-def task_from_dir(path: str | Path, executor: SandboxExecutor | None, runtime: str = "runc",
+def task_from_dir(path: str | Path, executor: SandboxBackend | None, runtime: str = "runc",
                   proposer_mode: str = "params", image: str | None = None) -> Task:
     """A task directory (or preset name) as a Task, for callers without RunSettings."""
     manifest = load_task_dir(resolve_task_dir(str(path)))
@@ -60,7 +60,7 @@ def task_from_dir(path: str | Path, executor: SandboxExecutor | None, runtime: s
     return task_of(manifest, settings, executor, proposer_mode, image)  # type: ignore[arg-type]
 
 
-def task_of(manifest: TaskManifest, settings: TaskSettings, executor: SandboxExecutor,
+def task_of(manifest: TaskManifest, settings: TaskSettings, executor: SandboxBackend,
             proposer_mode: str = "params", image: str | None = None) -> Task:
     """The Task a loaded manifest describes; code mode is refused on the surrogate (its
     metric is computed by the controller from the knobs; a code edit could only try to

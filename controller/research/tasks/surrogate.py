@@ -4,7 +4,7 @@ Same loop, same knobs as the real trainer, but "training" takes milliseconds. Fo
 tests, demos and benchmarks of the controller. Its metric is computed here, on the
 trusted side, from the knob values read out of the candidate's file
 (trainer.surrogate.surrogate_value); what the job reports is ignored, so a code edit
-such as `random.Random.gauss = ...` cannot forge it (issue 11, finding 3). Code mode is
+such as `random.Random.gauss = ...` cannot forge it. Code mode is
 refused for this task (registry.make_task): only knob changes are experiments here.
 
 With an executor, the file still runs as a sandbox job, and a crash there (a raising
@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from controller.research.level1 import knobs
 from controller.research.level1.protect import SURROGATE, Protected
-from controller.research.level1.space import Knob, KnobValue, SearchSpace
+from controller.research.level1.space import Knob, SearchSpace
 from controller.research.task import TrialOutcome, outcome_from_job
-from controller.sandbox.executor import SandboxExecutor
+from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.spec import JobSpec, Limits
+from trainer import knobs
+from trainer.knobs import KnobValue
 
 # trainer/surrogate.py is a standalone script (excluded from mypy and ruff), loaded as a
 # module for its pure response function.
@@ -64,7 +65,7 @@ class SurrogateTask:
     allows_code_edits = False  # the metric is a function of the knobs alone
     seeds_in_parallel = True  # ... and the seed: timing cannot move it (evaluation.py)
 
-    def __init__(self, executor: SandboxExecutor | None, baseline: str | None = None,
+    def __init__(self, executor: SandboxBackend | None, baseline: str | None = None,
                  limits: Limits | None = None, runtime: str = "runc") -> None:
         self.executor = executor
         self.runtime = runtime
@@ -108,7 +109,7 @@ class SurrogateTask:
             spec = JobSpec(files={"train.py": source.encode()}, command=("python3", "train.py"),
                            limits=self.limits, env={"TRIAL_SEED": str(seed)},
                            runtime=self.runtime)
-            job = outcome_from_job(self.executor.run(spec, cancel=cancel))
+            job = outcome_from_job(self.executor.run_job(spec, cancel=cancel))
             if job.crashed:
                 return job
         try:

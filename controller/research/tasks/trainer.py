@@ -1,9 +1,9 @@
-"""Adapter from the real trainer (trainer/presets.py, knobs.py, run.py) to the Task
+"""Adapter from the real trainer (trainer/presets.py, knobs.py; trainer_run.py) to the Task
 protocol: the preset's train.py, its typed knob ranges, and the two-phase sandboxed
 evaluation (train with the train split, then the trusted evaluator computes val_bpb).
 
 The training budget is the baseline's TIME_BUDGET_SECONDS (the run's own definition;
-no candidate can move it) and is enforced outside the candidate (trainer/run.py's
+no candidate can move it) and is enforced outside the candidate (trainer_run.py's
 TrainBound): a phase 1 over it is job status `over_budget`, a crash that is never kept.
 The baseline's own runs are trusted and measure this host (trainer/calibration.py): a
 candidate's allowance beyond the budget and its evaluation's time limit come from them.
@@ -19,22 +19,23 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from controller.research.errors import FieldError
+from controller.errors import FieldError
 from controller.research.level1.protect import TRAINER, Protected
-from controller.research.level1.space import Knob, KnobValue, SearchSpace
+from controller.research.level1.space import SearchSpace
 from controller.research.settings import TaskSettings
 from controller.research.task import TrialOutcome, outcome_from_job
-from controller.sandbox.executor import SandboxExecutor
-from trainer import knobs as trainer_knobs
+from controller.research.tasks.gpt_ranges import gpt_search_space
+from controller.research.tasks.trainer_run import OVER_BUDGET, TrainBound, run_in_sandbox
+from controller.sandbox.backend import SandboxBackend
+from trainer import knobs as knob_io
 from trainer.calibration import HostCalibration
+from trainer.direct import RunOutcome
+from trainer.knobs import KnobValue
 from trainer.presets import PRESETS, Preset
-
-if TYPE_CHECKING:
-    from trainer.run import RunOutcome
 
 log = structlog.get_logger(__name__)
 SEED_KNOB = "SEED"
@@ -45,18 +46,10 @@ def preset_names() -> tuple[str, ...]:
     return tuple(PRESETS)
 
 
-def _knob(r: trainer_knobs.Range) -> Knob:
-    if r.kind == "choice":
-        return Knob(r.name, "choice", choices=tuple(r.choices))
-    if r.kind == "int":
-        return Knob(r.name, "int", r.low, r.high, log=r.log)
-    return Knob(r.name, "float", r.low, r.high, log=r.log)
-
-
 class TrainerTask:
     protected: Protected = TRAINER
 
-    def __init__(self, settings: TaskSettings, executor: SandboxExecutor) -> None:
+    def __init__(self, settings: TaskSettings, executor: SandboxBackend) -> None:
         if settings.data_ref:
             raise FieldError("task.data_ref", "trainer presets prepare their own data; a "
                              "data reference is not supported yet")
@@ -72,12 +65,11 @@ class TrainerTask:
         self.runtime = settings.runtime
         self._baseline = settings.train_py or self.preset.train_source()
         try:
-            ranges = trainer_knobs.search_space(self._baseline)
+            self._space = gpt_search_space(self._baseline)
         except SyntaxError as exc:
             raise FieldError("task.train_py", f"does not parse: {exc}") from None
-        self._space = SearchSpace(tuple(_knob(r) for r in ranges.values()))
-        knob = trainer_knobs.read_knobs(self._baseline).get("TIME_BUDGET_SECONDS")
-        budget = self.preset.budget_seconds if knob is None else knob.value
+        budget = knob_io.read_knobs(self._baseline).get("TIME_BUDGET_SECONDS",
+                                                        self.preset.budget_seconds)
         if not isinstance(budget, int | float) or isinstance(budget, bool) or budget < 0:
             raise FieldError("task.train_py", "TIME_BUDGET_SECONDS must be a number >= 0, "
                              f"got {budget!r}")
@@ -94,10 +86,10 @@ class TrainerTask:
         return self._space
 
     def read_knobs(self, source: str) -> dict[str, Any]:
-        return {name: k.value for name, k in trainer_knobs.read_knobs(source).items()}
+        return dict(knob_io.read_knobs(source))
 
     def apply(self, source: str, changes: dict[str, KnobValue]) -> str:
-        return trainer_knobs.write_knobs(source, changes)
+        return knob_io.write_knobs(source, changes)
 
     def _prepared(self) -> Any:
         from trainer.data import prepare
@@ -137,10 +129,8 @@ class TrainerTask:
 
     def _run(self, source: str, seed: int, cancel: threading.Event, trusted: bool,
              fixed_steps: int = 0) -> RunOutcome:
-        from trainer.run import TrainBound, run_in_sandbox
-
-        if SEED_KNOB in trainer_knobs.read_knobs(source):
-            source = trainer_knobs.write_knobs(source, {SEED_KNOB: seed})
+        if SEED_KNOB in knob_io.read_knobs(source):
+            source = knob_io.write_knobs(source, {SEED_KNOB: seed})
         if trusted:  # the baseline's own runs: the preset's bound; its report is trusted
             bound = replace(TrainBound.of(self.preset, self.budget_seconds),
                             check_reported=False)
@@ -176,8 +166,6 @@ class TrainerTask:
         return True
 
     def _outcome(self, outcome: RunOutcome) -> TrialOutcome:
-        from trainer.run import OVER_BUDGET
-
         metrics = dict(outcome.metrics)
         metrics["host_calibration"] = self.calibration.to_json()
         peak_mb = metrics.get("peak_vram_mb") or metrics.get("peak_rss_mb") or 0.0

@@ -45,8 +45,8 @@ function runsTable(data) {
     return el("tr", { class: "run" }, td(link("/run/" + encodeURIComponent(r.id), r.id)),
       td(enumName(r.state, "RUN_STATE_")), td((req.task || {}).preset || ""),
       td(((req.outer || {}).levels || []).map((l) => enumName(l, "LEVEL_").replace("_", ".")).join("+") || "1"),
-      td(o.name), td(trials, "num"), td(fmt(o.shown(r.baseline_val_bpb)), "num"),
-      td(fmt(o.shown(r.best_val_bpb)), "num"),
+      td(o.name), td(trials, "num"), td(fmt(o.shown(r.baseline_loss)), "num"),
+      td(fmt(o.shown(r.best_loss)), "num"),
       td(String(r.created_at || "").replace("T", " ").slice(0, 19)));
   });
   const note = data.more ? el("p", { class: "muted" }, "only the newest runs are listed") : null;
@@ -165,8 +165,8 @@ function sortedTrials(state) {
 
 function baselineOf(state) {
   const base = state.trials.get(0);
-  if (base && base.finished && typeof base.finished.val_bpb === "number") return base.finished.val_bpb;
-  return state.run ? state.run.baseline_val_bpb : undefined;
+  if (base && base.finished && typeof base.finished.loss === "number") return base.finished.loss;
+  return state.run ? state.run.baseline_loss : undefined;
 }
 
 function runFacts(state) {
@@ -181,8 +181,8 @@ function runFacts(state) {
     ["trials finished", `${done} (baseline included) of ${((req.budgets || {}).max_trials || 0) + 1}`],
     ["metric", `${o.name} (${o.better})`],
     [`baseline ${o.name}`, fmt(o.shown(baselineOf(state)))],
-    [`best ${o.name}`, fmt(o.shown(r.best_val_bpb !== undefined ? r.best_val_bpb
-      : (state.bests.length ? state.bests[state.bests.length - 1].val_bpb : undefined)))],
+    [`best ${o.name}`, fmt(o.shown(r.best_loss !== undefined ? r.best_loss
+      : (state.bests.length ? state.bests[state.bests.length - 1].loss : undefined)))],
     ["stop reason", (state.finished && state.finished.reason) || r.stop_reason || ""],
     ["elapsed", r.elapsed_seconds ? `${fmt(r.elapsed_seconds, 1)} s` : ""],
     ["LLM tokens", r.llm_tokens_used ? `${r.llm_tokens_used} (≈ $${fmt(r.llm_cost_usd, 4)})` : ""],
@@ -204,7 +204,7 @@ function trialsTable(state, onPick) {
         td("-", "num"), td("-", "num"), td("-", "num"));
     }
     const status = enumName(f.status, "TRIAL_STATUS_");
-    const v = o.shown(f.val_bpb);
+    const v = o.shown(f.loss);
     const delta = v !== undefined && base !== undefined
       ? (v - base >= 0 ? "+" : "") + (v - base).toFixed(6) : "-";
     const row = el("tr", { class: "trial done" + (state.selected === t.trial ? " selected" : ""),
@@ -322,7 +322,7 @@ function ablationBody(spec, runs) {
   const header = ["arm", "mean", ...Array.from({ length: repeats }, (_, r) => `repeat ${r}`)];
   const meanOf = (arm) => {
     const v = Array.from({ length: repeats }, (_, r) => runs.get((cells[`${arm.name}/${r}`] || {}).run_id))
-      .map((run) => run && o.shown(run.best_val_bpb)).filter((x) => typeof x === "number");
+      .map((run) => run && o.shown(run.best_loss)).filter((x) => typeof x === "number");
     return v.length ? `${fmt(v.reduce((a, b) => a + b, 0) / v.length, 4)} (n=${v.length})` : "-";
   };
   const rows = arms.map((arm) => el("tr", { class: "arm" }, td(`${arm.name}: ${arm.title || ""}`),
@@ -333,7 +333,7 @@ function ablationBody(spec, runs) {
       const fresh = reeval[`${arm.name}/${r}`];
       if (!cell.run_id) return td("-");
       return el("td", { class: "num" }, link("/run/" + encodeURIComponent(cell.run_id),
-        run ? fmt(o.shown(run.best_val_bpb), 4) : cell.state || "?"),
+        run ? fmt(o.shown(run.best_loss), 4) : cell.state || "?"),
         fresh && typeof fresh.value === "number" ? el("div", { class: "muted" }, `fresh ${fmt(o.shown(fresh.value), 4)}`) : null);
     })));
   return el("div", {}, el("p", {}, `task ${spec.task}, ${repeats} repeats of ${spec.trials} trials, ` +

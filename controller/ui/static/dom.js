@@ -41,7 +41,7 @@ function fmt(x, digits = 6) {
   return typeof x === "number" && isFinite(x) ? x.toFixed(digits) : "-";
 }
 
-// The task's metric and direction (TaskSpec.metric, .maximize). The API's val_bpb fields
+// The task's metric and direction (TaskSpec.metric, .maximize). The API's loss fields
 // hold the loss the loop minimises (-metric for a maximised metric): `shown` turns a loss
 // back into the metric as the task states it.
 function objective(run) {

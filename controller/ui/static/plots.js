@@ -10,14 +10,14 @@ function plot(state) {
                               role: "img" });
   const done = sortedTrials(state).filter((t) => t.finished);
   const o = objective(state.run);
-  const measured = done.filter((t) => o.shown(t.finished.val_bpb) !== undefined);
+  const measured = done.filter((t) => o.shown(t.finished.loss) !== undefined);
   if (!measured.length) {
     root.append(svgEl("text", { x: L, y: T + 20 }, "no measured trial yet"));
     return root;
   }
   const maxTrial = Math.max(1, ...done.map((t) => t.trial));
-  let lo = Math.min(...measured.map((t) => o.shown(t.finished.val_bpb)));
-  let hi = Math.max(...measured.map((t) => o.shown(t.finished.val_bpb)));
+  let lo = Math.min(...measured.map((t) => o.shown(t.finished.loss)));
+  let hi = Math.max(...measured.map((t) => o.shown(t.finished.loss)));
   if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
   const pad = (hi - lo) * 0.06;
   lo -= pad; hi += pad;
@@ -42,12 +42,12 @@ function plot(state) {
   // The incumbent after each trial: new_best events, else the best kept value.
   const steps = [];
   if (state.bests.length) {
-    for (const b of state.bests) steps.push([b.trial, o.shown(b.val_bpb)]);
+    for (const b of state.bests) steps.push([b.trial, o.shown(b.loss)]);
   } else {
     let best = Infinity;
     for (const t of measured) {
-      if (t.finished.status === "TRIAL_STATUS_KEEP" && t.finished.val_bpb < best) {
-        best = t.finished.val_bpb;
+      if (t.finished.status === "TRIAL_STATUS_KEEP" && t.finished.loss < best) {
+        best = t.finished.loss;
         steps.push([t.trial, o.shown(best)]);
       }
     }
@@ -61,9 +61,9 @@ function plot(state) {
   }
   for (const t of measured) {
     const status = enumName(t.finished.status, "TRIAL_STATUS_");
-    const dot = svgEl("circle", { class: status, cx: x(t.trial), cy: y(o.shown(t.finished.val_bpb)), r: 4,
+    const dot = svgEl("circle", { class: status, cx: x(t.trial), cy: y(o.shown(t.finished.loss)), r: 4,
                                   "data-trial": t.trial });
-    dot.append(svgEl("title", {}, `trial ${t.trial} ${status}: ${fmt(o.shown(t.finished.val_bpb))}`));
+    dot.append(svgEl("title", {}, `trial ${t.trial} ${status}: ${fmt(o.shown(t.finished.loss))}`));
     root.append(dot);
   }
   const crashes = done.filter((t) => !measured.includes(t));
@@ -110,7 +110,7 @@ function armsPlot(arms, repeats, cells, runs, o) {
   const values = arms.map((arm) => Array.from({ length: repeats }, (_, r) => {
     const cell = cells[`${arm.name}/${r}`] || {};
     const run = runs.get(cell.run_id);
-    return run ? o.shown(run.best_val_bpb) : undefined;
+    return run ? o.shown(run.best_loss) : undefined;
   }).filter((v) => typeof v === "number"));
   const all = values.flat();
   const W = 760, L = 130, R = 16, lane = 24, H = 40 + lane * arms.length;

@@ -27,6 +27,7 @@ class ProposerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROPOSER_KIND_TPE: _ClassVar[ProposerKind]
     PROPOSER_KIND_CMAES: _ClassVar[ProposerKind]
     PROPOSER_KIND_LLM: _ClassVar[ProposerKind]
+    PROPOSER_KIND_SOBOL: _ClassVar[ProposerKind]
 
 class ProposerMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -75,6 +76,7 @@ PROPOSER_KIND_RANDOM_SEARCH: ProposerKind
 PROPOSER_KIND_TPE: ProposerKind
 PROPOSER_KIND_CMAES: ProposerKind
 PROPOSER_KIND_LLM: ProposerKind
+PROPOSER_KIND_SOBOL: ProposerKind
 PROPOSER_MODE_UNSPECIFIED: ProposerMode
 PROPOSER_MODE_PARAMS: ProposerMode
 PROPOSER_MODE_CODE: ProposerMode
@@ -132,7 +134,7 @@ class TaskSpec(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ..., runtime: _Optional[_Union[_sandbox_pb2.Runtime, str]] = ..., task_files: _Optional[_Mapping[str, bytes]] = ..., task_sha256: _Optional[str] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ..., metric_self_reported: _Optional[bool] = ..., in_process: _Optional[bool] = ...) -> None: ...
 
 class SearchSettings(_message.Message):
-    __slots__ = ("seed", "frozen_knobs", "min_improvement_bpb", "keep_rule", "noise_seeds", "noise_margin_sigma", "batch_size", "pipeline", "final_seeds")
+    __slots__ = ("seed", "frozen_knobs", "min_improvement_bpb", "keep_rule", "noise_seeds", "noise_margin_sigma", "batch_size", "pipeline", "final_seeds", "min_improvement")
     SEED_FIELD_NUMBER: _ClassVar[int]
     FROZEN_KNOBS_FIELD_NUMBER: _ClassVar[int]
     MIN_IMPROVEMENT_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +144,7 @@ class SearchSettings(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     FINAL_SEEDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
     seed: int
     frozen_knobs: _containers.RepeatedScalarFieldContainer[str]
     min_improvement_bpb: float
@@ -151,7 +154,8 @@ class SearchSettings(_message.Message):
     batch_size: int
     pipeline: bool
     final_seeds: int
-    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement_bpb: _Optional[float] = ..., keep_rule: _Optional[_Union[KeepRule, str]] = ..., noise_seeds: _Optional[int] = ..., noise_margin_sigma: _Optional[float] = ..., batch_size: _Optional[int] = ..., pipeline: _Optional[bool] = ..., final_seeds: _Optional[int] = ...) -> None: ...
+    min_improvement: float
+    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement_bpb: _Optional[float] = ..., keep_rule: _Optional[_Union[KeepRule, str]] = ..., noise_seeds: _Optional[int] = ..., noise_margin_sigma: _Optional[float] = ..., batch_size: _Optional[int] = ..., pipeline: _Optional[bool] = ..., final_seeds: _Optional[int] = ..., min_improvement: _Optional[float] = ...) -> None: ...
 
 class ProposerSettings(_message.Message):
     __slots__ = ("kind", "max_changes", "step", "mode", "max_invalid_retries", "max_fix_attempts", "history_trials", "no_memory")
@@ -284,7 +288,7 @@ class MechanismSummary(_message.Message):
     def __init__(self, name: _Optional[str] = ..., origin: _Optional[str] = ..., field: _Optional[str] = ..., status: _Optional[_Union[MechanismStatus, str]] = ..., calls: _Optional[int] = ..., effective: _Optional[int] = ..., failures: _Optional[int] = ..., injected: _Optional[bool] = ..., reason: _Optional[str] = ..., finding: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary", "noise_sigma", "llm_cost_usd", "mechanisms", "owner")
+    __slots__ = ("id", "state", "request", "created_at", "updated_at", "trials_done", "baseline_val_bpb", "best_val_bpb", "best_trial", "last_status", "stop_reason", "elapsed_seconds", "llm_tokens_used", "summary", "noise_sigma", "llm_cost_usd", "mechanisms", "owner", "baseline_loss", "best_loss")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +307,8 @@ class Run(_message.Message):
     LLM_COST_USD_FIELD_NUMBER: _ClassVar[int]
     MECHANISMS_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_LOSS_FIELD_NUMBER: _ClassVar[int]
+    BEST_LOSS_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: RunState
     request: CreateRunRequest
@@ -321,7 +327,9 @@ class Run(_message.Message):
     llm_cost_usd: float
     mechanisms: _containers.RepeatedCompositeFieldContainer[MechanismSummary]
     owner: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., request: _Optional[_Union[CreateRunRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_done: _Optional[int] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., best_trial: _Optional[int] = ..., last_status: _Optional[_Union[TrialStatus, str]] = ..., stop_reason: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., llm_tokens_used: _Optional[int] = ..., summary: _Optional[str] = ..., noise_sigma: _Optional[float] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms: _Optional[_Iterable[_Union[MechanismSummary, _Mapping]]] = ..., owner: _Optional[str] = ...) -> None: ...
+    baseline_loss: float
+    best_loss: float
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., request: _Optional[_Union[CreateRunRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_done: _Optional[int] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., best_trial: _Optional[int] = ..., last_status: _Optional[_Union[TrialStatus, str]] = ..., stop_reason: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., llm_tokens_used: _Optional[int] = ..., summary: _Optional[str] = ..., noise_sigma: _Optional[float] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms: _Optional[_Iterable[_Union[MechanismSummary, _Mapping]]] = ..., owner: _Optional[str] = ..., baseline_loss: _Optional[float] = ..., best_loss: _Optional[float] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -424,7 +432,7 @@ class RunEvent(_message.Message):
         attempt: int
         def __init__(self, trial: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
     class TrialFinished(_message.Message):
-        __slots__ = ("trial", "status", "val_bpb", "memory_gib", "metrics_json", "job_status", "exception", "run_seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source", "node_id")
+        __slots__ = ("trial", "status", "val_bpb", "memory_gib", "metrics_json", "job_status", "exception", "run_seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source", "node_id", "loss")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
         STATUS_FIELD_NUMBER: _ClassVar[int]
         VAL_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +450,7 @@ class RunEvent(_message.Message):
         MECHANISMS_JSON_FIELD_NUMBER: _ClassVar[int]
         PROPOSAL_SOURCE_FIELD_NUMBER: _ClassVar[int]
         NODE_ID_FIELD_NUMBER: _ClassVar[int]
+        LOSS_FIELD_NUMBER: _ClassVar[int]
         trial: int
         status: TrialStatus
         val_bpb: float
@@ -459,7 +468,8 @@ class RunEvent(_message.Message):
         mechanisms_json: str
         proposal_source: str
         node_id: str
-        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gib: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., run_seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+        loss: float
+        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gib: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., run_seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ..., node_id: _Optional[str] = ..., loss: _Optional[float] = ...) -> None: ...
     class ConfigAdjusted(_message.Message):
         __slots__ = ("trial", "controller", "applied", "freeze", "unfreeze", "frozen", "strategy", "guidance", "restart_from_trial", "rejected", "error")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
@@ -503,29 +513,37 @@ class RunEvent(_message.Message):
         traceback: str
         def __init__(self, mechanism: _Optional[str] = ..., action: _Optional[str] = ..., trial: _Optional[int] = ..., origin: _Optional[str] = ..., field: _Optional[str] = ..., detail: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
     class NewBest(_message.Message):
-        __slots__ = ("trial", "val_bpb", "previous_val_bpb")
+        __slots__ = ("trial", "val_bpb", "previous_val_bpb", "loss", "previous_loss")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
         VAL_BPB_FIELD_NUMBER: _ClassVar[int]
         PREVIOUS_VAL_BPB_FIELD_NUMBER: _ClassVar[int]
+        LOSS_FIELD_NUMBER: _ClassVar[int]
+        PREVIOUS_LOSS_FIELD_NUMBER: _ClassVar[int]
         trial: int
         val_bpb: float
         previous_val_bpb: float
-        def __init__(self, trial: _Optional[int] = ..., val_bpb: _Optional[float] = ..., previous_val_bpb: _Optional[float] = ...) -> None: ...
+        loss: float
+        previous_loss: float
+        def __init__(self, trial: _Optional[int] = ..., val_bpb: _Optional[float] = ..., previous_val_bpb: _Optional[float] = ..., loss: _Optional[float] = ..., previous_loss: _Optional[float] = ...) -> None: ...
     class RunFinished(_message.Message):
-        __slots__ = ("state", "reason", "baseline_val_bpb", "best_val_bpb", "improved", "summary")
+        __slots__ = ("state", "reason", "baseline_val_bpb", "best_val_bpb", "improved", "summary", "baseline_loss", "best_loss")
         STATE_FIELD_NUMBER: _ClassVar[int]
         REASON_FIELD_NUMBER: _ClassVar[int]
         BASELINE_VAL_BPB_FIELD_NUMBER: _ClassVar[int]
         BEST_VAL_BPB_FIELD_NUMBER: _ClassVar[int]
         IMPROVED_FIELD_NUMBER: _ClassVar[int]
         SUMMARY_FIELD_NUMBER: _ClassVar[int]
+        BASELINE_LOSS_FIELD_NUMBER: _ClassVar[int]
+        BEST_LOSS_FIELD_NUMBER: _ClassVar[int]
         state: RunState
         reason: str
         baseline_val_bpb: float
         best_val_bpb: float
         improved: bool
         summary: str
-        def __init__(self, state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[str] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., improved: _Optional[bool] = ..., summary: _Optional[str] = ...) -> None: ...
+        baseline_loss: float
+        best_loss: float
+        def __init__(self, state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[str] = ..., baseline_val_bpb: _Optional[float] = ..., best_val_bpb: _Optional[float] = ..., improved: _Optional[bool] = ..., summary: _Optional[str] = ..., baseline_loss: _Optional[float] = ..., best_loss: _Optional[float] = ...) -> None: ...
     class RunPaused(_message.Message):
         __slots__ = ("reason",)
         REASON_FIELD_NUMBER: _ClassVar[int]
@@ -576,7 +594,7 @@ class Artifact(_message.Message):
     def __init__(self, name: _Optional[str] = ..., content_type: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class Lesson(_message.Message):
-    __slots__ = ("id", "task", "run_id", "kind", "text", "delta_bpb", "created_at", "owner")
+    __slots__ = ("id", "task", "run_id", "kind", "text", "delta_bpb", "created_at", "owner", "delta_loss")
     ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -585,6 +603,7 @@ class Lesson(_message.Message):
     DELTA_BPB_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    DELTA_LOSS_FIELD_NUMBER: _ClassVar[int]
     id: int
     task: str
     run_id: str
@@ -593,7 +612,8 @@ class Lesson(_message.Message):
     delta_bpb: float
     created_at: _timestamp_pb2.Timestamp
     owner: str
-    def __init__(self, id: _Optional[int] = ..., task: _Optional[str] = ..., run_id: _Optional[str] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ..., delta_bpb: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
+    delta_loss: float
+    def __init__(self, id: _Optional[int] = ..., task: _Optional[str] = ..., run_id: _Optional[str] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ..., delta_bpb: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ..., delta_loss: _Optional[float] = ...) -> None: ...
 
 class ListLessonsRequest(_message.Message):
     __slots__ = ("task", "limit")

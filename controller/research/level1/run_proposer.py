@@ -1,20 +1,21 @@
-"""Build a run's proposer from its settings: an offline one (local, random_search, tpe,
-cmaes), or an LLM proposer on a provider stack whose every call is recorded with the
+"""Build a run's proposer from its settings: an offline one from the registry
+(offline/), or an LLM proposer on a provider stack whose every call is recorded with the
 run."""
 
 from __future__ import annotations
 
 import threading
 
+from controller.errors import FieldError
 from controller.llm.accounting import Claim, Pricing
 from controller.llm.factory import build_provider
 from controller.llm.settings import LLMAccess
 from controller.llm.types import Provider
-from controller.research.errors import FieldError
+from controller.research.level1 import offline
 from controller.research.level1.llm_proposer import LLMProposer
 from controller.research.level1.loop import llm_budget_reason
-from controller.research.level1.proposer import LocalPerturbation, Proposer, RandomSearch
-from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS, RunSettings
+from controller.research.level1.proposer import Proposer
+from controller.research.settings import RunSettings
 from controller.research.task import Task, objective_of
 from controller.store.llm_calls import CallLog
 from controller.store.runs import RunStore
@@ -36,21 +37,16 @@ def build_run_provider(run_id: str, settings: RunSettings, store: RunStore,
 def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunStore,
                    access: LLMAccess, stop: threading.Event,
                    claim: Claim | None = None) -> Proposer:
-    """Raises LLMConfigError (no key) or FieldError (bad LLM settings)."""
-    kind, seed = settings.proposer.kind, settings.search.seed
-    if kind == "local":
-        return LocalPerturbation(seed, settings.proposer)
-    if kind == "random_search":
-        return RandomSearch(seed)
-    if kind in ("tpe", "cmaes"):
-        # Imported here: Optuna costs every controller start otherwise.
-        from controller.research.level1.optimizers import CmaEsProposer, TPEProposer
-
-        baseline = task.read_knobs(task.baseline_source())
-        return TPEProposer(seed, baseline) if kind == "tpe" else CmaEsProposer(seed, baseline)
+    """Raises LLMConfigError (no key) or FieldError (bad LLM settings, or a proposer
+    kind the offline registry does not hold)."""
+    kind = settings.proposer.kind
     if kind != "llm":
-        raise FieldError("proposer.kind", RENAMED_PROPOSERS.get(
-            kind, f"must be one of {PROPOSERS}, got {kind!r}"))
+        try:
+            entry = offline.get(kind)
+        except offline.UnknownProposer as exc:
+            raise FieldError("proposer.kind", str(exc)) from None
+        return entry.build(offline.ProposerSetup(
+            settings.search.seed, task.read_knobs(task.baseline_source()), settings.proposer))
     provider = build_run_provider(run_id, settings, store, access, stop, claim)
     protected = task.protected.describe() if settings.proposer.mode == "code" else ""
     llm = settings.llm

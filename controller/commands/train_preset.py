@@ -1,4 +1,5 @@
-"""`bilevel train`: prepare data, train a train.py in the sandbox, print the summary."""
+"""`bilevel train` of a GPT preset: prepare data, train a train.py in the sandbox (or on the
+host with --direct), print the summary (controller/research/tasks/trainer_run.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,12 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from trainer.run import run_direct, run_in_sandbox
+    # Here, not at the top: `bilevel train --help` imports no Docker SDK or torch.
+    from controller.research.tasks.trainer_run import run_in_sandbox
+    from controller.sandbox.backend_config import ExecutorConfig
+    from controller.sandbox.factory import make_backend
+    from controller.sandbox.image import ensure_local_image
+    from trainer.direct import run_direct
 
     preset = get_preset(args.preset)
     if args.data:
@@ -52,21 +58,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.direct:
         outcome = run_direct(source, preset, data)
     else:
-        import docker
-
-        from controller.sandbox.executor import ExecutorConfig, SandboxExecutor
-        from controller.sandbox.image import ensure_image
-
-        ensure_image(docker.from_env())  # builds once per checkout; reused afterwards
-        # --gpu makes one GPU slot of those ids: the executor hands GPUs out, jobs never
-        # name their own (issue 11, finding 11).
-        executor = SandboxExecutor(ExecutorConfig(
+        ensure_local_image()  # builds once per checkout; reused afterwards
+        # --gpu makes one GPU slot of those ids: the backend hands GPUs out, jobs never
+        # name their own (a job that picked its GPU could take another run's).
+        backend = make_backend(ExecutorConfig(
             runtime=args.runtime, gpu_slots=(tuple(args.gpu),) if args.gpu else ()))
         try:
-            outcome = run_in_sandbox(executor, source, preset, data,
-                                     runtime=executor.runtime)
+            outcome = run_in_sandbox(backend, source, preset, data, runtime=backend.runtime)
         finally:
-            executor.close()
+            backend.close()
     print(outcome.summary())
     if args.json:
         print(json.dumps(outcome.metrics, sort_keys=True))
@@ -78,14 +78,3 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(stderr[-4000:], file=sys.stderr)
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bilevel")
-    add_train_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
