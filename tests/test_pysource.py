@@ -5,6 +5,7 @@ parallel) that all succeed. ruff's banned-api rule keeps every other call site o
 from __future__ import annotations
 
 import ast
+import gc
 import threading
 
 import pytest
@@ -40,3 +41,53 @@ def test_parses_from_many_threads_at_once_all_succeed() -> None:
     for t in threads:
         t.join()
     assert errors == [] and results == [expected] * 30
+
+
+_DEEP = "x = " + "(" * 90 + "1" + ")" * 90
+
+
+class _ParsesWhenCollected:
+    """Garbage whose finaliser parses, as asyncio's lost-exception log does in 3.11."""
+
+    parsed = 0
+
+    def __init__(self) -> None:
+        self.cycle = self
+
+    def __del__(self) -> None:
+        ast.parse(_DEEP)
+        _ParsesWhenCollected.parsed += 1
+
+
+def test_a_collection_whose_finalisers_parse_does_not_fail_or_block_a_parse() -> None:
+    """With collection left on, a finaliser that parses mid-parse failed the outer parse
+    ("AST constructor recursion depth mismatch"), or deadlocked a plain lock."""
+    errors: list[BaseException] = []
+
+    def parse_at_depth(depth: int) -> None:
+        if depth:
+            return parse_at_depth(depth - 1)
+        gc.disable()  # the garbage waits ...
+        for _ in range(50):
+            _ParsesWhenCollected()
+        threshold = gc.get_threshold()
+        gc.set_threshold(gc.get_count()[0] + 30, 1, 1)  # ... until a few allocations in
+        try:
+            gc.enable()
+            pysource.parse(SOURCE)
+        finally:
+            gc.set_threshold(*threshold)
+
+    def work() -> None:
+        try:
+            for depth in range(0, 60, 3):
+                parse_at_depth(depth)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "a parse deadlocked"
+    gc.collect()
+    assert errors == [] and _ParsesWhenCollected.parsed > 0

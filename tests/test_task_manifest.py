@@ -11,10 +11,10 @@ import pytest
 from controller.research.settings import TaskSettings
 from controller.research.task import FORGEABLE, GPT, Objective, objective_of
 from controller.research.tasks import registry
+from controller.research.tasks.errors import TaskError
 from controller.research.tasks.generic import ManifestTask
 from controller.research.tasks.knob_rules import default_knob
 from controller.research.tasks.manifest import (
-    TaskError,
     copied_files,
     load_task_dir,
     phase1_files,

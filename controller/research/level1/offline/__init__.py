@@ -26,18 +26,28 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from trainer.knobs import KnobValue
 
 if TYPE_CHECKING:
     from controller.research.level1.proposer import Proposer
-    from controller.research.settings import ProposerSettings
 
 DEFAULT = "local"  # the proposer of a run that names none and has no LLM
 RENAMED = {"random": "'random' was renamed: use 'local' (the (1+1) perturbation of the "
                      "incumbent it was) or 'random_search' (true random search over the "
                      "typed ranges)"}
+
+
+class StepSettings(Protocol):
+    """The proposer settings an offline proposer reads (research/settings.py's
+    ProposerSettings, which validates them and reads this registry's names)."""
+
+    @property
+    def max_changes(self) -> int: ...  # knobs one proposal may change
+
+    @property
+    def step(self) -> float: ...  # a perturbation's scale, as a share of a knob's range
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ class ProposerSetup:
 
     seed: int  # the run's search seed
     baseline: Mapping[str, KnobValue]  # the knobs of the baseline (trial 0's train.py)
-    settings: ProposerSettings
+    settings: StepSettings
 
 
 @dataclass(frozen=True)

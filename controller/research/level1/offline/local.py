@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from controller.research.level1.offline import OfflineProposer
+from controller.research.level1.offline import OfflineProposer, StepSettings
 from controller.research.level1.proposer import (
     Proposal,
     ProposerContext,
@@ -26,16 +26,13 @@ from controller.research.level1.proposer import (
 from controller.research.level1.space import Knob
 from trainer.knobs import KnobValue
 
-if TYPE_CHECKING:  # settings import this registry: no import back at run time
-    from controller.research.settings import ProposerSettings
-
 
 class LocalPerturbation:
     label = "local: (1+1) perturbation of the incumbent (offline, no LLM)"
     fixes_crashes = False
     reads_context = False  # whether mechanism context text reaches it
 
-    def __init__(self, seed: int, settings: ProposerSettings) -> None:
+    def __init__(self, seed: int, settings: StepSettings) -> None:
         self.seed = seed
         self.max_changes = settings.max_changes
         self.step = settings.step
