@@ -194,7 +194,8 @@ def outer_settings(o: rpb.OuterSettings) -> OuterSettings:
         l2_window=o.l2_window_trials, max_l2_rounds=o.max_l2_rounds,
         mechanisms=tuple(InitialMechanism(m.name, m.source) for m in o.mechanisms),
         explore_domains=tuple(o.explore_domains),
-        library_prior_runs=tuple(o.library_prior_runs))
+        library_prior_runs=tuple(o.library_prior_runs),
+        portfolio=() if o.no_portfolio else (tuple(o.portfolio_arms) or None))
 
 
 def _min_improvement(search: rpb.SearchSettings) -> float:
@@ -256,7 +257,9 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
             mechanisms=[rpb.InitialMechanism(name=m.name, source=m.source)
                         for m in settings.outer.mechanisms],
             explore_domains=settings.outer.explore_domains,
-            library_prior_runs=settings.outer.library_prior_runs))
+            library_prior_runs=settings.outer.library_prior_runs,
+            portfolio_arms=settings.outer.portfolio or (),
+            no_portfolio=settings.outer.portfolio == ()))
 
 
 def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
@@ -290,7 +293,8 @@ def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
         out.outer.ClearField("l15_every_trials")
     if "2" not in outer.levels:
         for name in ("mechanism_source", "l2_every_trials", "l2_window_trials",
-                     "max_l2_rounds", "explore_domains", "library_prior_runs"):
+                     "max_l2_rounds", "explore_domains", "library_prior_runs",
+                     "portfolio_arms", "no_portfolio"):
             out.outer.ClearField(name)
     return out
 
@@ -361,7 +365,8 @@ def event(record: EventRecord) -> rpb.RunEvent:
             started_at=_ts(p.get("started_at", 0.0)), ended_at=_ts(p.get("ended_at", 0.0)),
             llm_tokens=p.get("llm_tokens", 0), llm_cost_usd=p.get("llm_cost_usd", 0.0),
             mechanisms_json=p.get("mechanisms_json", ""),
-            proposal_source=p.get("proposal_source", ""), node_id=p.get("node", "")))
+            proposal_source=p.get("proposal_source", ""), node_id=p.get("node", ""),
+            arm=p.get("arm") or "", arm_probability=p.get("arm_probability")))
     elif record.kind is EventKind.NEW_BEST:
         out.new_best.CopyFrom(rpb.RunEvent.NewBest(
             trial=p["trial"], loss=p["val_bpb"], previous_loss=p.get("previous_val_bpb"),

@@ -115,6 +115,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     outer.add_argument("--l2-every", type=int, default=10, help="trials between L2 rounds")
     outer.add_argument("--l2-window", type=int, default=0,
                        help="trials a new mechanism is scored over (0: --l2-every)")
+    outer.add_argument("--portfolio", default="", metavar="NAME,...|none",
+                       help="Level 2's portfolio: the search strategies besides the run's "
+                            "proposer that trials are allocated among by what they gain "
+                            "(default: every offline proposer; none: no portfolio)")
     outer.add_argument("--mechanisms", default="", metavar="NAME|FILE,...",
                        help="starting mechanisms: built-in names (" +
                             ", ".join(library.names()) + ") or .py files (e.g. one exported "
@@ -167,7 +171,10 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
             config_controller=controller, l15_every_trials=args.l15_every,
             l2_every_trials=args.l2_every, l2_window_trials=args.l2_window,
             mechanisms=[_mechanism(m) for m in args.mechanisms.split(",") if m.strip()],
-            explore_domains=args.explore_domain))
+            explore_domains=args.explore_domain,
+            portfolio_arms=[a.strip() for a in args.portfolio.split(",")
+                            if a.strip() and args.portfolio != "none"],
+            no_portfolio=args.portfolio == "none"))
 
 
 def _levels(levels: list[str]) -> list[rpb.Level]:

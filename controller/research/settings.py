@@ -120,6 +120,17 @@ class OuterSettings:
     # Offline Level 2 learns from these runs' verdicts only ((): every earlier run, or
     # none without memory); an ablation passes an earlier ablation's runs.
     library_prior_runs: tuple[str, ...] = ()
+    # Level 2's portfolio (research/level2/portfolio.py): the search strategies, besides
+    # the run's own proposer, that each trial is allocated among. None: every offline
+    # proposer; (): no portfolio (Level 2 only adds mechanisms to the run's proposer).
+    portfolio: tuple[str, ...] | None = None
+
+    def portfolio_arms(self, proposer_kind: str) -> tuple[str, ...]:
+        """The arms of this run's portfolio, the run's proposer first; () for none."""
+        if "2" not in self.levels or self.portfolio == ():
+            return ()
+        others = OFFLINE_PROPOSERS if self.portfolio is None else self.portfolio
+        return (proposer_kind, *(a for a in others if a != proposer_kind))
 
     @property
     def window(self) -> int:
@@ -159,6 +170,11 @@ class OuterSettings:
                 raise FieldError("outer.mechanisms", f"{m.name}: source over 64 KiB")
         if any(not d.strip() or len(d) > 200 for d in self.explore_domains):
             raise FieldError("outer.explore_domains", "each must be 1-200 characters")
+        if self.portfolio is not None:
+            unknown = [a for a in self.portfolio if a not in OFFLINE_PROPOSERS]
+            if unknown or len(set(self.portfolio)) != len(self.portfolio):
+                raise FieldError("outer.portfolio_arms", f"must name distinct offline proposers "
+                                 f"({', '.join(OFFLINE_PROPOSERS)}); got {self.portfolio}")
         if len(self.library_prior_runs) > 1000 or any(
                 not (r.startswith("run-") and 4 < len(r) <= 64 and r[4:].isalnum())
                 for r in self.library_prior_runs):
@@ -171,6 +187,8 @@ class OuterSettings:
         d["mechanisms"] = tuple(InitialMechanism(**m) for m in d.get("mechanisms", ()))
         d["explore_domains"] = tuple(d.get("explore_domains", ()))
         d["library_prior_runs"] = tuple(d.get("library_prior_runs", ()))
+        if d.get("portfolio") is not None:
+            d["portfolio"] = tuple(d["portfolio"])
         return cls(**d)
 
 

@@ -159,6 +159,9 @@ MIGRATIONS = (
     # filter replaced it: what the trial's credit goes to (research/level2/wiring.py).
     ("trials", "proposal_source", "TEXT NOT NULL DEFAULT ''"),
     ("trials", "node", "TEXT NOT NULL DEFAULT ''"),  # Ray node id(s) (sandbox/ray_backend.py)
+    # The Level 2 portfolio arm that proposed the trial and its probability (propensity).
+    ("trials", "arm", "TEXT NOT NULL DEFAULT ''"),
+    ("trials", "arm_probability", "REAL"),
     # The principal the run belongs to; runs made before principals are "shared"'s.
     ("runs", "owner", f"TEXT NOT NULL DEFAULT '{SHARED.name}'"),
     # The principal a lesson's run belonged to (lessons made before principals: "shared").

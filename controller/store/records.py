@@ -93,6 +93,10 @@ class TrialRecord:
     llm_cost_usd: float = 0.0
     proposal_source: str = ""  # what made the proposal that ran (TrialFinish's field)
     node: str = ""  # the Ray node id(s) its jobs ran on; "" on the controller's engine
+    # The portfolio arm (Level 2, research/level2/portfolio.py) that proposed it, and the
+    # probability that arm had of being chosen; "" and None outside a portfolio draw.
+    arm: str = ""
+    arm_probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class TrialMeta:
     parent: int | None = None
     fix_of: int | None = None
     proposal_id: str = ""
+    arm: str = ""  # the portfolio arm that proposed it, and its probability
+    arm_probability: float | None = None
 
 
 @dataclass(frozen=True)

@@ -305,7 +305,7 @@ class InnerLoop:
         changes = p.changes if result is not None else knob_changes(self.task, best_source,
                                                                     candidate)
         meta = TrialMeta(hypothesis=p.hypothesis, parent=parent, fix_of=planned.fix_of,
-                         proposal_id=p.proposal_id)
+                         proposal_id=p.proposal_id, arm=p.arm, arm_probability=p.arm_probability)
         self._prepare(index, parent_source, candidate, changes, p.description, meta, p)
         if result is not None:
             done[index] = result
@@ -316,7 +316,8 @@ class InnerLoop:
                   pool: ThreadPoolExecutor) -> None:
         """Re-run a trial that began but never finished, from its stored train.py."""
         source = self.artifacts.read_trial(self.run_id, t.index, "train.py").decode()
-        meta = TrialMeta(t.hypothesis, t.parent, t.fix_of, t.proposal_id)
+        meta = TrialMeta(t.hypothesis, t.parent, t.fix_of, t.proposal_id, t.arm,
+                         t.arm_probability)
         attempt = self.store.begin_trial(self.run_id, t.index, t.description, t.changes, meta)
         log.info("trial restarted", trial=t.index, attempt=attempt)
         with self._lock:
@@ -431,6 +432,9 @@ class InnerLoop:
                 return
         objective = objective_of(self.task)
         summary = run_summary_line(run, reason, check, objective)
+        report = getattr(self.proposer, "report", None)  # Level 2's portfolio says how
+        if report is not None and (allocated := report(self.store.trials(self.run_id))):
+            summary = f"{summary}\n{allocated}"
         improved = check.beats if check is not None else False
         if self.store.finish_run(self.run_id, state, reason, summary, {
                 "state": state.value, "reason": reason, "baseline_val_bpb": run.baseline_val_bpb,

@@ -36,6 +36,9 @@ class Proposal:
     transcript: tuple[dict[str, Any], ...] = ()  # the calls that made it (for llm.json)
     llm_tokens: int = 0  # usage of those calls (metered into the run's total already)
     cost_usd: float = 0.0
+    # Set by Level 2's portfolio: the arm that made it and that arm's probability.
+    arm: str = ""
+    arm_probability: float | None = None
 
 
 @dataclass(frozen=True)

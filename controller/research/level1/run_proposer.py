@@ -5,6 +5,7 @@ run."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 from controller.errors import FieldError
 from controller.llm.accounting import Claim, Pricing
@@ -15,6 +16,7 @@ from controller.research.level1 import offline
 from controller.research.level1.llm_proposer import LLMProposer
 from controller.research.level1.loop import llm_budget_reason
 from controller.research.level1.proposer import Proposer
+from controller.research.level2.portfolio_proposer import PortfolioProposer
 from controller.research.settings import RunSettings
 from controller.research.task import Task, objective_of
 from controller.store.llm_calls import CallLog
@@ -36,10 +38,23 @@ def build_run_provider(run_id: str, settings: RunSettings, store: RunStore,
 
 def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunStore,
                    access: LLMAccess, stop: threading.Event,
-                   claim: Claim | None = None) -> Proposer:
-    """Raises LLMConfigError (no key) or FieldError (bad LLM settings, or a proposer
-    kind the offline registry does not hold)."""
-    kind = settings.proposer.kind
+                   claim: Claim | None = None,
+                   prior: Mapping[str, tuple[float, float]] | None = None) -> Proposer:
+    """The run's proposer; with Level 2's portfolio, the portfolio over the run's proposer
+    and the other arms (`prior`: its pseudo-counts from earlier runs). Raises
+    LLMConfigError (no key) or FieldError (bad LLM settings, or a proposer kind the
+    offline registry does not hold)."""
+    arms = settings.outer.portfolio_arms(settings.proposer.kind)
+    if not arms:
+        return _single(settings.proposer.kind, run_id, settings, task, store, access, stop,
+                       claim)
+    return PortfolioProposer({arm: _single(arm, run_id, settings, task, store, access,
+                                           stop, claim) for arm in arms},
+                             settings.search.seed, prior)
+
+
+def _single(kind: str, run_id: str, settings: RunSettings, task: Task, store: RunStore,
+            access: LLMAccess, stop: threading.Event, claim: Claim | None) -> Proposer:
     if kind != "llm":
         try:
             entry = offline.get(kind)

@@ -224,7 +224,7 @@ class InitialMechanism(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class OuterSettings(_message.Message):
-    __slots__ = ("levels", "mechanism_source", "config_controller", "l15_every_trials", "l2_every_trials", "l2_window_trials", "mechanisms", "explore_domains", "max_l2_rounds", "library_prior_runs")
+    __slots__ = ("levels", "mechanism_source", "config_controller", "l15_every_trials", "l2_every_trials", "l2_window_trials", "mechanisms", "explore_domains", "max_l2_rounds", "library_prior_runs", "portfolio_arms", "no_portfolio")
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_CONTROLLER_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +235,8 @@ class OuterSettings(_message.Message):
     EXPLORE_DOMAINS_FIELD_NUMBER: _ClassVar[int]
     MAX_L2_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     LIBRARY_PRIOR_RUNS_FIELD_NUMBER: _ClassVar[int]
+    PORTFOLIO_ARMS_FIELD_NUMBER: _ClassVar[int]
+    NO_PORTFOLIO_FIELD_NUMBER: _ClassVar[int]
     levels: _containers.RepeatedScalarFieldContainer[Level]
     mechanism_source: str
     config_controller: str
@@ -245,7 +247,9 @@ class OuterSettings(_message.Message):
     explore_domains: _containers.RepeatedScalarFieldContainer[str]
     max_l2_rounds: int
     library_prior_runs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, levels: _Optional[_Iterable[_Union[Level, str]]] = ..., mechanism_source: _Optional[str] = ..., config_controller: _Optional[str] = ..., l15_every_trials: _Optional[int] = ..., l2_every_trials: _Optional[int] = ..., l2_window_trials: _Optional[int] = ..., mechanisms: _Optional[_Iterable[_Union[InitialMechanism, _Mapping]]] = ..., explore_domains: _Optional[_Iterable[str]] = ..., max_l2_rounds: _Optional[int] = ..., library_prior_runs: _Optional[_Iterable[str]] = ...) -> None: ...
+    portfolio_arms: _containers.RepeatedScalarFieldContainer[str]
+    no_portfolio: bool
+    def __init__(self, levels: _Optional[_Iterable[_Union[Level, str]]] = ..., mechanism_source: _Optional[str] = ..., config_controller: _Optional[str] = ..., l15_every_trials: _Optional[int] = ..., l2_every_trials: _Optional[int] = ..., l2_window_trials: _Optional[int] = ..., mechanisms: _Optional[_Iterable[_Union[InitialMechanism, _Mapping]]] = ..., explore_domains: _Optional[_Iterable[str]] = ..., max_l2_rounds: _Optional[int] = ..., library_prior_runs: _Optional[_Iterable[str]] = ..., portfolio_arms: _Optional[_Iterable[str]] = ..., no_portfolio: _Optional[bool] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
     __slots__ = ("task", "search", "proposer", "budgets", "llm", "outer")
@@ -432,7 +436,7 @@ class RunEvent(_message.Message):
         attempt: int
         def __init__(self, trial: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
     class TrialFinished(_message.Message):
-        __slots__ = ("trial", "status", "val_bpb", "memory_gib", "metrics_json", "job_status", "exception", "run_seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source", "node_id", "loss")
+        __slots__ = ("trial", "status", "val_bpb", "memory_gib", "metrics_json", "job_status", "exception", "run_seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source", "node_id", "loss", "arm", "arm_probability")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
         STATUS_FIELD_NUMBER: _ClassVar[int]
         VAL_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -451,6 +455,8 @@ class RunEvent(_message.Message):
         PROPOSAL_SOURCE_FIELD_NUMBER: _ClassVar[int]
         NODE_ID_FIELD_NUMBER: _ClassVar[int]
         LOSS_FIELD_NUMBER: _ClassVar[int]
+        ARM_FIELD_NUMBER: _ClassVar[int]
+        ARM_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
         trial: int
         status: TrialStatus
         val_bpb: float
@@ -469,7 +475,9 @@ class RunEvent(_message.Message):
         proposal_source: str
         node_id: str
         loss: float
-        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gib: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., run_seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ..., node_id: _Optional[str] = ..., loss: _Optional[float] = ...) -> None: ...
+        arm: str
+        arm_probability: float
+        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gib: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., run_seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ..., node_id: _Optional[str] = ..., loss: _Optional[float] = ..., arm: _Optional[str] = ..., arm_probability: _Optional[float] = ...) -> None: ...
     class ConfigAdjusted(_message.Message):
         __slots__ = ("trial", "controller", "applied", "freeze", "unfreeze", "frozen", "strategy", "guidance", "restart_from_trial", "rejected", "error")
         TRIAL_FIELD_NUMBER: _ClassVar[int]

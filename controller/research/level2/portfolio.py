@@ -1,0 +1,152 @@
+"""Level 2's portfolio of search strategies: which arm (an offline proposer, or the LLM)
+proposes each trial, chosen by what the arms have gained in this run.
+
+Which search wins depends on the task (random search beat local 30-fold on a small
+classifier; local won on the surrogate), so Level 2 does not bet on one. Every trial goes
+to an arm drawn from known probabilities:
+
+- Each arm's record is Bernoulli: a trial it proposed either became the run's new best
+  (kept) or not. Kept is the keep rule's verdict, so it is in noise units where the run
+  measured noise and a strict improvement where the task is deterministic (sigma = 0);
+  it needs no scale of the loss, so the rule is the same for every task and direction.
+- The posterior of each arm's keep rate is Beta(1 + kept, 1 + not kept), with each arm's
+  older pulls discounted (a search that paid early, from a poor baseline, must keep
+  paying). Thompson sampling's allocation - the chance each arm's draw is the highest - is
+  computed by seeded Monte Carlo, so it is a number that can be recorded.
+- Every arm keeps a floor probability, so an arm that starts slowly can come back, and
+  every propensity is positive. An arm is retired - left with the floor only - while it
+  has had a fair number of pulls and even an optimistic reading of its keep rate is
+  below the leading arm's; it returns if the others decline.
+
+The arm and its probability are stored with the trial. From them the credit of each arm
+is estimated without bias by inverse-propensity weighting (`ipw_keep_rate`), whatever the
+allocation did. The probabilities and the draw depend only on the run's seed, the trial
+index, the retry and the stored trials, so a restarted controller chooses the same arm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import betaincinv
+
+DISCOUNT = 0.95  # weight of an arm's pull per later pull of the same arm
+DRAWS = 4000  # Monte Carlo draws for the Thompson allocation
+FLOOR = 0.03  # each arm's least probability (less when there are many arms)
+RETIRE_AFTER = 8  # pulls before an arm can be retired
+RETIRE_QUANTILE = 0.9  # ... when this quantile of its keep rate is below the leader's mean
+
+
+@dataclass(frozen=True)
+class Pull:
+    """One finished trial an arm proposed: whether it was kept, and with what probability
+    the arm had been chosen for it."""
+
+    arm: str
+    probability: float
+    kept: bool
+
+
+@dataclass(frozen=True)
+class ArmPosterior:
+    arm: str
+    pulls: int
+    kept: int
+    alpha: float  # Beta posterior of the keep rate, older pulls discounted
+    beta: float
+
+    @property
+    def mean(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+
+def seeded(*parts: object) -> np.random.Generator:
+    """A generator that depends only on `parts` (not on Python's hash seed)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def posteriors(arms: Sequence[str], pulls: Sequence[Pull],
+               prior: Mapping[str, tuple[float, float]] | None = None) -> list[ArmPosterior]:
+    """Each arm's discounted Beta posterior over its pulls (in trial order); `prior` adds
+    pseudo-counts (kept, not kept) per arm, e.g. from earlier runs of the task."""
+    out = []
+    for arm in arms:
+        mine = [p.kept for p in pulls if p.arm == arm]
+        n = len(mine)
+        weights = [DISCOUNT ** (n - 1 - i) for i in range(n)]
+        good = sum(w for w, k in zip(weights, mine, strict=True) if k)
+        bad = sum(w for w, k in zip(weights, mine, strict=True) if not k)
+        a0, b0 = (prior or {}).get(arm, (0.0, 0.0))
+        out.append(ArmPosterior(arm, n, sum(mine), 1.0 + a0 + good, 1.0 + b0 + bad))
+    return out
+
+
+def chance_best(posts: Sequence[ArmPosterior], rng: np.random.Generator) -> np.ndarray:
+    """P(arm's keep rate is the highest) under the posteriors, by Monte Carlo."""
+    alpha = np.array([p.alpha for p in posts])
+    beta = np.array([p.beta for p in posts])
+    draws = rng.beta(alpha, beta, size=(DRAWS, len(posts)))
+    wins = np.bincount(draws.argmax(axis=1), minlength=len(posts))
+    return wins / DRAWS
+
+
+def allocation(posts: Sequence[ArmPosterior], rng: np.random.Generator) -> dict[str, float]:
+    """The probability each arm proposes the next trial: Thompson's chance of being best,
+    mixed with a floor that every arm keeps. A retired arm keeps only the floor. No
+    probability is ever 0, so every arm's inverse-propensity credit stays unbiased."""
+    best = chance_best(posts, rng)
+    floor = min(FLOOR, 0.5 / len(posts))
+    out = retired(posts)
+    share = np.array([0.0 if p.arm in out else b for p, b in zip(posts, best, strict=True)])
+    if share.sum() <= 0:
+        share = np.ones(len(posts))
+    share = share / share.sum()
+    return {p.arm: floor + (1.0 - floor * len(posts)) * float(s)
+            for p, s in zip(posts, share, strict=True)}
+
+
+def retired(posts: Sequence[ArmPosterior]) -> set[str]:
+    """The arms that stopped paying: after a fair number of pulls, even the optimistic
+    end of the arm's keep rate (its posterior's RETIRE_QUANTILE) is below the expected keep
+    rate of the best arm. They keep the floor, and come back if the others decline."""
+    leader = max(p.mean for p in posts)
+    return {p.arm for p in posts if p.pulls >= RETIRE_AFTER
+            and float(betaincinv(p.alpha, p.beta, RETIRE_QUANTILE)) < leader}
+
+
+def draw(probabilities: Mapping[str, float], rng: np.random.Generator) -> str:
+    arms = sorted(probabilities)
+    weights = np.array([probabilities[a] for a in arms])
+    return arms[int(rng.choice(len(arms), p=weights / weights.sum()))]
+
+
+@dataclass(frozen=True)
+class Credit:
+    """An arm's inverse-propensity estimate of its keep rate: the share of trials that
+    would have been kept had it proposed every trial, with its standard error."""
+
+    arm: str
+    pulls: int
+    kept: int
+    keep_rate: float
+    stderr: float
+
+
+def ipw_keep_rate(pulls: Sequence[Pull], arm: str) -> Credit:
+    """Horvitz-Thompson: mean over all portfolio trials of kept * [arm chose] / p. Unbiased
+    for the arm's keep rate whatever the allocation, because each p was the probability
+    the trial's draw actually used."""
+    n = len(pulls)
+    terms = [(1.0 if p.kept else 0.0) / p.probability if p.arm == arm else 0.0
+             for p in pulls]
+    mine = [p for p in pulls if p.arm == arm]
+    if n == 0:
+        return Credit(arm, 0, 0, math.nan, math.nan)
+    mean = sum(terms) / n
+    var = sum((t - mean) ** 2 for t in terms) / (n - 1) if n > 1 else math.nan
+    return Credit(arm, len(mine), sum(p.kept for p in mine), mean, math.sqrt(var / n))

@@ -1,0 +1,108 @@
+"""The portfolio as the run's proposer: each trial, draw an arm by the allocation
+(portfolio.py) and let that arm propose, with the whole run's history.
+
+One history serves every arm: a proposer is rebuilt from the stored trials on every call
+(the Proposer protocol's resume rule), so TPE and CMA-ES learn from the trials any arm
+proposed, and switching arm costs nothing. The arm and its probability go out with the
+proposal and are stored with the trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from controller.research.level1.proposer import Proposal, Proposer, ProposerContext
+from controller.research.level2 import portfolio
+from controller.store.records import TrialRecord, TrialStatus
+
+
+def pulls_of(history: Sequence[TrialRecord]) -> list[portfolio.Pull]:
+    """The finished trials a portfolio draw made and whose proposal ran as the arm made
+    it (a mechanism's suggestion or filter that replaced it takes the credit instead)."""
+    return [portfolio.Pull(t.arm, t.arm_probability, t.status is TrialStatus.KEEP)
+            for t in sorted(history, key=lambda t: t.index)
+            if t.finished and t.arm and t.arm_probability is not None
+            and t.status is not None and t.proposal_source == "proposer"]
+
+
+class PortfolioProposer:
+    """Thompson-sampling allocation over `arms` (name -> proposer), seeded by the run."""
+
+    tag = "portfolio"
+
+    def __init__(self, arms: Mapping[str, Proposer], seed: int,
+                 prior: Mapping[str, tuple[float, float]] | None = None) -> None:
+        if not arms:
+            raise ValueError("a portfolio needs at least one arm")
+        self.arms = dict(arms)
+        self.seed = seed
+        self.prior = dict(prior or {})
+        self.label = "portfolio of " + ", ".join(self.arms)
+        # A crashed trial is fixed by an arm that can (the LLM), outside the draw.
+        self._fixer = next((n for n, p in self.arms.items() if p.fixes_crashes), None)
+        self.fixes_crashes = self._fixer is not None
+        self.reads_context = any(getattr(p, "reads_context", True) for p in self.arms.values())
+
+    def allocation(self, ctx: ProposerContext) -> dict[str, float]:
+        """The probability each arm has of proposing trial `ctx.trial_index`."""
+        posts = portfolio.posteriors(list(self.arms), pulls_of(ctx.history), self.prior)
+        return portfolio.allocation(posts, self._rng(ctx, "allocation"))
+
+    def propose(self, ctx: ProposerContext) -> Proposal:
+        if ctx.crash is not None and self._fixer is not None:
+            return self.arms[self._fixer].propose(ctx)  # not a draw: no arm credit
+        probs = self.allocation(ctx)
+        arm = portfolio.draw(probs, self._rng(ctx, "draw"))
+        proposer = self.arms[arm]
+        if not getattr(proposer, "reads_context", True):
+            ctx = dataclasses.replace(ctx, mechanism_context=())
+        if not proposer.fixes_crashes:
+            ctx = dataclasses.replace(ctx, crash=None)
+        proposal = proposer.propose(ctx)
+        return dataclasses.replace(proposal, arm=arm, arm_probability=probs[arm])
+
+    def _rng(self, ctx: ProposerContext, purpose: str) -> np.random.Generator:
+        return portfolio.seeded("portfolio", purpose, self.seed, ctx.trial_index,
+                                len(ctx.rejections))
+
+    def report(self, history: Sequence[TrialRecord]) -> str:
+        """One line for the run's summary: per arm, its trials and keeps, its
+        inverse-propensity keep rate, and its probability for a next trial."""
+        pulls = pulls_of(history)
+        if not pulls:
+            return ""
+        posts = portfolio.posteriors(list(self.arms), pulls, self.prior)
+        nxt = portfolio.allocation(posts, portfolio.seeded("portfolio", "report", self.seed,
+                                                           len(pulls)))
+        out = portfolio.retired(posts)
+        parts = []
+        for arm in sorted(self.arms, key=lambda a: -nxt[a]):
+            c = portfolio.ipw_keep_rate(pulls, arm)
+            state = f"next p {nxt[arm]:.2f}" + (", retired" if arm in out else "")
+            parts.append(f"{arm} {c.pulls} trials/{c.kept} kept (IPW keep rate "
+                         f"{c.keep_rate:.2f} ± {c.stderr:.2f}; {state})")
+        return "portfolio: " + ", ".join(parts)
+
+
+PRIOR_PULLS = 6.0  # the most pseudo-pulls an arm's prior from earlier runs weighs
+PRIOR_RUNS = 5  # earlier runs of the task the prior reads, newest first
+
+
+def prior_from(histories: Sequence[Sequence[TrialRecord]]) -> dict[str, tuple[float, float]]:
+    """Each arm's prior (kept, not kept) pseudo-counts from earlier runs of the same task:
+    its keep rate there, weighed as at most PRIOR_PULLS pulls, so a second run starts
+    with the strategy that won the first, and this run's own trials soon outweigh it."""
+    kept: dict[str, int] = {}
+    pulled: dict[str, int] = {}
+    for history in histories:
+        for p in pulls_of(history):
+            pulled[p.arm] = pulled.get(p.arm, 0) + 1
+            kept[p.arm] = kept.get(p.arm, 0) + int(p.kept)
+    out = {}
+    for arm, n in pulled.items():
+        scale = min(1.0, PRIOR_PULLS / n)
+        out[arm] = (kept[arm] * scale, (n - kept[arm]) * scale)
+    return out
