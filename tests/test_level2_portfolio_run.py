@@ -6,6 +6,7 @@ reports the allocation; and `--portfolio none` runs Level 2 without one."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from tests.test_api_harness import Stubs, serving, surrogate_run, wait_for_engin
 pytestmark = pytest.mark.docker
 
 
-def _level2(trials: int, **outer: object) -> rpb.CreateRunRequest:
+def _level2(trials: int, **outer: Any) -> rpb.CreateRunRequest:
     request = surrogate_run(trials=trials, seed=3)
     request.outer.CopyFrom(rpb.OuterSettings(levels=[rpb.LEVEL_1, rpb.LEVEL_2],
                                              mechanism_source="library", **outer))
