@@ -37,7 +37,8 @@ def sobol_point(seed: int, scramble: int, knobs: list[Knob], position: int) -> l
 
     engine = qmc.Sobol(len(knobs), scramble=True,
                        seed=derived_seed("sobol", seed, scramble))
-    engine.fast_forward(position)
+    if position:  # scipy's fast_forward(0) overflows
+        engine.fast_forward(position)
     return [float(u) for u in engine.random(1)[0]]
 
 

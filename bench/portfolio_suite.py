@@ -1,0 +1,250 @@
+"""Level 2's portfolio (D) against every fixed search strategy, on a suite of tasks that
+are best searched in different ways.
+
+The tasks: the surrogate (smooth, local, noisy) and the example task directories
+(examples/: global sampling wins on softmax-blobs; multimodal fourier-multimodal; crash
+regions in sgd-mlp-crash; integer, power-of-two and categorical knobs in knn-categorical;
+tuned defaults in adam-mlp-tuned; spirals-mlp and waves-regression are noisy). Every
+cell is one run of the real inner loop (real store, keep rule, proposers, and the real
+portfolio for D) for `--trials` trials; its gain is the baseline's loss minus the best
+config's, both re-measured on 3 fresh seeds. Paired seeds: repeat r of every strategy
+uses search seed r.
+
+How it fits in minutes: trials are evaluated in this process, not in sandboxes. The
+surrogate is scored by the controller (as bench/offline_proposers.py does); an example
+task's train.py and score.py (this repository's own scripts: trusted) run with exec in a
+temporary directory, /data/ pointing at the task's data folder. The cells run in a
+process pool. D here is the portfolio alone (mechanism rounds need sandboxes).
+
+    python -m bench.portfolio_suite --repeats 10 --trials 30 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.analysis import stats
+from controller.llm.settings import LLMAccess
+from controller.logging import configure_logging
+from controller.research.level1 import offline
+from controller.research.level1.loop import InnerLoop, StopSignal
+from controller.research.level1.run_proposer import build_proposer
+from controller.research.settings import (
+    Budgets,
+    OuterSettings,
+    ProposerSettings,
+    RunSettings,
+    SearchSettings,
+)
+from controller.research.task import Task, TrialOutcome, objective_of
+from controller.research.tasks.registry import task_from_dir
+from controller.research.tasks.surrogate import SurrogateTask
+from controller.store.artifacts import ArtifactStore
+from controller.store.runs import RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("surrogate", "softmax-blobs", "fourier-multimodal", "sgd-mlp-crash",
+         "knn-categorical", "adam-mlp-tuned", "spirals-mlp", "waves-regression")
+PORTFOLIO = "D"
+FRESH_SEEDS = 3
+
+
+class InProcessExample:
+    """An example task directory whose scripts run in this process (bench only)."""
+
+    seeds_in_parallel = True
+
+    def __init__(self, name: str) -> None:
+        self.folder = REPO / "examples" / name
+        self.inner = task_from_dir(self.folder, None)
+        self.name, self.description = self.inner.name, self.inner.description
+        self.protected = self.inner.protected
+        self.objective = objective_of(self.inner)
+        manifest = (self.folder / "bilevel-task.toml").read_text()
+        self.score_source = self._local((self.folder / "score.py").read_text())
+        assert "[score]" in manifest, f"{name} has no trusted scorer"
+
+    def baseline_source(self) -> str:
+        return self.inner.baseline_source()
+
+    def search_space(self) -> Any:
+        return self.inner.search_space()
+
+    def read_knobs(self, source: str) -> dict[str, Any]:
+        return self.inner.read_knobs(source)
+
+    def apply(self, source: str, changes: dict[str, Any]) -> str:
+        return self.inner.apply(source, changes)
+
+    def _local(self, source: str) -> str:
+        return source.replace('"/data/', f'"{self.folder}/data/')
+
+    def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory() as work:
+            here = os.getcwd()
+            os.chdir(work)
+            os.environ["TRIAL_SEED"] = str(seed)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    exec(compile(self._local(source), "train.py", "exec"),
+                         {"__name__": "__main__"})
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    exec(compile(self.score_source, "score.py", "exec"),
+                         {"__name__": "__main__"})
+                metrics = json.loads(out.getvalue().strip().splitlines()[-1])
+            except BaseException as exc:  # the candidate's crash is its result
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                return TrialOutcome("error", None, exception={
+                    "type": type(exc).__name__, "message": str(exc)[:200], "frames": []},
+                    seconds=time.monotonic() - started)
+            finally:
+                os.chdir(here)
+        raw = metrics.get(self.objective.metric)
+        if not isinstance(raw, int | float) or not math.isfinite(raw):
+            return TrialOutcome("ok", None, metrics=metrics, detail="no finite metric")
+        return TrialOutcome("ok", self.objective.loss(float(raw)), metrics=metrics,
+                            seconds=time.monotonic() - started)
+
+
+def make_task(name: str) -> Task:
+    return SurrogateTask(None) if name == "surrogate" else InProcessExample(name)
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    strategy: str  # an offline proposer, or D
+    repeat: int
+    trials: int
+
+
+@dataclass(frozen=True)
+class Result:
+    cell: Cell
+    gain: float  # baseline loss - best loss on fresh seeds (positive: better)
+    seconds: float
+    arms: dict[str, int]  # D: trials per arm
+
+
+def run_cell(cell: Cell) -> Result:
+    configure_logging(level="error")
+    started = time.monotonic()
+    task = make_task(cell.task)
+    kind = "local" if cell.strategy == PORTFOLIO else cell.strategy
+    levels = ("1", "2") if cell.strategy == PORTFOLIO else ("1",)
+    settings = RunSettings(search=SearchSettings(seed=cell.repeat),
+                           proposer=ProposerSettings(kind=kind, use_memory=False),
+                           budgets=Budgets(max_trials=cell.trials),
+                           outer=OuterSettings(levels=levels))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(Path(tmp) / "db.sqlite3")
+        run_id = "run-bench"
+        store.create_run(run_id, settings.to_dict())
+        stop = StopSignal()
+        proposer = build_proposer(run_id, settings, task, store, LLMAccess(), stop.event)
+        InnerLoop(run_id, settings, task, proposer, store, ArtifactStore(Path(tmp) / "runs"),
+                  stop).run()
+        trials = store.trials(run_id)
+        run = store.get_run(run_id)
+        assert run.best_trial is not None
+        base_source = task.baseline_source()
+        best_source = ArtifactStore(Path(tmp) / "runs").read_trial(
+            run_id, run.best_trial, "train.py").decode()
+    seeds = [100_000 + cell.repeat * 10 + i for i in range(FRESH_SEEDS)]
+    base = [task.evaluate(base_source, s, threading.Event()).val_bpb for s in seeds]
+    best = [task.evaluate(best_source, s, threading.Event()).val_bpb for s in seeds]
+    if any(v is None for v in base):
+        raise RuntimeError(f"{cell.task}: the baseline crashed on a fresh seed")
+    gain = 0.0 if any(v is None for v in best) else statistics.fmean(
+        b - c for b, c in zip(base, best, strict=True))  # type: ignore[operator]
+    arms: dict[str, int] = {}
+    for t in trials:
+        if t.arm:
+            arms[t.arm] = arms.get(t.arm, 0) + 1
+    return Result(cell, gain, time.monotonic() - started, arms)
+
+
+def report(results: list[Result], strategies: list[str], repeats: int) -> None:
+    by: dict[tuple[str, str], dict[int, float]] = {}
+    arms: dict[str, dict[str, int]] = {}
+    for r in results:
+        by.setdefault((r.cell.task, r.cell.strategy), {})[r.cell.repeat] = r.gain
+        if r.arms:
+            counts = arms.setdefault(r.cell.task, {})
+            for a, n in r.arms.items():
+                counts[a] = counts.get(a, 0) + n
+    tasks = sorted({r.cell.task for r in results}, key=TASKS.index)
+    print(f"\nmean fresh-seed gain (loss units, positive = better), n = {repeats} repeats")
+    print(f"{'task':<20}" + "".join(f"{s:>14}" for s in strategies) +
+          f"{'best fixed':>14}{'D/best':>8}{'p D-vs-local':>14}")
+    ratios: list[float] = []
+    ranks: dict[str, list[int]] = {s: [] for s in strategies}
+    p_local: list[float] = []
+    not_local: list[bool] = []
+    for task in tasks:
+        means = {s: statistics.fmean(by[(task, s)].values()) for s in strategies}
+        fixed = [s for s in strategies if s != PORTFOLIO]
+        best = max(fixed, key=means.__getitem__)
+        ratio = means[PORTFOLIO] / means[best] if means[best] > 0 else math.nan
+        ratios.append(ratio)
+        order = sorted(strategies, key=lambda s: -means[s])
+        for s in strategies:
+            ranks[s].append(order.index(s) + 1)
+        mine, local = by[(task, PORTFOLIO)], by[(task, "local")]
+        shared = sorted(set(mine) & set(local))
+        p = stats.paired_permutation_p([mine[i] for i in shared], [local[i] for i in shared])
+        p_local.append(p)
+        not_local.append(best != "local")
+        print(f"{task:<20}" + "".join(f"{means[s]:>14.4g}" for s in strategies) +
+              f"{best:>14}{ratio:>8.2f}{p:>14.3g}")
+    holm = stats.holm(p_local)
+    print("\nHolm-corrected p of D vs local (two-sided paired permutation), per task:")
+    for task, p, adj, nl in zip(tasks, p_local, holm, not_local, strict=True):
+        print(f"  {task:<20} p {p:.3g}  Holm {adj:.3g}  "
+              f"{'local is not the best fixed' if nl else 'local is the best fixed'}")
+    print(f"\nD's gain as a share of the best fixed strategy's: min {min(ratios):.2f}, "
+          f"median {statistics.median(ratios):.2f}")
+    print("mean rank (1 = best): " + ", ".join(
+        f"{s} {statistics.fmean(v):.2f}" for s, v in sorted(ranks.items(),
+                                                               key=lambda kv: sum(kv[1]))))
+    print("D's trials per arm, over all repeats: " + "; ".join(
+        f"{t}: " + ", ".join(f"{a} {n}" for a, n in sorted(m.items(), key=lambda x: -x[1]))
+        for t, m in arms.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    args = parser.parse_args()
+    strategies = [*offline.names(), PORTFOLIO]
+    cells = [Cell(t, s, r, args.trials) for t in args.tasks.split(",")
+             for r in range(args.repeats) for s in strategies]
+    started = time.monotonic()
+    with ProcessPoolExecutor(args.workers) as pool:
+        results = list(pool.map(run_cell, cells, chunksize=1))
+    report(results, strategies, args.repeats)
+    print(f"\n{len(cells)} runs of {args.trials} trials in {time.monotonic() - started:.0f} s "
+          f"with {args.workers} workers")
+
+
+if __name__ == "__main__":
+    main()
