@@ -208,7 +208,8 @@ def report(results: list[Result], strategies: list[str], repeats: int) -> None:
             ranks[s].append(order.index(s) + 1)
         mine, local = by[(task, PORTFOLIO)], by[(task, "local")]
         shared = sorted(set(mine) & set(local))
-        p = stats.paired_permutation_p([mine[i] for i in shared], [local[i] for i in shared])
+        p = stats.paired_permutation_p([mine[i] for i in shared], [local[i] for i in shared]) \
+            if len(shared) > 1 else math.nan
         p_local.append(p)
         not_local.append(best != "local")
         print(f"{task:<20}" + "".join(f"{means[s]:>14.4g}" for s in strategies) +

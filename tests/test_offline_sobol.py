@@ -14,9 +14,10 @@ from controller.research.level1.proposer import ProposerContext
 from controller.research.level1.typed_points import to_unit
 from tests.test_offline_proposers import TOY_SOURCE, TOY_SPACE, _loop
 from trainer import knobs
+from trainer.knobs import KnobValue
 
 
-def _points(seed: int, count: int) -> list[dict[str, object]]:
+def _points(seed: int, count: int) -> list[dict[str, KnobValue]]:
     incumbent = knobs.read_knobs(TOY_SOURCE)
     return [SobolSequence(seed).propose(ProposerContext(i, incumbent, TOY_SPACE, ())).changes
             for i in range(1, count + 1)]
@@ -25,7 +26,7 @@ def _points(seed: int, count: int) -> list[dict[str, object]]:
 def test_it_is_registered_and_proposes_from_the_first_trial() -> None:
     assert offline.get("sobol").build is not None and "sobol" in offline.names()
     first = _points(3, 1)[0]
-    TOY_SPACE.check(first)  # type: ignore[arg-type]
+    TOY_SPACE.check(first)
     assert set(first) == set(TOY_SPACE.names)
 
 
