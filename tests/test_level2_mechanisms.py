@@ -16,7 +16,7 @@ from controller.llm.settings import LLMAccess
 from controller.research.level1.loop import InnerLoop, StopSignal
 from controller.research.level1.offline.local import LocalPerturbation
 from controller.research.level1.run_proposer import build_run_provider
-from controller.research.level2 import gates
+from controller.research.level2 import design, gates
 from controller.research.level2 import report as mechanism_report
 from controller.research.level2 import verdict as level2_verdict
 from controller.research.outer import attach_outer_levels
@@ -59,13 +59,15 @@ def surrogate_loop(tmp_path: Path, executor: SandboxBackend, settings: RunSettin
 def stated_verdict(store: RunStore, run_id: str, seed: int,
                    row: MechanismRow) -> level2_verdict.MechanismVerdict:
     """The verdict the stated test gives on what the store holds: the arms the coins
-    assigned, the trials' scores, and the WITH trials the candidate's hooks changed."""
+    assigned, the trials' scores in the recorded sigma, and the WITH trials the
+    candidate's hooks changed."""
     assert row.activated_at is not None and row.window_end is not None
     arms = MechanismLog(store).outer_state(run_id, f"arms:{row.name}")
     assert arms is not None, row.name
     with_ = [i for i in arms["with"] if i <= row.window_end]
-    scores, _, _ = level2_verdict.trial_scores(store.trials(run_id),
-                                               store.get_run(run_id).noise_sigma)
+    # The sigma the verdict used: without baseline seeds it is the spread of the values
+    # the run had at the verdict, not at its end.
+    scores, _, _ = level2_verdict.trial_scores(store.trials(run_id), row.score["sigma"])
     changed = {c.trial for c in store.mechanism_records(run_id)
                if c.mechanism == row.name and c.trial in with_ and c.hook in ACTING_HOOKS
                and c.effective}
@@ -113,10 +115,14 @@ def test_library_mechanisms_are_chosen_by_the_bandit_and_judged_by_the_coin_desi
             assert f"[suggested by {name}]" in t.description, t
             assert any(c.trial == t.index and c.mechanism == name and c.effect ==
                        "suggested" for c in calls)
-    for row in rows:  # every trial of each window has its hook calls recorded
+    for row in rows:  # every WITH trial of each window has its hook calls recorded
         assert row.activated_at is not None and row.window_end is not None
-        assert {c.trial for c in calls if c.mechanism == row.name} >= set(
-            range(row.activated_at, min(row.window_end, 20) + 1)), row.name
+        assigned = MechanismLog(store).outer_state("run-l2", f"arms:{row.name}")
+        assert assigned is not None
+        window = range(row.activated_at, min(row.window_end, 20) + 1)
+        with_ = {i for i in assigned["with"] if i in window}
+        assert len(with_) == len(window) // 2, (row.name, assigned)
+        assert {c.trial for c in calls if c.mechanism == row.name} >= with_, row.name
     report = mechanism_report.render(store, "run-l2")
     assert "NOT injected" not in report and "- verdict: one-sided paired" in report
     kinds = Counter(e.payload["action"] for e in store.events_after("run-l2", 0)
@@ -293,17 +299,21 @@ def test_deny_network_from_a_mechanism_in_a_run_is_the_sandboxs_doing(
             return gates.GateVerdict("static", True, "waved through by the test")
         return static_check(code, settings)
 
-    monkeypatch.setattr(gates, "static_check", waved_through)
+    monkeypatch.setattr(gates, "static_check", waved_through)  # the activation gates
+    monkeypatch.setattr(design, "static_check", waved_through)  # the designer's check
     _, responder = designer([("caller", "networking", source)])
     with FakeLLMServer(responder=responder) as server:  # type: ignore[arg-type]
         settings = RunSettings(
-            budgets=Budgets(max_trials=6), llm=llm_settings(server.anthropic_url),
+            budgets=Budgets(max_trials=10), llm=llm_settings(server.anthropic_url),
             outer=OuterSettings(levels=("1", "2"), mechanism_source="llm", l2_every=2,
                                 code_retries=0, max_l2_rounds=1))
         loop, store = surrogate_loop(tmp_path, executor, settings)
         loop.run()
     assert store.get_run("run-l2").state is RunState.SUCCEEDED
-    [row] = store.mechanisms("run-l2")
+    rows = store.mechanisms("run-l2")
+    assert len(rows) == 1, [e.payload for e in store.events_after("run-l2", 0)
+                            if e.kind is EventKind.MECHANISM]
+    row = rows[0]
     assert row.status == GATE_REJECTED, row
     assert [g["gate"] for g in row.gates] == ["static", "contract"], row.gates
     assert "filter: raised" in row.reason and "OSError" in row.traceback, row.reason
