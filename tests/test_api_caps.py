@@ -128,11 +128,13 @@ def test_caps_default_to_the_host_and_load_from_the_config(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"BILEVEL_SANDBOX__MAX_MEMORY_BYTES": "512MiB"},
-     "default limits.memory_bytes: 1073741824 is over this server's cap of 536870912 "
-     "(sandbox.max_memory_bytes)"),
-    ({"BILEVEL_SANDBOX__MAX_PIDS": "4"}, "sandbox.max_pids: must be between 8 and 65536"),
+     "limits.memory_bytes: the default 1073741824 is over this server's cap of 536870912 "
+     "(sandbox.max_memory_bytes): lower it in [limits] or raise the cap"),
+    ({"BILEVEL_SANDBOX__MAX_PIDS": "4"},
+     "sandbox.max_pids (from BILEVEL_SANDBOX__MAX_PIDS): must be between 8 and 65536"),
     ({"BILEVEL_SERVER__MAX_REQUEST_BYTES_IN_FLIGHT": "100MiB"},
-     "server.max_request_bytes_in_flight = 104857600: must be at least"),
+     "server.max_request_bytes_in_flight (from BILEVEL_SERVER__MAX_REQUEST_BYTES_IN_FLIGHT): "
+     "104857600: must be at least"),
     ({"BILEVEL_SERVER__MAX_STREAMS": "0"}, "server.max_streams"),
 ])
 def test_deny_caps_that_contradict_the_defaults_or_the_bounds(
