@@ -185,7 +185,7 @@ def runner_image_without_cap_drop(client: docker.DockerClient, image: str) -> st
         pass
     dockerfile = (f"FROM {image}\nUSER root\n"
                   "RUN chmod u+w /opt/bilevel/runner.py && sed -i "
-                  "'s/^        _keep_only_runner_caps()$/        pass  # keeps its caps/' "
+                  "'s/^\\( *\\)_keep_only_runner_caps()$/\\1pass  # keeps its caps/' "
                   "/opt/bilevel/runner.py && grep -q 'pass  # keeps its caps' "
                   "/opt/bilevel/runner.py"
                   " && chmod a-w /opt/bilevel/runner.py\n")
