@@ -143,7 +143,13 @@ def test_allow_every_library_mechanism_runs_in_the_sandbox(executor: SandboxBack
             history.append(trial)
             if status == "keep":
                 incumbent = dict(trial.config)
-        final = loop_state(len(values) + 1, tuple(history), incumbent)
+        # Two trials that move DEPTH alone from the incumbent (14, 0.99): a convex slice,
+        # what parabolic_interpolation fits.
+        for depth, val in ((10, 1.02), (12, 1.0)):
+            config = {**incumbent, "DEPTH": depth}
+            history.append(TrialView(len(history) + 1, {"DEPTH": depth}, config, "discard",
+                                     val, 1.0))
+        final = loop_state(len(history) + 1, tuple(history), incumbent)
         records += mechanisms.filter(MechanismProposal({"DEPTH": 3, "LR": 0.0130}, "crash again"),
                                      final).records
         records += mechanisms.suggest(final).records

@@ -64,12 +64,16 @@ def test_a_job_is_labelled_with_its_callers_principal(
     _, c, namespace = docker_cluster
     seen: list[str] = []
     stop = threading.Event()
+    mine = {"label": f"{LABEL_NAMESPACE}={namespace}"}
+    # Earlier tests' jobs (another caller's) may still be on their way out: only the
+    # containers this call starts count.
+    before = {found.id for found in docker_client.containers.list(all=True, filters=mine)}
 
     def look() -> None:
         while not stop.is_set() and not seen:
-            for found in docker_client.containers.list(
-                    all=True, filters={"label": f"{LABEL_NAMESPACE}={namespace}"}):
-                seen.append(found.labels.get(LABEL_PRINCIPAL, ""))
+            for found in docker_client.containers.list(all=True, filters=mine):
+                if found.id not in before:
+                    seen.append(found.labels.get(LABEL_PRINCIPAL, ""))
             time.sleep(0.1)
 
     watcher = threading.Thread(target=look)

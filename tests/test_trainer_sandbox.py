@@ -80,8 +80,6 @@ def test_deny_candidate_reading_validation_or_forging_the_metric(
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
 def test_broken_candidate_returns_its_traceback(executor: Any, runtime: str,
                                                 tiny_data: PreparedData) -> None:  # noqa: F811
-    if runtime == "runsc" and "runsc" not in executor.client.info().get("Runtimes", {}):
-        pytest.skip("gVisor (runsc) is not registered with the Docker daemon")
     source = PRESET.train_source().replace(
         "torch.manual_seed(SEED)\n", "torch.manual_seed(SEED)\nwidth = UNDEFINED_KNOB * 2\n", 1)
     outcome = run_in_sandbox(executor, source, PRESET, tiny_data, runtime=runtime)

@@ -211,9 +211,13 @@ def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path
     lifecycle = [e["mechanism"] for e in events if "mechanism" in e]
     assert lifecycle and final.mechanisms
 
-    trial = next(n for n in range(1, 9) if live.stubs.runs.GetArtifact(
-        rpb.GetArtifactRequest(run_id=run.id, name=f"trials/{n}/diff"),
-        metadata=live.stubs.metadata).content)
+    def artifact(n: int, name: str) -> bytes:
+        return live.stubs.runs.GetArtifact(rpb.GetArtifactRequest(
+            run_id=run.id, name=f"trials/{n}/{name}"), metadata=live.stubs.metadata).content
+
+    # A trial that changed train.py and trained (a portfolio arm's point may crash).
+    trial = next(n for n in range(1, 9)
+                 if artifact(n, "diff") and b"val_bpb:" in artifact(n, "log"))
     dom = _chromium(tmp_path, "--dump-dom", live.page.route(f"/run/{run.id}/trial/{trial}"))
     timeline = dom.split('<svg id="timeline"')[1].split("</svg>")[0]
     assert timeline.count("<circle") == len(lifecycle)
