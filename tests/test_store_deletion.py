@@ -264,5 +264,5 @@ def test_retention_and_budget_settings_come_from_file_and_environment(tmp_path: 
     assert load(None, {}, {}).retention == RetentionPolicy()  # off by default
     with pytest.raises(ConfigError, match=r"retention\.max_finished_runs .*must be >= 0"):
         load(None, {"BILEVEL_RETENTION__MAX_FINISHED_RUNS": "-1"}, {})
-    with pytest.raises(ConfigError, match="state_dir_max_bytes .*must be at least 1MiB"):
+    with pytest.raises(ConfigError, match=r"state_dir_max_bytes .*must be at least 1MiB"):
         load(None, {"BILEVEL_SERVER__STATE_DIR_MAX_BYTES": "1KiB"}, {})
