@@ -212,8 +212,9 @@ def test_ui_shows_mechanisms_levels_a_trial_and_an_ablation(live: Live, tmp_path
     assert lifecycle and final.mechanisms
 
     def artifact(n: int, name: str) -> bytes:
-        return live.stubs.runs.GetArtifact(rpb.GetArtifactRequest(
-            run_id=run.id, name=f"trials/{n}/{name}"), metadata=live.stubs.metadata).content
+        found = live.stubs.runs.GetArtifact(rpb.GetArtifactRequest(
+            run_id=run.id, name=f"trials/{n}/{name}"), metadata=live.stubs.metadata)
+        return bytes(found.content)
 
     # A trial that changed train.py and trained (a portfolio arm's point may crash).
     trial = next(n for n in range(1, 9)
