@@ -434,7 +434,7 @@ class InnerLoop:
         summary = run_summary_line(run, reason, check, objective)
         report = getattr(self.proposer, "report", None)  # Level 2's portfolio says how
         if report is not None and (allocated := report(self.store.trials(self.run_id))):
-            summary = f"{summary}\n{allocated}"
+            summary = f"{summary}; {allocated}"
         improved = check.beats if check is not None else False
         if self.store.finish_run(self.run_id, state, reason, summary, {
                 "state": state.value, "reason": reason, "baseline_val_bpb": run.baseline_val_bpb,
