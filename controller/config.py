@@ -207,9 +207,9 @@ class ServerConfig:
         if self.max_request_bytes_in_flight < MAX_MESSAGE_BYTES:
             raise FieldError(BYTES_KEY, f"{self.max_request_bytes_in_flight}: must be at "
                              f"least {MAX_MESSAGE_BYTES}, the largest request (Execute)")
+        self.default_limits.validate()  # the defaults of a request that sets none
         self.caps.validate()
-        try:  # the defaults of a request that sets none: section [limits]
-            self.default_limits.validate()
+        try:
             self.caps.check(self.default_limits)
         except FieldError as exc:
             raise FieldError(exc.field, f"the default {exc.reason}: lower it in [limits] or "
