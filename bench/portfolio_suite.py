@@ -17,12 +17,17 @@ temporary directory, /data/ pointing at the task's data folder. The cells run in
 process pool. D here is the portfolio alone (mechanism rounds need sandboxes).
 
     python -m bench.portfolio_suite --repeats 10 --trials 30 --workers 2
+
+`--cache FILE` keeps every finished cell (JSON lines) and reuses the cells it holds, so
+a change to the portfolio can be measured again with `--rerun D` without re-running the
+fixed strategies (their cells depend only on task, strategy, repeat and trials).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -31,6 +36,7 @@ import statistics
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +150,7 @@ class Result:
 
 def run_cell(cell: Cell) -> Result:
     configure_logging(level="error")
+    warnings.simplefilter("ignore", RuntimeWarning)  # the candidates' overflows
     started = time.monotonic()
     task = make_task(cell.task)
     kind = "local" if cell.strategy == PORTFOLIO else cell.strategy
@@ -229,22 +236,52 @@ def report(results: list[Result], strategies: list[str], repeats: int) -> None:
         for t, m in arms.items()))
 
 
+def load_cache(path: Path | None, trials: int) -> dict[Cell, Result]:
+    if path is None or not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        cell = Cell(**row["cell"])
+        if cell.trials == trials:
+            out[cell] = Result(cell, row["gain"], row["seconds"], row["arms"])
+    return out
+
+
+def save(path: Path | None, result: Result) -> None:
+    if path is not None:
+        with path.open("a") as f:
+            f.write(json.dumps({"cell": dataclasses.asdict(result.cell), "gain": result.gain,
+                                "seconds": result.seconds, "arms": result.arms}) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--cache", type=Path, help="JSON-lines file of finished cells")
+    parser.add_argument("--rerun", default="", help="strategies to run again despite the "
+                        "cache, e.g. D after a change to the portfolio")
     args = parser.parse_args()
     strategies = [*offline.names(), PORTFOLIO]
     cells = [Cell(t, s, r, args.trials) for t in args.tasks.split(",")
              for r in range(args.repeats) for s in strategies]
+    rerun = set(filter(None, args.rerun.split(",")))
+    cached = {c: r for c, r in load_cache(args.cache, args.trials).items()
+              if c.strategy not in rerun}
+    todo = [c for c in cells if c not in cached]
     started = time.monotonic()
+    results = [cached[c] for c in cells if c in cached]
     with ProcessPoolExecutor(args.workers) as pool:
-        results = list(pool.map(run_cell, cells, chunksize=1))
+        for result in pool.map(run_cell, todo, chunksize=1):
+            save(args.cache, result)
+            results.append(result)
     report(results, strategies, args.repeats)
-    print(f"\n{len(cells)} runs of {args.trials} trials in {time.monotonic() - started:.0f} s "
-          f"with {args.workers} workers")
+    print(f"\n{len(todo)} runs of {args.trials} trials in {time.monotonic() - started:.0f} s "
+          f"with {args.workers} workers ({len(cells) - len(todo)} cells from the cache); "
+          f"cell seconds summed: {sum(r.seconds for r in results):.0f}")
 
 
 if __name__ == "__main__":

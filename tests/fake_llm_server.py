@@ -32,6 +32,10 @@ class Reply:
     # When the client streams: seconds between chunks of about four characters each, so a
     # slow model (a small one under llama.cpp on a CPU) can be played back at its pace.
     chunk_delay: float = 0.0
+    # Prompt-cache usage: Anthropic reports these beside input_tokens (which excludes
+    # them); OpenAI reports cached_tokens inside prompt_tokens.
+    cache_read: int = 0
+    cache_write: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class RecordedRequest:
     def system(self) -> str:
         if self.api == "anthropic":
             system = self.body.get("system", "")
+            if isinstance(system, list):  # text blocks (marked for the prompt cache)
+                return "".join(str(b.get("text", "")) for b in system if isinstance(b, dict))
             return system if isinstance(system, str) else json.dumps(system)
         return "\n".join(m["content"] for m in self.body.get("messages", [])
                          if m.get("role") == "system")
@@ -84,15 +90,21 @@ _ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error",
 
 
 class FakeLLMServer:
-    """`reject_response_format` plays a server without structured output: a request that
-    carries `response_format` gets HTTP 400 naming it, as older OpenAI-compatible servers
-    answer."""
+    """`response_formats` plays a server with limited structured output: a request whose
+    `response_format` is not among them ("json_schema", "json_object+schema",
+    "json_object"; () for none) is refused, naming the field, with `refusal_status`: 400 as
+    older OpenAI-compatible servers answer, or 500 with a pydantic validation body as
+    llama.cpp's server (llama-cpp-python 0.3) does. `stream_usage=False` plays a server
+    that ignores stream_options: no usage chunk."""
 
     def __init__(self, responder: Responder | None = None, latency: float = 0.0,
-                 reject_response_format: bool = False) -> None:
+                 response_formats: tuple[str, ...] | None = None, refusal_status: int = 400,
+                 stream_usage: bool = True) -> None:
         self.responder = responder
         self.latency = latency  # added to every answer
-        self.reject_response_format = reject_response_format
+        self.response_formats = response_formats
+        self.refusal_status = refusal_status
+        self.stream_usage = stream_usage
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Script] = deque()
         self._lock = threading.Lock()
@@ -171,11 +183,11 @@ def _handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 return
             request = RecordedRequest(api, self.path, {k.lower(): v for k, v in
                                                        self.headers.items()}, body, time.time())
-            if server.reject_response_format and "response_format" in body:
+            refusal = _refusal(server, body)
+            if refusal is not None:
                 with server._lock:
                     server.requests.append(request)
-                self._send(400, _error(api, Fail(400, "Unrecognized request argument "
-                                                 "supplied: response_format")))
+                self._send(server.refusal_status, refusal)
                 return
             item = server._next(request)
             time.sleep(server.latency + item.delay)
@@ -185,7 +197,10 @@ def _handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             elif isinstance(item, Fail):
                 self._send(item.status, _error(api, item), item.retry_after)
             elif body.get("stream"):
-                self._stream(_events(api, item, model), item.chunk_delay)
+                events = _events(api, item, model)
+                if not server.stream_usage:
+                    events = [e for e in events if "usage" not in e or api == "anthropic"]
+                self._stream(events, item.chunk_delay)
             else:
                 self._send(200, _reply(api, item, model))
 
@@ -227,6 +242,28 @@ def _handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _format_of(body: dict[str, Any]) -> str | None:
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    kind = str(fmt.get("type"))
+    return "json_object+schema" if kind == "json_object" and "schema" in fmt else kind
+
+
+def _refusal(server: FakeLLMServer, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The error body for a response_format the server does not take, else None."""
+    fmt = _format_of(body)
+    if server.response_formats is None or fmt is None or fmt in server.response_formats:
+        return None
+    if server.refusal_status >= 500:  # llama-cpp-python's server: pydantic, as a 500
+        return {"error": {"message": (
+            "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': "
+            "\"Input should be 'text' or 'json_object'\", 'input': '" + str(fmt) + "'}]"),
+            "type": "internal_server_error", "param": None, "code": None}}
+    return {"error": {"message": "Unrecognized request argument supplied: response_format",
+                      "type": "invalid_request_error", "code": server.refusal_status}}
+
+
 def _reply(api: str, item: Reply, model: str) -> dict[str, Any]:
     if api == "anthropic":
         return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
@@ -254,7 +291,9 @@ def _events(api: str, item: Reply, model: str) -> list[dict[str, Any]]:
             {"__event__": "message_start", "type": "message_start", "message": {
                 "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
                 "content": [], "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": item.input_tokens, "output_tokens": 1}}},
+                "usage": {"input_tokens": item.input_tokens, "output_tokens": 1,
+                          "cache_read_input_tokens": item.cache_read,
+                          "cache_creation_input_tokens": item.cache_write}}},
             {"__event__": "content_block_start", "type": "content_block_start", "index": 0,
              "content_block": {"type": "text", "text": ""}}]
         events += [{"__event__": "content_block_delta", "type": "content_block_delta",
@@ -275,7 +314,8 @@ def _events(api: str, item: Reply, model: str) -> list[dict[str, Any]]:
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     chunks.append({**base, "choices": [], "usage": {
         "prompt_tokens": item.input_tokens, "completion_tokens": item.output_tokens,
-        "total_tokens": item.input_tokens + item.output_tokens}})
+        "total_tokens": item.input_tokens + item.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": item.cache_read}}})
     chunks.append({"__done__": True})
     return chunks
 

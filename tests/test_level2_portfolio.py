@@ -1,7 +1,8 @@
 """Level 2's portfolio (research/level2/portfolio.py, portfolio_proposer.py), as pure logic
-on simulated trials: the arm that pays gets most trials, an arm that never pays falls to
-the floor, the inverse-propensity credit is unbiased under the adaptive allocation, and
-a restarted run draws the same arms."""
+on simulated trials: the arm that pays gets most trials (by keeps, and by rank when
+nothing is kept), an arm that never pays falls to the floor, the inverse-propensity
+credit is unbiased under the adaptive allocation, and a restarted run draws the same
+arms."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from controller.research.level2.portfolio_proposer import (
     PRIOR_PULLS,
     PortfolioProposer,
     prior_from,
+    rank_reward,
 )
 from controller.research.level2.portfolio_proposer import pulls_of as _pulls
 from controller.store.records import TrialRecord, TrialStatus
@@ -39,18 +41,40 @@ class _Arm:
 
 def _simulate(rates: dict[str, float], trials: int, seed: int) -> list[TrialRecord]:
     """A run of `trials` proposals by the portfolio, where a trial of arm a is kept with
-    probability rates[a] (drawn by the simulation, independently of the portfolio)."""
+    probability rates[a] (drawn by the simulation, independently of the portfolio). A
+    kept trial beats every earlier result and any other trial is the worst yet, so a
+    trial's reward (its rank) is exactly 1 or 0."""
     proposer = PortfolioProposer({a: _Arm(a) for a in rates}, seed)
     outcome = random.Random(f"outcome:{seed}")
-    history: list[TrialRecord] = []
+    history = [TrialRecord("run-1", 0, True, 1, "baseline", {}, status=TrialStatus.KEEP,
+                           val_bpb=0.0)]
     for index in range(1, trials + 1):
         ctx = ProposerContext(index, {"X": 0.1}, SPACE, tuple(history))
         p = proposer.propose(ctx)
         kept = outcome.random() < rates[p.arm]
+        losses = [t.val_bpb for t in history if t.val_bpb is not None]
         history.append(TrialRecord(
             "run-1", index, True, 1, p.description, p.changes,
-            status=TrialStatus.KEEP if kept else TrialStatus.DISCARD, val_bpb=1.0,
+            status=TrialStatus.KEEP if kept else TrialStatus.DISCARD,
+            val_bpb=min(losses) - 1.0 if kept else max(losses) + 1.0,
             proposal_source="proposer", arm=p.arm, arm_probability=p.arm_probability))
+    return history
+
+
+def _simulate_losses(means: dict[str, float], trials: int, seed: int) -> list[TrialRecord]:
+    """A run where nothing is kept: arm a's trials have loss N(means[a], 1) (the baseline
+    0 is never beaten by the keep rule), as on a well-tuned smooth task where local steps
+    land near the baseline and global samples in the tail."""
+    proposer = PortfolioProposer({a: _Arm(a) for a in means}, seed)
+    outcome = random.Random(f"losses:{seed}")
+    history = [TrialRecord("run-1", 0, True, 1, "baseline", {}, status=TrialStatus.KEEP,
+                           val_bpb=0.0)]
+    for index in range(1, trials + 1):
+        p = proposer.propose(ProposerContext(index, {"X": 0.1}, SPACE, tuple(history)))
+        history.append(TrialRecord(
+            "run-1", index, True, 1, p.description, p.changes, status=TrialStatus.DISCARD,
+            val_bpb=outcome.gauss(means[p.arm], 1.0), proposal_source="proposer",
+            arm=p.arm, arm_probability=p.arm_probability))
     return history
 
 
@@ -62,6 +86,26 @@ def test_the_arm_that_pays_gets_most_trials() -> None:
         shares.append(arms.count("tpe") / len(arms))
         assert arms.count("tpe") > max(arms.count(a) for a in rates if a != "tpe")
     assert statistics.mean(shares) > 0.5
+
+
+def test_with_no_keep_at_all_the_arm_whose_trials_rank_best_gets_most_trials() -> None:
+    """Keeps are rare on a well-tuned task; the rank reward still tells the arms apart
+    within a 30-trial run."""
+    means = {"local": 0.5, "tpe": 2.0, "cmaes": 2.0, "random_search": 3.0}
+    shares = []
+    for seed in range(8):
+        arms = [t.arm for t in _simulate_losses(means, 30, seed)[1:]]
+        shares.append(arms.count("local") / len(arms))
+    assert statistics.mean(shares) > 0.5, shares
+
+
+def test_rank_reward_is_the_share_of_earlier_results_beaten() -> None:
+    assert rank_reward(1.0, [2.0, 3.0, 0.5, 1.0]) == pytest.approx(2.5 / 4)
+    assert rank_reward(None, [2.0]) == 0.0
+    assert rank_reward(float("nan"), [2.0]) == 0.0
+    assert rank_reward(0.1, []) == 0.5
+    # Only the sign of the differences counts: a task's loss scale changes nothing.
+    assert rank_reward(1e6, [2e6, 3e6]) == rank_reward(1e-6, [2e-6, 3e-6]) == 1.0
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -80,14 +124,15 @@ def test_an_arm_that_never_pays_falls_to_the_floor_and_is_retired(seed: int) -> 
 
 
 def test_inverse_propensity_credit_is_unbiased_under_the_adaptive_allocation() -> None:
-    """Each arm's IPW keep rate, averaged over many simulated runs, is its true keep rate,
-    although the allocation gave the arms very different numbers of trials."""
+    """Each arm's IPW mean reward, averaged over many simulated runs, is its true keep
+    rate (reward 1 for a keep, 0 otherwise here), although the allocation gave the arms
+    very different numbers of trials."""
     rates = {"a": 0.1, "b": 0.3, "c": 0.6}
     estimates: dict[str, list[float]] = {a: [] for a in rates}
     for seed in range(150):
         pulls = _pulls(_simulate(rates, 40, seed))
         for arm in rates:
-            estimates[arm].append(portfolio.ipw_keep_rate(pulls, arm).keep_rate)
+            estimates[arm].append(portfolio.ipw_reward(pulls, arm).reward)
     for arm, rate in rates.items():
         mean = statistics.mean(estimates[arm])
         se = statistics.stdev(estimates[arm]) / len(estimates[arm]) ** 0.5

@@ -5,18 +5,26 @@ timeout that is not retried identically, and the trainer's facts in the prompt."
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
+from anthropic.types import message_create_params
 
+from controller.llm.accounting import CallRecord
+from controller.llm.errors import LLMUnavailable
 from controller.llm.limits import CALL_MAX_TOKENS
 from controller.llm.types import ChatMessage, LLMRequest
 from controller.research.task import TrialOutcome
-from tests.fake_llm_server import FakeLLMServer, Reply
+from controller.store.db import Database
+from controller.store.llm_calls import CallLog
+from controller.store.llm_capabilities import CapabilityStore
+from tests.fake_llm_server import Fail, FakeLLMServer, Reply
 from tests.test_llm_providers import _raw, _stack
 from tests.test_loop_harness import (
     TEST_KEY,
@@ -67,13 +75,71 @@ def test_structured_output_is_asked_for_and_a_server_without_it_is_asked_again_w
         _raw(plain, "openai").complete(_request(schema=SCHEMA))
         sent = plain.requests[0].body["response_format"]
         assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == SCHEMA
-    with FakeLLMServer(reject_response_format=True) as old:
+    with FakeLLMServer(response_formats=()) as old:
         old.push(Reply('{"changes": {"A": 1}}'), Reply('{"changes": {"B": 2}}'))
         provider = _raw(old, "openai")
         assert provider.complete(_request(schema=SCHEMA)).text == '{"changes": {"A": 1}}'
         assert provider.complete(_request(schema=SCHEMA)).text == '{"changes": {"B": 2}}'
-        # One refused request, then never again: the fallback is remembered.
-        assert ["response_format" in r.body for r in old.requests] == [True, False, False]
+        # Each refused form once, then never again: the step is remembered, and the
+        # schema goes into the prompt instead.
+        assert [_format(r.body) for r in old.requests] == [
+            "json_schema", "json_object+schema", "json_object", None, None]
+        assert json.dumps(SCHEMA, separators=(",", ":")) in old.requests[-1].system
+
+
+def _format(body: dict[str, object]) -> str | None:
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    return "json_object+schema" if fmt.get("type") == "json_object" and "schema" in fmt \
+        else str(fmt.get("type"))
+
+
+@pytest.mark.parametrize("status", [400, 422, 500])
+def test_a_refused_response_format_steps_down_whatever_the_status_and_is_remembered(
+        tmp_path: Path, status: int) -> None:
+    """llama.cpp's server refuses json_schema with HTTP 500 and a validation body; the
+    provider asks again one step down (never the identical request), remembers the step
+    per base URL and model in the store, and the next provider starts there."""
+    memory = CapabilityStore(Database(tmp_path / "store.db"))
+    with FakeLLMServer(response_formats=("json_object+schema", "json_object"),
+                       refusal_status=status) as llama:
+        llama.push(Reply('{"changes": {"A": 1}}'), Reply('{"changes": {"B": 2}}'))
+        records: list[CallRecord] = []
+        first = _stack(llama, "openai", records, attempts=1, memory=memory)
+        assert first.complete(_request(schema=SCHEMA)).text == '{"changes": {"A": 1}}'
+        assert [_format(r.body) for r in llama.requests] == ["json_schema",
+                                                             "json_object+schema"]
+        assert records[-1].notes and "json_schema -> json_object+schema" in records[-1].notes[0]
+        url = llama.openai_url
+        assert memory.get(url, "deepseek-chat")["structured"] == "json_object+schema"
+        assert f"HTTP {status}" in memory.reason(url, "deepseek-chat")
+        # A new provider (a resumed run, the next run) starts at the remembered step.
+        second = _stack(llama, "openai", [], attempts=1, memory=memory)
+        assert second.complete(_request(schema=SCHEMA)).text == '{"changes": {"B": 2}}'
+        assert _format(llama.requests[-1].body) == "json_object+schema"
+        assert len(llama.requests) == 3
+
+
+def test_a_server_error_that_names_a_field_is_not_retried_identically() -> None:
+    """A 500 whose body is a validation error of a field we cannot drop is a request
+    error: no retry of the same request; a bare 500 stays transient."""
+    with FakeLLMServer() as server:
+        server.push(Fail(500, "[{'loc': ('body', 'messages', 0), 'msg': 'bad'}]"))
+        with pytest.raises(LLMUnavailable, match="not retryable"):
+            _stack(server, "openai", [], attempts=4).complete(_request())
+        assert len(server.requests) == 1
+        server.push(Fail(500, "boom"), Reply("ok"))
+        assert _stack(server, "openai", [], attempts=4).complete(_request()).text == "ok"
+
+
+def test_a_server_without_usage_in_streams_gets_estimates_marked_as_such() -> None:
+    with FakeLLMServer(stream_usage=False) as server:
+        server.push(Reply("x" * 400, input_tokens=999, output_tokens=99))
+        records: list[CallRecord] = []
+        response = _stack(server, "openai", records, attempts=1).complete(_request())
+        assert response.usage_estimated and response.output_tokens == 100
+        assert records[0].usage_estimated and records[0].to_dict()["usage_estimated"]
 
 
 def test_a_timed_out_call_is_retried_with_more_patience_and_fewer_tokens(
@@ -114,3 +180,46 @@ def test_params_calls_ask_for_a_bounded_answer_shaped_by_the_knobs_and_see_train
     # The second prompt shows trial 1's training facts and the hardware it ran on.
     assert "Trials train on cpu (2 threads)" in second.text
     assert "steps 412, tokens 6.8M, params 1.3M, train 15s, peak mem 0.75GB" in second.text
+
+
+def test_anthropic_requests_mark_the_stable_prefix_for_the_prompt_cache_and_price_it(
+        tmp_path: Path, server: FakeLLMServer) -> None:
+    """Every proposal's system prompt (role, task, answer format, knobs) is sent as a
+    text block with cache_control, in a request the SDK's own types accept; the cache's
+    reads and writes come back per call, are priced at the cache's rates and are summed
+    in the run's summary."""
+    server.push(Reply(params_answer({"DEPTH": 10}), input_tokens=50, cache_write=1500),
+                Reply(params_answer({"MATRIX_LR": 0.05}), input_tokens=80, cache_read=1500))
+    parts = make_loop(tmp_path, SyntheticTask(), run_settings(2,
+                                                              llm_settings(server.anthropic_url)))
+    parts.loop.run()
+    first, second = server.requests
+    adapter = pydantic.TypeAdapter(message_create_params.MessageCreateParamsStreaming)
+    for request in (first, second):
+        valid = adapter.validate_python(request.body)
+        system = list(valid["system"])  # type: ignore[arg-type]
+        list(valid["messages"])  # iterating validates each message
+        assert len(system) == 1 and system[0]["cache_control"] == {"type": "ephemeral"}
+    # The prefix is the same in both calls up to the knobs' current values, which change
+    # only when a candidate is kept (trial 1 was: DEPTH 8 -> 10); the trace is outside it.
+    head = first.system.index("# Knobs")
+    assert first.system[:head] == second.system[:head] and "# Task" in first.system[:head]
+    assert "DEPTH = 8" in first.system and "DEPTH = 10" in second.system
+    assert "# Recent trials" in second.messages[0]["content"]
+    calls = CallLog(parts.store).calls("run-test")
+    assert [(c["cache_write_tokens"], c["cache_read_tokens"]) for c in calls] == \
+        [(1500, 0), (0, 1500)]
+    assert calls[0]["input_tokens"] == 1550 and calls[1]["input_tokens"] == 1580
+    # Sonnet's $3/M input: a cache write costs 1.25x, a read 0.1x.
+    assert calls[0]["cost_usd"] == pytest.approx((50 * 3 + 1500 * 3.75 + 40 * 15) / 1e6)
+    assert calls[1]["cost_usd"] == pytest.approx((80 * 3 + 1500 * 0.3 + 40 * 15) / 1e6)
+    summary = parts.store.get_run("run-test").summary
+    assert "1,500 read from the prompt cache, 1,500 written to it" in summary
+
+
+def test_openai_cached_prompt_tokens_are_recorded(server: FakeLLMServer) -> None:
+    server.push(Reply("ok", input_tokens=2000, cache_read=1536))
+    records: list[CallRecord] = []
+    response = _stack(server, "openai", records, attempts=1).complete(_request())
+    assert (response.input_tokens, response.cache_read_tokens) == (2000, 1536)
+    assert records[0].cache_read_tokens == 1536

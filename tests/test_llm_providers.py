@@ -14,6 +14,7 @@ import structlog
 
 from controller.errors import FieldError
 from controller.llm.accounting import CallRecord, MeteredProvider, Pricing
+from controller.llm.capabilities import CapabilityMemory
 from controller.llm.errors import LLMBudgetSpent, LLMConfigError, LLMUnavailable
 from controller.llm.factory import build_provider
 from controller.llm.keys import ApiKey, resolve_key
@@ -48,12 +49,13 @@ def _raw(server: FakeLLMServer, provider: str, timeout: float = 5.0) -> Provider
 
 
 def _stack(server: FakeLLMServer, provider: str, records: list[CallRecord],
-           attempts: int = 4, timeout: float = 5.0, budget: str = "") -> Provider:
+           attempts: int = 4, timeout: float = 5.0, budget: str = "",
+           memory: CapabilityMemory | None = None) -> Provider:
     return build_provider(
         llm_settings(_url(server, provider), provider, max_attempts=attempts,
                      timeout_seconds=timeout),
         LLMAccess().allowing(_url(server, provider)), record=records.append,
-        budget_spent=lambda: budget, replay_answers=lambda run: {})
+        budget_spent=lambda: budget, replay_answers=lambda run: {}, capabilities=memory)
 
 
 @pytest.fixture(autouse=True)

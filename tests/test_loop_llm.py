@@ -85,21 +85,48 @@ def test_params_run_feeds_rejections_back_and_stores_every_prompt_and_answer(
     assert TEST_KEY.encode() not in stored
 
 
-def test_answers_still_invalid_after_the_retries_make_an_invalid_trial(
+def test_an_answer_that_never_passes_is_not_a_trial_its_slot_goes_to_local(
         tmp_path: Path, server: FakeLLMServer) -> None:
-    server.push(*[Reply("I think we should go deeper.")] * 3,
-                Reply(params_answer({"DEPTH": 10})))
+    """After its repair turns the LLM still gave prose: the trial is proposed by offline
+    local search instead and runs; the failure is recorded with it and counted in the
+    summary. The repair turn quotes the rejected answer cut short, never whole."""
+    rambling = "I think we should go deeper. " * 40  # 1,160 characters, no JSON
+    server.push(*[Reply(rambling)] * 3, Reply(params_answer({"DEPTH": 10})))
     task = SyntheticTask()
     settings = run_settings(2, llm_settings(server.anthropic_url),
                             proposer={"max_invalid_retries": 2})
     parts = make_loop(tmp_path, task, settings)
     parts.loop.run()
     trials = parts.store.trials("run-test")
-    assert trials[1].status is TrialStatus.CRASH and trials[1].job_status == "invalid"
-    assert "no JSON object" in (trials[1].exception or {})["message"]
-    assert trials[2].status is not None and trials[2].job_status == "ok"
+    assert trials[1].job_status == "ok" and trials[1].status is not TrialStatus.CRASH
+    assert trials[1].changes and "no JSON object" in trials[1].llm_failure
+    assert "[local]; the LLM gave no usable answer in 3 calls" in trials[1].description
+    assert trials[2].llm_failure == "" and trials[2].changes == {"DEPTH": 10}
     searched = [e for e in task.evaluated if e.seed < FRESH_SEED_OFFSET]  # no final check
-    assert len(searched) == 2  # the baseline and trial 2: nothing ran for trial 1
+    assert len(searched) == 3  # the baseline, local's trial 1 and the LLM's trial 2
+    # Every repair turn is short: the first prompt, the cut answer, the error.
+    for request in server.requests[1:3]:
+        assert [m["role"] for m in request.messages] == ["user", "assistant", "user"]
+        assert len(request.messages[1]["content"]) < 400
+        assert "Rejected: response: no JSON object found" in request.messages[2]["content"]
+    summary = parts.store.get_run("run-test").summary
+    assert "LLM: 4 calls (0 failed), 2 proposals (0 repaired, 1 unusable" in summary
+    finished = [e for e in parts.store.events_after("run-test", 0)
+                if e.kind is EventKind.TRIAL_FINISHED]
+    assert "no JSON object" in finished[1].payload["llm_failure"]
+
+
+def test_a_run_whose_llm_never_gives_a_usable_answer_says_so(
+        tmp_path: Path, server: FakeLLMServer) -> None:
+    server.push(*[Reply("Let me think about it.")] * 6)
+    settings = run_settings(3, llm_settings(server.anthropic_url),
+                            proposer={"max_invalid_retries": 1})
+    parts = make_loop(tmp_path, SyntheticTask(), settings)
+    parts.loop.run()
+    run = parts.store.get_run("run-test")
+    assert run.trials_done == 4  # the baseline and three trials local proposed
+    assert run.stop_reason.startswith("the LLM never produced a usable proposal (3 asked")
+    assert "every trial was proposed by local search" in run.summary
 
 
 def test_code_mode_runs_edits_and_gives_a_crash_a_bounded_number_of_fixes(

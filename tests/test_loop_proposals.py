@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from controller.research.level1.answers import parse_code_hypothesis, parse_params_answer
 from controller.research.level1.edits import Edit, apply_edits, parse_edits
-from controller.research.level1.llm_proposer import parse_code_hypothesis, parse_params_answer
 from controller.research.level1.protect import TRAINER
 from controller.research.level1.space import ProposalError
 from controller.research.level1.validate import Validator
@@ -49,12 +49,29 @@ def test_invalid_changes_are_rejected_with_a_reason_and_never_written(
 
 def test_json_answers_parse_with_or_without_a_fence() -> None:
     fenced = 'Here:\n```json\n{"changes": {"DEPTH": 9}, "hypothesis": "deeper"}\n```'
-    assert parse_params_answer(fenced) == ({"DEPTH": 9}, "deeper")
-    for broken, why in [("no json here", "no JSON object"), ('{"changes": {"DEPTH": 9,}}',
-                        "does not parse"), ('{"changes": [1]}', '"changes"'),
-                        ('{"changes": {"DEPTH": 9}}', "hypothesis")]:
+    answer = parse_params_answer(fenced)
+    assert (answer.changes, answer.hypothesis, answer.repaired) == ({"DEPTH": 9}, "deeper",
+                                                                    False)
+    for broken, why in [("no json here", "no JSON object"), ('{"changes": [1]}', '"changes"'),
+                        ('{"changes": {"DEPTH": 9}}', "hypothesis"),
+                        ('{"changes": ' + "[" * 40 + "]" * 40 + "}", "nests deeper"),
+                        ("{" + " " * 70_000 + "}", "characters")]:
         with pytest.raises(ProposalError, match=why):
             parse_params_answer(broken)
+
+
+@pytest.mark.parametrize("text", [
+    # What small models under llama.cpp answered (#23): prose around the JSON, a trailing
+    # comma, single quotes, an answer cut at max_tokens inside the hypothesis.
+    'Sure! Here is my proposal: {"changes": {"DEPTH": 9}, "hypothesis": "deeper"} Hope it helps',
+    '{"changes": {"DEPTH": 9,}, "hypothesis": "deeper",}',
+    "{'changes': {'DEPTH': 9}, 'hypothesis': 'deeper'}",
+    '{"changes": {"DEPTH": 9}, "hypothesis": "deeper',
+])
+def test_answers_real_models_give_are_read_and_marked_repaired(text: str) -> None:
+    answer = parse_params_answer(text)
+    assert answer.changes == {"DEPTH": 9} and answer.hypothesis == "deeper"
+    assert answer.repaired == (not text.startswith("Sure"))
 
 
 def test_frozen_knobs_are_rejected() -> None:

@@ -366,7 +366,8 @@ def event(record: EventRecord) -> rpb.RunEvent:
             llm_tokens=p.get("llm_tokens", 0), llm_cost_usd=p.get("llm_cost_usd", 0.0),
             mechanisms_json=p.get("mechanisms_json", ""),
             proposal_source=p.get("proposal_source", ""), node_id=p.get("node", ""),
-            arm=p.get("arm") or "", arm_probability=p.get("arm_probability")))
+            arm=p.get("arm") or "", arm_probability=p.get("arm_probability"),
+            llm_failure=p.get("llm_failure") or ""))
     elif record.kind is EventKind.NEW_BEST:
         out.new_best.CopyFrom(rpb.RunEvent.NewBest(
             trial=p["trial"], loss=p["val_bpb"], previous_loss=p.get("previous_val_bpb"),

@@ -32,22 +32,37 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 
+# Prompt-cache prices as multiples of the input price, by provider: Anthropic bills a
+# cache write at 1.25x and a read at 0.1x; OpenAI-compatible servers a cached read at 0.5x.
+CACHE_FACTORS: dict[str, tuple[float, float]] = {"anthropic": (0.1, 1.25),
+                                                 "openai": (0.5, 1.0)}
+
+
 @dataclass(frozen=True)
 class Pricing:
     input_per_mtok: float
     output_per_mtok: float
+    cache_read_factor: float = 1.0
+    cache_write_factor: float = 1.0
 
     @classmethod
     def for_settings(cls, settings: LLMSettings) -> Pricing:
         table = next((PRICES[p] for p in sorted(PRICES, key=len, reverse=True)
                       if settings.model_name.startswith(p)), (0.0, 0.0))
+        read, write = CACHE_FACTORS.get(settings.provider, (1.0, 1.0))
         return cls(settings.price_input_per_mtok if settings.price_input_per_mtok >= 0
                    else table[0],
                    settings.price_output_per_mtok if settings.price_output_per_mtok >= 0
-                   else table[1])
+                   else table[1], read, write)
 
     def cost(self, response: LLMResponse) -> float:
-        return self.price(response.input_tokens, response.output_tokens)
+        """The call's price: cached prompt tokens at the cache's rates, the rest at the
+        input price."""
+        fresh = response.input_tokens - response.cache_read_tokens - response.cache_write_tokens
+        return (max(fresh, 0) * self.input_per_mtok
+                + response.cache_read_tokens * self.input_per_mtok * self.cache_read_factor
+                + response.cache_write_tokens * self.input_per_mtok * self.cache_write_factor
+                + response.output_tokens * self.output_per_mtok) / 1e6
 
     def price(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_per_mtok
@@ -70,6 +85,10 @@ class CallRecord:
     cost_usd: float
     latency_seconds: float
     time: float = field(default_factory=time.time)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    usage_estimated: bool = False
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.tag.trial, "call": self.tag.call, "purpose": self.tag.purpose,
@@ -78,7 +97,9 @@ class CallRecord:
                 "response": self.response, "error": self.error,
                 "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "cost_usd": self.cost_usd, "latency_seconds": self.latency_seconds,
-                "time": self.time}
+                "time": self.time, "cache_read_tokens": self.cache_read_tokens,
+                "cache_write_tokens": self.cache_write_tokens,
+                "usage_estimated": self.usage_estimated, "notes": list(self.notes)}
 
 
 class MeteredProvider:
@@ -119,5 +140,9 @@ class MeteredProvider:
         self.record(CallRecord(request.tag, self.name, response.model, request.system,
                                messages, response.text, "", response.input_tokens,
                                response.output_tokens, self.pricing.cost(response),
-                               time.monotonic() - start))
+                               time.monotonic() - start,
+                               cache_read_tokens=response.cache_read_tokens,
+                               cache_write_tokens=response.cache_write_tokens,
+                               usage_estimated=response.usage_estimated,
+                               notes=response.notes))
         return response

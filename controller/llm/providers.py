@@ -8,27 +8,42 @@ are off (max_retries=0): retrying is one policy for all providers
 (controller/llm/retry.py), and every attempt is accounted for. SDK errors become
 LLMError with `retryable` set the same way for both.
 
-Structured output: an OpenAI-compatible request with a `response_schema` carries
-`response_format` (type json_schema), which OpenAI, vLLM and llama.cpp turn into a
-constrained decode. A server that refuses the field (HTTP 400/422 naming it) is asked
-again without it, and this provider stops sending it. Anthropic's answers are shaped by
-the prompt alone. Either way the answer is validated by the caller.
+Structured output: an OpenAI-compatible request with a `response_schema` asks for it in
+the strongest form the endpoint takes (controller/llm/capabilities.py): a server that
+refuses a request field - 400, 422 or a 500 whose body names it - is asked again one
+step down, never with the identical request, and the step is remembered per base URL and
+model. Anthropic's answers are shaped by the prompt alone. Either way the answer is
+validated by the caller.
+
+Prompt caching: the system prompt is the stable prefix of every call of a run (the task,
+the answer format, the knobs or the code); Anthropic's request marks it with
+`cache_control`, and OpenAI-compatible servers cache a repeated prefix on their own. The
+tokens read from and written to the cache come back in the response, for pricing.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import anthropic
 import openai
+import structlog
+from anthropic.types import CacheControlEphemeralParam, TextBlockParam
 
+from controller.llm.capabilities import Capabilities, CapabilityMemory
 from controller.llm.errors import LLMError
 from controller.llm.keys import ApiKey
 from controller.llm.settings import LLMSettings
 from controller.llm.types import LLMRequest, LLMResponse
 
+log = structlog.get_logger(__name__)
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Request fields a server's refusal may name; naming one makes an error a request error
+# (not transient), whatever its status.
+REQUEST_FIELDS = ("response_format", "stream_options", "temperature", "max_tokens",
+                  "messages", "model", "stream")
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -39,16 +54,46 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+def named_field(exc: Exception) -> str | None:
+    """The request field a refusal names: a 400/422, or a 5xx whose body is a request
+    validation error (llama.cpp's server answers 500 with pydantic's `'loc': ('body',
+    'response_format', ...)`). None for anything else."""
+    if not isinstance(exc, anthropic.APIStatusError | openai.APIStatusError):
+        return None
+    text = str(exc)
+    if exc.status_code >= 500 and not ("'body'" in text or '"body"' in text
+                                       or "validation" in text.lower()):
+        return None
+    if exc.status_code < 500 and exc.status_code not in (400, 422):
+        return None
+    return next((f for f in REQUEST_FIELDS if f in text), None)
+
+
+def _overflow(text: str) -> bool:
+    low = text.lower()
+    return "context" in low and any(w in low for w in ("exceed", "length", "too long",
+                                                       "maximum"))
+
+
 def _map_error(provider: str, exc: Exception) -> LLMError:
     """Rate limits, overload (5xx, Anthropic's 529), timeouts, dropped connections and
-    malformed bodies are retryable; other 4xx (bad key, bad request) are not."""
+    malformed bodies are retryable; other 4xx (bad key, bad request), a prompt past the
+    model's context, and any error that names a request field are not: repeating the
+    identical request cannot succeed."""
     status_error = (anthropic.APIStatusError, openai.APIStatusError)
     if isinstance(exc, status_error):
         status = exc.status_code
-        retryable = status in RETRYABLE_STATUS or status >= 500
+        field = named_field(exc)
+        retryable = (status in RETRYABLE_STATUS or status >= 500) and field is None
         message = f"{provider} answered HTTP {status}: {_short(exc)}"
         if status in (401, 403):
             message += " (check the API key)"
+        if _overflow(str(exc)):
+            retryable = False
+            message = (f"{provider}: the prompt does not fit the model's context window "
+                       f"(HTTP {status}: {_short(exc)})")
+        elif field is not None:
+            message += f" (the server refused the request field {field!r})"
         return LLMError(message, retryable=retryable, status=status,
                         retry_after=_retry_after(exc.response.headers))
     if isinstance(exc, anthropic.APITimeoutError | openai.APITimeoutError):
@@ -75,9 +120,12 @@ def _estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def _names_field(exc: Exception, field: str) -> bool:
-    return isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 422) \
-        and field in str(exc)
+def anthropic_system(system: str) -> list[TextBlockParam]:
+    """The system prompt as one text block marked for Anthropic's prompt cache: it is the
+    stable prefix of every call (a prefix shorter than the model's minimum is simply not
+    cached)."""
+    return [TextBlockParam(type="text", text=system,
+                           cache_control=CacheControlEphemeralParam(type="ephemeral"))]
 
 
 class AnthropicProvider:
@@ -98,14 +146,18 @@ class AnthropicProvider:
         timeout = request.timeout_seconds or self.settings.timeout_seconds
         try:
             with self._client.messages.stream(
-                    model=self.model, max_tokens=request.max_tokens, system=request.system,
-                    messages=messages, extra_body=extra or None, timeout=timeout) as stream:
+                    model=self.model, max_tokens=request.max_tokens,
+                    system=anthropic_system(request.system), messages=messages,
+                    extra_body=extra or None, timeout=timeout) as stream:
                 reply = stream.get_final_message()
             text = "".join(block.text for block in reply.content if block.type == "text")
             usage = reply.usage
-            return LLMResponse(text=text, input_tokens=int(usage.input_tokens),
+            read = int(getattr(usage, "cache_read_input_tokens", None) or 0)
+            written = int(getattr(usage, "cache_creation_input_tokens", None) or 0)
+            return LLMResponse(text=text, input_tokens=int(usage.input_tokens) + read + written,
                                output_tokens=int(usage.output_tokens), model=reply.model,
-                               stop_reason=str(reply.stop_reason or ""))
+                               stop_reason=str(reply.stop_reason or ""),
+                               cache_read_tokens=read, cache_write_tokens=written)
         except (anthropic.APIError, *MALFORMED, AssertionError, RuntimeError) as exc:
             raise _map_error(self.name, exc) from exc
 
@@ -116,38 +168,71 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, settings: LLMSettings, key: ApiKey) -> None:
+    def __init__(self, settings: LLMSettings, key: ApiKey,
+                 memory: CapabilityMemory | None = None) -> None:
         self.model = settings.model_name
         self.settings = settings
         self._client = openai.OpenAI(api_key=key.reveal(), base_url=settings.base_url or None,
                                      max_retries=0, timeout=settings.timeout_seconds)
-        # Optional request fields this server refused once; never sent to it again.
-        self.unsupported: set[str] = set()
+        self.endpoint = settings.base_url or "https://api.openai.com/v1"
+        self.memory = memory
+        self.capabilities = Capabilities.from_mapping(
+            memory.get(self.endpoint, self.model) if memory is not None else {})
 
     def complete(self, request: LLMRequest) -> LLMResponse:
-        for _ in range(3):  # at most one retry per optional field
+        notes: list[str] = []
+        while True:
             try:
-                return self._complete(request)
+                response = self._complete(request)
+                return replace(response, notes=tuple(notes)) if notes else response
             except openai.APIStatusError as exc:
-                refused = next((f for f in ("response_format", "stream_options")
-                                if f not in self.unsupported and _names_field(exc, f)), None)
-                if refused is None:
+                field = named_field(exc)
+                lower = self.capabilities.without(field) if field else None
+                if lower is None or (field == "response_format"
+                                     and request.response_schema is None):
                     raise _map_error(self.name, exc) from exc
-                self.unsupported.add(refused)
+                notes.append(self._step_down(lower, field or "", exc))
             except (openai.APIError, *MALFORMED) as exc:
                 raise _map_error(self.name, exc) from exc
-        raise LLMError(f"{self.name} refused every optional field", retryable=False)
+
+    def _step_down(self, lower: Capabilities, field: str, exc: openai.APIStatusError) -> str:
+        before = self.capabilities
+        self.capabilities = lower
+        note = (f"the server refused {field} (HTTP {exc.status_code}); structured output "
+                f"{before.structured} -> {lower.structured}, usage in streams "
+                f"{'on' if lower.stream_usage else 'off'}")
+        log.warning("llm endpoint refused a request field; asking one step down",
+                    endpoint=self.endpoint, model=self.model, field=field,
+                    status=exc.status_code, structured=lower.structured)
+        if self.memory is not None:
+            self.memory.put(self.endpoint, self.model, lower.as_mapping(),
+                            f"{note}: {_short(exc)}")
+        return note
+
+    def _structured(self, request: LLMRequest) -> tuple[dict[str, Any], str]:
+        """(request kwargs, text added to the system prompt) for the answer's schema."""
+        schema = request.response_schema
+        if schema is None:
+            return {}, ""
+        step = self.capabilities.structured
+        if step == "json_schema":
+            return {"response_format": {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": schema, "strict": False}}}, ""
+        if step == "json_object+schema":
+            return {"response_format": {"type": "json_object", "schema": schema}}, ""
+        prompt = ("\n\nAnswer with one JSON object that matches this JSON Schema:\n"
+                  + json.dumps(schema, separators=(",", ":")))
+        if step == "json_object":
+            return {"response_format": {"type": "json_object"}}, prompt
+        return {}, prompt
 
     def _complete(self, request: LLMRequest) -> LLMResponse:
-        messages: list[Any] = [{"role": "system", "content": request.system}]
+        kwargs, schema_text = self._structured(request)
+        messages: list[Any] = [{"role": "system", "content": request.system + schema_text}]
         messages += [dict(role=m.role, content=m.content) for m in request.messages]
-        kwargs: dict[str, Any] = {}
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
-        if request.response_schema is not None and "response_format" not in self.unsupported:
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "answer", "schema": request.response_schema, "strict": False}}
-        if "stream_options" not in self.unsupported:
+        if self.capabilities.stream_usage:
             kwargs["stream_options"] = {"include_usage": True}
         stream = self._client.chat.completions.create(
             model=self.model, messages=messages, max_tokens=request.max_tokens, stream=True,
@@ -165,12 +250,19 @@ class OpenAIProvider:
                     if choice.finish_reason:
                         finish = str(choice.finish_reason)
         text = "".join(parts)
-        if not text and not finish:
-            raise ValueError("the stream carried no answer")
+        prompt_text = "".join(str(m["content"]) for m in messages)
+        if not text and not finish:  # retried as malformed; the hint names the likely cause
+            raise ValueError(
+                f"the stream carried no answer to a prompt of about "
+                f"{_estimate_tokens(prompt_text)} tokens (llama.cpp's server answers so when "
+                "the prompt does not fit the model's context window)")
         if usage is not None:
-            tokens_in, tokens_out = int(usage.prompt_tokens), int(usage.completion_tokens)
-        else:  # a server that does not report usage in streams
-            prompt_text = "".join(str(m["content"]) for m in messages)
-            tokens_in, tokens_out = _estimate_tokens(prompt_text), _estimate_tokens(text)
-        return LLMResponse(text=text, input_tokens=tokens_in, output_tokens=tokens_out,
-                           model=model, stop_reason=finish)
+            details = getattr(usage, "prompt_tokens_details", None)
+            cached = int(getattr(details, "cached_tokens", None) or 0) if details else 0
+            return LLMResponse(text=text, input_tokens=int(usage.prompt_tokens),
+                               output_tokens=int(usage.completion_tokens), model=model,
+                               stop_reason=finish, cache_read_tokens=cached)
+        # A server that does not report usage in streams: estimated, and marked so.
+        return LLMResponse(text=text, input_tokens=_estimate_tokens(prompt_text),
+                           output_tokens=_estimate_tokens(text), model=model,
+                           stop_reason=finish, usage_estimated=True)

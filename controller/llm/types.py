@@ -42,11 +42,21 @@ class LLMRequest:
 
 @dataclass(frozen=True)
 class LLMResponse:
+    """`input_tokens` counts the whole prompt, cached or not; `cache_read_tokens` and
+    `cache_write_tokens` are the parts read from and written to the provider's prompt
+    cache (priced differently). `usage_estimated`: the server reported no usage, so the
+    tokens are estimated from characters. `notes`: what the provider negotiated on the
+    way (a request field the server refused), for the call's record."""
+
     text: str
     input_tokens: int
     output_tokens: int
     model: str
     stop_reason: str = ""
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    usage_estimated: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def tokens(self) -> int:

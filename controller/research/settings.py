@@ -64,7 +64,9 @@ class ProposerSettings:
     max_changes: int = 2
     step: float = 0.5
     mode: str = "params"  # llm: "params" (JSON knob changes) or "code" (edits of train.py)
-    max_invalid_retries: int = 3  # rejected answers fed back before a trial is "invalid"
+    # Repair turns after a rejected answer (each quotes the validation error back); then
+    # the trial goes to the offline fallback proposer.
+    max_invalid_retries: int = 1
     max_fix_attempts: int = 2  # follow-up proposals that try to fix one crash
     history_trials: int = 12  # recent trials shown in the prompt
     use_memory: bool = True  # lessons of earlier runs on the task go into the prompt

@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 );
 """
-# Every LLM call of a run (store/llm_calls.py).
+# Every LLM call of a run (store/llm_calls.py), and what each endpoint accepts
+# (store/llm_capabilities.py).
 LLM_CALLS = """
 CREATE TABLE IF NOT EXISTS llm_calls (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -86,6 +87,14 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     PRIMARY KEY (run_id, seq)
 );
 CREATE INDEX IF NOT EXISTS llm_calls_by_time ON llm_calls(time);
+CREATE TABLE IF NOT EXISTS llm_capabilities (
+    base_url TEXT NOT NULL,
+    model TEXT NOT NULL,
+    values_json TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (base_url, model)
+);
 """
 # Lessons kept for later runs (store/memory.py).
 LESSONS = """
@@ -162,6 +171,8 @@ MIGRATIONS = (
     # The Level 2 portfolio arm that proposed the trial and its probability (propensity).
     ("trials", "arm", "TEXT NOT NULL DEFAULT ''"),
     ("trials", "arm_probability", "REAL"),
+    # Why the LLM gave no usable proposal for the trial (another proposer made it).
+    ("trials", "llm_failure", "TEXT NOT NULL DEFAULT ''"),
     # The principal the run belongs to; runs made before principals are "shared"'s.
     ("runs", "owner", f"TEXT NOT NULL DEFAULT '{SHARED.name}'"),
     # The principal a lesson's run belonged to (lessons made before principals: "shared").

@@ -97,6 +97,8 @@ class TrialRecord:
     # probability that arm had of being chosen; "" and None outside a portfolio draw.
     arm: str = ""
     arm_probability: float | None = None
+    # Why the LLM gave no usable proposal, when the fallback proposer made this trial's.
+    llm_failure: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class TrialMeta:
     proposal_id: str = ""
     arm: str = ""  # the portfolio arm that proposed it, and its probability
     arm_probability: float | None = None
+    llm_failure: str = ""  # the LLM gave no usable proposal; the fallback's ran
 
 
 @dataclass(frozen=True)

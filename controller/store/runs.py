@@ -134,11 +134,11 @@ class RunStore(Database):
             if row is None:
                 attempt = 1
                 tx.db.execute("INSERT INTO trials (run_id, idx, description, changes_json, "
-                              "hypothesis, parent, fix_of, proposal_id, arm, arm_probability) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              "hypothesis, parent, fix_of, proposal_id, arm, arm_probability, "
+                              "llm_failure) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                               (run_id, index, description, json.dumps(changes),
                                meta.hypothesis, meta.parent, meta.fix_of, meta.proposal_id,
-                               meta.arm, meta.arm_probability))
+                               meta.arm, meta.arm_probability, meta.llm_failure))
                 payload: dict[str, Any] = {"trial": index, "description": description,
                                            "changes_json": json.dumps(changes)}
                 if meta.hypothesis:
@@ -192,8 +192,8 @@ class RunStore(Database):
                 "WHERE id = ?",
                 (done.status.value, best, best_trial, baseline, elapsed_seconds,
                  done.tokens_used, sigma, time.time(), run_id))
-            row = tx.db.execute("SELECT description, hypothesis, arm, arm_probability FROM "
-                                "trials WHERE run_id = ? AND idx = ?",
+            row = tx.db.execute("SELECT description, hypothesis, arm, arm_probability, "
+                                "llm_failure FROM trials WHERE run_id = ? AND idx = ?",
                                 (run_id, done.index)).fetchone()
             tx.event(run_id, EventKind.TRIAL_FINISHED, {
                 "trial": done.index, "status": done.status.value, "val_bpb": done.val_bpb,
@@ -205,7 +205,8 @@ class RunStore(Database):
                 "llm_cost_usd": done.llm_cost_usd,
                 "mechanisms_json": json.dumps(_per_mechanism(done.mechanism_calls)),
                 "proposal_source": done.proposal_source, "node": done.node,
-                "arm": row["arm"], "arm_probability": row["arm_probability"]})
+                "arm": row["arm"], "arm_probability": row["arm_probability"],
+                "llm_failure": row["llm_failure"]})
             if done.new_best:
                 tx.event(run_id, EventKind.NEW_BEST, {
                     "trial": done.index, "val_bpb": done.val_bpb,
@@ -267,4 +268,5 @@ def _trial(row: sqlite3.Row) -> TrialRecord:
         fix_of=row["fix_of"], proposal_id=row["proposal_id"], started_at=row["started_at"],
         ended_at=row["ended_at"], llm_tokens=row["llm_tokens"],
         llm_cost_usd=row["llm_cost_usd"], proposal_source=row["proposal_source"],
-        node=row["node"], arm=row["arm"], arm_probability=row["arm_probability"])
+        node=row["node"], arm=row["arm"], arm_probability=row["arm_probability"],
+        llm_failure=row["llm_failure"])

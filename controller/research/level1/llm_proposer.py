@@ -1,6 +1,11 @@
-"""The LLM proposer: prompt -> answer -> validate; a rejected answer goes back to the LLM
-with its reason, a bounded number of times. Params mode asks for JSON knob changes (the
-paper's setting); code mode asks for search/replace edits of train.py (Karpathy's).
+"""The LLM proposer: prompt -> answer -> validate; a rejected answer gets a short repair
+turn that quotes the validation error, a bounded number of times. Params mode asks for
+JSON knob changes (the paper's setting); code mode asks for search/replace edits of
+train.py (Karpathy's).
+
+A proposal that never came is not a trial: when no answer passes, the trial goes to the
+fallback proposer (offline local search) and the failure is recorded with it, so the
+trial budget is spent on candidates that ran.
 
 Provider failures are not handled here: LLMUnavailable pauses the run and
 LLMBudgetSpent finishes it (see loop.py).
@@ -8,8 +13,7 @@ LLMBudgetSpent finishes it (see loop.py).
 
 from __future__ import annotations
 
-import json
-import re
+import dataclasses
 import uuid
 from typing import Any
 
@@ -17,41 +21,26 @@ from controller.llm.accounting import Pricing
 from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
 from controller.research.level1 import prompt
+from controller.research.level1.answers import parse_code_hypothesis, parse_params_answer
 from controller.research.level1.edits import apply_edits, parse_edits
-from controller.research.level1.proposer import Proposal, ProposerContext
+from controller.research.level1.proposer import Proposal, Proposer, ProposerContext
 from controller.research.level1.space import ProposalError
 from controller.research.level1.validate import Validator, knob_changes
 from controller.research.settings import ProposerSettings
 from controller.research.task import GPT, Objective
 
-FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+REPAIR_QUOTE_CHARS = 300  # how much of a rejected answer a repair turn quotes back
 
 
-def parse_params_answer(text: str) -> tuple[dict[str, Any], str]:
-    """({knob: value}, hypothesis) from a JSON answer, fenced or not."""
-    fenced = FENCE.search(text)
-    body = fenced.group(1) if fenced else text
-    start, end = body.find("{"), body.rfind("}")
-    if start < 0 or end < start:
-        raise ProposalError("response", "no JSON object found; answer with "
-                            '{"changes": {...}, "hypothesis": "..."}')
-    try:
-        data = json.loads(body[start:end + 1])
-    except json.JSONDecodeError as exc:
-        raise ProposalError("response", f"the JSON does not parse: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("changes"), dict):
-        raise ProposalError("response", 'the JSON must have an object "changes"')
-    hypothesis = data.get("hypothesis", "")
-    if not isinstance(hypothesis, str) or not hypothesis.strip():
-        raise ProposalError("response", 'the JSON must have a non-empty string "hypothesis"')
-    return data["changes"], " ".join(hypothesis.split())
-
-
-def parse_code_hypothesis(text: str) -> str:
-    match = re.search(r"^\s*HYPOTHESIS:\s*(.+)$", text, re.MULTILINE)
-    if match is None:
-        raise ProposalError("response", "start the answer with a line `HYPOTHESIS: ...`")
-    return " ".join(match.group(1).split())
+def repair_turn(answer: str, reason: str) -> tuple[ChatMessage, ChatMessage]:
+    """The short exchange that asks again after a rejected answer: the answer cut to its
+    start (never replayed whole: two long answers once overflowed an 8k context) and the
+    validation error, quoted."""
+    quoted = answer if len(answer) <= REPAIR_QUOTE_CHARS else \
+        answer[:REPAIR_QUOTE_CHARS] + f" [... {len(answer) - REPAIR_QUOTE_CHARS} more characters]"
+    return (ChatMessage("assistant", quoted),
+            ChatMessage("user", f"Rejected: {reason}\nAnswer again, briefly, in exactly the "
+                        "required format and nothing else."))
 
 
 class LLMProposer:
@@ -60,8 +49,10 @@ class LLMProposer:
 
     def __init__(self, provider: Provider, settings: ProposerSettings, pricing: Pricing,
                  run_id: str, task_description: str, protected: str, max_tokens: int,
-                 temperature: float | None, objective: Objective = GPT) -> None:
+                 temperature: float | None, objective: Objective = GPT,
+                 fallback: Proposer | None = None) -> None:
         self.provider = provider
+        self.fallback = fallback  # proposes when the LLM gives no usable answer
         self.objective = objective  # the task's metric and direction, for the prompt
         self.settings = settings
         self.pricing = pricing
@@ -76,10 +67,11 @@ class LLMProposer:
         assert ctx.validator is not None, "the loop passes a validator"
         system, user = prompt.build(ctx, self.settings.mode, self.task_description,
                                     self.protected, self.settings.history_trials,
-                                    self.objective)
+                                    self.objective, self.settings.max_changes)
         proposal_id = uuid.uuid4().hex[:16]
         purpose = "fix" if ctx.crash else "propose"
-        messages = [ChatMessage("user", user)]
+        first = ChatMessage("user", user)
+        messages = [first]
         transcript: list[dict[str, Any]] = []
         tokens, cost, reason = 0, 0.0, ""
         schema = (prompt.params_schema(ctx.space, tuple(ctx.incumbent),
@@ -100,27 +92,39 @@ class LLMProposer:
                                      "output_tokens": response.output_tokens}
             transcript.append(entry)
             try:
-                accepted = self._accept(ctx, ctx.validator, response.text)
+                accepted = self._accept(ctx, ctx.validator, response.text, entry)
             except ProposalError as exc:
                 reason = str(exc)
                 entry["rejected"] = reason
-                messages += [ChatMessage("assistant", response.text),
-                             ChatMessage("user", f"Rejected: {reason}\nAnswer again, in the "
-                                         "required format.")]
+                messages = [first, *repair_turn(response.text, reason)]
                 continue
+            if call:
+                entry["repair_of"] = call - 1
             return Proposal(changes=accepted.changes, description=accepted.description,
                             source=accepted.source, hypothesis=accepted.hypothesis,
                             proposal_id=proposal_id, transcript=tuple(transcript),
                             llm_tokens=tokens, cost_usd=cost)
-        return Proposal(changes={}, description=f"no valid proposal: {reason}",
-                        invalid=reason, proposal_id=proposal_id, transcript=tuple(transcript),
-                        llm_tokens=tokens, cost_usd=cost)
+        failure = f"no usable answer in {len(transcript)} calls; last: {reason}"
+        if self.fallback is None:
+            return Proposal(changes={}, description=f"no valid proposal: {reason}",
+                            invalid=reason, proposal_id=proposal_id,
+                            transcript=tuple(transcript), llm_tokens=tokens, cost_usd=cost,
+                            llm_failure=failure)
+        backup = self.fallback.propose(dataclasses.replace(ctx, crash=None))
+        return dataclasses.replace(
+            backup, description=f"{backup.description}; the LLM gave {failure}",
+            proposal_id=proposal_id, transcript=tuple(transcript), llm_tokens=tokens,
+            cost_usd=cost, llm_failure=failure)
 
-    def _accept(self, ctx: ProposerContext, validator: Validator, text: str) -> Proposal:
+    def _accept(self, ctx: ProposerContext, validator: Validator, text: str,
+                entry: dict[str, Any]) -> Proposal:
         base = ctx.base_source
         if self.settings.mode == "params":
-            raw, hypothesis = parse_params_answer(text)
-            changes, source = validator.params(base, raw)
+            answer = parse_params_answer(text)
+            if answer.repaired:
+                entry["json_repaired"] = True
+            hypothesis = answer.hypothesis
+            changes, source = validator.params(base, answer.changes)
             if len(changes) > self.settings.max_changes:
                 raise ProposalError("changes", f"changes {len(changes)} knobs; change at most "
                                     f"{self.settings.max_changes} at a time")

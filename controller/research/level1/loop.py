@@ -36,6 +36,7 @@ from controller.research.level1 import evaluation
 from controller.research.level1.evaluation import Evaluation
 from controller.research.level1.final_check import FinalCheck, fresh_seeds, run_check
 from controller.research.level1.keep import Incumbent, make_rule
+from controller.research.level1.llm_report import llm_line, never_usable
 from controller.research.level1.planner import ContextHook, Planned, Planner
 from controller.research.level1.proposer import Proposal, Proposer
 from controller.research.level1.results import results_tsv
@@ -305,7 +306,8 @@ class InnerLoop:
         changes = p.changes if result is not None else knob_changes(self.task, best_source,
                                                                     candidate)
         meta = TrialMeta(hypothesis=p.hypothesis, parent=parent, fix_of=planned.fix_of,
-                         proposal_id=p.proposal_id, arm=p.arm, arm_probability=p.arm_probability)
+                         proposal_id=p.proposal_id, arm=p.arm, arm_probability=p.arm_probability,
+                         llm_failure=p.llm_failure)
         self._prepare(index, parent_source, candidate, changes, p.description, meta, p)
         if result is not None:
             done[index] = result
@@ -317,7 +319,7 @@ class InnerLoop:
         """Re-run a trial that began but never finished, from its stored train.py."""
         source = self.artifacts.read_trial(self.run_id, t.index, "train.py").decode()
         meta = TrialMeta(t.hypothesis, t.parent, t.fix_of, t.proposal_id, t.arm,
-                         t.arm_probability)
+                         t.arm_probability, t.llm_failure)
         attempt = self.store.begin_trial(self.run_id, t.index, t.description, t.changes, meta)
         log.info("trial restarted", trial=t.index, attempt=attempt)
         with self._lock:
@@ -431,10 +433,14 @@ class InnerLoop:
                 self._stopped()  # a shutdown: the resumed run checks again
                 return
         objective = objective_of(self.task)
+        trials = self.store.trials(self.run_id)
+        reason = "; ".join(filter(None, [never_usable(trials), reason]))
         summary = run_summary_line(run, reason, check, objective)
         report = getattr(self.proposer, "report", None)  # Level 2's portfolio says how
-        if report is not None and (allocated := report(self.store.trials(self.run_id))):
+        if report is not None and (allocated := report(trials)):
             summary = f"{summary}; {allocated}"
+        if llm := llm_line(self.calls.calls(self.run_id), trials):
+            summary = f"{summary}; {llm}"
         improved = check.beats if check is not None else False
         if self.store.finish_run(self.run_id, state, reason, summary, {
                 "state": state.value, "reason": reason, "baseline_val_bpb": run.baseline_val_bpb,

@@ -2,7 +2,13 @@
 recent trials with their actual changes, outcomes and training facts (steps, tokens,
 parameters, training seconds, peak memory — Karpathy's summary block), crash tracebacks,
 lessons of earlier runs, and the text search mechanisms add. One function per section,
-so a reader sees what the LLM saw."""
+so a reader sees what the LLM saw.
+
+The prompt is ordered for prompt caches: the system prompt holds what stays the same
+from call to call (the role, the task, the answer format, then the knobs or the code,
+which change only when a candidate is kept), and the user message the changing trace.
+The trace is bounded by characters (about TRACE_CHARS / 4 tokens), oldest lines first
+out, so a long run's prompt stops growing."""
 
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ SYSTEM = (
 PARAMS_FORMAT = (
     "Answer with one JSON object and nothing else:\n"
     '{{"changes": {{"KNOB_NAME": new_value, ...}}, "hypothesis": "why this should {goal}"}}\n'
-    "Change 1 to 3 knobs from the list above, each within its range and of its type.")
+    "Change {changes} from the list below, each within its range and of its type.")
+TRACE_CHARS = 8000  # the changing part's history lines, at most (about 2,000 tokens)
 
 CODE_FORMAT = (
     "Answer with one line `HYPOTHESIS: why this should {goal}`, then one or more "
@@ -38,17 +45,24 @@ CODE_FORMAT = (
 
 
 def build(ctx: ProposerContext, mode: str, task_description: str, protected: str,
-          history_trials: int, objective: Objective = GPT) -> tuple[str, str]:
-    """(system, user) prompts for one proposal. Values are shown in the task's metric
-    (`objective`), not the loss the loop minimises."""
+          history_trials: int, objective: Objective = GPT,
+          max_changes: int = 2) -> tuple[str, str]:
+    """(system, user) prompts for one proposal: the stable prefix and the changing trace.
+    Values are shown in the task's metric (`objective`), not the loss the loop
+    minimises."""
     goal = f"{'raise' if objective.maximize else 'lower'} {objective.metric}"
-    answer = PARAMS_FORMAT.format(goal=goal) if mode == "params" else \
+    changes = "exactly 1 knob" if max_changes == 1 else f"1 to {max_changes} knobs"
+    answer = PARAMS_FORMAT.format(goal=goal, changes=changes) if mode == "params" else \
         CODE_FORMAT.format(goal=goal, protected=protected)
-    sections = [
+    stable = [
+        SYSTEM.format(file="train.py", objective=objective.describe()),
         "# Task\n" + task_description,
+        "# Answer format\n" + answer,
+        _knobs(ctx.incumbent, ctx.space) if mode == "params" else _code(ctx),
+    ]
+    sections = [
         _hardware(ctx.history),
         _incumbent(ctx, objective),
-        _knobs(ctx.incumbent, ctx.space) if mode == "params" else _code(ctx),
         _history(ctx.history, history_trials, objective),
         _lines("# In flight (already proposed, results pending; do not repeat them)",
                ctx.in_flight),
@@ -58,10 +72,9 @@ def build(ctx: ProposerContext, mode: str, task_description: str, protected: str
         _lines("# Rejected by the search mechanisms (propose something different)",
                ctx.rejections),
         _crash(ctx, mode),
-        "# Your answer\n" + answer,
+        "# Your answer\nPropose the next experiment, in the answer format above.",
     ]
-    system = SYSTEM.format(file="train.py", objective=objective.describe())
-    return system, "\n\n".join(s for s in sections if s)
+    return "\n\n".join(stable), "\n\n".join(s for s in sections if s)
 
 
 def _fmt(value: float | None, objective: Objective = GPT) -> str:
@@ -164,8 +177,7 @@ def _history(history: Sequence[TrialRecord], limit: int, objective: Objective = 
     finished = [t for t in history if t.finished and t.status is not None]
     if not finished or limit == 0:
         return ""
-    lines = [f"# Recent trials (last {min(limit, len(finished))} of {len(finished)}, oldest "
-             "first)"]
+    lines: list[str] = []
     for t in finished[-limit:]:
         changes = json.dumps(t.changes, sort_keys=True)[:400] if t.changes else "{}"
         line = f"- trial {t.index}: {_outcome(t, objective)}; changes {changes}"
@@ -180,7 +192,10 @@ def _history(history: Sequence[TrialRecord], limit: int, objective: Objective = 
         if t.fix_of is not None:
             line += f"; an attempt to fix trial {t.fix_of}"
         lines.append(line)
-    return "\n".join(lines)
+    while len(lines) > 1 and sum(len(x) + 1 for x in lines) > TRACE_CHARS:
+        lines.pop(0)  # the oldest first: the trace stays within its share of the context
+    return "\n".join([f"# Recent trials (last {len(lines)} of {len(finished)}, oldest "
+                      "first)", *lines])
 
 
 def _lines(title: str, items: Sequence[str]) -> str:

@@ -39,6 +39,8 @@ class Proposal:
     # Set by Level 2's portfolio: the arm that made it and that arm's probability.
     arm: str = ""
     arm_probability: float | None = None
+    # Why the LLM gave no usable proposal, when another proposer made this one instead.
+    llm_failure: str = ""
 
 
 @dataclass(frozen=True)

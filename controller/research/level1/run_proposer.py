@@ -20,6 +20,7 @@ from controller.research.level2.portfolio_proposer import PortfolioProposer
 from controller.research.settings import RunSettings
 from controller.research.task import Task, objective_of
 from controller.store.llm_calls import CallLog
+from controller.store.llm_capabilities import CapabilityStore
 from controller.store.runs import RunStore
 
 
@@ -33,7 +34,8 @@ def build_run_provider(run_id: str, settings: RunSettings, store: RunStore,
     return build_provider(
         settings.llm, access, record=lambda call: calls.record(run_id, call),
         budget_spent=lambda: llm_budget_reason(store.get_run(run_id), settings.budgets),
-        replay_answers=calls.replay_answers, stop=stop, claim=claim)
+        replay_answers=calls.replay_answers, stop=stop, claim=claim,
+        capabilities=CapabilityStore(store))
 
 
 def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunStore,
@@ -53,6 +55,9 @@ def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunSto
                              settings.search.seed, prior)
 
 
+FALLBACK = "local"  # proposes a trial the LLM gave no usable answer for
+
+
 def _single(kind: str, run_id: str, settings: RunSettings, task: Task, store: RunStore,
             access: LLMAccess, stop: threading.Event, claim: Claim | None) -> Proposer:
     if kind != "llm":
@@ -62,10 +67,11 @@ def _single(kind: str, run_id: str, settings: RunSettings, task: Task, store: Ru
             raise FieldError("proposer.kind", str(exc)) from None
         return entry.build(offline.ProposerSetup(
             settings.search.seed, task.read_knobs(task.baseline_source()), settings.proposer))
+    fallback = _single(FALLBACK, run_id, settings, task, store, access, stop, claim)
     provider = build_run_provider(run_id, settings, store, access, stop, claim)
     protected = task.protected.describe() if settings.proposer.mode == "code" else ""
     llm = settings.llm
     return LLMProposer(provider, settings.proposer, Pricing.for_settings(llm), run_id,
                        task.description, protected, llm.max_tokens,
                        llm.temperature if llm.temperature >= 0 else None,
-                       objective=objective_of(task))
+                       objective=objective_of(task), fallback=fallback)

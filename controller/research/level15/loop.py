@@ -34,7 +34,7 @@ import structlog
 from controller.llm.errors import LLMBudgetSpent, LLMError, LLMUnavailable
 from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
-from controller.research.level1.llm_proposer import FENCE
+from controller.research.level1.answers import FENCE
 from controller.research.level1.proposer import ProposerContext
 from controller.research.settings import OuterSettings
 from controller.research.task import GPT, Objective

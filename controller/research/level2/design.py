@@ -24,7 +24,7 @@ from typing import Any
 
 from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
-from controller.research.level1.llm_proposer import FENCE
+from controller.research.level1.answers import FENCE
 from controller.research.level2.gates import GateSettings, static_check
 from controller.research.settings import OuterSettings
 from controller.store.mechanisms import KEPT, MechanismRow, Outcome

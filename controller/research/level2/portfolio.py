@@ -5,21 +5,26 @@ Which search wins depends on the task (random search beat local 30-fold on a sma
 classifier; local won on the surrogate), so Level 2 does not bet on one. Every trial goes
 to an arm drawn from known probabilities:
 
-- Each arm's record is Bernoulli: a trial it proposed either became the run's new best
-  (kept) or not. Kept is the keep rule's verdict, so it is in noise units where the run
-  measured noise and a strict improvement where the task is deterministic (sigma = 0);
-  it needs no scale of the loss, so the rule is the same for every task and direction.
-- The posterior of each arm's keep rate is Beta(1 + kept, 1 + not kept), with each arm's
-  older pulls discounted (a search that paid early, from a poor baseline, must keep
-  paying). Thompson sampling's allocation - the chance each arm's draw is the highest - is
-  computed by seeded Monte Carlo, so it is a number that can be recorded.
+- A trial's reward is its rank among the run's earlier results: the share of the
+  baseline and the earlier finished trials (by index) whose loss it beats, ties half;
+  a crash or a trial with no loss earns 0, a new best nearly 1. A rank needs no scale of
+  the loss, so the rule is the same for every task, in either direction, with noise or
+  with sigma = 0; and unlike "was it kept" it is dense: an arm whose trials land near
+  the best (local search on a smooth, well-tuned task) is told apart within a few trials
+  from one whose trials land in the tail (global sampling there), long before either
+  makes a keep.
+- The posterior of each arm's mean reward is Beta(1 + reward, 1 + (1 - reward)) summed
+  over its pulls (the fractional-reward form of Bernoulli Thompson sampling), with each
+  arm's older pulls discounted: a search that paid early, from a poor baseline, must
+  keep paying. Thompson sampling's allocation - the chance each arm's draw is the
+  highest - is computed by seeded Monte Carlo, so it is a number that can be recorded.
 - Every arm keeps a floor probability, so an arm that starts slowly can come back, and
   every propensity is positive. An arm is retired - left with the floor only - while it
-  has had a fair number of pulls and even an optimistic reading of its keep rate is
+  has had a fair number of pulls and even an optimistic reading of its mean reward is
   below the leading arm's; it returns if the others decline.
 
 The arm and its probability are stored with the trial. From them the credit of each arm
-is estimated without bias by inverse-propensity weighting (`ipw_keep_rate`), whatever the
+is estimated without bias by inverse-propensity weighting (`ipw_reward`), whatever the
 allocation did. The probabilities and the draw depend only on the run's seed, the trial
 index, the retry and the stored trials, so a restarted controller chooses the same arm.
 """
@@ -38,16 +43,17 @@ DISCOUNT = 0.95  # weight of an arm's pull per later pull of the same arm
 DRAWS = 4000  # Monte Carlo draws for the Thompson allocation
 FLOOR = 0.03  # each arm's least probability (less when there are many arms)
 RETIRE_AFTER = 8  # pulls before an arm can be retired
-RETIRE_QUANTILE = 0.9  # ... when this quantile of its keep rate is below the leader's mean
+RETIRE_QUANTILE = 0.9  # ... when this quantile of its reward is below the leader's mean
 
 
 @dataclass(frozen=True)
 class Pull:
-    """One finished trial an arm proposed: whether it was kept, and with what probability
-    the arm had been chosen for it."""
+    """One finished trial an arm proposed: its reward (rank, in [0, 1]), whether it was
+    kept, and with what probability the arm had been chosen for it."""
 
     arm: str
     probability: float
+    reward: float
     kept: bool
 
 
@@ -56,7 +62,7 @@ class ArmPosterior:
     arm: str
     pulls: int
     kept: int
-    alpha: float  # Beta posterior of the keep rate, older pulls discounted
+    alpha: float  # Beta posterior of the mean reward, older pulls discounted
     beta: float
 
     @property
@@ -73,21 +79,22 @@ def seeded(*parts: object) -> np.random.Generator:
 def posteriors(arms: Sequence[str], pulls: Sequence[Pull],
                prior: Mapping[str, tuple[float, float]] | None = None) -> list[ArmPosterior]:
     """Each arm's discounted Beta posterior over its pulls (in trial order); `prior` adds
-    pseudo-counts (kept, not kept) per arm, e.g. from earlier runs of the task."""
+    pseudo-counts (reward, 1 - reward summed) per arm, e.g. from earlier runs of the task."""
     out = []
     for arm in arms:
-        mine = [p.kept for p in pulls if p.arm == arm]
+        mine = [p for p in pulls if p.arm == arm]
         n = len(mine)
         weights = [DISCOUNT ** (n - 1 - i) for i in range(n)]
-        good = sum(w for w, k in zip(weights, mine, strict=True) if k)
-        bad = sum(w for w, k in zip(weights, mine, strict=True) if not k)
+        good = sum(w * p.reward for w, p in zip(weights, mine, strict=True))
+        bad = sum(w * (1.0 - p.reward) for w, p in zip(weights, mine, strict=True))
         a0, b0 = (prior or {}).get(arm, (0.0, 0.0))
-        out.append(ArmPosterior(arm, n, sum(mine), 1.0 + a0 + good, 1.0 + b0 + bad))
+        out.append(ArmPosterior(arm, n, sum(p.kept for p in mine),
+                                1.0 + a0 + good, 1.0 + b0 + bad))
     return out
 
 
 def chance_best(posts: Sequence[ArmPosterior], rng: np.random.Generator) -> np.ndarray:
-    """P(arm's keep rate is the highest) under the posteriors, by Monte Carlo."""
+    """P(arm's mean reward is the highest) under the posteriors, by Monte Carlo."""
     alpha = np.array([p.alpha for p in posts])
     beta = np.array([p.beta for p in posts])
     draws = rng.beta(alpha, beta, size=(DRAWS, len(posts)))
@@ -112,8 +119,8 @@ def allocation(posts: Sequence[ArmPosterior], rng: np.random.Generator) -> dict[
 
 def retired(posts: Sequence[ArmPosterior]) -> set[str]:
     """The arms that stopped paying: after a fair number of pulls, even the optimistic
-    end of the arm's keep rate (its posterior's RETIRE_QUANTILE) is below the expected keep
-    rate of the best arm. They keep the floor, and come back if the others decline."""
+    end of the arm's mean reward (its posterior's RETIRE_QUANTILE) is below the expected
+    reward of the best arm. They keep the floor, and come back if the others decline."""
     leader = max(p.mean for p in posts)
     return {p.arm for p in posts if p.pulls >= RETIRE_AFTER
             and float(betaincinv(p.alpha, p.beta, RETIRE_QUANTILE)) < leader}
@@ -127,23 +134,22 @@ def draw(probabilities: Mapping[str, float], rng: np.random.Generator) -> str:
 
 @dataclass(frozen=True)
 class Credit:
-    """An arm's inverse-propensity estimate of its keep rate: the share of trials that
-    would have been kept had it proposed every trial, with its standard error."""
+    """An arm's inverse-propensity estimate of its mean reward: the mean rank its trials
+    would have had had it proposed every trial, with its standard error."""
 
     arm: str
     pulls: int
     kept: int
-    keep_rate: float
+    reward: float
     stderr: float
 
 
-def ipw_keep_rate(pulls: Sequence[Pull], arm: str) -> Credit:
-    """Horvitz-Thompson: mean over all portfolio trials of kept * [arm chose] / p. Unbiased
-    for the arm's keep rate whatever the allocation, because each p was the probability
-    the trial's draw actually used."""
+def ipw_reward(pulls: Sequence[Pull], arm: str) -> Credit:
+    """Horvitz-Thompson: mean over all portfolio trials of reward * [arm chose] / p.
+    Unbiased for the arm's mean reward whatever the allocation, because each p was the
+    probability the trial's draw actually used."""
     n = len(pulls)
-    terms = [(1.0 if p.kept else 0.0) / p.probability if p.arm == arm else 0.0
-             for p in pulls]
+    terms = [p.reward / p.probability if p.arm == arm else 0.0 for p in pulls]
     mine = [p for p in pulls if p.arm == arm]
     if n == 0:
         return Credit(arm, 0, 0, math.nan, math.nan)

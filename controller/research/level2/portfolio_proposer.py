@@ -10,6 +10,7 @@ proposal and are stored with the trial.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,13 +20,34 @@ from controller.research.level2 import portfolio
 from controller.store.records import TrialRecord, TrialStatus
 
 
+def rank_reward(loss: float | None, earlier: Sequence[float]) -> float:
+    """The share of `earlier` losses that `loss` beats (ties half); 0 for no loss."""
+    if loss is None or not math.isfinite(loss):
+        return 0.0
+    if not earlier:
+        return 0.5
+    beaten = sum(1.0 if loss < e else 0.5 if loss == e else 0.0 for e in earlier)
+    return beaten / len(earlier)
+
+
 def pulls_of(history: Sequence[TrialRecord]) -> list[portfolio.Pull]:
     """The finished trials a portfolio draw made and whose proposal ran as the arm made
-    it (a mechanism's suggestion or filter that replaced it takes the credit instead)."""
-    return [portfolio.Pull(t.arm, t.arm_probability, t.status is TrialStatus.KEEP)
-            for t in sorted(history, key=lambda t: t.index)
-            if t.finished and t.arm and t.arm_probability is not None
-            and t.status is not None and t.proposal_source == "proposer"]
+    it (a mechanism's suggestion or filter that replaced it takes the credit instead),
+    each rewarded by its rank among the finished results of lower index."""
+    pulls = []
+    earlier: list[float] = []
+    for t in sorted(history, key=lambda t: t.index):
+        if not t.finished or t.status is None:
+            continue
+        if t.arm and t.arm_probability is not None and t.proposal_source == "proposer":
+            # An arm (the LLM) that gave no usable proposal earns nothing for the trial
+            # its fallback made.
+            reward = 0.0 if t.llm_failure else rank_reward(t.val_bpb, earlier)
+            pulls.append(portfolio.Pull(t.arm, t.arm_probability, reward,
+                                        t.status is TrialStatus.KEEP and not t.llm_failure))
+        if t.val_bpb is not None and math.isfinite(t.val_bpb):
+            earlier.append(t.val_bpb)
+    return pulls
 
 
 class PortfolioProposer:
@@ -70,7 +92,7 @@ class PortfolioProposer:
 
     def report(self, history: Sequence[TrialRecord]) -> str:
         """One line for the run's summary: per arm, its trials and keeps, its
-        inverse-propensity keep rate, and its probability for a next trial."""
+        inverse-propensity mean rank, and its probability for a next trial."""
         pulls = pulls_of(history)
         if not pulls:
             return ""
@@ -80,10 +102,10 @@ class PortfolioProposer:
         out = portfolio.retired(posts)
         parts = []
         for arm in sorted(self.arms, key=lambda a: -nxt[a]):
-            c = portfolio.ipw_keep_rate(pulls, arm)
+            c = portfolio.ipw_reward(pulls, arm)
             state = f"next p {nxt[arm]:.2f}" + (", retired" if arm in out else "")
-            parts.append(f"{arm} {c.pulls} trials/{c.kept} kept (IPW keep rate "
-                         f"{c.keep_rate:.2f} ± {c.stderr:.2f}; {state})")
+            parts.append(f"{arm} {c.pulls} trials/{c.kept} kept (IPW mean rank "
+                         f"{c.reward:.2f} ± {c.stderr:.2f}; {state})")
         return "portfolio: " + ", ".join(parts)
 
 
@@ -92,17 +114,18 @@ PRIOR_RUNS = 5  # earlier runs of the task the prior reads, newest first
 
 
 def prior_from(histories: Sequence[Sequence[TrialRecord]]) -> dict[str, tuple[float, float]]:
-    """Each arm's prior (kept, not kept) pseudo-counts from earlier runs of the same task:
-    its keep rate there, weighed as at most PRIOR_PULLS pulls, so a second run starts
-    with the strategy that won the first, and this run's own trials soon outweigh it."""
-    kept: dict[str, int] = {}
+    """Each arm's prior (reward, 1 - reward) pseudo-counts from earlier runs of the same
+    task: its mean reward there, weighed as at most PRIOR_PULLS pulls, so a second run
+    starts with the strategy that won the first, and this run's own trials soon outweigh
+    it."""
+    reward: dict[str, float] = {}
     pulled: dict[str, int] = {}
     for history in histories:
         for p in pulls_of(history):
             pulled[p.arm] = pulled.get(p.arm, 0) + 1
-            kept[p.arm] = kept.get(p.arm, 0) + int(p.kept)
+            reward[p.arm] = reward.get(p.arm, 0.0) + p.reward
     out = {}
     for arm, n in pulled.items():
         scale = min(1.0, PRIOR_PULLS / n)
-        out[arm] = (kept[arm] * scale, (n - kept[arm]) * scale)
+        out[arm] = (reward[arm] * scale, (n - reward[arm]) * scale)
     return out

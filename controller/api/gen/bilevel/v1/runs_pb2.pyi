@@ -436,7 +436,7 @@ class RunEvent(_message.Message):
         attempt: int
         def __init__(self, trial: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
     class TrialFinished(_message.Message):
-        __slots__ = ("trial", "status", "val_bpb", "memory_gib", "metrics_json", "job_status", "exception", "run_seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source", "node_id", "loss", "arm", "arm_probability")
+        __slots__ = ("trial", "status", "val_bpb", "memory_gib", "metrics_json", "job_status", "exception", "run_seconds", "description", "hypothesis", "started_at", "ended_at", "llm_tokens", "llm_cost_usd", "mechanisms_json", "proposal_source", "node_id", "loss", "arm", "arm_probability", "llm_failure")
         TRIAL_FIELD_NUMBER: _ClassVar[int]
         STATUS_FIELD_NUMBER: _ClassVar[int]
         VAL_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -457,6 +457,7 @@ class RunEvent(_message.Message):
         LOSS_FIELD_NUMBER: _ClassVar[int]
         ARM_FIELD_NUMBER: _ClassVar[int]
         ARM_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+        LLM_FAILURE_FIELD_NUMBER: _ClassVar[int]
         trial: int
         status: TrialStatus
         val_bpb: float
@@ -477,7 +478,8 @@ class RunEvent(_message.Message):
         loss: float
         arm: str
         arm_probability: float
-        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gib: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., run_seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ..., node_id: _Optional[str] = ..., loss: _Optional[float] = ..., arm: _Optional[str] = ..., arm_probability: _Optional[float] = ...) -> None: ...
+        llm_failure: str
+        def __init__(self, trial: _Optional[int] = ..., status: _Optional[_Union[TrialStatus, str]] = ..., val_bpb: _Optional[float] = ..., memory_gib: _Optional[float] = ..., metrics_json: _Optional[str] = ..., job_status: _Optional[_Union[_sandbox_pb2.JobStatus, str]] = ..., exception: _Optional[_Union[_sandbox_pb2.ExceptionInfo, _Mapping]] = ..., run_seconds: _Optional[float] = ..., description: _Optional[str] = ..., hypothesis: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., llm_tokens: _Optional[int] = ..., llm_cost_usd: _Optional[float] = ..., mechanisms_json: _Optional[str] = ..., proposal_source: _Optional[str] = ..., node_id: _Optional[str] = ..., loss: _Optional[float] = ..., arm: _Optional[str] = ..., arm_probability: _Optional[float] = ..., llm_failure: _Optional[str] = ...) -> None: ...
     class ConfigAdjusted(_message.Message):
         __slots__ = ("trial", "controller", "applied", "freeze", "unfreeze", "frozen", "strategy", "guidance", "restart_from_trial", "rejected", "error")
         TRIAL_FIELD_NUMBER: _ClassVar[int]

@@ -1,0 +1,83 @@
+"""Reading an LLM's answer the way real models write it: JSON inside prose or a fence,
+with trailing commas, single quotes or a cut-off end. A strict parse is tried first; if
+it fails, json-repair's tolerant reader. Either way what comes out is then validated
+(knob names, types, ranges) by the caller, so a repair can never smuggle in a change the
+schema would refuse - it only spares a model a round trip for a missing quote."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import json_repair
+
+from controller.research.level1.space import ProposalError
+
+FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+MAX_ANSWER_CHARS = 64_000  # an answer longer than this is not read (hostile or runaway)
+MAX_DEPTH = 16  # nesting of brackets; an answer needs 2
+
+
+def _depth(text: str) -> int:
+    """The deepest bracket nesting (strings not excluded: an over-count only refuses)."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "{[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "}]":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+@dataclass(frozen=True)
+class ParamsAnswer:
+    changes: dict[str, Any]
+    hypothesis: str
+    repaired: bool  # the strict parse failed and the tolerant one read it
+
+
+def _object(text: str) -> tuple[Any, bool]:
+    """The answer's JSON object, and whether it needed repair."""
+    fenced = FENCE.search(text)
+    body = fenced.group(1) if fenced else text
+    start = body.find("{")
+    if start < 0:
+        raise ProposalError("response", "no JSON object found; answer with "
+                            '{"changes": {...}, "hypothesis": "..."}')
+    end = body.rfind("}")
+    strict = body[start:end + 1] if end > start else ""
+    try:
+        return json.loads(strict), False
+    except json.JSONDecodeError as exc:
+        error = exc
+    repaired = json_repair.loads(body[start:])
+    if not isinstance(repaired, dict) or not repaired:
+        raise ProposalError("response", f"the JSON does not parse: {error}") from None
+    return repaired, True
+
+
+def parse_params_answer(text: str) -> ParamsAnswer:
+    """The knob changes and hypothesis of a params-mode answer, fenced or not."""
+    if len(text) > MAX_ANSWER_CHARS:
+        raise ProposalError("response", f"the answer is {len(text)} characters; answer "
+                            "with the JSON object alone")
+    if _depth(text) > MAX_DEPTH:
+        raise ProposalError("response", f"the JSON nests deeper than {MAX_DEPTH} levels; "
+                            'answer with {"changes": {...}, "hypothesis": "..."}')
+    data, repaired = _object(text)
+    if not isinstance(data, dict) or not isinstance(data.get("changes"), dict):
+        raise ProposalError("response", 'the JSON must have an object "changes"')
+    hypothesis = data.get("hypothesis", "")
+    if not isinstance(hypothesis, str) or not hypothesis.strip():
+        raise ProposalError("response", 'the JSON must have a non-empty string "hypothesis"')
+    return ParamsAnswer(data["changes"], " ".join(hypothesis.split()), repaired)
+
+
+def parse_code_hypothesis(text: str) -> str:
+    match = re.search(r"^\s*HYPOTHESIS:\s*(.+)$", text, re.MULTILINE)
+    if match is None:
+        raise ProposalError("response", "start the answer with a line `HYPOTHESIS: ...`")
+    return " ".join(match.group(1).split())
