@@ -13,8 +13,11 @@ uses search seed r.
 How it fits in minutes: trials are evaluated in this process, not in sandboxes. The
 surrogate is scored by the controller (as bench/offline_proposers.py does); an example
 task's train.py and score.py (this repository's own scripts: trusted) run with exec in a
-temporary directory, /data/ pointing at the task's data folder. The cells run in a
-process pool. D here is the portfolio alone (mechanism rounds need sandboxes).
+temporary directory, /data/ pointing at the task's data folder, within the manifest's
+wall time (a watchdog raises in the evaluating thread, as the sandbox would kill the
+job). The cells run in a pool of spawned processes, one BLAS thread each; the loop's own
+fresh-seed check is off (the bench measures every cell's gain on fresh seeds itself). D
+here is the portfolio alone (mechanism rounds need sandboxes).
 
     python -m bench.portfolio_suite --repeats 10 --trials 30 --workers 2
 
@@ -27,16 +30,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import io
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import tempfile
 import threading
 import time
+import tomllib
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +75,27 @@ PORTFOLIO = "D"
 FRESH_SEEDS = 3
 
 
+class WallTimeExceeded(BaseException):
+    """Raised into a trial that ran past its manifest's wall time."""
+
+
+def within(seconds: float, run: Callable[[], None]) -> None:
+    """Run `run`, raising WallTimeExceeded in this thread after `seconds` (numpy calls are
+    short, so the exception lands within milliseconds of the deadline)."""
+    target, finished = threading.get_ident(), threading.Event()
+
+    def watchdog() -> None:
+        if not finished.wait(seconds):
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target),
+                                                       ctypes.py_object(WallTimeExceeded))
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        run()
+    finally:
+        finished.set()
+
+
 class InProcessExample:
     """An example task directory whose scripts run in this process (bench only)."""
 
@@ -79,9 +107,11 @@ class InProcessExample:
         self.name, self.description = self.inner.name, self.inner.description
         self.protected = self.inner.protected
         self.objective = objective_of(self.inner)
-        manifest = (self.folder / "bilevel-task.toml").read_text()
+        manifest = tomllib.loads((self.folder / "bilevel-task.toml").read_text())
         self.score_source = self._local((self.folder / "score.py").read_text())
-        assert "[score]" in manifest, f"{name} has no trusted scorer"
+        assert "score" in manifest, f"{name} has no trusted scorer"
+        self.wall = (float(manifest["train"]["wall_seconds"]),
+                     float(manifest["score"]["wall_seconds"]))
 
     def baseline_source(self) -> str:
         return self.inner.baseline_source()
@@ -104,15 +134,20 @@ class InProcessExample:
             here = os.getcwd()
             os.chdir(work)
             os.environ["TRIAL_SEED"] = str(seed)
+            out = io.StringIO()
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    exec(compile(self._local(source), "train.py", "exec"),
-                         {"__name__": "__main__"})
-                out = io.StringIO()
+                    within(self.wall[0], lambda: exec(
+                        compile(self._local(source), "train.py", "exec"),
+                        {"__name__": "__main__"}))
                 with contextlib.redirect_stdout(out):
-                    exec(compile(self.score_source, "score.py", "exec"),
-                         {"__name__": "__main__"})
+                    within(self.wall[1], lambda: exec(
+                        compile(self.score_source, "score.py", "exec"),
+                        {"__name__": "__main__"}))
                 metrics = json.loads(out.getvalue().strip().splitlines()[-1])
+            except WallTimeExceeded:
+                return TrialOutcome("timeout", None, detail="exceeded its wall time",
+                                    seconds=time.monotonic() - started)
             except BaseException as exc:  # the candidate's crash is its result
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -155,7 +190,7 @@ def run_cell(cell: Cell) -> Result:
     task = make_task(cell.task)
     kind = "local" if cell.strategy == PORTFOLIO else cell.strategy
     levels = ("1", "2") if cell.strategy == PORTFOLIO else ("1",)
-    settings = RunSettings(search=SearchSettings(seed=cell.repeat),
+    settings = RunSettings(search=SearchSettings(seed=cell.repeat, final_seeds=0),
                            proposer=ProposerSettings(kind=kind, use_memory=False),
                            budgets=Budgets(max_trials=cell.trials),
                            outer=OuterSettings(levels=levels))
@@ -274,7 +309,10 @@ def main() -> None:
     todo = [c for c in cells if c not in cached]
     started = time.monotonic()
     results = [cached[c] for c in cells if c in cached]
-    with ProcessPoolExecutor(args.workers) as pool:
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"  # read by the spawned workers' numpy: one core per cell
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) \
+            as pool:
         for result in pool.map(run_cell, todo, chunksize=1):
             save(args.cache, result)
             results.append(result)

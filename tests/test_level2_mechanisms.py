@@ -6,6 +6,7 @@ by its sandbox, and each verdict is the one the stated test gives on the stored 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -274,11 +275,48 @@ def test_bad_mechanisms_are_stopped_or_disabled_and_the_run_goes_on(
     good = [c for c in store.mechanism_records("run-l2") if c.mechanism == "lower_lr"]
     assert any(c.effect == "replaced" for c in good)
     replaced = [t for t in store.trials("run-l2") if "MATRIX_LR pinned" in t.description]
-    assert replaced and all(t.changes.get("MATRIX_LR") == 0.03 for t in replaced)
+    # What ran had the pinned value (its `changes` are against the incumbent, which may
+    # already hold 0.03 once a pinned trial was kept).
+    assert replaced and all(loop.task.read_knobs(loop.artifacts.read_trial(
+        "run-l2", t.index, "train.py").decode())["MATRIX_LR"] == 0.03 for t in replaced)
     giant = rows["giant"]
     # Its WITH trials all OOM; the paired test sees it far behind its WITHOUT twins.
     assert giant.status == REVERTED and giant.reason.startswith("reverted"), giant
     assert giant.score["effect"] < 0 and giant.score["p"] > 0.1, giant.score
+
+
+def test_the_llm_designs_while_trials_run_and_a_failed_design_is_reported(
+        tmp_path: Path, executor: SandboxBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow model's design round (#23: explore, critique and spec took 10 minutes on a
+    local model, and no trial ran meanwhile) runs beside the inner loop: trials start and
+    finish while it designs. A spec that is not JSON fails the round, and the run's
+    mechanisms.md says so."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
+
+    def slow(request: RecordedRequest) -> Script:
+        last = request.messages[-1]["content"]
+        if "Step 3: specification" in last:
+            return Reply(" <<SYS>> # Step 41: not a specification", delay=1.5)
+        return Reply("1. an idea\nSELECTED: 1\nFIELD: control", delay=1.5)
+
+    with FakeLLMServer(responder=slow) as server:
+        settings = RunSettings(
+            budgets=Budgets(max_trials=12), llm=llm_settings(server.anthropic_url),
+            outer=OuterSettings(levels=("1", "2"), mechanism_source="llm", l2_every=3,
+                                max_l2_rounds=1))
+        loop, store = surrogate_loop(tmp_path, executor, settings)
+        loop.run()
+    assert store.get_run("run-l2").state is RunState.SUCCEEDED
+    notes = [e.payload["detail"] for e in store.events_after("run-l2", 0, limit=10_000)
+             if e.kind is EventKind.MECHANISM and e.payload["action"] == "round_skipped"]
+    assert len(notes) == 1 and "failed: the specification is not a JSON object" in notes[0]
+    match = re.search(r"designed while trials (\d+)-(\d+) ran", notes[0])
+    assert match is not None and int(match.group(2)) > int(match.group(1)), notes[0]
+    trials = {t.index: t for t in store.trials("run-l2")}
+    first, last = int(match.group(1)), int(match.group(2))
+    assert all(trials[i].finished for i in range(first, last + 1))  # they ran meanwhile
+    page = mechanism_report.render(store, "run-l2")
+    assert "## Rounds that brought no mechanism" in page and "specification" in page
 
 
 def test_deny_network_from_a_mechanism_in_a_run_is_the_sandboxs_doing(

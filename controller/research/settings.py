@@ -13,6 +13,11 @@ from controller.sandbox.spec import RUNTIMES
 
 # The offline proposers (no LLM) are their registry's (research/level1/offline/).
 OFFLINE_PROPOSERS = offline.names()
+# The default portfolio: one arm per kind of search - local steps, a model of the good
+# region (TPE), an adapted Gaussian (CMA-ES), global sampling (random). Sobol is global
+# sampling too; as a second such arm it would split that kind's credit and cost a share
+# of every run's exploration (bench/portfolio_suite.py). --portfolio names it to add it.
+PORTFOLIO_ARMS = ("local", "tpe", "cmaes", "random_search")
 PROPOSERS = (*OFFLINE_PROPOSERS, "llm")
 RENAMED_PROPOSERS = offline.RENAMED
 MODES = ("params", "code")
@@ -123,15 +128,15 @@ class OuterSettings:
     # none without memory); an ablation passes an earlier ablation's runs.
     library_prior_runs: tuple[str, ...] = ()
     # Level 2's portfolio (research/level2/portfolio.py): the search strategies, besides
-    # the run's own proposer, that each trial is allocated among. None: every offline
-    # proposer; (): no portfolio (Level 2 only adds mechanisms to the run's proposer).
+    # the run's own proposer, that each trial is allocated among. None: PORTFOLIO_ARMS;
+    # (): no portfolio (Level 2 only adds mechanisms to the run's proposer).
     portfolio: tuple[str, ...] | None = None
 
     def portfolio_arms(self, proposer_kind: str) -> tuple[str, ...]:
         """The arms of this run's portfolio, the run's proposer first; () for none."""
         if "2" not in self.levels or self.portfolio == ():
             return ()
-        others = OFFLINE_PROPOSERS if self.portfolio is None else self.portfolio
+        others = PORTFOLIO_ARMS if self.portfolio is None else self.portfolio
         return (proposer_kind, *(a for a in others if a != proposer_kind))
 
     @property

@@ -17,11 +17,18 @@ is extended once; no round starts when fewer trials are left than a window needs
 candidate whose window a wall-time stop or a cancel cuts short is "not judged".
 A candidate that fails at runtime is disabled at once (research/level2/wiring.py) and its
 traceback goes to the next round's explore prompt.
+
+An LLM designs a round in a background thread (explore, critique, spec: minutes on a
+small local model), while the inner loop keeps its slots busy; the first trial to finish
+after the design is done takes it through the gates. A design still running when the run
+ends (or the controller stops) is dropped and said so; the next run or resume starts the
+next round on schedule. A design done within DESIGN_GRACE_SECONDS is gated at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import threading
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -45,6 +52,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 STATE_KEY = "level2"
+# A design that finishes within this (a fast API, a replay) is gated at once, so its
+# candidate's window starts with the next trial; a slower one runs beside the trials.
+DESIGN_GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -55,8 +65,21 @@ class Level2State:
     short_noted: bool = False  # "too few trials left for a round" was said
 
 
+@dataclass
+class Designing:
+    """A round whose mechanism the LLM is designing in the background."""
+
+    round: int
+    trial: int  # the trial after which the round began
+    why: str
+    done: threading.Event = field(default_factory=threading.Event)
+    row: MechanismRow | None = None
+    error: str = ""
+
+
 class MechanismLoop:
-    """Runs rounds and judges candidates on the coordinator thread, after a trial."""
+    """Runs rounds and judges candidates on the coordinator thread, after a trial; an
+    LLM's design runs beside it."""
 
     def __init__(self, loop: InnerLoop, wiring: MechanismWiring,
                  designer: LLMDesigner | None) -> None:
@@ -67,9 +90,11 @@ class MechanismLoop:
         self.log = MechanismLog(loop.store)
         raw = self.log.outer_state(loop.run_id, STATE_KEY)
         self.state = Level2State(**raw) if raw else Level2State()
+        self.designing: Designing | None = None
 
     def attach(self) -> None:
         self.loop.after_trial.append(self.after_trial)
+        self.loop.exit_hooks.append(self._drop_design)
         row = self._rows().get(self.state.candidate) if self.state.candidate else None
         if row is not None and row.activated_at is not None:  # a resumed run
             self.wiring.put_on_trial(row.name, row.activated_at)
@@ -85,6 +110,12 @@ class MechanismLoop:
                 if t.finished and t.index > 0]
 
     def after_trial(self, index: int) -> None:
+        if self.designing is not None:
+            if not self.designing.done.is_set():
+                return  # the LLM is still designing; the trials go on meanwhile
+            self._designed(index, self.designing)
+            self.designing = None
+            return
         if self.state.candidate:
             row = self._rows().get(self.state.candidate)
             if row is None or row.status == DISABLED:
@@ -162,11 +193,60 @@ class MechanismLoop:
         self._save()
         rows = self._rows()
         trace = self._trace()
-        row = self._next(index, trace, rows)
-        if row is None:
+        if self.designer is not None:
+            job = Designing(self.state.rounds, index, why)
+            self.designing = job
+            threading.Thread(target=self._design, args=(job, trace, rows), daemon=True,
+                             name=f"level2-design-{job.round}").start()
+            if job.done.wait(DESIGN_GRACE_SECONDS):  # quick: gated at once, as before
+                self.designing = None
+                self._designed(index, job)
             return
-        self.wiring.event("proposed", row, index, f"round {self.state.rounds} ({why}): "
-                          f"{row.description[:500]}")
+        row = self._next(index, rows)
+        if row is not None:
+            self._admit(index, row, f"round {self.state.rounds} ({why})")
+
+    def _design(self, job: Designing, trace: list[TrialRecord],
+                rows: dict[str, MechanismRow]) -> None:
+        """In the background: the LLM's explore, critique and spec for `job`'s round."""
+        assert self.designer is not None
+        try:
+            d = self.designer.design(job.trial, job.round, trace, list(rows.values()))
+            job.row = MechanismRow(unique_name(d.name, set(rows)), "llm", d.source,
+                                   field=d.field, description=d.description,
+                                   round=job.round, steps=d.steps)
+        except (LLMError, LLMUnavailable, LLMBudgetSpent, DesignError) as exc:
+            job.error = str(exc)
+        except Exception as exc:  # a bug here must not end the run
+            log.exception("level 2 design failed")
+            job.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            job.done.set()
+
+    def _designed(self, index: int, job: Designing) -> None:
+        """On the coordinator thread, after the design is done: gate it, or say why not."""
+        where = f"round {job.round} ({job.why}; designed while trials {job.trial + 1}-" \
+                f"{index} ran)"
+        if job.row is None:
+            self._note(index, f"{where} failed: {job.error}")
+            return
+        need = level2_verdict.window_length(self.outer.window)
+        left = self.loop.settings.budgets.max_trials - index
+        if left < need:
+            self._note(index, f"{where}: {job.row.name} was designed, but {left} trial(s) "
+                              f"are left and a verdict needs a window of {need}")
+            return
+        self._admit(index, job.row, where)
+
+    def _drop_design(self) -> None:
+        job = self.designing
+        if job is not None and not job.done.is_set():
+            self._note(job.trial, f"round {job.round} was still being designed when the run "
+                                  "stopped; dropped")
+        self.designing = None
+
+    def _admit(self, index: int, row: MechanismRow, where: str) -> None:
+        self.wiring.event("proposed", row, index, f"{where}: {row.description[:500]}")
         admission = self.wiring.admit(row, index)
         if admission.passed:
             row.window_end = index + level2_verdict.window_length(self.outer.window)
@@ -174,40 +254,30 @@ class MechanismLoop:
             self.state.candidate = row.name
             self._save()
             self.wiring.put_on_trial(row.name, index + 1)
-        log.info("level 2 round", round=self.state.rounds, mechanism=row.name,
+        log.info("level 2 round", round=row.round, mechanism=row.name,
                  passed=admission.passed, stopped_at=admission.stopped_at)
 
-    def _next(self, index: int, trace: list[TrialRecord],
-              rows: dict[str, MechanismRow]) -> MechanismRow | None:
+    def _next(self, index: int, rows: dict[str, MechanismRow]) -> MechanismRow | None:
+        """The built-in library's next mechanism (offline rounds)."""
         n = self.state.rounds
-        if self.designer is None:
-            prior = set(self.outer.library_prior_runs)
-            # Without memory (an ablation's repeat) earlier runs' verdicts are not read:
-            # repeats must not depend on each other or on the order they finished in.
-            # Named prior runs: only their verdicts (an earlier ablation's, say).
-            # Only runs of the same principal, unless the operator shares memory.
-            outcomes = self.log.outcomes(self.loop.run_id, self.loop.memory_owner) \
-                if self.loop.settings.proposer.use_memory or prior else []
-            if prior:
-                outcomes = [o for o in outcomes if o.run_id in prior]
-            choice = choose_from_library(
-                set(rows), outcomes, self.loop.settings.task.preset,
-                self.loop.settings.search.seed, n)
-            if choice is None:
-                self._note(index, "every built-in mechanism was tried; no new round")
-                return None
-            name, why = choice
-            return MechanismRow(name, "library", library.source(name), round=n,
-                                field=f"built-in library ({why})",
-                                description=f"built-in {name}: {why}")
-        try:
-            d = self.designer.design(index, n, trace, list(rows.values()))
-        except (LLMError, LLMUnavailable, LLMBudgetSpent, DesignError) as exc:
-            self._note(index, f"round {n} failed: {exc}")
+        prior = set(self.outer.library_prior_runs)
+        # Without memory (an ablation's repeat) earlier runs' verdicts are not read:
+        # repeats must not depend on each other or on the order they finished in.
+        # Named prior runs: only their verdicts (an earlier ablation's, say).
+        # Only runs of the same principal, unless the operator shares memory.
+        outcomes = self.log.outcomes(self.loop.run_id, self.loop.memory_owner) \
+            if self.loop.settings.proposer.use_memory or prior else []
+        if prior:
+            outcomes = [o for o in outcomes if o.run_id in prior]
+        choice = choose_from_library(set(rows), outcomes, self.loop.settings.task.preset,
+                                     self.loop.settings.search.seed, n)
+        if choice is None:
+            self._note(index, "every built-in mechanism was tried; no new round")
             return None
-        name = unique_name(d.name, set(rows))
-        return MechanismRow(name, "llm", d.source, field=d.field, description=d.description,
-                            round=n, steps=d.steps)
+        name, why = choice
+        return MechanismRow(name, "library", library.source(name), round=n,
+                            field=f"built-in library ({why})",
+                            description=f"built-in {name}: {why}")
 
     def _note(self, index: int, detail: str) -> None:
         row = MechanismRow("(level 2)", "level2", "", status="none")

@@ -16,8 +16,12 @@ to an arm drawn from known probabilities:
 - The posterior of each arm's mean reward is Beta(1 + reward, 1 + (1 - reward)) summed
   over its pulls (the fractional-reward form of Bernoulli Thompson sampling), with each
   arm's older pulls discounted: a search that paid early, from a poor baseline, must
-  keep paying. Thompson sampling's allocation - the chance each arm's draw is the
-  highest - is computed by seeded Monte Carlo, so it is a number that can be recorded.
+  keep paying. A rank varies less than a coin flip of the same mean, so each pull counts
+  as m(1 - m) / s^2 observations (the Beta whose variance matches the arm's observed
+  rewards, between 1 and MAX_WEIGHT): an arm whose trials all land in the tail is told
+  apart in three pulls, not ten. Thompson sampling's allocation - the chance each arm's
+  draw is the highest - is computed by seeded Monte Carlo, so it is a number that can
+  be recorded.
 - Every arm keeps a floor probability, so an arm that starts slowly can come back, and
   every propensity is positive. An arm is retired - left with the floor only - while it
   has had a fair number of pulls and even an optimistic reading of its mean reward is
@@ -41,8 +45,9 @@ from scipy.special import betaincinv
 
 DISCOUNT = 0.95  # weight of an arm's pull per later pull of the same arm
 DRAWS = 4000  # Monte Carlo draws for the Thompson allocation
-FLOOR = 0.03  # each arm's least probability (less when there are many arms)
-RETIRE_AFTER = 8  # pulls before an arm can be retired
+FLOOR = 0.02  # each arm's least probability (less when there are many arms)
+MAX_WEIGHT = 4.0  # observations one pull may count as (variance matching)
+RETIRE_AFTER = 3  # pulls before an arm can be retired
 RETIRE_QUANTILE = 0.9  # ... when this quantile of its reward is below the leader's mean
 
 
@@ -85,12 +90,24 @@ def posteriors(arms: Sequence[str], pulls: Sequence[Pull],
         mine = [p for p in pulls if p.arm == arm]
         n = len(mine)
         weights = [DISCOUNT ** (n - 1 - i) for i in range(n)]
-        good = sum(w * p.reward for w, p in zip(weights, mine, strict=True))
-        bad = sum(w * (1.0 - p.reward) for w, p in zip(weights, mine, strict=True))
+        scale = pull_weight([p.reward for p in mine])
+        good = scale * sum(w * p.reward for w, p in zip(weights, mine, strict=True))
+        bad = scale * sum(w * (1.0 - p.reward) for w, p in zip(weights, mine, strict=True))
         a0, b0 = (prior or {}).get(arm, (0.0, 0.0))
         out.append(ArmPosterior(arm, n, sum(p.kept for p in mine),
                                 1.0 + a0 + good, 1.0 + b0 + bad))
     return out
+
+
+def pull_weight(rewards: Sequence[float]) -> float:
+    """How many Bernoulli observations one pull is worth: m(1 - m) / s^2 for rewards of
+    mean m and sample variance s^2, in [1, MAX_WEIGHT]; 1 below three pulls (no variance
+    to trust yet) and for 0/1 rewards (a coin flip is one observation)."""
+    if len(rewards) < 3:
+        return 1.0
+    m = sum(rewards) / len(rewards)
+    var = sum((r - m) ** 2 for r in rewards) / (len(rewards) - 1)
+    return min(MAX_WEIGHT, max(1.0, m * (1.0 - m) / max(var, 1e-9)))
 
 
 def chance_best(posts: Sequence[ArmPosterior], rng: np.random.Generator) -> np.ndarray:

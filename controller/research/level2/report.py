@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from controller.store.mechanisms import ACTIVE, GATE_REJECTED, MechanismRow
-from controller.store.records import NotFoundError
+from controller.store.records import EventKind, NotFoundError
 from controller.store.runs import RunStore
 from mechanisms.interface import ACTING_HOOKS
 
@@ -95,6 +95,10 @@ def render(store: RunStore, run_id: str) -> str:
         r = s.row
         lines.append(f"| {r.name} | {r.origin} | {_cell(r.field)} | {r.status} | {s.calls} | "
                      f"{s.effective} | {s.failures} | {_cell(s.finding)} |")
+    skipped = round_notes(store, run_id)
+    if skipped:
+        lines += ["", "## Rounds that brought no mechanism", "",
+                  *(f"- after trial {trial}: {_cell(detail[:600])}" for trial, detail in skipped)]
     for s in items:
         r = s.row
         lines += ["", f"## {r.name}", "", f"- origin: {r.origin}; field: {r.field or '-'}; "
@@ -123,6 +127,19 @@ def render(store: RunStore, run_id: str) -> str:
             lines.append(f"- Level-2 steps stored: {', '.join(st['step'] for st in r.steps)}"
                          " (prompts and outputs in the store and the LLM call log)")
     return "\n".join(lines) + "\n"
+
+
+def round_notes(store: RunStore, run_id: str) -> list[tuple[int, str]]:
+    """(trial, why) of every Level-2 round that failed or was skipped: a design the LLM
+    could not finish, no library mechanism left, too few trials left for a verdict."""
+    out: list[tuple[int, str]] = []
+    seq = 0
+    while batch := store.events_after(run_id, seq, limit=2000):
+        seq = batch[-1].seq
+        out += [(int(e.payload.get("trial", -1)), str(e.payload.get("detail", "")))
+                for e in batch if e.kind is EventKind.MECHANISM
+                and e.payload.get("action") == "round_skipped"]
+    return out
 
 
 def artifact(store: RunStore, run_id: str, name: str) -> bytes | None:
