@@ -184,6 +184,13 @@ class Result:
 
 
 def run_cell(cell: Cell) -> Result:
+    try:
+        return _run_cell(cell)
+    except Exception as exc:  # name the cell: a worker's traceback alone does not
+        raise RuntimeError(f"{cell}: {type(exc).__name__}: {exc}") from exc
+
+
+def _run_cell(cell: Cell) -> Result:
     configure_logging(level="error")
     warnings.simplefilter("ignore", RuntimeWarning)  # the candidates' overflows
     started = time.monotonic()

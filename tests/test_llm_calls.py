@@ -197,8 +197,8 @@ def test_anthropic_requests_mark_the_stable_prefix_for_the_prompt_cache_and_pric
     adapter = pydantic.TypeAdapter(message_create_params.MessageCreateParamsStreaming)
     for request in (first, second):
         valid = adapter.validate_python(request.body)
-        system = list(valid["system"])  # type: ignore[arg-type]
-        list(valid["messages"])  # iterating validates each message
+        system: list[Any] = list(valid["system"])  # iterating validates each block
+        list(valid["messages"])
         assert len(system) == 1 and system[0]["cache_control"] == {"type": "ephemeral"}
     # The prefix is the same in both calls up to the knobs' current values, which change
     # only when a candidate is kept (trial 1 was: DEPTH 8 -> 10); the trace is outside it.
