@@ -99,12 +99,16 @@ class FakeLLMServer:
 
     def __init__(self, responder: Responder | None = None, latency: float = 0.0,
                  response_formats: tuple[str, ...] | None = None, refusal_status: int = 400,
-                 stream_usage: bool = True) -> None:
+                 stream_usage: bool = True, interrupts: bool = False) -> None:
         self.responder = responder
         self.latency = latency  # added to every answer
         self.response_formats = response_formats
         self.refusal_status = refusal_status
         self.stream_usage = stream_usage
+        # llama-cpp-python's server (interrupt_requests, on by default): a new request
+        # ends the stream in progress at once, without a finish reason or [DONE].
+        self.interrupts = interrupts
+        self.arrivals = 0
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Script] = deque()
         self._lock = threading.Lock()
@@ -183,6 +187,9 @@ def _handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 return
             request = RecordedRequest(api, self.path, {k.lower(): v for k, v in
                                                        self.headers.items()}, body, time.time())
+            with server._lock:
+                server.arrivals += 1
+                arrival = server.arrivals
             refusal = _refusal(server, body)
             if refusal is not None:
                 with server._lock:
@@ -200,12 +207,14 @@ def _handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 events = _events(api, item, model)
                 if not server.stream_usage:
                     events = [e for e in events if "usage" not in e or api == "anthropic"]
-                self._stream(events, item.chunk_delay)
+                self._stream(events, item.chunk_delay, arrival)
             else:
                 self._send(200, _reply(api, item, model))
 
-        def _stream(self, events: list[dict[str, Any]], chunk_delay: float) -> None:
-            """Server-sent events, one write per event, then the connection closes."""
+        def _stream(self, events: list[dict[str, Any]], chunk_delay: float,
+                    arrival: int) -> None:
+            """Server-sent events, one write per event, then the connection closes; with
+            `interrupts`, it stops where a later request arrived."""
             self.close_connection = True
             try:
                 self.send_response(200)
@@ -215,6 +224,8 @@ def _handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 for i, event in enumerate(events):
                     if i and chunk_delay:
                         time.sleep(chunk_delay)
+                    if server.interrupts and server.arrivals != arrival:
+                        return  # cut short: no finish reason, no [DONE]
                     name = event.pop("__event__", None)
                     head = f"event: {name}\n" if name else ""
                     data = "[DONE]" if event.get("__done__") else json.dumps(event)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -223,3 +224,49 @@ def test_openai_cached_prompt_tokens_are_recorded(server: FakeLLMServer) -> None
     response = _stack(server, "openai", records, attempts=1).complete(_request())
     assert (response.input_tokens, response.cache_read_tokens) == (2000, 1536)
     assert records[0].cache_read_tokens == 1536
+
+
+def test_a_server_that_cuts_concurrent_streams_short_is_then_called_one_at_a_time(
+        tmp_path: Path) -> None:
+    """The proposer and Level 2's designer call the same local server at once; llama.cpp's
+    server ends the stream in progress when the other request arrives. Neither cut-short
+    answer is taken for an answer; the endpoint is then called one request at a time
+    (remembered in the store), and both calls get their whole answer."""
+    memory = CapabilityStore(Database(tmp_path / "store.db"))
+    text = '{"changes": {"A": 1}, "hypothesis": "a long enough answer to overlap"}'
+    with FakeLLMServer(responder=lambda r: Reply(text, chunk_delay=0.02),
+                       interrupts=True) as llama:
+        records: list[CallRecord] = []
+        providers = [_stack(llama, "openai", records, attempts=3, memory=memory)
+                     for _ in range(2)]
+        answers: dict[int, str] = {}
+        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(
+            i, providers[i].complete(_request()).text)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert answers == {0: text, 1: text}
+        assert memory.get(llama.openai_url, "deepseek-chat")["concurrent"] == "false"
+        assert any("one at a time" in n for r in records for n in r.notes)
+        assert all(not r.error for r in records)  # no attempt failed: each was retried alone
+        # From now on a third provider of the endpoint does not overlap the others.
+        third = _stack(llama, "openai", [], attempts=1, memory=memory)
+        assert third.complete(_request()).text == text
+
+
+def test_a_stream_that_ends_without_a_finish_reason_is_not_an_answer(
+        server: FakeLLMServer) -> None:
+    """A second request cuts the first one's stream short, after some text: that text
+    is not taken for an answer; the first call is asked again, alone."""
+    server.interrupts = True
+    server.push(Reply("x" * 200, chunk_delay=0.05), Reply("second"), Reply("again"))
+    first = _raw(server, "openai")
+    result: dict[str, str] = {}
+    worker = threading.Thread(target=lambda: result.update(
+        text=first.complete(_request()).text))
+    worker.start()
+    time.sleep(0.3)  # the first stream is under way, some of its text sent
+    assert _raw(server, "openai").complete(_request()).text == "second"
+    worker.join(10)
+    assert result == {"text": "again"}

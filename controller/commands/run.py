@@ -118,7 +118,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     outer.add_argument("--portfolio", default="", metavar="NAME,...|none",
                        help="Level 2's portfolio: the search strategies besides the run's "
                             "proposer that trials are allocated among by what they gain "
-                            "(default: local,tpe,cmaes,random_search; none: no portfolio)")
+                            "(default: local,tpe,random_search,sobol; none: no portfolio)")
     outer.add_argument("--mechanisms", default="", metavar="NAME|FILE,...",
                        help="starting mechanisms: built-in names (" +
                             ", ".join(library.names()) + ") or .py files (e.g. one exported "

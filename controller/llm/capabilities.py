@@ -7,6 +7,8 @@ vLLM), `json_object` with a `schema` (llama.cpp's server), bare `json_object`, a
 plain text with the schema written into the prompt. A server that refuses the field -
 whatever its status: 400, 422, or llama.cpp's 500 with a validation body - moves the
 endpoint one step down. `stream_options` (usage in a stream) is dropped the same way.
+An endpoint that cut a streamed answer short while another call was in flight is called
+one request at a time from then on (controller/llm/endpoint_gate.py).
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ STRUCTURED = ("json_schema", "json_object+schema", "json_object", "prompt")
 class Capabilities:
     structured: str = STRUCTURED[0]
     stream_usage: bool = True  # send stream_options.include_usage
+    concurrent: bool = True  # False: the server drops a stream when another call arrives
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Capabilities:
         structured = values.get("structured", STRUCTURED[0])
         return cls(structured if structured in STRUCTURED else STRUCTURED[0],
-                   values.get("stream_usage", "true") != "false")
+                   values.get("stream_usage", "true") != "false",
+                   values.get("concurrent", "true") != "false")
 
     def without(self, field: str) -> Capabilities | None:
         """The next step down after the server refused `field`; None if there is none."""
@@ -39,7 +43,8 @@ class Capabilities:
 
     def as_mapping(self) -> dict[str, str]:
         return {"structured": self.structured,
-                "stream_usage": "true" if self.stream_usage else "false"}
+                "stream_usage": "true" if self.stream_usage else "false",
+                "concurrent": "true" if self.concurrent else "false"}
 
 
 class CapabilityMemory(Protocol):

@@ -32,6 +32,7 @@ import openai
 import structlog
 from anthropic.types import CacheControlEphemeralParam, TextBlockParam
 
+from controller.llm import endpoint_gate
 from controller.llm.capabilities import Capabilities, CapabilityMemory
 from controller.llm.errors import LLMError
 from controller.llm.keys import ApiKey
@@ -120,6 +121,10 @@ def _estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+class CutShort(ValueError):
+    """A streamed answer that ended without a finish reason."""
+
+
 def anthropic_system(system: str) -> list[TextBlockParam]:
     """The system prompt as one text block marked for Anthropic's prompt cache: it is the
     stable prefix of every call (a prefix shorter than the model's minimum is simply not
@@ -178,12 +183,24 @@ class OpenAIProvider:
         self.memory = memory
         self.capabilities = Capabilities.from_mapping(
             memory.get(self.endpoint, self.model) if memory is not None else {})
+        self.gate = endpoint_gate.gate(self.endpoint, self.model)
+        if not self.capabilities.concurrent:
+            self.gate.one_at_a_time = True
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         notes: list[str] = []
+        alone = False  # retried one at a time after an interrupted stream
         while True:
             try:
-                response = self._complete(request)
+                with self.gate.call() as call:
+                    try:
+                        response = self._complete(request)
+                    except CutShort as exc:
+                        if not call.overlapped or alone:
+                            raise
+                        alone = True
+                        notes.append(self._one_at_a_time(exc))
+                        continue  # again, now alone: not the identical situation
                 return replace(response, notes=tuple(notes)) if notes else response
             except openai.APIStatusError as exc:
                 field = named_field(exc)
@@ -194,6 +211,20 @@ class OpenAIProvider:
                 notes.append(self._step_down(lower, field or "", exc))
             except (openai.APIError, *MALFORMED) as exc:
                 raise _map_error(self.name, exc) from exc
+
+    def _one_at_a_time(self, exc: CutShort) -> str:
+        note = ("the server cut a streamed answer short while another call was in flight "
+                "(llama.cpp's interrupt_requests); calls to it now go one at a time")
+        if self.gate.one_at_a_time:
+            return note  # another provider of the endpoint found it out already
+        self.gate.one_at_a_time = True
+        self.capabilities = replace(self.capabilities, concurrent=False)
+        log.warning("llm endpoint drops concurrent streams; serialising its calls",
+                    endpoint=self.endpoint, model=self.model, detail=str(exc))
+        if self.memory is not None:
+            self.memory.put(self.endpoint, self.model, self.capabilities.as_mapping(),
+                            f"{note}: {exc}")
+        return note
 
     def _step_down(self, lower: Capabilities, field: str, exc: openai.APIStatusError) -> str:
         before = self.capabilities
@@ -251,11 +282,12 @@ class OpenAIProvider:
                         finish = str(choice.finish_reason)
         text = "".join(parts)
         prompt_text = "".join(str(m["content"]) for m in messages)
-        if not text and not finish:  # retried as malformed; the hint names the likely cause
-            raise ValueError(
-                f"the stream carried no answer to a prompt of about "
-                f"{_estimate_tokens(prompt_text)} tokens (llama.cpp's server answers so when "
-                "the prompt does not fit the model's context window)")
+        if not finish:  # cut short: never taken for an answer (retried as malformed)
+            raise CutShort(
+                f"the stream ended without a finish reason after {len(text)} characters, "
+                f"for a prompt of about {_estimate_tokens(prompt_text)} tokens (llama.cpp's "
+                "server does this when the prompt does not fit the model's context window, "
+                "or when another request interrupts it)")
         if usage is not None:
             details = getattr(usage, "prompt_tokens_details", None)
             cached = int(getattr(details, "cached_tokens", None) or 0) if details else 0

@@ -13,11 +13,14 @@ from controller.sandbox.spec import RUNTIMES
 
 # The offline proposers (no LLM) are their registry's (research/level1/offline/).
 OFFLINE_PROPOSERS = offline.names()
-# The default portfolio: one arm per kind of search - local steps, a model of the good
-# region (TPE), an adapted Gaussian (CMA-ES), global sampling (random). Sobol is global
-# sampling too; as a second such arm it would split that kind's credit and cost a share
-# of every run's exploration (bench/portfolio_suite.py). --portfolio names it to add it.
-PORTFOLIO_ARMS = ("local", "tpe", "cmaes", "random_search")
+# The default portfolio: local steps, a model of the good region (TPE), and global
+# sampling twice over - random, and Sobol's stratified points, which find a narrow good
+# region of a few knobs sooner. CMA-ES is left out: in the portfolio it competes with
+# local for the exploitation share and drew D below 0.6 of the best fixed strategy on a
+# task where global sampling wins; without it D reached 0.81-1.04 on all eight tasks of
+# bench/portfolio_suite.py (chosen on that suite: no held-out task confirms it yet).
+# --portfolio names the arms, cmaes included.
+PORTFOLIO_ARMS = ("local", "tpe", "random_search", "sobol")
 PROPOSERS = (*OFFLINE_PROPOSERS, "llm")
 RENAMED_PROPOSERS = offline.RENAMED
 MODES = ("params", "code")
