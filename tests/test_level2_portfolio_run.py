@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
-from controller.research.level1 import offline
+from controller.research.settings import PORTFOLIO_ARMS
 from tests.test_api_harness import Stubs, serving, surrogate_run, wait_for_engine
 
 pytestmark = pytest.mark.docker
@@ -42,11 +42,13 @@ def test_each_trial_records_its_arm_and_probability_and_the_summary_reports_them
         drawn = [f for f in finished[1:] if f.proposal_source == "proposer"]
         assert drawn, "every trial was a mechanism's"
         for f in drawn:
-            assert f.arm in offline.names(), f
+            assert f.arm in PORTFOLIO_ARMS, f
             assert 0 < f.arm_probability <= 1
             assert f.description.endswith(f"[{f.arm}]") or f.arm == "local"
         assert "portfolio: " in final.summary
-        assert all(name in final.summary for name in offline.names())
+        # The default arms, each with its trials and inverse-propensity mean rank.
+        assert all(f"{name} " in final.summary for name in PORTFOLIO_ARMS)
+        assert "cmaes" not in final.summary and "IPW mean rank" in final.summary
 
         off = stubs.runs.CreateRun(_level2(3, no_portfolio=True), timeout=30)
         assert all(f.arm == "" for f in _finished(stubs, off.id))

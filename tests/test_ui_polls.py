@@ -101,10 +101,17 @@ def test_deny_long_polls_of_one_client_take_the_pages_places(tmp_path: Path) -> 
 
 class SharedPlaces(UiServer):
     """The page's server with the long-poll bound weakened away: polls take the same
-    places as every other request."""
+    places as every other request. Counts the polls it admitted, so the test probes
+    only once all of them hold their places (a probe that raced a poll's arrival took
+    that poll's place, and the probe then always fit)."""
+
+    polls_in = 0
 
     def enter(self, poll: bool, client: str) -> tuple[int, str] | None:
-        return super().enter(False, client)
+        refused = super().enter(False, client)
+        if poll and refused is None:
+            type(self).polls_in += 1
+        return refused
 
     def leave(self, poll: bool, client: str) -> None:
         super().leave(False, client)
@@ -118,8 +125,11 @@ def test_sensitivity_without_their_own_bound_long_polls_shut_out_the_page(
             ThreadPoolExecutor(ATTACK) as pool:
         # Longer polls: all 16 must be held at once even when a busy host is slow to
         # open them.
+        SharedPlaces.polls_in = 0
         held = [pool.submit(get, ui, POLL.replace("wait=6", "wait=20"))
                 for _ in range(ATTACK)]
+        while SharedPlaces.polls_in < ATTACK and not all(p.done() for p in held):
+            time.sleep(0.05)
         status, _, body = until(lambda: get(ui, "/api/runs"), 503, held)
         assert status == 503, "the runs list was served beside 16 long polls"
         assert "too many requests in flight" in body["error"]
