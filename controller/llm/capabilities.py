@@ -41,6 +41,13 @@ class Capabilities:
             return replace(self, stream_usage=False)
         return None
 
+    def meet(self, other: Capabilities) -> Capabilities:
+        """What both allow: the further step down of each (two callers that learned
+        different things about one endpoint keep both lessons)."""
+        return Capabilities(
+            max(self.structured, other.structured, key=STRUCTURED.index),
+            self.stream_usage and other.stream_usage, self.concurrent and other.concurrent)
+
     def as_mapping(self) -> dict[str, str]:
         return {"structured": self.structured,
                 "stream_usage": "true" if self.stream_usage else "false",

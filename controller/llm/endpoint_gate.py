@@ -1,6 +1,7 @@
-"""Calls in flight per LLM endpoint (base URL and model), across every provider of the
-controller: the proposer, Level 1.5 and Level 2's designer each hold their own provider,
-but a local server may have one slot. llama.cpp's server (llama-cpp-python, whose
+"""Calls in flight per LLM endpoint (base URL and model), and what the endpoint was found
+to accept, shared by every provider of the controller: the proposer, Level 1.5 and
+Level 2's designer each hold their own provider, but they talk to one server, which may
+have one slot. llama.cpp's server (llama-cpp-python, whose
 `interrupt_requests` is on by default) ends a streamed answer early - often with nothing
 sent - when another request arrives. An endpoint seen doing that is then called one
 request at a time (controller/llm/capabilities.py remembers it)."""
@@ -12,6 +13,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from controller.llm.capabilities import Capabilities
+
 
 @dataclass
 class Call:
@@ -20,7 +23,7 @@ class Call:
 
 @dataclass
 class EndpointGate:
-    one_at_a_time: bool = False  # shared by every provider of the endpoint
+    capabilities: Capabilities = field(default_factory=Capabilities)
     serial: threading.Lock = field(default_factory=threading.Lock)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _active: list[Call] = field(default_factory=list)
@@ -28,7 +31,8 @@ class EndpointGate:
     @contextlib.contextmanager
     def call(self) -> Iterator[Call]:
         """A call to the endpoint; one at a time once the endpoint needs it."""
-        with self.serial if self.one_at_a_time else contextlib.nullcontext():
+        one_at_a_time = not self.capabilities.concurrent
+        with self.serial if one_at_a_time else contextlib.nullcontext():
             me = Call()
             with self._lock:
                 for other in self._active:

@@ -181,11 +181,14 @@ class OpenAIProvider:
                                      max_retries=0, timeout=settings.timeout_seconds)
         self.endpoint = settings.base_url or "https://api.openai.com/v1"
         self.memory = memory
-        self.capabilities = Capabilities.from_mapping(
-            memory.get(self.endpoint, self.model) if memory is not None else {})
         self.gate = endpoint_gate.gate(self.endpoint, self.model)
-        if not self.capabilities.concurrent:
-            self.gate.one_at_a_time = True
+        if memory is not None:  # what an earlier run (or controller) learned
+            self.gate.capabilities = self.gate.capabilities.meet(
+                Capabilities.from_mapping(memory.get(self.endpoint, self.model)))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.gate.capabilities
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         notes: list[str] = []
@@ -215,30 +218,28 @@ class OpenAIProvider:
     def _one_at_a_time(self, exc: CutShort) -> str:
         note = ("the server cut a streamed answer short while another call was in flight "
                 "(llama.cpp's interrupt_requests); calls to it now go one at a time")
-        if self.gate.one_at_a_time:
-            return note  # another provider of the endpoint found it out already
-        self.gate.one_at_a_time = True
-        self.capabilities = replace(self.capabilities, concurrent=False)
-        log.warning("llm endpoint drops concurrent streams; serialising its calls",
-                    endpoint=self.endpoint, model=self.model, detail=str(exc))
-        if self.memory is not None:
-            self.memory.put(self.endpoint, self.model, self.capabilities.as_mapping(),
-                            f"{note}: {exc}")
+        if self.capabilities.concurrent:  # else another provider found it out already
+            log.warning("llm endpoint drops concurrent streams; serialising its calls",
+                        endpoint=self.endpoint, model=self.model, detail=str(exc))
+            self._learn(replace(self.capabilities, concurrent=False), f"{note}: {exc}")
         return note
 
     def _step_down(self, lower: Capabilities, field: str, exc: openai.APIStatusError) -> str:
-        before = self.capabilities
-        self.capabilities = lower
         note = (f"the server refused {field} (HTTP {exc.status_code}); structured output "
-                f"{before.structured} -> {lower.structured}, usage in streams "
+                f"{self.capabilities.structured} -> {lower.structured}, usage in streams "
                 f"{'on' if lower.stream_usage else 'off'}")
         log.warning("llm endpoint refused a request field; asking one step down",
                     endpoint=self.endpoint, model=self.model, field=field,
                     status=exc.status_code, structured=lower.structured)
-        if self.memory is not None:
-            self.memory.put(self.endpoint, self.model, lower.as_mapping(),
-                            f"{note}: {_short(exc)}")
+        self._learn(lower, f"{note}: {_short(exc)}")
         return note
+
+    def _learn(self, lower: Capabilities, reason: str) -> None:
+        """One place for what the endpoint accepts: shared with the endpoint's other
+        providers in this process, and kept in the store for later runs."""
+        self.gate.capabilities = self.gate.capabilities.meet(lower)
+        if self.memory is not None:
+            self.memory.put(self.endpoint, self.model, self.capabilities.as_mapping(), reason)
 
     def _structured(self, request: LLMRequest) -> tuple[dict[str, Any], str]:
         """(request kwargs, text added to the system prompt) for the answer's schema."""
@@ -281,11 +282,14 @@ class OpenAIProvider:
                     if choice.finish_reason:
                         finish = str(choice.finish_reason)
         text = "".join(parts)
-        prompt_text = "".join(str(m["content"]) for m in messages)
+
+        def prompt_estimate() -> int:  # only where the server gave no usage or no answer
+            return _estimate_tokens("".join(str(m["content"]) for m in messages))
+
         if not finish:  # cut short: never taken for an answer (retried as malformed)
             raise CutShort(
                 f"the stream ended without a finish reason after {len(text)} characters, "
-                f"for a prompt of about {_estimate_tokens(prompt_text)} tokens (llama.cpp's "
+                f"for a prompt of about {prompt_estimate()} tokens (llama.cpp's "
                 "server does this when the prompt does not fit the model's context window, "
                 "or when another request interrupts it)")
         if usage is not None:
@@ -295,6 +299,6 @@ class OpenAIProvider:
                                output_tokens=int(usage.completion_tokens), model=model,
                                stop_reason=finish, cache_read_tokens=cached)
         # A server that does not report usage in streams: estimated, and marked so.
-        return LLMResponse(text=text, input_tokens=_estimate_tokens(prompt_text),
+        return LLMResponse(text=text, input_tokens=prompt_estimate(),
                            output_tokens=_estimate_tokens(text), model=model,
                            stop_reason=finish, usage_estimated=True)
