@@ -157,11 +157,14 @@ def cluster(state_dir: Path, factory: Any = None, image: str | None = None,
                 caller.close()
 
 
-def prepare(state_dir: Path) -> dict[str, str]:
-    """Principals and seeded runs in `state_dir`; the tokens are kept in tokens.json
-    for `cluster` (outside the store, which keeps only their hashes)."""
+def prepare(state_dir: Path, runs: bool = True) -> dict[str, str]:
+    """Principals and (unless `runs` is False) seeded runs in `state_dir`; the tokens
+    are kept in tokens.json for `cluster` (outside the store, which keeps only their
+    hashes). A server with a Docker engine resumes the seeded running runs, whose
+    trials then run beside the test's own jobs."""
     tokens = make_principals(state_dir)
-    seed_runs(state_dir)
+    if runs:
+        seed_runs(state_dir)
     (state_dir / "tokens.json").write_text(json.dumps(tokens))
     return tokens
 

@@ -51,7 +51,7 @@ def test_sensitivity_a_viewer_treated_as_writing_reaches_the_engine(
 @pytest.fixture
 def docker_cluster(tmp_path: Path, sandbox_image: str
                    ) -> Iterator[tuple[ServerThread, dict[str, Caller], str]]:
-    prepare(tmp_path / "state")
+    prepare(tmp_path / "state", runs=False)  # no resumed run's trials beside the jobs
     namespace = f"pytest-principals-{uuid.uuid4().hex[:8]}"
     with cluster(tmp_path / "state", image=sandbox_image, namespace=namespace) as (s, c):
         yield s, c, namespace
@@ -65,8 +65,8 @@ def test_a_job_is_labelled_with_its_callers_principal(
     seen: list[str] = []
     stop = threading.Event()
     mine = {"label": f"{LABEL_NAMESPACE}={namespace}"}
-    # Earlier tests' jobs (another caller's) may still be on their way out: only the
-    # containers this call starts count.
+    # Only the containers this call starts count (the namespace is this test's own, and
+    # its state holds no run that a resume would start).
     before = {found.id for found in docker_client.containers.list(all=True, filters=mine)}
 
     def look() -> None:
