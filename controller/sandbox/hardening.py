@@ -4,6 +4,7 @@ never weaken the hardening."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
@@ -65,9 +66,31 @@ def in_sandbox_nproc(spec: JobSpec) -> int | None:
     return max(1, spec.limits.pids - 1) if spec.runtime == "runsc" else None
 
 
+# Thread pools of the numeric libraries size themselves by the cores the container sees,
+# which are the host's, not its CPU limit: torch, OpenMP and BLAS started one thread per
+# host core against a 1-CPU limit and ran 7-25 times slower (issue #24). torch reads
+# OMP_NUM_THREADS when it is imported (torch.get_num_threads()).
+THREAD_ENV_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMEXPR_MAX_THREADS",
+                    "VECLIB_MAXIMUM_THREADS")
+
+
+def job_env(spec: JobSpec) -> dict[str, str]:
+    """The job's environment: every thread count at its CPU limit (rounded up, at least
+    1), under what the job spec sets itself. A value the spec gives wins: it is the
+    user's explicit choice, within the allow-list (spec.check_env), and the cgroup's CPU
+    limit holds whatever it says. The spec's OMP_NUM_THREADS is the default of the
+    others too: torch built with MKL sizes its pool by MKL's count, not OpenMP's."""
+    threads = str(max(1, math.ceil(spec.limits.cpus)))
+    omp = spec.env.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) >= 1:
+        threads = omp
+    return {**dict.fromkeys(THREAD_ENV_NAMES, threads), **spec.env}
+
+
 def runner_job(spec: JobSpec) -> dict[str, Any]:
     """The runner's job.json: what it starts and the bounds it applies itself."""
-    return {"command": list(spec.command), "env": spec.env,
+    return {"command": list(spec.command), "env": job_env(spec),
             "disk_bytes": spec.limits.disk_bytes, "nproc": in_sandbox_nproc(spec),
             "returned_file_bytes": spec.limits.returned_file_bytes}
 
