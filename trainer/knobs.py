@@ -6,7 +6,8 @@ inside the sandbox image, which is why it lives in `trainer/` and uses only the
 standard library.
 
 A knob is a top-level assignment (`NAME = value` or `NAME: type = value`) of an
-UPPER_CASE name (leading underscores allowed) to a literal: an int, float, bool or str,
+UPPER_CASE name (leading underscores allowed), or of any name a task names (`names`:
+nanoGPT's `learning_rate`), to a literal: an int, float, bool or str,
 a tuple of these, or arithmetic over numbers (`+ - * / // **`, unary `-`/`+`), which is
 folded, e.g. `2**19`. Folding never computes an unbounded value: an int result over
 MAX_INT_BITS bits is refused *before* it is computed (`9**9**9`, `7**7**8`), and every
@@ -24,7 +25,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,9 +124,10 @@ def _char_offset(lines: list[str], starts: list[int], lineno: int, col_bytes: in
     return starts[lineno - 1] + len(line.encode()[:col_bytes].decode(errors="ignore"))
 
 
-def read_constants(source: str) -> dict[str, SourceConstant]:
-    """Every knob of `source` with its type, comment and span, in source order (a name
-    assigned twice: the last). Raises SyntaxError if `source` does not parse."""
+def read_constants(source: str, names: Collection[str] = ()) -> dict[str, SourceConstant]:
+    """Every knob of `source` (UPPER_CASE, or one of `names`) with its type, comment and
+    span, in source order (a name assigned twice: the last). Raises SyntaxError if
+    `source` does not parse."""
     tree = pysource.parse(source)
     lines = source.splitlines(keepends=True)
     starts = _offsets(source)
@@ -137,7 +139,8 @@ def read_constants(source: str) -> dict[str, SourceConstant]:
             target, value = stmt.target, stmt.value
         else:
             continue
-        if not isinstance(target, ast.Name) or not KNOB_NAME.match(target.id):
+        if not isinstance(target, ast.Name) or not (KNOB_NAME.match(target.id)
+                                                    or target.id in names):
             continue
         try:
             folded = _fold(value)
@@ -153,9 +156,9 @@ def read_constants(source: str) -> dict[str, SourceConstant]:
     return found
 
 
-def read_knobs(source: str) -> dict[str, Any]:
+def read_knobs(source: str, names: Collection[str] = ()) -> dict[str, Any]:
     """The knobs' values (each a KnobValue) by name, in source order. Raises SyntaxError."""
-    return {name: constant.value for name, constant in read_constants(source).items()}
+    return {name: constant.value for name, constant in read_constants(source, names).items()}
 
 
 def _conform(constant: SourceConstant, value: Any) -> KnobValue:
@@ -210,10 +213,10 @@ def _format(value: KnobValue, old_source: str) -> str:
     return repr(value)
 
 
-def write_knobs(source: str, changes: Mapping[str, Any]) -> str:
+def write_knobs(source: str, changes: Mapping[str, Any], names: Collection[str] = ()) -> str:
     """`source` with the named knobs set; everything else byte-for-byte unchanged.
     Raises KnobError for an unknown knob or a value of the wrong type."""
-    constants = read_constants(source)
+    constants = read_constants(source, names)
     edits = []
     expected: dict[str, KnobValue] = {}
     for name, value in changes.items():
@@ -225,7 +228,7 @@ def write_knobs(source: str, changes: Mapping[str, Any]) -> str:
                       _format(expected[name], source[constant.start:constant.end])))
     for start, end, text in sorted(edits, reverse=True):
         source = source[:start] + text + source[end:]
-    reread = read_knobs(source)
+    reread = read_knobs(source, names)
     for name, value in expected.items():
         if name not in reread or reread[name] != value:
             raise KnobError(f"rewriting knob {name} did not round-trip")

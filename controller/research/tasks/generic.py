@@ -36,7 +36,7 @@ from controller.research.tasks.manifest import (
     phase1_files,
 )
 from controller.sandbox import bounded_json
-from controller.sandbox.backend import SandboxBackend
+from controller.sandbox.backend import OutputCallback, SandboxBackend
 from controller.sandbox.job_output import metrics_of
 from controller.sandbox.spec import (
     OUT_DIR,
@@ -47,7 +47,6 @@ from controller.sandbox.spec import (
     SpecError,
     Status,
 )
-from trainer import knobs
 from trainer.knobs import KnobValue
 
 SEED_ENV = "TRIAL_SEED"
@@ -55,10 +54,21 @@ MAX_DATA_FILES = 100_000
 MAX_DATA_BYTES = 4 << 30
 LAST_LINE_CAPS = bounded_json.Caps(max_bytes=64 << 10, max_depth=8, max_str=4096,
                                    max_items=1000, nonfinite_null=True)
-# Phase 1 runs `python3 -c LINK outputs command...`: `outputs` in the working directory
-# becomes a link to /job/out (what the runner returns), then the command replaces it.
-_LINK = ("import os,sys;p=sys.argv[1];d=os.path.dirname(p);d and os.makedirs(d,exist_ok=True);"
-         f"os.symlink({OUT_DIR!r},p);os.execvp(sys.argv[2],sys.argv[2:])")
+# A phase runs `python3 -c LINK n path1 target1 ... command...`: each path in the working
+# directory becomes a link to its target (phase 1's `outputs` to /job/out, what the
+# runner returns; a mount's relative target to where it is mounted), then the command
+# replaces it.
+_LINK = ("import os,sys;a=sys.argv;n=int(a[1])\nfor i in range(n):\n p,t=a[2+2*i],a[3+2*i];"
+         "d=os.path.dirname(p);d and os.makedirs(d,exist_ok=True);os.symlink(t,p)\n"
+         "os.execvp(a[2+2*n],a[2+2*n:])")
+
+
+def linked(links: list[tuple[str, str]], command: tuple[str, ...]) -> tuple[str, ...]:
+    """`command`, run after making each (path, target) link; itself when there are none."""
+    if not links:
+        return command
+    pairs = [part for link in links for part in link]
+    return ("python3", "-c", _LINK, str(len(links)), *pairs, *command)
 
 
 def result_metrics(result: JobResult) -> dict[str, Any]:
@@ -108,10 +118,16 @@ def folder_digest(folder: Path) -> str:
     return h.hexdigest()[:24]
 
 
+def _links(phase: Phase) -> list[tuple[str, str]]:
+    """(relative target, mount point) of a phase's mounts given relative targets."""
+    return [(m.link, m.target) for m in phase.mounts if m.link]
+
+
 class ManifestTask:
     """A user's task directory as a Task (controller/research/task.py)."""
 
     allows_code_edits = True
+    reports_progress = True  # evaluate takes on_output (research/level1/evaluation.py)
 
     def __init__(self, manifest: TaskManifest, executor: SandboxBackend | None,
                  runtime: str = "runc", image: str | None = None) -> None:
@@ -125,16 +141,21 @@ class ManifestTask:
         self.image = image  # the task image when the manifest has requirements
         self.objective = Objective(manifest.metric, manifest.direction,
                                    self_reported=manifest.self_reported)
+        self.document = manifest.document
+        self.allows_code_edits = self.document.python  # a config's only edits are its keys
         self._baseline = manifest.editable_source()
-        self._space = search_space(manifest.editable, manifest.knobs, self._baseline)
+        self._space = search_space(self.document, manifest.knobs,
+                                   self.document.read(self._baseline))
         self.protected = Protected()
         scorer = ("a trusted scorer the candidate cannot see or change computes "
                   f"{manifest.metric} afterwards" if manifest.score else FORGEABLE)
+        where = {"python": "its top-level constants named below are the knobs",
+                 "flags": "it holds the values of train.command's flags, the knobs"}.get(
+            self.document.kind, "its keys named below (dotted paths) are the knobs")
         self.description = (
             f"{manifest.description.strip() or f'Task {manifest.name}.'} "
             f"Objective: {self.objective.describe()}. The file you change is "
-            f"{manifest.editable}; its top-level UPPER_CASE constants are the knobs; "
-            f"{scorer}.")
+            f"{self.document.path}; {where}; {scorer}.")
         self._phase1 = phase1_files(manifest)
         self._phase2 = copied_files(manifest)
         self._data: dict[str, str] = {}  # folder -> the backend's data reference
@@ -147,10 +168,14 @@ class ManifestTask:
         return self._space
 
     def read_knobs(self, source: str) -> dict[str, Any]:
-        return knobs.read_knobs(source)
+        return self.document.read(source)
 
     def apply(self, source: str, changes: dict[str, KnobValue]) -> str:
-        return knobs.write_knobs(source, changes)
+        return self.document.write(source, changes)
+
+    def check_source(self, source: str) -> None:
+        """Raises ValueError if `source` is not a valid editable file (see Validator)."""
+        self.document.check(source)
 
     def _mounts(self, phase: Phase) -> tuple[DataMount, ...]:
         assert self.executor is not None
@@ -170,7 +195,10 @@ class ManifestTask:
                        runtime=self.runtime, data_mounts=self._mounts(phase), env=env,
                        image=self.image, labels={"io.bilevel.phase": label})
 
-    def evaluate(self, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
+    def evaluate(self, source: str, seed: int, cancel: threading.Event,
+                 on_output: OutputCallback | None = None) -> TrialOutcome:
+        """`on_output` hears phase 1's output as it runs (the candidate's progress lines,
+        research/level1/progress.py); the scorer's is not passed on."""
         if self.executor is None:
             raise TaskError("task", "a task directory's trials run in the sandbox; "
                                     "no executor was given")
@@ -179,10 +207,17 @@ class ManifestTask:
         # Phase 1 gets neither the scorer's files nor its mounts: the candidate can
         # neither read the evaluation data nor learn how it is scored.
         files = {**self._phase1, m.editable: source.encode()}
-        command = ("python3", "-c", _LINK, train.outputs, *train.command)
+        argv = train.command
+        if self.document.kind == "flags":
+            try:
+                argv = self.document.render(self.document.read(source))
+            except (ValueError, KeyError) as exc:  # a code edit broke flags.json
+                return TrialOutcome(job_status=Status.ERROR.value, val_bpb=None, detail=(
+                    f"{self.document.path} does not give every flag a value: {exc}"))
+        command = linked([(train.outputs, OUT_DIR), *_links(train)], argv)
         first = self.executor.run_job(self._spec(
             train, files, command, train.output_mb << 20, {SEED_ENV: str(int(seed))},
-            "train"), cancel=cancel)
+            "train"), cancel=cancel, on_output=on_output)
         if first.status is not Status.OK or m.score is None:
             claimed = {} if m.score is not None else result_metrics(first)
             outcome = outcome_from_job(first, claimed, self.objective)
@@ -192,7 +227,8 @@ class ManifestTask:
         inputs = {f"{train.outputs}/{rel}": data for rel, data in first.files.items()}
         try:
             second = self.executor.run_job(self._spec(
-                m.score, {**self._phase2, **inputs}, m.score.command, 1 << 20, {}, "score"),
+                m.score, {**self._phase2, **inputs}, linked(_links(m.score), m.score.command),
+                1 << 20, {}, "score"),
                 cancel=cancel)
         except SpecError as exc:  # e.g. outputs past the files cap: the candidate's doing
             return TrialOutcome(job_status=Status.ERROR.value, val_bpb=None, exception={

@@ -1,5 +1,6 @@
-"""A task's knobs: the editable file's top-level UPPER_CASE literal constants, with
-ranges from the manifest's [knobs] table or, where it names none, this default rule:
+"""A task's knobs: the editable file's top-level UPPER_CASE literal constants and the
+names [knobs] lists (a lowercase global, a config key, a command flag: knob_document.py),
+with ranges from the manifest's [knobs] table or, where it gives none, this default rule:
 
 - `True`/`False`: a choice of the two;
 - an int that is a power of two (>= 2): powers of two in [v/8, 8v];
@@ -11,15 +12,18 @@ ranges from the manifest's [knobs] table or, where it names none, this default r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from controller.research.level1.space import Knob, SearchSpace
+from controller.research.tasks import config_knobs
 from controller.research.tasks.errors import TaskError
-from trainer import knobs as knob_io
+from controller.research.tasks.knob_document import KnobDocument
 
 MAX_KNOBS = 64
+_KNOB = {"low", "high", "log", "power_of_two", "choices"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class KnobRange:
     power_of_two: bool = False
     choices: tuple[Any, ...] = ()
     excluded: bool = False  # `NAME = false`: never a knob
+    default: Any = None  # a flag's baseline value when the script's argparse has none
 
 
 def default_knob(name: str, value: Any) -> Knob | None:
@@ -53,26 +58,91 @@ def default_knob(name: str, value: Any) -> Knob | None:
     return None
 
 
-def search_space(editable: str, knob_ranges: Sequence[KnobRange], source: str) -> SearchSpace:
-    """The typed space of `source` (the task's `editable` file) under the manifest's
-    [knobs]; TaskError names the knob whose range does not fit its constant."""
-    constants = knob_io.read_knobs(source)
+def parse_knob(name: str, raw: Any, document: KnobDocument) -> KnobRange:
+    """One [knobs] entry: `{low, high[, log, power_of_two]}`, `{choices = [...]}`,
+    `true` (a knob by the default rule) or `false` (never a knob); a flag may add
+    `default`. TaskError names the key."""
+    field = f"knobs.{name}"
+    if document.kind in ("python", "flags") and not name.isidentifier():
+        raise TaskError(field, f"must be a name of {document.path} (an identifier)")
+    if document.kind not in ("python", "flags") and not config_knobs.valid_path(name):
+        raise TaskError(field, f"must be a key of {document.path}, dotted for nested keys "
+                               "(e.g. \"optimizer.lr\")")
+    if isinstance(raw, bool):
+        return KnobRange(name, excluded=not raw)
+    if not isinstance(raw, dict):
+        raise TaskError(field, f"must be {{low, high[, log, power_of_two]}}, {{choices = "
+                               f"[...]}}, true or false, got {raw!r}")
+    allowed = _KNOB | ({"default"} if document.kind == "flags" else set())
+    for key in raw:
+        if key not in allowed:
+            raise TaskError(f"{field}.{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
+    default = raw.get("default")
+    if default is not None and (not isinstance(default, bool | int | float | str) or (
+            isinstance(default, float) and not math.isfinite(default))):
+        raise TaskError(f"{field}.default", f"must be a number, bool or string, got {default!r}")
+    rest = {k: v for k, v in raw.items() if k != "default"}
+    if not rest:
+        return KnobRange(name, default=default)
+    if "choices" in rest:
+        choices = rest["choices"]
+        if set(rest) != {"choices"} or not isinstance(choices, list) or len(choices) < 2 or \
+                not all(isinstance(c, str | int | float | bool) for c in choices):
+            raise TaskError(f"{field}.choices", "must be alone, a list of 2 or more literals")
+        return KnobRange(name, choices=tuple(choices), default=default)
+    bounds = []
+    for key in ("low", "high"):
+        value = rest.get(key)
+        if value is None:
+            raise TaskError(f"{field}.{key}", "is required (or give choices)")
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not math.isfinite(value):
+            raise TaskError(f"{field}.{key}", f"must be a finite number, got {value!r}")
+        bounds.append(float(value))
+    low, high = bounds
+    if not low < high:
+        raise TaskError(f"{field}.high", f"must be above low ({low}), got {high}")
+    flags = {k: rest.get(k, False) for k in ("log", "power_of_two")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise TaskError(f"{field}.{key}", f"must be true or false, got {value!r}")
+    if flags["log"] and low <= 0:
+        raise TaskError(f"{field}.low", f"a log range needs low > 0, got {low}")
+    if flags["power_of_two"] and low < 1:
+        raise TaskError(f"{field}.low", f"a power-of-two range needs low >= 1, got {low}")
+    return KnobRange(name, low, high, flags["log"], flags["power_of_two"], default=default)
+
+
+def search_space(document: KnobDocument, knob_ranges: Sequence[KnobRange],
+                 values: Mapping[str, Any]) -> SearchSpace:
+    """The typed space of a task's knobs (`values`: the baseline's, by name) under the
+    manifest's [knobs]; TaskError names the knob whose range does not fit its value,
+    and refuses a task with no knob at all, saying what was looked for."""
     ranges = {r.name: r for r in knob_ranges}
-    for name in ranges:
-        if name not in constants:
-            raise TaskError(f"knobs.{name}", f"{editable} has no top-level literal "
-                                             f"constant {name}")
+    for name, entry in ranges.items():
+        if name not in values and not entry.excluded:
+            raise TaskError(f"knobs.{name}", f"is not a knob: there is no "
+                                             f"{document.origin(name)}")
     knobs: list[Knob] = []
-    for name, value in constants.items():
+    for name, value in values.items():
         given = ranges.get(name)
         if given is not None and given.excluded:
             continue
-        knob = default_knob(name, value) if given is None else _ranged(given, value)
+        if given is None or (given.low is None and not given.choices):
+            knob = default_knob(name, value)
+            if knob is None and given is not None:
+                raise TaskError(f"knobs.{name}", f"has no default range for {value!r}; "
+                                                 "give low and high, or choices")
+        else:
+            knob = _ranged(given, value)
         if knob is not None:
             knobs.append(knob)
     if len(knobs) > MAX_KNOBS:
-        raise TaskError("knobs", f"{editable} has {len(knobs)} knobs, over "
+        raise TaskError("knobs", f"{document.path} has {len(knobs)} knobs, over "
                                  f"{MAX_KNOBS}; fix some with NAME = false")
+    if not knobs:
+        raise TaskError("knobs", f"the task has no knob to search: looked for "
+                                 f"{document.looked_for()}; found none with a range")
     return SearchSpace(tuple(knobs))
 
 

@@ -12,10 +12,14 @@ Schema (all keys; an unknown key is an error):
     name, editable, metric, direction ("minimize" | "maximize"), description,
     requirements (list of pip requirement strings), builtin ("surrogate" | a trainer
     preset: the controller's own runner; no [train] then)
-    [train]  command (list of strings), mounts {dir in task = absolute target},
+    [train]  command (list of strings; `{name}` templates make flags knobs), mounts
+             {dir in task = target: /data/... or relative to the working copy},
              wall_seconds, memory_mb, cpus, outputs (relative dir), output_mb
     [score]  command, mounts, wall_seconds, memory_mb, cpus, files (scorer-only files)
-    [knobs]  NAME = {low, high, log, power_of_two} | {choices = [...]} | false
+    [knobs]  NAME = {low, high, log, power_of_two} | {choices = [...]} | true | false
+             (a flag may add `default`); NAME is a top-level name of a Python
+             editable, a dotted key of a YAML/JSON/TOML editable, or a `{name}` of
+             train.command (then no editable: the search edits flags.json)
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.research.tasks import config_knobs, flag_knobs
 from controller.research.tasks.errors import TaskError
-from controller.research.tasks.knob_rules import KnobRange, search_space
+from controller.research.tasks.knob_document import KnobDocument, document_of
+from controller.research.tasks.knob_rules import KnobRange, parse_knob, search_space
 from controller.sandbox.spec import DataMount, SpecError
 
 MANIFEST = "bilevel-task.toml"
@@ -48,7 +54,11 @@ _TOP = {"name", "editable", "metric", "direction", "description", "requirements"
         "train", "score", "knobs"}
 _TRAIN = {"command", "mounts", "wall_seconds", "memory_mb", "cpus", "outputs", "output_mb"}
 _SCORE = {"command", "mounts", "wall_seconds", "memory_mb", "cpus", "files"}
-_KNOB = {"low", "high", "log", "power_of_two", "choices"}
+
+
+# A mount whose target is relative to the working copy is mounted here, and a link at
+# the relative path points to it (the jobs' mounts stay under /data, an allow-list).
+RELATIVE_MOUNTS = "/data/task"
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class Mount:
 
     source: str  # relative to the task directory, normalized
     target: str  # absolute path in the container
+    link: str = ""  # the relative target the manifest gave: a link in the working copy
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,13 @@ class TaskManifest:
     train: Phase | None = None
     score: Phase | None = None
     knobs: tuple[KnobRange, ...] = ()
+    flag_defaults: tuple[tuple[str, Any], ...] = ()  # a flags task's baseline values
+
+    @property
+    def document(self) -> KnobDocument:
+        """The file the search edits and where the knobs live in it."""
+        return document_of(self.editable, [k.name for k in self.knobs if not k.excluded],
+                           self.train.command if self.train else ())
 
     @property
     def self_reported(self) -> bool:
@@ -100,6 +118,8 @@ class TaskManifest:
         """The baseline of the editable file; a builtin's is the controller's own."""
         if self.builtin:
             return builtin_source(self.builtin)
+        if self.document.kind == "flags":
+            return flag_knobs.flags_document(dict(self.flag_defaults))
         return (self.root / self.editable).read_text(encoding="utf-8")
 
     def digest(self) -> str:
@@ -187,11 +207,15 @@ def _mounts(root: Path, raw: Any, field: str) -> tuple[Mount, ...]:
         src = check_relative(root, source, f"{field}.{source}", kind="dir")
         if not isinstance(target, str):
             raise _fail(f"{field}.{source}", f"target must be a string, got {target!r}")
+        link = ""
+        if not target.startswith("/"):
+            link = check_relative(root, target, f"{field}.{source}", kind="any")
+            target = f"{RELATIVE_MOUNTS}/{link}"
         try:
             DataMount(source="v", target=target).validate(0)
         except SpecError as exc:
             raise _fail(f"{field}.{source}", f"target {exc.reason}") from None
-        mounts.append(Mount(src, target))
+        mounts.append(Mount(src, target, link))
     targets = [m.target for m in mounts]
     if len(set(targets)) != len(targets):
         raise _fail(field, f"mounts two folders at one target: {targets}")
@@ -227,40 +251,6 @@ def _phase(root: Path, raw: Any, where: str, allowed: set[str]) -> Phase:
     return phase
 
 
-def _knob(name: str, raw: Any) -> KnobRange:
-    field = f"knobs.{name}"
-    if not name.isidentifier() or not name.isupper():
-        raise _fail(field, "a knob is an UPPER_CASE top-level constant of the editable file")
-    if raw is False:
-        return KnobRange(name, excluded=True)
-    if not isinstance(raw, dict):
-        raise _fail(field, f"must be {{low, high[, log, power_of_two]}}, {{choices = [...]}} "
-                           f"or false, got {raw!r}")
-    _unknown(raw, _KNOB, f"{field}.")
-    if "choices" in raw:
-        choices = raw["choices"]
-        if set(raw) != {"choices"} or not isinstance(choices, list) or len(choices) < 2 or \
-                not all(isinstance(c, str | int | float | bool) for c in choices):
-            raise _fail(f"{field}.choices", "must be alone, a list of 2 or more literals")
-        return KnobRange(name, choices=tuple(choices))
-    for key in ("low", "high"):
-        if key not in raw:
-            raise _fail(f"{field}.{key}", "is required (or give choices)")
-    low = _number(raw, "low", f"{field}.", 0, -1e300, 1e300)
-    high = _number(raw, "high", f"{field}.", 0, -1e300, 1e300)
-    if not low < high:
-        raise _fail(f"{field}.high", f"must be above low ({low}), got {high}")
-    flags = {k: raw.get(k, False) for k in ("log", "power_of_two")}
-    for key, value in flags.items():
-        if not isinstance(value, bool):
-            raise _fail(f"{field}.{key}", f"must be true or false, got {value!r}")
-    if flags["log"] and low <= 0:
-        raise _fail(f"{field}.low", f"a log range needs low > 0, got {low}")
-    if flags["power_of_two"] and low < 1:
-        raise _fail(f"{field}.low", f"a power-of-two range needs low >= 1, got {low}")
-    return KnobRange(name, low, high, flags["log"], flags["power_of_two"])
-
-
 def _requirements(raw: Any) -> tuple[str, ...]:
     if not isinstance(raw, list) or len(raw) > 64:
         raise _fail("requirements", f"must be a list of at most 64 strings, got {raw!r}")
@@ -269,6 +259,47 @@ def _requirements(raw: Any) -> tuple[str, ...]:
             raise _fail("requirements", f"{item!r} is not a plain requirement such as "
                                         "\"scikit-learn==1.5.2\" (no URLs, paths or options)")
     return tuple(raw)
+
+
+def _editable(root: Path, raw: dict[str, Any], builtin: str, train: Phase | None) -> str:
+    """The editable file: a Python file or a YAML/JSON/TOML config; none for a task
+    whose knobs are train.command's flags (the search edits flags.json then)."""
+    if train is not None and flag_knobs.uses(train.command):
+        if "editable" in raw:
+            raise _fail("editable", "train.command has {name} templates, so the knobs are its "
+                                    "flags and the search edits flags.json; leave editable out")
+        return check_relative(root, flag_knobs.FLAGS_FILE, "editable", kind="none")
+    editable = check_relative(root, _str(raw, "editable", ""), "editable",
+                              kind="none" if builtin else "file")
+    if not editable.endswith(".py") and (builtin or not config_knobs.format_of(editable)):
+        raise _fail("editable", f"must be a Python file (its constants are the knobs) or a "
+                                f"YAML, JSON or TOML config (its keys), got {editable!r}")
+    return editable
+
+
+def _flag_defaults(root: Path, document: KnobDocument, ranges: tuple[KnobRange, ...]
+                   ) -> tuple[tuple[str, Any], ...]:
+    """Each flag knob's baseline: [knobs]'s `default`, else the literal default of the
+    script's own `add_argument` for that flag (the command's Python files are read)."""
+    scripts: dict[str, Any] = {}
+    for arg in document.command:
+        if arg.endswith(".py") and (root / arg).is_file() and not (root / arg).is_symlink():
+            text = (root / arg).read_text(encoding="utf-8", errors="replace")
+            scripts.update(flag_knobs.argparse_defaults(text))
+    given = {r.name: r for r in ranges}
+    out: dict[str, Any] = {}
+    for use in flag_knobs.uses(document.command):
+        if use.name in out:
+            continue
+        default = given[use.name].default if use.name in given else None
+        if default is None and use.flag in scripts:
+            default = scripts[use.flag]
+        if default is None:
+            raise _fail(f"knobs.{use.name}", f"train.command passes {{{use.name}}} "
+                        f"({use.flag or 'positional'}) but no argparse default for it was "
+                        f"found in the command's scripts; give default = ... in [knobs]")
+        out[use.name] = default
+    return tuple(out.items())
 
 
 def load_task_dir(path: str | Path) -> TaskManifest:
@@ -304,11 +335,6 @@ def load_task_dir(path: str | Path) -> TaskManifest:
     builtin = _str(raw, "builtin", "", "")
     if builtin and builtin not in BUILTINS:
         raise _fail("builtin", f"must be one of {', '.join(BUILTINS)}, got {builtin!r}")
-    editable = check_relative(root, _str(raw, "editable", ""), "editable",
-                              kind="none" if builtin else "file")
-    if not editable.endswith(".py"):
-        raise _fail("editable", f"must be a Python file (its constants are the knobs), "
-                                f"got {editable!r}")
     if builtin:
         for key in ("train", "score", "requirements", "knobs"):
             if key in raw:
@@ -320,14 +346,19 @@ def load_task_dir(path: str | Path) -> TaskManifest:
             raise _fail("train", "is required: [train] command = [...]")
         train = _phase(root, raw["train"], "train", _TRAIN)
         score = _phase(root, raw["score"], "score", _SCORE) if "score" in raw else None
+    editable = _editable(root, raw, builtin, train)
     knobs_raw = raw.get("knobs", {})
     if not isinstance(knobs_raw, dict):
         raise _fail("knobs", "must be a table of NAME = {low, high} ranges")
-    knob_ranges = tuple(_knob(n, r) for n, r in knobs_raw.items())
+    document = document_of(editable, list(knobs_raw), train.command if train else ())
+    knob_ranges = tuple(parse_knob(n, r, document) for n, r in knobs_raw.items())
+    flag_defaults = _flag_defaults(root, document, knob_ranges) \
+        if document.kind == "flags" else ()
     task = TaskManifest(
         root=root, name=name, editable=editable, metric=metric, direction=direction,
         description=description, requirements=_requirements(raw.get("requirements", [])),
-        builtin=builtin, train=train, score=score, knobs=knob_ranges)
+        builtin=builtin, train=train, score=score, knobs=knob_ranges,
+        flag_defaults=flag_defaults)
     _check_layout(task)
     _check_knobs(task)
     return task
@@ -349,6 +380,11 @@ def _check_layout(task: TaskManifest) -> None:
             if rel == d or rel.startswith(d + "/"):
                 raise _fail(field, f"{rel!r} lies in data folder {d!r}, which jobs get only "
                                    "as a mount")
+    for where, phase in (("train", task.train), ("score", task.score)):
+        for mount in phase.mounts if phase else ():
+            if mount.link and (task.root / mount.link).exists() and mount.link not in data:
+                raise _fail(f"{where}.mounts.{mount.source}", f"target {mount.link!r} is a path of the task directory's own "
+                            "files; a relative target must be free or be a data folder")
     if task.train is not None:
         out = task.train.outputs
         for d in data:
@@ -391,12 +427,16 @@ def phase1_files(task: TaskManifest) -> dict[str, bytes]:
 
 
 def _check_knobs(task: TaskManifest) -> None:
+    """The editable file parses and the task has at least one knob, so a task that
+    cannot be searched is refused here, never after its baseline ran."""
+    document = task.document
     try:
         source = task.editable_source()
     except UnicodeDecodeError:
         raise _fail("editable", f"{task.editable} is not UTF-8") from None
     try:
-        compile(source, task.editable, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        raise _fail("editable", f"{task.editable} does not compile: {exc}") from None
-    search_space(task.editable, task.knobs, source)
+        document.check(source)
+        values = document.read(source)
+    except (ValueError, SyntaxError) as exc:
+        raise _fail("editable", str(exc)) from None
+    search_space(document, task.knobs, values)
