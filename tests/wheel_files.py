@@ -13,14 +13,15 @@ from pathlib import Path
 
 def make_wheel(folder: Path, name: str, version: str, files: Mapping[str, str | bytes], *,
                entry_points: str | None = None, modes: Mapping[str, int] | None = None,
-               tag: str = "py3-none-any") -> Path:
+               tag: str = "py3-none-any", requires: tuple[str, ...] = ()) -> Path:
     """A wheel of `files` (path in the wheel -> content) with its .dist-info; `modes` sets
-    a member's Unix mode (file type included) in the zip."""
+    a member's Unix mode (file type included) in the zip; `requires` its dependencies."""
     dist = f"{name}-{version}.dist-info"
     contents: dict[str, bytes] = {
         path: data.encode() if isinstance(data, str) else data for path, data in files.items()}
     contents[f"{dist}/METADATA"] = (
-        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n").encode()
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires)).encode()
     contents[f"{dist}/WHEEL"] = (f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: "
                                  f"true\nTag: {tag}\n").encode()
     if entry_points is not None:

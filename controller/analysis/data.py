@@ -14,6 +14,7 @@ from pathlib import Path
 
 from controller.research.level2.report import summaries
 from controller.research.task import Objective
+from controller.store import curves as stored_curves
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import NotFoundError, RunRecord, TrialRecord
 from controller.store.runs import RunStore
@@ -56,6 +57,8 @@ class RunData:
     best_diff: str  # baseline train.py -> best train.py
     mechanisms: list[MechanismStats]  # every mechanism tried or called, in order
     trial_diffs: dict[int, str] = field(default_factory=dict)  # trial -> diff vs its parent
+    # trial -> its reported training curve [(step, value)] (untrusted; store/curves.py)
+    curves: dict[int, list[tuple[int, float | None]]] = field(default_factory=dict)
 
     @property
     def preset(self) -> str:
@@ -106,7 +109,8 @@ class StateDir:
                 except NotFoundError:
                     continue
                 diffs[t.index] = cap(raw.decode("utf-8", "replace"), MAX_TRIAL_DIFF_CHARS)
-        return RunData(run, trials, self._best_diff(run), self._mechanisms(run_id), diffs)
+        return RunData(run, trials, self._best_diff(run), self._mechanisms(run_id), diffs,
+                       stored_curves.load(self.store, run_id))
 
     def _best_diff(self, run: RunRecord) -> str:
         if run.best_trial is None or run.best_trial == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 
 from controller.analysis import plots
+from controller.analysis.curve_plot import curves_chart
 from controller.analysis.curves import points
 from controller.analysis.data import SURROGATE_NOTE, RunData
 from controller.analysis.pages import (
@@ -26,7 +27,7 @@ from controller.analysis.pages import (
 )
 from controller.analysis.report_ablation import ablation_report
 from controller.research.task import Objective
-from controller.store.records import TrialRecord
+from controller.store.records import TrialRecord, TrialStatus
 
 __all__ = ["Report", "ablation_report", "run_report"]
 
@@ -121,6 +122,20 @@ def _caption(counts: dict[str, int], total: int, objective: Objective) -> str:
     return text
 
 
+def _curves_html(data: RunData, trials: list[TrialRecord]) -> list[str]:
+    """The trials' reported curves, when any trial reported progress."""
+    chart = curves_chart(data.curves, trials, f"{data.run.id}: reported training curves",
+                         data.objective)
+    if not chart:
+        return []
+    pruned = sum(t.status is TrialStatus.PRUNED for t in trials)
+    return ["<h2>Training curves</h2>",
+            img(chart, "each trial's reported curve, by what became of it", "curves"),
+            f'<p id="curves-note">{len(data.curves)} trials reported progress; {pruned} '
+            "were pruned. The curves are the candidates' own claims; only the trusted "
+            "score decides.</p>"]
+
+
 def run_report(data: RunData) -> Report:
     run = data.run
     title = f"Run {run.id}"
@@ -162,6 +177,7 @@ def run_report(data: RunData) -> Report:
     body += [table_html(("", ""), facts, "facts"), "<h2>Progress</h2>",
              img(chart, "best-so-far chart: every trial, kept ones marked", "progress"),
              f'<p id="counts">{html.escape(caption)}</p>',
+             *_curves_html(data, trials),
              "<h2>Trials</h2>", _trials_html(data, trials),
              "<h2>Mechanisms</h2>",
              table_html(MECH_HEADERS, mech, "mechanisms") if mech

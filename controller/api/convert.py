@@ -154,7 +154,13 @@ def run_settings(request: rpb.CreateRunRequest) -> RunSettings:
                               noise_margin=search.noise_margin_sigma or 2.0,
                               batch_size=search.batch_size or 1, pipeline=search.pipeline,
                               final_seeds=_opt(search, "final_seeds",
-                                               SearchSettings().final_seeds)),
+                                               SearchSettings().final_seeds),
+                              pruner=_named(enums.PRUNERS, search.pruner, "search.pruner",
+                                            "none"),
+                              prune_startup_trials=_opt(search, "prune_startup_trials",
+                                                        SearchSettings().prune_startup_trials),
+                              prune_min_step=search.prune_min_step,
+                              prune_reduction=search.prune_reduction or 3),
         proposer=ProposerSettings(
             kind=_named(enums.PROPOSER_KINDS, proposer.kind, "proposer.kind", "local"),
             max_changes=proposer.max_changes or 2, step=proposer.step or 0.5,
@@ -227,7 +233,11 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
                                   keep_rule=enums.to_enum(enums.KEEP_RULES, s.keep_rule),
                                   noise_seeds=s.noise_seeds, noise_margin_sigma=s.noise_margin,
                                   batch_size=s.batch_size, pipeline=s.pipeline,
-                                  final_seeds=s.final_seeds),
+                                  final_seeds=s.final_seeds,
+                                  pruner=enums.to_enum(enums.PRUNERS, s.pruner),
+                                  prune_startup_trials=s.prune_startup_trials,
+                                  prune_min_step=s.prune_min_step,
+                                  prune_reduction=s.prune_reduction),
         proposer=rpb.ProposerSettings(
             kind=enums.to_enum(enums.PROPOSER_KINDS, p.kind), max_changes=p.max_changes,
             step=p.step, mode=enums.to_enum(enums.PROPOSER_MODES, p.mode),
@@ -276,6 +286,11 @@ def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
         out.proposer.ClearField("max_changes")
     if p.kind != "local":
         out.proposer.ClearField("step")
+    if search.pruner == "none":
+        for name in ("prune_startup_trials", "prune_min_step", "prune_reduction"):
+            out.search.ClearField(name)
+    elif search.pruner != "asha":
+        out.search.ClearField("prune_reduction")
     if search.keep_rule == "greedy":
         out.search.ClearField("noise_seeds")
         out.search.ClearField("noise_margin_sigma")
@@ -389,6 +404,10 @@ def event(record: EventRecord) -> rpb.RunEvent:
             rejected=p.get("rejected", []), error=p.get("error", "")))
     elif record.kind is EventKind.MECHANISM:
         out.mechanism.CopyFrom(rpb.RunEvent.Mechanism(**p))
+    elif record.kind is EventKind.TRIAL_PROGRESS:
+        out.trial_progress.CopyFrom(rpb.RunEvent.TrialProgress(
+            trial=p["trial"], step=p["step"], value=p.get("value"), points=p.get("points", 0),
+            pruned=p.get("pruned", ""), curve_json=p.get("curve_json", "")))
     return out
 
 

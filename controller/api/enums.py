@@ -20,6 +20,8 @@ E = TypeVar("E", bound=int)
 RUNTIMES: Mapping[str, spb.Runtime] = {"runc": spb.RUNTIME_RUNC, "runsc": spb.RUNTIME_RUNSC}
 KEEP_RULES: Mapping[str, rpb.KeepRule] = {"greedy": rpb.KEEP_RULE_GREEDY,
                                           "noise": rpb.KEEP_RULE_NOISE}
+PRUNERS: Mapping[str, rpb.Pruner] = {"none": rpb.PRUNER_NONE, "median": rpb.PRUNER_MEDIAN,
+                                     "asha": rpb.PRUNER_ASHA}
 # By name: proposer kind "random_search" is PROPOSER_KIND_RANDOM_SEARCH. The kinds are
 # the offline registry's plus "llm"; test_proposer_registry fails when the proto's enum
 # and the registry disagree.

@@ -19,6 +19,8 @@ FIELD_FLAGS = {
     "search.noise_seeds": "--noise-seeds", "search.noise_margin": "--noise-margin",
     "search.noise_margin_sigma": "--noise-margin", "search.batch_size": "--batch",
     "search.final_seeds": "--final-seeds",
+    "search.pruner": "--pruner", "search.prune_startup_trials": "--prune-startup",
+    "search.prune_min_step": "--prune-min-step",
     "proposer.kind": "--proposer", "proposer.mode": "--mode",
     "budgets.max_trials": "--trials", "budgets.max_wall_seconds": "--max-minutes",
     "budgets.max_llm_tokens": "--max-llm-tokens", "budgets.max_llm_cost_usd": "--max-llm-cost",

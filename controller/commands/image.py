@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from controller.commands.build_view import showing_build
 from controller.errors import FieldError
 from controller.research.tasks.manifest import load_task_dir
 from controller.sandbox.backend_config import SandboxUnavailable
@@ -42,7 +43,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         if args.task is not None:
             requirements = load_task_dir(args.task).requirements
             source = WheelSource(find_links=tuple(args.find_links), no_index=args.no_index)
-            tag = ensure_local_task_image(tag, requirements, source, force=args.force)
+            with showing_build():
+                tag = ensure_local_task_image(tag, requirements, source, force=args.force)
     except FieldError as exc:
         print(f"error: task {args.task}: {exc}")
         return 1

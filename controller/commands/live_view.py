@@ -24,11 +24,11 @@ from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.api.gen.bilevel.v1 import sandbox_pb2 as spb
 
 _STATUS = {rpb.TRIAL_STATUS_KEEP: "keep", rpb.TRIAL_STATUS_DISCARD: "discard",
-           rpb.TRIAL_STATUS_CRASH: "crash"}
+           rpb.TRIAL_STATUS_CRASH: "crash", rpb.TRIAL_STATUS_PRUNED: "pruned"}
 # Crashes the trusted side declared: shown by cause (they are never kept).
 _RULE_BREAKS = {spb.JOB_STATUS_OVER_BUDGET: "over_budget",
                 spb.JOB_STATUS_SEED_IGNORED: "seed_ignored"}
-_STYLE = {"keep": "green", "discard": "", "crash": "red"}
+_STYLE = {"keep": "green", "discard": "", "crash": "red", "pruned": "yellow"}
 DESCRIPTION_CHARS = 200  # of a description in a line or cell: it is the proposer's text
 CHROME_LINES = 9  # title, header, borders and the status lines around the table's rows
 

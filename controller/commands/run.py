@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from controller.api import enums
 from controller.api.client import Client
 from controller.api.errors import describe
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.commands.build_view import showing_build
 from controller.commands.connection import add_client_arguments
 from controller.commands.controller_flags import (
     add_controller_arguments,
@@ -259,7 +261,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _create_and_follow(args: argparse.Namespace, request: rpb.CreateRunRequest) -> int:
     async with open_client(args, lambda: embedded_config(args)) as client:
         try:
-            run = await client.runs.CreateRun(request, metadata=client.metadata)
+            # An in-process controller builds the task image inside CreateRun: show it.
+            with showing_build() if client.where == "embedded" else contextlib.nullcontext():
+                run = await client.runs.CreateRun(request, metadata=client.metadata)
         except grpc.aio.AioRpcError as exc:
             print(f"error: {describe_for_flags(exc)}", file=sys.stderr)
             return 2

@@ -42,6 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_task(args: argparse.Namespace, manifest: Any) -> int:
+    from controller.commands.build_view import showing_build
     from controller.errors import FieldError
     from controller.research.task import objective_of
     from controller.research.tasks.registry import task_from_dir
@@ -56,7 +57,8 @@ def _train_task(args: argparse.Namespace, manifest: Any) -> int:
         return 2
     executor = make_backend(ExecutorConfig(image=base, runtime=args.runtime))
     try:
-        image = executor.ensure_task_image(manifest.requirements)
+        with showing_build():
+            image = executor.ensure_task_image(manifest.requirements)
     except (ImageBuildError, ValueError) as exc:
         executor.close()
         print(f"error: task image: {exc}", file=sys.stderr)

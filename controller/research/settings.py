@@ -9,6 +9,7 @@ from typing import Any
 from controller.errors import FieldError
 from controller.llm.settings import LLMSettings
 from controller.research.level1 import offline
+from controller.research.level1.pruners import PRUNERS, PrunerSettings
 from controller.sandbox.spec import RUNTIMES
 
 # The offline proposers (no LLM) are their registry's (research/level1/offline/).
@@ -43,6 +44,9 @@ class TaskSettings:
     metric: str = "val_bpb"
     direction: str = "minimize"
     self_reported: bool = False
+    # Set by the server only: the path of the file the search edits (a task directory's
+    # editable, `flags.json` for a flags task); artifacts are also served under it.
+    editable: str = "train.py"
     # Surrogate only: score trials in the controller from the knobs, no sandbox job.
     in_process: bool = False
 
@@ -64,6 +68,17 @@ class SearchSettings:
     # At the end, the best and the baseline run again on this many fresh paired seeds;
     # the summary says "beats" only when the interval of the difference excludes 0.
     final_seeds: int = 3
+    # Early stopping on the candidates' reported curves (research/level1/pruners.py):
+    # "none", "median" or "asha"; warm-up of prune_startup_trials trials and steps below
+    # prune_min_step (asha: its first rung, 0 = automatic); asha keeps 1/prune_reduction.
+    pruner: str = "none"
+    prune_startup_trials: int = 3
+    prune_min_step: int = 0
+    prune_reduction: int = 3
+
+    def pruning(self) -> PrunerSettings:
+        return PrunerSettings(self.pruner, self.prune_startup_trials, self.prune_min_step,
+                              self.prune_reduction)
 
 
 @dataclass(frozen=True)
@@ -256,6 +271,14 @@ class RunSettings:
         if not 0 <= s.final_seeds <= 32:
             raise FieldError("search.final_seeds", f"must be in [0, 32] (0: no final "
                                                    f"check), got {s.final_seeds}")
+        if s.pruner not in PRUNERS:
+            raise FieldError("search.pruner", f"must be one of {PRUNERS}, got {s.pruner!r}")
+        if not 0 <= s.prune_startup_trials <= 1000:
+            raise FieldError("search.prune_startup_trials", "must be in [0, 1000]")
+        if not 0 <= s.prune_min_step <= 1 << 53:
+            raise FieldError("search.prune_min_step", "must be in [0, 2^53]")
+        if not 2 <= s.prune_reduction <= 16:
+            raise FieldError("search.prune_reduction", "must be in [2, 16]")
         if not 1 <= s.batch_size <= MAX_BATCH:
             raise FieldError("search.batch_size", f"must be in [1, {MAX_BATCH}]")
         if p.mode not in MODES:

@@ -10,11 +10,16 @@ that stopped container against the base must again hold only allowed paths
 Python of the new image runs in either check. The tag is a hash of the base image's id,
 the requirements, every wheel's sha256 and the checks' own code, so an image is reused
 exactly while its inputs are unchanged. Every package the sandbox image already has is
-pinned to its version there (a constraints file from the base's `pip freeze`).
+pinned to its version there (a constraints file from the base's `pip freeze`): a
+requirement the pin satisfies needs nothing new, one it cannot is refused naming the pin
+(controller/sandbox/pinned.py), and pip's failures are told in those terms
+(controller/sandbox/pip_errors.py). Each step and pip's lines are reported as progress
+(controller/sandbox/build_progress.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
@@ -25,6 +30,7 @@ import tarfile
 import tempfile
 import threading
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +43,13 @@ from docker.models.containers import Container
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from controller.sandbox.build_progress import report
 from controller.sandbox.docker_engine import DockerEngine, engine_calls
 from controller.sandbox.image import CACHE_DIR, ImageBuildError
 from controller.sandbox.install_check import MAX_SHOWN, install_problems
 from controller.sandbox.install_rules import PROBE_SCRIPT, BaseLayout
+from controller.sandbox.pinned import Pins, split_pinned, write_pin_wheels
+from controller.sandbox.pip_errors import explain
 from controller.sandbox.wheel_check import check_wheelhouse
 
 log = structlog.get_logger(__name__)
@@ -68,6 +77,7 @@ INSTALL_SCRIPT = (
 _CONFIG_KEYS = ("Cmd", "Entrypoint", "Env", "User", "WorkingDir", "Volumes",
                 "ExposedPorts", "StopSignal", "Shell", "OnBuild", "Healthcheck")
 _CHECK_SOURCES = ("install_rules.py", "wheel_check.py", "install_check.py", "task_image.py")
+PIP_LINES_KEPT = 400  # of pip's output, for the explanation of a failure
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,14 @@ class WheelSource:
         for folder in self.find_links:
             out += ["--find-links", str(folder)]
         return out
+
+    def describe(self) -> str:
+        """Where the wheels were looked for, as an error names it."""
+        folders = ", ".join(str(f) for f in self.find_links)
+        if self.no_index:
+            return f"the wheel folders {folders} only (no index)" if folders else \
+                "nowhere (no index and no wheel folder)"
+        return f"the package index and {folders}" if folders else "the package index"
 
 
 def check_requirements(requirements: Sequence[object],
@@ -152,14 +170,18 @@ def download_wheelhouse(requirements: Sequence[str], constraints: Sequence[str],
     partial = CACHE_DIR / f".task-wheelhouse-{key}-{uuid.uuid4().hex[:8]}"
     partial.mkdir(parents=True)
     (partial / "constraints.txt").write_text("\n".join(constraints) + "\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(partial),
-           "--only-binary=:all:", "--python-version", "3.11", *source.args(),
-           "-c", str(partial / "constraints.txt"), *requirements]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
+    pins = Pins.from_freeze(constraints)
+    report(f"downloading wheels for {', '.join(requirements)} from {source.describe()}")
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR, prefix=".pin-wheels-") as pinned:
+        write_pin_wheels(pins, Path(pinned))
+        cmd = [sys.executable, "-m", "pip", "download", "--progress-bar", "off",
+               "--disable-pip-version-check", "--dest", str(partial), "--only-binary=:all:",
+               "--python-version", "3.11", *source.args(), "--find-links", pinned,
+               "-c", str(partial / "constraints.txt"), *requirements]
+        code, output = _run_reporting(cmd)
+    if code != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        raise ImageBuildError(f"pip download of the task's requirements failed: "
-                              f"{done.stderr[-2000:]}")
+        raise ImageBuildError(explain(output, pins, source.describe()))
     present = {canonicalize_name(c.split("==", 1)[0]) for c in constraints}
     total = 0
     for wheel in sorted(partial.glob("*.whl")):
@@ -179,6 +201,18 @@ def download_wheelhouse(requirements: Sequence[str], constraints: Sequence[str],
         if not (folder / "requirements.txt").exists():
             raise
     return folder
+
+
+def _run_reporting(cmd: list[str]) -> tuple[int, str]:
+    """Run `cmd`, reporting each line it prints; (exit code, its last lines)."""
+    kept: deque[str] = deque(maxlen=PIP_LINES_KEPT)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            kept.append(line.rstrip("\n"))
+            report(f"pip: {line.strip()}")
+    return proc.returncode, "\n".join(kept)
 
 
 def wheel_hashes(wheelhouse: Path) -> list[tuple[str, str]]:
@@ -223,6 +257,7 @@ def install_container(client: docker.DockerClient, base: str, wheelhouse: Path,
             archive.seek(0)
             container.put_archive(str(Path(INSTALL_DIR).parent), archive)
         container.start()
+        threading.Thread(target=_report_logs, args=(container,), daemon=True).start()
         code = container.wait(timeout=INSTALL_SECONDS)["StatusCode"]
         if code != 0:
             tail = container.logs(tail=40).decode("utf-8", "replace")[-3000:]
@@ -235,6 +270,17 @@ def install_container(client: docker.DockerClient, base: str, wheelhouse: Path,
         container.remove(force=True)
         raise
     return container
+
+
+def _report_logs(container: Container) -> None:
+    """Report the install's output while it runs (ends with the container)."""
+    with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+        pending = b""
+        for chunk in container.logs(stream=True, follow=True):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                report(f"install: {line.decode('utf-8', 'replace').strip()}")
 
 
 def commit_task_image(client: docker.DockerClient, container: Container, base: str,
@@ -259,8 +305,10 @@ def build_task_image(client: docker.DockerClient, base: str, wheelhouse: Path,
                      tag: str, layout: BaseLayout) -> None:
     """Install the (statically checked) wheelhouse on `base` and commit it as `tag`,
     unless what the install wrote differs from the base in any way the rules forbid."""
+    report(f"installing the wheels in a container of {base} without network")
     container = install_container(client, base, wheelhouse, tag)
     try:
+        report("comparing what the install wrote with the sandbox image")
         problems = install_problems(client, container, base, layout)
         if problems:
             raise ImageBuildError(
@@ -268,6 +316,7 @@ def build_task_image(client: docker.DockerClient, base: str, wheelhouse: Path,
                 + "; ".join(problems[:MAX_SHOWN])
                 + (f"; and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN
                    else ""))
+        report(f"committing {tag}")
         commit_task_image(client, container, base, tag)
     finally:
         container.remove(force=True)
@@ -277,7 +326,8 @@ def ensure_task_image(client: docker.DockerClient, base: str,
                       requirements: Sequence[str], source: WheelSource | None = None,
                       *, force: bool = False) -> str:
     """The tag of `base` with `requirements` installed, built only when missing. No
-    requirements: `base` itself. Raises ImageBuildError (ValueError for a bad entry)."""
+    requirements, or only ones its pinned packages satisfy: `base` itself. Raises
+    ImageBuildError (ValueError for a bad entry, PinConflict for one a pin refuses)."""
     requirements = check_requirements(requirements)
     if not requirements:
         return base
@@ -289,9 +339,15 @@ def ensure_task_image(client: docker.DockerClient, base: str,
                               "build`") from exc
     with _BUILDING:  # two runs of one task starting together build it once
         if base_id not in _BASES:
+            report(f"reading the packages and layout of {base}")
             _BASES[base_id] = (base_freeze(client, base), base_layout(client, base))
         constraints, layout = _BASES[base_id]
-        return _ensure(client, base, base_id, requirements, constraints, layout, source,
+        todo, notes = split_pinned(requirements, Pins.from_freeze(constraints))
+        for note in notes:
+            report(note)
+        if not todo:
+            return base
+        return _ensure(client, base, base_id, tuple(todo), constraints, layout, source,
                        force)
 
 
@@ -312,12 +368,15 @@ def _ensure(client: docker.DockerClient, base: str, base_id: str,
         try:
             client.images.get(tag)
             log.info("task image up to date", tag=tag)
+            report(f"task image {tag} is up to date")
             return tag
         except docker.errors.ImageNotFound:
             pass
+    report(f"checking {len(list(wheelhouse.glob('*.whl')))} wheels before any build")
     check_wheelhouse(wheelhouse, layout)
     log.info("building task image", tag=tag, base=base, requirements=list(requirements))
     build_task_image(client, base, wheelhouse, tag, layout)
+    report(f"task image {tag} built")
     return tag
 
 

@@ -151,7 +151,18 @@ CREATE TABLE IF NOT EXISTS run_resources (
 );
 CREATE INDEX IF NOT EXISTS run_resources_by_name ON run_resources (kind, name);
 """
-SCHEMA = RUNS + LLM_CALLS + LESSONS + MECHANISMS + RESOURCES
+# Each trial's progress curve as its candidate reported it (store/curves.py): untrusted,
+# bounded (research/level1/progress.py caps its points).
+CURVES = """
+CREATE TABLE IF NOT EXISTS trial_curves (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    idx INTEGER NOT NULL,
+    points_json TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (run_id, idx)
+);
+"""
+SCHEMA = RUNS + LLM_CALLS + LESSONS + MECHANISMS + RESOURCES + CURVES
 # Columns added after the first release; a store created before gets them on open.
 MIGRATIONS = (
     ("runs", "noise_sigma", "REAL"),

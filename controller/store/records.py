@@ -20,17 +20,20 @@ class RunState(enum.StrEnum):
 
 
 class TrialStatus(enum.StrEnum):
-    """Karpathy's results.tsv statuses."""
+    """Karpathy's results.tsv statuses, and `pruned`: stopped early by the run's pruner
+    on its own reported curve (never kept; research/level1/pruners.py)."""
 
     KEEP = "keep"
     DISCARD = "discard"
     CRASH = "crash"
+    PRUNED = "pruned"
 
 
 class EventKind(enum.StrEnum):
     RUN_STARTED = "run_started"
     TRIAL_PROPOSED = "trial_proposed"
     TRIAL_STARTED = "trial_started"
+    TRIAL_PROGRESS = "trial_progress"  # a running trial's reported curve grew (untrusted)
     TRIAL_FINISHED = "trial_finished"
     NEW_BEST = "new_best"
     RUN_FINISHED = "run_finished"

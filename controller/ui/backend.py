@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.ui.curves import CurveTable, catch_up
 
 MAX_STRING = 4000  # characters of one string value (descriptions, details, tracebacks)
 MAX_ITEMS = 500  # items of one list or object
@@ -35,6 +36,7 @@ CALL_SECONDS = 60.0  # longest wait for one unary call
 MAX_RUNS = 1000  # runs listed
 MAX_ABLATIONS = 200
 MAX_ABLATION_FILE = 4 << 20
+MAX_CURVE_RUNS = 8  # runs whose curve tables are kept between requests
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 # The artifact names RunService documents; anything else is refused before a call.
@@ -111,6 +113,8 @@ class Backend:
         from the state dir's store when no controller holds it)."""
         self.client = client
         self.state_dir = state_dir
+        self._curves: dict[str, CurveTable] = {}  # per run, oldest first (curves.py)
+        self._curve_lock = asyncio.Lock()
 
     async def runs(self) -> dict[str, Any]:
         runs: list[Any] = []
@@ -190,6 +194,19 @@ class Backend:
         return {"name": name, "content_type": clip_text(got.content_type, 100),
                 "size": len(content), "truncated": len(content) > MAX_ARTIFACT_BYTES,
                 "text": head}
+
+    async def curves(self, run_id: str) -> dict[str, Any]:
+        """Each trial's reported training curve (controller/ui/curves.py): {"curves":
+        {"<trial>": [[step, value or null], ...]}}, the candidates' untrusted claims in
+        the task's metric, read from the events after those read before."""
+        check_run_id(run_id)
+        async with self._curve_lock:
+            table = self._curves.pop(run_id, None) or CurveTable()
+            await catch_up(self.client, run_id, table, MIN_WAIT_SECONDS, DRAIN_SECONDS)
+            self._curves[run_id] = table
+            while len(self._curves) > MAX_CURVE_RUNS:
+                del self._curves[next(iter(self._curves))]
+        return table.answer()
 
     def ablations(self) -> dict[str, Any]:
         """Ablations live with the process that drove them (`bilevel ablate` writes

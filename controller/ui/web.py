@@ -176,6 +176,8 @@ class UiServer:
                 return b.events(run_id, _int(query, "after", 0), _float(query, "wait", 0.0))
             case ["api", "runs", run_id, "artifact"]:
                 return b.artifact(run_id, query.get("name", ""))
+            case ["api", "runs", run_id, "curves"]:  # each trial's reported curve
+                return b.curves(run_id)
             case ["api", "ablations"]:
                 return self._sync(b.ablations)
             case ["api", "ablations", ablation_id]:

@@ -31,6 +31,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 
 from controller.research.task import Task, TrialOutcome
+from controller.sandbox.backend import OutputCallback
 from controller.sandbox.backend_config import SandboxUnavailable
 from controller.sandbox.spec import Status
 
@@ -66,6 +67,15 @@ def invalid(reason: str) -> Evaluation:
 
 
 SEED_IGNORED = "seed_ignored"
+PRUNED = "pruned"  # the job status of a trial the run's pruner stopped
+
+
+def pruned(reason: str, started_at: float) -> Evaluation:
+    """A trial stopped by the pruner on its own reported curve: no score, never kept."""
+    now = time.time()
+    outcome = TrialOutcome(job_status=PRUNED, val_bpb=None, seconds=now - started_at,
+                           detail=f"pruned: {reason}")
+    return Evaluation(outcome, (), started_at, now)
 
 
 # Fixed-step runs of one seed on a CPU agree to about 1e-7 (kernels pick other SIMD paths
@@ -137,11 +147,15 @@ def checked(outcome: TrialOutcome, runs: Sequence[tuple[int, TrialOutcome]]) -> 
     return replace(outcome, metrics=metrics)
 
 
-def guarded(task: Task, source: str, seed: int, cancel: threading.Event) -> TrialOutcome:
+def guarded(task: Task, source: str, seed: int, cancel: threading.Event,
+            progress: OutputCallback | None = None) -> TrialOutcome:
     """`task.evaluate`, with any failure to turn the job's output into an outcome (a bug
     reached by hostile output) charged to this trial as `sandbox_error`, not to the run.
-    An engine that is down (SandboxUnavailable) still stops the run."""
+    An engine that is down (SandboxUnavailable) still stops the run. `progress` hears
+    the job's output as it runs, for a task that reports progress (`reports_progress`)."""
     try:
+        if progress is not None and getattr(task, "reports_progress", False):
+            return task.evaluate(source, seed, cancel, on_output=progress)  # type: ignore[call-arg]
         return task.evaluate(source, seed, cancel)
     except SandboxUnavailable:
         raise
@@ -155,24 +169,28 @@ def guarded(task: Task, source: str, seed: int, cancel: threading.Event) -> Tria
 
 def evaluate(task: Task, source: str, seeds: Sequence[int], cancel: threading.Event,
              confirm: Callable[[float], bool] | None = None,
-             keeps: Callable[[Sequence[float]], bool] | None = None) -> Evaluation | None:
+             keeps: Callable[[Sequence[float]], bool] | None = None,
+             progress: OutputCallback | None = None) -> Evaluation | None:
     """Run `source` on `seeds` (one after another; at once for a task whose value does
     not depend on timing), or on seeds[0] and then seeds[1] if `confirm(first val_bpb)`
     says so. If the task has a seed check and `keeps(values)` says the keep rule would
-    keep the candidate, the check runs too. None when `cancel` interrupted it."""
+    keep the candidate, the check runs too. None when `cancel` interrupted it. Only the
+    first seed's job reports progress (the trial's curve)."""
     start = time.time()
     runs: list[tuple[int, TrialOutcome]] = []
     if confirm is None and len(seeds) > 1 and not getattr(task, "seeds_in_parallel", False):
-        for seed in seeds:
+        for i, seed in enumerate(seeds):
             if cancel.is_set():
                 break
-            runs.append((seed, guarded(task, source, seed, cancel)))
+            runs.append((seed, guarded(task, source, seed, cancel,
+                                       progress if i == 0 else None)))
     elif confirm is None and len(seeds) > 1:
         with ThreadPoolExecutor(len(seeds), thread_name_prefix="seed") as pool:
-            outcomes = list(pool.map(lambda s: guarded(task, source, s, cancel), seeds))
+            outcomes = list(pool.map(lambda s: guarded(
+                task, source, s, cancel, progress if s == seeds[0] else None), seeds))
         runs = list(zip(seeds, outcomes, strict=True))
     else:
-        runs.append((seeds[0], guarded(task, source, seeds[0], cancel)))
+        runs.append((seeds[0], guarded(task, source, seeds[0], cancel, progress)))
         first = runs[0][1]
         if (confirm is not None and len(seeds) > 1 and not first.crashed
                 and first.val_bpb is not None and not cancel.is_set()

@@ -39,9 +39,11 @@ from controller.research.level1.keep import Incumbent, make_rule
 from controller.research.level1.llm_report import llm_line, never_usable
 from controller.research.level1.planner import ContextHook, Planned, Planner
 from controller.research.level1.proposer import Proposal, Proposer
+from controller.research.level1.pruners import make_pruner
 from controller.research.level1.results import results_tsv
 from controller.research.level1.space import ProposalError, SearchSpace
 from controller.research.level1.validate import Validator, knob_changes
+from controller.research.level1.watch import ProgressWatch
 from controller.research.settings import Budgets, RunSettings
 from controller.research.task import (
     FORGEABLE,
@@ -119,6 +121,9 @@ class InnerLoop:
         self.validator = Validator(task, self.space)
         self.rule = make_rule(settings.search)
         self.calls = CallLog(store)
+        # Trials' reported curves and the pruner that may stop them (watch.py).
+        self.watch = ProgressWatch(run_id, store, objective_of(task),
+                                   make_pruner(settings.search.pruning()), stop.event)
         self.planner = Planner(run_id, settings, task, proposer, store, artifacts,
                                self.space, self.validator, self.lessons)
         # Text for the proposer's prompt; Level 2's mechanisms add their hooks here.
@@ -177,8 +182,9 @@ class InnerLoop:
         """Run (or re-run) trial 0 on the keep rule's seeds; False if the run ended."""
         source = self.task.baseline_source()
         self._prepare(0, source, source, {}, "baseline", TrialMeta(), None)
+        cancel = self.watch.begin(0, prunable=False)  # every later trial's first reference
         result = evaluation.evaluate(self.task, source, self._seeds(self.rule.baseline_seeds),
-                                     self.stop.event)
+                                     cancel, progress=self.watch.sink(0))
         if result is None:
             self._stopped()
             return False
@@ -270,17 +276,28 @@ class InnerLoop:
             2 if self.settings.search.keep_rule == "noise" else 1)
         return Incumbent(run.best_val_bpb, run.noise_sigma, runs)
 
-    def _evaluate(self, source: str) -> Evaluation | None:
+    def _evaluate(self, index: int, source: str) -> Evaluation | None:
+        """Evaluate trial `index`; a trial the pruner stopped is a `pruned` evaluation."""
+        start = time.time()
+        cancel = self.watch.begin(index)
+        result = self._evaluate_seeds(source, cancel, self.watch.sink(index))
+        if result is None and not self.stop.event.is_set() and (
+                why := self.watch.pruned(index)):
+            return evaluation.pruned(why, start)
+        return result
+
+    def _evaluate_seeds(self, source: str, cancel: threading.Event,
+                        progress: Callable[[str, bytes], None]) -> Evaluation | None:
         def keeps(values: Sequence[float]) -> bool:  # decides whether the seed check runs
             return self.rule.judge(values, self._incumbent()).status is TrialStatus.KEEP
 
         if self.settings.search.keep_rule == "greedy":
-            return evaluation.evaluate(self.task, source, self._seeds(1), self.stop.event,
-                                       keeps=keeps)
+            return evaluation.evaluate(self.task, source, self._seeds(1), cancel,
+                                       keeps=keeps, progress=progress)
         return evaluation.evaluate(
-            self.task, source, self._seeds(2), self.stop.event,
+            self.task, source, self._seeds(2), cancel,
             confirm=lambda value: self.rule.wants_confirmation(value, self._incumbent()),
-            keeps=keeps)
+            keeps=keeps, progress=progress)
 
     def _in_flight_now(self) -> tuple[str, ...]:
         with self._lock:
@@ -312,7 +329,7 @@ class InnerLoop:
         if result is not None:
             done[index] = result
         else:
-            running[pool.submit(self._evaluate, candidate)] = index
+            running[pool.submit(self._evaluate, index, candidate)] = index
 
     def _relaunch(self, t: TrialRecord, running: dict[Future[Evaluation | None], int],
                   pool: ThreadPoolExecutor) -> None:
@@ -325,7 +342,7 @@ class InnerLoop:
         with self._lock:
             self._in_flight[t.index] = t.description
         self._proposal_ids[t.index] = t.proposal_id
-        running[pool.submit(self._evaluate, source)] = t.index
+        running[pool.submit(self._evaluate, t.index, source)] = t.index
 
     def _prepare(self, index: int, parent_source: str, source: str, changes: dict[str, Any],
                  description: str, meta: TrialMeta, proposal: Proposal | None) -> None:
@@ -354,7 +371,9 @@ class InnerLoop:
 
     def _judge(self, index: int, result: Evaluation) -> None:
         outcome, sigma = result.outcome, None
-        if outcome.crashed:
+        if outcome.job_status == evaluation.PRUNED:
+            status, reason = TrialStatus.PRUNED, outcome.detail
+        elif outcome.crashed:
             status, reason = TrialStatus.CRASH, _crash_text(outcome)
         elif index == 0:
             status, reason = TrialStatus.KEEP, "the baseline"
@@ -385,6 +404,7 @@ class InnerLoop:
             mechanism_calls=hooks, mechanism_states=states, proposal_source=source,
             node=outcome.node),
             self._elapsed())
+        self.watch.finish(index, status)
         with self._lock:
             self._in_flight.pop(index, None)
         log.info("trial finished", trial=index, status=status.value, val_bpb=outcome.val_bpb,

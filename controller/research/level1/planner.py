@@ -12,6 +12,7 @@ from controller.research.level1.space import ProposalError, SearchSpace
 from controller.research.level1.validate import Validator
 from controller.research.settings import RunSettings
 from controller.research.task import Task
+from controller.store import curves
 from controller.store.artifacts import ArtifactStore
 from controller.store.records import TrialRecord, TrialStatus
 from controller.store.runs import RunStore
@@ -89,7 +90,8 @@ class Planner:
             history=[t for t in trials if t.finished], base_source=base,
             base_trial=base_trial, best_val_bpb=run.best_val_bpb,
             baseline_val_bpb=run.baseline_val_bpb, noise_sigma=run.noise_sigma, crash=crash,
-            in_flight=in_flight, lessons=self.lessons, validator=self.validator)
+            in_flight=in_flight, lessons=self.lessons, validator=self.validator,
+            curves=curves.load(self.store, self.run_id))
         if self.context_hooks:
             ctx = replace(ctx, mechanism_context=tuple(h(ctx) for h in self.context_hooks))
         return Planned(index, self.proposer.propose(ctx), base_trial, base, fix_of)

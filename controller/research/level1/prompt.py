@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from controller.research.level1.progress import summary
 from controller.research.level1.proposer import ProposerContext
 from controller.research.level1.space import SearchSpace
 from controller.research.task import GPT, Objective
@@ -64,6 +65,7 @@ def build(ctx: ProposerContext, mode: str, task_description: str, protected: str
         _hardware(ctx.history),
         _incumbent(ctx, objective),
         _history(ctx.history, history_trials, objective),
+        _curves(ctx, objective),
         _lines("# In flight (already proposed, results pending; do not repeat them)",
                ctx.in_flight),
         _lines("# Lessons from earlier runs on this task (they may not transfer)",
@@ -169,6 +171,8 @@ def _outcome(t: TrialRecord, objective: Objective = GPT) -> str:
         exc = t.exception or {}
         error = f"{exc.get('type', '')}: {exc.get('message', '')}".strip(": ")
         return f"crash ({t.job_status}{': ' + error[:300] if error else ''})"
+    if t.status is TrialStatus.PRUNED:
+        return f"pruned early ({str(t.metrics.get('decision', ''))[:200]})"
     status = t.status.value if t.status else "?"
     return f"{status}, {objective.metric} {_fmt(t.val_bpb, objective)}"
 
@@ -196,6 +200,25 @@ def _history(history: Sequence[TrialRecord], limit: int, objective: Objective = 
         lines.pop(0)  # the oldest first: the trace stays within its share of the context
     return "\n".join([f"# Recent trials (last {len(lines)} of {len(finished)}, oldest "
                       "first)", *lines])
+
+
+CURVE_TRIALS = 6  # recent trials whose reported curve the prompt summarises
+CURVE_POINTS = 4  # points of each
+
+
+def _curves(ctx: ProposerContext, objective: Objective = GPT) -> str:
+    """A few points of each recent trial's reported curve, as Karpathy's training log
+    shows the loss falling: how fast a change learns, not only where it ended."""
+    shown = {t.index for t in ctx.history}
+    recent = sorted(i for i in ctx.curves if i in shown and ctx.curves[i])[-CURVE_TRIALS:]
+    lines = []
+    for i in recent:
+        points = summary(list(ctx.curves[i]), CURVE_POINTS)
+        text = ", ".join(f"{s}: {'nan' if v is None else f'{v:.4g}'}" for s, v in points)
+        lines.append(f"- trial {i}: {text}")
+    title = (f"# Training curves the trials reported (step: {objective.metric}; the "
+             "candidates' own numbers, not scores)")
+    return "\n".join([title, *lines]) if lines else ""
 
 
 def _lines(title: str, items: Sequence[str]) -> str:

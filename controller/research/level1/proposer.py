@@ -7,7 +7,7 @@ under offline/ (listed by its registry, offline/__init__.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -70,6 +70,9 @@ class ProposerContext:
     mechanism_context: tuple[str, ...] = ()
     # Reasons search mechanisms rejected this trial's earlier proposals (ask again).
     rejections: tuple[str, ...] = ()
+    # Trials' reported training curves (progress.py): trial -> [(step, value)], in the
+    # task's metric; the candidates' claims, shown to an LLM as a short summary.
+    curves: Mapping[int, Sequence[tuple[int, float | None]]] = field(default_factory=dict)
     validator: Validator | None = field(default=None, compare=False)
 
 

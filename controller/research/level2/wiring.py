@@ -29,7 +29,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -216,9 +216,9 @@ class MechanismWiring:
     def _view(self, t: TrialRecord, names: set[str], best: float | None) -> TrialView:
         exc = t.exception or {}
         crash = f"{exc.get('type', '')}: {exc.get('message', '')}" if exc else ""
-        status = t.status.value if t.status else "crash"
+        status = wire_status(t.status)
         config = {k: v for k, v in self._config(t.index).items() if k in names}
-        return TrialView(t.index, dict(t.changes), config, status,  # type: ignore[arg-type]
+        return TrialView(t.index, dict(t.changes), config, status,
                          t.val_bpb, best, t.description[:300], crash[:500])
 
     # Hooks around a proposal (worker threads)
@@ -365,7 +365,7 @@ class MechanismWiring:
         changes = dict(t.changes) if t else {}
         names = set(self.mset.space.names)
         config = {k: v for k, v in self._config(index).items() if k in names}
-        view = TrialView(index, changes, config, status.value,
+        view = TrialView(index, changes, config, wire_status(status),
                          val_bpb, state.best_val_bpb, (t.description if t else "")[:300],
                          crash[:500])
         with self._lock:
@@ -407,3 +407,11 @@ class MechanizedProposer:
 
     def propose(self, ctx: ProposerContext) -> Proposal:
         return self.wiring.propose(self.inner, ctx)
+
+
+def wire_status(status: TrialStatus | None) -> Literal["keep", "discard", "crash"]:
+    """A trial's status as mechanisms see it (mechanisms/wire.py's closed set): a pruned
+    trial, stopped without a score, is a crash to them."""
+    if status is TrialStatus.KEEP:
+        return "keep"
+    return "discard" if status is TrialStatus.DISCARD else "crash"

@@ -19,6 +19,13 @@ class KeepRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KEEP_RULE_GREEDY: _ClassVar[KeepRule]
     KEEP_RULE_NOISE: _ClassVar[KeepRule]
 
+class Pruner(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRUNER_UNSPECIFIED: _ClassVar[Pruner]
+    PRUNER_NONE: _ClassVar[Pruner]
+    PRUNER_MEDIAN: _ClassVar[Pruner]
+    PRUNER_ASHA: _ClassVar[Pruner]
+
 class ProposerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROPOSER_KIND_UNSPECIFIED: _ClassVar[ProposerKind]
@@ -67,9 +74,14 @@ class TrialStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRIAL_STATUS_KEEP: _ClassVar[TrialStatus]
     TRIAL_STATUS_DISCARD: _ClassVar[TrialStatus]
     TRIAL_STATUS_CRASH: _ClassVar[TrialStatus]
+    TRIAL_STATUS_PRUNED: _ClassVar[TrialStatus]
 KEEP_RULE_UNSPECIFIED: KeepRule
 KEEP_RULE_GREEDY: KeepRule
 KEEP_RULE_NOISE: KeepRule
+PRUNER_UNSPECIFIED: Pruner
+PRUNER_NONE: Pruner
+PRUNER_MEDIAN: Pruner
+PRUNER_ASHA: Pruner
 PROPOSER_KIND_UNSPECIFIED: ProposerKind
 PROPOSER_KIND_LOCAL: ProposerKind
 PROPOSER_KIND_RANDOM_SEARCH: ProposerKind
@@ -101,6 +113,7 @@ TRIAL_STATUS_UNSPECIFIED: TrialStatus
 TRIAL_STATUS_KEEP: TrialStatus
 TRIAL_STATUS_DISCARD: TrialStatus
 TRIAL_STATUS_CRASH: TrialStatus
+TRIAL_STATUS_PRUNED: TrialStatus
 
 class TaskSpec(_message.Message):
     __slots__ = ("preset", "train_py", "data_ref", "runtime", "task_files", "task_sha256", "metric", "maximize", "metric_self_reported", "in_process")
@@ -134,7 +147,7 @@ class TaskSpec(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., train_py: _Optional[bytes] = ..., data_ref: _Optional[str] = ..., runtime: _Optional[_Union[_sandbox_pb2.Runtime, str]] = ..., task_files: _Optional[_Mapping[str, bytes]] = ..., task_sha256: _Optional[str] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ..., metric_self_reported: _Optional[bool] = ..., in_process: _Optional[bool] = ...) -> None: ...
 
 class SearchSettings(_message.Message):
-    __slots__ = ("seed", "frozen_knobs", "min_improvement_bpb", "keep_rule", "noise_seeds", "noise_margin_sigma", "batch_size", "pipeline", "final_seeds", "min_improvement")
+    __slots__ = ("seed", "frozen_knobs", "min_improvement_bpb", "keep_rule", "noise_seeds", "noise_margin_sigma", "batch_size", "pipeline", "final_seeds", "min_improvement", "pruner", "prune_startup_trials", "prune_min_step", "prune_reduction")
     SEED_FIELD_NUMBER: _ClassVar[int]
     FROZEN_KNOBS_FIELD_NUMBER: _ClassVar[int]
     MIN_IMPROVEMENT_BPB_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +158,10 @@ class SearchSettings(_message.Message):
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     FINAL_SEEDS_FIELD_NUMBER: _ClassVar[int]
     MIN_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
+    PRUNER_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_STARTUP_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_MIN_STEP_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_REDUCTION_FIELD_NUMBER: _ClassVar[int]
     seed: int
     frozen_knobs: _containers.RepeatedScalarFieldContainer[str]
     min_improvement_bpb: float
@@ -155,7 +172,11 @@ class SearchSettings(_message.Message):
     pipeline: bool
     final_seeds: int
     min_improvement: float
-    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement_bpb: _Optional[float] = ..., keep_rule: _Optional[_Union[KeepRule, str]] = ..., noise_seeds: _Optional[int] = ..., noise_margin_sigma: _Optional[float] = ..., batch_size: _Optional[int] = ..., pipeline: _Optional[bool] = ..., final_seeds: _Optional[int] = ..., min_improvement: _Optional[float] = ...) -> None: ...
+    pruner: Pruner
+    prune_startup_trials: int
+    prune_min_step: int
+    prune_reduction: int
+    def __init__(self, seed: _Optional[int] = ..., frozen_knobs: _Optional[_Iterable[str]] = ..., min_improvement_bpb: _Optional[float] = ..., keep_rule: _Optional[_Union[KeepRule, str]] = ..., noise_seeds: _Optional[int] = ..., noise_margin_sigma: _Optional[float] = ..., batch_size: _Optional[int] = ..., pipeline: _Optional[bool] = ..., final_seeds: _Optional[int] = ..., min_improvement: _Optional[float] = ..., pruner: _Optional[_Union[Pruner, str]] = ..., prune_startup_trials: _Optional[int] = ..., prune_min_step: _Optional[int] = ..., prune_reduction: _Optional[int] = ...) -> None: ...
 
 class ProposerSettings(_message.Message):
     __slots__ = ("kind", "max_changes", "step", "mode", "max_invalid_retries", "max_fix_attempts", "history_trials", "no_memory")
@@ -405,7 +426,7 @@ class WatchRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("seq", "run_id", "time", "run_started", "trial_proposed", "trial_started", "trial_finished", "new_best", "run_finished", "run_paused", "config_adjusted", "mechanism")
+    __slots__ = ("seq", "run_id", "time", "run_started", "trial_proposed", "trial_started", "trial_finished", "new_best", "run_finished", "run_paused", "config_adjusted", "mechanism", "trial_progress")
     class RunStarted(_message.Message):
         __slots__ = ("resumed", "next_trial")
         RESUMED_FIELD_NUMBER: _ClassVar[int]
@@ -559,6 +580,21 @@ class RunEvent(_message.Message):
         REASON_FIELD_NUMBER: _ClassVar[int]
         reason: str
         def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    class TrialProgress(_message.Message):
+        __slots__ = ("trial", "step", "value", "points", "pruned", "curve_json")
+        TRIAL_FIELD_NUMBER: _ClassVar[int]
+        STEP_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        POINTS_FIELD_NUMBER: _ClassVar[int]
+        PRUNED_FIELD_NUMBER: _ClassVar[int]
+        CURVE_JSON_FIELD_NUMBER: _ClassVar[int]
+        trial: int
+        step: int
+        value: float
+        points: int
+        pruned: str
+        curve_json: str
+        def __init__(self, trial: _Optional[int] = ..., step: _Optional[int] = ..., value: _Optional[float] = ..., points: _Optional[int] = ..., pruned: _Optional[str] = ..., curve_json: _Optional[str] = ...) -> None: ...
     SEQ_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -571,6 +607,7 @@ class RunEvent(_message.Message):
     RUN_PAUSED_FIELD_NUMBER: _ClassVar[int]
     CONFIG_ADJUSTED_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     run_id: str
     time: _timestamp_pb2.Timestamp
@@ -583,7 +620,8 @@ class RunEvent(_message.Message):
     run_paused: RunEvent.RunPaused
     config_adjusted: RunEvent.ConfigAdjusted
     mechanism: RunEvent.Mechanism
-    def __init__(self, seq: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., trial_proposed: _Optional[_Union[RunEvent.TrialProposed, _Mapping]] = ..., trial_started: _Optional[_Union[RunEvent.TrialStarted, _Mapping]] = ..., trial_finished: _Optional[_Union[RunEvent.TrialFinished, _Mapping]] = ..., new_best: _Optional[_Union[RunEvent.NewBest, _Mapping]] = ..., run_finished: _Optional[_Union[RunEvent.RunFinished, _Mapping]] = ..., run_paused: _Optional[_Union[RunEvent.RunPaused, _Mapping]] = ..., config_adjusted: _Optional[_Union[RunEvent.ConfigAdjusted, _Mapping]] = ..., mechanism: _Optional[_Union[RunEvent.Mechanism, _Mapping]] = ...) -> None: ...
+    trial_progress: RunEvent.TrialProgress
+    def __init__(self, seq: _Optional[int] = ..., run_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_started: _Optional[_Union[RunEvent.RunStarted, _Mapping]] = ..., trial_proposed: _Optional[_Union[RunEvent.TrialProposed, _Mapping]] = ..., trial_started: _Optional[_Union[RunEvent.TrialStarted, _Mapping]] = ..., trial_finished: _Optional[_Union[RunEvent.TrialFinished, _Mapping]] = ..., new_best: _Optional[_Union[RunEvent.NewBest, _Mapping]] = ..., run_finished: _Optional[_Union[RunEvent.RunFinished, _Mapping]] = ..., run_paused: _Optional[_Union[RunEvent.RunPaused, _Mapping]] = ..., config_adjusted: _Optional[_Union[RunEvent.ConfigAdjusted, _Mapping]] = ..., mechanism: _Optional[_Union[RunEvent.Mechanism, _Mapping]] = ..., trial_progress: _Optional[_Union[RunEvent.TrialProgress, _Mapping]] = ...) -> None: ...
 
 class GetArtifactRequest(_message.Message):
     __slots__ = ("run_id", "name")
