@@ -140,13 +140,7 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
     provider = "replay" if args.replay else args.provider
     kind = args.proposer or ("llm" if provider else "local")
     levels, controller, _ = outer_levels(args)
-    preset, task_files = args.preset, {}
-    if getattr(args, "task", None):
-        if Path(args.task).is_dir():  # read here: the controller may be on another host
-            load_task_dir(args.task)  # a bad manifest fails here, naming its key
-            preset, task_files = "", task_bundle.read_task_dir(Path(args.task))
-        else:
-            preset = args.task
+    preset, task_files = task_of(args)
     return rpb.CreateRunRequest(
         task=rpb.TaskSpec(preset=preset, data_ref=args.data_ref,
                           train_py=args.train_py.read_bytes() if args.train_py else b"",
@@ -177,6 +171,28 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
             portfolio_arms=[a.strip() for a in args.portfolio.split(",")
                             if a.strip() and args.portfolio != "none"],
             no_portfolio=args.portfolio == "none"))
+
+
+def task_of(args: argparse.Namespace) -> tuple[str, dict[str, bytes]]:
+    """(preset, task files) of --task DIR|PRESET or --preset. A name that is neither a
+    directory nor a preset is refused saying both, since either may be what was meant."""
+    from controller.research.tasks.registry import preset_names
+
+    task = getattr(args, "task", None)
+    if not task:
+        if args.preset not in preset_names() and Path(args.preset).is_dir():
+            raise ConfigError(f"--preset: {args.preset!r} is a directory, not a preset; "
+                              f"a task directory goes with --task {args.preset}")
+        return args.preset, {}
+    if Path(task).is_dir():  # read here: the controller may be on another host
+        load_task_dir(task)  # a bad manifest fails here, naming its key
+        return "", task_bundle.read_task_dir(Path(task))
+    if task in preset_names():
+        return task, {}
+    what = f"{task!r} is a file, not a directory" if Path(task).exists() else \
+        f"no directory {task!r}"
+    raise ConfigError(f"--task: {what} (and no preset of that name; presets: "
+                      f"{', '.join(preset_names())})")
 
 
 def _levels(levels: list[str]) -> list[rpb.Level]:
@@ -271,9 +287,9 @@ async def _create_and_follow(args: argparse.Namespace, request: rpb.CreateRunReq
             print(run.id)
             return 0
         if client.where == "embedded":
-            print(f"run {run.id} (in-process controller; Ctrl-C pauses it, and it resumes "
-                  "when a controller next starts on this state dir; log: "
-                  f"{state_dir_of(args) / LOG_FILE})", file=sys.stderr)
+            print(f"run {run.id} (in-process controller; Ctrl-C pauses it and `bilevel "
+                  f"resume {run.id}` continues it; log: {state_dir_of(args) / LOG_FILE})",
+                  file=sys.stderr)
         else:
             print(f"run {run.id} (Ctrl-C stops following; the run goes on: `bilevel watch "
                   f"{run.id}`)", file=sys.stderr)
@@ -283,8 +299,9 @@ async def _create_and_follow(args: argparse.Namespace, request: rpb.CreateRunReq
 async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
                  reconnect: bool = True) -> int:
     """Show a run's events until it finishes or pauses; reconnects with after_seq if the
-    stream drops. Returns 0 when the run succeeded, 3 when it paused."""
-    view = RunView(run, Console(stderr=True))
+    stream drops. Returns 0 when the run succeeded, 3 when it paused. Ctrl-C says what
+    becomes of the run before the command stops."""
+    view = RunView(run, Console(stderr=True), after_seq)
     seq, attempts = after_seq, 0
     with view.live():
         while True:
@@ -294,6 +311,9 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
                     seq, attempts = event.seq, 0
                     view.update(event)
                 break
+            except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels this task)
+                view.note(_interrupted(client, run.id))
+                raise
             except grpc.aio.AioRpcError as exc:
                 retry = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
                 if not (reconnect and retry) or attempts >= RECONNECT_ATTEMPTS:
@@ -322,6 +342,16 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
     if final.mechanisms:
         print(f"  report: bilevel artifact {final.id} mechanisms.md")
     return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1
+
+
+def _interrupted(client: Client, run_id: str) -> str:
+    """What Ctrl-C does to the followed run: an in-process controller pauses it on its
+    way out; any other controller goes on running it."""
+    if getattr(client, "where", "server") == "embedded":
+        return (f"interrupted: pausing run {run_id}; `bilevel resume {run_id}` continues "
+                "it")
+    return (f"interrupted: stopped following run {run_id}; it goes on in its controller "
+            f"(`bilevel watch {run_id}`)")
 
 
 _View = RunView  # the name tests and older callers use

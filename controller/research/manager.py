@@ -358,31 +358,43 @@ class RunManager:
                                       {"state": RunState.FAILED.value,
                                        "reason": f"cannot resume: {exc}"})
                 continue
-            log.info("resuming run", run_id=run.id, trials_done=run.trials_done)
-            self._start(run.id, loop, owner=run.owner)
+            with self._starting:  # a ResumeRun may have started it meanwhile
+                if run.id in self.active_ids():
+                    continue
+                log.info("resuming run", run_id=run.id, trials_done=run.trials_done)
+                self._start(run.id, loop, owner=run.owner)
             resumed.append(run.id)
         return resumed
 
     def resume(self, run_id: str, by: Principal) -> RunRecord:
-        """Continue a paused run (after an LLM outage, or a missing key now provided).
-        Raises NotFoundError (also for a run `by` does not see), PermissionDenied,
-        StateConflict (not paused), FieldError, CapacityError."""
+        """Continue a paused run (after an LLM outage, a missing key now provided, or an
+        in-process controller that stopped), or an interrupted one: listed running, yet
+        no loop of this controller runs it (its controller was killed). Raises
+        NotFoundError (also for a run `by` does not see), PermissionDenied, StateConflict
+        (finished, or running here already), FieldError, CapacityError."""
         run = access.changeable(self.store, run_id, by, "resume runs")
-        if run.state is not RunState.PAUSED:
-            raise StateConflict(f"run {run_id}", f"run {run_id} is {run.state.value}, not "
-                                "paused; only a paused run can be resumed")
+        if run.state.terminal:
+            raise StateConflict(f"run {run_id}", f"run {run_id} has already finished "
+                                f"({run.state.value}); only a paused or interrupted run "
+                                "can be resumed")
+        if run_id in self.active_ids():
+            raise StateConflict(f"run {run_id}", f"run {run_id} is running in this "
+                                "controller already")
         place = self._reserve(run.owner)
         try:
             settings = RunSettings.from_dict(run.settings)
             loop = self._loop(run_id, settings, self._task(settings, run_id, run.owner),
                               run.owner)
             with self._starting:
-                if not self.store.unpause_run(run_id):
-                    raise StateConflict(f"run {run_id}", f"run {run_id} is no longer paused")
+                if run_id in self.active_ids() or not (
+                        self.store.unpause_run(run_id) or
+                        self.store.get_run(run_id).state is RunState.RUNNING):
+                    raise StateConflict(f"run {run_id}", f"run {run_id} is no longer "
+                                        "paused or interrupted")
                 self._start(run_id, loop, place)
         finally:
             self._release(place)
-        log.info("resumed paused run", run_id=run_id)
+        log.info("resumed run", run_id=run_id, was=run.state.value)
         return self.store.get_run(run_id)
 
     def cancel(self, run_id: str, by: Principal, wait_seconds: float = 30.0) -> RunRecord:
@@ -408,12 +420,18 @@ class RunManager:
         with self._lock:
             return list(self._active)
 
-    def shutdown(self, wait_seconds: float = 30.0) -> None:
-        """Stop every loop without finishing its run: a restart resumes them."""
+    def shutdown(self, wait_seconds: float = 30.0, pause_reason: str = "") -> None:
+        """Stop every loop without finishing its run: a restart of a service resumes
+        them. With `pause_reason` (an in-process controller of one command), they are
+        paused instead, so they go on only when someone resumes them."""
         with self._lock:
             self._closing = True
-            active = list(self._active.values())
-        for a in active:
+            active = dict(self._active)
+        for a in active.values():
             a.stop.request("shutdown")
-        for a in active:
+        for a in active.values():
             a.thread.join(wait_seconds)
+        if pause_reason:
+            for run_id in active:
+                if self.store.pause_run(run_id, pause_reason):
+                    log.info("paused run on shutdown", run_id=run_id)
