@@ -9,6 +9,7 @@ other commands appear in the parser as one-line stubs.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from collections.abc import Sequence
@@ -26,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "delete": ("controller.commands.delete", "delete finished runs and what only they used"),
     "artifact": ("controller.commands.artifact", "fetch a run artifact (best/train.py, "
                  "results.tsv, trials/N/...)"),
-    "resume": ("controller.commands.resume", "resume a paused run and follow it"),
+    "resume": ("controller.commands.resume", "continue a paused or interrupted run and "
+               "follow it"),
     "memory": ("controller.commands.memory", "list or clear lessons kept for later runs"),
     "ablate": ("controller.commands.ablate", "compare search strategies: arms x repeats"),
     "report": ("controller.commands.report", "write an HTML and Markdown report of a run "
@@ -74,13 +76,29 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _suggestion(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> str:
+    """"; did you mean --trials?" for the first unknown flag close to one of the
+    command's own (argparse only says that it does not know it)."""
+    known: list[str] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            known = list(action.choices[command]._option_string_actions)
+    for word in extra:
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.7)
+            if close:
+                return f"; did you mean {close[0]}?"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(words)
     args, extra = parser.parse_known_args(words)
     # --verbose is global, yet people type it after the command too: accept it there.
     if any(word not in ("-v", "--verbose") for word in extra):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}"
+                     f"{_suggestion(parser, args.command, extra)}")
     args.verbose = args.verbose or bool(extra)
     from controller.logging import configure_logging
 

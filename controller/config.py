@@ -160,6 +160,10 @@ class ServerConfig:
     # Lessons and mechanism verdicts of every principal's runs reach every run's proposer
     # (memory.shared); off: each principal's runs learn from its own runs only.
     shared_memory: bool = False
+    # The in-process controller of one command (`bilevel run`, `resume`, `ablate`): it
+    # resumes no run when it starts and pauses its runs when it stops, so a run goes on
+    # only in the command that asks for it. A service (`bilevel serve`) does both.
+    one_shot: bool = False
 
     def validate(self) -> None:
         """ConfigError naming the first invalid setting (check's FieldError)."""

@@ -104,7 +104,7 @@ def test_an_llm_outage_pauses_the_run_and_bilevel_resume_finishes_it(
     assert resumed.returncode == 0, resumed.stderr
     assert "succeeded - trial budget of 2 spent" in resumed.stdout
     again = bilevel("resume", run_id, *local, env=KEYS)
-    assert again.returncode == 2 and "FAILED_PRECONDITION" in again.stderr
+    assert again.returncode == 2 and "has already finished (succeeded)" in again.stderr
     watched = bilevel("watch", run_id, *local, env=KEYS)  # past the old pause, to the end
     assert watched.returncode == 0 and "succeeded" in watched.stdout, watched.stderr
 

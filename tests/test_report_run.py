@@ -186,7 +186,13 @@ def test_run_report_table_escaping_markers_and_counts(tmp_path: Path) -> None:
                .splitlines() if line.startswith("| ") and not line.startswith("| trial")]
     assert len(md_rows) == len(TRIALS)
     assert all(line.replace("\\|", "").count("|") == 8 for line in md_rows)
-    assert "<script>" not in md.split("```")[0] and "&lt;script&gt;" in md_rows[1]
+    # A Markdown viewer shows the hostile text as text, and a terminal reads it as is.
+    import markdown_it
+
+    shown = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(md)
+    assert "<script>" not in shown.split("<pre>")[0] and "<img" not in shown
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;img src=x" in shown
+    assert "&lt;" not in md_rows[1] and "\\<script>" in md_rows[1]
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs chromium")

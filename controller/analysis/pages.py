@@ -71,9 +71,14 @@ def table_html(headers: Sequence[str], rows: Sequence[Sequence[str]], id_: str =
 
 
 def md_cell(text: str) -> str:
-    """One line, pipes escaped, and HTML escaped too (most Markdown viewers render
-    inline HTML; an entity shows as the character it stands for)."""
-    return html.escape(" ".join(text.split()), quote=False).replace("|", "\\|")
+    """One line, with Markdown's backslash escapes where the text could start markup a
+    viewer acts on: `<` (inline HTML: most viewers render it), `&` (an entity), `|` (a
+    cell's end) and `\\` itself. Unlike HTML entities, these read as the text itself in
+    a terminal (`->`, not `-&gt;`)."""
+    line = " ".join(text.split())
+    for ch in "\\<&|":
+        line = line.replace(ch, "\\" + ch)
+    return line
 
 
 def table_md(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

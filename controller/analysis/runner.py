@@ -1,9 +1,10 @@
 """Drives an ablation through the controller's gRPC API, the path `bilevel run` uses,
 so every run is an ordinary, resumable run of the controller.
 
-Resuming: a cell whose run finished is never redone; a cell whose run is still
-running (a restarted controller resumes it by itself) is waited for; only cells with
-no run are created. The JSON file is rewritten after every change (ablation.py).
+Resuming: a cell whose run finished is never redone; a cell whose run stopped before its
+end (paused, or left running by a killed driver) is resumed with ResumeRun - the
+in-process controller continues no run by itself - and waited for; only cells with no
+run are created. The JSON file is rewritten after every change (ablation.py).
 
 The runs are the caller's (CreateRun makes them its principal's): the ablation records
 that principal when it starts, and only that principal drives it on, since another
@@ -87,6 +88,7 @@ class Runner:
             cell = cells.get(key)
             if cell is not None and cell.run_id:
                 active[key] = cell.run_id
+                await self._continue(key, cell.run_id)
         waiting = [(k, m) for k, m in todo if k not in active]
         done = len(jobs) - len(todo)
         if done:
@@ -122,8 +124,21 @@ class Runner:
                     del active[key]
                     paused.append(f"{key} ({run_id}: {run.stop_reason})")
         if paused:
-            raise AblationStalled("runs paused: " + "; ".join(paused) + ". Resume them "
-                                  "with `bilevel resume RUN`, then rerun the ablation")
+            raise AblationStalled("runs paused: " + "; ".join(paused) + ". Fix the cause, "
+                                  f"then `bilevel ablate --resume {self.spec.id}` continues "
+                                  "them")
+
+    async def _continue(self, key: str, run_id: str) -> None:
+        """Resume a cell's run that an earlier driver left paused or interrupted; one
+        that runs already (in a `bilevel serve`) or has finished is left as it is."""
+        try:
+            await self.client.runs.ResumeRun(rpb.ResumeRunRequest(run_id=run_id),
+                                             metadata=self.client.metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise AblationStalled(f"{key}: {describe(exc)}") from None
+            return
+        self.say(f"{key}: resumed run {run_id}")
 
     @staticmethod
     def _finished(cell: Cell, run: rpb.Run, reevaluation: bool) -> Cell:

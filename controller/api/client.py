@@ -77,11 +77,12 @@ class Client:
 async def embedded(config: ServerConfig) -> AsyncIterator[Client]:
     """A client of a controller started in this process on `config`'s state dir. That
     one listens only on its private Unix socket (no TCP, whatever `config` says): its
-    user's, as the LLM keys it holds are."""
+    user's, as the LLM keys it holds are. It is one-shot (ServerConfig.one_shot): it
+    resumes no interrupted run, and pauses the runs it ran when it stops."""
     # Imported here: the server and the research stack cost every client's start-up.
     from controller.api.server import ControllerServer
 
-    server = ControllerServer(replace(config, listen="", tls=None))
+    server = ControllerServer(replace(config, listen="", tls=None, one_shot=True))
     await server.start()
     try:
         async with Client(ClientConfig(address=server.socket.address)) as client:

@@ -84,7 +84,8 @@ class RunQueries:
         run = access.readable(self.store, run_id, by)
         data = mechanism_report.artifact(self.store, run_id, name)
         if data is None:
-            data = self.artifacts.read(run_id, name, run.best_trial)
+            editable = str(run.settings.get("task", {}).get("editable", "train.py"))
+            data = self.artifacts.read(run_id, name, run.best_trial, editable)
         return rpb.Artifact(name=name, content_type=content_type(name), content=data)
 
     def open_watch(self, request: rpb.WatchRunRequest, by: Principal) -> tuple[str, int]:

@@ -65,6 +65,10 @@ ENGINE_RETRY_SECONDS = 5.0
 DEFAULT_THREADS = 32  # an Execute request may carry up to 256 MiB of files
 
 
+# Why an in-process controller's runs paused when its command stopped.
+PAUSED_ON_EXIT = "interrupted: the command that ran it stopped (Ctrl-C)"
+
+
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
     return grpc.ssl_server_credentials(
@@ -195,6 +199,8 @@ class ControllerServer:
                             retry_seconds=ENGINE_RETRY_SECONDS)
                 await asyncio.sleep(ENGINE_RETRY_SECONDS)
         await self.health.set(SANDBOX_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.one_shot:  # its runs go on only when asked (`bilevel resume`)
+            return
         resumed = await asyncio.to_thread(self.manager.resume_all)
         if resumed:
             log.info("resumed runs", runs=resumed)
@@ -218,7 +224,8 @@ class ControllerServer:
             self._engine_task.cancel()
         if self._janitor_task is not None:
             self._janitor_task.cancel()
-        await asyncio.to_thread(self.manager.shutdown)
+        await asyncio.to_thread(self.manager.shutdown, 30.0,
+                                PAUSED_ON_EXIT if self.config.one_shot else "")
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_seconds)
         self.socket.close()

@@ -25,7 +25,7 @@ Body = Callable[[Client], Awaitable[int]]
 def add_connection_arguments(parser: argparse.ArgumentParser, read_only: bool = False) -> None:
     """--server and its credentials; without it, the state dir (`read_only` commands) or
     the flags of the controller started in this process."""
-    add_client_arguments(parser)
+    add_client_arguments(parser, read_only)
     add_controller_arguments(parser, store_only=read_only, embedded=not read_only)
 
 

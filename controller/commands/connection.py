@@ -19,12 +19,16 @@ FLAGS = {"address": "--server", "tls_ca": "--tls-ca", "tls_cert": "--tls-cert",
          "tls_key": "--tls-key", "tls_server_name": "--tls-server-name"}
 
 
-def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+def add_client_arguments(parser: argparse.ArgumentParser, read_only: bool = False) -> None:
+    """--server and its credentials. Its help says what happens without it: a
+    `read_only` command reads the state dir's store and never starts a controller."""
+    otherwise = "else its store, read directly (no controller is started)" if read_only \
+        else "else one started in this process"
     group = parser.add_argument_group("server connection")
     group.add_argument("--server", default=os.environ.get(SERVER_ENV),
                        help=f"controller address HOST:PORT, or unix:PATH of its private "
                             f"socket (env {SERVER_ENV}); without it, the controller holding "
-                            "--state-dir, else one started in this process")
+                            f"--state-dir, {otherwise}")
     group.add_argument("--token-file", type=Path,
                        help=f"file with the bearer token (default: env {TOKEN_ENV})")
     group.add_argument("--tls-ca", type=Path, help="CA certificate: connect with TLS")

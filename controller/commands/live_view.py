@@ -2,9 +2,12 @@
 
 On a terminal: one Rich live view, redrawn in place - a trials table that grows (the
 latest rows that fit), best so far, the running trials' elapsed time and an ETA for the
-run. When the view ends it is replaced by the full table, printed once. Anything else
-written to stderr meanwhile (a --verbose log) goes above the view, never into it.
-Elsewhere (a pipe, CI): exactly one plain line per event.
+run. Every row is one line cut to the terminal's width, and the status lines are counted
+before the rows: a wrapped row would make the view taller than the screen, and Rich
+would then crop its bottom (the progress line) for the rest of the run. When the view
+ends it is replaced by the full table, printed once. Anything else written to stderr
+meanwhile (a --verbose log) goes above the view, never into it. Elsewhere (a pipe, CI):
+exactly one plain line per event.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import unicodedata
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -30,7 +34,8 @@ _RULE_BREAKS = {spb.JOB_STATUS_OVER_BUDGET: "over_budget",
                 spb.JOB_STATUS_SEED_IGNORED: "seed_ignored"}
 _STYLE = {"keep": "green", "discard": "", "crash": "red", "pruned": "yellow"}
 DESCRIPTION_CHARS = 200  # of a description in a line or cell: it is the proposer's text
-CHROME_LINES = 9  # title, header, borders and the status lines around the table's rows
+TABLE_CHROME = 6  # title, top border, header, its rule, bottom border, one line spare
+REFRESH_SECONDS = 0.1  # at most one redraw per event this often; the Live redraws 4/s
 
 
 def printable(text: str, limit: int = DESCRIPTION_CHARS) -> str:
@@ -62,26 +67,54 @@ class Row:
     best: float | None  # the best after this trial
     seconds: float | None
     description: str
+    reason: str = ""  # a crash's cause, shown where its value would be
+
+
+def status_name(t: rpb.RunEvent.TrialFinished) -> str:
+    """keep, discard, crash, a rule break's cause, or a newer status's own name."""
+    if t.job_status in _RULE_BREAKS:
+        return _RULE_BREAKS[t.job_status]
+    if t.status in _STATUS:
+        return _STATUS[t.status]
+    try:
+        return str(rpb.TrialStatus.Name(t.status)).removeprefix("TRIAL_STATUS_").lower()
+    except ValueError:
+        return "?"
+
+
+def crash_reason(t: rpb.RunEvent.TrialFinished, metric: str) -> str:
+    """Why a crashed trial has no value, in a word: the exception the job raised, else
+    how the job ended (timeout, oom, ...), else that it wrote no metric."""
+    if t.exception.type:
+        return printable(t.exception.type, 40)
+    if t.job_status not in (spb.JOB_STATUS_UNSPECIFIED, spb.JOB_STATUS_OK):
+        try:
+            return str(spb.JobStatus.Name(t.job_status)).removeprefix("JOB_STATUS_").lower()
+        except ValueError:
+            return "job failed"
+    return f"no {metric}"
 
 
 class RunView:
     """A run's progress from its events; `live()` is the terminal view (a no-op when
     the console is not a terminal, where `update` prints lines instead)."""
 
-    def __init__(self, run: rpb.Run, console: Console) -> None:
+    def __init__(self, run: rpb.Run, console: Console, after_seq: int = 0) -> None:
         self.run_id = run.id
         self.preset = run.request.task.preset
         self.budget = run.request.budgets.max_trials
         self.wall_budget = run.request.budgets.max_wall_seconds
         self.console = console
-        self.done = run.trials_done
+        # From the first event every finished trial arrives again and is counted then.
+        self.done = run.trials_done if after_seq else 0
         # Values are shown in the task's metric: the API's loss fields hold the loss
         # (the metric negated for a maximised metric, TaskSpec.maximize).
         self.metric = run.request.task.metric or "val_bpb"
         self.sign = -1.0 if run.request.task.maximize else 1.0
-        self.baseline = self.sign * run.baseline_loss if run.HasField("baseline_loss") \
+        self.baseline = self.sign * run.baseline_loss \
+            if after_seq and run.HasField("baseline_loss") else None
+        self.best = self.sign * run.best_loss if after_seq and run.HasField("best_loss") \
             else None
-        self.best = self.sign * run.best_loss if run.HasField("best_loss") else None
         self.rows: list[Row] = []
         self.running: dict[int, float] = {}  # trial -> start (epoch seconds)
         self.finish_times: list[float] = []
@@ -89,6 +122,7 @@ class RunView:
         self._opened = time.time()
         self._lock = threading.Lock()  # the refresh thread renders while events arrive
         self._live: Live | None = None
+        self._drawn = 0.0  # when an event last redrew the view (a replay redraws less)
 
     # Terminal view
 
@@ -99,45 +133,58 @@ class RunView:
         return self._live
 
     def __rich__(self) -> RenderableType:
-        fits = max(3, self.console.height - CHROME_LINES)
-        return self.render(fits)
+        return self.render(self.console.height)
 
-    def render(self, max_rows: int | None = None) -> RenderableType:
-        """The table (its last `max_rows` rows) and the status lines under it."""
+    def render(self, height: int | None = None) -> RenderableType:
+        """The table and the status lines under it, every line within the console's
+        width; with `height`, only the last rows that leave room for the rest."""
         with self._lock:
             rows = list(self.rows)
             running = dict(self.running)
-        table = Table(title=f"run {printable(self.run_id)}  {printable(self.preset)}",
+        width = self.console.width
+        status = [Text(line, no_wrap=True, overflow="ellipsis")
+                  for line in fit_lines(self._status_parts(running), width)]
+        title = printable(f"run {self.run_id}  {self.preset}")
+        table = Table(title=Text(title, no_wrap=True, overflow="ellipsis"),
                       title_justify="left")
         for name, justify in (("trial", "right"), ("status", "left"), (self.metric, "right"),
                               ("best", "right"), ("seconds", "right"),
                               ("description", "left")):
+            # Rich narrows the wrappable description first; its cells are cut, not
+            # wrapped, except in the table left behind (printed once, it may wrap).
             table.add_column(name, justify=justify,  # type: ignore[arg-type]
                              overflow="ellipsis", no_wrap=name != "description")
-        hidden = len(rows) - max_rows if max_rows is not None and len(rows) > max_rows \
-            else 0
+        hidden = 0
+        if height is not None:
+            fits = max(height - TABLE_CHROME - len(status), 2)
+            hidden = len(rows) - (fits - 1) if len(rows) > fits else 0
         if hidden:
-            table.add_row("", Text(f"... {hidden} earlier", style="dim"), "", "", "", "")
+            table.add_row("", "", "", "", "", Text(f"... {hidden} earlier", style="dim"))
+        cut = height is not None
+        reason_width = max(cell_len(self.metric), 10)
         for row in rows[hidden:]:
+            value = Text(_cut(row.reason, reason_width), style="red") if row.reason \
+                else Text(_fmt(row.value))
             table.add_row(str(row.trial), Text(row.status, style=_STYLE.get(row.status, "")),
-                          _fmt(row.value), _fmt(row.best), _secs(row.seconds),
-                          Text(row.description))
-        return Group(table, Text(self._status_line(running), no_wrap=True,
-                                 overflow="ellipsis"))
+                          value, _fmt(row.best), _secs(row.seconds),
+                          Text(row.description, no_wrap=cut, overflow="ellipsis"))
+        return Group(table, *status)
 
-    def _status_line(self, running: dict[int, float]) -> str:
+    def _status_parts(self, running: dict[int, float]) -> list[str]:
         now = time.time()
         parts = [f"trials {max(self.done - 1, 0)}/{self.budget} (+ baseline)",
                  f"best {_fmt(self.best)}", f"baseline {_fmt(self.baseline)}"]
         if running:
             parts.append("running " + ", ".join(
                 f"trial {t} {_duration(now - start)}" for t, start in sorted(running.items())))
+        elif not self.rows and not self.phase:
+            parts.append("starting...")
         eta = self.eta(now)
         if eta is not None:
             parts.append(f"ETA {_duration(eta)}")
         if self.phase:
             parts.append(self.phase)
-        return "  |  ".join(parts)
+        return parts
 
     def eta(self, now: float) -> float | None:
         """Seconds until the trial budget is spent, at the pace of the trials finished
@@ -172,6 +219,10 @@ class RunView:
             self._finished(event.trial_finished, at)
         elif kind == "new_best":
             self.best = self.sign * event.new_best.loss
+        elif kind == "run_started":  # (again, for a resumed run: after its pause)
+            self.phase = ""
+            with self._lock:  # the ETA's pace is that of this start's trials
+                self.finish_times.clear()
         elif kind == "run_finished":
             self.phase = "finished"
         elif kind == "mechanism":
@@ -187,12 +238,15 @@ class RunView:
         elif kind == "run_paused":
             self.phase = "paused"
             self.note(f"paused: {event.run_paused.reason}")
-        if self._live is not None:
+        now = time.monotonic()
+        if self._live is not None and now - self._drawn >= REFRESH_SECONDS:
+            self._drawn = now
             self._live.refresh()
 
     def _finished(self, t: rpb.RunEvent.TrialFinished, at: float) -> None:
-        status = _RULE_BREAKS.get(t.job_status) or _STATUS.get(t.status, "?")
+        status = status_name(t)
         val = self.sign * t.loss if t.HasField("loss") else None
+        reason = crash_reason(t, self.metric) if status == "crash" and val is None else ""
         if t.trial == 0 and val is not None:
             self.baseline = val
         if t.status == rpb.TRIAL_STATUS_KEEP and val is not None:
@@ -201,7 +255,7 @@ class RunView:
         if t.HasField("started_at") and t.HasField("ended_at"):
             seconds = max((t.ended_at.ToNanoseconds() - t.started_at.ToNanoseconds()) / 1e9,
                           0.0)
-        row = Row(t.trial, status, val, self.best, seconds, printable(t.description))
+        row = Row(t.trial, status, val, self.best, seconds, printable(t.description), reason)
         with self._lock:
             self.done += 1
             self.rows.append(row)
@@ -209,7 +263,7 @@ class RunView:
             self.finish_times.append(at)
         if self._live is None:
             self.console.print(
-                f"trial {row.trial:>3}  {status:<7} {self.metric} {_fmt(val)}  best "
+                f"trial {row.trial:>3}  {status:<7} {self.metric} {reason or _fmt(val)}  best "
                 f"{_fmt(row.best)}  {_secs(seconds):>6}s  {row.description}",
                 highlight=False, markup=False, soft_wrap=True)
 
@@ -231,6 +285,22 @@ class _FinalLive(Live):
         super().stop()
         self._view.phase = self._view.phase or "stopped"  # no ETA in what stays
         self.console.print(self._view.render())
+
+
+def fit_lines(parts: list[str], width: int, sep: str = "  |  ") -> list[str]:
+    """`parts` joined by `sep` into as few lines as fit in `width` columns, a part never
+    split (one longer than the width is cut when drawn)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and cell_len(lines[-1] + sep + part) <= width:
+            lines[-1] += sep + part
+        else:
+            lines.append(part)
+    return lines
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _fmt(value: float | None) -> str:

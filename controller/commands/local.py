@@ -70,6 +70,10 @@ async def open_client(args: argparse.Namespace, embedded: Callable[[], ServerCon
         log_to_file(config.state_dir)
         return config
 
+    # Said at once: the controller's stack takes seconds to import and start.
+    print(f"starting a controller in this process on {state_dir}...", file=sys.stderr,
+          flush=True)
+
     async with embedded_client(logged()) as client:
         client.where = "embedded"  # type: ignore[attr-defined]
         yield client

@@ -1,5 +1,8 @@
 """`bilevel report RUN_OR_ABLATION`: a self-contained HTML page and a Markdown summary.
 
+Both are written to files, and stdout gets only their paths: a report is a page to open,
+and a pipe or a terminal is the wrong place for a page of tables.
+
 Without --server it reads the state dir's store directly (no controller is started,
 nothing is changed); with --server it asks that controller over the gRPC API, with the
 same token as every client command. An ablation's definition lives in its folder under
@@ -29,7 +32,10 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser("report", help="write an HTML and Markdown report of a run or an "
-                                        "ablation")
+                                        "ablation",
+                         description="Write report.html (self-contained: open it in a "
+                                     "browser) and report.md of a run or an ablation, and "
+                                     "print their paths.")
     cmd.add_argument("target", metavar="RUN_OR_ABLATION", help="run-… or abl-… id")
     cmd.add_argument("--out", type=Path, default=None,
                      help="folder for report.html and report.md (default: the ablation's "
@@ -99,9 +105,7 @@ def _remote_report(args: argparse.Namespace) -> int:
         from controller.analysis.report import run_report
 
         data = await remote.load(client, args.target)
-        paths = _write(run_report(data), args.out or Path("reports") / args.target)
-        print(paths[1].read_text())
-        print(f"report: {paths[0]}")
+        _say(_write(run_report(data), args.out or Path("reports") / args.target))
         return 0
 
     try:
@@ -123,6 +127,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (ConfigError, NotFoundError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(paths[1].read_text())
-    print(f"report: {paths[0]}")
+    _say(paths)
     return 0
+
+
+def _say(paths: tuple[Path, Path]) -> None:
+    """Where the report went: the HTML page first (open it in a browser)."""
+    print(f"report: {paths[0].resolve()}\nmarkdown: {paths[1].resolve()}")

@@ -32,6 +32,7 @@ from controller.errors import FieldError
 from controller.logging import LOG_FILE, log_to_file
 from controller.research.level1 import offline
 from controller.research.settings import PROPOSERS, RENAMED_PROPOSERS
+from controller.research.tasks.knob_rules import describe_knobs, search_space
 from controller.research.tasks.manifest import load_task_dir
 from controller.store import task_bundle
 from mechanisms import library
@@ -185,7 +186,12 @@ def task_of(args: argparse.Namespace) -> tuple[str, dict[str, bytes]]:
                               f"a task directory goes with --task {args.preset}")
         return args.preset, {}
     if Path(task).is_dir():  # read here: the controller may be on another host
-        load_task_dir(task)  # a bad manifest fails here, naming its key
+        manifest = load_task_dir(task)  # a bad manifest fails here, naming its key
+        document = manifest.document
+        space = search_space(document, manifest.knobs, document.read(manifest.editable_source()))
+        print(f"task {manifest.name}: {len(space.knobs)} knobs", file=sys.stderr)
+        for line in describe_knobs(document, space):
+            print(f"  {line}", file=sys.stderr)
         return "", task_bundle.read_task_dir(Path(task))
     if task in preset_names():
         return task, {}

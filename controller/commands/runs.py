@@ -36,8 +36,8 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
         if not token or (args.limit and len(runs) >= args.limit):
             break
     table = Table("run", "state", "preset", "trials", "baseline", "best", "created")
-    # Read from the store, nobody holds the state dir: a "running" run is waiting for a
-    # controller to start (it resumes then), and says so.
+    # Read from the store, nobody holds the state dir: a "running" run was interrupted
+    # (its controller was killed) and waits for `bilevel resume`, and says so.
     idle = where_of(client) == "store"
     for run in runs[:args.limit or None]:
         state = rpb.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
@@ -51,8 +51,9 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
             run.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
     Console(width=140).print(table)
     if idle and any(run.state == rpb.RUN_STATE_RUNNING for run in runs):
-        print("waiting: left running, but no controller holds this state dir; it goes on "
-              "when one starts here (`bilevel serve`)", file=sys.stderr)
+        print("waiting: left running when its controller was killed; `bilevel resume RUN` "
+              "continues it (a `bilevel serve` on this state dir continues it too)",
+              file=sys.stderr)
     return 0
 
 

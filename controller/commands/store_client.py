@@ -28,8 +28,9 @@ from controller.store.memory import MemoryStore
 from controller.store.records import RUN_HINT, NotFoundError, RunState
 from controller.store.runs import RunStore
 
-STALLED_NOTE = ("no controller is running it now: it goes on where it stopped when a "
-                "controller starts on this state dir (`bilevel serve`, or `bilevel resume`)")
+STALLED_NOTE = ("no controller is running it now (its controller was killed): `bilevel "
+                "resume RUN` continues it where it stopped (a `bilevel serve` started on "
+                "this state dir continues it too)")
 
 
 class LocalRpcError(grpc.aio.AioRpcError):  # type: ignore[misc]

@@ -2,8 +2,8 @@
 
 A client of the gRPC API like `runs` and `watch`: `--server ADDR` (with its token and
 TLS flags), else the controller holding the local state dir (over its private socket),
-else that state dir's store read directly. It never starts a controller: a view must not
-resume runs. The page and its script ship in the package (controller/ui/static): nothing
+else that state dir's store read directly. It never starts a controller: a view runs
+nothing. The page and its script ship in the package (controller/ui/static): nothing
 comes from the internet. Its data needs a key that this process makes and prints once,
 in the page's URL: other users of the host reach the port but not the runs.
 """
@@ -21,7 +21,11 @@ from controller.config import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cmd = sub.add_parser("ui", help="serve a read-only live web view of runs and ablations")
+    cmd = sub.add_parser(
+        "ui", help="serve a read-only live web view of runs and ablations",
+        description="Serve a read-only live web page of runs and ablations. It never starts "
+                    "a controller: it follows --server, or the controller holding the state "
+                    "dir, or else reads the state dir's store directly.")
     cmd.add_argument("--host", default="127.0.0.1",
                      help="address to bind (default 127.0.0.1; anything else sends the "
                           "runs and the page's key over plain HTTP)")

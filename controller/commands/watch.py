@@ -29,7 +29,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         code = await follow(client, run, after_seq=args.after_seq,
                             reconnect=where_of(client) != "store")
         if isinstance(client, StoreClient) and client.runs.stalled(run.id):
-            print(STALLED_NOTE, file=sys.stderr)
+            print(STALLED_NOTE.replace("RUN", run.id), file=sys.stderr)
         return code
 
     return run_client_command(args, watch, read_only=True)

@@ -166,7 +166,8 @@ class RunManager:
             raise FieldError(f"{task_bundle.FIELD}{where}", exc.reason) from None
         return replace(settings, task=replace(
             settings.task, preset=manifest.builtin or manifest.name, metric=manifest.metric,
-            direction=manifest.direction, self_reported=manifest.self_reported))
+            direction=manifest.direction, self_reported=manifest.self_reported,
+            editable=manifest.document.path))
 
     def _task_dir(self, settings: RunSettings, run_id: str) -> Path | None:
         """The run's stored task directory, checked against its recorded hash."""

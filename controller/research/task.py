@@ -116,6 +116,24 @@ class Task(Protocol):
         ...
 
 
+METRIC_KEYS_SHOWN = 12  # of the keys a job wrote, in the message of a missing metric
+
+
+def missing_metric(metrics: dict[str, Any], metric: str) -> str:
+    """Why `metric` gave no value, naming what the job wrote instead (bounded: the keys
+    are the job's), so a misspelt metric name is seen at once."""
+    if metric in metrics:
+        return (f"the job wrote no finite {metric} metric: {metric} = "
+                f"{str(metrics[metric])[:40]!r}")
+    keys = sorted(metrics)
+    if not keys:
+        return f"the job wrote no finite {metric} metric: it wrote no metrics at all"
+    shown = ", ".join(repr(k[:40]) for k in keys[:METRIC_KEYS_SHOWN])
+    more = f" and {len(keys) - METRIC_KEYS_SHOWN} more" if len(keys) > METRIC_KEYS_SHOWN \
+        else ""
+    return f"the job wrote no finite {metric} metric; the metrics it wrote: {shown}{more}"
+
+
 def outcome_from_job(result: JobResult, metrics: dict[str, Any] | None = None,
                      objective: Objective = GPT) -> TrialOutcome:
     """Map a sandbox result to a trial outcome; a missing or non-finite metric is a crash."""
@@ -130,8 +148,7 @@ def outcome_from_job(result: JobResult, metrics: dict[str, Any] | None = None,
         "frames": [vars(f) for f in exc.frames]}
     detail = result.detail
     if result.status is Status.OK and val_bpb is None:
-        detail = (detail + "; " if detail else "") + \
-            f"the job wrote no finite {objective.metric} metric"
+        detail = (detail + "; " if detail else "") + missing_metric(metrics, objective.metric)
     log = f"{result.stdout}\n--- stderr ---\n{result.stderr}\n"
     return TrialOutcome(
         job_status=result.status.value, val_bpb=val_bpb,

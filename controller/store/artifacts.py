@@ -3,7 +3,9 @@
 Layout: runs/<run_id>/results.tsv and runs/<run_id>/trials/<n>/{train.py,diff,log,llm.json}
 (llm.json: every prompt and answer that made the trial's proposal), and
 runs/<run_id>/final_check.json (the best and the baseline re-run on fresh seeds at the end).
-"best/train.py" is not a file of its own: it names the incumbent trial's train.py.
+"best/train.py" is not a file of its own: it names the incumbent trial's train.py. A task
+whose editable file has another path serves it under that path too (`best/<path>`,
+`trials/<n>/<path>`): the name a user knows it by.
 "task/<path>" is a file of the task directory the run was created with, as stored
 (runs/<run_id>/task/, see store/task_bundle.py).
 """
@@ -34,6 +36,19 @@ class BadArtifactName(ValueError):
             f"final_check.json, task/<path> (a run of a task directory) or "
             f"trials/<n>/{{{','.join(TRIAL_FILES)}}}")
         self.name = name
+
+
+def editable_alias(name: str, editable: str) -> str:
+    """`best/<editable>` and `trials/<n>/<editable>` as the train.py names they alias."""
+    if editable == "train.py":
+        return name
+    if name == f"best/{editable}":
+        return "best/train.py"
+    head, _, rest = name.partition("/")
+    index, _, file = rest.partition("/")
+    if head == "trials" and file == editable:
+        return f"trials/{index}/train.py"
+    return name
 
 
 def content_type(name: str) -> str:
@@ -77,10 +92,13 @@ class ArtifactStore:
             raise NotFoundError("artifact", f"trials/{index}/{name}",
                                 f"run {run_id} has no such trial file yet") from None
 
-    def read(self, run_id: str, name: str, best_trial: int | None) -> bytes:
-        """Read a named artifact; raises BadArtifactName or NotFoundError."""
+    def read(self, run_id: str, name: str, best_trial: int | None,
+             editable: str = "train.py") -> bytes:
+        """Read a named artifact (`editable`: the path of the run's editable file, an
+        alias of train.py); raises BadArtifactName or NotFoundError."""
         if name.startswith("task/"):
             return self._read_task_file(run_id, name)
+        name = editable_alias(name, editable)
         match = NAME_PATTERN.match(name)
         if match is None:
             raise BadArtifactName(name)

@@ -54,6 +54,7 @@ from controller.research.task import (
     memory_key,
     objective_of,
 )
+from controller.research.tasks.knob_document import editable_path
 from controller.store.artifacts import ArtifactStore
 from controller.store.llm_calls import CallLog
 from controller.store.memory import MemoryStore
@@ -347,9 +348,10 @@ class InnerLoop:
     def _prepare(self, index: int, parent_source: str, source: str, changes: dict[str, Any],
                  description: str, meta: TrialMeta, proposal: Proposal | None) -> None:
         """Store the candidate, its diff and its LLM transcript, then begin the trial."""
+        path = editable_path(self.task)
         diff = "".join(difflib.unified_diff(
             parent_source.splitlines(keepends=True), source.splitlines(keepends=True),
-            "a/train.py", "b/train.py"))
+            f"a/{path}", f"b/{path}"))
         self.artifacts.write_trial(self.run_id, index, "train.py", source.encode())
         self.artifacts.write_trial(self.run_id, index, "diff", diff.encode())
         if proposal is not None and proposal.proposal_id:
@@ -407,8 +409,10 @@ class InnerLoop:
         self.watch.finish(index, status)
         with self._lock:
             self._in_flight.pop(index, None)
-        log.info("trial finished", trial=index, status=status.value, val_bpb=outcome.val_bpb,
-                 job_status=outcome.job_status, decision=reason)
+        objective = objective_of(self.task)
+        shown = None if outcome.val_bpb is None else objective.shown(outcome.val_bpb)
+        log.info("trial finished", trial=index, status=status.value,
+                 job_status=outcome.job_status, decision=reason, **{objective.metric: shown})
         self._write_results()
         if index > 0:
             for hook in self.after_trial:

@@ -8,7 +8,8 @@ another seed was bit-identical). Both are crashes everywhere else: never kept.
 it, so a row matches the file in a git history of train.py; descriptions drop the
 offline proposers' "[local]"-style tags (they name the proposer, not the change).
 A task with another metric names it in the second column and gives its value (not the
-loss the loop minimises); the GPT task keeps Karpathy's columns exactly."""
+loss the loop minimises), and has no memory_gb column (only the GPT trainer measures
+it); the GPT task keeps Karpathy's columns exactly."""
 
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ def results_tsv(trials: Iterable[TrialRecord], source: Source,
                 objective: Objective = GPT) -> str:
     """One row per finished trial, in trial order. A crash has val_bpb and memory_gb 0,
     as in autoresearch; a trial without a train.py has commit "-"."""
-    rows = [HEADER.replace("val_bpb", objective.metric)]
+    memory = objective == GPT
+    header = HEADER if memory else HEADER.replace("val_bpb", objective.metric).replace(
+        "memory_gb\t", "")
+    rows = [header]
     for t in trials:
         if not t.finished or t.status is None:
             continue
@@ -50,6 +54,6 @@ def results_tsv(trials: Iterable[TrialRecord], source: Source,
         status = t.job_status if t.status is TrialStatus.CRASH and t.job_status in \
             RULE_BREAKS else t.status.value
         value = 0.0 if t.val_bpb is None else objective.shown(t.val_bpb)
-        rows.append(f"{commit}\t{value:.6f}\t{t.memory_gb:.1f}\t"
-                    f"{status}\t{text}\n")
+        gb = f"{t.memory_gb:.1f}\t" if memory else ""
+        rows.append(f"{commit}\t{value:.6f}\t{gb}{status}\t{text}\n")
     return "".join(rows)

@@ -58,15 +58,15 @@ class Validator:
             candidate = self.task.apply(base, clean)
         except ValueError as exc:
             raise ProposalError("changes", str(exc)) from None
-        self._compiles(candidate)
+        self._check(candidate)
         return clean, candidate
 
     def code(self, base: str, candidate: str) -> None:
         """Raises ProposalError if the edited source does not compile, changes nothing
         that runs, only changes the seed, or touches the protected harness lines."""
         if candidate == base:
-            raise ProposalError("edits", "the edits leave train.py unchanged")
-        self._compiles(candidate)
+            raise ProposalError("edits", "the edits leave the file unchanged")
+        self._check(candidate)
         if ast.dump(pysource.parse(candidate)) == ast.dump(pysource.parse(base)):
             raise ProposalError("edits", "the edits change only comments or layout; nothing "
                                 "would run differently")
@@ -78,8 +78,16 @@ class Validator:
             raise ProposalError("edits", "the edits only change the seed; that is not an "
                                 "experiment")
 
-    @staticmethod
-    def _compiles(source: str) -> None:
+    def _check(self, source: str) -> None:
+        """ProposalError unless `source` is a valid editable file: a task that knows its
+        file's kind checks it (a YAML config parses), else it must compile as Python."""
+        check = getattr(self.task, "check_source", None)
+        if check is not None:
+            try:
+                check(source)
+            except ValueError as exc:
+                raise ProposalError("editable", str(exc)) from None
+            return
         try:
             compile(source, "train.py", "exec", dont_inherit=True)
         except SyntaxError as exc:
