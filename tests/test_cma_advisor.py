@@ -142,7 +142,11 @@ def test_in_a_run_its_hooks_run_in_the_sandbox_and_its_suggestions_become_trials
     suggested = [t for t in trials if t.description.endswith("[suggested by cma_advisor]")]
     # suggest is called on every 2nd trial (2, 4, ..., 10); each time it had a point.
     assert [t.index for t in suggested] == [2, 4, 6, 8, 10]
-    assert all(t.description.startswith("CMA-ES advisor: generation") for t in suggested)
+    # Each says which knobs it changed (NAME old -> new), then the advisor's own tag.
+    for t in suggested:
+        changed, _, tag = t.description.partition(" (CMA-ES advisor: generation ")
+        assert tag and [c.split(" ")[0] for c in changed.split(", ")] == list(t.changes), t
+        assert all(" -> " in c for c in changed.split(", ")), t
     records = store.mechanism_records("run-cma")
     hooks = {(r.hook, r.trial) for r in records if r.mechanism == "cma_advisor"}
     assert {("suggest", i) for i in (2, 4, 6, 8, 10)} <= hooks

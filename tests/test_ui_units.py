@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytest
 
 from controller.api.client import Client
 from controller.ui import backend
 from controller.ui.backend import Backend, clip
-from controller.ui.web import KEY_HEADER, UiServer
+from controller.ui.importance import importance
+from controller.ui.web import KEY_HEADER, SCRIPTS, UiServer
 
 
 @pytest.fixture
@@ -63,10 +65,11 @@ def test_the_page_and_its_script_come_from_the_package_under_a_strict_policy(
     policy = headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
     assert "unsafe-inline" not in policy and headers["X-Frame-Options"] == "DENY"
-    for name in ("dom.js", "plots.js", "app.js"):
+    for name in SCRIPTS:
         assert f'<script src="/static/{name}" defer>'.encode() in page
         status, _, script = _request(ui, "GET", f"/static/{name}")
-        assert status == 200 and b"textContent" in script
+        # Text goes in as text nodes (dom.js's el and svgEl, which the others call).
+        assert status == 200 and (name != "dom.js" or b"createTextNode" in script)
         # No markup is built from strings and nothing is fetched from another origin.
         assert b"innerHTML" not in script and b"http://" not in script.replace(
             b'"http://www.w3.org/2000/svg"', b"") and b"https://" not in script
@@ -79,7 +82,8 @@ def test_deny_the_data_without_the_key_printed_in_the_pages_url(ui: UiServer) ->
     once to whoever started `bilevel ui`) it gets the page's static files only."""
     assert ui.url == f"http://127.0.0.1:{ui.port}/#key={ui.key}" and len(ui.key) >= 32
     for path in ("/api/runs", "/api/runs/run-1", "/api/runs/run-1/events?wait=0",
-                 "/api/ablations"):
+                 "/api/ablations", "/api/runs/run-1/trials", "/api/runs/run-1/export",
+                 "/api/runs/run-1/compare?a=1&b=2"):
         status, _, body = _request(ui, "GET", path, key=None)
         assert status == 403 and "open the URL it printed" in _error(body)
         assert _request(ui, "GET", path, key=ui.key[:-1] + "A")[0] == 403
@@ -101,6 +105,11 @@ def test_other_hosts_writes_and_unknown_names_are_refused(ui: UiServer) -> None:
     assert status == 400 and _error(body).startswith("run:")
     status, _, body = _request(ui, "GET", "/api/runs/run-1/events?after=x")
     assert status == 400 and _error(body).startswith("after:")
+    status, _, body = _request(ui, "GET", "/api/runs/run-1/export?format=xlsx")
+    assert status == 400 and _error(body).startswith("format:")
+    status, _, body = _request(ui, "GET", "/api/runs/run-1/compare?a=1")
+    assert status == 400 and _error(body).startswith("a, b:")
+    assert _request(ui, "GET", "/api/runs/a%20b/trials")[0] == 400
 
 
 def test_ablations_are_read_from_the_state_dir_and_a_bad_file_is_skipped(
@@ -133,3 +142,20 @@ def test_clip_caps_strings_lists_and_depth() -> None:
         depth, node = depth + 1, node[0]
     assert depth < backend.MAX_DEPTH and node == "[nested too deep]"
     assert len(json.dumps(value)) < 60_000
+
+
+def test_importance_ranks_the_knob_that_drives_the_metric_and_calls_noise_noise() -> None:
+    """40 trials: the metric follows LR (plus noise); SEED is noise alone; WIDTH never
+    moves. Fewer than MIN_TRIALS measured trials get no share at all."""
+    rng = np.random.default_rng(0)
+    points = []
+    for _ in range(40):
+        lr, seed = float(10 ** rng.uniform(-4, -1)), int(rng.integers(0, 4))
+        points.append(({"LR": lr, "SEED": seed, "WIDTH": 64},
+                       (np.log10(lr) + 2.5) ** 2 + float(rng.normal(0, 0.1))))
+    shares = {k["name"]: k for k in importance(points, ["LR", "SEED", "WIDTH"])["knobs"]}
+    assert shares["LR"]["share"] > 0.5 and shares["LR"]["p"] < 0.001
+    assert shares["SEED"]["share"] < 0.1 and shares["SEED"]["note"].startswith("could be noise")
+    assert shares["WIDTH"]["share"] is None and shares["WIDTH"]["note"] == "never varied"
+    few = importance(points[:7], ["LR"])
+    assert few["knobs"] == [] and few["note"].startswith("too few measured trials")

@@ -11,16 +11,21 @@ page reads the same names the proto documents.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.research.tasks.knob_document import KnobDocument
 from controller.ui.curves import CurveTable, catch_up
+from controller.ui.trials import TrialTable, export
 
 MAX_STRING = 4000  # characters of one string value (descriptions, details, tracebacks)
 MAX_ITEMS = 500  # items of one list or object
@@ -37,6 +42,8 @@ MAX_RUNS = 1000  # runs listed
 MAX_ABLATIONS = 200
 MAX_ABLATION_FILE = 4 << 20
 MAX_CURVE_RUNS = 8  # runs whose curve tables are kept between requests
+MAX_TABLES = 8  # runs whose trial tables are kept between requests
+MAX_DIFF_LINES = 4000
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 # The artifact names RunService documents; anything else is refused before a call.
@@ -115,6 +122,10 @@ class Backend:
         self.state_dir = state_dir
         self._curves: dict[str, CurveTable] = {}  # per run, oldest first (curves.py)
         self._curve_lock = asyncio.Lock()
+        # Per run: the trials read so far and the baseline's editable file, so a later
+        # request reads only the events after them.
+        self._tables: OrderedDict[str, tuple[TrialTable, list[str | None]]] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def runs(self) -> dict[str, Any]:
         runs: list[Any] = []
@@ -195,6 +206,93 @@ class Backend:
                 "size": len(content), "truncated": len(content) > MAX_ARTIFACT_BYTES,
                 "text": head}
 
+    async def trials(self, run_id: str) -> dict[str, Any]:
+        """The run's trials with one column per knob and the knobs' importance
+        (controller/ui/trials.py), its events read after those read before."""
+        check_run_id(run_id)
+        lock = self._locks.setdefault(run_id, asyncio.Lock())
+        async with lock:
+            table, baseline = self._tables.pop(run_id, (TrialTable(), [None]))
+            await self._catch_up(run_id, table)
+            if baseline[0] is None and table.trials.get(0, None) is not None \
+                    and table.trials[0].finished:
+                baseline[0] = await self._editable(run_id, 0)
+            self._tables[run_id] = (table, baseline)
+            while len(self._tables) > MAX_TABLES:
+                old, _ = self._tables.popitem(last=False)
+                self._locks.pop(old, None)
+            run = await self._get_run(run_id)
+            task = run.request.task
+            view = table.answer(_knobs(baseline[0], table.knob_names()),
+                                task.metric or "val_bpb", task.maximize)
+        trials = [clip(t) for t in view.pop("trials")]
+        return {**clip(view), "trials": trials, "run_done": table.done}
+
+    async def export(self, run_id: str, form: str) -> dict[str, Any]:
+        """The finished trials as CSV or JSON text (knobs as columns), for the page to
+        save: a download link could not carry the page's key."""
+        if form not in ("csv", "json"):
+            raise BadRequest("format: csv or json")
+        view = await self.trials(run_id)
+        text, content_type = export(view, form)
+        return {"filename": f"{run_id}-trials.{form}", "content_type": content_type,
+                "text": text, "rows": sum(1 for r in view["trials"] if r["finished"])}
+
+    async def compare(self, run_id: str, a: int, b: int) -> dict[str, Any]:
+        """A unified diff of two trials' editable files (empty when either is missing)."""
+        check_run_id(run_id)
+        if a < 0 or b < 0:
+            raise BadRequest("a, b: trial numbers")
+        left, right = await self._editable(run_id, a), await self._editable(run_id, b)
+        if left is None or right is None:
+            return {"diff": "", "note": "the editable file of trial "
+                    f"{a if left is None else b} is not stored"}
+        lines = list(difflib.unified_diff(left.splitlines(keepends=True),
+                                          right.splitlines(keepends=True),
+                                          f"trial {a}/train.py", f"trial {b}/train.py"))
+        note = "" if lines else "the two files are the same"
+        if len(lines) > MAX_DIFF_LINES:
+            note = f"{len(lines) - MAX_DIFF_LINES} more lines not shown"
+        return {"diff": clip_text("".join(lines[:MAX_DIFF_LINES]), MAX_ARTIFACT_BYTES),
+                "note": note}
+
+    async def _editable(self, run_id: str, trial: int) -> str | None:
+        """Trial `trial`'s editable file (its head), or None if it is not stored."""
+        try:
+            got = await asyncio.wait_for(self.client.runs.GetArtifact(
+                rpb.GetArtifactRequest(run_id=run_id, name=f"trials/{trial}/train.py"),
+                metadata=self.client.metadata), CALL_SECONDS)
+        except grpc.aio.AioRpcError as exc:  # the store client's errors are these too
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return None
+        return bytes(got.content)[:MAX_ARTIFACT_BYTES].decode("utf-8", errors="replace")
+
+    async def _catch_up(self, run_id: str, table: TrialTable) -> None:
+        """Apply the events after table.last_seq: those stored, then whatever comes
+        until the stream is quiet (a running run's stream never ends)."""
+        if table.done:
+            return
+        call = self.client.runs.WatchRun(
+            rpb.WatchRunRequest(run_id=run_id, after_seq=table.last_seq),
+            metadata=self.client.metadata)
+        stream = call.__aiter__()
+        first = True
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(
+                        anext(stream), MIN_WAIT_SECONDS if first else DRAIN_SECONDS)
+                except (TimeoutError, StopAsyncIteration):
+                    break
+                first = False
+                table.apply(event)
+        finally:
+            if hasattr(call, "cancel"):
+                call.cancel()
+            elif hasattr(stream, "aclose"):
+                await stream.aclose()
+
     async def curves(self, run_id: str) -> dict[str, Any]:
         """Each trial's reported training curve (controller/ui/curves.py): {"curves":
         {"<trial>": [[step, value or null], ...]}}, the candidates' untrusted claims in
@@ -229,6 +327,27 @@ class Backend:
         if spec is None:
             raise NotFound(f"no ablation {ablation_id} under {self.state_dir}/ablations")
         return spec
+
+
+def _knobs(source: str | None, names: list[str]) -> dict[str, Any]:
+    """The baseline's values of `names` read from its editable file (trials/0/train.py
+    names it whatever its path). The API does not say which kind of file it is, so each
+    reader a task may use is tried (a Python file's literals, a JSON/flags, TOML or YAML
+    config's keys) and the one that finds the most knobs wins; those none finds are
+    left out."""
+    if source is None or not names:
+        return {}
+    best: dict[str, Any] = {}
+    for kind in ("python", "json", "toml", "yaml"):
+        try:
+            found = KnobDocument(kind, "train.py", tuple(names)).read(source)
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+        found = {n: list(v) if isinstance(v, tuple) else v for n, v in found.items()
+                 if n in names}
+        if len(found) > len(best):
+            best = found
+    return best
 
 
 def _read_ablation(path: Path) -> Any:

@@ -39,10 +39,9 @@ from controller.ui.backend import MAX_WAIT_SECONDS, Backend, BadRequest, NotFoun
 
 log = structlog.get_logger(__name__)
 
+SCRIPTS = ("dom.js", "plots.js", "knobplots.js", "trialtable.js", "compare.js", "app.js")
 STATIC = {"index.html": "text/html; charset=utf-8",
-          "dom.js": "text/javascript; charset=utf-8",
-          "plots.js": "text/javascript; charset=utf-8",
-          "app.js": "text/javascript; charset=utf-8",
+          **{name: "text/javascript; charset=utf-8" for name in SCRIPTS},
           "app.css": "text/css; charset=utf-8"}
 RETRY_AFTER_SECONDS = 2
 KEY_HEADER = "X-Bilevel-Key"  # the page's script sends the key it took from its URL
@@ -178,6 +177,12 @@ class UiServer:
                 return b.artifact(run_id, query.get("name", ""))
             case ["api", "runs", run_id, "curves"]:  # each trial's reported curve
                 return b.curves(run_id)
+            case ["api", "runs", run_id, "trials"]:
+                return b.trials(run_id)
+            case ["api", "runs", run_id, "export"]:
+                return b.export(run_id, query.get("format", "csv"))
+            case ["api", "runs", run_id, "compare"]:
+                return b.compare(run_id, _int(query, "a", -1), _int(query, "b", -1))
             case ["api", "ablations"]:
                 return self._sync(b.ablations)
             case ["api", "ablations", ablation_id]:

@@ -281,8 +281,11 @@ class MechanismWiring:
         first = len(self._pending[index])
         s = self._suggest(index, state, set(ctx.space.names), arm)
         if s is not None:
+            # The knobs it changes first: a mechanism's own text ("CMA-ES advisor:
+            # generation 1") says nothing of what the trial tried.
+            changed = changed_knobs(state.incumbent, s.proposal.changes)
             proposal = Proposal(changes=dict(s.proposal.changes),
-                                description=f"{s.proposal.description} "
+                                description=f"{changed} ({s.proposal.description}) "
                                             f"[suggested by {s.mechanism}]")
             source = f"mechanism:{s.mechanism}"
         attempts: list[tuple[int, int, str]] = []  # record range of each filter pass, fate
@@ -415,3 +418,13 @@ def wire_status(status: TrialStatus | None) -> Literal["keep", "discard", "crash
     if status is TrialStatus.KEEP:
         return "keep"
     return "discard" if status is TrialStatus.DISCARD else "crash"
+
+
+def changed_knobs(incumbent: dict[str, Any], changes: dict[str, Any]) -> str:
+    """`NAME old -> new` for each changed knob, comma-separated (floats to 4 digits)."""
+    def shown(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return repr(value) if isinstance(value, str) else str(value)
+    return ", ".join(f"{name} {shown(incumbent[name]) if name in incumbent else '?'} -> "
+                     f"{shown(value)}" for name, value in changes.items())

@@ -1,5 +1,6 @@
 // bilevel ui: plain JS + SVG, no library, no network beyond this origin's JSON API.
-// Part 3 of 3 (after dom.js and plots.js): the views and the routing.
+// Loaded last (after dom.js, plots.js, knobplots.js, trialtable.js, compare.js): the
+// views and the routing.
 // Everything that comes from a run (descriptions, hypotheses, logs, diffs, mechanism
 // details) is hostile text: it only ever reaches the DOM as textContent or as a text
 // node, never as markup the browser parses, nor in an attribute it interprets.
@@ -42,16 +43,20 @@ function runsTable(data) {
     const req = r.request || {};
     const trials = `${Math.max((r.trials_done || 0) - 1, 0)}/${(req.budgets || {}).max_trials || "?"}`;
     const o = objective(r);
-    return el("tr", { class: "run" }, td(link("/run/" + encodeURIComponent(r.id), r.id)),
-      td(enumName(r.state, "RUN_STATE_")), td((req.task || {}).preset || ""),
+    const state = enumName(r.state, "RUN_STATE_");
+    // Why a run stopped matters most when it failed: shown for every run that ended.
+    const reason = state === "running" ? "" : r.stop_reason || "";
+    return el("tr", { class: "run", "data-state": state }, td(link("/run/" + encodeURIComponent(r.id), r.id)),
+      td(state, state === "failed" ? "crash" : ""), td((req.task || {}).preset || ""),
       td(((req.outer || {}).levels || []).map((l) => enumName(l, "LEVEL_").replace("_", ".")).join("+") || "1"),
-      td(o.name), td(trials, "num"), td(fmt(o.shown(r.baseline_loss)), "num"),
-      td(fmt(o.shown(r.best_loss)), "num"),
+      td(`${o.name} ${o.maximize ? "↑ max" : "↓ min"}`), td(trials, "num"),
+      td(fmt(o.shown(r.baseline_loss)), "num"), td(fmt(o.shown(r.best_loss)), "num"),
+      td(reason.length > 300 ? reason.slice(0, 299) + "…" : reason, "desc reason"),
       td(String(r.created_at || "").replace("T", " ").slice(0, 19)));
   });
   const note = data.more ? el("p", { class: "muted" }, "only the newest runs are listed") : null;
-  return el("div", {}, table(["run", "state", "preset", "levels", "metric", "trials", "baseline",
-    "best", "created"], rows, { id: "runs-table" }), note);
+  return el("div", {}, table(["run", "state", "preset", "levels", "metric (better)", "trials",
+    "baseline", "best", "stop reason", "created"], rows, { id: "runs-table" }), note);
 }
 
 function ablationsTable(data) {
@@ -72,18 +77,24 @@ function ablationsTable(data) {
 function runView(runId, pick) {
   crumb.textContent = " / " + runId;
   const state = { trials: new Map(), bests: [], mech: [], config: [], finished: null,
-                  run: null, lastSeq: 0, selected: null };
+                  run: null, lastSeq: 0, selected: null, analysis: null };
   let stopped = false;
   const facts = el("div", { id: "facts" });
   const plotBox = el("div", { id: "plot-box" });
-  const trialsBox = el("div", { id: "trials" });
+  const trials = makeTrialsTable(select, (picked) => compareView(runId, state, picked, compareBox));
   const detail = el("div", { id: "detail" }, el("p", { class: "muted" },
     "click a trial for its diff and log"));
+  const compareBox = el("div", { id: "compare" });
+  compareView(runId, state, [], compareBox);
+  const knobBox = el("div", { id: "knobs" });
+  const curvesBox = el("div", { id: "curves-box" });
   const mechBox = el("div", { id: "mechanisms" });
   const configBox = el("div", { id: "config" });
   main.replaceChildren(facts, el("h2", {}, "Best so far"), plotBox, el("h2", {}, "Trials"),
-    trialsBox, el("h2", {}, "Trial"), detail, el("h2", {}, "Mechanisms (Level 2)"), mechBox,
-    el("h2", {}, "Configuration (Level 1.5)"), configBox);
+    exportButtons(runId), trials.node, el("h2", {}, "Trial"), detail,
+    el("h2", {}, "Compare two trials"), compareBox, knobBox,
+    el("h2", {}, "Training curves"), curvesBox,
+    el("h2", {}, "Mechanisms (Level 2)"), mechBox, el("h2", {}, "Configuration (Level 1.5)"), configBox);
 
   function select(n) {
     state.selected = n;
@@ -95,9 +106,46 @@ function runView(runId, pick) {
   function render() {
     facts.replaceChildren(runFacts(state));
     plotBox.replaceChildren(plot(state));
-    trialsBox.replaceChildren(trialsTable(state, select));
+    trials.update(state);
     mechBox.replaceChildren(mechanisms(state));
     configBox.replaceChildren(configTable(state));
+  }
+
+  // Each trial's reported curve, asked for again when progress events came (one request
+  // at a time; a controller without the curves route shows none).
+  let drawing = false;
+  async function drawCurves() {
+    if (drawing || stopped) return;
+    drawing = true;
+    try {
+      const got = await getJSON(`/api/runs/${encodeURIComponent(runId)}/curves`).catch(() => null);
+      if (!stopped) curvesBox.replaceChildren(curvesPlot(got ? got.curves : null, state, objective(state.run)));
+    } finally {
+      drawing = false;
+    }
+  }
+
+  // The server's trial table (knob values, importance), asked for again whenever more
+  // trials have finished than it knew of; one request at a time.
+  let analysing = false;
+  async function analyse() {
+    const finished = sortedTrials(state).filter((t) => t.finished).length;
+    const known = state.analysis ? state.analysis.trials.filter((r) => r.finished).length : -1;
+    if (analysing || stopped || (finished === known && (!state.finished || state.analysis.run_done))) return;
+    analysing = true;
+    try {
+      state.analysis = await getJSON(`/api/runs/${encodeURIComponent(runId)}/trials`);
+      if (stopped) return;
+      trials.update(state);
+      knobBox.replaceChildren(knobViews(state));
+      if (trials.compare().length === 2) compareView(runId, state, trials.compare(), compareBox);
+    } catch (e) {
+      setStatus(String(e.message || e), true);
+    } finally {
+      analysing = false;
+    }
+    const now = sortedTrials(state).filter((t) => t.finished).length;
+    if (now !== state.analysis?.trials.filter((r) => r.finished).length) setTimeout(analyse, 1000);
   }
 
   async function pumpEvents() {
@@ -109,7 +157,8 @@ function runView(runId, pick) {
         if (stopped) return;
         for (const event of got.events) apply(state, event);
         state.lastSeq = got.last_seq;
-        if (got.events.length || got.done) render();
+        if (got.events.length || got.done) { render(); analyse(); }
+        if (got.events.some((e) => e.trial_progress || e.trial_finished) || got.done) drawCurves();
         const wanted = state.trials.get(pick);
         if (state.selected === null && wanted && wanted.finished) select(pick);
         if (got.done) { await refreshRun(); return; }
@@ -192,39 +241,14 @@ function runFacts(state) {
     ...rows.map(([k, v]) => el("tr", {}, td(k), td(v, "desc")))));
 }
 
-function trialsTable(state, onPick) {
-  const o = objective(state.run);
-  const base = o.shown(baselineOf(state));
-  const rows = sortedTrials(state).map((t) => {
-    const f = t.finished;
-    const p = t.proposed || {};
-    if (!f) {
-      return el("tr", { class: "trial pending", "data-trial": t.trial }, td(t.trial, "num"),
-        td(""), td(p.description || "", "desc"), td(t.started ? "running" : "proposed"),
-        td("-", "num"), td("-", "num"), td("-", "num"));
-    }
-    const status = enumName(f.status, "TRIAL_STATUS_");
-    const v = o.shown(f.loss);
-    const delta = v !== undefined && base !== undefined
-      ? (v - base >= 0 ? "+" : "") + (v - base).toFixed(6) : "-";
-    const row = el("tr", { class: "trial done" + (state.selected === t.trial ? " selected" : ""),
-                           "data-trial": t.trial, "data-status": status },
-      td(t.trial, "num"), td(f.proposal_source || ""), td(f.description || "", "desc"),
-      td(status, status), td(fmt(v), "num"), td(delta, "num"), td(fmt(f.run_seconds ?? f.seconds, 1), "num"));
-    row.addEventListener("click", () => onPick(t.trial));
-    return row;
-  });
-  if (!rows.length) return el("p", { class: "muted" }, "no trials yet");
-  return table(["trial", "source", "description", "status", o.name, "Δ vs baseline",
-    "seconds"], rows, { id: "trials-table" });
-}
-
 async function showTrial(runId, state, n, box) {
   const t = state.trials.get(n) || {};
   const f = t.finished || {};
   const p = t.proposed || {};
   const facts = [["trial", n], ["description", f.description || p.description || ""],
-    ["hypothesis", f.hypothesis || p.hypothesis || ""], ["changes", p.changes_json || ""],
+    ["hypothesis", f.hypothesis || p.hypothesis || ""],
+    ["changes", changesText((((state.analysis || {}).trials || []).find((r) => r.trial === n) || {}).changed)
+      || p.changes_json || ""],
     ["job status", f.job_status ? enumName(f.job_status, "JOB_STATUS_") : ""],
     ["proposal source", f.proposal_source || ""], ["metrics", f.metrics_json || ""],
     ["exception", f.exception && f.exception.message ? f.exception.message : ""]];
@@ -242,18 +266,21 @@ async function showTrial(runId, state, n, box) {
 async function artifactInto(url, pre, coloured) {
   try {
     const a = await getJSON(url);
-    const lines = a.text.split("\n");
-    pre.replaceChildren(...lines.map((line) => {
-      let cls = "";
-      if (coloured && line.startsWith("@@")) cls = "hunk";
-      else if (coloured && line.startsWith("+") && !line.startsWith("+++")) cls = "add";
-      else if (coloured && line.startsWith("-") && !line.startsWith("---")) cls = "del";
-      return cls ? el("span", { class: cls }, line) : document.createTextNode(line + "\n");
-    }));
+    if (coloured) colourDiff(pre, a.text);
+    else pre.replaceChildren(a.text);
     if (a.truncated) pre.append(el("span", { class: "muted" }, `[${a.size} bytes; the first part shown]`));
   } catch (e) {
     pre.replaceChildren(el("span", { class: "muted" }, String(e.message || e)));
   }
+}
+
+// Importance, slices and parallel coordinates from the server's trial table.
+function knobViews(state) {
+  const a = state.analysis;
+  const o = objective(state.run);
+  return el("div", {}, el("h2", {}, "Knob importance"), importanceTable(a),
+    el("h2", {}, `Slices: each knob against ${o.name} (${o.better})`), slicePlots(a, o),
+    el("h2", {}, "Parallel coordinates"), parallelCoordinates(a, o));
 }
 
 function mechanisms(state) {

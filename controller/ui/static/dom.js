@@ -1,4 +1,4 @@
-// bilevel ui, part 1 of 3: DOM and data helpers shared by plots.js and app.js.
+// bilevel ui: DOM and data helpers shared by the other scripts (loaded first).
 // Everything that comes from a run (descriptions, hypotheses, logs, diffs, mechanism
 // details) is hostile text: it only ever reaches the DOM as textContent or as a text
 // node, never as markup the browser parses, nor in an attribute it interprets.
@@ -50,6 +50,15 @@ function objective(run) {
   return { name: task.metric || "val_bpb", maximize,
            better: maximize ? "higher is better" : "lower is better",
            shown: (v) => (typeof v === "number" && isFinite(v) ? (maximize ? -v : v) : undefined) };
+}
+
+// A trial's wall time, ended_at - started_at (what the terminal's live view shows):
+// every job of the trial with its start and teardown, not only the job's own run time.
+function wallSeconds(finished) {
+  const at = (s) => Date.parse(String(s || "").replace(/(\.\d{3})\d*Z$/, "$1Z"));
+  const start = at(finished.started_at), end = at(finished.ended_at);
+  if (start > 0 && end >= start) return (end - start) / 1000;
+  return finished.run_seconds;
 }
 
 function enumName(value, prefix) {

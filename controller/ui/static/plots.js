@@ -1,6 +1,50 @@
-// bilevel ui, part 2 of 3: the SVG figures (best-so-far, mechanism timeline, arms).
-// Labels from a run go in as textContent (svgEl's text), like everywhere else.
+// bilevel ui: the SVG figures of a run (best-so-far, mechanism timeline, arms) and the
+// axis helpers knobplots.js shares. Labels from a run go in as textContent (svgEl's
+// text), like everywhere else.
 "use strict";
+
+// Axis ticks at 1, 2 or 5 x 10^k, about `count` of them, and the domain widened to the
+// outer ticks, so a label never falls on an odd value like 0.7431.
+function niceTicks(lo, hi, count = 5) {
+  if (!(hi - lo > 1e-12 * Math.max(1, Math.abs(hi)))) {
+    const d = Math.abs(lo) * 0.05 || 0.5;
+    lo -= d; hi += d;
+  }
+  const raw = (hi - lo) / count;
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw * (1 - 1e-9));
+  const first = Math.floor(lo / step + 1e-9), last = Math.ceil(hi / step - 1e-9);
+  const ticks = [];
+  for (let i = first; i <= last; i++) ticks.push(Number((i * step).toPrecision(12)));
+  const digits = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  return { lo: first * step, hi: last * step, ticks, step,
+           label: (v) => (digits > 8 ? v.toExponential(1) : v.toFixed(digits)) };
+}
+
+// Ticks of a log axis: powers of ten, with 2 and 5 between them over a short range.
+function logTicks(lo, hi) {
+  const a = Math.floor(Math.log10(lo) + 1e-9), b = Math.ceil(Math.log10(hi) - 1e-9);
+  const mantissas = b - a <= 2 ? [1, 2, 5] : [1];
+  const ticks = [];
+  for (let e = a; e <= Math.max(b, a + 1); e++) {
+    for (const m of mantissas) ticks.push(Number((m * Math.pow(10, e)).toPrecision(12)));
+  }
+  const inside = ticks.filter((t) => t >= Math.pow(10, a) && t <= Math.pow(10, Math.max(b, a + 1)));
+  return { lo: Math.pow(10, a), hi: Math.pow(10, Math.max(b, a + 1)), ticks: inside,
+           label: (v) => (v >= 1e-3 && v < 1e5 ? String(v) : v.toExponential(0)) };
+}
+
+// A numeric axis over `values`: log when all are positive and span two decades.
+function numericAxis(values) {
+  const lo = Math.min(...values), hi = Math.max(...values);
+  if (lo > 0 && hi / lo >= 100) {
+    const t = logTicks(lo, hi);
+    const [a, b] = [Math.log10(t.lo), Math.log10(t.hi)];
+    return { ...t, log: true, unit: (v) => (Math.log10(v) - a) / (b - a) };
+  }
+  const t = niceTicks(lo, hi);
+  return { ...t, log: false, unit: (v) => (v - t.lo) / (t.hi - t.lo) };
+}
 
 // Best-so-far plot: every measured trial as a dot, the incumbent as a step line, and
 // crashes in their own strip under the axis (no value, so never drawn as one).
@@ -16,18 +60,15 @@ function plot(state) {
     return root;
   }
   const maxTrial = Math.max(1, ...done.map((t) => t.trial));
-  let lo = Math.min(...measured.map((t) => o.shown(t.finished.loss)));
-  let hi = Math.max(...measured.map((t) => o.shown(t.finished.loss)));
-  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
-  const pad = (hi - lo) * 0.06;
-  lo -= pad; hi += pad;
+  const axis = niceTicks(Math.min(...measured.map((t) => o.shown(t.finished.loss))),
+    Math.max(...measured.map((t) => o.shown(t.finished.loss))));
   const x = (n) => L + (W - L - R) * (n / maxTrial);
-  const y = (v) => T + (H - T - B) * (1 - (v - lo) / (hi - lo));
+  const y = (v) => T + (H - T - B) * (1 - (v - axis.lo) / (axis.hi - axis.lo));
   const axisY = H - B;
-  for (let i = 0; i <= 4; i++) {
-    const v = lo + (hi - lo) * i / 4;
+  for (const v of axis.ticks) {
     root.append(svgEl("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
-    root.append(svgEl("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(4)));
+    root.append(svgEl("text", { class: "ytick", x: L - 6, y: y(v) + 4, "text-anchor": "end" },
+      axis.label(v)));
   }
   root.append(svgEl("line", { class: "axis", x1: L, x2: W - R, y1: axisY, y2: axisY }));
   root.append(svgEl("line", { class: "axis", x1: L, x2: L, y1: T, y2: axisY }));
@@ -69,12 +110,12 @@ function plot(state) {
   const crashes = done.filter((t) => !measured.includes(t));
   const stripY = axisY + 30;
   root.append(svgEl("text", { x: L - 6, y: stripY + 4, "text-anchor": "end" },
-    `crash (${crashes.length})`));
+    `no value (${crashes.length})`));
   for (const t of crashes) {
     const cx = x(t.trial);
     const mark = svgEl("path", { class: "crashmark", d: `M${cx - 4},${stripY - 4}l8,8m0,-8l-8,8`,
                                  "data-trial": t.trial });
-    mark.append(svgEl("title", {}, `trial ${t.trial} crashed`));
+    mark.append(svgEl("title", {}, `trial ${t.trial}: ${enumName(t.finished.status, "TRIAL_STATUS_")}`));
     root.append(mark);
   }
   return root;
@@ -116,18 +157,17 @@ function armsPlot(arms, repeats, cells, runs, o) {
   const W = 760, L = 130, R = 16, lane = 24, H = 40 + lane * arms.length;
   const root = svgEl("svg", { id: "arms-plot", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
   if (!all.length) { root.append(svgEl("text", { x: L, y: 20 }, "no finished run yet")); return root; }
-  let lo = Math.min(...all), hi = Math.max(...all);
-  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
-  const pad = (hi - lo) * 0.05;
-  lo -= pad; hi += pad;
-  const x = (v) => L + (W - L - R) * (v - lo) / (hi - lo);
+  const axis = niceTicks(Math.min(...all), Math.max(...all));
+  const x = (v) => L + (W - L - R) * (v - axis.lo) / (axis.hi - axis.lo);
   arms.forEach((arm, i) => {
     const cy = 12 + lane * i + lane / 2;
     root.append(svgEl("text", { x: L - 6, y: cy + 4, "text-anchor": "end" }, arm.name));
     root.append(svgEl("line", { class: "grid", x1: L, x2: W - R, y1: cy, y2: cy }));
     for (const v of values[i]) root.append(svgEl("circle", { class: "keep", cx: x(v), cy, r: 4 }));
   });
-  root.append(svgEl("text", { x: L, y: H - 4 }, lo.toFixed(4)));
-  root.append(svgEl("text", { x: W - R, y: H - 4, "text-anchor": "end" }, `${hi.toFixed(4)} (${o.better})`));
+  for (const v of axis.ticks) {
+    root.append(svgEl("text", { x: x(v), y: H - 18, "text-anchor": "middle" }, axis.label(v)));
+  }
+  root.append(svgEl("text", { x: W - R, y: H - 4, "text-anchor": "end" }, `${o.name} (${o.better})`));
   return root;
 }
