@@ -33,8 +33,8 @@ def test_run_spirals_with_levels_1_and_2_and_its_trusted_scorer(
     assert "below the baseline" in summary and "forgeable" not in summary
     tsv = bilevel("artifact", run_id, "results.tsv", *local)
     rows = [line.split("\t") for line in tsv.stdout.splitlines()]
-    assert rows[0] == ["commit", "val_loss", "memory_gb", "status", "description"]
-    losses = [float(r[1]) for r in rows[1:] if r[3] != "crash"]
+    assert rows[0] == ["commit", "val_loss", "status", "description"]  # no memory_gb
+    losses = [float(r[1]) for r in rows[1:] if r[2] != "crash"]
     assert len(losses) >= 8 and all(0.0 < v < 5.0 for v in losses)
     assert min(losses) < losses[0]  # the search found a lower loss than the baseline
 
@@ -69,3 +69,28 @@ def test_train_one_candidate_of_a_task(tmp_path: Path, sandbox_image: str) -> No
     assert 0.0 < value < 0.5 and "(lower is better)" in done.stdout  # baseline: 0.63
     bad = bilevel("train", "--task", str(tmp_path))
     assert bad.returncode == 2 and "has no bilevel-task.toml" in bad.stderr
+
+
+@pytest.mark.parametrize(("example", "editable", "knob"), [
+    ("blobs-argparse", "flags.json", '"lr"'),  # flags through train.command templates
+    ("waves-yaml", "config.yaml", "ridge:"),  # keys of a YAML config, by dotted path
+])
+def test_scripts_as_they_are_run_with_their_own_file_names(
+        tmp_path: Path, sandbox_image: str, example: str, editable: str, knob: str) -> None:
+    local = _local(tmp_path, sandbox_image, f"pytest-task-{example}")
+    done = bilevel("run", "--task", str(REPO / "examples" / example), "--trials", "3",
+                   "--seed", "1", *local)
+    assert done.returncode == 0, done.stderr
+    assert "knobs" in done.stderr and "of train.command" in done.stderr \
+        if editable == "flags.json" else "key fit.ridge of config.yaml" in done.stderr
+    run_id = done.stdout.strip().partition(": ")[0]
+    rows = [line.split("\t") for line in
+            bilevel("artifact", run_id, "results.tsv", *local).stdout.splitlines()]
+    assert rows[0][1] in ("val_loss", "r2") and "memory_gb" not in rows[0]
+    assert all(r[2] != "crash" for r in rows[1:]), rows  # flags and links reached the script
+    best = bilevel("artifact", run_id, f"best/{editable}", *local)
+    assert best.returncode == 0 and knob in best.stdout, best.stderr
+    diff = bilevel("artifact", run_id, f"trials/1/{editable}", *local)
+    assert diff.returncode == 0
+    changed = bilevel("artifact", run_id, "trials/1/diff", *local).stdout
+    assert f"--- a/{editable}" in changed and f"+++ b/{editable}" in changed

@@ -35,7 +35,8 @@ IMAGE_REPO = "bilevel-sandbox"
 LOCAL_BASE_REPO = "bilevel-base"
 LOCAL_BASE_SUITE = "bookworm"
 LOCAL_BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
-DEFAULT_REQUIREMENTS = ("torch==2.13.0", "numpy==2.4.6")
+# PyYAML: a script that reads a YAML config runs as it is, with no requirements entry.
+DEFAULT_REQUIREMENTS = ("torch==2.13.0", "numpy==2.4.6", "PyYAML==6.0.4")
 DEFAULT_BASE = "python:3.11-slim-bookworm"
 CACHE_DIR = Path(os.environ.get("BILEVEL_CACHE", Path.home() / ".cache" / "bilevel"))
 

@@ -50,8 +50,9 @@ class LLMProposer:
     def __init__(self, provider: Provider, settings: ProposerSettings, pricing: Pricing,
                  run_id: str, task_description: str, protected: str, max_tokens: int,
                  temperature: float | None, objective: Objective = GPT,
-                 fallback: Proposer | None = None) -> None:
+                 fallback: Proposer | None = None, editable: str = "train.py") -> None:
         self.provider = provider
+        self.editable = editable  # the file's path in the task, as the prompt names it
         self.fallback = fallback  # proposes when the LLM gives no usable answer
         self.objective = objective  # the task's metric and direction, for the prompt
         self.settings = settings
@@ -67,7 +68,8 @@ class LLMProposer:
         assert ctx.validator is not None, "the loop passes a validator"
         system, user = prompt.build(ctx, self.settings.mode, self.task_description,
                                     self.protected, self.settings.history_trials,
-                                    self.objective, self.settings.max_changes)
+                                    self.objective, self.settings.max_changes,
+                                    self.editable)
         proposal_id = uuid.uuid4().hex[:16]
         purpose = "fix" if ctx.crash else "propose"
         first = ChatMessage("user", user)

@@ -38,8 +38,8 @@ TRACE_CHARS = 8000  # the changing part's history lines, at most (about 2,000 to
 
 CODE_FORMAT = (
     "Answer with one line `HYPOTHESIS: why this should {goal}`, then one or more "
-    "edit blocks of train.py:\n"
-    "<<<<<<< SEARCH\n(exact lines of the current train.py)\n=======\n(replacement lines)\n"
+    "edit blocks of {file}:\n"
+    "<<<<<<< SEARCH\n(exact lines of the current {file})\n=======\n(replacement lines)\n"
     ">>>>>>> REPLACE\n"
     "Each SEARCH text must match the current file exactly once. Protected (do not touch): "
     "{protected}.")
@@ -47,19 +47,19 @@ CODE_FORMAT = (
 
 def build(ctx: ProposerContext, mode: str, task_description: str, protected: str,
           history_trials: int, objective: Objective = GPT,
-          max_changes: int = 2) -> tuple[str, str]:
+          max_changes: int = 2, editable: str = "train.py") -> tuple[str, str]:
     """(system, user) prompts for one proposal: the stable prefix and the changing trace.
     Values are shown in the task's metric (`objective`), not the loss the loop
-    minimises."""
+    minimises; the file is named by its path in the task (`editable`)."""
     goal = f"{'raise' if objective.maximize else 'lower'} {objective.metric}"
     changes = "exactly 1 knob" if max_changes == 1 else f"1 to {max_changes} knobs"
     answer = PARAMS_FORMAT.format(goal=goal, changes=changes) if mode == "params" else \
-        CODE_FORMAT.format(goal=goal, protected=protected)
+        CODE_FORMAT.format(goal=goal, protected=protected, file=editable)
     stable = [
-        SYSTEM.format(file="train.py", objective=objective.describe()),
+        SYSTEM.format(file=editable, objective=objective.describe()),
         "# Task\n" + task_description,
         "# Answer format\n" + answer,
-        _knobs(ctx.incumbent, ctx.space) if mode == "params" else _code(ctx),
+        _knobs(ctx.incumbent, ctx.space) if mode == "params" else _code(ctx, editable),
     ]
     sections = [
         _hardware(ctx.history),
@@ -73,7 +73,7 @@ def build(ctx: ProposerContext, mode: str, task_description: str, protected: str
         _lines("# Notes from the search mechanisms", ctx.mechanism_context),
         _lines("# Rejected by the search mechanisms (propose something different)",
                ctx.rejections),
-        _crash(ctx, mode),
+        _crash(ctx, mode, editable),
         "# Your answer\nPropose the next experiment, in the answer format above.",
     ]
     return "\n\n".join(stable), "\n\n".join(s for s in sections if s)
@@ -160,9 +160,9 @@ def _knobs(values: dict[str, object], space: SearchSpace) -> str:
     return "\n".join(lines)
 
 
-def _code(ctx: ProposerContext) -> str:
+def _code(ctx: ProposerContext, editable: str = "train.py") -> str:
     which = "the crashed candidate" if ctx.crash else "the incumbent"
-    return f"# train.py ({which}; your edits apply to this file)\n```python\n" \
+    return f"# {editable} ({which}; your edits apply to this file)\n```python\n" \
            f"{ctx.base_source}```"
 
 
@@ -225,11 +225,11 @@ def _lines(title: str, items: Sequence[str]) -> str:
     return "\n".join([title, *(f"- {i}" for i in items)]) if items else ""
 
 
-def _crash(ctx: ProposerContext, mode: str) -> str:
+def _crash(ctx: ProposerContext, mode: str, editable: str = "train.py") -> str:
     if ctx.crash is None:
         return ""
     c = ctx.crash
-    where = ("Edit the crashed train.py shown above" if mode == "code"
+    where = (f"Edit the crashed {editable} shown above" if mode == "code"
              else "Give knob changes that, applied to the crashed candidate, avoid the crash")
     return (f"# Fix request\nTrial {c.trial} crashed: {c.error}\nLast lines of its log:\n"
             f"```\n{c.log_tail}\n```\n{where}; keep the idea if you can.")

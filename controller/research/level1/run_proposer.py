@@ -19,6 +19,7 @@ from controller.research.level1.proposer import Proposer
 from controller.research.level2.portfolio_proposer import PortfolioProposer
 from controller.research.settings import RunSettings
 from controller.research.task import Task, objective_of
+from controller.research.tasks.knob_document import editable_path
 from controller.store.llm_calls import CallLog
 from controller.store.llm_capabilities import CapabilityStore
 from controller.store.runs import RunStore
@@ -74,4 +75,5 @@ def _single(kind: str, run_id: str, settings: RunSettings, task: Task, store: Ru
     return LLMProposer(provider, settings.proposer, Pricing.for_settings(llm), run_id,
                        task.description, protected, llm.max_tokens,
                        llm.temperature if llm.temperature >= 0 else None,
-                       objective=objective_of(task), fallback=fallback)
+                       objective=objective_of(task), fallback=fallback,
+                       editable=editable_path(task))

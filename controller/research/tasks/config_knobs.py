@@ -83,7 +83,25 @@ def _plain(value: Any) -> Any:
 
 # --- YAML: composed nodes carry the source span of every scalar ---------------------
 
+def _nesting(source: str) -> None:
+    """Refuse deep flow nesting (brackets) and deep block nesting (indentation) before
+    PyYAML's recursive parser sees it: it takes seconds on a few thousand levels.
+    Brackets inside strings count too; an over-count only refuses."""
+    depth = deepest = 0
+    for ch in source:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    indent = max((len(line) - len(line.lstrip(" ")) for line in source.splitlines()),
+                 default=0)
+    if deepest > MAX_DEPTH or indent > 8 * MAX_DEPTH:
+        raise ConfigError(f"the config nests deeper than {MAX_DEPTH}")
+
+
 def _yaml_root(source: str) -> yaml.Node | None:
+    _nesting(source)
     try:
         for event in yaml.parse(source, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):

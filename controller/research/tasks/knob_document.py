@@ -92,6 +92,13 @@ class KnobDocument:
         return flag_knobs.render(self.command, values)
 
 
+def editable_path(task: object) -> str:
+    """The path of the file a task's search edits, as users and LLMs should read it:
+    a task directory's own (`config/train_char.py`, `flags.json`); train.py otherwise."""
+    document = getattr(task, "document", None)
+    return document.path if isinstance(document, KnobDocument) else "train.py"
+
+
 def document_of(editable: str, names: Sequence[str], command: Sequence[str]) -> KnobDocument:
     """The document of a task: flags if train.command holds `{name}` templates, else
     by the editable file's extension."""

@@ -171,3 +171,16 @@ def _ranged(given: KnobRange, value: Any) -> Knob:
     if given.power_of_two:
         raise TaskError(f"{field}.power_of_two", "only for int constants")
     return Knob(given.name, "float", float(low), float(high), log=given.log)
+
+
+def describe_knobs(document: KnobDocument, space: SearchSpace) -> list[str]:
+    """One line per knob: its range and where it comes from, for the user to check
+    before a run spends time on it."""
+    lines = []
+    for knob in space.knobs:
+        if knob.kind == "choice":
+            what = "one of " + ", ".join(repr(c) for c in knob.choices)
+        else:
+            what = f"{knob.kind} in [{knob.low:g}, {knob.high:g}]" + (" log" if knob.log else "")
+        lines.append(f"{knob.name}: {what}; {document.origin(knob.name)}")
+    return lines

@@ -383,7 +383,8 @@ def _check_layout(task: TaskManifest) -> None:
     for where, phase in (("train", task.train), ("score", task.score)):
         for mount in phase.mounts if phase else ():
             if mount.link and (task.root / mount.link).exists() and mount.link not in data:
-                raise _fail(f"{where}.mounts.{mount.source}", f"target {mount.link!r} is a path of the task directory's own "
+                raise _fail(f"{where}.mounts.{mount.source}",
+                            f"target {mount.link!r} is a path of the task directory's own "
                             "files; a relative target must be free or be a data folder")
     if task.train is not None:
         out = task.train.outputs
