@@ -36,7 +36,7 @@ function bar(share) {
 function knobAxis(values, numeric) {
   if (numeric) return numericAxis(values);
   const cats = [...new Set(values.map((v) => JSON.stringify(v)))].sort();
-  return { log: false, ticks: cats, label: (c) => c,
+  return { log: false, ticks: cats, label: (c) => knobText(JSON.parse(c)),
            unit: (v) => (cats.length === 1 ? 0.5 : cats.indexOf(JSON.stringify(v)) / (cats.length - 1)),
            tickUnit: (c) => (cats.length === 1 ? 0.5 : cats.indexOf(c) / (cats.length - 1)) };
 }
@@ -140,7 +140,7 @@ function parallelCoordinates(analysis, o) {
   labelled.forEach(([axis, name], i) => {
     root.append(svgEl("line", { class: "axis", x1: ax(i), x2: ax(i), y1: T, y2: H - B }));
     const label = svgEl("text", { class: "knob", x: ax(i), y: H - B + 16, "text-anchor": "middle" },
-      short(name, Math.max(8, Math.floor(90 / Math.sqrt(n)))));
+      short(name, Math.max(6, Math.floor((W - L - R) / Math.max(1, n - 1) / 7))));
     label.append(svgEl("title", {}, name));
     root.append(label);
     const ticks = fewer(axis, 6);

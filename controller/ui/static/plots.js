@@ -49,7 +49,7 @@ function numericAxis(values) {
 // Best-so-far plot: every measured trial as a dot, the incumbent as a step line, and
 // crashes in their own strip under the axis (no value, so never drawn as one).
 function plot(state) {
-  const W = 760, H = 320, L = 70, R = 16, T = 12, B = 64;
+  const W = 760, H = 320, L = 84, R = 16, T = 12, B = 64;
   const root = svgEl("svg", { id: "plot", width: W, height: H, viewBox: `0 0 ${W} ${H}`,
                               role: "img" });
   const done = sortedTrials(state).filter((t) => t.finished);
