@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller.research.tasks import config_knobs, flag_knobs
 from controller.research.tasks.errors import TaskError
@@ -70,7 +71,7 @@ def test_deny_a_yaml_alias_bomb_is_refused_before_it_is_walked(
 
 def _anchor_check_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """The anchor/alias refusal switched off: its event scan sees no events."""
-    monkeypatch.setattr(config_knobs.yaml, "parse", lambda *args, **kwargs: iter(()))
+    monkeypatch.setattr(yaml, "parse", lambda *args, **kwargs: iter(()))
 
 
 def test_deny_the_node_cap_stops_an_alias_bomb_on_its_own(
