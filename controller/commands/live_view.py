@@ -144,7 +144,7 @@ class RunView:
         width = self.console.width
         status = [Text(line, no_wrap=True, overflow="ellipsis")
                   for line in fit_lines(self._status_parts(running), width)]
-        title = printable(f"run {self.run_id}  {self.preset}")
+        title = f"run {printable(self.run_id)}  {printable(self.preset)}"
         table = Table(title=Text(title, no_wrap=True, overflow="ellipsis"),
                       title_justify="left")
         for name, justify in (("trial", "right"), ("status", "left"), (self.metric, "right"),
