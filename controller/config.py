@@ -184,6 +184,13 @@ class ServerConfig:
             raise FieldError("server.max_runs", "must be >= 1")
         if self.executor.slots < 1:
             raise FieldError("sandbox.slots", "must be >= 1")
+        pool = self.executor.pool
+        if pool is not None and not (0 <= pool.size <= 64):
+            raise FieldError("sandbox.pool_size", f"must be in [0, 64], got {pool.size}")
+        if pool is not None and not (0 < pool.idle_seconds <= 24 * 3600):
+            raise FieldError("sandbox.pool_idle_seconds", "must be in (0, 86400] seconds")
+        if pool is not None and pool.memory_bytes < 0:
+            raise FieldError("sandbox.pool_memory_mb", "must be >= 0")
         self.backend.validate()
         if self.executor.runtime not in ("auto", *RUNTIMES):
             raise FieldError("sandbox.runtime", f"{self.executor.runtime!r}: use one of "

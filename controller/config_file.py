@@ -41,7 +41,7 @@ from controller.errors import FieldError
 from controller.llm.keys import KEY_ENV
 from controller.llm.settings import LLMAccess
 from controller.research.retention import RetentionPolicy
-from controller.sandbox.backend_config import BackendConfig, ExecutorConfig
+from controller.sandbox.backend_config import BackendConfig, ExecutorConfig, PoolConfig
 from controller.sandbox.caps import LimitCaps
 from controller.sandbox.gpus import GpuConfigError, GpuSlot, discover_on, parse_slot_list
 from controller.sandbox.spec import Limits
@@ -290,7 +290,10 @@ def build(values: Mapping[str, Value], discover_gpus: Discover) -> ServerConfig:
     executor = ExecutorConfig(
         image=get("sandbox.image"), slots=slots, namespace=get("sandbox.namespace", "default"),
         docker_url=get("sandbox.docker_url"), allowed_images=get("sandbox.allowed_images", ()),
-        runtime=get("sandbox.runtime", "auto"), gpu_slots=gpu_slots)
+        runtime=get("sandbox.runtime", "auto"), gpu_slots=gpu_slots,
+        pool=PoolConfig(size=get("sandbox.pool_size", slots),
+                        memory_bytes=get("sandbox.pool_memory_mb", 8192) << 20,
+                        idle_seconds=get("sandbox.pool_idle_seconds", 120.0)))
     limit_fields = {name.split(".")[1]: found.value for name, found in values.items()
                     if name.startswith("limits.") and found.value is not None}
     cap_fields = {name.removeprefix("sandbox.max_"): found.value

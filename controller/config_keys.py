@@ -67,6 +67,15 @@ KEYS: dict[str, Setting] = {
                              "built for this checkout by `bilevel image build`)"),
     "sandbox.slots": Setting("int", "--slots", CONTROLLER, "sandbox jobs at once (default 2; "
                              "with GPUs one per GPU slot)"),
+    "sandbox.pool_size": Setting("int", "--pool-size", CONTROLLER, "warm containers waiting "
+                                 "per job class, each used once (default: sandbox.slots; 0: "
+                                 "every job starts cold)"),
+    "sandbox.pool_memory_mb": Setting("int", "--pool-memory-mb", CONTROLLER, "memory limits "
+                                      "of all waiting warm containers together (default "
+                                      "8192)"),
+    "sandbox.pool_idle_seconds": Setting("float", "--pool-idle-seconds", CONTROLLER,
+                                         "a waiting warm container is removed after this "
+                                         "(default 120)"),
     "sandbox.gpus": Setting("gpus", "--gpus", CONTROLLER, "'none' (default), 'auto' (every "
                             "GPU or MIG slice nvidia-smi lists), or ids: '0,1', 'MIG-…', "
                             "'0+1'"),

@@ -54,6 +54,8 @@ JOB_FILE = f"{RUNNER_DIR}/job.json"
 IN_DIR = f"{RUNNER_DIR}/in"
 RETURNED_DIR = f"{RUNNER_DIR}/out"
 RESULT_FILE = f"{RUNNER_DIR}/result.json"
+GO_FILE = f"{RUNNER_DIR}/go"  # a pooled runner's job is complete once this exists
+GO_POLL_SECONDS = 0.005
 JOB_ROOT = "/job"
 WORK_DIR = f"{JOB_ROOT}/work"
 OUT_DIR = f"{JOB_ROOT}/out"
@@ -426,8 +428,23 @@ def _protect_self() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
 
 
+def _wait_for_job(idle_seconds: float) -> bool:
+    """A pooled runner (controller/sandbox/warm_pool.py): set up, it waits until the
+    controller has placed the job (the go file comes last); False if none came within
+    `idle_seconds` (the container then ends with no result, and is removed)."""
+    deadline = time.monotonic() + idle_seconds
+    while not os.path.lexists(GO_FILE):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(GO_POLL_SECONDS)
+    return True
+
+
 def main() -> int:
     _protect_self()
+    if len(sys.argv) == 3 and sys.argv[1] == "--pooled" and \
+            not _wait_for_job(float(sys.argv[2])):
+        return 0
     job = _read_json_at(None, JOB_FILE)
     if not isinstance(job, dict) or "command" not in job:
         result: dict[str, Any] = {"status": "error", "exit_code": 2, "detail": "bad job file"}

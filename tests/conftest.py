@@ -17,9 +17,10 @@ import docker
 import pytest
 
 from controller.sandbox.backend import SandboxBackend
-from controller.sandbox.backend_config import ExecutorConfig
+from controller.sandbox.backend_config import ExecutorConfig, PoolConfig
 from controller.sandbox.executor import DockerExecutor
 from controller.sandbox.image import ImageRecipe, ensure_image
+from tests.prewarmed import Prewarmed
 
 RUNTIMES = ("runc", "runsc")
 
@@ -47,11 +48,43 @@ def sandbox_image(docker_client: docker.DockerClient) -> str:
 
 
 @pytest.fixture(scope="session")
-def executor(sandbox_image: str) -> Iterator[SandboxBackend]:
+def default_executor(sandbox_image: str) -> Iterator[SandboxBackend]:
+    """The product's defaults: a warm pool sized to the slots."""
     ex = DockerExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest",
                                         runtime="runc"))
     yield ex
     ex.close()
+
+
+@pytest.fixture(scope="session")
+def cold_executor(sandbox_image: str) -> Iterator[SandboxBackend]:
+    ex = DockerExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest-cold",
+                                        runtime="runc", pool=PoolConfig(size=0)))
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="session")
+def warm_executor(sandbox_image: str) -> Iterator[SandboxBackend]:
+    ex = DockerExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest-warm",
+                                        runtime="runc", pool=PoolConfig(size=1)))
+    yield Prewarmed(ex)
+    ex.close()
+
+
+@pytest.fixture
+def executor(request: pytest.FixtureRequest) -> SandboxBackend:
+    """The session's backend; a test_deny_* runs twice, in a cold container and in a
+    pooled one (each of its jobs prewarmed, and checked to have run warm)."""
+    start = getattr(request, "param", "default")
+    backend: SandboxBackend = request.getfixturevalue(f"{start}_executor")
+    return backend
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.function.__name__.startswith("test_deny_") and \
+            "executor" in metafunc.fixturenames:
+        metafunc.parametrize("executor", ["cold", "warm"], indirect=True)
 
 
 @pytest.fixture(scope="session")

@@ -215,6 +215,11 @@ def mask(*names: str) -> int:
 
 
 def remove_volume(client: docker.DockerClient, name: str) -> None:
+    """Remove a test's volume, and first any container that mounts it (a pooled one
+    waiting for a job of the class that mounted it holds it in use)."""
+    for row in client.api.containers(all=True, filters={"volume": name}):
+        with suppress(docker.errors.NotFound, docker.errors.APIError):
+            client.api.remove_container(row["Id"], force=True)
     with suppress(docker.errors.NotFound):
         client.volumes.get(name).remove(force=True)
 

@@ -282,3 +282,18 @@ def test_serve_check_without_listen_asks_the_private_socket(
         assert server.address.startswith("unix:")
         assert main(["serve", "--check", "--state-dir", str(state)]) == 1  # no engine
     assert "bilevel.v1.SandboxService: NOT_SERVING" in capsys.readouterr().out
+
+
+def test_the_warm_pool_is_sized_to_the_slots_unless_set(tmp_path: Path) -> None:
+    from controller.commands.controller_flags import server_config
+
+    def config(*flags: str) -> Any:
+        args = build_parser(["serve"]).parse_args(
+            ["serve", "--state-dir", str(tmp_path), "--slots", "3", *flags])
+        return server_config(args).executor.pool
+
+    assert (config().size, config().idle_seconds) == (3, 120.0)
+    pool = config("--pool-size", "0", "--pool-memory-mb", "512", "--pool-idle-seconds", "9")
+    assert (pool.size, pool.memory_bytes, pool.idle_seconds) == (0, 512 << 20, 9.0)
+    with pytest.raises(ConfigError, match="pool-size"):
+        config("--pool-size", "99")

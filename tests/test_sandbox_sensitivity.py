@@ -80,12 +80,12 @@ def test_fork_unbounded_without_pids_limit(executor: SandboxBackend,
 
 @pytest.fixture(scope="module")
 def legacy_runner(docker_client: docker.DockerClient, sandbox_image: str,
-                  executor: SandboxBackend) -> str:
+                  default_executor: SandboxBackend) -> str:
     """A test image whose runner has the old layout (tests/legacy_runner.py): the runner
     runs as the job's uid, its directory is the job's to write, and only the job's
     process group is killed. The product image has no such mode."""
     tag = legacy_runner_image(docker_client, sandbox_image)
-    executor.allow_image(tag)
+    default_executor.allow_image(tag)  # `executor` of the tests here
     return tag
 
 

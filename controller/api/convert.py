@@ -123,7 +123,8 @@ def job_result(result: JobResult) -> spb.JobResult:
         timings=spb.Timings(create_seconds=result.timings.create_s,
                             start_seconds=result.timings.start_s,
                             run_seconds=result.timings.run_s,
-                            teardown_seconds=result.timings.teardown_s),
+                            teardown_seconds=result.timings.teardown_s,
+                            warm=result.timings.warm),
         detail=_utf8(result.detail),
         cpu_seconds=result.cpu_seconds)
 

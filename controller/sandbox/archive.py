@@ -34,9 +34,11 @@ def _info(name: str, *, size: int = 0, directory: bool = False,
     return info
 
 
-def pack_job(files: dict[str, bytes], job: dict[str, Any]) -> bytes:
+def pack_job(files: dict[str, bytes], job: dict[str, Any], go: bool = False) -> bytes:
     """A tar to extract at the runner's /bilevel: in/<files> and job.json, root-owned
-    (the job cannot change them; the runner copies in/ to the job's /job/work)."""
+    (the job cannot change them; the runner copies in/ to the job's /job/work). With
+    `go`, an empty `go` file last: a pooled runner, waiting, starts once it exists, and
+    the engine extracts in order, so everything before it is complete by then."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         dirs = {"in"}
@@ -51,6 +53,8 @@ def pack_job(files: dict[str, bytes], job: dict[str, Any]) -> bytes:
             tar.addfile(_info(f"in/{path}", size=len(data), uid=0), io.BytesIO(data))
         payload = json.dumps(job).encode()
         tar.addfile(_info("job.json", size=len(payload), uid=0), io.BytesIO(payload))
+        if go:
+            tar.addfile(_info("go", size=0, uid=0), io.BytesIO(b""))
     return buffer.getvalue()
 
 

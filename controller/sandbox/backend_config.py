@@ -41,6 +41,18 @@ class ExecutorConfig:
     kill_grace_seconds: float = 5.0
     runtime: str = "auto"
     gpu_slots: tuple[tuple[str, ...], ...] = ()
+    pool: PoolConfig | None = None  # warm containers (warm_pool.py); None: sized to slots
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The warm pool (warm_pool.py): at most `size` waiting containers per class (0: no
+    pool, every job starts cold), `memory_bytes` of memory limits over all waiting
+    containers, `idle_seconds` before a waiting one is removed."""
+
+    size: int = 0
+    memory_bytes: int = 8 << 30
+    idle_seconds: float = 120.0
 
 
 @dataclass(frozen=True)

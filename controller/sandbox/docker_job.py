@@ -9,6 +9,7 @@ code 137.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import threading
 import time
@@ -26,6 +27,7 @@ from controller.sandbox.backend import OutputCallback
 from controller.sandbox.docker_engine import ENGINE_ERRORS, DockerEngine
 from controller.sandbox.hardening import container_kwargs, runner_job
 from controller.sandbox.output import OutputCapture
+from controller.sandbox.reaper import LABEL_DEADLINE
 from controller.sandbox.spec import (
     RESULT_FILE,
     RETURNED_DIR,
@@ -35,6 +37,7 @@ from controller.sandbox.spec import (
     Status,
     Timings,
 )
+from controller.sandbox.warm_pool import LABEL_POOL, POOLED_FLAG, RUNNER_IDLE_SLACK, Warm, destroy
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +63,7 @@ class DockerJob:
     def __init__(self, engine: DockerEngine, spec: JobSpec, image: str,
                  labels: dict[str, str], kill_grace_seconds: float,
                  on_output: OutputCallback | None, on_started: Callable[[], None] | None,
-                 cancel: threading.Event | None) -> None:
+                 cancel: threading.Event | None, warm: Warm | None = None) -> None:
         self.engine = engine
         self.client = engine.client
         self.labels = labels
@@ -80,16 +83,21 @@ class DockerJob:
         self._output: Any = ()
         self.log = log.bind(job=self.name)
         self.report = job_output.RunnerResult()  # set by _runner_result
+        self.warm = warm  # a pooled container of this job's class, waiting for it
 
     def run(self) -> JobResult:
         t0 = time.monotonic()
         timings: dict[str, float] = {}
+        warm = False
         try:
-            self._create()
-            timings["create_s"] = time.monotonic() - t0
             t1 = time.monotonic()
-            self._attach()  # before start: a job that ends at once still has its output
-            self.container.start()
+            warm = self.warm is not None and self._hand_over()
+            if not warm:
+                self._create()
+                timings["create_s"] = time.monotonic() - t0
+                t1 = time.monotonic()
+                self._attach()  # before start: a job that ends at once still has its output
+                self.container.start()
             timings["start_s"] = time.monotonic() - t1
             if self.on_started:
                 self.on_started()
@@ -105,7 +113,7 @@ class DockerJob:
             t3 = time.monotonic()
             self._teardown()
             timings["teardown_s"] = time.monotonic() - t3
-        return replace(result, timings=Timings(**timings))
+        return replace(result, timings=Timings(**timings, warm=warm))
 
     def _teardown(self) -> None:
         if self._api is not None:
@@ -113,6 +121,32 @@ class DockerJob:
         for obj in (self.container, self.volume):
             if obj is not None:
                 _teardown_quietly(obj)
+
+    def _hand_over(self) -> bool:
+        """Give the job to its pooled container: attach, then place its files and the go
+        file the waiting runner polls for. False (the pooled container destroyed) if it
+        is no longer waiting: the caller starts cold."""
+        warm, cold_name = self.warm, self.name
+        assert warm is not None
+        self.warm = None
+        try:
+            warm.container.reload()
+            if warm.container.status != "running":
+                raise docker.errors.NotFound("the pooled container is not waiting")
+            self.name, self.container, self.volume = warm.name, warm.container, warm.volume
+            self.log = log.bind(job=self.name)
+            self._api, self._output = warm.api, warm.output  # attached before it started
+            if not self.container.put_archive(RUNNER_DIR, archive.pack_job(
+                    self.spec.files, runner_job(self.spec), go=True)):
+                raise docker.errors.DockerException("could not place the job's files")
+        except ENGINE_ERRORS as exc:
+            self.log.info("pooled container unusable; starting cold", error=str(exc))
+            self._api, self._output = None, ()
+            self.container = self.volume = None
+            self.name, self.log = cold_name, log.bind(job=cold_name)
+            destroy(warm)
+            return False
+        return True
 
     def _create(self) -> None:
         self.volume = self.client.volumes.create(name=self.name, labels=self.labels)
@@ -251,6 +285,50 @@ class DockerJob:
                 ", ".join(files.refused)
         mapping = {"ok": Status.OK, "error": Status.ERROR, "output_limit": Status.OUTPUT_LIMIT}
         return mapping.get(raw, Status.ERROR), detail
+
+
+def class_key(spec: JobSpec, image: str, labels: dict[str, str]) -> str:
+    """A container's class (warm_pool.py): its whole configuration as one string, but for
+    its name, its volume and its deadline. Jobs of one class can use each other's pooled
+    containers, and nothing that differs in the configuration can be shared."""
+    kept = {k: v for k, v in labels.items() if k != LABEL_DEADLINE}
+    kwargs = container_kwargs(spec, image=image, name="", volume="", labels=kept)
+    kwargs.pop("name")
+    kwargs["environment"] = {k: v for k, v in kwargs["environment"].items()
+                             if k != "BILEVEL_JOB"}
+    kwargs["mounts"] = [m for m in kwargs["mounts"] if m.get("Target") != RUNNER_DIR]
+    return json.dumps(kwargs, sort_keys=True, default=repr)
+
+
+def make_warm(engine: DockerEngine, spec: JobSpec, image: str, labels: dict[str, str],
+              key: str, idle_seconds: float) -> Warm:
+    """Create and start one pooled container of `spec`'s class: a cold job's container
+    in every setting, but the runner waits for its job (--pooled) and it carries the
+    pool label. Engine errors raise."""
+    name = f"bilevel-job-{uuid.uuid4().hex[:12]}"
+    client = engine.client
+    volume = client.volumes.create(name=name, labels=labels)
+    container = api = None
+    try:
+        kwargs = container_kwargs(spec, image=image, name=name, volume=volume.name,
+                                  labels={**labels, LABEL_POOL: "1"})
+        kwargs["command"] = [*kwargs["command"], POOLED_FLAG,
+                             f"{idle_seconds + RUNNER_IDLE_SLACK:.0f}"]
+        container = client.containers.create(**kwargs)
+        api = engine.dedicated()  # attached before start, as a cold job: no output lost
+        output = api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True,
+                            demux=True)
+        container.start()
+    except BaseException:
+        if api is not None:
+            api.close()
+        for obj in (container, volume):
+            if obj is not None:
+                with contextlib.suppress(*ENGINE_ERRORS):
+                    obj.remove(force=True)
+        raise
+    return Warm(key, name, container, volume, spec.limits.memory_bytes, time.monotonic(),
+                api, output)
 
 
 def _cpu_seconds(runner: dict[str, Any]) -> float | None:

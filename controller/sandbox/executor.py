@@ -23,10 +23,10 @@ from controller.principals import Principal
 from controller.quotas import Quotas
 from controller.sandbox import volumes
 from controller.sandbox.backend import ClaimIndex, OutputCallback, Sweep
-from controller.sandbox.backend_config import ExecutorConfig, SandboxUnavailable
+from controller.sandbox.backend_config import ExecutorConfig, PoolConfig, SandboxUnavailable
 from controller.sandbox.cores import CoreGate, host_cores, shared_gate
 from controller.sandbox.docker_engine import DockerEngine, engine_calls
-from controller.sandbox.docker_job import DockerJob
+from controller.sandbox.docker_job import DockerJob, class_key, make_warm
 from controller.sandbox.docker_objects import DockerObjects
 from controller.sandbox.fair_share import FairShare
 from controller.sandbox.gpus import GpuSlots
@@ -37,6 +37,7 @@ from controller.sandbox.slotted import SlottedBackend
 from controller.sandbox.spec import JobResult, JobSpec, SpecError
 from controller.sandbox.task_image import WheelSource, ensure_task_image
 from controller.sandbox.task_image_tags import hold_task_image, namespace_tag
+from controller.sandbox.warm_pool import Warm, WarmPool
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,7 @@ class DockerExecutor(SlottedBackend):
         # Time-budgeted jobs hold their cpus of this host's cores (cores.py).
         self.cores: CoreGate | None = shared_gate(host_cores(info.get("NCPU")))
         self.objects = DockerObjects(self.engine, config.namespace)
+        self.pool = WarmPool(config.pool or PoolConfig(size=config.slots))
         self._stop = threading.Event()
         self._reap_quietly()  # a failed start-up sweep must not stop the controller
         self._reaper = threading.Thread(target=self._reap_forever, name="sandbox-reaper",
@@ -126,6 +128,7 @@ class DockerExecutor(SlottedBackend):
             return
         self._stop.set()
         self._reaper.join(timeout=30)
+        self.pool.close()
         self.engine.close()
 
     def labels(self, spec: JobSpec, seconds: float) -> dict[str, str]:
@@ -149,10 +152,39 @@ class DockerExecutor(SlottedBackend):
                 spec = replace(spec, gpu_ids=gpus)
             grace = self.config.kill_grace_seconds
             labels = self.labels(spec, spec.limits.wall_seconds + grace + 60)
+            key = class_key(spec, image, labels)
+            warm = self.pool.claim(key)
+            # The next job of this class finds one waiting (made while this one runs).
+            self.pool.refill(key, lambda: self._make_warm(spec, image, key))
             return DockerJob(self.engine, spec, image, labels, grace, on_output, on_started,
-                             cancel).run()
+                             cancel, warm).run()
         finally:
             self._gpus.give(gpus)
+
+    def _make_warm(self, spec: JobSpec, image: str, key: str) -> Warm:
+        """One pooled container of the class: its labels' deadline covers the time it may
+        wait and the job's own (so the reaper never removes it under a job)."""
+        idle = self.pool.config.idle_seconds
+        grace = self.config.kill_grace_seconds
+        labels = self.labels(spec, idle + spec.limits.wall_seconds + grace + 60)
+        return make_warm(self.engine, spec, image, labels, key, idle)
+
+    def prewarm(self, spec: JobSpec) -> bool:
+        """Make one pooled container for jobs like `spec` and wait until it is waiting
+        (e.g. before a burst of Execute calls); False when the pool is off or full.
+        Not for GPU jobs: their class depends on the slot a job gets."""
+        spec.validate()
+        image = spec.image or self.image
+        if not self.allowed(image):
+            raise SpecError("image", f"{image!r} is not an allowed sandbox image")
+        if self.runtime == "runsc" and spec.runtime != "runsc":
+            spec = replace(spec, runtime="runsc")
+        if spec.runtime == "runsc":
+            self._require_runsc()
+        grace = self.config.kill_grace_seconds
+        key = class_key(spec, image, self.labels(spec, spec.limits.wall_seconds + grace + 60))
+        with engine_calls():
+            return self.pool.fill_now(key, lambda: self._make_warm(spec, image, key))
 
     def open_session(self, spec: JobSpec) -> DockerSession:
         spec.validate()
@@ -214,12 +246,16 @@ class DockerExecutor(SlottedBackend):
         self.objects.release_holds(index, sweep)
 
     def remove_data(self, name: str, index: ClaimIndex, sweep: Sweep) -> None:
+        self.pool.drop(lambda c: any(m.get("Source") == name for m in c["mounts"]))
         self.objects.remove_data(name, index, sweep)
 
     def remove_task_image(self, tag: str, index: ClaimIndex, sweep: Sweep) -> None:
+        self.pool.drop(lambda c: c["image"] == tag)
         self.objects.remove_task_image(tag, index, sweep)
 
     def sweep(self, index: ClaimIndex) -> Sweep:
+        # Waiting containers hold their data volumes and task images in use.
+        self.pool.drop(lambda c: bool(c["mounts"]) or c["image"] != self.image)
         return self.objects.sweep(index)
 
 

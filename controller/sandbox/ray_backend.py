@@ -92,11 +92,12 @@ class RayExecutor(SlottedBackend):
         # Jobs run on the cluster's nodes, placed by Ray's CPU accounting: no host gate.
         self.cores: CoreGate | None = None
         # What a node needs to make the same container: the exact image tag, the
-        # namespace (ownership labels) and the runtime floor. No Docker URL, no GPU ids.
+        # namespace (ownership labels), the runtime floor and the warm pool's bounds (each
+        # node's worker keeps its own pool: ray_worker.py). No Docker URL, no GPU ids.
         self.node_config = ExecutorConfig(
             image=self.image, namespace=config.namespace, runtime=config.runtime,
             kill_grace_seconds=config.kill_grace_seconds,
-            reap_interval_seconds=config.reap_interval_seconds)
+            reap_interval_seconds=config.reap_interval_seconds, pool=config.pool)
         self.lost: list[LostJob] = []
         self._shipped: dict[str, Any] = {}
         self._ship_lock = threading.Lock()

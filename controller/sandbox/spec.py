@@ -224,9 +224,10 @@ class ExceptionInfo:
 @dataclass(frozen=True)
 class Timings:
     create_s: float = 0.0
-    start_s: float = 0.0
+    start_s: float = 0.0  # cold: the container's start; warm: handing it the job
     run_s: float = 0.0
     teardown_s: float = 0.0
+    warm: bool = False  # it ran in a pooled container (warm_pool.py), not a cold start
 
 
 @dataclass(frozen=True)

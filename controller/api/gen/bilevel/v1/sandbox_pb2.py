@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ilevel/v1/sandbox.proto\x12\nbilevel.v1\"\xaa\x01\n\x06Limits\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x01\x12\x0c\n\x04pids\x18\x04 \x01(\x05\x12\x14\n\x0coutput_bytes\x18\x05 \x01(\x03\x12\x1b\n\x13returned_file_bytes\x18\x06 \x01(\x03\x12\x11\n\ttmp_bytes\x18\x07 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x08 \x01(\x03\"+\n\tDataMount\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"\xea\x02\n\x0e\x45xecuteRequest\x12\x34\n\x05\x66iles\x18\x01 \x03(\x0b\x32%.bilevel.v1.ExecuteRequest.FilesEntry\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\"\n\x06limits\x18\x03 \x01(\x0b\x32\x12.bilevel.v1.Limits\x12$\n\x07runtime\x18\x04 \x01(\x0e\x32\x13.bilevel.v1.Runtime\x12\x0f\n\x07gpu_ids\x18\x05 \x03(\t\x12*\n\x0b\x64\x61ta_mounts\x18\x06 \x03(\x0b\x32\x15.bilevel.v1.DataMount\x12\x30\n\x03\x65nv\x18\x07 \x03(\x0b\x32#.bilevel.v1.ExecuteRequest.EnvEntry\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x05\x46rame\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0e\n\x06lineno\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\t\"Q\n\rExceptionInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12!\n\x06\x66rames\x18\x03 \x03(\x0b\x32\x11.bilevel.v1.Frame\"g\n\x07Timings\x12\x16\n\x0e\x63reate_seconds\x18\x01 \x01(\x01\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0brun_seconds\x18\x03 \x01(\x01\x12\x18\n\x10teardown_seconds\x18\x04 \x01(\x01\"\xc5\x03\n\tJobResult\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.bilevel.v1.JobStatus\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bstdout_head\x18\x03 \x01(\t\x12\x13\n\x0bstdout_tail\x18\x04 \x01(\t\x12\x13\n\x0bstderr_head\x18\x05 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x06 \x01(\t\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x03\x12,\n\texception\x18\x08 \x01(\x0b\x32\x19.bilevel.v1.ExceptionInfo\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12/\n\x05\x66iles\x18\n \x03(\x0b\x32 .bilevel.v1.JobResult.FilesEntry\x12$\n\x07timings\x18\x0b \x01(\x0b\x32\x13.bilevel.v1.Timings\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x12\x18\n\x0b\x63pu_seconds\x18\r \x01(\x01H\x01\x88\x01\x01\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x0c\n\n_exit_codeB\x0e\n\x0c_cpu_seconds\"\xe8\x03\n\x0c\x45xecuteEvent\x12\x35\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32!.bilevel.v1.ExecuteEvent.AcceptedH\x00\x12\x33\n\x07started\x18\x02 \x01(\x0b\x32 .bilevel.v1.ExecuteEvent.StartedH\x00\x12\x31\n\x06output\x18\x03 \x01(\x0b\x32\x1f.bilevel.v1.ExecuteEvent.OutputH\x00\x12\x35\n\x08\x66inished\x18\x04 \x01(\x0b\x32!.bilevel.v1.ExecuteEvent.FinishedH\x00\x1a\"\n\x08\x41\x63\x63\x65pted\x12\x16\n\x0equeue_position\x18\x01 \x01(\x05\x1a\t\n\x07Started\x1a\x96\x01\n\x06Output\x12\x36\n\x06stream\x18\x01 \x01(\x0e\x32&.bilevel.v1.ExecuteEvent.Output.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x1a\x31\n\x08\x46inished\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.bilevel.v1.JobResultB\x07\n\x05\x65vent*G\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x10\n\x0cRUNTIME_RUNC\x10\x01\x12\x11\n\rRUNTIME_RUNSC\x10\x02*\x87\x02\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rJOB_STATUS_OK\x10\x01\x12\x14\n\x10JOB_STATUS_ERROR\x10\x02\x12\x16\n\x12JOB_STATUS_TIMEOUT\x10\x03\x12\x12\n\x0eJOB_STATUS_OOM\x10\x04\x12\x1b\n\x17JOB_STATUS_OUTPUT_LIMIT\x10\x05\x12\x15\n\x11JOB_STATUS_KILLED\x10\x06\x12\x1c\n\x18JOB_STATUS_SANDBOX_ERROR\x10\x07\x12\x1a\n\x16JOB_STATUS_OVER_BUDGET\x10\x08\x12\x1b\n\x17JOB_STATUS_SEED_IGNORED\x10\t2S\n\x0eSandboxService\x12\x41\n\x07\x45xecute\x12\x1a.bilevel.v1.ExecuteRequest\x1a\x18.bilevel.v1.ExecuteEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ilevel/v1/sandbox.proto\x12\nbilevel.v1\"\xaa\x01\n\x06Limits\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x01\x12\x0c\n\x04pids\x18\x04 \x01(\x05\x12\x14\n\x0coutput_bytes\x18\x05 \x01(\x03\x12\x1b\n\x13returned_file_bytes\x18\x06 \x01(\x03\x12\x11\n\ttmp_bytes\x18\x07 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x08 \x01(\x03\"+\n\tDataMount\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"\xea\x02\n\x0e\x45xecuteRequest\x12\x34\n\x05\x66iles\x18\x01 \x03(\x0b\x32%.bilevel.v1.ExecuteRequest.FilesEntry\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\"\n\x06limits\x18\x03 \x01(\x0b\x32\x12.bilevel.v1.Limits\x12$\n\x07runtime\x18\x04 \x01(\x0e\x32\x13.bilevel.v1.Runtime\x12\x0f\n\x07gpu_ids\x18\x05 \x03(\t\x12*\n\x0b\x64\x61ta_mounts\x18\x06 \x03(\x0b\x32\x15.bilevel.v1.DataMount\x12\x30\n\x03\x65nv\x18\x07 \x03(\x0b\x32#.bilevel.v1.ExecuteRequest.EnvEntry\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x05\x46rame\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0e\n\x06lineno\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\t\"Q\n\rExceptionInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12!\n\x06\x66rames\x18\x03 \x03(\x0b\x32\x11.bilevel.v1.Frame\"u\n\x07Timings\x12\x16\n\x0e\x63reate_seconds\x18\x01 \x01(\x01\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0brun_seconds\x18\x03 \x01(\x01\x12\x18\n\x10teardown_seconds\x18\x04 \x01(\x01\x12\x0c\n\x04warm\x18\x05 \x01(\x08\"\xc5\x03\n\tJobResult\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.bilevel.v1.JobStatus\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bstdout_head\x18\x03 \x01(\t\x12\x13\n\x0bstdout_tail\x18\x04 \x01(\t\x12\x13\n\x0bstderr_head\x18\x05 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x06 \x01(\t\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x03\x12,\n\texception\x18\x08 \x01(\x0b\x32\x19.bilevel.v1.ExceptionInfo\x12\x14\n\x0cmetrics_json\x18\t \x01(\t\x12/\n\x05\x66iles\x18\n \x03(\x0b\x32 .bilevel.v1.JobResult.FilesEntry\x12$\n\x07timings\x18\x0b \x01(\x0b\x32\x13.bilevel.v1.Timings\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x12\x18\n\x0b\x63pu_seconds\x18\r \x01(\x01H\x01\x88\x01\x01\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x0c\n\n_exit_codeB\x0e\n\x0c_cpu_seconds\"\xe8\x03\n\x0c\x45xecuteEvent\x12\x35\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32!.bilevel.v1.ExecuteEvent.AcceptedH\x00\x12\x33\n\x07started\x18\x02 \x01(\x0b\x32 .bilevel.v1.ExecuteEvent.StartedH\x00\x12\x31\n\x06output\x18\x03 \x01(\x0b\x32\x1f.bilevel.v1.ExecuteEvent.OutputH\x00\x12\x35\n\x08\x66inished\x18\x04 \x01(\x0b\x32!.bilevel.v1.ExecuteEvent.FinishedH\x00\x1a\"\n\x08\x41\x63\x63\x65pted\x12\x16\n\x0equeue_position\x18\x01 \x01(\x05\x1a\t\n\x07Started\x1a\x96\x01\n\x06Output\x12\x36\n\x06stream\x18\x01 \x01(\x0e\x32&.bilevel.v1.ExecuteEvent.Output.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x1a\x31\n\x08\x46inished\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.bilevel.v1.JobResultB\x07\n\x05\x65vent*G\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x10\n\x0cRUNTIME_RUNC\x10\x01\x12\x11\n\rRUNTIME_RUNSC\x10\x02*\x87\x02\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rJOB_STATUS_OK\x10\x01\x12\x14\n\x10JOB_STATUS_ERROR\x10\x02\x12\x16\n\x12JOB_STATUS_TIMEOUT\x10\x03\x12\x12\n\x0eJOB_STATUS_OOM\x10\x04\x12\x1b\n\x17JOB_STATUS_OUTPUT_LIMIT\x10\x05\x12\x15\n\x11JOB_STATUS_KILLED\x10\x06\x12\x1c\n\x18JOB_STATUS_SANDBOX_ERROR\x10\x07\x12\x1a\n\x16JOB_STATUS_OVER_BUDGET\x10\x08\x12\x1b\n\x17JOB_STATUS_SEED_IGNORED\x10\t2S\n\x0eSandboxService\x12\x41\n\x07\x45xecute\x12\x1a.bilevel.v1.ExecuteRequest\x1a\x18.bilevel.v1.ExecuteEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST_ENVENTRY']._serialized_options = b'8\001'
   _globals['_JOBRESULT_FILESENTRY']._loaded_options = None
   _globals['_JOBRESULT_FILESENTRY']._serialized_options = b'8\001'
-  _globals['_RUNTIME']._serialized_start=1829
-  _globals['_RUNTIME']._serialized_end=1900
-  _globals['_JOBSTATUS']._serialized_start=1903
-  _globals['_JOBSTATUS']._serialized_end=2166
+  _globals['_RUNTIME']._serialized_start=1843
+  _globals['_RUNTIME']._serialized_end=1914
+  _globals['_JOBSTATUS']._serialized_start=1917
+  _globals['_JOBSTATUS']._serialized_end=2180
   _globals['_LIMITS']._serialized_start=41
   _globals['_LIMITS']._serialized_end=211
   _globals['_DATAMOUNT']._serialized_start=213
@@ -58,23 +58,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXCEPTIONINFO']._serialized_start=694
   _globals['_EXCEPTIONINFO']._serialized_end=775
   _globals['_TIMINGS']._serialized_start=777
-  _globals['_TIMINGS']._serialized_end=880
-  _globals['_JOBRESULT']._serialized_start=883
-  _globals['_JOBRESULT']._serialized_end=1336
+  _globals['_TIMINGS']._serialized_end=894
+  _globals['_JOBRESULT']._serialized_start=897
+  _globals['_JOBRESULT']._serialized_end=1350
   _globals['_JOBRESULT_FILESENTRY']._serialized_start=533
   _globals['_JOBRESULT_FILESENTRY']._serialized_end=577
-  _globals['_EXECUTEEVENT']._serialized_start=1339
-  _globals['_EXECUTEEVENT']._serialized_end=1827
-  _globals['_EXECUTEEVENT_ACCEPTED']._serialized_start=1569
-  _globals['_EXECUTEEVENT_ACCEPTED']._serialized_end=1603
-  _globals['_EXECUTEEVENT_STARTED']._serialized_start=1605
-  _globals['_EXECUTEEVENT_STARTED']._serialized_end=1614
-  _globals['_EXECUTEEVENT_OUTPUT']._serialized_start=1617
-  _globals['_EXECUTEEVENT_OUTPUT']._serialized_end=1767
-  _globals['_EXECUTEEVENT_OUTPUT_STREAM']._serialized_start=1697
-  _globals['_EXECUTEEVENT_OUTPUT_STREAM']._serialized_end=1767
-  _globals['_EXECUTEEVENT_FINISHED']._serialized_start=1769
-  _globals['_EXECUTEEVENT_FINISHED']._serialized_end=1818
-  _globals['_SANDBOXSERVICE']._serialized_start=2168
-  _globals['_SANDBOXSERVICE']._serialized_end=2251
+  _globals['_EXECUTEEVENT']._serialized_start=1353
+  _globals['_EXECUTEEVENT']._serialized_end=1841
+  _globals['_EXECUTEEVENT_ACCEPTED']._serialized_start=1583
+  _globals['_EXECUTEEVENT_ACCEPTED']._serialized_end=1617
+  _globals['_EXECUTEEVENT_STARTED']._serialized_start=1619
+  _globals['_EXECUTEEVENT_STARTED']._serialized_end=1628
+  _globals['_EXECUTEEVENT_OUTPUT']._serialized_start=1631
+  _globals['_EXECUTEEVENT_OUTPUT']._serialized_end=1781
+  _globals['_EXECUTEEVENT_OUTPUT_STREAM']._serialized_start=1711
+  _globals['_EXECUTEEVENT_OUTPUT_STREAM']._serialized_end=1781
+  _globals['_EXECUTEEVENT_FINISHED']._serialized_start=1783
+  _globals['_EXECUTEEVENT_FINISHED']._serialized_end=1832
+  _globals['_SANDBOXSERVICE']._serialized_start=2182
+  _globals['_SANDBOXSERVICE']._serialized_end=2265
 # @@protoc_insertion_point(module_scope)

@@ -124,16 +124,18 @@ class ExceptionInfo(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("create_seconds", "start_seconds", "run_seconds", "teardown_seconds")
+    __slots__ = ("create_seconds", "start_seconds", "run_seconds", "teardown_seconds", "warm")
     CREATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     START_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RUN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TEARDOWN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WARM_FIELD_NUMBER: _ClassVar[int]
     create_seconds: float
     start_seconds: float
     run_seconds: float
     teardown_seconds: float
-    def __init__(self, create_seconds: _Optional[float] = ..., start_seconds: _Optional[float] = ..., run_seconds: _Optional[float] = ..., teardown_seconds: _Optional[float] = ...) -> None: ...
+    warm: bool
+    def __init__(self, create_seconds: _Optional[float] = ..., start_seconds: _Optional[float] = ..., run_seconds: _Optional[float] = ..., teardown_seconds: _Optional[float] = ..., warm: _Optional[bool] = ...) -> None: ...
 
 class JobResult(_message.Message):
     __slots__ = ("status", "exit_code", "stdout_head", "stdout_tail", "stderr_head", "stderr_tail", "output_bytes", "exception", "metrics_json", "files", "timings", "detail", "cpu_seconds")
