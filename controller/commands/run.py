@@ -74,6 +74,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd.add_argument("--final-seeds", type=int, default=3, metavar="N",
                      help="end-of-run check: best and baseline re-run on N fresh paired "
                           "seeds (default 3; 0 skips it)")
+    cmd.add_argument("--pruner", choices=("none", "median", "asha"), default="none",
+                     help="stop trials whose reported curve (bilevel-progress lines) is "
+                          "clearly worse than the others' at the same step: median rule "
+                          "or successive halving (see README#progress-and-pruning)")
+    cmd.add_argument("--prune-startup", type=int, default=3, metavar="N",
+                     help="pruning warm-up: completed trials before any pruning (default 3)")
+    cmd.add_argument("--prune-min-step", type=int, default=0, metavar="STEP",
+                     help="no pruning below this reported step (asha: its first rung; "
+                          "0: automatic)")
     cmd.add_argument("--pipeline", action="store_true",
                      help="prepare the next proposals while trials run")
     llm = cmd.add_argument_group("proposer")
@@ -152,7 +161,10 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
                                   keep_rule=enums.to_enum(enums.KEEP_RULES, args.keep_rule),
                                   noise_seeds=args.noise_seeds,
                                   noise_margin_sigma=args.noise_margin, batch_size=args.batch,
-                                  pipeline=args.pipeline, final_seeds=args.final_seeds),
+                                  pipeline=args.pipeline, final_seeds=args.final_seeds,
+                                  pruner=enums.to_enum(enums.PRUNERS, args.pruner),
+                                  prune_startup_trials=args.prune_startup,
+                                  prune_min_step=args.prune_min_step),
         proposer=rpb.ProposerSettings(kind=enums.to_enum(enums.PROPOSER_KINDS, kind),
                                       mode=enums.to_enum(enums.PROPOSER_MODES, args.mode),
                                       no_memory=args.no_memory),
