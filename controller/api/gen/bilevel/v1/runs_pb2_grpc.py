@@ -127,7 +127,8 @@ class RunServiceServicer:
 
     def GetArtifact(self, request, context):
         """Names: "best/train.py", "results.tsv", "trials/<n>/train.py", "trials/<n>/diff",
-        "trials/<n>/log".
+        "trials/<n>/log"; a task directory's editable file is also served under its own
+        path in the task ("best/config.yaml"; "trials/<n>/flags.json" for flag knobs).
         "trials/<n>/llm.json" (every prompt and answer behind trial n's proposal).
         "mechanisms.md" (each mechanism's calls, effects, gates and status),
         "mechanisms/<name>.py" (a mechanism's source, to promote into another run),
@@ -139,8 +140,10 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResumeRun(self, request, context):
-        """Continue a run paused because its LLM failed for good (retries spent, bad key).
-        FAILED_PRECONDITION when the run is not paused; PERMISSION_DENIED for a viewer.
+        """Continue a paused run (its LLM failed for good, or the command that ran it stopped)
+        or an interrupted one (left running with no controller to run it). FAILED_PRECONDITION
+        when the run has finished or this controller runs it already; PERMISSION_DENIED for
+        a viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
