@@ -49,7 +49,7 @@ def sandbox_image(docker_client: docker.DockerClient) -> str:
 
 @pytest.fixture(scope="session")
 def default_executor(sandbox_image: str) -> Iterator[SandboxBackend]:
-    """The product's defaults: a warm pool sized to the slots."""
+    """The backend as ExecutorConfig makes it: no warm pool (tests count containers)."""
     ex = DockerExecutor(ExecutorConfig(image=sandbox_image, slots=2, namespace="pytest",
                                         runtime="runc"))
     yield ex

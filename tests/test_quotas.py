@@ -245,7 +245,7 @@ class HeldGpuJob:
 
     def __init__(self, _engine: Any, spec: JobSpec, _image: str, _labels: Any, _grace: Any,
                  _on_output: Any, on_started: Callable[[], None] | None,
-                 cancel: threading.Event | None) -> None:
+                 cancel: threading.Event | None, _warm: Any = None) -> None:
         self.spec, self.on_started, self.cancel = spec, on_started, cancel
 
     def run(self) -> JobResult:

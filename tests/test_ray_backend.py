@@ -25,6 +25,7 @@ from controller.sandbox.backend import SandboxBackend
 from controller.sandbox.backend_config import (
     BackendConfig,
     ExecutorConfig,
+    PoolConfig,
     RayConfig,
     SandboxUnavailable,
 )
@@ -175,6 +176,36 @@ def test_data_mounts_reach_the_node_hash_checked(ray_ex: RayExecutor,
     shipped = ray_ex._shipped[source]
     local = docker.from_env().volumes.get(f"bilevel-node-data-{shipped.digest[:40]}")
     assert local.attrs["Labels"]["io.bilevel.data.sha256"] == shipped.digest
+
+
+@inside
+def test_a_node_keeps_a_warm_pool_of_fresh_containers(cluster: ray_cluster.Cluster,
+                                                      sandbox_image: str) -> None:
+    """Each node's worker keeps its own pool (ray_worker.py) with the controller's
+    settings: once a job of a class ran there, a later one finds a container waiting;
+    each is still a fresh container."""
+    namespace = f"{NAMESPACE}-pool"  # its waiting containers are no other test's
+    ray_ex = make_backend(ExecutorConfig(image=sandbox_image, namespace=namespace,
+                                         pool=PoolConfig(size=1)),
+                          BackendConfig("ray", RayConfig(address=cluster.address)))
+    spec = JobSpec(files={"main.py": b"import socket; print(socket.gethostname())"},
+                   command=("python", "main.py"))
+    results = []
+    try:
+        for _ in range(4):
+            results.append(ray_ex.run_job(spec))
+            time.sleep(3)  # the node's pool refills meanwhile
+    finally:
+        ray_ex.close()
+        client = docker.from_env()
+        label = {"label": [f"{LABEL_NAMESPACE}={namespace}"]}
+        for row in client.api.containers(all=True, filters=label):
+            client.api.remove_container(row["Id"], force=True)
+        for row in client.api.volumes(filters=label).get("Volumes") or []:
+            client.api.remove_volume(row["Name"], force=True)
+    assert all(r.status is Status.OK for r in results), results
+    assert any(r.timings.warm for r in results[1:]), [r.timings for r in results]
+    assert len({r.stdout.strip() for r in results}) == len(results)  # never reused
 
 
 @inside

@@ -41,7 +41,9 @@ class ExecutorConfig:
     kill_grace_seconds: float = 5.0
     runtime: str = "auto"
     gpu_slots: tuple[tuple[str, ...], ...] = ()
-    pool: PoolConfig | None = None  # warm containers (warm_pool.py); None: sized to slots
+    # Warm containers (warm_pool.py); None: none. The controller's config (config_file.py)
+    # gives one sized to the slots unless sandbox.pool_size says otherwise.
+    pool: PoolConfig | None = None
 
 
 @dataclass(frozen=True)

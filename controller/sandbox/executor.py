@@ -65,7 +65,7 @@ class DockerExecutor(SlottedBackend):
         # Time-budgeted jobs hold their cpus of this host's cores (cores.py).
         self.cores: CoreGate | None = shared_gate(host_cores(info.get("NCPU")))
         self.objects = DockerObjects(self.engine, config.namespace)
-        self.pool = WarmPool(config.pool or PoolConfig(size=config.slots))
+        self.pool = WarmPool(config.pool or PoolConfig(size=0))
         self._stop = threading.Event()
         self._reap_quietly()  # a failed start-up sweep must not stop the controller
         self._reaper = threading.Thread(target=self._reap_forever, name="sandbox-reaper",
