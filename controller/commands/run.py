@@ -326,8 +326,10 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
             try:
                 request = rpb.WatchRunRequest(run_id=run.id, after_seq=seq)
                 async for event in client.runs.WatchRun(request, metadata=client.metadata):
+                    _honour_cancel()
                     seq, attempts = event.seq, 0
                     view.update(event)
+                _honour_cancel()
                 break
             except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels this task)
                 view.note(_interrupted(client, run.id))
@@ -360,6 +362,15 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
     if final.mechanisms:
         print(f"  report: bilevel artifact {final.id} mechanisms.md")
     return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1
+
+
+def _honour_cancel() -> None:
+    """Raise CancelledError if this task was asked to stop (Ctrl-C: asyncio.run cancels
+    it) but the cancellation was absorbed on the way, e.g. inside the stream's own
+    awaits: seen as a Ctrl-C that the run never heard of under load."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _interrupted(client: Client, run_id: str) -> str:
