@@ -173,14 +173,7 @@ class DockerExecutor(SlottedBackend):
         """Make one pooled container for jobs like `spec` and wait until it is waiting
         (e.g. before a burst of Execute calls); False when the pool is off or full.
         Not for GPU jobs: their class depends on the slot a job gets."""
-        spec.validate()
-        image = spec.image or self.image
-        if not self.allowed(image):
-            raise SpecError("image", f"{image!r} is not an allowed sandbox image")
-        if self.runtime == "runsc" and spec.runtime != "runsc":
-            spec = replace(spec, runtime="runsc")
-        if spec.runtime == "runsc":
-            self._require_runsc()
+        spec, image = self._checked(spec)
         grace = self.config.kill_grace_seconds
         key = class_key(spec, image, self.labels(spec, spec.limits.wall_seconds + grace + 60))
         with engine_calls():

@@ -73,13 +73,7 @@ class SlottedBackend:
         SpecError for an invalid spec, SandboxBusy when no slot frees within
         `slot_timeout`; every other outcome is a JobResult (status killed when `cancel`
         is set while it waits)."""
-        spec.validate()
-        image = spec.image or self.image
-        if not self.allowed(image):
-            raise SpecError("image", f"{image!r} is not an allowed sandbox image")
-        if self.runtime == "runsc" and spec.runtime != "runsc":
-            spec = replace(spec, runtime="runsc")
-        self._admit(spec, image)
+        spec, image = self._checked(spec)
         grant = self.slots.acquire(self.principal, gpus=1 if self.slots.gpu_slots else 0,
                                    timeout=slot_timeout, cancel=cancel)
         if grant is None:
@@ -91,6 +85,18 @@ class SlottedBackend:
             return self._run_held(spec, image, on_output, on_started, cancel)
         finally:
             self.slots.release(grant)
+
+    def _checked(self, spec: JobSpec) -> tuple[JobSpec, str]:
+        """A valid spec under the runtime floor, and its allowed image; raises SpecError
+        (and the backend's own refusals, `_admit`)."""
+        spec.validate()
+        image = spec.image or self.image
+        if not self.allowed(image):
+            raise SpecError("image", f"{image!r} is not an allowed sandbox image")
+        if self.runtime == "runsc" and spec.runtime != "runsc":
+            spec = replace(spec, runtime="runsc")
+        self._admit(spec, image)
+        return spec, image
 
     def _admit(self, spec: JobSpec, image: str) -> None:
         """The backend's own checks of a valid spec (SpecError, SandboxUnavailable)."""

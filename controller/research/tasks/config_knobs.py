@@ -183,7 +183,7 @@ def read_knobs(source: str, kind: str, names: Collection[str]) -> dict[str, Scal
     return {name: leaves[name] for name in names if name in leaves}
 
 
-def _conform(name: str, old: Scalar, value: Any) -> Scalar:
+def conform(name: str, old: Scalar, value: Any) -> Scalar:
     """`value` as the key will hold it: a number key takes any finite number (an int
     given an integral float stays an int); bools and strings keep their type."""
     def wrong() -> KnobError:
@@ -215,7 +215,7 @@ def write_knobs(source: str, kind: str, changes: Mapping[str, Any]) -> str:
     for name, value in changes.items():
         if name not in leaves:
             raise KnobError(f"unknown knob {name!r}; the config has no scalar key {name}")
-        expected[name] = _conform(name, leaves[name], value)
+        expected[name] = conform(name, leaves[name], value)
     if kind == "yaml":
         nodes = _yaml_scalars(_yaml_root(source))
         spans = sorted(((nodes[n].start_mark.index, nodes[n].end_mark.index,

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.research.tasks.config_knobs import conform
 from trainer import pysource
 from trainer.knobs import KnobError
 
@@ -128,21 +129,7 @@ def write_flags(source: str, names: Sequence[str], changes: Mapping[str, Any]) -
     for name, value in changes.items():
         if name not in current:
             raise KnobError(f"unknown knob {name!r}; the command's flags: {', '.join(names)}")
-        old = current[name]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if isinstance(old, bool) != isinstance(value, bool) or (
-                isinstance(old, int | float) and not isinstance(old, bool) and not number) or (
-                isinstance(old, str) and not isinstance(value, str)):
-            raise KnobError(f"knob {name} is {type(old).__name__} (currently {old!r}); got "
-                            f"{value!r} of type {type(value).__name__}")
-        if number and not math.isfinite(value):
-            raise KnobError(f"knob {name} must be finite, got {value!r}")
-        if isinstance(old, float) and number:
-            value = float(value)
-        elif isinstance(old, int) and not isinstance(old, bool) and isinstance(value, float) \
-                and value.is_integer():
-            value = int(value)
-        current[name] = value
+        current[name] = conform(name, current[name], value)  # a config key's typing rule
     return flags_document(current)
 
 
