@@ -153,3 +153,28 @@ def test_a_killed_controllers_pool_is_gone_after_its_successors_start_up_sweep(
             f"{LABEL_NAMESPACE}={namespace}"]}).get("Volumes")
     finally:
         successor.close()
+
+
+def test_deny_a_principals_waiting_container_never_serves_another(
+        pooled: tuple[DockerExecutor, str]) -> None:
+    ex, _ = pooled
+    alice, bob = (ex.for_owner("execute", principal=p) for p in ("alice", "bob"))
+    alice.run_job(_job("print(1)"))
+    _until(lambda: ex.pool.idle() == 1)  # alice's class has one waiting
+    done = bob.run_job(_job("print(1)"))
+    assert done.status is Status.OK and not done.timings.warm  # not alice's container
+    assert alice.run_job(_job("print(1)")).timings.warm  # hers is still there for her
+
+
+def test_sensitivity_without_the_principal_in_the_class_bob_gets_alices_container(
+        pooled: tuple[DockerExecutor, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from controller.sandbox import docker_job, executor
+
+    original = docker_job.class_key
+    monkeypatch.setattr(executor, "class_key", lambda spec, image, labels: original(
+        spec, image, {k: v for k, v in labels.items() if k != LABEL_PRINCIPAL}))
+    ex, _ = pooled
+    alice, bob = (ex.for_owner("execute", principal=p) for p in ("alice", "bob"))
+    alice.run_job(_job("print(1)"))
+    _until(lambda: ex.pool.idle() == 1)
+    assert bob.run_job(_job("print(1)")).timings.warm
