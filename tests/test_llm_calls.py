@@ -270,3 +270,33 @@ def test_a_stream_that_ends_without_a_finish_reason_is_not_an_answer(
     assert _raw(server, "openai").complete(_request()).text == "second"
     worker.join(10)
     assert result == {"text": "again"}
+
+
+def test_level2_asks_for_the_specification_as_structured_output_and_reads_it_tolerantly(
+        ) -> None:
+    """Against llama.cpp's server the spec step came back as prose and the round was
+    lost: the spec is now asked for with a schema (negotiated like a proposal's) and read
+    by the same capped, tolerant reader - JSON in prose with a trailing comma passes; an
+    answer with no object at all still ends the round, saying why."""
+    from controller.research.level2.design import DesignError, LLMDesigner
+    from controller.research.settings import OuterSettings
+
+    code = "```python\nclass Probe:\n    def __init__(self):\n        pass\n```"
+    outer = OuterSettings(levels=("1", "2"), mechanism_source="llm")
+    with FakeLLMServer(response_formats=("json_object+schema", "json_object")) as llama:
+        llama.push(Reply("1. an idea"), Reply("SELECTED: 1\nFIELD: control"),
+                   Reply('Here it is: {"name": "Probe Step", "field": "control", '
+                         '"hooks": ["filter"], "description": "d",} done'),
+                   *[Reply(code)] * (1 + outer.code_retries))  # the gate asks for fixes
+        designer = LLMDesigner(_stack(llama, "openai", [], attempts=1), "run-x", outer, 4096)
+        made = designer.design(3, 1, [], [])
+        assert made.name == "probe_step" and made.field == "control"
+        spec_request = next(r for r in llama.requests
+                            if "Step 3" in r.body["messages"][-1]["content"])
+        assert "Step 3: specification" in spec_request.body["messages"][-1]["content"]
+        assert _format(spec_request.body) in ("json_schema", "json_object+schema")
+        assert _format(llama.requests[0].body) is None  # free text where prose is wanted
+
+        llama.push(Reply("1. an idea"), Reply("SELECTED: 1"), Reply("no object here"))
+        with pytest.raises(DesignError, match=r"not a JSON object .*no JSON object found"):
+            designer.design(4, 2, [], [])

@@ -39,36 +39,41 @@ class ParamsAnswer:
     repaired: bool  # the strict parse failed and the tolerant one read it
 
 
-def _object(text: str) -> tuple[Any, bool]:
-    """The answer's JSON object, and whether it needed repair."""
-    fenced = FENCE.search(text)
-    body = fenced.group(1) if fenced else text
-    start = body.find("{")
-    if start < 0:
-        raise ProposalError("response", "no JSON object found; answer with "
-                            '{"changes": {...}, "hypothesis": "..."}')
-    end = body.rfind("}")
-    strict = body[start:end + 1] if end > start else ""
-    try:
-        return json.loads(strict), False
-    except json.JSONDecodeError as exc:
-        error = exc
-    repaired = json_repair.loads(body[start:])
-    if not isinstance(repaired, dict) or not repaired:
-        raise ProposalError("response", f"the JSON does not parse: {error}") from None
-    return repaired, True
+PARAMS_SHAPE = '{"changes": {...}, "hypothesis": "..."}'
 
 
-def parse_params_answer(text: str) -> ParamsAnswer:
-    """The knob changes and hypothesis of a params-mode answer, fenced or not."""
+def read_object(text: str, shape: str = PARAMS_SHAPE) -> tuple[dict[str, Any], bool]:
+    """The answer's JSON object (strict, else repaired), and whether it needed repair;
+    `shape` is what the error tells the model to answer with. Size and nesting are
+    capped before anything is parsed."""
     if len(text) > MAX_ANSWER_CHARS:
         raise ProposalError("response", f"the answer is {len(text)} characters; answer "
                             "with the JSON object alone")
     if _depth(text) > MAX_DEPTH:
         raise ProposalError("response", f"the JSON nests deeper than {MAX_DEPTH} levels; "
-                            'answer with {"changes": {...}, "hypothesis": "..."}')
-    data, repaired = _object(text)
-    if not isinstance(data, dict) or not isinstance(data.get("changes"), dict):
+                            f"answer with {shape}")
+    fenced = FENCE.search(text)
+    body = fenced.group(1) if fenced else text
+    start = body.find("{")
+    if start < 0:
+        raise ProposalError("response", f"no JSON object found; answer with {shape}")
+    end = body.rfind("}")
+    strict = body[start:end + 1] if end > start else ""
+    try:
+        data, repaired = json.loads(strict), False
+    except json.JSONDecodeError as exc:
+        data, repaired = json_repair.loads(body[start:]), True
+        if not isinstance(data, dict) or not data:
+            raise ProposalError("response", f"the JSON does not parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProposalError("response", f"the answer is not a JSON object; answer with {shape}")
+    return data, repaired
+
+
+def parse_params_answer(text: str) -> ParamsAnswer:
+    """The knob changes and hypothesis of a params-mode answer, fenced or not."""
+    data, repaired = read_object(text)
+    if not isinstance(data.get("changes"), dict):
         raise ProposalError("response", 'the JSON must have an object "changes"')
     hypothesis = data.get("hypothesis", "")
     if not isinstance(hypothesis, str) or not hypothesis.strip():

@@ -24,7 +24,8 @@ from typing import Any
 
 from controller.llm.limits import max_tokens_for
 from controller.llm.types import CallTag, ChatMessage, LLMRequest, Provider
-from controller.research.level1.answers import FENCE
+from controller.research.level1.answers import read_object
+from controller.research.level1.space import ProposalError
 from controller.research.level2.gates import GateSettings, static_check
 from controller.research.settings import OuterSettings
 from controller.store.mechanisms import KEPT, MechanismRow, Outcome
@@ -32,6 +33,16 @@ from controller.store.records import TrialRecord
 from mechanisms import interface, library, sdk, wire
 
 CONTROLS = ("noop",)  # library entries that are controls for ablations, not search aids
+SPEC_SHAPE = '{"name": ..., "field": ..., "hooks": [...], "description": ...}'
+# Asked for as structured output (negotiated per endpoint like a proposal's), so a
+# server with a grammar answers the specification as JSON even from a small model.
+SPEC_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "field": {"type": "string"},
+                   "hooks": {"type": "array", "items": {"type": "string"}},
+                   "description": {"type": "string"}},
+    "required": ["name", "field", "hooks", "description"],
+}
 CODE_FENCE = re.compile(r"```(?:python)?\s*\n(.*?)```", re.DOTALL)
 
 
@@ -131,11 +142,12 @@ class LLMDesigner:
         self.max_tokens = max_tokens_for("mechanism", max_tokens)
 
     def _ask(self, design: Design, step: str, prompt: str, trial: int, round_: int,
-             history: list[ChatMessage] | None = None) -> str:
+             history: list[ChatMessage] | None = None,
+             schema: dict[str, Any] | None = None) -> str:
         messages = (*(history or []), ChatMessage("user", prompt))
         request = LLMRequest(self.SYSTEM, tuple(messages), self.max_tokens, None,
                              CallTag(self.run_id, trial, len(design.steps), f"level2-{step}",
-                                     f"l2-round-{round_}"))
+                                     f"l2-round-{round_}"), response_schema=schema)
         text = self.provider.complete(request).text
         design.steps.append({"step": step, "prompt": prompt, "output": text})
         return text
@@ -166,7 +178,7 @@ class LLMDesigner:
             f"Selection:\n{critique}\n\n# Step 3: specification\nSpecify the selected "
             'mechanism as one JSON object: {"name": "snake_case_name", "field": "the field '
             'it comes from", "hooks": ["filter", ...], "description": "what each hook does '
-            'and why"}.'), trial, round_)
+            'and why"}.'), trial, round_, schema=SPEC_SCHEMA)
         spec = _json_object(spec_text)
         d.name = _name(str(spec.get("name", "")) or f"mechanism_{round_}")
         d.field = str(spec.get("field") or _line(critique, "FIELD") or "unstated")[:200]
@@ -191,16 +203,12 @@ class LLMDesigner:
 
 
 def _json_object(text: str) -> dict[str, Any]:
-    fenced = FENCE.search(text)
-    body = fenced.group(1) if fenced else text
-    start, end = body.find("{"), body.rfind("}")
+    """The specification, read as tolerantly (and as capped) as a proposal is."""
     try:
-        data = json.loads(body[start:end + 1]) if 0 <= start < end else None
-    except json.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        raise DesignError(f"the specification is not a JSON object: {text[:300]!r}")
-    return data
+        return read_object(text, SPEC_SHAPE)[0]
+    except ProposalError as exc:
+        raise DesignError(f"the specification is not a JSON object ({exc}): "
+                          f"{text[:300]!r}") from None
 
 
 def _line(text: str, key: str) -> str:
