@@ -38,8 +38,8 @@ def llm_line(calls: Sequence[Mapping[str, Any]], trials: Sequence[TrialRecord]) 
                      f"{': their trials went to local search' if unusable else ''}), "
                      f"{per:,.0f} prompt tokens per proposal")
     tokens = f"{prompt:,} prompt + {answer:,} answer tokens"
-    if read or written:
-        tokens += f" ({read:,} read from the prompt cache, {written:,} written to it)"
+    # Said even when 0: a prompt cache that never hits is worth knowing about.
+    tokens += f" ({read:,} read from the prompt cache, {written:,} written to it)"
     if estimated:
         tokens += f" (estimated from characters for {estimated} calls: no usage reported)"
     parts.append(tokens)
