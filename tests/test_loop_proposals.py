@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from controller.research.level1.answers import parse_code_hypothesis, parse_params_answer
+from controller.research.level1.answers import (
+    NO_HYPOTHESIS,
+    parse_code_hypothesis,
+    parse_params_answer,
+)
 from controller.research.level1.edits import Edit, apply_edits, parse_edits
 from controller.research.level1.protect import TRAINER
 from controller.research.level1.space import ProposalError
@@ -89,6 +93,9 @@ def test_search_replace_edits_apply_in_order() -> None:
             ">>>>>>> REPLACE\n<<<<<<< SEARCH\nMATRIX_LR = 0.04\n=======\nMATRIX_LR = 0.05\n"
             ">>>>>>> REPLACE\n")
     assert parse_code_hypothesis(text) == "wider"
+    assert parse_code_hypothesis("**Hypothesis:** wider\n" + text) == "wider"
+    # Edits without the line are still a proposal; the hypothesis is marked missing.
+    assert parse_code_hypothesis(text.split("\n", 1)[1]) == NO_HYPOTHESIS
     out = apply_edits(BASE, parse_edits(text))
     assert "ASPECT_RATIO = 128\n" in out and "MATRIX_LR = 0.05\n" in out
     CHECK.code(BASE, out)

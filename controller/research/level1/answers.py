@@ -81,8 +81,12 @@ def parse_params_answer(text: str) -> ParamsAnswer:
     return ParamsAnswer(data["changes"], " ".join(hypothesis.split()), repaired)
 
 
+NO_HYPOTHESIS = "(the answer stated no hypothesis)"
+
+
 def parse_code_hypothesis(text: str) -> str:
-    match = re.search(r"^\s*HYPOTHESIS:\s*(.+)$", text, re.MULTILINE)
-    if match is None:
-        raise ProposalError("response", "start the answer with a line `HYPOTHESIS: ...`")
-    return " ".join(match.group(1).split())
+    """The `HYPOTHESIS:` line of a code-mode answer. A model that wrote valid edits but
+    no such line (a small local model did, every time) still made a proposal: the edits
+    are what runs, so the hypothesis is recorded as missing instead of refusing them."""
+    match = re.search(r"^\s*[*_]*HYPOTHESIS[*_]*:[*_]*\s*(.+)$", text, re.MULTILINE | re.IGNORECASE)
+    return " ".join(match.group(1).split()) if match else NO_HYPOTHESIS

@@ -134,9 +134,9 @@ class LLMProposer:
                                 for k, v in changes.items())
             return Proposal(changes=changes, description=f"{summary}: {hypothesis}",
                             source=source, hypothesis=hypothesis)
-        hypothesis = parse_code_hypothesis(text)
         source = apply_edits(base, parse_edits(text))
         validator.code(base, source)
+        hypothesis = parse_code_hypothesis(text)
         return Proposal(changes=knob_changes(validator.task, base, source),
                         description=f"[code] {hypothesis}", source=source,
                         hypothesis=hypothesis)
