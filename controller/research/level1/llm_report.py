@@ -37,12 +37,11 @@ def llm_line(calls: Sequence[Mapping[str, Any]], trials: Sequence[TrialRecord]) 
         parts.append(f"{len(asked)} proposals ({repaired} repaired, {len(unusable)} unusable"
                      f"{': their trials went to local search' if unusable else ''}), "
                      f"{per:,.0f} prompt tokens per proposal")
-    tokens = f"{prompt:,} prompt + {answer:,} answer tokens"
-    # Said even when 0: a prompt cache that never hits is worth knowing about.
-    tokens += f" ({read:,} read from the prompt cache, {written:,} written to it)"
+    # The cache is stated even at 0: a prompt cache that never hits is worth knowing.
+    usage = [f"{read:,} read from the prompt cache, {written:,} written to it"]
     if estimated:
-        tokens += f" (estimated from characters for {estimated} calls: no usage reported)"
-    parts.append(tokens)
+        usage.append(f"estimated from characters for {estimated} calls: no usage reported")
+    parts.append(f"{prompt:,} prompt + {answer:,} answer tokens ({'; '.join(usage)})")
     notes = [n for c in calls for n in c.get("notes", ())]
     if notes:
         parts.append(f"negotiated: {notes[-1]}")
