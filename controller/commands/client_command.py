@@ -47,6 +47,8 @@ def run_client_command(args: argparse.Namespace, body: Body,
 
     try:
         return asyncio.run(main())
+    except asyncio.CancelledError:  # Ctrl-C while following (run._catch_ctrl_c)
+        raise KeyboardInterrupt from None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

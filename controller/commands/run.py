@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -284,6 +286,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_request(request)  # before any controller starts
         check_detach(args)
         return asyncio.run(_create_and_follow(args, request))
+    except asyncio.CancelledError:  # Ctrl-C through _catch_ctrl_c: said and cleaned up
+        raise KeyboardInterrupt from None
     except FieldError as exc:
         print(f"error: {field_message(exc)}", file=sys.stderr)
         return 2
@@ -321,6 +325,7 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
     becomes of the run before the command stops."""
     view = RunView(run, Console(stderr=True), after_seq)
     seq, attempts = after_seq, 0
+    _catch_ctrl_c()
     with view.live():
         while True:
             try:
@@ -364,12 +369,34 @@ async def follow(client: Client, run: rpb.Run, after_seq: int = 0,
     return 0 if final.state == rpb.RUN_STATE_SUCCEEDED else 1
 
 
+def _catch_ctrl_c() -> None:
+    """Ctrl-C cancels the following task through our own handler, which also leaves a
+    mark that `_honour_cancel` checks at every event. asyncio.run's handler is not
+    enough: it is installed only when SIGINT's handler is Python's default at start,
+    and under load a Ctrl-C was seen to vanish (the run went on to its end, exit 0). A
+    second Ctrl-C falls to Python's default handler: KeyboardInterrupt at once."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    if task is None:
+        return
+
+    def on_ctrl_c() -> None:
+        _CTRL_C.set()
+        loop.remove_signal_handler(signal.SIGINT)
+        task.cancel()
+
+    # Not the main thread, or no Unix signals: asyncio.run's own handling stays.
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGINT, on_ctrl_c)
+
+
+_CTRL_C = threading.Event()
+
+
 def _honour_cancel() -> None:
-    """Raise CancelledError if this task was asked to stop (Ctrl-C: asyncio.run cancels
-    it) but the cancellation was absorbed on the way, e.g. inside the stream's own
-    awaits: seen as a Ctrl-C that the run never heard of under load."""
+    """Raise CancelledError if Ctrl-C came or this task was asked to stop, but the
+    cancellation was absorbed on the way, e.g. inside the stream's own awaits."""
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if _CTRL_C.is_set() or (task is not None and task.cancelling()):
         raise asyncio.CancelledError
 
 
