@@ -376,6 +376,7 @@ def _catch_ctrl_c() -> None:
     and under load a Ctrl-C was seen to vanish (the run went on to its end, exit 0). A
     second Ctrl-C falls to Python's default handler: KeyboardInterrupt at once."""
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    _CTRL_C.clear()  # a mark from an earlier follow in this process is not this one's
     if task is None:
         return
 
