@@ -1,8 +1,8 @@
 """Level 2's portfolio (research/level2/portfolio.py, portfolio_proposer.py), as pure logic
 on simulated trials: the arm that pays gets most trials (by keeps, and by rank when
-nothing is kept), the arm that finds a basin is not starved by the arm polishing it, an
-arm that never pays falls to the floor, the inverse-propensity credit is unbiased under
-the adaptive allocation, and a restarted run draws the same arms."""
+nothing is kept), an arm that never pays falls to the floor, the inverse-propensity
+credit is unbiased under the adaptive allocation, and a restarted run draws the same
+arms."""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ import pytest
 
 from controller.research.level1.proposer import Proposal, ProposerContext
 from controller.research.level1.space import Knob, SearchSpace
-from controller.research.level2 import portfolio, portfolio_proposer
+from controller.research.level2 import portfolio
 from controller.research.level2.portfolio_proposer import (
-    BESIDE_ANOTHERS_FIND,
     PRIOR_PULLS,
     PortfolioProposer,
     prior_from,
-    pulls_of,
     rank_reward,
 )
+from controller.research.level2.portfolio_proposer import pulls_of as _pulls
 from controller.store.records import TrialRecord, TrialStatus
 
 SPACE = SearchSpace((Knob("X", "float", 0.0, 1.0),))
@@ -38,17 +37,6 @@ class _Arm:
 
     def propose(self, ctx: ProposerContext) -> Proposal:
         return Proposal({"X": 0.5}, f"[{self.label}]")
-
-
-def _pulls(history: list[TrialRecord]) -> list[portfolio.Pull]:
-    """The pulls of a simulated run, whose first arm is its home (owns the baseline)."""
-    return pulls_of(history, next((t.arm for t in history if t.arm), ""))
-
-
-def _trial(index: int, arm: str, loss: float) -> TrialRecord:
-    return TrialRecord("run-1", index, True, 1, arm, {}, status=TrialStatus.DISCARD,
-                       val_bpb=loss, proposal_source="proposer", arm=arm,
-                       arm_probability=0.5)
 
 
 def _simulate(rates: dict[str, float], trials: int, seed: int) -> list[TrialRecord]:
@@ -120,68 +108,6 @@ def test_rank_reward_is_the_share_of_earlier_results_beaten() -> None:
     assert rank_reward(1e6, [2e6, 3e6]) == rank_reward(1e-6, [2e-6, 3e-6]) == 1.0
 
 
-def test_a_trial_beside_another_arms_best_earns_at_most_the_cap_beside_its_own_its_rank(
-        ) -> None:
-    baseline = TrialRecord("run-1", 0, True, 1, "baseline", {}, status=TrialStatus.KEEP,
-                           val_bpb=1.0)
-    history = [baseline, _trial(1, "sampler", 2.0), _trial(2, "sampler", 0.5),
-               _trial(3, "local", 0.5001), _trial(4, "local", 0.4),
-               _trial(5, "local", 0.4001), _trial(6, "sampler", 0.45)]
-    rewards = [(p.arm, p.reward) for p in pulls_of(history, home="local")]
-    assert rewards == [
-        ("sampler", 0.0),  # the baseline is local's (home), but nothing beats it here
-        ("sampler", 1.0),  # a new best: the sampler's find
-        ("local", BESIDE_ANOTHERS_FIND),  # beside the sampler's best: rank 2/3, capped
-        ("local", 1.0),  # local's own new best
-        ("local", pytest.approx(4 / 5)),  # beside its own best: its full rank
-        ("sampler", BESIDE_ANOTHERS_FIND)]  # rank 4/6 beside local's best, capped
-    # Beside the baseline, the home arm keeps its rank and another arm is capped.
-    near = [baseline, _trial(1, "local", 1.5), _trial(2, "local", 1.4),
-            _trial(3, "local", 1.2), _trial(4, "sampler", 1.001)]
-    assert [p.reward for p in pulls_of(near, home="local")] == \
-        [0.0, 0.5, pytest.approx(2 / 3), BESIDE_ANOTHERS_FIND]
-    assert [p.reward for p in pulls_of(near, home="sampler")] == \
-        [0.0, 0.5, BESIDE_ANOTHERS_FIND, pytest.approx(3 / 4)]
-
-
-def _simulate_polishing(trials: int, seed: int) -> list[TrialRecord]:
-    """A flat basin: each of the sampler's trials is N(0, 1) (its tail makes every find),
-    each of local's lands 0.001 above the best so far and never beats it - as local steps
-    did on fourier-multimodal once Sobol had found the good basin."""
-    proposer = PortfolioProposer({a: _Arm(a) for a in ("local", "sampler")}, seed)
-    outcome = random.Random(f"polish:{seed}")
-    history = [TrialRecord("run-1", 0, True, 1, "baseline", {}, status=TrialStatus.KEEP,
-                           val_bpb=0.0)]
-    for index in range(1, trials + 1):
-        p = proposer.propose(ProposerContext(index, {"X": 0.1}, SPACE, tuple(history)))
-        best = min(t.val_bpb for t in history if t.val_bpb is not None)
-        loss = best + 1e-3 if p.arm == "local" else outcome.gauss(0.0, 1.0)
-        history.append(TrialRecord(
-            "run-1", index, True, 1, p.description, p.changes,
-            status=TrialStatus.KEEP if loss < best else TrialStatus.DISCARD, val_bpb=loss,
-            proposal_source="proposer", arm=p.arm, arm_probability=p.arm_probability))
-    return history
-
-
-def _sampler_share(seeds: int) -> float:
-    shares = []
-    for seed in range(seeds):
-        arms = [t.arm for t in _simulate_polishing(30, seed)[1:]]
-        shares.append(arms.count("sampler") / len(arms))
-    return statistics.mean(shares)
-
-
-def test_the_arm_that_finds_the_basin_is_not_starved_by_the_arm_that_polishes_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """By rank alone local's trials beside the sampler's best rank near 1 and it takes
-    most trials, although it never improves anything; with the cap the sampler keeps
-    about half."""
-    capped = _sampler_share(16)
-    monkeypatch.setattr(portfolio_proposer, "BESIDE_ANOTHERS_FIND", 1.0)
-    by_rank_alone = _sampler_share(16)
-    assert capped >= 0.4 and capped - by_rank_alone >= 0.1, (capped, by_rank_alone)
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_an_arm_that_never_pays_falls_to_the_floor_and_is_retired(seed: int) -> None:
     rates = {"noop": 0.0, "good": 0.3}
@@ -234,7 +160,7 @@ def test_trials_a_mechanism_replaced_or_that_no_draw_made_get_no_arm_credit() ->
 
 def test_a_second_run_starts_from_the_arm_that_won_the_first() -> None:
     first = _simulate({"local": 0.0, "tpe": 0.5, "sobol": 0.05}, 40, seed=5)
-    prior = prior_from([first], "local")
+    prior = prior_from([first])
     assert all(a + b <= PRIOR_PULLS + 1e-9 for a, b in prior.values())
     fresh = PortfolioProposer({a: _Arm(a) for a in ("local", "tpe", "sobol")}, 9, prior)
     probs = fresh.allocation(ProposerContext(1, {"X": 0.1}, SPACE, ()))

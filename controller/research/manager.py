@@ -242,8 +242,7 @@ class RunManager:
                 settings.proposer.kind):  # the portfolio starts from earlier runs' arms
             earlier = dict.fromkeys(m.run_id for m in memory.list(
                 memory_key(task), owner=memory_owner) if m.run_id != run_id)
-            prior = prior_from([self.store.trials(r) for r in list(earlier)[:PRIOR_RUNS]],
-                               settings.proposer.kind)
+            prior = prior_from([self.store.trials(r) for r in list(earlier)[:PRIOR_RUNS]])
         try:
             proposer = build_proposer(run_id, settings, task, self.store, llm, stop.event,
                                       claim, prior)

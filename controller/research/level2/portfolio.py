@@ -12,9 +12,7 @@ to an arm drawn from known probabilities:
   with sigma = 0; and unlike "was it kept" it is dense: an arm whose trials land near
   the best (local search on a smooth, well-tuned task) is told apart within a few trials
   from one whose trials land in the tail (global sampling there), long before either
-  makes a keep. One cap (portfolio_proposer.pulls_of): a trial that does not beat the
-  best so far earns at most 1/2 when another arm found that best, so the arm polishing
-  a basin does not take the credit for the arm that found it.
+  makes a keep.
 - The posterior of each arm's mean reward is Beta(1 + reward, 1 + (1 - reward)) summed
   over its pulls (the fractional-reward form of Bernoulli Thompson sampling), with each
   arm's older pulls discounted: a search that paid early, from a poor baseline, must

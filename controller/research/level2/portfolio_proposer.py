@@ -30,44 +30,23 @@ def rank_reward(loss: float | None, earlier: Sequence[float]) -> float:
     return beaten / len(earlier)
 
 
-BESIDE_ANOTHERS_FIND = 0.5  # the most a trial earns that does not beat another arm's best
-
-
-def pulls_of(history: Sequence[TrialRecord], home: str) -> list[portfolio.Pull]:
+def pulls_of(history: Sequence[TrialRecord]) -> list[portfolio.Pull]:
     """The finished trials a portfolio draw made and whose proposal ran as the arm made
     it (a mechanism's suggestion or filter that replaced it takes the credit instead),
-    each rewarded by its rank among the finished results of lower index, with one cap:
-    a trial that does not beat the best of them earns at most BESIDE_ANOTHERS_FIND when
-    another arm found that best.
-
-    Why the cap: once a sampler finds a good basin, local steps from the incumbent land
-    beside it without beating it and each ranks near 1 (0.93 on fourier-multimodal for a
-    trial 0.0001 worse than the best), so by rank alone the credit for the find went to
-    the arm polishing it, and the sampler that made it was starved. Beside its own find
-    an arm keeps its full rank, so on a task where local makes every find (the surrogate)
-    nothing changes. The baseline, and a result no draw made, count as `home`'s (the
-    run's own proposer, which starts from the baseline)."""
+    each rewarded by its rank among the finished results of lower index."""
     pulls = []
     earlier: list[float] = []
-    best, finder = math.inf, home
     for t in sorted(history, key=lambda t: t.index):
         if not t.finished or t.status is None:
             continue
-        loss = t.val_bpb if t.val_bpb is not None and math.isfinite(t.val_bpb) else None
-        probability = t.arm_probability
-        drawn = bool(t.arm) and probability is not None and t.proposal_source == "proposer"
-        if drawn and probability is not None:
+        if t.arm and t.arm_probability is not None and t.proposal_source == "proposer":
             # An arm (the LLM) that gave no usable proposal earns nothing for the trial
             # its fallback made.
-            reward = 0.0 if t.llm_failure else rank_reward(loss, earlier)
-            if t.arm != finder and (loss is None or loss >= best):
-                reward = min(reward, BESIDE_ANOTHERS_FIND)
-            pulls.append(portfolio.Pull(t.arm, probability, reward,
+            reward = 0.0 if t.llm_failure else rank_reward(t.val_bpb, earlier)
+            pulls.append(portfolio.Pull(t.arm, t.arm_probability, reward,
                                         t.status is TrialStatus.KEEP and not t.llm_failure))
-        if loss is not None:
-            if loss < best:
-                best, finder = loss, (t.arm if drawn and not t.llm_failure else home)
-            earlier.append(loss)
+        if t.val_bpb is not None and math.isfinite(t.val_bpb):
+            earlier.append(t.val_bpb)
     return pulls
 
 
@@ -84,7 +63,6 @@ class PortfolioProposer:
         self.seed = seed
         self.prior = dict(prior or {})
         self.label = "portfolio of " + ", ".join(self.arms)
-        self.home = next(iter(self.arms))  # the run's own proposer (owns the baseline)
         # A crashed trial is fixed by an arm that can (the LLM), outside the draw.
         self._fixer = next((n for n, p in self.arms.items() if p.fixes_crashes), None)
         self.fixes_crashes = self._fixer is not None
@@ -92,8 +70,7 @@ class PortfolioProposer:
 
     def allocation(self, ctx: ProposerContext) -> dict[str, float]:
         """The probability each arm has of proposing trial `ctx.trial_index`."""
-        posts = portfolio.posteriors(list(self.arms), pulls_of(ctx.history, self.home),
-                                     self.prior)
+        posts = portfolio.posteriors(list(self.arms), pulls_of(ctx.history), self.prior)
         return portfolio.allocation(posts, self._rng(ctx, "allocation"))
 
     def propose(self, ctx: ProposerContext) -> Proposal:
@@ -116,7 +93,7 @@ class PortfolioProposer:
     def report(self, history: Sequence[TrialRecord]) -> str:
         """One line for the run's summary: per arm, its trials and keeps, its
         inverse-propensity mean rank, and its probability for a next trial."""
-        pulls = pulls_of(history, self.home)
+        pulls = pulls_of(history)
         if not pulls:
             return ""
         posts = portfolio.posteriors(list(self.arms), pulls, self.prior)
@@ -136,8 +113,7 @@ PRIOR_PULLS = 6.0  # the most pseudo-pulls an arm's prior from earlier runs weig
 PRIOR_RUNS = 5  # earlier runs of the task the prior reads, newest first
 
 
-def prior_from(histories: Sequence[Sequence[TrialRecord]],
-               home: str) -> dict[str, tuple[float, float]]:
+def prior_from(histories: Sequence[Sequence[TrialRecord]]) -> dict[str, tuple[float, float]]:
     """Each arm's prior (reward, 1 - reward) pseudo-counts from earlier runs of the same
     task: its mean reward there, weighed as at most PRIOR_PULLS pulls, so a second run
     starts with the strategy that won the first, and this run's own trials soon outweigh
@@ -145,7 +121,7 @@ def prior_from(histories: Sequence[Sequence[TrialRecord]],
     reward: dict[str, float] = {}
     pulled: dict[str, int] = {}
     for history in histories:
-        for p in pulls_of(history, home):
+        for p in pulls_of(history):
             pulled[p.arm] = pulled.get(p.arm, 0) + 1
             reward[p.arm] = reward.get(p.arm, 0.0) + p.reward
     out = {}
