@@ -334,6 +334,12 @@ def save(path: Path | None, result: Result) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--first-repeat", type=int, default=0,
+                        help="the first repeat (search seed): e.g. 10 to confirm on seeds "
+                        "the portfolio's design was not chosen on (0-9)")
+    parser.add_argument("--strategies", default="",
+                        help="the fixed strategies to compare (default: every offline "
+                        "proposer); D is always run")
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tasks", default=",".join(TASKS))
@@ -341,9 +347,12 @@ def main() -> None:
     parser.add_argument("--rerun", default="", help="strategies to run again despite the "
                         "cache, e.g. D after a change to the portfolio")
     args = parser.parse_args()
-    strategies = [*offline.names(), PORTFOLIO]
+    fixed = [s for s in args.strategies.split(",") if s] or offline.names()
+    fixed = fixed if "local" in fixed else ["local", *fixed]  # D is tested against local
+    strategies = [*fixed, PORTFOLIO]
     cells = [Cell(t, s, r, args.trials) for t in args.tasks.split(",")
-             for r in range(args.repeats) for s in strategies]
+             for r in range(args.first_repeat, args.first_repeat + args.repeats)
+             for s in strategies]
     rerun = set(filter(None, args.rerun.split(",")))
     cached = {c: r for c, r in load_cache(args.cache, args.trials).items()
               if c.strategy not in rerun}
