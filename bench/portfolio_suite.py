@@ -24,6 +24,8 @@ here is the portfolio alone (mechanism rounds need sandboxes).
 `--cache FILE` keeps every finished cell (JSON lines) and reuses the cells it holds, so
 a change to the portfolio can be measured again with `--rerun D` without re-running the
 fixed strategies (their cells depend only on task, strategy, repeat and trials).
+`--first-repeat 10 --repeats 20` measures on seeds the portfolio's design was not chosen
+on (it was chosen on repeats 0-9).
 """
 
 from __future__ import annotations
@@ -271,10 +273,11 @@ def report(results: list[Result], strategies: list[str], repeats: int) -> None:
     # the best fixed strategy.
     p_best = [stats.paired_permutation_p(*_pairs(by, task, best, "local"))
               if best != "local" else math.nan for task, best in zip(tasks, bests, strict=True)]
-    beaten = [p < 0.05 for p in stats.holm(p_best)]
+    holm_best = stats.holm(p_best)
+    beaten = [p < 0.05 for p in holm_best]
     print("\nHolm-corrected p of D vs local (two-sided paired permutation), per task:")
     for i, task in enumerate(tasks):
-        kind = (f"{bests[i]} beats local (Holm p {stats.holm(p_best)[i]:.3g})" if beaten[i]
+        kind = (f"{bests[i]} beats local (Holm p {holm_best[i]:.3g})" if beaten[i]
                 else "no fixed strategy beats local significantly" if not_local[i]
                 else "local is the best fixed")
         print(f"  {task:<20} p {p_local[i]:.3g}  Holm {holm[i]:.3g}  D-local "
