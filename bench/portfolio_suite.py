@@ -247,7 +247,6 @@ def report(results: list[Result], strategies: list[str], repeats: int) -> None:
     ratios: list[float] = []
     ranks: dict[str, list[int]] = {s: [] for s in strategies}
     p_local: list[float] = []
-    not_local: list[bool] = []
     bests: list[str] = []
     d_minus_local: list[float] = []
     for task in tasks:
@@ -261,12 +260,12 @@ def report(results: list[Result], strategies: list[str], repeats: int) -> None:
             ranks[s].append(order.index(s) + 1)
         p = stats.paired_permutation_p(*_pairs(by, task, PORTFOLIO, "local"))
         p_local.append(p)
-        not_local.append(best != "local")
         bests.append(best)
         d_minus_local.append(means[PORTFOLIO] - means["local"])
         print(f"{task:<20}" + "".join(f"{means[s]:>14.4g}" for s in strategies) +
               f"{best:>14}{ratio:>8.2f}{p:>14.3g}")
     holm = stats.holm(p_local)
+    not_local = [b != "local" for b in bests]
     # Which tasks count as "local is not the best": the best fixed strategy's mean beats
     # local's, and significantly so (paired test, Holm over the tasks): where no fixed
     # strategy is told apart from local, asking D to beat local asks more of D than of
