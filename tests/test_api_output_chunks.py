@@ -1,7 +1,14 @@
-"""The Execute output coalescer, driven with an explicit clock (no timing)."""
+"""The Execute output coalescer, driven with an explicit clock (no timing), and the
+stream that feeds it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from controller.api import sandbox_service
 from controller.api.output_chunks import OutputCoalescer
 
 
@@ -47,3 +54,25 @@ def test_order_across_streams_is_kept() -> None:
     assert c.feed("stderr", b"warning\n", 0.01) == [("stdout", b"working..."),
                                                     ("stderr", b"warning\n")]
     assert c.feed("stdout", b"done\n", 0.02) == [("stdout", b"done\n")]
+
+
+def test_a_stream_closed_while_waiting_leaves_no_task_behind() -> None:
+    """An Execute call that ends early (client gone) closes the stream while it waits for
+    the job's next event; its queue getter must end with it, not outlive the loop."""
+    async def main() -> set[asyncio.Task[Any]]:
+        job: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        events.put_nowait(("stdout", b"hi\n", time.monotonic()))
+        stream = sandbox_service._stream(job, events)
+        first = await anext(stream)
+        assert first.output.data == b"hi\n"
+        waiting = asyncio.ensure_future(anext(stream))  # now blocked on the next event
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await stream.aclose()
+        await asyncio.sleep(0)  # let the cancelled getter finish
+        return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+
+    assert asyncio.run(main()) == set()

@@ -132,8 +132,12 @@ def test_a_principal_at_its_slot_quota_waits_while_another_uses_the_free_slots(
                   slots.holding() == {"alice": (1, 0)}, what="alice's second queued")
             bob = Job(clients, "bob")
             with cancelling([bob]):
-                until(lambda: bob.started, what="bob's job to start")
+                # alice's holder may start after bob's job (its container is made
+                # separately): pick it only once it has started, never the queued one
+                until(lambda: bob.started and (first.started or second.started),
+                      what="bob's job and alice's first to start")
                 assert slots.waiting() == {"alice": 1}
+                assert not (first.started and second.started)
                 held = first if first.started else second
                 held.cancel()
                 until(lambda: first.started and second.started, what="alice's second")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -106,7 +106,7 @@ _Item = spb.ExecuteEvent | tuple[str, bytes, float]
 
 
 async def _stream(job: asyncio.Future[JobResult],
-                  events: asyncio.Queue[_Item]) -> AsyncIterator[spb.ExecuteEvent]:
+                  events: asyncio.Queue[_Item]) -> AsyncGenerator[spb.ExecuteEvent, None]:
     """The job's events until it ends, output coalesced. What is already queued is taken
     before a held partial line is flushed, so a busy loop does not split lines."""
     chunks = OutputCoalescer(flush_seconds=output_chunks.FLUSH_SECONDS)
@@ -121,14 +121,19 @@ async def _stream(job: asyncio.Future[JobResult],
         deadline = chunks.deadline()
         getter = asyncio.ensure_future(events.get())
         waiting: set[asyncio.Future[Any]] = {getter, job}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED,
-                           timeout=None if deadline is None else
-                           max(0.0, deadline - time.monotonic()))
-        if getter.done():
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=None if deadline is None else
+                               max(0.0, deadline - time.monotonic()))
+        finally:
+            # The call may end here (client gone, server stopping): a getter left
+            # pending outlives the loop and is finalized later, from whatever runs.
+            got = getter.done()
+            if not got:
+                getter.cancel()
+        if got:
             for event in _events(chunks, getter.result()):
                 yield event
-        else:
-            getter.cancel()
     for event in _outputs(chunks.flush()):
         yield event
 
