@@ -31,7 +31,6 @@ from controller.research.errors import CapacityError, StateConflict
 from controller.research.level1.loop import InnerLoop, StopSignal
 from controller.research.level1.run_proposer import build_proposer, build_run_provider
 from controller.research.level1.space import ProposalError
-from controller.research.level2.portfolio_proposer import PRIOR_RUNS, prior_from
 from controller.research.outer import attach_outer_levels
 from controller.research.run_quotas import RunQuotas
 from controller.research.settings import RunSettings
@@ -237,15 +236,9 @@ class RunManager:
         memory = MemoryStore(self.store)
         # Whose lessons and mechanism verdicts the run learns from (None: everyone's).
         memory_owner = None if self.config.shared_memory else owner
-        prior = None
-        if settings.proposer.use_memory and settings.outer.portfolio_arms(
-                settings.proposer.kind):  # the portfolio starts from earlier runs' arms
-            earlier = dict.fromkeys(m.run_id for m in memory.list(
-                memory_key(task), owner=memory_owner) if m.run_id != run_id)
-            prior = prior_from([self.store.trials(r) for r in list(earlier)[:PRIOR_RUNS]])
         try:
             proposer = build_proposer(run_id, settings, task, self.store, llm, stop.event,
-                                      claim, prior)
+                                      claim)
         except LLMConfigError as exc:
             raise FieldError("llm.provider", str(exc)) from None
         lessons = [m.text for m in memory.list(memory_key(task), MEMORY_IN_PROMPT,

@@ -5,7 +5,6 @@ run."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 
 from controller.errors import FieldError
 from controller.llm.accounting import Claim, Pricing
@@ -41,10 +40,9 @@ def build_run_provider(run_id: str, settings: RunSettings, store: RunStore,
 
 def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunStore,
                    access: LLMAccess, stop: threading.Event,
-                   claim: Claim | None = None,
-                   prior: Mapping[str, tuple[float, float]] | None = None) -> Proposer:
+                   claim: Claim | None = None) -> Proposer:
     """The run's proposer; with Level 2's portfolio, the portfolio over the run's proposer
-    and the other arms (`prior`: its pseudo-counts from earlier runs). Raises
+    and the other arms. Raises
     LLMConfigError (no key) or FieldError (bad LLM settings, or a proposer kind the
     offline registry does not hold)."""
     arms = settings.outer.portfolio_arms(settings.proposer.kind)
@@ -53,7 +51,7 @@ def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunSto
                        claim)
     return PortfolioProposer({arm: _single(arm, run_id, settings, task, store, access,
                                            stop, claim) for arm in arms},
-                             settings.search.seed, prior)
+                             settings.search.seed)
 
 
 FALLBACK = "local"  # proposes a trial the LLM gave no usable answer for

@@ -81,10 +81,9 @@ def seeded(*parts: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def posteriors(arms: Sequence[str], pulls: Sequence[Pull],
-               prior: Mapping[str, tuple[float, float]] | None = None) -> list[ArmPosterior]:
-    """Each arm's discounted Beta posterior over its pulls (in trial order); `prior` adds
-    pseudo-counts (reward, 1 - reward summed) per arm, e.g. from earlier runs of the task."""
+def posteriors(arms: Sequence[str], pulls: Sequence[Pull]) -> list[ArmPosterior]:
+    """Each arm's discounted Beta posterior over its pulls (in trial order), from a
+    uniform start: no prior from earlier runs (README: why)."""
     out = []
     for arm in arms:
         mine = [p for p in pulls if p.arm == arm]
@@ -93,9 +92,8 @@ def posteriors(arms: Sequence[str], pulls: Sequence[Pull],
         scale = pull_weight([p.reward for p in mine])
         good = scale * sum(w * p.reward for w, p in zip(weights, mine, strict=True))
         bad = scale * sum(w * (1.0 - p.reward) for w, p in zip(weights, mine, strict=True))
-        a0, b0 = (prior or {}).get(arm, (0.0, 0.0))
         out.append(ArmPosterior(arm, n, sum(p.kept for p in mine),
-                                1.0 + a0 + good, 1.0 + b0 + bad))
+                                1.0 + good, 1.0 + bad))
     return out
 
 

@@ -55,13 +55,11 @@ class PortfolioProposer:
 
     tag = "portfolio"
 
-    def __init__(self, arms: Mapping[str, Proposer], seed: int,
-                 prior: Mapping[str, tuple[float, float]] | None = None) -> None:
+    def __init__(self, arms: Mapping[str, Proposer], seed: int) -> None:
         if not arms:
             raise ValueError("a portfolio needs at least one arm")
         self.arms = dict(arms)
         self.seed = seed
-        self.prior = dict(prior or {})
         self.label = "portfolio of " + ", ".join(self.arms)
         # A crashed trial is fixed by an arm that can (the LLM), outside the draw.
         self._fixer = next((n for n, p in self.arms.items() if p.fixes_crashes), None)
@@ -70,7 +68,7 @@ class PortfolioProposer:
 
     def allocation(self, ctx: ProposerContext) -> dict[str, float]:
         """The probability each arm has of proposing trial `ctx.trial_index`."""
-        posts = portfolio.posteriors(list(self.arms), pulls_of(ctx.history), self.prior)
+        posts = portfolio.posteriors(list(self.arms), pulls_of(ctx.history))
         return portfolio.allocation(posts, self._rng(ctx, "allocation"))
 
     def propose(self, ctx: ProposerContext) -> Proposal:
@@ -96,7 +94,7 @@ class PortfolioProposer:
         pulls = pulls_of(history)
         if not pulls:
             return ""
-        posts = portfolio.posteriors(list(self.arms), pulls, self.prior)
+        posts = portfolio.posteriors(list(self.arms), pulls)
         nxt = portfolio.allocation(posts, portfolio.seeded("portfolio", "report", self.seed,
                                                            len(pulls)))
         out = portfolio.retired(posts)
@@ -107,25 +105,3 @@ class PortfolioProposer:
             parts.append(f"{arm} {c.pulls} trials/{c.kept} kept (IPW mean rank "
                          f"{c.reward:.2f} ± {c.stderr:.2f}; {state})")
         return "portfolio: " + ", ".join(parts)
-
-
-PRIOR_PULLS = 6.0  # the most pseudo-pulls an arm's prior from earlier runs weighs
-PRIOR_RUNS = 5  # earlier runs of the task the prior reads, newest first
-
-
-def prior_from(histories: Sequence[Sequence[TrialRecord]]) -> dict[str, tuple[float, float]]:
-    """Each arm's prior (reward, 1 - reward) pseudo-counts from earlier runs of the same
-    task: its mean reward there, weighed as at most PRIOR_PULLS pulls, so a second run
-    starts with the strategy that won the first, and this run's own trials soon outweigh
-    it."""
-    reward: dict[str, float] = {}
-    pulled: dict[str, int] = {}
-    for history in histories:
-        for p in pulls_of(history):
-            pulled[p.arm] = pulled.get(p.arm, 0) + 1
-            reward[p.arm] = reward.get(p.arm, 0.0) + p.reward
-    out = {}
-    for arm, n in pulled.items():
-        scale = min(1.0, PRIOR_PULLS / n)
-        out[arm] = (reward[arm] * scale, (n - reward[arm]) * scale)
-    return out
