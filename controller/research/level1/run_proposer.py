@@ -42,9 +42,8 @@ def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunSto
                    access: LLMAccess, stop: threading.Event,
                    claim: Claim | None = None) -> Proposer:
     """The run's proposer; with Level 2's portfolio, the portfolio over the run's proposer
-    and the other arms. Raises
-    LLMConfigError (no key) or FieldError (bad LLM settings, or a proposer kind the
-    offline registry does not hold)."""
+    and the other arms. Raises LLMConfigError (no key) or FieldError (bad LLM settings,
+    or a proposer kind the offline registry does not hold)."""
     arms = settings.outer.portfolio_arms(settings.proposer.kind)
     if not arms:
         return _single(settings.proposer.kind, run_id, settings, task, store, access, stop,
