@@ -75,12 +75,15 @@ def test_a_partial_line_is_flushed_while_the_job_waits(
         tmp_path: Path, sandbox_image: str) -> None:
     """A prompt without a newline goes out on its own while the job waits (50 ms flush;
     the job waits 3 s), not glued to the line that follows it."""
+    # Whole lines in one write each: the runner's Python is unbuffered, so print() is two
+    # writes, and a loaded host may put 50 ms between them (then "before" is a partial
+    # line, rightly flushed on its own).
     code = ("import sys, time\n"
-            "print('before'); sys.stdout.flush()\n"
-            "print('oops', file=sys.stderr); sys.stderr.flush()\n"
+            "sys.stdout.write('before\\n'); sys.stdout.flush()\n"
+            "sys.stderr.write('oops\\n'); sys.stderr.flush()\n"
             "sys.stdout.write('prompt> '); sys.stdout.flush()\n"
             "time.sleep(3)\n"
-            "print('done')\n")
+            "sys.stdout.write('done\\n')\n")
     with serving(tmp_path, sandbox_image) as server:
         events = list(Stubs(server.address).sandbox.Execute(_request(code), timeout=60))
     outputs = [(e.output.stream, e.output.data) for e in events
