@@ -26,6 +26,12 @@ a change to the portfolio can be measured again with `--rerun D` without re-runn
 fixed strategies (their cells depend only on task, strategy, repeat and trials).
 `--first-repeat 10 --repeats 20` measures on seeds the portfolio's design was not chosen
 on (it was chosen on repeats 0-9).
+
+`--memory` also runs D+memory: D led, as a second run of a task is, by the strategy that
+won the task's earlier single-strategy runs (portfolio.lead_from), here the fixed
+strategies' cells of the next repeat (the last repeat reads the first): one earlier run
+of each strategy, on other seeds, gains measured on fresh seeds as the loop's final
+check measures them.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import threading
 import time
 import tomllib
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +64,7 @@ from controller.logging import configure_logging
 from controller.research.level1 import offline
 from controller.research.level1.loop import InnerLoop, StopSignal
 from controller.research.level1.run_proposer import build_proposer
+from controller.research.level2 import portfolio
 from controller.research.settings import (
     Budgets,
     OuterSettings,
@@ -74,6 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = ("surrogate", "softmax-blobs", "fourier-multimodal", "sgd-mlp-crash",
          "knn-categorical", "adam-mlp-tuned", "spirals-mlp", "waves-regression")
 PORTFOLIO = "D"
+LED = "D+memory"  # D led by the winner of another repeat's fixed strategies
 FRESH_SEEDS = 3
 
 
@@ -172,9 +181,10 @@ def make_task(name: str) -> Task:
 @dataclass(frozen=True)
 class Cell:
     task: str
-    strategy: str  # an offline proposer, or D
+    strategy: str  # an offline proposer, D, or D+memory
     repeat: int
     trials: int
+    lead: str = ""  # D+memory: the strategy memory leads with ("": none)
 
 
 @dataclass(frozen=True)
@@ -197,8 +207,9 @@ def _run_cell(cell: Cell) -> Result:
     warnings.simplefilter("ignore", RuntimeWarning)  # the candidates' overflows
     started = time.monotonic()
     task = make_task(cell.task)
-    kind = "local" if cell.strategy == PORTFOLIO else cell.strategy
-    levels = ("1", "2") if cell.strategy == PORTFOLIO else ("1",)
+    led = cell.strategy in (PORTFOLIO, LED)
+    kind = "local" if led else cell.strategy
+    levels = ("1", "2") if led else ("1",)
     settings = RunSettings(search=SearchSettings(seed=cell.repeat, final_seeds=0),
                            proposer=ProposerSettings(kind=kind, use_memory=False),
                            budgets=Budgets(max_trials=cell.trials),
@@ -208,7 +219,8 @@ def _run_cell(cell: Cell) -> Result:
         run_id = "run-bench"
         store.create_run(run_id, settings.to_dict())
         stop = StopSignal()
-        proposer = build_proposer(run_id, settings, task, store, LLMAccess(), stop.event)
+        proposer = build_proposer(run_id, settings, task, store, LLMAccess(), stop.event,
+                                  lead=cell.lead or None)
         InnerLoop(run_id, settings, task, proposer, store, ArtifactStore(Path(tmp) / "runs"),
                   stop).run()
         trials = store.trials(run_id)
@@ -231,19 +243,25 @@ def _run_cell(cell: Cell) -> Result:
     return Result(cell, gain, time.monotonic() - started, arms)
 
 
-def report(results: list[Result], strategies: list[str], repeats: int) -> None:
+def report(results: list[Result], strategies: list[str], repeats: int,
+           mine: str = PORTFOLIO) -> None:
+    """The per-task table and the done-when lines for the portfolio `mine` (D or
+    D+memory) against the fixed strategies in `strategies`."""
     by: dict[tuple[str, str], dict[int, float]] = {}
     arms: dict[str, dict[str, int]] = {}
     for r in results:
+        if r.cell.strategy not in strategies:
+            continue
         by.setdefault((r.cell.task, r.cell.strategy), {})[r.cell.repeat] = r.gain
-        if r.arms:
+        if r.arms and r.cell.strategy == mine:
             counts = arms.setdefault(r.cell.task, {})
             for a, n in r.arms.items():
                 counts[a] = counts.get(a, 0) + n
     tasks = sorted({r.cell.task for r in results}, key=TASKS.index)
-    print(f"\nmean fresh-seed gain (loss units, positive = better), n = {repeats} repeats")
+    print(f"\n{mine}: mean fresh-seed gain (loss units, positive = better), n = {repeats} "
+          "repeats")
     print(f"{'task':<20}" + "".join(f"{s:>14}" for s in strategies) +
-          f"{'best fixed':>14}{'D/best':>8}{'p D-vs-local':>14}")
+          f"{'best fixed':>14}{'/best':>8}{'p vs local':>14}")
     ratios: list[float] = []
     ranks: dict[str, list[int]] = {s: [] for s in strategies}
     p_local: list[float] = []
@@ -251,17 +269,17 @@ def report(results: list[Result], strategies: list[str], repeats: int) -> None:
     d_minus_local: list[float] = []
     for task in tasks:
         means = {s: statistics.fmean(by[(task, s)].values()) for s in strategies}
-        fixed = [s for s in strategies if s != PORTFOLIO]
+        fixed = [s for s in strategies if s != mine]
         best = max(fixed, key=means.__getitem__)
-        ratio = means[PORTFOLIO] / means[best] if means[best] > 0 else math.nan
+        ratio = means[mine] / means[best] if means[best] > 0 else math.nan
         ratios.append(ratio)
         order = sorted(strategies, key=lambda s: -means[s])
         for s in strategies:
             ranks[s].append(order.index(s) + 1)
-        p = stats.paired_permutation_p(*_pairs(by, task, PORTFOLIO, "local"))
+        p = stats.paired_permutation_p(*_pairs(by, task, mine, "local"))
         p_local.append(p)
         bests.append(best)
-        d_minus_local.append(means[PORTFOLIO] - means["local"])
+        d_minus_local.append(means[mine] - means["local"])
         print(f"{task:<20}" + "".join(f"{means[s]:>14.4g}" for s in strategies) +
               f"{best:>14}{ratio:>8.2f}{p:>14.3g}")
     holm = stats.holm(p_local)
@@ -274,34 +292,34 @@ def report(results: list[Result], strategies: list[str], repeats: int) -> None:
               if best != "local" else math.nan for task, best in zip(tasks, bests, strict=True)]
     holm_best = stats.holm(p_best)
     beaten = [p < 0.05 for p in holm_best]
-    print("\nHolm-corrected p of D vs local (two-sided paired permutation), per task:")
+    print(f"\nHolm-corrected p of {mine} vs local (two-sided paired permutation), per task:")
     for i, task in enumerate(tasks):
         kind = (f"{bests[i]} beats local (Holm p {holm_best[i]:.3g})" if beaten[i]
                 else "no fixed strategy beats local significantly" if not_local[i]
                 else "local is the best fixed")
-        print(f"  {task:<20} p {p_local[i]:.3g}  Holm {holm[i]:.3g}  D-local "
+        print(f"  {task:<20} p {p_local[i]:.3g}  Holm {holm[i]:.3g}  {mine}-local "
               f"{d_minus_local[i]:+.4g}  ({kind})")
     print("\ndone-when lines:")
-    print(f"  D >= 0.8 of the best fixed on every task: {min(ratios) >= 0.8} "
+    print(f"  {mine} >= 0.8 of the best fixed on every task: {min(ratios) >= 0.8} "
           f"(min {min(ratios):.2f})")
     wins = [holm[i] < 0.05 and d_minus_local[i] > 0 for i in range(len(tasks))]
     for label, chosen in (("the best fixed mean is not local's", not_local),
                           ("a fixed strategy beats local (Holm p < 0.05)", beaten)):
         named = [t for t, c in zip(tasks, chosen, strict=True) if c]
         won = [t for t, c, w in zip(tasks, chosen, wins, strict=True) if c and w]
-        print(f"  where {label}: D beats local (Holm p < 0.05) on {len(won)} of "
+        print(f"  where {label}: {mine} beats local (Holm p < 0.05) on {len(won)} of "
               f"{len(named)}" + (f"; not on {', '.join(t for t in named if t not in won)}"
                                  if len(won) < len(named) else ""))
     worse = [t for i, t in enumerate(tasks)
              if not beaten[i] and holm[i] < 0.05 and d_minus_local[i] < 0]
-    print("  where no fixed strategy beats local: D significantly worse than local on "
+    print(f"  where no fixed strategy beats local: {mine} significantly worse than local on "
           + (", ".join(worse) if worse else "none"))
-    print(f"\nD's gain as a share of the best fixed strategy's: min {min(ratios):.2f}, "
+    print(f"\n{mine}'s gain as a share of the best fixed strategy's: min {min(ratios):.2f}, "
           f"median {statistics.median(ratios):.2f}")
     print("mean rank (1 = best): " + ", ".join(
         f"{s} {statistics.fmean(v):.2f}" for s, v in sorted(ranks.items(),
                                                                key=lambda kv: sum(kv[1]))))
-    print("D's trials per arm, over all repeats: " + "; ".join(
+    print(f"{mine}'s trials per arm, over all repeats: " + "; ".join(
         f"{t}: " + ", ".join(f"{a} {n}" for a, n in sorted(m.items(), key=lambda x: -x[1]))
         for t, m in arms.items()))
 
@@ -333,6 +351,36 @@ def save(path: Path | None, result: Result) -> None:
                                 "seconds": result.seconds, "arms": result.arms}) + "\n")
 
 
+def leads(results: list[Result], fixed: list[str], repeats: list[int]) -> dict[
+        tuple[str, int], str]:
+    """D+memory's lead per (task, repeat): portfolio.lead_from over the fixed strategies'
+    gains in the next repeat (the last repeat reads the first), one run of each."""
+    gain = {(r.cell.task, r.cell.strategy, r.cell.repeat): r.gain for r in results}
+    out = {}
+    for task in {r.cell.task for r in results}:
+        for i, repeat in enumerate(repeats):
+            other = repeats[(i + 1) % len(repeats)]
+            out[(task, repeat)] = portfolio.lead_from(
+                [(s, gain[(task, s, other)]) for s in fixed]) or ""
+    return out
+
+
+def run_cells(cells: list[Cell], cache: Path | None, rerun: set[str], trials: int,
+              workers: int) -> tuple[list[Result], int]:
+    """Every cell's result (from the cache, or run in the pool) and how many ran."""
+    cached = {c: r for c, r in load_cache(cache, trials).items() if c.strategy not in rerun}
+    todo = [c for c in cells if c not in cached]
+    results = [cached[c] for c in cells if c in cached]
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"  # read by the spawned workers' numpy: one core per cell
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) \
+            as pool:
+        for result in pool.map(run_cell, todo, chunksize=1):
+            save(cache, result)
+            results.append(result)
+    return results, len(todo)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -348,29 +396,32 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="JSON-lines file of finished cells")
     parser.add_argument("--rerun", default="", help="strategies to run again despite the "
                         "cache, e.g. D after a change to the portfolio")
+    parser.add_argument("--memory", action="store_true", help="also run D+memory: D led "
+                        "by the winner of the next repeat's fixed strategies")
     args = parser.parse_args()
-    fixed = [s for s in args.strategies.split(",") if s] or offline.names()
+    fixed = [s for s in args.strategies.split(",") if s] or list(offline.names())
     fixed = fixed if "local" in fixed else ["local", *fixed]  # D is tested against local
     strategies = [*fixed, PORTFOLIO]
-    cells = [Cell(t, s, r, args.trials) for t in args.tasks.split(",")
-             for r in range(args.first_repeat, args.first_repeat + args.repeats)
-             for s in strategies]
+    repeats = list(range(args.first_repeat, args.first_repeat + args.repeats))
+    tasks = args.tasks.split(",")
     rerun = set(filter(None, args.rerun.split(",")))
-    cached = {c: r for c, r in load_cache(args.cache, args.trials).items()
-              if c.strategy not in rerun}
-    todo = [c for c in cells if c not in cached]
     started = time.monotonic()
-    results = [cached[c] for c in cells if c in cached]
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = "1"  # read by the spawned workers' numpy: one core per cell
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) \
-            as pool:
-        for result in pool.map(run_cell, todo, chunksize=1):
-            save(args.cache, result)
-            results.append(result)
+    cells = [Cell(t, s, r, args.trials) for t in tasks for r in repeats for s in strategies]
+    results, ran = run_cells(cells, args.cache, rerun, args.trials, args.workers)
+    if args.memory:
+        lead = leads(results, fixed, repeats)
+        more = [Cell(t, LED, r, args.trials, lead[(t, r)]) for t in tasks for r in repeats]
+        led, also = run_cells(more, args.cache, rerun, args.trials, args.workers)
+        results, ran, cells = results + led, ran + also, cells + more
     report(results, strategies, args.repeats)
-    print(f"\n{len(todo)} runs of {args.trials} trials in {time.monotonic() - started:.0f} s "
-          f"with {args.workers} workers ({len(cells) - len(todo)} cells from the cache); "
+    if args.memory:
+        report(results, [*fixed, LED], args.repeats, LED)
+        print("D+memory's leads: " + "; ".join(
+            f"{t}: " + ", ".join(f"{a or 'none'} {n}" for a, n in sorted(Counter(
+                c.lead for c in cells if c.strategy == LED and c.task == t).items()))
+            for t in tasks))
+    print(f"\n{ran} runs of {args.trials} trials in {time.monotonic() - started:.0f} s "
+          f"with {args.workers} workers ({len(cells) - ran} cells from the cache); "
           f"cell seconds summed: {sum(r.seconds for r in results):.0f}")
 
 

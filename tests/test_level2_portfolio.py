@@ -34,12 +34,13 @@ class _Arm:
         return Proposal({"X": 0.5}, f"[{self.label}]")
 
 
-def _simulate(rates: dict[str, float], trials: int, seed: int) -> list[TrialRecord]:
-    """A run of `trials` proposals by the portfolio, where a trial of arm a is kept with
-    probability rates[a] (drawn by the simulation, independently of the portfolio). A
-    kept trial beats every earlier result and any other trial is the worst yet, so a
-    trial's reward (its rank) is exactly 1 or 0."""
-    proposer = PortfolioProposer({a: _Arm(a) for a in rates}, seed)
+def _simulate(rates: dict[str, float], trials: int, seed: int,
+              lead: str | None = None) -> list[TrialRecord]:
+    """A run of `trials` proposals by the portfolio (led by `lead`), where a trial of arm
+    a is kept with probability rates[a] (drawn by the simulation, independently of the
+    portfolio). A kept trial beats every earlier result and any other trial is the worst
+    yet, so a trial's reward (its rank) is exactly 1 or 0."""
+    proposer = PortfolioProposer({a: _Arm(a) for a in rates}, seed, lead)
     outcome = random.Random(f"outcome:{seed}")
     history = [TrialRecord("run-1", 0, True, 1, "baseline", {}, status=TrialStatus.KEEP,
                            val_bpb=0.0)]
@@ -118,14 +119,17 @@ def test_an_arm_that_never_pays_falls_to_the_floor_and_is_retired(seed: int) -> 
                for t in history if t.arm == "noop")
 
 
-def test_inverse_propensity_credit_is_unbiased_under_the_adaptive_allocation() -> None:
+@pytest.mark.parametrize("lead", [None, "a"])
+def test_inverse_propensity_credit_is_unbiased_under_the_adaptive_allocation(
+        lead: str | None) -> None:
     """Each arm's IPW mean reward, averaged over many simulated runs, is its true keep
     rate (reward 1 for a keep, 0 otherwise here), although the allocation gave the arms
-    very different numbers of trials."""
+    very different numbers of trials; also when memory's lead (here the worst arm) takes
+    most of them."""
     rates = {"a": 0.1, "b": 0.3, "c": 0.6}
     estimates: dict[str, list[float]] = {a: [] for a in rates}
     for seed in range(150):
-        pulls = _pulls(_simulate(rates, 40, seed))
+        pulls = _pulls(_simulate(rates, 40, seed, lead))
         for arm in rates:
             estimates[arm].append(portfolio.ipw_reward(pulls, arm).reward)
     for arm, rate in rates.items():
@@ -154,8 +158,45 @@ def test_trials_a_mechanism_replaced_or_that_no_draw_made_get_no_arm_credit() ->
 
 
 def test_a_run_with_no_finished_trial_draws_its_arms_about_uniformly() -> None:
-    """No prior from earlier runs (one measured to make second runs worse, README): the
-    first draw of every run treats the arms alike."""
+    """No prior from earlier portfolio runs (one measured to make second runs worse,
+    README): without a lead, the first draw of every run treats the arms alike."""
     fresh = PortfolioProposer({a: _Arm(a) for a in ("local", "tpe", "sobol")}, 9)
     even = fresh.allocation(ProposerContext(1, {"X": 0.1}, SPACE, ()))
     assert max(even.values()) - min(even.values()) < 0.1
+
+
+def test_a_lead_takes_its_share_of_every_draw_and_the_rest_follows_the_evidence() -> None:
+    """Memory's lead (the winner of earlier single-strategy runs) gets LEAD_SHARE on top
+    of its own share, from the first trial on; the allocation stays a distribution with
+    every arm above 0, and an arm that pays still gains on the others."""
+    rates = {"local": 0.0, "tpe": 0.0, "sobol": 0.7}
+    history = _simulate(rates, 30, seed=4, lead="local")
+    drawn = [t for t in history if t.arm]
+    for t in drawn:
+        if t.arm == "local":
+            assert t.arm_probability is not None and t.arm_probability >= portfolio.LEAD_SHARE
+        else:
+            assert t.arm_probability is not None and \
+                0 < t.arm_probability <= 1 - portfolio.LEAD_SHARE
+    assert sum(t.arm == "local" for t in drawn) >= 18  # about 3/4 of the 30
+    late = PortfolioProposer({a: _Arm(a) for a in rates}, 4, "local").allocation(
+        ProposerContext(31, {"X": 0.1}, SPACE, tuple(history)))
+    assert abs(sum(late.values()) - 1) < 1e-9 and min(late.values()) > 0
+    assert late["sobol"] > late["tpe"]  # the arm that pays, among those memory did not lead
+    with pytest.raises(ValueError, match="not an arm"):
+        PortfolioProposer({"local": _Arm("local")}, 1, "tpe")
+
+
+def test_the_lead_is_the_best_mean_gain_over_each_strategys_newest_runs() -> None:
+    newest_first = [("tpe", 0.3), ("local", 0.1), ("tpe", 0.2), ("random_search", -0.1)]
+    assert portfolio.lead_from(newest_first) == "tpe"
+    # Only the newest LEAD_RUNS of a strategy count: local's old wins are forgotten.
+    stale = [("local", 0.1)] * portfolio.LEAD_RUNS + [("tpe", 0.2)] + \
+        [("local", 9.0)] * 5
+    assert portfolio.lead_from(stale) == "tpe"
+    # One strategy says nothing of which wins; a winner that gained nothing leads nothing.
+    assert portfolio.lead_from([("local", 0.5), ("local", 0.4)]) is None
+    assert portfolio.lead_from([("local", 0.0), ("tpe", -0.2)]) is None
+    assert portfolio.lead_from([("local", float("nan")), ("tpe", 0.1), ("local", 0.05)]) \
+        == "tpe"
+    assert portfolio.lead_from([]) is None

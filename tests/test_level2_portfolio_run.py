@@ -1,7 +1,8 @@
 """Level 2's portfolio in a real run: a controller on a socket, the surrogate task in
 sandboxes on the real engine. Every trial after the baseline records the arm that
 proposed it and that arm's probability, over the API and in the store; the summary
-reports the allocation; and `--portfolio none` runs Level 2 without one."""
+reports the allocation; `--portfolio none` runs Level 2 without one; and a second run
+starts with the strategy that won the task's earlier runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
+from controller.research.level2 import portfolio
 from controller.research.settings import PORTFOLIO_ARMS
 from tests.test_api_harness import Stubs, serving, surrogate_run, wait_for_engine
 
@@ -68,3 +70,42 @@ def test_a_portfolio_arm_that_is_not_an_offline_proposer_is_refused_naming_the_f
                                  timeout=30)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "outer.portfolio_arms" in field_violations(info.value)
+
+
+def test_a_second_run_starts_with_the_strategy_that_won_the_first(
+        tmp_path: Path, sandbox_image: str) -> None:
+    """Runs of one strategy each leave what they gained in memory; the next Level 2 run
+    of the task gives the winner LEAD_SHARE of every draw and says so; a run with
+    no_memory (an ablation's arm) is not led."""
+    with serving(tmp_path, sandbox_image) as server:
+        stubs = Stubs(server.address)
+        wait_for_engine(stubs)
+        gains = {}
+        for name, kind in (("local", rpb.PROPOSER_KIND_LOCAL),
+                           ("random_search", rpb.PROPOSER_KIND_RANDOM_SEARCH)):
+            request = surrogate_run(trials=6, seed=3)
+            request.search.final_seeds = 0  # the gain recorded is the in-run one
+            request.proposer.CopyFrom(rpb.ProposerSettings(kind=kind))
+            run = stubs.runs.CreateRun(request, timeout=30)
+            _finished(stubs, run.id)
+            done = stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id))
+            assert done.state == rpb.RUN_STATE_SUCCEEDED, done.stop_reason
+            gains[name] = done.baseline_val_bpb - done.best_val_bpb
+        winner = max(gains, key=gains.__getitem__)
+        assert gains[winner] > 0, gains  # seed 3: local improves the surrogate in 6 trials
+
+        led = stubs.runs.CreateRun(_level2(8), timeout=30)
+        drawn = [f for f in _finished(stubs, led.id) if f.arm]
+        summary = stubs.runs.GetRun(rpb.GetRunRequest(run_id=led.id)).summary
+        assert f"led by {winner}" in summary, summary
+        for f in drawn:
+            if f.arm == winner:
+                assert f.arm_probability >= portfolio.LEAD_SHARE, f
+            else:
+                assert f.arm_probability <= 1 - portfolio.LEAD_SHARE, f
+
+        free = _level2(2)
+        free.proposer.no_memory = True
+        run = stubs.runs.CreateRun(free, timeout=30)
+        _finished(stubs, run.id)
+        assert "led by" not in stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id)).summary

@@ -1,4 +1,6 @@
-"""MemoryService: list and clear the lessons runs leave for later runs on a task.
+"""MemoryService: list and clear the lessons runs leave for later runs on a task (a
+clear also forgets the task's strategy results, from which Level 2's portfolio takes its
+lead).
 
 A principal lists the lessons its runs learn from: its own, or everyone's when the
 operator shares memory (memory.shared); an admin lists all. It clears its own only (an

@@ -103,7 +103,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     llm.add_argument("--replay", metavar="RUN", default="",
                      help="re-run RUN with its stored LLM answers (same settings)")
     llm.add_argument("--no-memory", action="store_true",
-                     help="leave lessons of earlier runs out of the prompts")
+                     help="read and write no memory of the task's runs: no lessons in "
+                     "the prompts, no lead for Level 2's portfolio")
     llm.add_argument("--max-llm-tokens", type=int, default=0, help="run budget (0: none)")
     llm.add_argument("--max-llm-cost", type=float, default=0.0,
                      help="run budget in USD, estimated (0: none)")

@@ -31,6 +31,7 @@ from controller.research.errors import CapacityError, StateConflict
 from controller.research.level1.loop import InnerLoop, StopSignal
 from controller.research.level1.run_proposer import build_proposer, build_run_provider
 from controller.research.level1.space import ProposalError
+from controller.research.level2 import portfolio
 from controller.research.outer import attach_outer_levels
 from controller.research.run_quotas import RunQuotas
 from controller.research.settings import RunSettings
@@ -236,9 +237,14 @@ class RunManager:
         memory = MemoryStore(self.store)
         # Whose lessons and mechanism verdicts the run learns from (None: everyone's).
         memory_owner = None if self.config.shared_memory else owner
+        lead = None  # the portfolio starts with the strategy that won earlier runs
+        if settings.proposer.use_memory and settings.outer.portfolio_arms(
+                settings.proposer.kind):
+            lead = portfolio.lead_from([(r.strategy, r.gain) for r in memory.strategy_results(
+                memory_key(task), owner=memory_owner)])
         try:
             proposer = build_proposer(run_id, settings, task, self.store, llm, stop.event,
-                                      claim)
+                                      claim, lead)
         except LLMConfigError as exc:
             raise FieldError("llm.provider", str(exc)) from None
         lessons = [m.text for m in memory.list(memory_key(task), MEMORY_IN_PROMPT,

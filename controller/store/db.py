@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS llm_capabilities (
     PRIMARY KEY (base_url, model)
 );
 """
-# Lessons kept for later runs (store/memory.py).
+# Lessons kept for later runs, and what each search strategy gained in a run of one
+# strategy (store/memory.py).
 LESSONS = """
 CREATE TABLE IF NOT EXISTS lessons (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -108,6 +109,17 @@ CREATE TABLE IF NOT EXISTS lessons (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS lessons_by_task ON lessons (task, id);
+CREATE TABLE IF NOT EXISTS strategy_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    trials INTEGER NOT NULL,
+    gain REAL NOT NULL,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS strategy_results_by_task ON strategy_results (task, id);
 """
 # Mechanism hook calls, the mechanisms a run tried, the outer levels' state
 # (store/mechanisms.py).

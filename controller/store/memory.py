@@ -1,6 +1,9 @@
-"""Lessons distilled from finished runs, per task, offered to proposers of later runs.
-Only prompts read them: the sandbox and the evaluator never do. Each lesson belongs to
-the principal whose run it came from (lessons made before principals: "shared")."""
+"""What later runs of a task learn from finished ones: lessons distilled from their
+trials, offered to LLM proposers' prompts, and what each search strategy gained in a
+run that used it alone, from which Level 2's portfolio takes its lead (a second run
+starts with the strategy that won the first). Only the controller reads them: the
+sandbox and the evaluator never do. Each record belongs to the principal whose run it
+came from (lessons made before principals: "shared")."""
 
 from __future__ import annotations
 
@@ -24,6 +27,20 @@ class Lesson:
     owner: str = ""  # the principal whose run it came from (set when stored)
 
 
+@dataclass(frozen=True)
+class StrategyResult:
+    """One finished run that searched with one strategy alone (no portfolio): what it
+    gained, baseline loss minus best loss (on the final check's fresh seeds when it ran
+    one; positive: better)."""
+
+    task: str
+    run_id: str
+    strategy: str
+    trials: int  # the run's trials, its baseline included
+    gain: float
+    owner: str = ""
+
+
 class MemoryStore:
     def __init__(self, store: Database) -> None:
         self.store = store
@@ -39,6 +56,23 @@ class MemoryStore:
                               (lesson.task, lesson.run_id, lesson.kind, lesson.text,
                                lesson.delta, now, owner))
 
+    def add_strategy_result(self, result: StrategyResult) -> None:
+        with self.store.transaction() as tx:
+            tx.db.execute("INSERT INTO strategy_results (task, run_id, strategy, trials, "
+                          "gain, owner, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (result.task, result.run_id, result.strategy, result.trials,
+                           result.gain, result.owner, time.time()))
+
+    def strategy_results(self, task: str, owner: str | None = None,
+                         limit: int = 1000) -> list[StrategyResult]:
+        """Newest first; of one task and one owner (None: every owner)."""
+        where, args = _where(task, owner)
+        rows = self.store.query(f"SELECT * FROM strategy_results{where} ORDER BY id DESC "
+                                "LIMIT ?", (*args, limit))
+        return [StrategyResult(task=r["task"], run_id=r["run_id"], strategy=r["strategy"],
+                               trials=r["trials"], gain=r["gain"], owner=r["owner"])
+                for r in rows]
+
     def list(self, task: str | None = None, limit: int = 1000,
              owner: str | None = None) -> list[Lesson]:
         """Newest first; of one task (None: all) and one owner (None: every owner)."""
@@ -50,10 +84,11 @@ class MemoryStore:
                        owner=r["owner"]) for r in rows]
 
     def clear(self, task: str | None = None, owner: str | None = None) -> int:
-        """Delete lessons of one task (None: all) and one owner (None: every owner);
-        returns how many."""
+        """Delete lessons and strategy results of one task (None: all) and one owner
+        (None: every owner); returns how many lessons."""
         where, args = _where(task, owner)
         with self.store.transaction() as tx:
+            tx.db.execute(f"DELETE FROM strategy_results{where}", args)
             return int(tx.db.execute(f"DELETE FROM lessons{where}", args).rowcount)
 
 

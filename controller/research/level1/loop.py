@@ -57,7 +57,7 @@ from controller.research.task import (
 from controller.research.tasks.knob_document import editable_path
 from controller.store.artifacts import ArtifactStore
 from controller.store.llm_calls import CallLog
-from controller.store.memory import MemoryStore
+from controller.store.memory import MemoryStore, StrategyResult
 from controller.store.records import (
     EventKind,
     NotFoundError,
@@ -476,7 +476,22 @@ class InnerLoop:
                               self.store.trials(self.run_id), objective)
             self.memory.add(lessons, run.owner)
             log.info("lessons stored", count=len(lessons), task=memory_key(self.task))
+            self._remember_strategy(run, check)
         log.info("run finished", state=state.value, summary=summary)
+
+    def _remember_strategy(self, run: RunRecord, check: FinalCheck | None) -> None:
+        """What this run's one search strategy gained, for Level 2's portfolio in later
+        runs of the task (its lead). A portfolio's run is not a record of one strategy."""
+        kind = self.settings.proposer.kind
+        if self.memory is None or self.settings.outer.portfolio_arms(kind) or \
+                run.baseline_val_bpb is None or run.best_val_bpb is None:
+            return
+        if check is not None:  # fresh seeds; a best that crashed on one gained nothing
+            gain = 0.0 if check.crashed else -check.delta
+        else:
+            gain = run.baseline_val_bpb - run.best_val_bpb
+        self.memory.add_strategy_result(StrategyResult(
+            memory_key(self.task), self.run_id, kind, run.trials_done, gain, run.owner))
 
     def _final_check(self, run: RunRecord) -> FinalCheck | None:
         """Best and baseline re-run on fresh paired seeds (final_check.py), stored as the

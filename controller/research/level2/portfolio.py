@@ -49,6 +49,8 @@ FLOOR = 0.02  # each arm's least probability (less when there are many arms)
 MAX_WEIGHT = 4.0  # observations one pull may count as (variance matching)
 RETIRE_AFTER = 3  # pulls before an arm can be retired
 RETIRE_QUANTILE = 0.9  # ... when this quantile of its reward is below the leader's mean
+LEAD_SHARE = 0.75  # the draws reserved for the strategy that won earlier runs of the task
+LEAD_RUNS = 5  # the newest single-strategy runs per strategy the lead is taken from
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,35 @@ def allocation(posts: Sequence[ArmPosterior], rng: np.random.Generator) -> dict[
     share = share / share.sum()
     return {p.arm: floor + (1.0 - floor * len(posts)) * float(s)
             for p, s in zip(posts, share, strict=True)}
+
+
+def lead_from(results: Sequence[tuple[str, float]]) -> str | None:
+    """The strategy with the highest mean gain over its newest LEAD_RUNS runs, from
+    (strategy, gain) of the task's earlier single-strategy runs, newest first. None
+    unless at least two strategies have runs and the winner gained: one strategy's
+    record says nothing of which wins. Runs of the portfolio are not in `results`: which
+    arm did well there depends on how the portfolio allocated (it gave most trials to
+    local search on every task of bench/portfolio_suite.py)."""
+    gains: dict[str, list[float]] = {}
+    for strategy, gain in results:
+        if len(mine := gains.setdefault(strategy, [])) < LEAD_RUNS and math.isfinite(gain):
+            mine.append(gain)
+    means = {s: sum(g) / len(g) for s, g in gains.items() if g}
+    if len(means) < 2:
+        return None
+    best = max(sorted(means), key=means.__getitem__)
+    return best if means[best] > 0 else None
+
+
+def led(probabilities: Mapping[str, float], lead: str | None) -> dict[str, float]:
+    """`probabilities` with LEAD_SHARE of the mass moved to `lead`, the strategy that won
+    the task's earlier single-strategy runs (memory), so a second run starts with what won
+    the first; the rest still follows this run's evidence. Still a known probability per
+    arm, so inverse-propensity credit stays unbiased. No lead (None): unchanged."""
+    if lead is None or lead not in probabilities:
+        return dict(probabilities)
+    return {arm: (1.0 - LEAD_SHARE) * p + (LEAD_SHARE if arm == lead else 0.0)
+            for arm, p in probabilities.items()}
 
 
 def retired(posts: Sequence[ArmPosterior]) -> set[str]:

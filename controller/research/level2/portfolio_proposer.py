@@ -55,12 +55,17 @@ class PortfolioProposer:
 
     tag = "portfolio"
 
-    def __init__(self, arms: Mapping[str, Proposer], seed: int) -> None:
+    def __init__(self, arms: Mapping[str, Proposer], seed: int,
+                 lead: str | None = None) -> None:
         if not arms:
             raise ValueError("a portfolio needs at least one arm")
+        if lead is not None and lead not in arms:
+            raise ValueError(f"the lead {lead!r} is not an arm")
         self.arms = dict(arms)
         self.seed = seed
-        self.label = "portfolio of " + ", ".join(self.arms)
+        self.lead = lead  # the strategy that won the task's earlier runs (memory), if any
+        self.label = "portfolio of " + ", ".join(self.arms) + (
+            f", led by {lead} (memory)" if lead else "")
         # A crashed trial is fixed by an arm that can (the LLM), outside the draw.
         self._fixer = next((n for n, p in self.arms.items() if p.fixes_crashes), None)
         self.fixes_crashes = self._fixer is not None
@@ -69,7 +74,8 @@ class PortfolioProposer:
     def allocation(self, ctx: ProposerContext) -> dict[str, float]:
         """The probability each arm has of proposing trial `ctx.trial_index`."""
         posts = portfolio.posteriors(list(self.arms), pulls_of(ctx.history))
-        return portfolio.allocation(posts, self._rng(ctx, "allocation"))
+        return portfolio.led(portfolio.allocation(posts, self._rng(ctx, "allocation")),
+                             self.lead)
 
     def propose(self, ctx: ProposerContext) -> Proposal:
         if ctx.crash is not None and self._fixer is not None:
@@ -95,8 +101,8 @@ class PortfolioProposer:
         if not pulls:
             return ""
         posts = portfolio.posteriors(list(self.arms), pulls)
-        nxt = portfolio.allocation(posts, portfolio.seeded("portfolio", "report", self.seed,
-                                                           len(pulls)))
+        nxt = portfolio.led(portfolio.allocation(posts, portfolio.seeded(
+            "portfolio", "report", self.seed, len(pulls))), self.lead)
         out = portfolio.retired(posts)
         parts = []
         for arm in sorted(self.arms, key=lambda a: -nxt[a]):
@@ -104,4 +110,5 @@ class PortfolioProposer:
             state = f"next p {nxt[arm]:.2f}" + (", retired" if arm in out else "")
             parts.append(f"{arm} {c.pulls} trials/{c.kept} kept (IPW mean rank "
                          f"{c.reward:.2f} ± {c.stderr:.2f}; {state})")
-        return "portfolio: " + ", ".join(parts)
+        led = f" (led by {self.lead}, the winner of earlier runs)" if self.lead else ""
+        return f"portfolio{led}: " + ", ".join(parts)
