@@ -5,6 +5,7 @@ allocated); records are per task and owner, and clearing a task's memory clears 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,11 @@ def test_strategy_results_are_per_task_and_owner_and_cleared_with_the_lessons(
     memory.add_strategy_result(StrategyResult("surrogate", "r1", "local", 30, 0.01, "alice"))
     memory.add_strategy_result(StrategyResult("surrogate", "r2", "tpe", 30, 0.0, "alice"))
     memory.add_strategy_result(StrategyResult("blobs", "r3", "tpe", 30, 0.8, "alice"))
+    between = time.time()
     memory.add_strategy_result(StrategyResult("surrogate", "r4", "tpe", 30, 0.5, "bob"))
+    # A resumed run reads the records made before it started, not one made since.
+    assert [r.run_id for r in memory.strategy_results("surrogate", before=between)] == \
+        ["r2", "r1"]
     assert [r.run_id for r in memory.strategy_results("surrogate", owner="alice")] == \
         ["r2", "r1"]  # newest first
     assert [r.run_id for r in memory.strategy_results("surrogate")] == ["r4", "r2", "r1"]

@@ -240,8 +240,11 @@ class RunManager:
         lead = None  # the portfolio starts with the strategy that won earlier runs
         if settings.proposer.use_memory and settings.outer.portfolio_arms(
                 settings.proposer.kind):
-            lead = portfolio.lead_from([(r.strategy, r.gain) for r in memory.strategy_results(
-                memory_key(task), owner=memory_owner)])
+            earlier = memory.strategy_results(memory_key(task), owner=memory_owner,
+                                              before=self.store.get_run(run_id).created_at)
+            lead = portfolio.lead_from([(r.strategy, r.gain) for r in earlier])
+            log.info("portfolio lead from memory", run_id=run_id, lead=lead,
+                     runs=len(earlier))
         try:
             proposer = build_proposer(run_id, settings, task, self.store, llm, stop.event,
                                       claim, lead)

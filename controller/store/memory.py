@@ -64,9 +64,14 @@ class MemoryStore:
                            result.gain, result.owner, time.time()))
 
     def strategy_results(self, task: str, owner: str | None = None,
+                         before: float | None = None,
                          limit: int = 1000) -> list[StrategyResult]:
-        """Newest first; of one task and one owner (None: every owner)."""
+        """Newest first; of one task and one owner (None: every owner), recorded before
+        time `before` (None: any time), so a resumed run reads what it started with."""
         where, args = _where(task, owner)
+        if before is not None:
+            where = f"{where} AND created_at < ?" if where else " WHERE created_at < ?"
+            args = (*args, before)
         rows = self.store.query(f"SELECT * FROM strategy_results{where} ORDER BY id DESC "
                                 "LIMIT ?", (*args, limit))
         return [StrategyResult(task=r["task"], run_id=r["run_id"], strategy=r["strategy"],
@@ -92,7 +97,7 @@ class MemoryStore:
             return int(tx.db.execute(f"DELETE FROM lessons{where}", args).rowcount)
 
 
-def _where(task: str | None, owner: str | None) -> tuple[str, tuple[str, ...]]:
+def _where(task: str | None, owner: str | None) -> tuple[str, tuple[str | float, ...]]:
     terms = [(column, value) for column, value in (("task", task), ("owner", owner))
              if value]
     if not terms:
