@@ -1,7 +1,8 @@
 """What an ablation asks the controller for, checked through the API's own conversion
 (convert.run_settings, the path CreateRun takes): the surrogate scored in-process, no
 per-run end-of-run check, the Level-1.5/2 cadence, a Level-2 prior only for arms with
-Level 2, no memory, and a prior taken from an earlier ablation's Level-2 runs only."""
+Level 2, no memory, a prior taken from an earlier ablation's Level-2 runs only, and a
+portfolio lead from its fixed-strategy arms' fresh-seed gains."""
 
 from __future__ import annotations
 
@@ -60,6 +61,41 @@ def test_a_prior_is_the_earlier_ablations_finished_level2_runs() -> None:
     earlier.cells = {"A/0": Cell("run-a0", "succeeded")}
     with pytest.raises(ValueError, match="no finished run with Level 2"):
         ablation.prior_runs(earlier)
+
+
+def test_a_portfolio_lead_is_the_earlier_ablations_best_fixed_strategy_on_fresh_seeds() \
+        -> None:
+    earlier = _spec()
+    arms, _ = ablation.catalogue(False, earlier.schedule_batch)
+    earlier.arms = [arms[n] for n in ("A", "D", "tpe", "random_search")]
+    base = {f"baseline/{r}": Cell("run-b", "succeeded", value=1.0) for r in range(3)}
+    # tpe gains most on average (0.3, 0.1, 0.2); D, a portfolio, gains more but is no
+    # single strategy; random_search wins one repeat.
+    values = {"A": (0.95, 0.9, 0.95), "D": (0.1, 0.1, 0.1), "tpe": (0.7, 0.9, 0.8),
+              "random_search": (0.6, 1.2, 1.1)}
+    earlier.reeval = {**base, **{f"{a}/{r}": Cell("run-x", "succeeded", value=v)
+                                 for a, vs in values.items() for r, v in enumerate(vs)}}
+    assert ablation.portfolio_lead(earlier) == "tpe"
+    spec = _spec(portfolio_lead="tpe")
+    for arm in spec.arms:
+        settings = convert.run_settings(ablation.run_request(spec, arm, 0))
+        settings.validate()
+        # Only an arm with Level 2's portfolio is led; memory stays off for every arm.
+        assert settings.outer.portfolio_lead == ("tpe" if arm.name == "D" else "")
+        assert not settings.proposer.use_memory
+    # An ablation without two fixed strategies that gained names no lead.
+    earlier.arms = [arms[n] for n in ("D", "tpe")]
+    assert ablation.portfolio_lead(earlier) == ""
+
+
+def test_a_portfolio_lead_must_be_an_offline_proposer_of_a_portfolio() -> None:
+    for outer in (OuterSettings(levels=("1", "2"), portfolio_lead="gradient_descent"),
+                  OuterSettings(levels=("1",), portfolio_lead="tpe"),
+                  OuterSettings(levels=("1", "2"), portfolio=(), portfolio_lead="tpe")):
+        with pytest.raises(FieldError) as info:
+            outer.validate("local")
+        assert info.value.field == "outer.portfolio_lead"
+    OuterSettings(levels=("1", "2"), portfolio_lead="cmaes").validate("local")
 
 
 def test_bad_prior_run_ids_are_refused_naming_the_field() -> None:

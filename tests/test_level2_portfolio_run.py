@@ -57,7 +57,7 @@ def test_each_trial_records_its_arm_and_probability_and_the_summary_reports_them
         assert "portfolio" not in stubs.runs.GetRun(rpb.GetRunRequest(run_id=off.id)).summary
 
 
-def test_a_portfolio_arm_that_is_not_an_offline_proposer_is_refused_naming_the_field(
+def test_a_portfolio_arm_or_lead_that_is_not_an_offline_proposer_is_refused_naming_the_field(
         tmp_path: Path) -> None:
     import grpc
 
@@ -70,6 +70,10 @@ def test_a_portfolio_arm_that_is_not_an_offline_proposer_is_refused_naming_the_f
                                  timeout=30)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "outer.portfolio_arms" in field_violations(info.value)
+        with pytest.raises(grpc.RpcError) as info:
+            stubs.runs.CreateRun(_level2(3, portfolio_lead="gradient_descent"), timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "outer.portfolio_lead" in field_violations(info.value)
 
 
 def test_a_second_run_starts_with_the_strategy_that_won_the_first(
@@ -97,7 +101,7 @@ def test_a_second_run_starts_with_the_strategy_that_won_the_first(
         led = stubs.runs.CreateRun(_level2(8), timeout=30)
         drawn = [f for f in _finished(stubs, led.id) if f.arm]
         summary = stubs.runs.GetRun(rpb.GetRunRequest(run_id=led.id)).summary
-        assert f"led by {winner}" in summary, summary
+        assert f"led by {winner}: the winner of earlier runs" in summary, summary
         for f in drawn:
             if f.arm == winner:
                 assert f.arm_probability >= portfolio.LEAD_SHARE, f
@@ -109,3 +113,14 @@ def test_a_second_run_starts_with_the_strategy_that_won_the_first(
         run = stubs.runs.CreateRun(free, timeout=30)
         _finished(stubs, run.id)
         assert "led by" not in stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id)).summary
+
+        # A lead the request names (an ablation's, from its earlier fixed arms) leads
+        # without memory, and joins the arms when it is not among them.
+        named = _level2(4, portfolio_lead="cmaes")
+        named.proposer.no_memory = True
+        run = stubs.runs.CreateRun(named, timeout=30)
+        drawn = [f for f in _finished(stubs, run.id) if f.arm]
+        summary = stubs.runs.GetRun(rpb.GetRunRequest(run_id=run.id)).summary
+        assert "led by cmaes: named by the request" in summary and "cmaes " in summary, summary
+        assert all((f.arm_probability >= portfolio.LEAD_SHARE) == (f.arm == "cmaes")
+                   for f in drawn), drawn

@@ -32,6 +32,7 @@ from google.protobuf import json_format
 from controller.api import enums
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.research.level1 import offline
+from controller.research.level2 import portfolio
 from controller.research.tasks.manifest import load_task_dir
 from controller.store import task_bundle
 
@@ -127,6 +128,8 @@ class AblationSpec:
     # ablation's, `l2_prior`), never from this ablation's own repeats.
     l2_prior: str = ""
     prior_runs: list[str] = field(default_factory=list)
+    # ... and its portfolio is led by the winner of that ablation's fixed strategies.
+    portfolio_lead: str = ""
     arms: list[Arm] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     cells: dict[str, Cell] = field(default_factory=dict)  # "A/3" -> run
@@ -237,6 +240,22 @@ def _task(spec: AblationSpec, source: str | None = None) -> rpb.TaskSpec:
     return rpb.TaskSpec(task_files=files)
 
 
+def portfolio_lead(earlier: AblationSpec) -> str:
+    """The offline strategy whose arm of an earlier ablation gained most on fresh seeds,
+    over every repeat (portfolio.lead_from): the lead a later ablation's portfolio arms
+    take; "" when fewer than two such arms have re-evaluated repeats or none gained."""
+    fixed = {a.name: a.proposer for a in earlier.arms if a.levels == ("1",)
+             and not a.mechanisms and a.proposer in offline.names()}
+    gains = []
+    for key, cell in earlier.reeval.items():
+        arm, _, repeat = key.rpartition("/")
+        base = earlier.reeval.get(f"baseline/{repeat}")
+        if arm in fixed and cell.value is not None and base is not None and \
+                base.value is not None:
+            gains.append((fixed[arm], base.value - cell.value))
+    return portfolio.lead_from(gains, per_strategy=len(gains)) or ""
+
+
 def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunRequest:
     """The CreateRun request of one cell. Raises ArmUnavailable."""
     if arm.proposer == "llm" and spec.llm is None:
@@ -270,6 +289,8 @@ def run_request(spec: AblationSpec, arm: Arm, repeat: int) -> rpb.CreateRunReque
                             ("l2WindowTrials", spec.l2_window)) if value}}
         if spec.prior_runs and "2" in arm.levels:
             raw["outer"]["libraryPriorRuns"] = list(spec.prior_runs)
+        if spec.portfolio_lead and "2" in arm.levels:
+            raw["outer"]["portfolioLead"] = spec.portfolio_lead
     try:
         request = rpb.CreateRunRequest()
         json_format.ParseDict(raw, request)

@@ -202,7 +202,8 @@ def outer_settings(o: rpb.OuterSettings) -> OuterSettings:
         mechanisms=tuple(InitialMechanism(m.name, m.source) for m in o.mechanisms),
         explore_domains=tuple(o.explore_domains),
         library_prior_runs=tuple(o.library_prior_runs),
-        portfolio=() if o.no_portfolio else (tuple(o.portfolio_arms) or None))
+        portfolio=() if o.no_portfolio else (tuple(o.portfolio_arms) or None),
+        portfolio_lead=o.portfolio_lead)
 
 
 def _min_improvement(search: rpb.SearchSettings) -> float:
@@ -270,7 +271,8 @@ def create_request(settings: RunSettings) -> rpb.CreateRunRequest:
             explore_domains=settings.outer.explore_domains,
             library_prior_runs=settings.outer.library_prior_runs,
             portfolio_arms=settings.outer.portfolio or (),
-            no_portfolio=settings.outer.portfolio == ()))
+            no_portfolio=settings.outer.portfolio == (),
+            portfolio_lead=settings.outer.portfolio_lead))
 
 
 def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
@@ -310,7 +312,7 @@ def echo_request(settings: RunSettings) -> rpb.CreateRunRequest:
     if "2" not in outer.levels:
         for name in ("mechanism_source", "l2_every_trials", "l2_window_trials",
                      "max_l2_rounds", "explore_domains", "library_prior_runs",
-                     "portfolio_arms", "no_portfolio"):
+                     "portfolio_arms", "no_portfolio", "portfolio_lead"):
             out.outer.ClearField(name)
     return out
 

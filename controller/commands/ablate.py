@@ -57,8 +57,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="trials each Level-2 candidate is judged over (0: --l2-every)")
     cmd.add_argument("--l2-prior", metavar="ID", default="",
                      help="offline Level 2 learns which built-ins help from the verdicts of "
-                          "ablation ID's runs (never from this ablation's own repeats, "
-                          "which stay independent); default: from none")
+                          "ablation ID's runs, and its portfolio is led by the fixed "
+                          "strategy that gained most there (never from this ablation's own "
+                          "repeats, which stay independent); default: from none")
     cmd.add_argument("--sandboxed", action="store_true",
                      help="surrogate: also run every trial's train.py as a sandbox job (by "
                           "default the controller scores the knobs in-process, which is "
@@ -113,9 +114,19 @@ def _new_spec(args: argparse.Namespace, state_dir: Path) -> AblationSpec:
                         created_at=time.time())
     if args.l2_prior:
         spec.l2_prior = args.l2_prior
-        spec.prior_runs = ablation.prior_runs(ablation.load(state_dir, args.l2_prior))
-        _say(f"Level 2 learns from the verdicts of {len(spec.prior_runs)} run(s) of "
-             f"ablation {args.l2_prior}")
+        earlier = ablation.load(state_dir, args.l2_prior)
+        spec.portfolio_lead = ablation.portfolio_lead(earlier)
+        try:
+            spec.prior_runs = ablation.prior_runs(earlier)
+        except ValueError:
+            if not spec.portfolio_lead:  # nothing at all to learn from
+                raise
+        if spec.prior_runs:
+            _say(f"Level 2 learns from the verdicts of {len(spec.prior_runs)} run(s) of "
+                 f"ablation {args.l2_prior}")
+        if spec.portfolio_lead:
+            _say(f"Level 2's portfolio is led by {spec.portfolio_lead}, the fixed strategy "
+                 f"that gained most in ablation {args.l2_prior}")
     plan(spec, [a.strip() for a in args.arms.split(",") if a.strip()], llm is not None, _say)
     return spec
 

@@ -130,6 +130,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     outer.add_argument("--l2-every", type=int, default=10, help="trials between L2 rounds")
     outer.add_argument("--l2-window", type=int, default=0,
                        help="trials a new mechanism is scored over (0: --l2-every)")
+    outer.add_argument("--portfolio-lead", default="", metavar="NAME",
+                       help="the portfolio arm that takes 3/4 of every draw (default: the "
+                            "strategy that won this task's earlier single-strategy runs)")
     outer.add_argument("--portfolio", default="", metavar="NAME,...|none",
                        help="Level 2's portfolio: the search strategies besides the run's "
                             "proposer that trials are allocated among by what they gain "
@@ -186,7 +189,7 @@ def run_request(args: argparse.Namespace) -> rpb.CreateRunRequest:
             explore_domains=args.explore_domain,
             portfolio_arms=[a.strip() for a in args.portfolio.split(",")
                             if a.strip() and args.portfolio != "none"],
-            no_portfolio=args.portfolio == "none"))
+            no_portfolio=args.portfolio == "none", portfolio_lead=args.portfolio_lead))
 
 
 def task_of(args: argparse.Namespace) -> tuple[str, dict[str, bytes]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -226,7 +227,9 @@ class RunManager:
                                  f"(built-ins: {', '.join(library.names())}); pass a file")
         return task
 
-    def _loop(self, run_id: str, settings: RunSettings, task: Task, owner: str) -> InnerLoop:
+    def _loop(self, run_id: str, settings: RunSettings, task: Task, owner: str,
+              created_at: float | None = None) -> InnerLoop:
+        """The run's loop; `created_at` of a run being resumed (None: a new run)."""
         stop = StopSignal()
         # The owner's own key where the operator mapped one (llm/keys.py); the server's
         # key is spent within the owner's daily LLM quota.
@@ -238,10 +241,10 @@ class RunManager:
         # Whose lessons and mechanism verdicts the run learns from (None: everyone's).
         memory_owner = None if self.config.shared_memory else owner
         lead = None  # the portfolio starts with the strategy that won earlier runs
-        if settings.proposer.use_memory and settings.outer.portfolio_arms(
-                settings.proposer.kind):
+        if not settings.outer.portfolio_lead and settings.proposer.use_memory and \
+                settings.outer.portfolio_arms(settings.proposer.kind):
             earlier = memory.strategy_results(memory_key(task), owner=memory_owner,
-                                              before=self.store.get_run(run_id).created_at)
+                                              before=created_at or time.time())
             lead = portfolio.lead_from([(r.strategy, r.gain) for r in earlier])
             log.info("portfolio lead from memory", run_id=run_id, lead=lead,
                      runs=len(earlier))
@@ -351,7 +354,7 @@ class RunManager:
             settings = RunSettings.from_dict(run.settings)
             try:
                 loop = self._loop(run.id, settings, self._task(settings, run.id, run.owner),
-                                  run.owner)
+                                  run.owner, run.created_at)
             except FieldError as exc:
                 if settings.proposer.kind == "llm" and exc.field.startswith("llm."):
                     # e.g. the key is missing in this controller: keep the run for later
@@ -387,7 +390,7 @@ class RunManager:
         try:
             settings = RunSettings.from_dict(run.settings)
             loop = self._loop(run_id, settings, self._task(settings, run_id, run.owner),
-                              run.owner)
+                              run.owner, run.created_at)
             with self._starting:
                 if run_id in self.active_ids() or not (
                         self.store.unpause_run(run_id) or

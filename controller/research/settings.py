@@ -149,6 +149,8 @@ class OuterSettings:
     # the run's own proposer, that each trial is allocated among. None: PORTFOLIO_ARMS;
     # (): no portfolio (Level 2 only adds mechanisms to the run's proposer).
     portfolio: tuple[str, ...] | None = None
+    # The arm that takes portfolio.LEAD_SHARE of every draw; "": memory's lead, if any.
+    portfolio_lead: str = ""
 
     def portfolio_arms(self, proposer_kind: str) -> tuple[str, ...]:
         """The arms of this run's portfolio, the run's proposer first; () for none."""
@@ -200,6 +202,12 @@ class OuterSettings:
             if unknown or len(set(self.portfolio)) != len(self.portfolio):
                 raise FieldError("outer.portfolio_arms", f"must name distinct offline proposers "
                                  f"({', '.join(OFFLINE_PROPOSERS)}); got {self.portfolio}")
+        if self.portfolio_lead and self.portfolio_lead not in OFFLINE_PROPOSERS:
+            raise FieldError("outer.portfolio_lead", f"must name an offline proposer "
+                             f"({', '.join(OFFLINE_PROPOSERS)}); got {self.portfolio_lead!r}")
+        if self.portfolio_lead and ("2" not in self.levels or self.portfolio == ()):
+            raise FieldError("outer.portfolio_lead", "needs Level 2's portfolio (level 2, "
+                             "and not no_portfolio)")
         if len(self.library_prior_runs) > 1000 or any(
                 not (r.startswith("run-") and 4 < len(r) <= 64 and r[4:].isalnum())
                 for r in self.library_prior_runs):

@@ -42,20 +42,23 @@ def build_proposer(run_id: str, settings: RunSettings, task: Task, store: RunSto
                    access: LLMAccess, stop: threading.Event,
                    claim: Claim | None = None, lead: str | None = None) -> Proposer:
     """The run's proposer; with Level 2's portfolio, the portfolio over the run's proposer
-    and the other arms, led by `lead` (the strategy that won the task's earlier runs; an
-    offline one joins the arms if it is not among them). Raises LLMConfigError (no key)
-    or FieldError (bad LLM settings, or a proposer kind the offline registry does not
-    hold)."""
+    and the other arms, led by the request's `outer.portfolio_lead`, else by `lead` (the
+    strategy that won the task's earlier runs); an offline lead joins the arms if it is
+    not among them. Raises LLMConfigError (no key) or FieldError (bad LLM settings, or a
+    proposer kind the offline registry does not hold)."""
     arms = settings.outer.portfolio_arms(settings.proposer.kind)
     if not arms:
         return _single(settings.proposer.kind, run_id, settings, task, store, access, stop,
                        claim)
+    why = "named by the request" if settings.outer.portfolio_lead else \
+        "the winner of earlier runs"
+    lead = settings.outer.portfolio_lead or lead
     if lead is not None and lead not in arms:
         lead = lead if lead in offline.names() else None
         arms = (*arms, lead) if lead else arms
     return PortfolioProposer({arm: _single(arm, run_id, settings, task, store, access,
                                            stop, claim) for arm in arms},
-                             settings.search.seed, lead)
+                             settings.search.seed, lead, why)
 
 
 FALLBACK = "local"  # proposes a trial the LLM gave no usable answer for

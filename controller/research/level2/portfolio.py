@@ -134,8 +134,9 @@ def allocation(posts: Sequence[ArmPosterior], rng: np.random.Generator) -> dict[
             for p, s in zip(posts, share, strict=True)}
 
 
-def lead_from(results: Sequence[tuple[str, float]]) -> str | None:
-    """The strategy with the highest mean gain over its newest LEAD_RUNS runs, from
+def lead_from(results: Sequence[tuple[str, float]],
+              per_strategy: int = LEAD_RUNS) -> str | None:
+    """The strategy with the highest mean gain over its newest `per_strategy` runs, from
     (strategy, gain) of the task's earlier single-strategy runs, newest first. None
     unless at least two strategies have runs and the winner gained: one strategy's
     record says nothing of which wins. Runs of the portfolio are not in `results`: which
@@ -143,7 +144,8 @@ def lead_from(results: Sequence[tuple[str, float]]) -> str | None:
     local search on every task of bench/portfolio_suite.py)."""
     gains: dict[str, list[float]] = {}
     for strategy, gain in results:
-        if len(mine := gains.setdefault(strategy, [])) < LEAD_RUNS and math.isfinite(gain):
+        if len(mine := gains.setdefault(strategy, [])) < per_strategy and \
+                math.isfinite(gain):
             mine.append(gain)
     means = {s: sum(g) / len(g) for s, g in gains.items() if g}
     if len(means) < 2:

@@ -56,16 +56,17 @@ class PortfolioProposer:
     tag = "portfolio"
 
     def __init__(self, arms: Mapping[str, Proposer], seed: int,
-                 lead: str | None = None) -> None:
+                 lead: str | None = None, lead_why: str = "") -> None:
         if not arms:
             raise ValueError("a portfolio needs at least one arm")
         if lead is not None and lead not in arms:
             raise ValueError(f"the lead {lead!r} is not an arm")
         self.arms = dict(arms)
         self.seed = seed
-        self.lead = lead  # the strategy that won the task's earlier runs (memory), if any
-        self.label = "portfolio of " + ", ".join(self.arms) + (
-            f", led by {lead} (memory)" if lead else "")
+        self.lead = lead  # the arm that takes LEAD_SHARE of every draw, if any
+        led = f" (led by {lead}{': ' if lead_why else ''}{lead_why})" if lead else ""
+        self.label = "portfolio of " + ", ".join(self.arms) + led
+        self._led = led
         # A crashed trial is fixed by an arm that can (the LLM), outside the draw.
         self._fixer = next((n for n, p in self.arms.items() if p.fixes_crashes), None)
         self.fixes_crashes = self._fixer is not None
@@ -110,5 +111,4 @@ class PortfolioProposer:
             state = f"next p {nxt[arm]:.2f}" + (", retired" if arm in out else "")
             parts.append(f"{arm} {c.pulls} trials/{c.kept} kept (IPW mean rank "
                          f"{c.reward:.2f} ± {c.stderr:.2f}; {state})")
-        led = f" (led by {self.lead}, the winner of earlier runs)" if self.lead else ""
-        return f"portfolio{led}: " + ", ".join(parts)
+        return f"portfolio{self._led}: " + ", ".join(parts)

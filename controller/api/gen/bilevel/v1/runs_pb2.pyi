@@ -245,7 +245,7 @@ class InitialMechanism(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class OuterSettings(_message.Message):
-    __slots__ = ("levels", "mechanism_source", "config_controller", "l15_every_trials", "l2_every_trials", "l2_window_trials", "mechanisms", "explore_domains", "max_l2_rounds", "library_prior_runs", "portfolio_arms", "no_portfolio")
+    __slots__ = ("levels", "mechanism_source", "config_controller", "l15_every_trials", "l2_every_trials", "l2_window_trials", "mechanisms", "explore_domains", "max_l2_rounds", "library_prior_runs", "portfolio_arms", "no_portfolio", "portfolio_lead")
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_CONTROLLER_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +258,7 @@ class OuterSettings(_message.Message):
     LIBRARY_PRIOR_RUNS_FIELD_NUMBER: _ClassVar[int]
     PORTFOLIO_ARMS_FIELD_NUMBER: _ClassVar[int]
     NO_PORTFOLIO_FIELD_NUMBER: _ClassVar[int]
+    PORTFOLIO_LEAD_FIELD_NUMBER: _ClassVar[int]
     levels: _containers.RepeatedScalarFieldContainer[Level]
     mechanism_source: str
     config_controller: str
@@ -270,7 +271,8 @@ class OuterSettings(_message.Message):
     library_prior_runs: _containers.RepeatedScalarFieldContainer[str]
     portfolio_arms: _containers.RepeatedScalarFieldContainer[str]
     no_portfolio: bool
-    def __init__(self, levels: _Optional[_Iterable[_Union[Level, str]]] = ..., mechanism_source: _Optional[str] = ..., config_controller: _Optional[str] = ..., l15_every_trials: _Optional[int] = ..., l2_every_trials: _Optional[int] = ..., l2_window_trials: _Optional[int] = ..., mechanisms: _Optional[_Iterable[_Union[InitialMechanism, _Mapping]]] = ..., explore_domains: _Optional[_Iterable[str]] = ..., max_l2_rounds: _Optional[int] = ..., library_prior_runs: _Optional[_Iterable[str]] = ..., portfolio_arms: _Optional[_Iterable[str]] = ..., no_portfolio: _Optional[bool] = ...) -> None: ...
+    portfolio_lead: str
+    def __init__(self, levels: _Optional[_Iterable[_Union[Level, str]]] = ..., mechanism_source: _Optional[str] = ..., config_controller: _Optional[str] = ..., l15_every_trials: _Optional[int] = ..., l2_every_trials: _Optional[int] = ..., l2_window_trials: _Optional[int] = ..., mechanisms: _Optional[_Iterable[_Union[InitialMechanism, _Mapping]]] = ..., explore_domains: _Optional[_Iterable[str]] = ..., max_l2_rounds: _Optional[int] = ..., library_prior_runs: _Optional[_Iterable[str]] = ..., portfolio_arms: _Optional[_Iterable[str]] = ..., no_portfolio: _Optional[bool] = ..., portfolio_lead: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
     __slots__ = ("task", "search", "proposer", "budgets", "llm", "outer")
