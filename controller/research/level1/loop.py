@@ -481,9 +481,11 @@ class InnerLoop:
 
     def _remember_strategy(self, run: RunRecord, check: FinalCheck | None) -> None:
         """What this run's one search strategy gained, for Level 2's portfolio in later
-        runs of the task (its lead). A portfolio's run is not a record of one strategy."""
-        kind = self.settings.proposer.kind
-        if self.memory is None or self.settings.outer.portfolio_arms(kind) or \
+        runs of the task (its lead). Only a run of Level 1 alone with no mechanism is a
+        record of one strategy: a portfolio's arms share the trials, and the outer levels
+        change what the proposer proposes."""
+        outer = self.settings.outer
+        if self.memory is None or outer.levels != ("1",) or outer.mechanisms or \
                 run.baseline_val_bpb is None or run.best_val_bpb is None:
             return
         if check is not None:  # fresh seeds; a best that crashed on one gained nothing
@@ -491,7 +493,8 @@ class InnerLoop:
         else:
             gain = run.baseline_val_bpb - run.best_val_bpb
         self.memory.add_strategy_result(StrategyResult(
-            memory_key(self.task), self.run_id, kind, run.trials_done, gain, run.owner))
+            memory_key(self.task), self.run_id, self.settings.proposer.kind, run.trials_done,
+            gain, run.owner))
 
     def _final_check(self, run: RunRecord) -> FinalCheck | None:
         """Best and baseline re-run on fresh paired seeds (final_check.py), stored as the
