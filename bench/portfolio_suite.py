@@ -399,6 +399,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also run D+memory: D led "
                         "by the winner of the next repeat's fixed strategies")
     args = parser.parse_args()
+    if args.memory and args.repeats < 2:
+        parser.error("--memory needs --repeats >= 2 (a repeat's lead comes from another)")
     fixed = [s for s in args.strategies.split(",") if s] or list(offline.names())
     fixed = fixed if "local" in fixed else ["local", *fixed]  # D is tested against local
     strategies = [*fixed, PORTFOLIO]
