@@ -68,10 +68,7 @@ class MemoryStore:
                          limit: int = 1000) -> list[StrategyResult]:
         """Newest first; of one task and one owner (None: every owner), recorded before
         time `before` (None: any time), so a resumed run reads what it started with."""
-        where, args = _where(task, owner)
-        if before is not None:
-            where = f"{where} AND created_at < ?" if where else " WHERE created_at < ?"
-            args = (*args, before)
+        where, args = _where(task, owner, before)
         rows = self.store.query(f"SELECT * FROM strategy_results{where} ORDER BY id DESC "
                                 "LIMIT ?", (*args, limit))
         return [StrategyResult(task=r["task"], run_id=r["run_id"], strategy=r["strategy"],
@@ -97,10 +94,14 @@ class MemoryStore:
             return int(tx.db.execute(f"DELETE FROM lessons{where}", args).rowcount)
 
 
-def _where(task: str | None, owner: str | None) -> tuple[str, tuple[str | float, ...]]:
-    terms = [(column, value) for column, value in (("task", task), ("owner", owner))
-             if value]
+def _where(task: str | None, owner: str | None,
+           before: float | None = None) -> tuple[str, tuple[str | float, ...]]:
+    """The WHERE clause of one task, one owner and records made before `before` (each
+    None: any)."""
+    terms = [(f"{column} {op} ?", value) for column, op, value in (
+        ("task", "=", task), ("owner", "=", owner), ("created_at", "<", before))
+        if value]
     if not terms:
         return "", ()
-    return (" WHERE " + " AND ".join(f"{column} = ?" for column, _ in terms),
+    return (" WHERE " + " AND ".join(term for term, _ in terms),
             tuple(value for _, value in terms))

@@ -49,7 +49,7 @@ FLOOR = 0.02  # each arm's least probability (less when there are many arms)
 MAX_WEIGHT = 4.0  # observations one pull may count as (variance matching)
 RETIRE_AFTER = 3  # pulls before an arm can be retired
 RETIRE_QUANTILE = 0.9  # ... when this quantile of its reward is below the leader's mean
-LEAD_SHARE = 0.75  # the draws reserved for the strategy that won earlier runs of the task
+LEAD_SHARE = 0.75  # the draws reserved for the lead (memory's or the request's)
 LEAD_RUNS = 5  # the newest single-strategy runs per strategy the lead is taken from
 
 
@@ -155,10 +155,11 @@ def lead_from(results: Sequence[tuple[str, float]],
 
 
 def led(probabilities: Mapping[str, float], lead: str | None) -> dict[str, float]:
-    """`probabilities` with LEAD_SHARE of the mass moved to `lead`, the strategy that won
-    the task's earlier single-strategy runs (memory), so a second run starts with what won
-    the first; the rest still follows this run's evidence. Still a known probability per
-    arm, so inverse-propensity credit stays unbiased. No lead (None): unchanged."""
+    """`probabilities` with LEAD_SHARE of the mass moved to `lead` (the strategy that won
+    the task's earlier single-strategy runs, or the one the request names), so a second
+    run starts with what won the first; the rest still follows this run's evidence.
+    Still a known probability per arm, so inverse-propensity credit stays unbiased. No
+    lead (None): unchanged."""
     if lead is None or lead not in probabilities:
         return dict(probabilities)
     return {arm: (1.0 - LEAD_SHARE) * p + (LEAD_SHARE if arm == lead else 0.0)
