@@ -1,12 +1,13 @@
 """Memory across principals: lessons and Level 2's verdicts belong to the principal whose
 run made them. Over a real server, a principal lists and clears its own lessons only (an
 admin: all; a viewer clears none); a run's proposer is offered only its owner's lessons,
-and Level 2's library bandit learns only from its owner's runs, unless the operator
-shares memory (memory.shared)."""
+Level 2's library bandit learns only from its owner's runs, and its portfolio is led only
+by its owner's strategy results, unless the operator shares memory (memory.shared)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,11 +18,13 @@ import pytest
 from controller.api.gen.bilevel.v1 import runs_pb2 as rpb
 from controller.llm.settings import LLMAccess
 from controller.principals import Principal
+from controller.research.level2.portfolio_proposer import PortfolioProposer
 from controller.research.manager import ManagerConfig, RunManager
+from controller.research.settings import OuterSettings
 from controller.research.task import memory_key
 from controller.store.artifacts import ArtifactStore
 from controller.store.mechanisms import KEPT, MechanismLog, MechanismRow
-from controller.store.memory import Lesson, MemoryStore
+from controller.store.memory import Lesson, MemoryStore, StrategyResult
 from controller.store.runs import RunStore
 from tests.principals_harness import ROLES, Caller, cluster, code_of, prepare
 from tests.test_api_harness import ServerThread
@@ -86,6 +89,14 @@ class _NoEngine:
         return SimpleNamespace(for_owner=lambda *args, **kwargs: None)
 
 
+class _UnusedEngine:
+    """An engine for a Level 2 run that is built, never started: its executor is wired
+    to the mechanisms but never asked for a sandbox."""
+
+    def get(self) -> Any:
+        return SimpleNamespace(for_owner=lambda *args, **kwargs: SimpleNamespace())
+
+
 def _offered(tmp_path: Path, owner: str, shared: bool) -> tuple[tuple[str, ...], Any]:
     """The lessons RunManager offers the proposer of `owner`'s new run, and the owner
     its memory reads (None: everyone's)."""
@@ -124,3 +135,34 @@ def test_deny_level2_learns_from_another_principals_verdicts(tmp_path: Path) -> 
     # Unfiltered (memory.shared), bob's verdict would count too.
     assert [o.run_id for o in log.outcomes("run-a2", None)] == ["run-a1", "run-b1"]
     store.close()
+
+
+def _lead(tmp_path: Path, owner: str, shared: bool) -> str | None:
+    """The lead RunManager gives `owner`'s new Level 2 run, from strategy results where
+    alice's runs say local wins and bob's say tpe wins, by more."""
+    store = RunStore(tmp_path / "db.sqlite3")
+    task = SyntheticTask()
+    memory = MemoryStore(store)
+    if not memory.strategy_results(memory_key(task)):
+        for who, winner, margin in (("alice", "local", 1.0), ("bob", "tpe", 2.0)):
+            for strategy in ("local", "tpe"):
+                memory.add_strategy_result(StrategyResult(
+                    memory_key(task), f"run-{who}-{strategy}", strategy, 9,
+                    margin if strategy == winner else 0.1, who))
+    manager = RunManager(store, ArtifactStore(tmp_path / "runs"), _UnusedEngine(),  # type: ignore[arg-type]
+                         ManagerConfig(shared_memory=shared))
+    settings = replace(run_settings(1), outer=OuterSettings(levels=("1", "2"),
+                                                            mechanism_source="library"))
+    proposer = manager._loop("run-new", settings, task, owner).planner.proposer
+    proposer = getattr(proposer, "inner", proposer)  # under Level 2's mechanisms
+    store.close()
+    assert isinstance(proposer, PortfolioProposer)
+    return proposer.lead
+
+
+def test_deny_a_portfolio_is_led_by_another_principals_strategy_results(
+        tmp_path: Path) -> None:
+    assert _lead(tmp_path, "alice", shared=False) == "local"
+    assert _lead(tmp_path, "bob", shared=False) == "tpe"
+    # Unfiltered (memory.shared), both principals' runs count: tpe's mean is higher.
+    assert _lead(tmp_path, "alice", shared=True) == "tpe"
